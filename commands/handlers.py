@@ -1,0 +1,57 @@
+"""Thin async handlers: take a command and the ports, decide, append."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from commands.model import Limits, SendMessage, decide_send
+from commands.ports import EventLog, IdempotencyStore, IdGenerator, SendRecord
+from events import snowflake_ts
+from events.errors import Conflict
+
+
+@dataclass(frozen=True)
+class SendResult:
+    message_id: int
+    conversation_id: str
+    ts: int
+    client_msg_id: str
+
+
+async def send_message(
+    cmd: SendMessage,
+    *,
+    log: EventLog,
+    idempotency: IdempotencyStore,
+    ids: IdGenerator,
+    limits: Limits,
+) -> SendResult:
+    """Append a ``MessageSent``, at most once per ``(sender, client_msg_id)``.
+
+    The key is recorded before the append. A retry finds the record and answers with the same
+    ``message_id``; if the first attempt is not known to have reached the log (it failed, or is
+    still in flight), the retry appends the recorded event again. The log may then hold it
+    twice, which projections and clients absorb by ``message_id``.
+    """
+    message_id = ids.next_id()
+    event = decide_send(cmd, message_id=message_id, ts=snowflake_ts(message_id), limits=limits)
+    existing = await idempotency.claim(cmd.sender_id, cmd.client_msg_id, SendRecord(event, False))
+    if existing is not None:
+        prior = existing.event
+        if prior.conversation_id != event.conversation_id or prior.body != event.body:
+            raise Conflict("client_msg_id was already used for a different message")
+        event = prior
+        if existing.appended:
+            return _result(event)
+    await log.append(event)
+    await idempotency.mark_appended(cmd.sender_id, cmd.client_msg_id, SendRecord(event, True))
+    return _result(event)
+
+
+def _result(event: Any) -> SendResult:
+    return SendResult(event.message_id, event.conversation_id, event.ts, event.client_msg_id)
+
+
+HANDLERS: dict[type, Callable[..., Awaitable[Any]]] = {SendMessage: send_message}

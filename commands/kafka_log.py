@@ -1,0 +1,39 @@
+"""``EventLog`` on Kafka: an aiokafka producer with acks=all and idempotence."""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from events import ChatEvent, Topics, encode_event, partition_key
+from events.errors import Unavailable
+
+
+class KafkaEventLog:
+    def __init__(self, producer: AIOKafkaProducer, topics: Topics) -> None:
+        self._producer = producer
+        self._topics = topics
+
+    @classmethod
+    def producer(
+        cls, bootstrap: str, *, linger_ms: int, request_timeout_ms: int = 10_000
+    ) -> AIOKafkaProducer:
+        """The producer every appender uses: durable (acks=all, idempotent), briefly batched."""
+        return AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=linger_ms,
+            request_timeout_ms=request_timeout_ms,
+            client_id="tidings-gateway",
+        )
+
+    async def append(self, event: ChatEvent) -> None:
+        try:
+            await self._producer.send_and_wait(
+                self._topics.conversation_events,
+                value=encode_event(event),
+                key=partition_key(event.conversation_id),
+            )
+        except KafkaError as exc:
+            raise Unavailable("the event log did not confirm the write") from exc

@@ -1,0 +1,42 @@
+"""``IdempotencyStore`` on Redis: one key per ``(sender, client_msg_id)`` with a TTL."""
+
+from __future__ import annotations
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from commands.ports import SendRecord
+from events import MessageSent, keys
+from events.errors import Unavailable
+
+
+def _dump(record: SendRecord) -> bytes:
+    return orjson.dumps({"event": record.event.model_dump(), "appended": record.appended})
+
+
+def _load(raw: bytes) -> SendRecord:
+    data = orjson.loads(raw)
+    return SendRecord(MessageSent.model_validate(data["event"]), bool(data["appended"]))
+
+
+class RedisIdempotencyStore:
+    def __init__(self, redis: Redis, ttl_s: int) -> None:
+        self._redis = redis
+        self._ttl_s = ttl_s
+
+    async def claim(self, sender_id: str, client_msg_id: str, record: SendRecord) -> SendRecord | None:
+        key = keys.idempotency(sender_id, client_msg_id)
+        try:
+            # SET NX returns the old value with GET (Redis >= 7.0): one round trip, atomic.
+            old = await self._redis.set(key, _dump(record), nx=True, ex=self._ttl_s, get=True)
+        except RedisError as exc:
+            raise Unavailable("idempotency store unavailable") from exc
+        return None if old is None else _load(old)
+
+    async def mark_appended(self, sender_id: str, client_msg_id: str, record: SendRecord) -> None:
+        key = keys.idempotency(sender_id, client_msg_id)
+        try:
+            await self._redis.set(key, _dump(record), xx=True, keepttl=True)
+        except RedisError as exc:
+            raise Unavailable("idempotency store unavailable") from exc

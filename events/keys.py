@@ -1,0 +1,23 @@
+"""Every Redis key and channel name Tidings uses, built here and nowhere else."""
+
+from __future__ import annotations
+
+
+def recent(conversation_id: str) -> str:
+    """Sorted set of the conversation's newest messages (the hot tier)."""
+    return f"recent:{conversation_id}"
+
+
+def idempotency(sender_id: str, client_msg_id: str) -> str:
+    """The send recorded for ``(sender, client_msg_id)``, kept for the idempotency window."""
+    return f"idem:{sender_id}:{client_msg_id}"
+
+
+def user_channel(user_id: str) -> str:
+    """Pub/sub channel carrying frames for every connected device of a user."""
+    return f"deliver:user:{user_id}"
+
+
+def snowflake_lease(worker_id: int) -> str:
+    """Lease on a Snowflake worker id, held by one live process at a time."""
+    return f"snowflake:worker:{worker_id}"

@@ -1,0 +1,45 @@
+"""Kafka topic names and key rules, in one place.
+
+The gateway's producer and the Faust worker must put the same bytes in the key, so that one
+conversation always lands on one partition: keys are the raw UTF-8 of the id (Faust's "raw"
+key serializer), never JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str = "tidings."
+
+    @property
+    def conversation_events(self) -> str:
+        """Messages, membership, metadata and receipts; key ``conversation_id``; never compacted."""
+        return f"{self.prefix}conversation-events"
+
+    @property
+    def presence_events(self) -> str:
+        return f"{self.prefix}presence-events"
+
+    @property
+    def notifications(self) -> str:
+        return f"{self.prefix}notifications"
+
+    @property
+    def dead_letters(self) -> str:
+        """Events an agent could not apply, with the error in the headers."""
+        return f"{self.prefix}dead-letters"
+
+    def all(self) -> tuple[str, ...]:
+        return (
+            self.conversation_events,
+            self.presence_events,
+            self.notifications,
+            self.dead_letters,
+        )
+
+
+def partition_key(entity_id: str) -> bytes:
+    return entity_id.encode()

@@ -1,0 +1,111 @@
+"""A small asyncio face on cassandra-driver: prepared statements, awaited futures, and
+driver exceptions translated into ``Unavailable`` (transient) once, here."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from cassandra import (
+    DriverException,
+    OperationTimedOut,
+    ReadTimeout,
+    WriteTimeout,
+)
+from cassandra import Unavailable as CassandraUnavailable
+from cassandra.cluster import (
+    EXEC_PROFILE_DEFAULT,
+    Cluster,
+    ExecutionProfile,
+    NoHostAvailable,
+    ResponseFuture,
+    Session,
+)
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.query import PreparedStatement
+
+from events.errors import Unavailable
+
+# Errors that mean "try again later", as opposed to a statement that can never succeed.
+TRANSIENT = (NoHostAvailable, OperationTimedOut, ReadTimeout, WriteTimeout, CassandraUnavailable)
+
+
+def connect(
+    hosts: Sequence[str], port: int, *, protocol_version: int, local_dc: str
+) -> tuple[Cluster, Session]:
+    """Blocking: call at start-up (or in an executor), never on the event loop's hot path."""
+    profile = ExecutionProfile(
+        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=local_dc)),
+        request_timeout=10,
+    )
+    cluster = Cluster(
+        list(hosts),
+        port=port,
+        protocol_version=protocol_version,
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+    )
+    try:
+        return cluster, cluster.connect()
+    except (NoHostAvailable, OperationTimedOut) as exc:
+        cluster.shutdown()
+        raise Unavailable("Cassandra is not reachable") from exc
+
+
+class Cql:
+    def __init__(self, session: Session, keyspace: str) -> None:
+        self.session = session
+        self.keyspace = keyspace
+        self._prepared: dict[str, PreparedStatement] = {}
+
+    def prepare(self, cql: str) -> PreparedStatement:
+        """Blocking the first time per statement; cached after."""
+        stmt = self._prepared.get(cql)
+        if stmt is None:
+            stmt = self.session.prepare(cql.format(ks=self.keyspace))
+            stmt.is_idempotent = True
+            self._prepared[cql] = stmt
+        return stmt
+
+    async def execute(self, cql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Run one statement and return all rows of its first page."""
+        future = self.session.execute_async(self.prepare(cql), params)
+        return await _await(future)
+
+    async def execute_all(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """Run statements concurrently; raise the first failure after all have finished."""
+        futures = [self.session.execute_async(self.prepare(c), p) for c, p in statements]
+        results = await asyncio.gather(*(_await(f) for f in futures), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+
+async def _await(future: ResponseFuture) -> list[Any]:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[list[Any]] = loop.create_future()
+
+    def ok(rows: Any) -> None:
+        loop.call_soon_threadsafe(_settle, done, list(rows or []), None)
+
+    def err(exc: BaseException) -> None:
+        loop.call_soon_threadsafe(_settle, done, None, exc)
+
+    future.add_callbacks(ok, err)
+    try:
+        return await done
+    except TRANSIENT as exc:
+        raise Unavailable("Cassandra did not answer") from exc
+    except DriverException as exc:
+        if "connection" in str(exc).lower():
+            raise Unavailable("Cassandra connection lost") from exc
+        raise
+
+
+def _settle(fut: asyncio.Future[list[Any]], rows: list[Any] | None, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(rows or [])

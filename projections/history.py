@@ -1,0 +1,57 @@
+"""The history query: one page of a conversation, walking the tiers (hot Redis, then warm
+Cassandra) so the caller never knows where a message lives."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from events.errors import Unavailable
+
+
+class HotTier(Protocol):
+    async def newest(
+        self, conversation_id: str, *, before: int | None, limit: int
+    ) -> list[dict[str, Any]]: ...
+    async def all(self, conversation_id: str) -> list[dict[str, Any]]: ...
+
+
+class WarmTier(Protocol):
+    async def page(
+        self, conversation_id: str, *, before: int | None, after: int | None, limit: int
+    ) -> list[dict[str, Any]]: ...
+
+
+async def history_page(
+    conversation_id: str,
+    *,
+    before: int | None,
+    after: int | None,
+    limit: int,
+    hot: HotTier,
+    warm: WarmTier,
+) -> tuple[list[dict[str, Any]], bool]:
+    """``(messages ascending, has_more)`` as the protocol defines them.
+
+    The hot tier holds a contiguous newest suffix of the history, so when it has more than
+    ``limit`` messages in the asked range it answers alone; otherwise the warm tier does. A Redis
+    outage only costs speed.
+    """
+    want = limit + 1
+    try:
+        if after is None:
+            hot_page = await hot.newest(conversation_id, before=before, limit=want)
+            if len(hot_page) == want:
+                return hot_page[1:], True
+        else:
+            cached = await hot.all(conversation_id)
+            if cached and int(cached[0]["message_id"]) <= after:
+                newer = [m for m in cached if int(m["message_id"]) > after]
+                return newer[:limit], len(newer) > limit
+    except Unavailable:
+        pass
+    page = await warm.page(conversation_id, before=before, after=after, limit=want)
+    if len(page) <= limit:
+        return page, False
+    if after is None:
+        return page[1:], True
+    return page[:limit], True

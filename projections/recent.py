@@ -1,0 +1,98 @@
+"""Read model ``recent`` (hot tier): each conversation's newest messages in a Redis sorted set.
+
+All members have score 0 and sort by their text, ``<message_id as 20 digits>|<message JSON>``:
+ids are 64-bit and a float score would round them. Re-adding the same event re-adds the same
+member, so the write is idempotent. The set is a contiguous suffix of the conversation's
+history (every message goes through here in log order), which is what lets the history query
+answer from it alone when it holds enough.
+
+The batch's pushes go out in the same pipeline, after the cache writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import singledispatch
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
+
+from events import ChatEvent, MessageSent, keys
+from events.errors import Unavailable
+from projections.delivery import deliveries
+from projections.wire import message_json
+
+NAME = "recent"
+_TTL_S = 7 * 24 * 3600
+_ID_DIGITS = 20
+
+
+def _member(message_id: int, message: bytes) -> bytes:
+    return f"{message_id:0{_ID_DIGITS}d}|".encode() + message
+
+
+def _id_bound(message_id: int) -> bytes:
+    return f"{message_id:0{_ID_DIGITS}d}".encode()
+
+
+@singledispatch
+def _cache(event: ChatEvent, pipe: Pipeline, size: int) -> None:
+    return None
+
+
+@_cache.register
+def _(event: MessageSent, pipe: Pipeline, size: int) -> None:
+    key = keys.recent(event.conversation_id)
+    pipe.zadd(key, {_member(event.message_id, message_json(event)): 0})
+    pipe.zremrangebyrank(key, 0, -(size + 1))
+    pipe.expire(key, _TTL_S)
+
+
+class RedisRecent:
+    name = NAME
+
+    def __init__(self, redis: Redis, size: int, *, publish: bool = True) -> None:
+        self._redis = redis
+        self.size = size
+        # Off when rebuilding: a replay must not push old messages to clients.
+        self._publish = publish
+
+    async def apply(self, events: Sequence[ChatEvent]) -> None:
+        """Cache ``events`` and push their frames, in one round trip."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for event in events:
+                    _cache(event, pipe, self.size)
+                    if self._publish:
+                        for channel, frame in deliveries(event):
+                            pipe.publish(channel, frame)
+                await pipe.execute()
+        except RedisError as exc:
+            raise Unavailable("Redis did not take the batch") from exc
+
+    async def newest(self, conversation_id: str, *, before: int | None, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` cached messages older than ``before`` (or the newest), ascending."""
+        upper = b"(" + _id_bound(before) if before is not None else b"+"
+        members = await self._range("zrevrangebylex", keys.recent(conversation_id), upper, b"-", limit)
+        return [_parse(m) for m in reversed(members)]
+
+    async def all(self, conversation_id: str) -> list[dict[str, Any]]:
+        """Everything cached for the conversation, ascending."""
+        members = await self._range("zrangebylex", keys.recent(conversation_id), b"-", b"+", None)
+        return [_parse(m) for m in members]
+
+    async def _range(self, op: str, key: str, a: bytes, b: bytes, limit: int | None) -> list[bytes]:
+        kwargs = {"start": 0, "num": limit} if limit is not None else {}
+        try:
+            result: list[bytes] = await getattr(self._redis, op)(key, a, b, **kwargs)
+        except RedisError as exc:
+            raise Unavailable("Redis did not answer") from exc
+        return result
+
+
+def _parse(member: bytes) -> dict[str, Any]:
+    result: dict[str, Any] = orjson.loads(member[_ID_DIGITS + 1 :])
+    return result

@@ -1,0 +1,32 @@
+"""The protocol's JSON objects, built from events once per message and reused as bytes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from events import MessageSent
+
+
+def message_object(event: MessageSent) -> dict[str, Any]:
+    """The protocol's Message object (``message_id`` as a decimal string)."""
+    return {
+        "message_id": str(event.message_id),
+        "conversation_id": event.conversation_id,
+        "sender_id": event.sender_id,
+        "client_msg_id": event.client_msg_id,
+        "kind": event.kind,
+        "body": event.body,
+        "media": event.media.model_dump() if event.media else None,
+        "ts": event.ts,
+    }
+
+
+def message_json(event: MessageSent) -> bytes:
+    return orjson.dumps(message_object(event))
+
+
+def message_frame(message: bytes) -> bytes:
+    """A ``message`` frame around an already serialized Message object."""
+    return b'{"type":"message","message":' + message + b"}"

@@ -1,0 +1,1 @@
+"""The Sanic gateway: ``/v1/ws``, the HTTP API, auth, and ``/healthz``, ``/readyz``, ``/metrics``."""

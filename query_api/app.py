@@ -1,0 +1,55 @@
+"""The gateway's app factory. Each Sanic worker process builds its dependencies in
+``before_server_start`` from the one ``Settings``, and closes them in ``after_server_stop``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from sanic import HTTPResponse, Request, Sanic
+
+from query_api import errors, http_api, ops, ws
+from query_api.auth import bearer_token, verify_token
+from query_api.deps import Dependencies, build_dependencies
+from tidings.settings import Settings
+
+Builder = Callable[[Settings], Awaitable[Dependencies]]
+_PUBLIC = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def create_app(settings: Settings, *, build: Builder = build_dependencies, name: str = "tidings") -> Sanic:
+    app = Sanic(name)
+    app.config.WEBSOCKET_MAX_SIZE = settings.max_frame_bytes * 16  # bigger frames: closed (1009)
+    app.config.REQUEST_MAX_SIZE = 1024 * 1024
+    app.config.KEEP_ALIVE_TIMEOUT = 75
+    app.ctx.draining = False
+    errors.install(app)
+    app.blueprint(ops.bp)
+    app.blueprint(http_api.bp)
+    app.blueprint(ws.bp)
+
+    @app.on_request
+    async def authenticate(request: Request) -> HTTPResponse | None:
+        if request.path in _PUBLIC:
+            return None
+        # Runs before the WebSocket upgrade, so a bad token is a plain HTTP 401.
+        token = bearer_token(request.headers.get("authorization"), request.args.get("token"))
+        request.ctx.principal = verify_token(request.app.ctx.deps.secret, token)
+        return None
+
+    @app.before_server_start
+    async def open_dependencies(app: Sanic) -> None:
+        app.ctx.deps = await build(settings)
+        app.ctx.listener = asyncio.create_task(app.ctx.deps.hub.listen(), name="pubsub")
+
+    @app.before_server_stop
+    async def drain(app: Sanic) -> None:
+        app.ctx.draining = True
+
+    @app.after_server_stop
+    async def close_dependencies(app: Sanic) -> None:
+        app.ctx.listener.cancel()
+        await asyncio.gather(app.ctx.listener, return_exceptions=True)
+        await app.ctx.deps.close()
+
+    return app

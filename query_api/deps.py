@@ -1,0 +1,117 @@
+"""What the gateway needs, built once per worker process from ``Settings`` (the composition
+root), and a readiness check over it. Tests build the same ``Dependencies`` from fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from commands import EventLog, IdempotencyStore, IdGenerator, Limits
+from projections.history import HotTier, WarmTier
+from query_api.hub import Hub, Subscriber
+from tidings.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Dependencies:
+    settings: Settings
+    secret: str
+    limits: Limits
+    log: EventLog
+    idempotency: IdempotencyStore
+    ids: IdGenerator
+    hot: HotTier
+    warm: WarmTier
+    subscriber: Subscriber
+    # name -> coroutine that raises when that backing service is not reachable
+    probes: dict[str, Callable[[], Awaitable[Any]]] = field(default_factory=dict)
+    closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+    hub: Hub = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.hub = Hub(self.subscriber)
+
+    async def readiness(self) -> dict[str, str]:
+        async def check(probe: Callable[[], Awaitable[Any]]) -> str:
+            try:
+                await asyncio.wait_for(probe(), timeout=2.0)
+            except Exception as exc:  # noqa: BLE001 - reported, not raised: this is a health check
+                return f"down: {type(exc).__name__}"
+            return "ok"
+
+        names = list(self.probes)
+        results = await asyncio.gather(*(check(self.probes[n]) for n in names))
+        return dict(zip(names, results, strict=True))
+
+    async def close(self) -> None:
+        for closer in reversed(self.closers):
+            try:
+                await closer()
+            except Exception:
+                log.exception("error while closing")
+
+
+async def build_dependencies(settings: Settings) -> Dependencies:
+    """Connect to Kafka, Cassandra and Redis and lease a Snowflake worker id."""
+    # Imported here so unit tests that pass fakes never load the drivers.
+    from commands.kafka_log import KafkaEventLog
+    from commands.redis_idempotency import RedisIdempotencyStore
+    from commands.worker_ids import LeasedSnowflake, WorkerIdLease
+    from events import Topics
+    from projections.cql import Cql, connect
+    from projections.messages import CassandraMessages
+    from projections.recent import RedisRecent
+    from projections.redis_client import make_redis
+
+    redis = make_redis(settings.redis_host, settings.redis_port, settings.redis_db)
+    closers: list[Callable[[], Awaitable[Any]]] = [redis.aclose]
+    lease = await WorkerIdLease.acquire(redis)
+    closers.append(lease.release)
+    producer = KafkaEventLog.producer(settings.kafka_bootstrap, linger_ms=settings.kafka_linger_ms)
+    await producer.start()
+    closers.append(producer.stop)
+    loop = asyncio.get_running_loop()
+    cluster, session = await loop.run_in_executor(
+        None,
+        lambda: connect(
+            settings.cassandra_hosts,
+            settings.cassandra_port,
+            protocol_version=settings.cassandra_protocol_version,
+            local_dc=settings.cassandra_local_dc,
+        ),
+    )
+    closers.append(lambda: loop.run_in_executor(None, cluster.shutdown))
+    cql = Cql(session, settings.cassandra_keyspace)
+    warm = CassandraMessages(cql, settings.message_bucket_ms)
+    await loop.run_in_executor(None, warm.prepare)
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    closers.append(pubsub.aclose)
+    topics = Topics(settings.topic_prefix)
+
+    async def kafka_probe() -> None:
+        await producer.partitions_for(topics.conversation_events)
+
+    async def cassandra_probe() -> None:
+        await cql.execute("SELECT release_version FROM system.local")
+
+    async def redis_probe() -> None:
+        await redis.ping()
+
+    return Dependencies(
+        settings=settings,
+        secret=settings.resolved_auth_secret(),
+        limits=Limits(max_body_chars=settings.max_body_chars),
+        log=KafkaEventLog(producer, topics),
+        idempotency=RedisIdempotencyStore(redis, settings.idempotency_ttl_s),
+        ids=LeasedSnowflake(lease),
+        hot=RedisRecent(redis, settings.hot_history_size),
+        warm=warm,
+        subscriber=pubsub,
+        probes={"kafka": kafka_probe, "cassandra": cassandra_probe, "redis": redis_probe},
+        closers=closers,
+    )

@@ -1,0 +1,30 @@
+"""Operational endpoints: liveness, readiness and Prometheus metrics (no auth)."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sanic import Blueprint, HTTPResponse, Request
+from sanic.response import raw
+
+from query_api.deps import Dependencies
+from query_api.errors import json_response
+
+bp = Blueprint("ops")
+
+
+@bp.get("/healthz")
+async def healthz(request: Request) -> HTTPResponse:
+    return json_response({"status": "ok"})
+
+
+@bp.get("/readyz")
+async def readyz(request: Request) -> HTTPResponse:
+    deps: Dependencies = request.app.ctx.deps
+    checks = await deps.readiness()
+    ready = all(v == "ok" for v in checks.values()) and not request.app.ctx.draining
+    return json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+@bp.get("/metrics")
+async def metrics(request: Request) -> HTTPResponse:
+    return raw(generate_latest(), content_type=CONTENT_TYPE_LATEST)

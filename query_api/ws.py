@@ -1,0 +1,97 @@
+"""``GET /v1/ws``: one handler per socket. Frames of a connection are handled in the order
+sent; replies and pushes go through the connection's queue and writer task."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import orjson
+from sanic import Blueprint, Request
+from sanic.server.websockets.impl import WebsocketImplProtocol
+
+from commands import SendMessage, send_message
+from events.errors import TidingsError
+from query_api.deps import Dependencies
+from query_api.errors import error_frame
+from query_api.frames import FrameError, PingFrame, SendFrame, parse_frame
+from query_api.hub import Connection
+from query_api.metrics import FRAMES_IN, FRAMES_OUT, SEND_SECONDS, SENDS
+
+log = logging.getLogger(__name__)
+bp = Blueprint("ws", url_prefix="/v1")
+
+SEND_QUEUE_FRAMES = 1024
+
+
+@bp.websocket("/ws")
+async def gateway(request: Request, ws: WebsocketImplProtocol) -> None:
+    deps: Dependencies = request.app.ctx.deps
+    principal = request.ctx.principal
+    conn = Connection(principal.user_id, principal.device_id, ws.send, ws.close, SEND_QUEUE_FRAMES)
+    writer = asyncio.create_task(conn.run_writer())
+    await deps.hub.register(conn)
+    try:
+        async for raw in ws:
+            if conn.too_slow or writer.done():
+                break
+            await _handle(deps, conn, raw)
+    finally:
+        conn.stop()
+        await deps.hub.unregister(conn)
+        try:
+            await asyncio.wait_for(writer, timeout=5)
+        except (TimeoutError, Exception):  # noqa: BLE001 - the socket is going away anyway
+            writer.cancel()
+
+
+async def _handle(deps: Dependencies, conn: Connection, raw: str | bytes) -> None:
+    try:
+        ref, frame = parse_frame(raw, deps.settings.max_frame_bytes)
+    except FrameError as exc:
+        FRAMES_IN.labels("invalid").inc()
+        _reply(conn, "error", error_frame(exc.ref, exc.error.code, exc.error.message))
+        return
+    FRAMES_IN.labels(frame.type).inc()  # type: ignore[attr-defined]
+    if isinstance(frame, PingFrame):
+        _reply(conn, "pong", orjson.dumps({"type": "pong", "ref": ref}))
+    elif isinstance(frame, SendFrame):
+        await _send(deps, conn, ref, frame)
+
+
+async def _send(deps: Dependencies, conn: Connection, ref: str | None, frame: SendFrame) -> None:
+    started = time.perf_counter()
+    try:
+        cmd = SendMessage(
+            sender_id=conn.user_id,
+            device_id=conn.device_id,
+            conversation_id=frame.conversation_id,
+            client_msg_id=frame.client_msg_id,
+            kind=frame.kind,
+            body=frame.body,
+            media_id=frame.media_id,
+        )
+        result = await send_message(
+            cmd, log=deps.log, idempotency=deps.idempotency, ids=deps.ids, limits=deps.limits
+        )
+    except TidingsError as exc:
+        SENDS.labels(exc.code).inc()
+        _reply(conn, "error", error_frame(ref, exc.code, exc.message))
+        return
+    SEND_SECONDS.observe(time.perf_counter() - started)
+    SENDS.labels("ok").inc()
+    ack = {
+        "type": "ack",
+        "ref": ref,
+        "client_msg_id": result.client_msg_id,
+        "message_id": str(result.message_id),
+        "conversation_id": result.conversation_id,
+        "ts": result.ts,
+    }
+    _reply(conn, "ack", orjson.dumps(ack))
+
+
+def _reply(conn: Connection, kind: str, frame: bytes) -> None:
+    FRAMES_OUT.labels(kind).inc()
+    conn.push(frame)

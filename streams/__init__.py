@@ -1,0 +1,1 @@
+"""The Faust worker: topic declarations and thin agents over the projection functions."""

@@ -1,0 +1,71 @@
+"""The Faust app and its one agent. The composition root (``tidings.worker``) builds the
+stores and passes them in; nothing here connects at import time."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import faust
+
+from events import Topics
+from streams.projector import Projector, Record, Stage
+
+
+class FaustDeadLetters:
+    def __init__(self, topic: faust.TopicT) -> None:
+        self._topic = topic
+
+    async def send(self, record: Record, error: str) -> None:
+        # Awaited, so the dead letter is flushed before the source offset is committed.
+        await self._topic.send(
+            key=record.key,
+            value=record.value,
+            headers={
+                "error": error.encode()[:4000],
+                "source": f"{record.topic}:{record.partition}:{record.offset}".encode(),
+            },
+        )
+
+
+def create_app(
+    *,
+    app_id: str,
+    bootstrap: str,
+    topics: Topics,
+    partitions: int,
+    stages: Sequence[Stage],
+    batch_size: int,
+    batch_window_s: float,
+    session_timeout_s: float,
+    on_applied=None,  # type: ignore[no-untyped-def]
+) -> faust.App:
+    app = faust.App(
+        app_id,
+        broker=f"kafka://{bootstrap}",
+        store="memory://",
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=partitions,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_request_timeout=30.0,
+        web_enabled=False,
+        broker_session_timeout=session_timeout_s,
+        broker_heartbeat_interval=max(session_timeout_s / 4, 1.0),
+    )
+    source = app.topic(topics.conversation_events, key_type=bytes, value_type=bytes, partitions=partitions)
+    dead_letters = app.topic(topics.dead_letters, key_type=bytes, value_type=bytes, partitions=partitions)
+    projector = Projector(stages, FaustDeadLetters(dead_letters), on_applied=on_applied)
+
+    # concurrency=1: more breaks per-partition order and lets Faust commit past in-flight events.
+    @app.agent(source, concurrency=1)
+    async def project(stream: faust.StreamT) -> None:
+        async for batch in stream.take_events(batch_size, within=batch_window_s):
+            await projector.handle(
+                [
+                    Record(ev.message.topic, ev.message.partition, ev.message.offset, ev.key, ev.value)
+                    for ev in batch
+                ]
+            )
+
+    return app

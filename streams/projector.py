@@ -1,0 +1,119 @@
+"""Applies batches of log events to the read models without ever losing one.
+
+Faust commits an event's offset even when the agent raised, so nothing may escape here:
+- a store that is down (``Unavailable``) is retried with capped backoff for as long as it takes;
+  the partition waits and no offset moves past an unapplied event;
+- an event that cannot be decoded or applied (a poison event) goes to the dead-letter topic
+  with its error, and the partition moves on;
+- each stage records that it finished, so a retry of the Cassandra stage does not push the
+  same frames again.
+Applying is idempotent, so redeliveries after a crash change nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from events import ChatEvent, decode_event
+from events.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One log entry as the projector sees it: where it came from and its bytes."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+class DeadLetters(Protocol):
+    async def send(self, record: Record, error: str) -> None: ...
+
+
+class Stage(Protocol):
+    name: str
+
+    async def apply(self, events: Sequence[ChatEvent]) -> None: ...
+
+
+class Projector:
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        dead_letters: DeadLetters,
+        *,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        max_backoff_s: float = 5.0,
+        on_applied: Callable[[str, int, float], None] | None = None,
+    ) -> None:
+        self._stages = list(stages)
+        self._dead_letters = dead_letters
+        self._sleep = sleep
+        self._max_backoff_s = max_backoff_s
+        self._on_applied = on_applied
+
+    async def handle(self, records: Sequence[Record]) -> None:
+        """Apply a batch; returns only when every record is applied or dead-lettered."""
+        events: list[tuple[Record, ChatEvent]] = []
+        for record in records:
+            try:
+                events.append((record, decode_event(record.value)))
+            except ValueError as exc:
+                await self._dead_letter(record, f"undecodable: {exc}")
+        for stage in self._stages:
+            await self._apply(stage, events)
+
+    async def _apply(self, stage: Stage, events: list[tuple[Record, ChatEvent]]) -> None:
+        if not events:
+            return
+        delay = 0.05
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                await stage.apply([event for _, event in events])
+            except Unavailable as exc:
+                log.warning("%s unavailable (%s); retrying in %.2fs", stage.name, exc.__cause__ or exc, delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, self._max_backoff_s)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a poison event must not stop the partition
+                if len(events) == 1:
+                    record = events[0][0]
+                    log.error(
+                        "%s cannot apply %s:%s@%s: %r",
+                        stage.name,
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        exc,
+                    )
+                    await self._dead_letter(record, f"{stage.name}: {exc!r}")
+                    return
+                # Find the poison one: apply the batch one event at a time.
+                for item in events:
+                    await self._apply(stage, [item])
+                return
+            if self._on_applied is not None:
+                self._on_applied(stage.name, len(events), loop.time() - started)
+            return
+
+    async def _dead_letter(self, record: Record, error: str) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self._dead_letters.send(record, error)
+                return
+            except Exception as exc:  # noqa: BLE001 - keep trying: dropping it would lose the event
+                log.warning("dead-letter topic unavailable (%r); retrying in %.2fs", exc, delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, self._max_backoff_s)

@@ -1,0 +1,54 @@
+"""Shared fixtures. Tiers are marked by folder: ``unit`` (fakes), ``integration`` (one adapter
+against its real service), ``e2e`` (the running system over the client protocol).
+
+Integration and e2e tests use the real Kafka, Cassandra and Redis of ``tidings services``
+(started here when they are not running), in a keyspace and topics of their own.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Test isolation from a developer's running `tidings up`: own keyspace, topics and group.
+TEST_ENV = {
+    "TIDINGS_CASSANDRA_KEYSPACE": "tidings_test",
+    "TIDINGS_TOPIC_PREFIX": "test.",
+    "TIDINGS_WORKER_APP_ID": "tidings-test-projector",
+    "TIDINGS_AUTH_SECRET": os.environ.get("TIDINGS_TEST_AUTH_SECRET", secrets.token_urlsafe(32)),
+}
+os.environ.update(TEST_ENV)
+
+from tidings.settings import Settings  # noqa: E402 - after the environment is set
+
+TIERS = ("unit", "integration", "e2e", "faults")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        for tier in TIERS:
+            if tier in parts:
+                item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def services(settings: Settings) -> Iterator[Settings]:
+    """The real services, up and migrated for the test keyspace and topics."""
+    import asyncio
+
+    from tidings import services as launcher
+    from tidings.migrate import migrate
+
+    launcher.up(settings)
+    asyncio.run(migrate(settings, echo=lambda _: None))
+    yield settings

@@ -1,0 +1,161 @@
+"""The running system: a real gateway and a real Faust worker as child processes, over the
+real services, driven through the client protocol only."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from query_api.auth import issue_token
+from tidings.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class System:
+    def __init__(self, settings: Settings, logs: Path) -> None:
+        self.port = _free_port()
+        self.settings = settings
+        self.logs = logs
+        self.env = {
+            **os.environ,
+            "TIDINGS_HTTP_PORT": str(self.port),
+            "TIDINGS_WORKER_WEB_PORT": str(_free_port()),
+        }
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.http = f"http://127.0.0.1:{self.port}"
+        self.ws = f"ws://127.0.0.1:{self.port}/v1/ws"
+
+    def start(self, role: str) -> None:
+        with open(self.logs / f"{role}.log", "ab") as log:
+            self.procs[role] = subprocess.Popen(
+                [sys.executable, "-m", "tidings", role], cwd=ROOT, env=self.env, stdout=log, stderr=log
+            )
+
+    def kill(self, role: str) -> None:
+        proc = self.procs.pop(role)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.send_signal(signal.SIGINT)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for role, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{role} exited: {(self.logs / f'{role}.log').read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.http}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("gateway not ready")
+
+    def token(self, user: str, device: str = "default", ttl_s: int = 3600) -> str:
+        return issue_token(self.settings.resolved_auth_secret(), user, device_id=device, ttl_s=ttl_s)
+
+    @asynccontextmanager
+    async def connect(self, user: str, device: str = "default") -> AsyncIterator[Client]:
+        async with websockets.connect(f"{self.ws}?token={self.token(user, device)}", max_size=None) as ws:
+            yield Client(ws)
+
+    def request(
+        self, method: str, path: str, *, user: str | None = None, body: Any = None, token: str | None = None,
+        raw: bytes | None = None, headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
+        req = urllib.request.Request(f"{self.http}{path}", data=data, method=method)
+        if token is None and user is not None:
+            token = self.token(user)
+        if token is not None:
+            req.add_header("Authorization", f"Bearer {token}")
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
+        try:
+            with urllib.request.urlopen(req, timeout=15) as r:
+                payload = r.read()
+                return r.status, orjson.loads(payload) if payload else None
+        except urllib.error.HTTPError as err:
+            payload = err.read()
+            return err.code, orjson.loads(payload) if payload else None
+
+
+class Client:
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.backlog: list[dict[str, Any]] = []
+
+    async def send(self, frame: dict[str, Any] | str | bytes) -> None:
+        await self.ws.send(frame if isinstance(frame, (str, bytes)) else orjson.dumps(frame).decode())
+
+    async def expect(self, kind: str, timeout: float = 10, **match: Any) -> dict[str, Any]:
+        """The first frame of ``kind`` (matching ``match``), keeping other frames for later."""
+        for i, frame in enumerate(self.backlog):
+            if frame["type"] == kind and all(frame.get(k) == v for k, v in match.items()):
+                return self.backlog.pop(i)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise AssertionError(f"no {kind} frame {match} within {timeout}s; got {self.backlog}")
+            frame = orjson.loads(await asyncio.wait_for(self.ws.recv(), remaining))
+            if frame["type"] == kind and all(frame.get(k) == v for k, v in match.items()):
+                return frame
+            self.backlog.append(frame)
+
+    async def send_message(self, cid: str, body: str, client_msg_id: str | None = None) -> dict[str, Any]:
+        ref = uuid.uuid4().hex
+        await self.send({"type": "send", "ref": ref, "client_msg_id": client_msg_id or uuid.uuid4().hex,
+                         "conversation_id": cid, "kind": "text", "body": body})
+        return await self.expect("ack", ref=ref)
+
+
+@pytest.fixture(scope="session")
+def system(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    system = System(services, tmp_path_factory.mktemp("system-logs"))
+    system.start("worker")
+    system.start("gateway")
+    try:
+        system.wait_ready()
+        yield system
+    finally:
+        system.stop()
+
+
+def user() -> str:
+    """A fresh user id per test, so tests never see each other's messages."""
+    return f"u{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,45 @@
+"""``KafkaEventLog`` against the real broker: durable appends, keyed like Faust keys them."""
+
+from __future__ import annotations
+
+import uuid
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+
+from commands.kafka_log import KafkaEventLog
+from events import Topics, decode_event
+from tests.contracts import message, spread_ids
+from tidings.settings import Settings
+
+
+async def test_append_lands_on_the_conversations_partition(services: Settings) -> None:
+    topics = Topics(services.topic_prefix)
+    cid = f"dm:alice:u{uuid.uuid4().hex[:10]}"
+    [mid] = spread_ids(1, step_ms=1)
+    event = message(cid, mid)
+    producer = KafkaEventLog.producer(services.kafka_bootstrap, linger_ms=2)
+    await producer.start()
+    try:
+        await KafkaEventLog(producer, topics).append(event)
+    finally:
+        await producer.stop()
+
+    partitions = list(range(services.topic_partitions))
+    expected = DefaultPartitioner()(cid.encode(), partitions, partitions)
+    tp = TopicPartition(topics.conversation_events, expected)
+    consumer = AIOKafkaConsumer(bootstrap_servers=services.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        consumer.seek(tp, max(0, end - 50))
+        found = []
+        while not found:
+            batch = await consumer.getmany(tp, timeout_ms=2000)
+            records = batch.get(tp, [])
+            assert records, "event not found on the expected partition"
+            found = [r for r in records if r.key == cid.encode() and decode_event(r.value) == event]
+    finally:
+        await consumer.stop()
+

@@ -1,0 +1,102 @@
+"""The real adapters against the real Redis and Cassandra, through the same contracts as the fakes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from commands.redis_idempotency import RedisIdempotencyStore
+from projections.cql import Cql, connect
+from projections.messages import CassandraMessages
+from projections.recent import RedisRecent
+from projections.redis_client import make_redis
+from tests.contracts import (
+    DAY_MS,
+    IdempotencyContract,
+    MessageStoreContract,
+    RecentContract,
+    message,
+    spread_ids,
+)
+from tidings.settings import Settings
+from events import keys
+
+
+@pytest.fixture(scope="module")
+def session(services: Settings) -> Iterator[Any]:
+    cluster, session = connect(
+        services.cassandra_hosts, services.cassandra_port,
+        protocol_version=services.cassandra_protocol_version, local_dc=services.cassandra_local_dc,
+    )
+    yield session
+    cluster.shutdown()
+
+
+@pytest.fixture
+async def redis(services: Settings) -> AsyncIterator[Any]:
+    client = make_redis(services.redis_host, services.redis_port, services.redis_db)
+    yield client
+    await client.aclose()
+
+
+class TestCassandraMessages(MessageStoreContract):
+    @pytest.fixture
+    def store(self, session: Any, services: Settings) -> CassandraMessages:
+        store = CassandraMessages(Cql(session, services.cassandra_keyspace), bucket_ms=DAY_MS)
+        store.prepare()
+        return store
+
+
+class TestRedisRecent(RecentContract):
+    @pytest.fixture
+    def recent(self, redis: Any) -> RedisRecent:
+        return RedisRecent(redis, size=5)
+
+    async def test_pushes_frames_to_both_members_after_caching(self, redis: Any) -> None:
+        [mid] = spread_ids(1, step_ms=1)
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(keys.user_channel("alice"), keys.user_channel("bob"))
+        await RedisRecent(redis, size=5).apply([message("dm:alice:bob", mid)])
+        got = []
+        for _ in range(20):
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if msg:
+                got.append(msg["channel"])
+            if len(got) == 2:
+                break
+        await pubsub.aclose()
+        assert sorted(got) == [b"deliver:user:alice", b"deliver:user:bob"]
+
+    async def test_rebuild_mode_does_not_push(self, redis: Any) -> None:
+        [mid] = spread_ids(1, step_ms=1)
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(keys.user_channel("carol"))
+        await RedisRecent(redis, size=5, publish=False).apply([message("dm:carol:dave", mid)])
+        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+        await pubsub.aclose()
+        assert msg is None
+
+
+class TestRedisIdempotency(IdempotencyContract):
+    @pytest.fixture
+    def idem(self, redis: Any) -> RedisIdempotencyStore:
+        return RedisIdempotencyStore(redis, ttl_s=60)
+
+    async def test_records_expire(self, redis: Any) -> None:
+        store = RedisIdempotencyStore(redis, ttl_s=1)
+        from commands import SendRecord
+
+        record = SendRecord(message("dm:a:b", 1), False)
+        assert await store.claim("expiring", "c", record) is None
+        await asyncio.sleep(1.2)
+        assert await store.claim("expiring", "c", record) is None
+        await redis.delete(keys.idempotency("expiring", "c"))
+
+
+def test_migrations_rerun_changes_nothing(session: Any, services: Settings) -> None:
+    from projections.migrate import migrate_cassandra
+
+    assert migrate_cassandra(session, services.cassandra_keyspace, replication_factor=1, echo=lambda _: None) == []

@@ -1,0 +1,23 @@
+import pytest
+
+from commands.memory import MemoryIdempotencyStore
+from projections.memory import MemoryMessages, MemoryRecent
+from tests.contracts import IdempotencyContract, MessageStoreContract, RecentContract
+
+
+class TestMemoryMessages(MessageStoreContract):
+    @pytest.fixture
+    def store(self) -> MemoryMessages:
+        return MemoryMessages()
+
+
+class TestMemoryRecent(RecentContract):
+    @pytest.fixture
+    def recent(self) -> MemoryRecent:
+        return MemoryRecent(size=5)
+
+
+class TestMemoryIdempotency(IdempotencyContract):
+    @pytest.fixture
+    def idem(self) -> MemoryIdempotencyStore:
+        return MemoryIdempotencyStore()

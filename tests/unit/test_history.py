@@ -1,0 +1,56 @@
+from projections.history import history_page
+from projections.memory import MemoryMessages, MemoryRecent
+from tests.contracts import ids_of, message, spread_ids
+
+CID = "dm:alice:bob"
+
+
+async def _tiers(n: int, hot_size: int = 5) -> tuple[list[int], MemoryRecent, MemoryMessages]:
+    ids = spread_ids(n, step_ms=1000)
+    hot, warm = MemoryRecent(size=hot_size), MemoryMessages()
+    events = [message(CID, m) for m in ids]
+    await hot.apply(events)
+    await warm.apply(events)
+    return ids, hot, warm
+
+
+async def test_paging_back_reaches_the_first_message() -> None:
+    ids, hot, warm = await _tiers(23)
+    seen: list[int] = []
+    before = None
+    while True:
+        page, has_more = await history_page(CID, before=before, after=None, limit=4, hot=hot, warm=warm)
+        seen = ids_of(page) + seen
+        if not has_more:
+            break
+        before = int(page[0]["message_id"])
+    assert seen == ids
+
+
+async def test_paging_forward_reaches_the_last_message() -> None:
+    ids, hot, warm = await _tiers(23)
+    seen: list[int] = []
+    after = ids[0]
+    has_more = True
+    while has_more:
+        page, has_more = await history_page(CID, before=None, after=after, limit=4, hot=hot, warm=warm)
+        seen += ids_of(page)
+        after = int(page[-1]["message_id"]) if page else after
+    assert seen == ids[1:]
+
+
+async def test_hot_tier_answers_alone_when_it_holds_enough() -> None:
+    ids, hot, _ = await _tiers(10)
+    empty_warm = MemoryMessages()
+    page, has_more = await history_page(CID, before=None, after=None, limit=3, hot=hot, warm=empty_warm)
+    assert ids_of(page) == ids[-3:] and has_more
+    page, has_more = await history_page(CID, before=None, after=ids[-3], limit=3, hot=hot, warm=empty_warm)
+    assert ids_of(page) == ids[-2:] and not has_more
+
+
+async def test_falls_back_to_warm_when_hot_is_short() -> None:
+    ids, hot, warm = await _tiers(10)
+    page, has_more = await history_page(CID, before=None, after=None, limit=8, hot=hot, warm=warm)
+    assert ids_of(page) == ids[-8:] and has_more
+    page, has_more = await history_page(CID, before=None, after=None, limit=10, hot=hot, warm=warm)
+    assert ids_of(page) == ids and not has_more

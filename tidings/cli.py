@@ -1,0 +1,176 @@
+"""The ``tidings`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tidings.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Tidings: event-sourced chat backend.")
+services_app = typer.Typer(no_args_is_help=True, help="Local Kafka, Cassandra and Redis.")
+app.add_typer(services_app, name="services")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+@services_app.command("up")
+def services_up() -> None:
+    """Start the services (installing and downloading what is missing); reuse running ones."""
+    from tidings import services
+
+    services.ensure_system_packages()
+    for s in services.up(_settings()):
+        typer.echo(f"{s.name:10} {s.host}:{s.port}  {'started' if s.started_by_us else 'running'}")
+
+
+@services_app.command("down")
+def services_down() -> None:
+    """Stop the services that `tidings services up` started."""
+    from tidings import services
+
+    services.down(_settings())
+
+
+@services_app.command("status")
+def services_status() -> None:
+    """Show each service, its port and whether it answers."""
+    from tidings import services
+
+    for s in services.status(_settings()):
+        state = "running" if s.running else "stopped"
+        typer.echo(f"{s.name:10} {s.host}:{s.port}  {state:8} pid={s.pid or '-'}  {s.detail}")
+
+
+@app.command()
+def migrate() -> None:
+    """Create the Kafka topics and the Cassandra keyspace and tables (idempotent)."""
+    from tidings.migrate import migrate as run
+
+    asyncio.run(run(_settings()))
+
+
+@app.command()
+def gateway() -> None:
+    """Run the WebSocket/HTTP gateway (TIDINGS_HTTP_PORT, TIDINGS_GATEWAY_WORKERS)."""
+    from tidings.gateway import run_gateway
+
+    run_gateway(_settings())
+
+
+@app.command()
+def worker() -> None:
+    """Run a Faust projector worker."""
+    from tidings.worker import run_worker
+
+    run_worker(_settings())
+
+
+@app.command()
+def token(
+    user: str,
+    device: Annotated[str, typer.Option(help="device id (claim dev)")] = "default",
+    ttl: Annotated[int, typer.Option(help="lifetime in seconds")] = 24 * 3600,
+) -> None:
+    """Print a client token for USER, signed with the gateway's secret."""
+    from query_api.auth import issue_token
+
+    try:
+        typer.echo(issue_token(_settings().resolved_auth_secret(), user, device_id=device, ttl_s=ttl))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+@app.command()
+def up() -> None:
+    """Services, migrations, a gateway and a worker in one command; Ctrl-C stops what it started."""
+    from tidings import services
+    from tidings.migrate import migrate as run_migrations
+
+    settings = _settings()
+    started_at = time.monotonic()
+    services.ensure_system_packages()
+    statuses = services.up(settings)
+    ours = [s.name for s in statuses if s.started_by_us]
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        asyncio.run(run_migrations(settings))
+        env = {**os.environ, "TIDINGS_AUTH_SECRET": settings.resolved_auth_secret()}
+        for role in ("worker", "gateway"):
+            children.append(subprocess.Popen([sys.executable, "-m", "tidings", role], env=env))
+        url = f"http://{settings.http_host}:{settings.http_port}"
+        _wait_ready(f"{url}/readyz", children, timeout_s=60)
+        typer.echo(
+            f"\nTidings is up in {time.monotonic() - started_at:.1f}s\n"
+            f"  WebSocket  ws://{settings.http_host}:{settings.http_port}/v1/ws?token=<token>\n"
+            f"  HTTP       {url}/v1/...   metrics {url}/metrics\n"
+            f"  a token    python3 -m tidings token alice\n"
+            "Ctrl-C stops everything this command started."
+        )
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        while all(c.poll() is None for c in children):
+            time.sleep(0.5)
+        typer.echo("a Tidings process exited; stopping", err=True)
+    except KeyboardInterrupt:
+        typer.echo("\nstopping")
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+        for child in children:
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        if ours:
+            services.down(settings, only=ours)
+
+
+def _wait_ready(url: str, children: list[subprocess.Popen[bytes]], *, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(c.poll() is not None for c in children):
+            raise typer.Exit(1)
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    typer.echo(f"not ready after {timeout_s}s: {url}", err=True)
+    raise typer.Exit(1)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def test(ctx: typer.Context) -> None:
+    """Run the whole test suite against real services (started if needed, stopped after)."""
+    from tidings import services
+
+    started_at = time.monotonic()
+    settings = _settings()
+    services.ensure_system_packages()
+    ours = [s.name for s in services.up(settings) if s.started_by_us]
+    code = 1
+    try:
+        code = subprocess.call([sys.executable, "-m", "pytest", *ctx.args], cwd=ROOT)
+    finally:
+        if ours:
+            services.down(settings, only=ours)
+    minutes, seconds = divmod(time.monotonic() - started_at, 60)
+    typer.echo(f"test suite took {int(minutes)}m{seconds:04.1f}s (services included)")
+    raise typer.Exit(code)

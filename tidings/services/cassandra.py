@@ -1,0 +1,177 @@
+"""Single-node Cassandra 5.0.8 on JDK 17, from Maven jars, with every config file written here.
+
+The JVM flags are upstream's ``jvm-server.options`` + ``jvm17-server.options`` minus what only
+slows a development start (``-ea``, ``AlwaysPreTouch``, NUMA, GC logs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tidings.services import _probes, _process
+from tidings.services._base import Service
+from tidings.services._common import Echo, heap, java_executable
+from tidings.services._jars import CASSANDRA, ensure_jars, find_jar
+
+HEAP_ENV = "TIDINGS_CASSANDRA_HEAP"
+_JVM17_ARGS = """\
+-Xss256k -XX:+UseG1GC -XX:+ParallelRefProcEnabled -XX:MaxTenuringThreshold=1
+-XX:G1HeapRegionSize=16m
+-XX:G1RSetUpdatingPauseTimePercent=5 -XX:MaxGCPauseMillis=300 -XX:InitiatingHeapOccupancyPercent=70
+-XX:+UseThreadPriorities -XX:+HeapDumpOnOutOfMemoryError -XX:+ExitOnOutOfMemoryError
+-XX:+UseTLAB -XX:+ResizeTLAB -XX:+PerfDisableSharedMem
+-Djava.net.preferIPv4Stack=true -Dchronicle.analytics.disable=true -Djdk.attach.allowAttachSelf=true
+--add-exports=java.base/jdk.internal.misc=ALL-UNNAMED
+--add-exports=java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED
+--add-exports=java.management/com.sun.jmx.remote.security=ALL-UNNAMED
+--add-exports=java.rmi/sun.rmi.registry=ALL-UNNAMED
+--add-exports=java.rmi/sun.rmi.server=ALL-UNNAMED
+--add-exports=java.sql/java.sql=ALL-UNNAMED
+--add-exports=java.base/java.lang.ref=ALL-UNNAMED
+--add-exports=jdk.unsupported/sun.misc=ALL-UNNAMED
+--add-exports=jdk.attach/sun.tools.attach=ALL-UNNAMED
+--add-exports=jdk.compiler/com.sun.tools.javac.file=ALL-UNNAMED
+--add-opens=java.base/java.lang.module=ALL-UNNAMED
+--add-opens=java.base/jdk.internal.loader=ALL-UNNAMED
+--add-opens=java.base/jdk.internal.ref=ALL-UNNAMED
+--add-opens=java.base/jdk.internal.reflect=ALL-UNNAMED
+--add-opens=java.base/jdk.internal.math=ALL-UNNAMED
+--add-opens=java.base/jdk.internal.module=ALL-UNNAMED
+--add-opens=java.base/jdk.internal.util.jar=ALL-UNNAMED
+--add-opens=jdk.management/com.sun.management.internal=ALL-UNNAMED
+--add-opens=java.base/sun.nio.ch=ALL-UNNAMED
+--add-opens=java.base/java.io=ALL-UNNAMED
+--add-opens=java.base/java.lang.reflect=ALL-UNNAMED
+--add-opens=java.base/java.lang=ALL-UNNAMED
+--add-opens=java.base/java.util=ALL-UNNAMED
+--add-opens=java.base/java.nio=ALL-UNNAMED
+--add-opens=jdk.compiler/com.sun.tools.javac=ALL-UNNAMED
+-Dio.netty.tryReflectionSetAccessible=true -Dio.netty.allocator.useCacheForAllThreads=true
+-Dio.netty.allocator.maxOrder=11
+"""
+_LOGBACK = """<?xml version="1.0" encoding="UTF-8"?>
+<configuration scan="false">
+  <appender name="SYSTEMLOG" class="ch.qos.logback.core.rolling.RollingFileAppender">
+    <file>${cassandra.logdir}/system.log</file>
+    <rollingPolicy class="ch.qos.logback.core.rolling.FixedWindowRollingPolicy">
+      <fileNamePattern>${cassandra.logdir}/system.log.%i</fileNamePattern>
+      <minIndex>1</minIndex>
+      <maxIndex>3</maxIndex>
+    </rollingPolicy>
+    <triggeringPolicy class="ch.qos.logback.core.rolling.SizeBasedTriggeringPolicy">
+      <maxFileSize>20MB</maxFileSize>
+    </triggeringPolicy>
+    <encoder><pattern>%-5level [%thread] %date{ISO8601} %logger{1} - %msg%n</pattern></encoder>
+  </appender>
+  <appender name="STDOUT" class="ch.qos.logback.core.ConsoleAppender">
+    <filter class="ch.qos.logback.classic.filter.ThresholdFilter"><level>WARN</level></filter>
+    <encoder><pattern>%-5level [%thread] %date{ISO8601} %logger{1} - %msg%n</pattern></encoder>
+  </appender>
+  <root level="INFO">
+    <appender-ref ref="SYSTEMLOG"/>
+    <appender-ref ref="STDOUT"/>
+  </root>
+</configuration>
+"""
+
+
+class Cassandra(Service):
+    name = "cassandra"
+    ready_timeout_s = 180.0
+
+    @property
+    def host(self) -> str:
+        return self.settings.cassandra_hosts[0]
+
+    @property
+    def port(self) -> int:
+        return self.settings.cassandra_port
+
+    def ports(self) -> list[int]:
+        return [self.port, self.settings.cassandra_storage_port]
+
+    def answering(self) -> bool:
+        return _probes.cql_supported(self.host, self.port)
+
+    def ready(self) -> bool:
+        # The native transport starts last, but a real query also proves the system keyspace
+        # is readable with the protocol version the application uses.
+        if not self.answering():
+            return False
+        version = _probes.cql_release_version(
+            self.host, self.port, self.settings.cassandra_protocol_version,
+            self.settings.cassandra_local_dc,
+        )
+        return version is not None
+
+    def log_files(self) -> list[Path]:
+        return [self.dir / "logs" / "cassandra.out", self.dir / "logs" / "system.log"]
+
+    def cassandra_yaml(self) -> str:
+        host, storage = self.host, self.settings.cassandra_storage_port
+        # Only keys that exist in 5.0's Config.java: unknown keys are fatal. Directories come
+        # from -Dcassandra.storagedir.
+        return f"""\
+cluster_name: 'tidings-dev'
+num_tokens: 1
+partitioner: org.apache.cassandra.dht.Murmur3Partitioner
+endpoint_snitch: SimpleSnitch
+seed_provider:
+  - class_name: org.apache.cassandra.locator.SimpleSeedProvider
+    parameters:
+      - seeds: "{host}:{storage}"
+listen_address: {host}
+rpc_address: {host}
+storage_port: {storage}
+native_transport_port: {self.port}
+start_native_transport: true
+commitlog_sync: periodic
+commitlog_sync_period: 10000ms
+# Every DROP/TRUNCATE would otherwise snapshot, and tests truncate a lot.
+auto_snapshot: false
+hinted_handoff_enabled: false
+memtable_heap_space: 128MiB
+memtable_offheap_space: 128MiB
+key_cache_size: 16MiB
+concurrent_compactors: 1
+"""
+
+    def prepare(self, echo: Echo) -> None:
+        super().prepare(echo)
+        ensure_jars(CASSANDRA, self.settings.cache_dir, echo=echo)
+
+    def launch(self, echo: Echo) -> int:
+        lib = ensure_jars(CASSANDRA, self.settings.cache_dir, echo=echo)  # resolved by prepare()
+        java = java_executable()
+        conf, data, logs = self.dir / "conf", self.dir / "data", self.dir / "logs"
+        jna_tmp = self.dir / "tmp"  # JNA unpacks a native library; /tmp may be noexec
+        triggers = self.dir / "triggers"  # absent, it costs a warning every minute
+        for folder in (conf, data, logs, jna_tmp, triggers):
+            folder.mkdir(parents=True, exist_ok=True)
+        (conf / "cassandra.yaml").write_text(self.cassandra_yaml())
+        (conf / "logback.xml").write_text(_LOGBACK)
+        (conf / "jvm17-server.args").write_text(_JVM17_ARGS)
+        size = heap(HEAP_ENV, "1G")
+        argv = [
+            java, f"@{conf / 'jvm17-server.args'}", f"-Xms{size}", f"-Xmx{size}",
+            f"-javaagent:{find_jar(lib, 'jamm')}",
+            f"-Dcassandra.config=file://{conf / 'cassandra.yaml'}",
+            f"-Dcassandra.storagedir={data}",
+            f"-Dcassandra.logdir={logs}",
+            f"-Dlogback.configurationFile={conf / 'logback.xml'}",
+            # Without it CassandraDaemon closes stdout/stderr and start-up errors vanish.
+            "-Dcassandra-foreground=yes",
+            "-Dcassandra.skip_wait_for_gossip_to_settle=0",
+            "-Dcassandra.superuser_setup_delay_ms=0",
+            # No blocking flush of system/schema tables: much faster DDL, fine for development.
+            "-Dcassandra.unsafesystem=true",
+            f"-Djna.tmpdir={jna_tmp}",
+            f"-Dcassandra.triggers_dir={triggers}",
+            "-cp", f"{conf}:{lib}/*",
+            "org.apache.cassandra.service.CassandraDaemon",
+        ]
+        echo(f"starting cassandra on {self.host}:{self.port} (heap {size})")
+        pid = _process.spawn(argv, cwd=self.dir, log=logs / "cassandra.out",
+                             env={"MALLOC_ARENA_MAX": "4"})
+        self.write_pid(self.pid_file, pid)
+        return pid

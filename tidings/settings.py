@@ -1,0 +1,95 @@
+"""One typed settings object for every runnable, read from ``TIDINGS_*`` environment variables.
+
+Nothing here connects to anything; composition roots take a ``Settings`` and build from it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    return Path.home() / ".local" / "share" / "tidings"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_", extra="ignore", frozen=True)
+
+    # Where the local launcher keeps service data, logs and pid files, and where downloaded
+    # jars are cached. Both live outside the repository.
+    state_dir: Path = Field(default_factory=lambda: _default_home() / "state")
+    cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "tidings")
+
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    kafka_controller_port: int = 19093
+    topic_prefix: str = "tidings."
+    topic_partitions: int = 12
+    kafka_linger_ms: int = 2
+
+    # Cassandra / ScyllaDB
+    cassandra_hosts: list[str] = ["127.0.0.1"]
+    cassandra_port: int = 19042
+    cassandra_storage_port: int = 17000
+    cassandra_keyspace: str = "tidings"
+    cassandra_replication_factor: int = 1
+    # 5 for Cassandra 5.0, 4 for ScyllaDB.
+    cassandra_protocol_version: int = 5
+    cassandra_local_dc: str = "datacenter1"
+
+    # Redis
+    redis_host: str = "127.0.0.1"
+    redis_port: int = 16379
+    redis_db: int = 0
+
+    # Gateway
+    http_host: str = "127.0.0.1"
+    http_port: int = 8787
+    gateway_workers: int = 1
+    # HS256 secret for client JWTs. When unset, `tidings` uses (and creates) a secret kept in
+    # the state folder, so that `tidings up` and `tidings token` agree on a development machine.
+    auth_secret: SecretStr | None = None
+
+    # Worker
+    worker_app_id: str = "tidings-projector"
+    worker_web_port: int = 6066
+    worker_batch_size: int = 500
+    worker_batch_window_s: float = 0.005
+    # How fast a dead worker's partitions move to a live one (Kafka's default is 45 s).
+    worker_session_timeout_s: float = 10.0
+
+    # Domain limits (the protocol's defaults)
+    max_body_chars: int = 4000
+    max_frame_bytes: int = 64 * 1024
+    fanout_threshold: int = 500
+    hot_history_size: int = 50
+    idempotency_ttl_s: int = 24 * 3600
+    # Cassandra `messages` partitions are (conversation, bucket); a bucket spans this many ms.
+    message_bucket_ms: int = 10 * 24 * 3600 * 1000
+
+    @property
+    def kafka_host(self) -> str:
+        return self.kafka_bootstrap.split(",")[0].rsplit(":", 1)[0]
+
+    @property
+    def kafka_port(self) -> int:
+        return int(self.kafka_bootstrap.split(",")[0].rsplit(":", 1)[1])
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+    def resolved_auth_secret(self) -> str:
+        """The JWT secret: ``TIDINGS_AUTH_SECRET``, else a development secret in the state folder."""
+        if self.auth_secret is not None:
+            return self.auth_secret.get_secret_value()
+        path = self.state_dir / "auth-secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(32))
+            path.chmod(0o600)
+        return path.read_text().strip()

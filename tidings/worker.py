@@ -1,0 +1,62 @@
+"""Composition root of ``tidings worker``: the Faust projector with its stores."""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+from prometheus_client import Counter, Histogram, start_http_server
+
+from events import Topics
+from projections.cql import Cql, connect
+from projections.messages import CassandraMessages
+from projections.recent import RedisRecent
+from projections.redis_client import make_redis
+from streams.app import create_app
+from tidings.settings import Settings
+
+EVENTS_APPLIED = Counter("tidings_projection_events_total", "Events applied, per projection", ["projection"])
+APPLY_SECONDS = Histogram(
+    "tidings_projection_batch_seconds",
+    "Time to apply one batch, per projection",
+    ["projection"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+)
+
+
+def _observe(projection: str, events: int, seconds: float) -> None:
+    EVENTS_APPLIED.labels(projection).inc(events)
+    APPLY_SECONDS.labels(projection).observe(seconds)
+
+
+def build_worker_app(settings: Settings) -> faust.App:
+    _, session = connect(
+        settings.cassandra_hosts,
+        settings.cassandra_port,
+        protocol_version=settings.cassandra_protocol_version,
+        local_dc=settings.cassandra_local_dc,
+    )
+    messages = CassandraMessages(Cql(session, settings.cassandra_keyspace), settings.message_bucket_ms)
+    messages.prepare()
+    redis = make_redis(settings.redis_host, settings.redis_port, settings.redis_db)
+    # The hot cache (and its pushes) first: delivery need not wait for Cassandra, since the
+    # event is already durable in Kafka.
+    stages = [RedisRecent(redis, settings.hot_history_size), messages]
+    return create_app(
+        app_id=settings.worker_app_id,
+        bootstrap=settings.kafka_bootstrap,
+        topics=Topics(settings.topic_prefix),
+        partitions=settings.topic_partitions,
+        stages=stages,
+        batch_size=settings.worker_batch_size,
+        batch_window_s=settings.worker_batch_window_s,
+        session_timeout_s=settings.worker_session_timeout_s,
+        on_applied=_observe,
+    )
+
+
+def run_worker(settings: Settings) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = build_worker_app(settings)
+    start_http_server(settings.worker_web_port, addr="127.0.0.1")
+    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
