@@ -32,7 +32,9 @@ class RedisIdempotencyStore:
             old = await self._redis.set(key, _dump(record), nx=True, ex=self._ttl_s, get=True)
         except RedisError as exc:
             raise Unavailable("idempotency store unavailable") from exc
-        return None if old is None else _load(old)
+        if old is None:
+            return None
+        return _load(old if isinstance(old, bytes) else str(old).encode())
 
     async def mark_appended(self, sender_id: str, client_msg_id: str, record: SendRecord) -> None:
         key = keys.idempotency(sender_id, client_msg_id)

@@ -27,6 +27,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
 
 class WorkerIdLease:
@@ -59,7 +65,7 @@ class WorkerIdLease:
             try:
                 renewed = await self._redis.eval(
                     _RENEW, 1, keys.snowflake_lease(self.worker_id), self._token, self._ttl_s
-                )  # type: ignore[misc]
+                )
             except RedisError as exc:
                 log.warning("cannot renew Snowflake worker id %s: %r", self.worker_id, exc)
                 continue
@@ -77,8 +83,8 @@ class WorkerIdLease:
         if self._renewer is not None:
             self._renewer.cancel()
         try:
-            await self._redis.eval(  # type: ignore[misc]
-                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+            await self._redis.eval(
+                _RELEASE,
                 1,
                 keys.snowflake_lease(self.worker_id),
                 self._token,

@@ -19,8 +19,14 @@ def message(cid: str, mid: int, body: str | None = None) -> MessageSent:
     from events import snowflake_ts
 
     return MessageSent(
-        conversation_id=cid, message_id=mid, sender_id="alice", sender_device="d",
-        client_msg_id=f"c{mid}", kind="text", body=body or f"m{mid}", ts=snowflake_ts(mid),
+        conversation_id=cid,
+        message_id=mid,
+        sender_id="alice",
+        sender_device="d",
+        client_msg_id=f"c{mid}",
+        kind="text",
+        body=body or f"m{mid}",
+        ts=snowflake_ts(mid),
     )
 
 
@@ -60,8 +66,13 @@ class MessageStoreContract:
         await store.apply([event])
         [obj] = await store.page(cid, before=None, after=None, limit=10)
         assert obj == {
-            "message_id": str(mid), "conversation_id": cid, "sender_id": "alice",
-            "client_msg_id": f"c{mid}", "kind": "text", "body": "héllo", "media": None,
+            "message_id": str(mid),
+            "conversation_id": cid,
+            "sender_id": "alice",
+            "client_msg_id": f"c{mid}",
+            "kind": "text",
+            "body": "héllo",
+            "media": None,
             "ts": event.ts,
         }
 

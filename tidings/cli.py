@@ -120,7 +120,7 @@ def up() -> None:
             f"  a token    python3 -m tidings token alice\n"
             "Ctrl-C stops everything this command started."
         )
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl-C
         while all(c.poll() is None for c in children):
             time.sleep(0.5)
         typer.echo("a Tidings process exited; stopping", err=True)
@@ -138,6 +138,10 @@ def up() -> None:
                 child.wait()
         if ours:
             services.down(settings, only=ours)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _wait_ready(url: str, children: list[subprocess.Popen[bytes]], *, timeout_s: float) -> None:
@@ -158,10 +162,15 @@ def _wait_ready(url: str, children: list[subprocess.Popen[bytes]], *, timeout_s:
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def test(ctx: typer.Context) -> None:
-    """Run the whole test suite against real services (started if needed, stopped after)."""
+    """Lint, type-check, then run the whole test suite against real services (started if
+    needed, stopped after). Extra arguments go to pytest."""
     from tidings import services
 
     started_at = time.monotonic()
+    for check in (["ruff", "check", "."], ["mypy"]):
+        if subprocess.call([sys.executable, "-m", *check], cwd=ROOT) != 0:
+            typer.echo(f"{check[0]} failed", err=True)
+            raise typer.Exit(1)
     settings = _settings()
     services.ensure_system_packages()
     ours = [s.name for s in services.up(settings) if s.started_by_us]

@@ -13,6 +13,7 @@ from projections.messages import CassandraMessages
 from projections.recent import RedisRecent
 from projections.redis_client import make_redis
 from streams.app import create_app
+from streams.projector import Stage
 from tidings.settings import Settings
 
 EVENTS_APPLIED = Counter("tidings_projection_events_total", "Events applied, per projection", ["projection"])
@@ -41,7 +42,7 @@ def build_worker_app(settings: Settings) -> faust.App:
     redis = make_redis(settings.redis_host, settings.redis_port, settings.redis_db)
     # The hot cache (and its pushes) first: delivery need not wait for Cassandra, since the
     # event is already durable in Kafka.
-    stages = [RedisRecent(redis, settings.hot_history_size), messages]
+    stages: list[Stage] = [RedisRecent(redis, settings.hot_history_size), messages]
     return create_app(
         app_id=settings.worker_app_id,
         bootstrap=settings.kafka_bootstrap,

@@ -94,8 +94,15 @@ class System:
             yield Client(ws)
 
     def request(
-        self, method: str, path: str, *, user: str | None = None, body: Any = None, token: str | None = None,
-        raw: bytes | None = None, headers: dict[str, str] | None = None,
+        self,
+        method: str,
+        path: str,
+        *,
+        user: str | None = None,
+        body: Any = None,
+        token: str | None = None,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
         req = urllib.request.Request(f"{self.http}{path}", data=data, method=method)
@@ -122,7 +129,7 @@ class Client:
     async def send(self, frame: dict[str, Any] | str | bytes) -> None:
         await self.ws.send(frame if isinstance(frame, (str, bytes)) else orjson.dumps(frame).decode())
 
-    async def expect(self, kind: str, timeout: float = 10, **match: Any) -> dict[str, Any]:
+    async def expect(self, kind: str, timeout: float = 10, **match: Any) -> dict[str, Any]:  # noqa: ASYNC109
         """The first frame of ``kind`` (matching ``match``), keeping other frames for later."""
         for i, frame in enumerate(self.backlog):
             if frame["type"] == kind and all(frame.get(k) == v for k, v in match.items()):
@@ -139,8 +146,16 @@ class Client:
 
     async def send_message(self, cid: str, body: str, client_msg_id: str | None = None) -> dict[str, Any]:
         ref = uuid.uuid4().hex
-        await self.send({"type": "send", "ref": ref, "client_msg_id": client_msg_id or uuid.uuid4().hex,
-                         "conversation_id": cid, "kind": "text", "body": body})
+        await self.send(
+            {
+                "type": "send",
+                "ref": ref,
+                "client_msg_id": client_msg_id or uuid.uuid4().hex,
+                "conversation_id": cid,
+                "kind": "text",
+                "body": body,
+            }
+        )
         return await self.expect("ack", ref=ref)
 
 

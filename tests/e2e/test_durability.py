@@ -21,8 +21,15 @@ async def test_acked_messages_survive_kill_9_of_the_worker(system: System) -> No
     async with system.connect(alice) as client:
         # A burst, and kill -9 the worker right after the last ack.
         for i in range(30):
-            await client.send({"type": "send", "ref": f"b{i}", "client_msg_id": f"b{i}",
-                               "conversation_id": cid, "body": f"burst {i}"})
+            await client.send(
+                {
+                    "type": "send",
+                    "ref": f"b{i}",
+                    "client_msg_id": f"b{i}",
+                    "conversation_id": cid,
+                    "body": f"burst {i}",
+                }
+            )
         burst = [await client.expect("ack", ref=f"b{i}") for i in range(30)]
         system.kill("worker")
         # Sent while no worker runs: acked (durable in Kafka) but not projected anywhere yet.

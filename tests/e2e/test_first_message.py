@@ -23,7 +23,11 @@ async def test_message_reaches_every_device_of_both_users(system: System) -> Non
             frame = await device.expect("message")
             message = frame["message"]
             assert message["message_id"] == ack["message_id"]
-            assert (message["sender_id"], message["body"], message["kind"]) == (alice, "Hello, Bob! 👋", "text")
+            assert (message["sender_id"], message["body"], message["kind"]) == (
+                alice,
+                "Hello, Bob! 👋",
+                "text",
+            )
             assert message["ts"] == ack["ts"]
 
 
@@ -51,7 +55,9 @@ async def test_history_pages_back_to_the_first_message(system: System) -> None:
             break
         await asyncio.sleep(0.1)
     assert await everything() == sent
-    status, page = system.request("GET", f"/v1/conversations/{cid}/messages?after={sent[9]}&limit=5", user=alice)
+    status, page = system.request(
+        "GET", f"/v1/conversations/{cid}/messages?after={sent[9]}&limit=5", user=alice
+    )
     assert status == 200 and [m["message_id"] for m in page["messages"]] == sent[10:15] and page["has_more"]
     status, page = system.request("GET", f"/v1/conversations/{cid}/messages?limit=1000", user=alice)
     assert len(page["messages"]) == 100 and page["has_more"]  # clamped to 100
@@ -66,7 +72,10 @@ async def test_retry_with_same_client_msg_id_over_ws_and_http_sends_once(system:
         again = await phone.send_message(cid, "once", client_msg_id="retry-1")
         assert again["message_id"] == first["message_id"]
         status, body = system.request(
-            "POST", f"/v1/conversations/{cid}/messages", user=alice, body={"client_msg_id": "retry-1", "body": "once"}
+            "POST",
+            f"/v1/conversations/{cid}/messages",
+            user=alice,
+            body={"client_msg_id": "retry-1", "body": "once"},
         )
         assert status == 202 and body["message_id"] == first["message_id"]
         await bob_ws.expect("message")
@@ -79,12 +88,16 @@ async def test_retry_with_same_client_msg_id_over_ws_and_http_sends_once(system:
 
 async def test_http_send_and_direct_conversation(system: System) -> None:
     alice, bob = user(), user()
-    status, body = system.request("POST", "/v1/conversations", user=alice, body={"kind": "direct", "members": [bob]})
+    status, body = system.request(
+        "POST", "/v1/conversations", user=alice, body={"kind": "direct", "members": [bob]}
+    )
     assert status == 200
     cid = body["conversation"]["conversation_id"]
     assert cid == direct_conversation_id(alice, bob)
     assert body["conversation"]["last_message"] is None
-    status, sent = system.request("POST", f"/v1/conversations/{cid}/messages", user=bob, body={"client_msg_id": "h1", "body": "hey"})
+    status, sent = system.request(
+        "POST", f"/v1/conversations/{cid}/messages", user=bob, body={"client_msg_id": "h1", "body": "hey"}
+    )
     assert status == 202 and set(sent) == {"message_id", "conversation_id", "ts"}
     for _ in range(50):
         status, body = system.request("GET", f"/v1/conversations/{cid}", user=alice)

@@ -18,9 +18,13 @@ async def test_bad_tokens_get_401_before_the_upgrade(system: System, token_kind:
     tokens = {
         "missing": None,
         "garbage": "not.a.jwt",
-        "wrong_secret": jwt.encode({"sub": "alice", "exp": 2**31}, "another-secret-of-thirty-two-bytes!!", algorithm="HS256"),
+        "wrong_secret": jwt.encode(
+            {"sub": "alice", "exp": 2**31}, "another-secret-of-thirty-two-bytes!!", algorithm="HS256"
+        ),
         "expired": system.token("alice", ttl_s=-10),
-        "bad_subject": jwt.encode({"sub": "a b", "exp": 2**31}, system.settings.resolved_auth_secret(), algorithm="HS256"),
+        "bad_subject": jwt.encode(
+            {"sub": "a b", "exp": 2**31}, system.settings.resolved_auth_secret(), algorithm="HS256"
+        ),
     }
     token = tokens[token_kind]
     url = system.ws if token is None else f"{system.ws}?token={token}"
@@ -44,7 +48,9 @@ async def test_strangers_are_forbidden(system: System) -> None:
     alice, bob, eve = user(), user(), user()
     cid = direct_conversation_id(alice, bob)
     async with system.connect(eve) as client:
-        await client.send({"type": "send", "ref": "s", "client_msg_id": "x", "conversation_id": cid, "body": "hi"})
+        await client.send(
+            {"type": "send", "ref": "s", "client_msg_id": "x", "conversation_id": cid, "body": "hi"}
+        )
         error = await client.expect("error", ref="s")
         assert error["code"] == "forbidden"
     for method, path, body in [
@@ -64,12 +70,39 @@ async def test_malformed_and_oversized_frames_get_errors_and_the_socket_survives
         (b"\x00\x01binary", "invalid", None),
         ('{"type": "warp", "ref": "r1"}', "invalid", "r1"),
         ('{"type": "send", "ref": "r2"}', "invalid", "r2"),
-        (orjson.dumps({"type": "send", "ref": "r3", "client_msg_id": "c", "conversation_id": cid,
-                       "body": "x" * 4001}).decode(), "too_large", "r3"),
-        (orjson.dumps({"type": "send", "ref": "r4", "client_msg_id": "c", "conversation_id": "dm:zz:aa",
-                       "body": "x"}).decode(), "invalid", "r4"),
-        (orjson.dumps({"type": "send", "ref": "r5", "client_msg_id": "c", "conversation_id": "g:404",
-                       "body": "x"}).decode(), "not_found", "r5"),
+        (
+            orjson.dumps(
+                {
+                    "type": "send",
+                    "ref": "r3",
+                    "client_msg_id": "c",
+                    "conversation_id": cid,
+                    "body": "x" * 4001,
+                }
+            ).decode(),
+            "too_large",
+            "r3",
+        ),
+        (
+            orjson.dumps(
+                {
+                    "type": "send",
+                    "ref": "r4",
+                    "client_msg_id": "c",
+                    "conversation_id": "dm:zz:aa",
+                    "body": "x",
+                }
+            ).decode(),
+            "invalid",
+            "r4",
+        ),
+        (
+            orjson.dumps(
+                {"type": "send", "ref": "r5", "client_msg_id": "c", "conversation_id": "g:404", "body": "x"}
+            ).decode(),
+            "not_found",
+            "r5",
+        ),
         ('{"type": "ping", "pad": "' + "x" * 70_000 + '"}', "too_large", None),
     ]
     async with system.connect(me) as client:
@@ -110,11 +143,15 @@ def test_malformed_http_bodies_get_400(system: System, body: bytes, code: str) -
 def test_oversized_http_body_gets_413(system: System) -> None:
     me = user()
     cid = direct_conversation_id(me, user())
-    status, payload = system.request("POST", f"/v1/conversations/{cid}/messages", user=me, raw=b"x" * (2 * 1024 * 1024))
+    status, payload = system.request(
+        "POST", f"/v1/conversations/{cid}/messages", user=me, raw=b"x" * (2 * 1024 * 1024)
+    )
     assert status == 413 and payload["error"]["code"] == "too_large"
 
 
-@pytest.mark.parametrize("query", ["before=abc", "after=-5", "before=1&after=2", "limit=ten", "before=99999999999999999999999"])
+@pytest.mark.parametrize(
+    "query", ["before=abc", "after=-5", "before=1&after=2", "limit=ten", "before=99999999999999999999999"]
+)
 def test_bad_paging_arguments_get_400(system: System, query: str) -> None:
     me = user()
     cid = direct_conversation_id(me, user())
@@ -128,3 +165,27 @@ def test_unknown_route_is_404_json_and_ops_endpoints_answer(system: System) -> N
     assert system.request("GET", "/healthz")[0] == 200
     status, ready = system.request("GET", "/readyz")
     assert status == 200 and ready["checks"] == {"kafka": "ok", "cassandra": "ok", "redis": "ok"}
+
+
+async def test_metrics_count_traffic(system: System) -> None:
+    import re
+    import urllib.request
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"{system.http}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def value(text: str, name: str) -> float:
+        match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    before = scrape()
+    me = user()
+    async with system.connect(me) as client:
+        await client.send_message(direct_conversation_id(me, user()), "counted")
+        during = scrape()
+    sent = 'tidings_sends_total{outcome="ok"}'
+    assert value(during, sent) == value(before, sent) + 1
+    assert value(during, "tidings_ws_connections") >= 1
+    assert value(during, 'tidings_ws_frames_in_total{type="send"}') >= 1
+    assert "tidings_send_ack_seconds_bucket" in during

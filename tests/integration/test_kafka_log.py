@@ -42,4 +42,3 @@ async def test_append_lands_on_the_conversations_partition(services: Settings) -
             found = [r for r in records if r.key == cid.encode() and decode_event(r.value) == event]
     finally:
         await consumer.stop()
-

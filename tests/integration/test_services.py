@@ -54,15 +54,17 @@ def test_status_shows_all_three_running_and_answering(settings: Settings) -> Non
         assert item.running, item
         assert item.pid is not None and _alive(item.pid), item
         assert item.detail == "ready", item
-    assert (statuses["kafka"].host, statuses["kafka"].port) == (
-        settings.kafka_host, settings.kafka_port)
+    assert (statuses["kafka"].host, statuses["kafka"].port) == (settings.kafka_host, settings.kafka_port)
     assert statuses["cassandra"].port == settings.cassandra_port
     assert statuses["redis"].port == settings.redis_port
     # Answering, asked by other means than the probe `status` used.
     assert _probes.kafka_metadata_brokers(settings.kafka_host, settings.kafka_port) == 1
     release = _probes.cql_release_version(
-        settings.cassandra_hosts[0], settings.cassandra_port,
-        settings.cassandra_protocol_version, settings.cassandra_local_dc)
+        settings.cassandra_hosts[0],
+        settings.cassandra_port,
+        settings.cassandra_protocol_version,
+        settings.cassandra_local_dc,
+    )
     assert release is not None and release.startswith("5.0.")
     client = redis.Redis(host=settings.redis_host, port=settings.redis_port)
     try:

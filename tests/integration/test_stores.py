@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from commands.redis_idempotency import RedisIdempotencyStore
+from events import keys
 from projections.cql import Cql, connect
 from projections.messages import CassandraMessages
 from projections.recent import RedisRecent
@@ -22,14 +23,15 @@ from tests.contracts import (
     spread_ids,
 )
 from tidings.settings import Settings
-from events import keys
 
 
 @pytest.fixture(scope="module")
 def session(services: Settings) -> Iterator[Any]:
     cluster, session = connect(
-        services.cassandra_hosts, services.cassandra_port,
-        protocol_version=services.cassandra_protocol_version, local_dc=services.cassandra_local_dc,
+        services.cassandra_hosts,
+        services.cassandra_port,
+        protocol_version=services.cassandra_protocol_version,
+        local_dc=services.cassandra_local_dc,
     )
     yield session
     cluster.shutdown()
@@ -99,4 +101,7 @@ class TestRedisIdempotency(IdempotencyContract):
 def test_migrations_rerun_changes_nothing(session: Any, services: Settings) -> None:
     from projections.migrate import migrate_cassandra
 
-    assert migrate_cassandra(session, services.cassandra_keyspace, replication_factor=1, echo=lambda _: None) == []
+    assert (
+        migrate_cassandra(session, services.cassandra_keyspace, replication_factor=1, echo=lambda _: None)
+        == []
+    )

@@ -6,8 +6,14 @@ from events import MessageSent, decode_event, direct_conversation_id, dm_members
 
 def _event(**overrides: object) -> MessageSent:
     fields: dict[str, object] = dict(
-        conversation_id="dm:alice:bob", message_id=7260912345678901234, sender_id="alice",
-        sender_device="phone", client_msg_id="c-1", kind="text", body="héllo 👋", ts=1764283200123,
+        conversation_id="dm:alice:bob",
+        message_id=7260912345678901234,
+        sender_id="alice",
+        sender_device="phone",
+        client_msg_id="c-1",
+        kind="text",
+        body="héllo 👋",
+        ts=1764283200123,
     )
     fields.update(overrides)
     return MessageSent(**fields)  # type: ignore[arg-type]

@@ -14,8 +14,16 @@ def _error(raw: str | bytes) -> FrameError:
 
 def test_send_frame_parses_and_ignores_unknown_fields() -> None:
     ref, frame = parse_frame(
-        orjson.dumps({"type": "send", "ref": "r1", "client_msg_id": "c", "conversation_id": "dm:a:b",
-                      "body": "hi", "future_field": 1}).decode(),
+        orjson.dumps(
+            {
+                "type": "send",
+                "ref": "r1",
+                "client_msg_id": "c",
+                "conversation_id": "dm:a:b",
+                "body": "hi",
+                "future_field": 1,
+            }
+        ).decode(),
         LIMIT,
     )
     assert ref == "r1" and isinstance(frame, SendFrame) and frame.body == "hi"
@@ -36,8 +44,16 @@ def test_send_frame_parses_and_ignores_unknown_fields() -> None:
         ('{"type": "send", "ref": "r", "conversation_id": "dm:a:b"}', "invalid", "r"),
         ('{"type": "send", "ref": "r", "client_msg_id": "", "conversation_id": "x"}', "invalid", "r"),
         ('{"type": "send", "ref": "r", "client_msg_id": 5, "conversation_id": "x"}', "invalid", "r"),
-        ('{"type": "send", "ref": "r", "client_msg_id": "c", "conversation_id": "x", "kind": "gif"}', "invalid", "r"),
-        ('{"type": "send", "ref": "r", "client_msg_id": "c", "conversation_id": "x", "body": [1]}', "invalid", "r"),
+        (
+            '{"type": "send", "ref": "r", "client_msg_id": "c", "conversation_id": "x", "kind": "gif"}',
+            "invalid",
+            "r",
+        ),
+        (
+            '{"type": "send", "ref": "r", "client_msg_id": "c", "conversation_id": "x", "body": [1]}',
+            "invalid",
+            "r",
+        ),
         ("[" * 100_000 + "]" * 100_000, "too_large", None),
         ('{"type": "ping", "pad": "' + "é" * 40_000 + '"}', "too_large", None),
     ],

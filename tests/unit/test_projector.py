@@ -40,8 +40,14 @@ def _record(offset: int, event: MessageSent | None = None, raw: bytes | None = N
 
 def _message(mid: int) -> MessageSent:
     return MessageSent(
-        conversation_id="dm:alice:bob", message_id=mid, sender_id="alice", sender_device="d",
-        client_msg_id=f"c{mid}", kind="text", body=f"m{mid}", ts=1,
+        conversation_id="dm:alice:bob",
+        message_id=mid,
+        sender_id="alice",
+        sender_device="d",
+        client_msg_id=f"c{mid}",
+        kind="text",
+        body=f"m{mid}",
+        ts=1,
     )
 
 

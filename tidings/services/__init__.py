@@ -52,8 +52,7 @@ from tidings.services.kafka import Kafka
 from tidings.services.redis import Redis
 from tidings.settings import Settings
 
-__all__ = ["SERVICES", "ServiceError", "ServiceStatus", "down", "ensure_system_packages",
-           "status", "up"]
+__all__ = ["SERVICES", "ServiceError", "ServiceStatus", "down", "ensure_system_packages", "status", "up"]
 
 SERVICES = ("kafka", "cassandra", "redis")
 _TYPES: dict[str, type[Service]] = {"kafka": Kafka, "cassandra": Cassandra, "redis": Redis}
@@ -78,8 +77,7 @@ def _run_all(services: list[Service], action: str, echo: Echo) -> list[ServiceSt
             echo(message)
 
     with ThreadPoolExecutor(max_workers=len(services)) as pool:
-        futures = [pool.submit(getattr(service, action), one_line_at_a_time)
-                   for service in services]
+        futures = [pool.submit(getattr(service, action), one_line_at_a_time) for service in services]
     results: list[ServiceStatus] = []
     errors: list[str] = []
     for service, future in zip(services, futures, strict=True):
@@ -92,8 +90,7 @@ def _run_all(services: list[Service], action: str, echo: Echo) -> list[ServiceSt
     return results
 
 
-def up(settings: Settings, *, only: Sequence[str] | None = None,
-       echo: Echo = print) -> list[ServiceStatus]:
+def up(settings: Settings, *, only: Sequence[str] | None = None, echo: Echo = print) -> list[ServiceStatus]:
     """Start the selected services (all by default), or reuse them when already running.
 
     Servers start in parallel and each is waited for at the protocol level (Kafka ApiVersions
@@ -108,8 +105,7 @@ def up(settings: Settings, *, only: Sequence[str] | None = None,
     return statuses
 
 
-def down(settings: Settings, *, only: Sequence[str] | None = None,
-         echo: Echo = print) -> list[ServiceStatus]:
+def down(settings: Settings, *, only: Sequence[str] | None = None, echo: Echo = print) -> list[ServiceStatus]:
     """Stop the selected services that we started (SIGTERM, then SIGKILL after 30 s)."""
     return _run_all(_select(settings, only), "down", echo)
 

@@ -60,8 +60,9 @@ class Service(ABC):
     def log_files(self) -> list[Path]:
         """Logs whose tails explain a failed start."""
 
-    def _status(self, *, running: bool, pid: int | None, started_by_us: bool = False,
-                detail: str = "") -> ServiceStatus:
+    def _status(
+        self, *, running: bool, pid: int | None, started_by_us: bool = False, detail: str = ""
+    ) -> ServiceStatus:
         return ServiceStatus(self.name, self.host, self.port, running, pid, started_by_us, detail)
 
     def status(self) -> ServiceStatus:
@@ -96,8 +97,7 @@ class Service(ABC):
                 raise
             elapsed = time.monotonic() - started
             echo(f"{self.name} ready on {self.host}:{self.port} in {elapsed:.1f} s (pid {pid})")
-            return self._status(running=True, pid=pid, started_by_us=True,
-                                detail=f"ready in {elapsed:.1f} s")
+            return self._status(running=True, pid=pid, started_by_us=True, detail=f"ready in {elapsed:.1f} s")
 
     def down(self, echo: Echo) -> ServiceStatus:
         with _process.locked(self.dir / ".lock"):
@@ -108,16 +108,13 @@ class Service(ABC):
             seconds = _process.stop(pid, self.dir)
             self.pid_file.unlink(missing_ok=True)
             echo(f"{self.name} stopped in {seconds:.1f} s")
-            return self._status(running=False, pid=None,
-                                detail=f"stopped pid {pid} in {seconds:.1f} s")
+            return self._status(running=False, pid=None, detail=f"stopped pid {pid} in {seconds:.1f} s")
 
     def _wait_ready(self, pid: int, started: float) -> None:
         deadline = started + self.ready_timeout_s
         while True:
             if not _process.is_alive(pid):
-                raise ServiceError(
-                    f"{self.name} (pid {pid}) exited during start-up\n{self._tails()}"
-                )
+                raise ServiceError(f"{self.name} (pid {pid}) exited during start-up\n{self._tails()}")
             if self.ready():
                 return
             if time.monotonic() > deadline:
@@ -133,8 +130,10 @@ class Service(ABC):
     def _stranger(self, busy: list[int]) -> str:
         ports = ", ".join(str(port) for port in busy)
         what = f"ports {ports} are" if len(busy) > 1 else f"port {ports} is"
-        return (f"{what} taken on {self.host} by a process tidings did not start (no live pid "
-                f"file in {self.dir}); stop it or choose other ports in settings")
+        return (
+            f"{what} taken on {self.host} by a process tidings did not start (no live pid "
+            f"file in {self.dir}); stop it or choose other ports in settings"
+        )
 
     def _tails(self) -> str:
         return "\n".join(_process.tail(path) for path in self.log_files())

@@ -64,8 +64,16 @@ def _resolve(jars: JarSet, lib: Path, echo: Echo) -> Path:
     work.mkdir(parents=True)
     # Maven runs on a copy of the POM so that it never writes anything next to the package.
     shutil.copyfile(_POMS / jars.pom, work / "pom.xml")
-    argv = [mvn, "-B", "-q", "-f", str(work / "pom.xml"), _PLUGIN, "-DincludeScope=runtime",
-            f"-DoutputDirectory={staging}"]
+    argv = [
+        mvn,
+        "-B",
+        "-q",
+        "-f",
+        str(work / "pom.xml"),
+        _PLUGIN,
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={staging}",
+    ]
     result = subprocess.run(argv, cwd=work, capture_output=True, text=True, check=False)
     output = (result.stdout + result.stderr).strip()
     count = len(list(staging.glob("*.jar"))) if staging.is_dir() else 0

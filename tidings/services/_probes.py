@@ -22,8 +22,7 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
     return bytes(chunks)
 
 
-def _kafka_request(host: str, port: int, api_key: int, version: int, body: bytes,
-                   timeout: float) -> bytes:
+def _kafka_request(host: str, port: int, api_key: int, version: int, body: bytes, timeout: float) -> bytes:
     """Send one request with header v1 and return the response body after the correlation id."""
     correlation_id = 0x7D1D
     header = struct.pack(">hhih", api_key, version, correlation_id, len(_CLIENT_ID)) + _CLIENT_ID
@@ -70,8 +69,9 @@ def cql_supported(host: str, port: int, timeout: float = 2.0) -> bool:
     return bool(header[0] & 0x80) and header[4] == 0x06
 
 
-def cql_release_version(host: str, port: int, protocol_version: int, local_dc: str,
-                        timeout: float = 10.0) -> str | None:
+def cql_release_version(
+    host: str, port: int, protocol_version: int, local_dc: str, timeout: float = 10.0
+) -> str | None:
     """``release_version`` from ``system.local`` through cassandra-driver, or None on failure."""
     # Imported here: the driver is slow to import and nothing should connect at import time.
     from cassandra import DriverException

@@ -66,9 +66,7 @@ def owned_pid(pid_file: Path, service_dir: Path) -> int | None:
     return None
 
 
-def spawn(
-    argv: Sequence[str], *, cwd: Path, log: Path, env: Mapping[str, str] | None = None
-) -> int:
+def spawn(argv: Sequence[str], *, cwd: Path, log: Path, env: Mapping[str, str] | None = None) -> int:
     """Start ``argv`` in its own session with output appended to ``log``; return its pid."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:

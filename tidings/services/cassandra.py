@@ -99,7 +99,9 @@ class Cassandra(Service):
         if not self.answering():
             return False
         version = _probes.cql_release_version(
-            self.host, self.port, self.settings.cassandra_protocol_version,
+            self.host,
+            self.port,
+            self.settings.cassandra_protocol_version,
             self.settings.cassandra_local_dc,
         )
         return version is not None
@@ -153,7 +155,10 @@ concurrent_compactors: 1
         (conf / "jvm17-server.args").write_text(_JVM17_ARGS)
         size = heap(HEAP_ENV, "1G")
         argv = [
-            java, f"@{conf / 'jvm17-server.args'}", f"-Xms{size}", f"-Xmx{size}",
+            java,
+            f"@{conf / 'jvm17-server.args'}",
+            f"-Xms{size}",
+            f"-Xmx{size}",
             f"-javaagent:{find_jar(lib, 'jamm')}",
             f"-Dcassandra.config=file://{conf / 'cassandra.yaml'}",
             f"-Dcassandra.storagedir={data}",
@@ -167,11 +172,11 @@ concurrent_compactors: 1
             "-Dcassandra.unsafesystem=true",
             f"-Djna.tmpdir={jna_tmp}",
             f"-Dcassandra.triggers_dir={triggers}",
-            "-cp", f"{conf}:{lib}/*",
+            "-cp",
+            f"{conf}:{lib}/*",
             "org.apache.cassandra.service.CassandraDaemon",
         ]
         echo(f"starting cassandra on {self.host}:{self.port} (heap {size})")
-        pid = _process.spawn(argv, cwd=self.dir, log=logs / "cassandra.out",
-                             env={"MALLOC_ARENA_MAX": "4"})
+        pid = _process.spawn(argv, cwd=self.dir, log=logs / "cassandra.out", env={"MALLOC_ARENA_MAX": "4"})
         self.write_pid(self.pid_file, pid)
         return pid

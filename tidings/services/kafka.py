@@ -18,8 +18,12 @@ from tidings.services._jars import KAFKA, ensure_jars
 
 HEAP_ENV = "TIDINGS_KAFKA_HEAP"
 _JVM_FLAGS = [
-    "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
-    "-XX:+ExplicitGCInvokesConcurrent", "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent",
+    "-XX:+ExitOnOutOfMemoryError",
+    "-Djava.awt.headless=true",
 ]
 _LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
 <Configuration status="WARN">
@@ -118,8 +122,7 @@ num.recovery.threads.per.data.dir=1
         if not (self.dir / "data" / "meta.properties").is_file():
             self._format(base, properties, echo)
         size = heap(HEAP_ENV, "512m")
-        argv = [base[0], f"-Xms{size}", f"-Xmx{size}", *_JVM_FLAGS, *base[1:],
-                "kafka.Kafka", str(properties)]
+        argv = [base[0], f"-Xms{size}", f"-Xmx{size}", *_JVM_FLAGS, *base[1:], "kafka.Kafka", str(properties)]
         echo(f"starting kafka on {self.host}:{self.port} (heap {size})")
         pid = _process.spawn(argv, cwd=self.dir, log=self.log_files()[0])
         self.write_pid(self.pid_file, pid)
@@ -128,13 +131,25 @@ num.recovery.threads.per.data.dir=1
     def _format(self, base: list[str], properties: Path, echo: Echo) -> None:
         cluster_id = new_cluster_id()
         echo(f"formatting kafka storage in {self.dir / 'data'} (cluster id {cluster_id})")
-        argv = [*base, "kafka.tools.StorageTool", "format", "--standalone",
-                "--cluster-id", cluster_id, "--config", str(properties), "--ignore-formatted"]
+        argv = [
+            *base,
+            "kafka.tools.StorageTool",
+            "format",
+            "--standalone",
+            "--cluster-id",
+            cluster_id,
+            "--config",
+            str(properties),
+            "--ignore-formatted",
+        ]
         try:
-            result = subprocess.run(argv, cwd=self.dir, capture_output=True, text=True,
-                                    timeout=120, check=False)
+            result = subprocess.run(
+                argv, cwd=self.dir, capture_output=True, text=True, timeout=120, check=False
+            )
         except subprocess.TimeoutExpired as exc:
             raise ServiceError(f"kafka storage format timed out: {' '.join(argv)}") from exc
         if result.returncode != 0:
-            raise ServiceError(f"kafka storage format failed (exit {result.returncode}): "
-                               f"{' '.join(argv)}\n{(result.stdout + result.stderr)[-4000:]}")
+            raise ServiceError(
+                f"kafka storage format failed (exit {result.returncode}): "
+                f"{' '.join(argv)}\n{(result.stdout + result.stderr)[-4000:]}"
+            )

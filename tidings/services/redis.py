@@ -36,19 +36,40 @@ class Redis(Service):
             raise ServiceError("redis-server not found: apt-get install redis-server")
         self.dir.mkdir(parents=True, exist_ok=True)
         argv = [
-            server, "--port", str(self.port), "--bind", self.host,
-            "--save", "", "--appendonly", "no",
-            "--daemonize", "yes", "--dir", str(self.dir),
-            "--pidfile", str(self.pid_file), "--logfile", str(self.dir / "redis.log"),
+            server,
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "yes",
+            "--dir",
+            str(self.dir),
+            "--pidfile",
+            str(self.pid_file),
+            "--logfile",
+            str(self.dir / "redis.log"),
             # Keep argv in /proc/<pid>/cmdline (the default title hides --dir), so that the
             # ownership check, and `ps`, can tell our server from another one.
-            "--set-proc-title", "no",
+            "--set-proc-title",
+            "no",
         ]
         echo(f"starting redis on {self.host}:{self.port}")
         with (self.dir / "redis.out").open("ab") as out:
             # The parent forks the daemon and exits; the daemon writes the pid file.
-            result = subprocess.run(argv, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, timeout=30, check=False)
+            result = subprocess.run(
+                argv,
+                cwd=self.dir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=30,
+                check=False,
+            )
         if result.returncode != 0:
             raise ServiceError(f"redis-server exited with {result.returncode}\n{self._tails()}")
         deadline = time.monotonic() + 10

@@ -1,0 +1,97 @@
+"""`tidings up` as a newcomer runs it: it prints where to connect, two users can talk through
+it, and Ctrl-C leaves no process or port behind. (The services are already up for the suite, so
+`up` reuses them and, rightly, leaves them running.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+from websockets.sync.client import connect
+
+from tests.e2e.conftest import ROOT, _free_port
+from tidings.settings import Settings
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            child = int(stat.parent.name)
+            found += [child, *_children(child)]
+    return found
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_up_serves_a_scripted_exchange_and_ctrl_c_cleans_up(services: Settings) -> None:
+    port = _free_port()
+    env = {**os.environ, "TIDINGS_HTTP_PORT": str(port), "TIDINGS_WORKER_WEB_PORT": str(_free_port())}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "up"], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    output: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            output.append(line)
+            if "Ctrl-C stops" in line:
+                break
+        text = "".join(output)
+        assert f"ws://127.0.0.1:{port}/v1/ws" in text, text
+        assert "tidings token" in text
+        children = _children(proc.pid)
+        assert len(children) >= 2  # gateway and worker
+
+        alice, bob = f"a{uuid.uuid4().hex[:8]}", f"b{uuid.uuid4().hex[:8]}"
+
+        def token(user: str) -> str:
+            out = subprocess.run(
+                [sys.executable, "-m", "tidings", "token", user], cwd=ROOT, env=env,
+                capture_output=True, text=True, check=True,
+            )
+            return out.stdout.strip()
+
+        cid = f"dm:{min(alice, bob)}:{max(alice, bob)}"
+        url = f"ws://127.0.0.1:{port}/v1/ws?token="
+        with connect(url + token(bob)) as bob_ws, connect(url + token(alice)) as alice_ws:
+            time.sleep(0.2)
+            alice_ws.send(orjson.dumps({"type": "send", "ref": "1", "client_msg_id": "hello",
+                                        "conversation_id": cid, "body": "hi bob"}).decode())
+            ack = orjson.loads(alice_ws.recv(timeout=10))
+            assert ack["type"] == "ack"
+            frame = orjson.loads(bob_ws.recv(timeout=10))
+            assert frame["type"] == "message" and frame["message"]["body"] == "hi bob"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rest, _ = proc.communicate(timeout=60)  # also closes the pipe
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail("tidings up did not stop on Ctrl-C")
+    time.sleep(0.5)
+    alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]
+    assert alive == [], f"left running: {alive}"
+    assert _port_free(port)
+    assert proc.returncode == 0, rest
