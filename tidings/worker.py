@@ -59,5 +59,11 @@ def build_worker_app(settings: Settings) -> faust.App:
 def run_worker(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = build_worker_app(settings)
-    start_http_server(settings.worker_web_port, addr="127.0.0.1")
+    try:
+        start_http_server(settings.worker_web_port, addr="127.0.0.1")
+    except OSError as exc:
+        # A second worker on one host: it still projects; only its metrics are not served.
+        logging.getLogger(__name__).warning(
+            "metrics not served: port %s: %s (set TIDINGS_WORKER_WEB_PORT)", settings.worker_web_port, exc
+        )
     faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
