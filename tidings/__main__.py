@@ -55,8 +55,14 @@ def _install() -> None:
     STAMP.write_text(digest)
 
 
+def _in_checkout() -> bool:
+    # An installed wheel (a container image) has no pyproject.toml beside the package: no
+    # bootstrap there, just the CLI.
+    return (ROOT / "pyproject.toml").exists()
+
+
 def main() -> None:
-    if not _in_venv():
+    if _in_checkout() and not _in_venv():
         _make_venv()
         _install()
         os.execv(str(PYTHON), [str(PYTHON), "-m", "tidings", *sys.argv[1:]])
