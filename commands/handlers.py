@@ -6,8 +6,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from commands.membership import require_member
 from commands.model import Limits, SendMessage, decide_send
-from commands.ports import EventLog, IdempotencyStore, IdGenerator, SendRecord
+from commands.ports import Directory, EventLog, IdempotencyStore, IdGenerator, SendRecord
 from events import snowflake_ts
 from events.errors import Conflict
 
@@ -27,6 +28,7 @@ async def send_message(
     idempotency: IdempotencyStore,
     ids: IdGenerator,
     limits: Limits,
+    directory: Directory,
 ) -> SendResult:
     """Append a ``MessageSent``, at most once per ``(sender, client_msg_id)``.
 
@@ -35,6 +37,7 @@ async def send_message(
     still in flight), the retry appends the recorded event again. The log may then hold it
     twice, which projections and clients absorb by ``message_id``.
     """
+    await require_member(directory, cmd.conversation_id, cmd.sender_id)
     message_id = ids.next_id()
     event = decide_send(cmd, message_id=message_id, ts=snowflake_ts(message_id), limits=limits)
     existing = await idempotency.claim(cmd.sender_id, cmd.client_msg_id, SendRecord(event, False))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from events import ChatEvent, MessageSent
+from events import ChatEvent, MessageSent, Role
 
 
 class EventLog(Protocol):
@@ -33,3 +35,46 @@ class IdempotencyStore(Protocol):
 
 class IdGenerator(Protocol):
     def next_id(self) -> int: ...
+
+
+class ConversationInfo(Protocol):
+    @property
+    def conversation_id(self) -> str: ...
+    @property
+    def kind(self) -> str:
+        """``direct`` or ``group``."""
+
+    @property
+    def title(self) -> str | None: ...
+    @property
+    def member_count(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A plain ``ConversationInfo``."""
+
+    conversation_id: str
+    kind: str
+    title: str | None
+    member_count: int
+
+
+class Directory(Protocol):
+    """The membership read model, as the write side needs it."""
+
+    async def conversation(self, conversation_id: str) -> ConversationInfo | None:
+        """The group's row, or ``None`` when no such group exists."""
+
+    async def roles(self, conversation_id: str, user_ids: Sequence[str]) -> dict[str, Role]:
+        """Roles of those of ``user_ids`` who are members (absent ones are not)."""
+
+    async def apply(self, events: Sequence[ChatEvent]) -> None:
+        """Write membership events through, right after they are in the log, so the next
+        command sees them; the worker applies the same events again, idempotently."""
+
+
+class Locks(Protocol):
+    def hold(self, name: str) -> AbstractAsyncContextManager[None]:
+        """Hold the named lock for the block (across processes); raise ``Unavailable`` when it
+        cannot be had in a few seconds."""

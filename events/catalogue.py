@@ -8,12 +8,13 @@ readers cannot ignore gets a new ``v`` and an upcaster beside the class, registe
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 MessageKind = Literal["text", "image", "video", "file"]
+Role = Literal["owner", "admin", "member"]
 
 
 class _Event(BaseModel):
@@ -44,8 +45,78 @@ class MessageSent(_Event):
     ts: int
 
 
-# The union of every event; later events join it as ``Annotated[A | B, Field(discriminator="type")]``.
-ChatEvent = MessageSent
+class Member(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    user_id: str
+    role: Role
+
+
+class _GroupEvent(_Event):
+    """A change to a group. ``event_id`` is a Snowflake; ``actor_id`` made the change;
+    ``member_count`` is the count after it, decided by the write side, so projections never
+    count (replays and redeliveries then agree)."""
+
+    conversation_id: str
+    event_id: int
+    actor_id: str
+    ts: int
+
+
+class GroupCreated(_GroupEvent):
+    type: Literal["group.created"] = "group.created"
+    v: Literal[1] = 1
+    title: str
+    members: tuple[Member, ...]  # the owner included
+    member_count: int
+
+
+class MembersAdded(_GroupEvent):
+    type: Literal["group.members_added"] = "group.members_added"
+    v: Literal[1] = 1
+    members: tuple[Member, ...]  # only users who were not members
+    member_count: int
+
+
+class MemberRemoved(_GroupEvent):
+    """A member left (``actor_id == user_id``) or was removed by an owner or admin."""
+
+    type: Literal["group.member_removed"] = "group.member_removed"
+    v: Literal[1] = 1
+    user_id: str
+    member_count: int
+
+
+class MemberRoleChanged(_GroupEvent):
+    """A member became admin or member (ownership moves with ``OwnershipTransferred``)."""
+
+    type: Literal["group.member_role_changed"] = "group.member_role_changed"
+    v: Literal[1] = 1
+    user_id: str
+    role: Role
+
+
+class OwnershipTransferred(_GroupEvent):
+    """``user_id`` became the owner; the previous owner (``actor_id``) became an admin. One
+    event, so a group never has two owners or none."""
+
+    type: Literal["group.ownership_transferred"] = "group.ownership_transferred"
+    v: Literal[1] = 1
+    user_id: str
+
+
+class GroupRenamed(_GroupEvent):
+    type: Literal["group.renamed"] = "group.renamed"
+    v: Literal[1] = 1
+    title: str
+
+
+GroupEvent = (
+    GroupCreated | MembersAdded | MemberRemoved | MemberRoleChanged | OwnershipTransferred | GroupRenamed
+)
+
+# The union of every event, told apart by ``type``.
+ChatEvent = Annotated[MessageSent | GroupEvent, Field(discriminator="type")]
 
 _adapter: TypeAdapter[ChatEvent] = TypeAdapter(ChatEvent)
 

@@ -21,3 +21,14 @@ def user_channel(user_id: str) -> str:
 def snowflake_lease(worker_id: int) -> str:
     """Lease on a Snowflake worker id, held by one live process at a time."""
     return f"snowflake:worker:{worker_id}"
+
+
+def lock(name: str) -> str:
+    """A short lease serializing one kind of change across gateway processes."""
+    return f"lock:{name}"
+
+
+def group_shard_channel(shard: int) -> str:
+    """Pub/sub channel carrying messages of large groups; every gateway listens to all shards
+    and forwards to its local members, so joining a group needs no new subscription."""
+    return f"deliver:groups:{shard}"

@@ -72,13 +72,29 @@ class Cql:
         future = self.session.execute_async(self.prepare(cql), params)
         return await _await(future)
 
-    async def execute_all(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
-        """Run statements concurrently; raise the first failure after all have finished."""
-        futures = [self.session.execute_async(self.prepare(c), p) for c, p in statements]
-        results = await asyncio.gather(*(_await(f) for f in futures), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+    async def execute_paged(self, cql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Run one statement and return the rows of every page."""
+        rows: list[Any] = []
+        paging_state = None
+        while True:
+            future = self.session.execute_async(self.prepare(cql), params, paging_state=paging_state)
+            rows += await _await(future)
+            if not future.has_more_pages:
+                return rows
+            paging_state = future._paging_state  # what ResultSet itself passes on
+
+    async def execute_all(
+        self, statements: Sequence[tuple[str, Sequence[Any]]], *, in_flight: int = 256
+    ) -> None:
+        """Run statements concurrently (at most ``in_flight`` at once); raise the first failure
+        after all have finished."""
+        for start in range(0, len(statements), in_flight):
+            chunk = statements[start : start + in_flight]
+            futures = [self.session.execute_async(self.prepare(c), p) for c, p in chunk]
+            results = await asyncio.gather(*(_await(f) for f in futures), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
 
 
 async def _await(future: ResponseFuture) -> list[Any]:

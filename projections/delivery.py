@@ -1,25 +1,136 @@
-"""Which pub/sub channels an event is pushed to, and with which frame.
+"""What each event pushes to connected clients, and on which pub/sub channel.
 
-The push is the fast path only: pub/sub drops messages during outages, and clients that
-reconnect sync from the read models, which are the truth.
+Hybrid fan-out: a message of a direct chat or of a group below the threshold is published on
+each member's own channel; a message of a larger group is published once, on one of a fixed set
+of group shard channels that every gateway listens to, and each gateway forwards it to its own
+sockets of that group's members. Membership frames go to the users they concern.
+
+Payloads carry a one-byte envelope so the gateway routes without parsing JSON:
+- on a user channel: ``m<frame>``; ``+<cid>\\0<frame>`` (this user joined cid);
+  ``-<cid>\\0<frame>`` (this user left cid);
+- on a group shard channel: ``<cid>\\0<frame>``.
+
+Pushes are the fast path only: pub/sub drops messages during outages, and clients that
+reconnect read what they missed from the read models, which are the truth.
 """
 
 from __future__ import annotations
 
+import zlib
+from dataclasses import dataclass
 from functools import singledispatch
+from typing import Any
 
-from events import ChatEvent, MessageSent, dm_members, keys
+import orjson
+
+from events import (
+    ChatEvent,
+    GroupCreated,
+    GroupRenamed,
+    MemberRemoved,
+    MemberRoleChanged,
+    MembersAdded,
+    MessageSent,
+    OwnershipTransferred,
+    keys,
+)
+from projections.roster import Roster
 from projections.wire import message_frame, message_json
+
+GROUP_SHARDS = 16
+MESSAGE, JOINED, LEFT = b"m", b"+", b"-"
+
+
+@dataclass(frozen=True)
+class Push:
+    channel: str
+    payload: bytes
+
+
+def group_shard(conversation_id: str) -> int:
+    return zlib.crc32(conversation_id.encode()) % GROUP_SHARDS
+
+
+def _to_members(cid: str, recipients: list[str] | None, frame: bytes) -> list[Push]:
+    if recipients is None:
+        return [Push(keys.group_shard_channel(group_shard(cid)), cid.encode() + b"\0" + frame)]
+    return [Push(keys.user_channel(uid), MESSAGE + frame) for uid in recipients]
+
+
+def conversation_frame(change: str, conversation: dict[str, Any]) -> bytes:
+    return orjson.dumps({"type": "conversation", "event": change, "conversation": conversation})
+
+
+def _group_object(cid: str, title: str | None, member_count: int, ts: int) -> dict[str, Any]:
+    return {
+        "conversation_id": cid,
+        "kind": "group",
+        "title": title,
+        "member_count": member_count,
+        "last_message": None,
+        "unread_count": 0,
+        "last_activity_ts": ts,
+    }
 
 
 @singledispatch
-def deliveries(event: ChatEvent) -> list[tuple[str, bytes]]:
-    """``(channel, frame bytes)`` pairs to publish for ``event``."""
+async def pushes(event: ChatEvent, roster: Roster) -> list[Push]:
+    """The pushes ``event`` causes. Call in log order: it moves ``roster`` past the event."""
+    await roster.observe(event)
     return []
 
 
-@deliveries.register
-def _(event: MessageSent) -> list[tuple[str, bytes]]:
-    members = dm_members(event.conversation_id) or ()
-    frame = message_frame(message_json(event))
-    return [(keys.user_channel(uid), frame) for uid in dict.fromkeys(members)]
+@pushes.register
+async def _(event: MessageSent, roster: Roster) -> list[Push]:
+    recipients = await roster.recipients(event.conversation_id)
+    return _to_members(event.conversation_id, recipients, message_frame(message_json(event)))
+
+
+@pushes.register
+async def _(event: GroupCreated, roster: Roster) -> list[Push]:
+    await roster.observe(event)
+    frame = conversation_frame(
+        "added", _group_object(event.conversation_id, event.title, event.member_count, event.ts)
+    )
+    joined = JOINED + event.conversation_id.encode() + b"\0" + frame
+    return [Push(keys.user_channel(m.user_id), joined) for m in event.members]
+
+
+@pushes.register
+async def _(event: MembersAdded, roster: Roster) -> list[Push]:
+    before = await roster.recipients(event.conversation_id)
+    await roster.observe(event)
+    entry = await roster.group(event.conversation_id)
+    obj = _group_object(event.conversation_id, entry.title, event.member_count, event.ts)
+    joined = JOINED + event.conversation_id.encode() + b"\0" + conversation_frame("added", obj)
+    # The others first: on a shard channel, gateways would otherwise count the newcomers in.
+    updated = _to_members(event.conversation_id, before, conversation_frame("updated", obj))
+    return updated + [Push(keys.user_channel(m.user_id), joined) for m in event.members]
+
+
+@pushes.register
+async def _(event: MemberRemoved, roster: Roster) -> list[Push]:
+    await roster.observe(event)
+    entry = await roster.group(event.conversation_id)
+    obj = _group_object(event.conversation_id, entry.title, event.member_count, event.ts)
+    left = LEFT + event.conversation_id.encode() + b"\0" + conversation_frame("removed", obj)
+    remaining = await roster.recipients(event.conversation_id)
+    return [
+        Push(keys.user_channel(event.user_id), left),
+        *_to_members(event.conversation_id, remaining, conversation_frame("updated", obj)),
+    ]
+
+
+async def _updated(
+    event: MemberRoleChanged | OwnershipTransferred | GroupRenamed, roster: Roster
+) -> list[Push]:
+    await roster.observe(event)
+    entry = await roster.group(event.conversation_id)
+    obj = _group_object(event.conversation_id, entry.title, entry.member_count, event.ts)
+    recipients = await roster.recipients(event.conversation_id)
+    return _to_members(event.conversation_id, recipients, conversation_frame("updated", obj))
+
+
+pushes.register(MemberRoleChanged, _updated)
+pushes.register(OwnershipTransferred, _updated)
+pushes.register(GroupRenamed, _updated)

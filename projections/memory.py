@@ -8,7 +8,8 @@ from typing import Any
 
 from events import ChatEvent, MessageSent
 from events.errors import Unavailable
-from projections.delivery import deliveries
+from projections.delivery import pushes
+from projections.roster import Roster
 from projections.wire import message_object
 
 
@@ -41,9 +42,9 @@ class MemoryMessages:
 class MemoryRecent:
     name = "recent"
 
-    def __init__(self, size: int = 50, *, publish: bool = True) -> None:
+    def __init__(self, size: int = 50, *, roster: Roster | None = None) -> None:
         self.size = size
-        self._publish = publish
+        self._roster = roster
         self.cache: dict[str, dict[int, dict[str, Any]]] = {}
         self.published: list[tuple[str, bytes]] = []
 
@@ -54,8 +55,8 @@ class MemoryRecent:
                 entries[event.message_id] = message_object(event)
                 for old in sorted(entries)[: -self.size]:
                     del entries[old]
-            if self._publish:
-                self.published.extend(deliveries(event))
+            if self._roster is not None:
+                self.published += [(p.channel, p.payload) for p in await pushes(event, self._roster)]
 
     async def newest(self, conversation_id: str, *, before: int | None, limit: int) -> list[dict[str, Any]]:
         entries = self.cache.get(conversation_id, {})

@@ -133,3 +133,27 @@ def _row_object(conversation_id: str, row: Any) -> dict[str, Any]:
 
 
 __all__ = ["NAME", "CassandraMessages", "bucket_of", "message_object", "statements"]
+
+
+_SENDERS_AFTER = (
+    "SELECT sender_id FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND message_id > ? LIMIT ?"
+)
+
+
+async def count_unread(
+    cql: Cql, bucket_ms: int, conversation_id: str, *, after: int, reader: str, cap: int
+) -> int:
+    """Messages newer than ``after`` that ``reader`` did not send, counting up to ``cap``."""
+    rows = await cql.execute(_SELECT_BUCKETS, (conversation_id,))
+    start = bucket_of(after, bucket_ms) if after else -1
+    count = 0
+    scanned = 0
+    for row in rows:  # newest bucket first
+        if row.bucket < start:
+            break
+        senders = await cql.execute(_SENDERS_AFTER, (conversation_id, row.bucket, after, 4 * cap))
+        scanned += len(senders)
+        count += sum(1 for s in senders if s.sender_id != reader)
+        if count >= cap or scanned >= 4 * cap:
+            break
+    return min(count, cap)

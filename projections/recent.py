@@ -6,7 +6,7 @@ member, so the write is idempotent. The set is a contiguous suffix of the conver
 history (every message goes through here in log order), which is what lets the history query
 answer from it alone when it holds enough.
 
-The batch's pushes go out in the same pipeline, after the cache writes.
+The batch's pushes go out in the same pipeline, each after its event's cache writes.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from redis.exceptions import RedisError
 
 from events import ChatEvent, MessageSent, keys
 from events.errors import Unavailable
-from projections.delivery import deliveries
+from projections.delivery import pushes
+from projections.roster import Roster
 from projections.wire import message_json
 
 NAME = "recent"
@@ -54,21 +55,21 @@ def _(event: MessageSent, pipe: Pipeline, size: int) -> None:
 class RedisRecent:
     name = NAME
 
-    def __init__(self, redis: Redis, size: int, *, publish: bool = True) -> None:
+    def __init__(self, redis: Redis, size: int, *, roster: Roster | None) -> None:
         self._redis = redis
         self.size = size
-        # Off when rebuilding: a replay must not push old messages to clients.
-        self._publish = publish
+        # None when rebuilding: a replay must not push old messages to clients.
+        self._roster = roster
 
     async def apply(self, events: Sequence[ChatEvent]) -> None:
-        """Cache ``events`` and push their frames, in one round trip."""
+        """Cache ``events`` and push what they cause, in log order, in one round trip."""
+        batch = [(event, await pushes(event, self._roster) if self._roster else []) for event in events]
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for event in events:
+                for event, event_pushes in batch:
                     _cache(event, pipe, self.size)
-                    if self._publish:
-                        for channel, frame in deliveries(event):
-                            pipe.publish(channel, frame)
+                    for push in event_pushes:
+                        pipe.publish(push.channel, push.payload)
                 await pipe.execute()
         except RedisError as exc:
             raise Unavailable("Redis did not take the batch") from exc

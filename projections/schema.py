@@ -37,6 +37,32 @@ MIGRATIONS: tuple[Migration, ...] = (
             ) WITH CLUSTERING ORDER BY (bucket DESC)""",
         ),
     ),
+    Migration(
+        2,
+        "conversations, members, inbox",
+        (
+            # One row per conversation: metadata, the count decided by the write side, and the
+            # newest message (stored once, whatever the group's size).
+            """CREATE TABLE IF NOT EXISTS {ks}.conversations (
+                conversation_id text PRIMARY KEY, kind text, title text, owner_id text,
+                member_count int, created_ts bigint,
+                last_message_id bigint, last_sender_id text, last_preview text, last_ts bigint
+            )""",
+            """CREATE TABLE IF NOT EXISTS {ks}.members (
+                conversation_id text, user_id text, role text, joined_ts bigint,
+                PRIMARY KEY (conversation_id, user_id)
+            )""",
+            # A user's inbox rows. The newest-message columns are written per member only for
+            # direct chats and groups below the fan-out threshold; large groups read theirs from
+            # `conversations`. read_up_to is the user's read watermark (a message_id).
+            """CREATE TABLE IF NOT EXISTS {ks}.user_conversations (
+                user_id text, conversation_id text, kind text, joined_ts bigint,
+                last_message_id bigint, last_sender_id text, last_preview text, last_ts bigint,
+                read_up_to bigint,
+                PRIMARY KEY (user_id, conversation_id)
+            )""",
+        ),
+    ),
 )
 
 BOOTSTRAP = (

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from sanic import HTTPResponse, Request, Sanic
 
-from query_api import errors, http_api, ops, ws
+from query_api import errors, http_api, messages_api, ops, ws
 from query_api.auth import bearer_token, verify_token
 from query_api.deps import Dependencies, build_dependencies
 from tidings.settings import Settings
@@ -26,6 +26,7 @@ def create_app(settings: Settings, *, build: Builder = build_dependencies, name:
     errors.install(app)
     app.blueprint(ops.bp)
     app.blueprint(http_api.bp)
+    app.blueprint(messages_api.bp)
     app.blueprint(ws.bp)
 
     @app.on_request

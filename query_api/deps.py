@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from commands import EventLog, IdempotencyStore, IdGenerator, Limits
+from commands.ports import Directory, Locks
 from projections.history import HotTier, WarmTier
-from query_api.hub import Hub, Subscriber
+from projections.inbox import InboxSource, UnreadCounter
+from query_api.hub import Hub
 from tidings.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,14 +29,15 @@ class Dependencies:
     ids: IdGenerator
     hot: HotTier
     warm: WarmTier
-    subscriber: Subscriber
+    directory: Directory
+    locks: Locks
+    inbox: InboxSource
+    members: Any  # ``members_page(cid, after=, limit=)``
+    unread: UnreadCounter
+    hub: Hub
     # name -> coroutine that raises when that backing service is not reachable
     probes: dict[str, Callable[[], Awaitable[Any]]] = field(default_factory=dict)
     closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
-    hub: Hub = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.hub = Hub(self.subscriber)
 
     async def readiness(self) -> dict[str, str]:
         async def check(probe: Callable[[], Awaitable[Any]]) -> str:
@@ -61,10 +64,13 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     # Imported here so unit tests that pass fakes never load the drivers.
     from commands.kafka_log import KafkaEventLog
     from commands.redis_idempotency import RedisIdempotencyStore
+    from commands.redis_locks import RedisLocks
     from commands.worker_ids import LeasedSnowflake, WorkerIdLease
     from events import Topics
     from projections.cql import Cql, connect
-    from projections.messages import CassandraMessages
+    from projections.delivery import GROUP_SHARDS
+    from projections.membership import CassandraMembership
+    from projections.messages import CassandraMessages, count_unread
     from projections.recent import RedisRecent
     from projections.redis_client import make_redis
 
@@ -89,8 +95,18 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     cql = Cql(session, settings.cassandra_keyspace)
     warm = CassandraMessages(cql, settings.message_bucket_ms)
     await loop.run_in_executor(None, warm.prepare)
+    membership = CassandraMembership(cql)
+    await loop.run_in_executor(None, membership.prepare)
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     closers.append(pubsub.aclose)
+    hub = Hub(pubsub, membership.groups_of, shards=GROUP_SHARDS)
+    await hub.start()
+
+    async def unread(conversation_id: str, *, after: int, reader: str, cap: int) -> int:
+        return await count_unread(
+            cql, settings.message_bucket_ms, conversation_id, after=after, reader=reader, cap=cap
+        )
+
     topics = Topics(settings.topic_prefix)
 
     async def kafka_probe() -> None:
@@ -109,9 +125,14 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         log=KafkaEventLog(producer, topics),
         idempotency=RedisIdempotencyStore(redis, settings.idempotency_ttl_s),
         ids=LeasedSnowflake(lease),
-        hot=RedisRecent(redis, settings.hot_history_size),
+        hot=RedisRecent(redis, settings.hot_history_size, roster=None),
         warm=warm,
-        subscriber=pubsub,
+        directory=membership,
+        locks=RedisLocks(redis),
+        inbox=membership,
+        members=membership,
+        unread=unread,
+        hub=hub,
         probes={"kafka": kafka_probe, "cassandra": cassandra_probe, "redis": redis_probe},
         closers=closers,
     )

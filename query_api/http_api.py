@@ -1,171 +1,196 @@
-"""HTTP resources under ``/v1``: conversations and their messages."""
+"""``/v1/conversations``: the inbox, direct chats, groups and their members."""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, Literal
 
-import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 from sanic import Blueprint, HTTPResponse, Request
+from sanic.response import empty
 
-from commands import SendMessage, send_message
-from commands.model import conversation_members
-from events import MessageKind, direct_conversation_id, is_valid_user_id
-from events.errors import Forbidden, Invalid
-from projections.history import history_page
+from commands.group_handlers import change_group, create_group
+from commands.groups import MAX_TITLE_CHARS, AddMembers, ChangeRole, CreateGroup, RemoveMember, RenameGroup
+from commands.membership import require_member
+from events import GroupCreated, MembersAdded, Role, direct_conversation_id, is_valid_user_id
+from events.errors import Invalid
+from projections.inbox import inbox_page, one_conversation
+from query_api.bodies import Body, int_arg, parse_body
 from query_api.deps import Dependencies
 from query_api.errors import json_response
 
 bp = Blueprint("conversations", url_prefix="/v1/conversations")
 
-MAX_PAGE = 100
-DEFAULT_PAGE = 50
+INBOX_PAGE, INBOX_MAX = 50, 100
+MEMBERS_PAGE, MEMBERS_MAX = 500, 1000
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-
-_M = TypeVar("_M", bound=_Body)
-
-
-class CreateConversation(_Body):
-    kind: str
+class CreateConversation(Body):
+    kind: Literal["direct", "group"]
     members: list[str] = Field(default_factory=list, max_length=200_000)
-    title: str | None = Field(default=None, max_length=200)
+    title: str | None = Field(default=None, max_length=MAX_TITLE_CHARS)
 
 
-class PostMessage(_Body):
-    client_msg_id: str = Field(min_length=1, max_length=64)
-    kind: MessageKind = "text"
-    body: str = ""
-    media_id: str | None = Field(default=None, max_length=128)
+class AddMembersBody(Body):
+    user_ids: list[str] = Field(min_length=1, max_length=10_000)
 
 
-def _body(request: Request, model: type[_M]) -> _M:
-    try:
-        data = orjson.loads(request.body or b"null")
-    except orjson.JSONDecodeError as exc:
-        raise Invalid(f"body is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise Invalid("body must be a JSON object")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise Invalid(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from exc
+class RoleBody(Body):
+    role: Role
 
 
-def _members_for(user_id: str, conversation_id: str) -> tuple[str, ...]:
-    members = conversation_members(conversation_id)
-    if user_id not in members:
-        raise Forbidden("not a member of this conversation")
-    return members
+class TitleBody(Body):
+    title: str = Field(min_length=1, max_length=MAX_TITLE_CHARS)
 
 
-async def _conversation(deps: Dependencies, conversation_id: str, members: tuple[str, ...]) -> dict[str, Any]:
-    newest, _ = await history_page(
-        conversation_id, before=None, after=None, limit=1, hot=deps.hot, warm=deps.warm
-    )
-    last = newest[-1] if newest else None
+def _group_object(event: GroupCreated) -> dict[str, Any]:
     return {
-        "conversation_id": conversation_id,
-        "kind": "direct",
-        "title": None,
-        "member_count": len(set(members)),
-        "members": sorted(set(members), key=str.encode),
-        "last_message": None
-        if last is None
-        else {
-            "message_id": last["message_id"],
-            "sender_id": last["sender_id"],
-            "preview": (last["body"] or "")[:100],
-            "ts": last["ts"],
-        },
+        "conversation_id": event.conversation_id,
+        "kind": "group",
+        "title": event.title,
+        "member_count": event.member_count,
+        "last_message": None,
         "unread_count": 0,
-        "last_activity_ts": last["ts"] if last else None,
+        "last_activity_ts": event.ts,
     }
+
+
+async def _view(deps: Dependencies, user_id: str, conversation_id: str) -> dict[str, Any]:
+    info, _ = await require_member(deps.directory, conversation_id, user_id)
+    obj = await one_conversation(user_id, conversation_id, source=deps.inbox, unread=deps.unread)
+    if obj is None:  # a direct chat with no message yet
+        obj = {
+            "conversation_id": conversation_id,
+            "kind": info.kind,
+            "title": info.title,
+            "member_count": info.member_count,
+            "last_message": None,
+            "unread_count": 0,
+            "last_activity_ts": None,
+        }
+    return obj
 
 
 @bp.post("")
 async def create(request: Request) -> HTTPResponse:
     deps: Dependencies = request.app.ctx.deps
     me = request.ctx.principal.user_id
-    body = _body(request, CreateConversation)
-    if body.kind != "direct":
-        raise Invalid(f"conversation kind {body.kind!r} is not supported by this server yet")
-    if (
-        len(body.members) != 1
-        or not isinstance(body.members[0], str)
-        or not is_valid_user_id(body.members[0])
-    ):
-        raise Invalid("a direct conversation names exactly one other user id in members")
-    cid = direct_conversation_id(me, body.members[0])
-    return json_response({"conversation": await _conversation(deps, cid, conversation_members(cid))})
+    body = parse_body(request, CreateConversation)
+    if body.kind == "direct":
+        if len(body.members) != 1 or not is_valid_user_id(body.members[0]):
+            raise Invalid("a direct conversation names exactly one other user id in members")
+        cid = direct_conversation_id(me, body.members[0])
+        return json_response({"conversation": await _view(deps, me, cid)})
+    if body.title is None:
+        raise Invalid("title: a group needs a title")
+    event = await create_group(
+        CreateGroup(actor_id=me, title=body.title, members=tuple(body.members)),
+        log=deps.log,
+        directory=deps.directory,
+        ids=deps.ids,
+        max_members=deps.settings.max_group_members,
+    )
+    assert isinstance(event, GroupCreated)
+    return json_response({"conversation": _group_object(event)}, status=201)
+
+
+@bp.get("")
+async def inbox(request: Request) -> HTTPResponse:
+    deps: Dependencies = request.app.ctx.deps
+    limit = int_arg(request, "limit", INBOX_PAGE, low=1, high=INBOX_MAX)
+    conversations, cursor = await inbox_page(
+        request.ctx.principal.user_id,
+        before=request.args.get("before"),
+        limit=limit,
+        source=deps.inbox,
+        unread=deps.unread,
+    )
+    return json_response({"conversations": conversations, "next": cursor})
 
 
 @bp.get("/<conversation_id:str>")
 async def show(request: Request, conversation_id: str) -> HTTPResponse:
     deps: Dependencies = request.app.ctx.deps
-    members = _members_for(request.ctx.principal.user_id, conversation_id)
-    return json_response({"conversation": await _conversation(deps, conversation_id, members)})
+    return json_response({"conversation": await _view(deps, request.ctx.principal.user_id, conversation_id)})
 
 
-@bp.post("/<conversation_id:str>/messages")
-async def post_message(request: Request, conversation_id: str) -> HTTPResponse:
+@bp.patch("/<conversation_id:str>")
+async def rename(request: Request, conversation_id: str) -> HTTPResponse:
     deps: Dependencies = request.app.ctx.deps
-    principal = request.ctx.principal
-    body = _body(request, PostMessage)
-    result = await send_message(
-        SendMessage(
-            sender_id=principal.user_id,
-            device_id=principal.device_id,
-            conversation_id=conversation_id,
-            client_msg_id=body.client_msg_id,
-            kind=body.kind,
-            body=body.body,
-            media_id=body.media_id,
+    me = request.ctx.principal.user_id
+    body = parse_body(request, TitleBody)
+    await _change(deps, RenameGroup(actor_id=me, conversation_id=conversation_id, title=body.title))
+    return json_response({"conversation": await _view(deps, me, conversation_id)})
+
+
+@bp.get("/<conversation_id:str>/members")
+async def members(request: Request, conversation_id: str) -> HTTPResponse:
+    deps: Dependencies = request.app.ctx.deps
+    info, _ = await require_member(deps.directory, conversation_id, request.ctx.principal.user_id)
+    after = request.args.get("after", "")
+    limit = int_arg(request, "limit", MEMBERS_PAGE, low=1, high=MEMBERS_MAX)
+    if info.kind == "direct":
+        ids = sorted(set(conversation_id.split(":")[1:]), key=str.encode)
+        rows = [(u, "member") for u in ids if u.encode() > after.encode()][:limit]
+        more = False
+    else:
+        rows = await deps.members.members_page(conversation_id, after=after, limit=limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+    listed = [{"user_id": u, "role": r} for u, r in rows]
+    return json_response({"members": listed, "next": listed[-1]["user_id"] if more else None})
+
+
+@bp.post("/<conversation_id:str>/members")
+async def add_members(request: Request, conversation_id: str) -> HTTPResponse:
+    deps: Dependencies = request.app.ctx.deps
+    body = parse_body(request, AddMembersBody)
+    cmd = AddMembers(
+        actor_id=request.ctx.principal.user_id, conversation_id=conversation_id, user_ids=tuple(body.user_ids)
+    )
+    event = await _change(deps, cmd)
+    added = (
+        [{"user_id": m.user_id, "role": m.role} for m in event.members]
+        if isinstance(event, MembersAdded)
+        else []
+    )
+    return json_response({"members": added})
+
+
+@bp.delete("/<conversation_id:str>/members/<user_id:str>")
+async def remove_member(request: Request, conversation_id: str, user_id: str) -> HTTPResponse:
+    deps: Dependencies = request.app.ctx.deps
+    await _change(
+        deps,
+        RemoveMember(
+            actor_id=request.ctx.principal.user_id, conversation_id=conversation_id, user_id=user_id
         ),
-        log=deps.log,
-        idempotency=deps.idempotency,
-        ids=deps.ids,
-        limits=deps.limits,
     )
-    return json_response(
-        {"message_id": str(result.message_id), "conversation_id": result.conversation_id, "ts": result.ts},
-        status=202,
-    )
+    return empty(status=204)
 
 
-@bp.get("/<conversation_id:str>/messages")
-async def list_messages(request: Request, conversation_id: str) -> HTTPResponse:
+@bp.put("/<conversation_id:str>/members/<user_id:str>")
+async def set_role(request: Request, conversation_id: str, user_id: str) -> HTTPResponse:
     deps: Dependencies = request.app.ctx.deps
-    _members_for(request.ctx.principal.user_id, conversation_id)
-    before = _message_id_arg(request, "before")
-    after = _message_id_arg(request, "after")
-    if before is not None and after is not None:
-        raise Invalid("give before or after, not both")
-    limit = _int_arg(request, "limit", DEFAULT_PAGE)
-    limit = max(1, min(limit, MAX_PAGE))
-    messages, has_more = await history_page(
-        conversation_id, before=before, after=after, limit=limit, hot=deps.hot, warm=deps.warm
+    body = parse_body(request, RoleBody)
+    cmd = ChangeRole(
+        actor_id=request.ctx.principal.user_id,
+        conversation_id=conversation_id,
+        user_id=user_id,
+        role=body.role,
     )
-    return json_response({"messages": messages, "has_more": has_more})
+    await _change(deps, cmd)
+    return json_response({"member": {"user_id": user_id, "role": body.role}})
 
 
-def _int_arg(request: Request, name: str, default: int) -> int:
-    value = request.args.get(name)
-    if value is None:
-        return default
-    if not value.lstrip("-").isdigit() or len(value) > 20:
-        raise Invalid(f"{name} must be an integer")
-    return int(value)
-
-
-def _message_id_arg(request: Request, name: str) -> int | None:
-    value = request.args.get(name)
-    if value is None:
-        return None
-    if not value.isdigit() or len(value) > 20 or int(value) >= 2**63:
-        raise Invalid(f"{name} must be a message_id (a decimal string)")
-    return int(value)
+async def _change(deps: Dependencies, cmd: AddMembers | RemoveMember | ChangeRole | RenameGroup) -> Any:
+    if cmd.conversation_id.startswith("dm:"):
+        await require_member(deps.directory, cmd.conversation_id, cmd.actor_id)
+        raise Invalid("a direct conversation has no members to change")
+    return await change_group(
+        cmd,
+        log=deps.log,
+        directory=deps.directory,
+        locks=deps.locks,
+        ids=deps.ids,
+        max_members=deps.settings.max_group_members,
+    )

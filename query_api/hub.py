@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from events import keys
+from projections.delivery import JOINED, LEFT, MESSAGE
 from query_api.metrics import SLOW_CLIENT_DISCONNECTS, WS_CONNECTIONS
 
 log = logging.getLogger(__name__)
@@ -78,26 +79,58 @@ class Connection:
             self._queue.put_nowait(None)
 
 
+GroupsOf = Callable[[str], Awaitable[set[str]]]
+
+
 class Hub:
-    def __init__(self, subscriber: Subscriber) -> None:
+    """Routes pub/sub payloads (see ``projections.delivery`` for their envelope) to sockets.
+
+    A user's own channel is subscribed while this process holds one of their sockets. Large
+    groups' messages arrive on shard channels that every gateway listens to from the start, and
+    go to the local members of that group: the hub keeps which groups its users belong to,
+    loaded when a user's first socket arrives and then kept current by the join and leave
+    payloads on the user's channel, which reach it in log order with the messages.
+    """
+
+    def __init__(self, subscriber: Subscriber, groups_of: GroupsOf, *, shards: int) -> None:
         self._subscriber = subscriber
+        self._groups_of = groups_of
+        self._shards = shards
         self._by_user: dict[str, set[Connection]] = {}
+        self._group_members: dict[str, set[str]] = {}
+        self._user_groups: dict[str, set[str]] = {}
+        # Joins and leaves seen while a user's groups are being loaded, replayed after the load.
+        self._loading: dict[str, list[tuple[bytes, str]]] = {}
         self._lock = asyncio.Lock()
-        # redis-py's PubSub has no connection until its first subscribe.
-        self._subscribed_once = asyncio.Event()
 
     @property
     def connections(self) -> int:
         return sum(len(c) for c in self._by_user.values())
 
+    async def start(self) -> None:
+        """Subscribe to the group shard channels (this also opens the pub/sub connection)."""
+        await self._subscriber.subscribe(*(keys.group_shard_channel(n) for n in range(self._shards)))
+
     async def register(self, conn: Connection) -> None:
+        user_id = conn.user_id
         async with self._lock:
-            conns = self._by_user.setdefault(conn.user_id, set())
-            if not conns:
-                await self._subscriber.subscribe(keys.user_channel(conn.user_id))
-                self._subscribed_once.set()
+            conns = self._by_user.setdefault(user_id, set())
+            first = not conns
             conns.add(conn)
+            if first:
+                self._loading[user_id] = []
+                await self._subscriber.subscribe(keys.user_channel(user_id))
         WS_CONNECTIONS.inc()
+        if first:
+            try:
+                groups = await self._groups_of(user_id)
+            finally:
+                changes = self._loading.pop(user_id, [])
+            if user_id in self._by_user:
+                for cid in groups:
+                    self._join(user_id, cid)
+                for kind, cid in changes:
+                    self._change(user_id, kind, cid)
 
     async def unregister(self, conn: Connection) -> None:
         WS_CONNECTIONS.dec()
@@ -108,19 +141,55 @@ class Hub:
             conns.discard(conn)
             if not conns:
                 del self._by_user[conn.user_id]
+                for cid in self._user_groups.pop(conn.user_id, set()):
+                    members = self._group_members.get(cid)
+                    if members is not None:
+                        members.discard(conn.user_id)
+                        if not members:
+                            del self._group_members[cid]
                 await self._subscriber.unsubscribe(keys.user_channel(conn.user_id))
 
-    def deliver(self, channel: str, frame: bytes) -> int:
-        """Queue ``frame`` on every local socket of the channel's user; returns how many."""
-        user_id = channel.removeprefix(keys.user_channel(""))
+    def deliver_to_user(self, user_id: str, payload: bytes) -> int:
+        """Route a user-channel payload; returns how many sockets got the frame."""
+        kind = payload[:1]
+        if kind == MESSAGE:
+            frame = payload[1:]
+        else:
+            cid_bytes, _, frame = payload[1:].partition(b"\0")
+            cid = cid_bytes.decode()
+            if user_id in self._loading:
+                self._loading[user_id].append((kind, cid))
+            self._change(user_id, kind, cid)
         conns = self._by_user.get(user_id, ())
         for conn in conns:
             conn.push(frame)
         return len(conns)
 
-    async def listen(self, on_frame: Callable[[bytes], None] | None = None) -> None:
+    def deliver_to_group(self, payload: bytes) -> int:
+        """Route a group-shard payload to this process's sockets of the group's members."""
+        cid_bytes, _, frame = payload.partition(b"\0")
+        sent = 0
+        for user_id in self._group_members.get(cid_bytes.decode(), ()):
+            for conn in self._by_user.get(user_id, ()):
+                conn.push(frame)
+                sent += 1
+        return sent
+
+    def _change(self, user_id: str, kind: bytes, cid: str) -> None:
+        if kind == JOINED:
+            self._join(user_id, cid)
+        elif kind == LEFT:
+            self._group_members.get(cid, set()).discard(user_id)
+            self._user_groups.get(user_id, set()).discard(cid)
+
+    def _join(self, user_id: str, cid: str) -> None:
+        if user_id in self._by_user:
+            self._group_members.setdefault(cid, set()).add(user_id)
+            self._user_groups.setdefault(user_id, set()).add(cid)
+
+    async def listen(self) -> None:
         """Forward pub/sub messages to sockets until cancelled; survives Redis restarts."""
-        await self._subscribed_once.wait()
+        user_prefix = keys.user_channel("")
         delay = 0.1
         while True:
             try:
@@ -128,7 +197,7 @@ class Hub:
                 delay = 0.1
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - Redis down: pushes pause, sync covers the gap
+            except Exception as exc:  # noqa: BLE001 - Redis down: pushes pause, clients catch up from history
                 log.warning("pub/sub listener error (%r); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -137,6 +206,7 @@ class Hub:
                 continue
             channel = message["channel"]
             channel = channel.decode() if isinstance(channel, bytes) else channel
-            self.deliver(channel, message["data"])
-            if on_frame is not None:
-                on_frame(message["data"])
+            if channel.startswith(user_prefix):
+                self.deliver_to_user(channel[len(user_prefix) :], message["data"])
+            else:
+                self.deliver_to_group(message["data"])

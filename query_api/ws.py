@@ -73,7 +73,12 @@ async def _send(deps: Dependencies, conn: Connection, ref: str | None, frame: Se
             media_id=frame.media_id,
         )
         result = await send_message(
-            cmd, log=deps.log, idempotency=deps.idempotency, ids=deps.ids, limits=deps.limits
+            cmd,
+            log=deps.log,
+            idempotency=deps.idempotency,
+            ids=deps.ids,
+            limits=deps.limits,
+            directory=deps.directory,
         )
     except TidingsError as exc:
         SENDS.labels(exc.code).inc()

@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     max_body_chars: int = 4000
     max_frame_bytes: int = 64 * 1024
     fanout_threshold: int = 500
+    max_group_members: int = 200_000
     hot_history_size: int = 50
     idempotency_ttl_s: int = 24 * 3600
     # Cassandra `messages` partitions are (conversation, bucket); a bucket spans this many ms.

@@ -9,9 +9,11 @@ from prometheus_client import Counter, Histogram, start_http_server
 
 from events import Topics
 from projections.cql import Cql, connect
+from projections.membership import CassandraMembership
 from projections.messages import CassandraMessages
 from projections.recent import RedisRecent
 from projections.redis_client import make_redis
+from projections.roster import Roster
 from streams.app import create_app
 from streams.projector import Stage
 from tidings.settings import Settings
@@ -37,12 +39,21 @@ def build_worker_app(settings: Settings) -> faust.App:
         protocol_version=settings.cassandra_protocol_version,
         local_dc=settings.cassandra_local_dc,
     )
-    messages = CassandraMessages(Cql(session, settings.cassandra_keyspace), settings.message_bucket_ms)
+    cql = Cql(session, settings.cassandra_keyspace)
+    messages = CassandraMessages(cql, settings.message_bucket_ms)
     messages.prepare()
+    loader = CassandraMembership(cql)
+    roster = Roster(loader.load_roster, threshold=settings.fanout_threshold)
+    membership = CassandraMembership(cql, roster)
+    membership.prepare()
     redis = make_redis(settings.redis_host, settings.redis_port, settings.redis_db)
-    # The hot cache (and its pushes) first: delivery need not wait for Cassandra, since the
-    # event is already durable in Kafka.
-    stages: list[Stage] = [RedisRecent(redis, settings.hot_history_size), messages]
+    # The hot cache and the pushes first: delivery need not wait for Cassandra, since the event
+    # is already durable in Kafka. The pushes also move the roster along the log.
+    stages: list[Stage] = [
+        RedisRecent(redis, settings.hot_history_size, roster=roster),
+        membership,
+        messages,
+    ]
     return create_app(
         app_id=settings.worker_app_id,
         bootstrap=settings.kafka_bootstrap,

@@ -43,8 +43,12 @@ def test_up_serves_a_scripted_exchange_and_ctrl_c_cleans_up(services: Settings) 
     port = _free_port()
     env = {**os.environ, "TIDINGS_HTTP_PORT": str(port), "TIDINGS_WORKER_WEB_PORT": str(_free_port())}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tidings", "up"], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "tidings", "up"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     output: list[str] = []
     try:
@@ -67,8 +71,12 @@ def test_up_serves_a_scripted_exchange_and_ctrl_c_cleans_up(services: Settings) 
 
         def token(user: str) -> str:
             out = subprocess.run(
-                [sys.executable, "-m", "tidings", "token", user], cwd=ROOT, env=env,
-                capture_output=True, text=True, check=True,
+                [sys.executable, "-m", "tidings", "token", user],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
             )
             return out.stdout.strip()
 
@@ -76,8 +84,17 @@ def test_up_serves_a_scripted_exchange_and_ctrl_c_cleans_up(services: Settings) 
         url = f"ws://127.0.0.1:{port}/v1/ws?token="
         with connect(url + token(bob)) as bob_ws, connect(url + token(alice)) as alice_ws:
             time.sleep(0.2)
-            alice_ws.send(orjson.dumps({"type": "send", "ref": "1", "client_msg_id": "hello",
-                                        "conversation_id": cid, "body": "hi bob"}).decode())
+            alice_ws.send(
+                orjson.dumps(
+                    {
+                        "type": "send",
+                        "ref": "1",
+                        "client_msg_id": "hello",
+                        "conversation_id": cid,
+                        "body": "hi bob",
+                    }
+                ).decode()
+            )
             ack = orjson.loads(alice_ws.recv(timeout=10))
             assert ack["type"] == "ack"
             frame = orjson.loads(bob_ws.recv(timeout=10))

@@ -14,6 +14,7 @@ from projections.cql import Cql, connect
 from projections.messages import CassandraMessages
 from projections.recent import RedisRecent
 from projections.redis_client import make_redis
+from projections.roster import Entry, Roster
 from tests.contracts import (
     DAY_MS,
     IdempotencyContract,
@@ -44,6 +45,13 @@ async def redis(services: Settings) -> AsyncIterator[Any]:
     await client.aclose()
 
 
+def _direct_only() -> Roster:
+    async def load(cid: str, threshold: int) -> Entry:
+        raise AssertionError("direct chats need no lookup")
+
+    return Roster(load, threshold=500)
+
+
 class TestCassandraMessages(MessageStoreContract):
     @pytest.fixture
     def store(self, session: Any, services: Settings) -> CassandraMessages:
@@ -55,13 +63,13 @@ class TestCassandraMessages(MessageStoreContract):
 class TestRedisRecent(RecentContract):
     @pytest.fixture
     def recent(self, redis: Any) -> RedisRecent:
-        return RedisRecent(redis, size=5)
+        return RedisRecent(redis, size=5, roster=None)
 
     async def test_pushes_frames_to_both_members_after_caching(self, redis: Any) -> None:
         [mid] = spread_ids(1, step_ms=1)
         pubsub = redis.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(keys.user_channel("alice"), keys.user_channel("bob"))
-        await RedisRecent(redis, size=5).apply([message("dm:alice:bob", mid)])
+        await RedisRecent(redis, size=5, roster=_direct_only()).apply([message("dm:alice:bob", mid)])
         got = []
         for _ in range(20):
             msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
@@ -76,7 +84,7 @@ class TestRedisRecent(RecentContract):
         [mid] = spread_ids(1, step_ms=1)
         pubsub = redis.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(keys.user_channel("carol"))
-        await RedisRecent(redis, size=5, publish=False).apply([message("dm:carol:dave", mid)])
+        await RedisRecent(redis, size=5, roster=None).apply([message("dm:carol:dave", mid)])
         msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
         await pubsub.aclose()
         assert msg is None

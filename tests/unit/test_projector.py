@@ -3,6 +3,7 @@ from collections.abc import Sequence
 from events import ChatEvent, MessageSent, encode_event
 from events.errors import Unavailable
 from projections.memory import MemoryMessages, MemoryRecent
+from projections.roster import Entry, Roster
 from streams.projector import Projector, Record
 
 
@@ -29,6 +30,13 @@ class Poisoned:
         self.applied += [e.message_id for e in events]
 
 
+def _roster() -> Roster:
+    async def load(cid: str, threshold: int) -> Entry:
+        raise AssertionError("direct chats need no lookup")
+
+    return Roster(load, threshold=500)
+
+
 async def _no_sleep(_: float) -> None:
     return None
 
@@ -52,7 +60,7 @@ def _message(mid: int) -> MessageSent:
 
 
 async def test_transient_failures_are_retried_until_applied_without_repushing() -> None:
-    recent, messages, letters = MemoryRecent(), MemoryMessages(), Letters()
+    recent, messages, letters = MemoryRecent(roster=_roster()), MemoryMessages(), Letters()
     messages.fail_next = 3
     projector = Projector([recent, messages], letters, sleep=_no_sleep)
     await projector.handle([_record(1, _message(1)), _record(2, _message(2))])

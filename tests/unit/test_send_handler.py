@@ -1,7 +1,7 @@
 import pytest
 
 from commands import Limits, SendMessage, send_message
-from commands.memory import MemoryEventLog, MemoryIdempotencyStore
+from commands.memory import MemoryDirectory, MemoryEventLog, MemoryIdempotencyStore
 from events import MessageSent, snowflake_ts
 from events.errors import Conflict, Forbidden, Invalid, NotFound, TooLarge, Unavailable
 from events.ids import Snowflake
@@ -14,6 +14,7 @@ def ports() -> dict[str, object]:
         "idempotency": MemoryIdempotencyStore(),
         "ids": Snowflake(1),
         "limits": Limits(max_body_chars=10),
+        "directory": MemoryDirectory(),
     }
 
 

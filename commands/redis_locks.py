@@ -1,0 +1,55 @@
+"""``Locks`` on Redis: ``SET NX PX`` with a token, released only by its holder.
+
+The lease is short (it protects a read-decide-append of a few milliseconds); a holder that
+dies frees the lock when the lease runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from events import keys
+from events.errors import Unavailable
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class RedisLocks:
+    def __init__(self, redis: Redis, *, lease_ms: int = 10_000, wait_s: float = 5.0) -> None:
+        self._redis = redis
+        self._lease_ms = lease_ms
+        self._wait_s = wait_s
+
+    @asynccontextmanager
+    async def hold(self, name: str) -> AsyncIterator[None]:
+        key = keys.lock(name)
+        token = secrets.token_hex(8)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._wait_s
+        delay = 0.002
+        try:
+            while not await self._redis.set(key, token, nx=True, px=self._lease_ms):
+                if loop.time() > deadline:
+                    raise Unavailable(f"{name} is busy; try again")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+        except RedisError as exc:
+            raise Unavailable("lock service unavailable") from exc
+        try:
+            yield
+        finally:
+            # If Redis is gone the lease runs out by itself.
+            with contextlib.suppress(RedisError):
+                await self._redis.eval(_RELEASE, 1, key, token)

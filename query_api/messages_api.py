@@ -1,0 +1,69 @@
+"""``/v1/conversations/{cid}/messages``: send and read history."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from sanic import Blueprint, HTTPResponse, Request
+
+from commands import SendMessage, send_message
+from commands.membership import require_member
+from events import MessageKind
+from events.errors import Invalid
+from projections.history import history_page
+from query_api.bodies import Body, int_arg, message_id_arg, parse_body
+from query_api.deps import Dependencies
+from query_api.errors import json_response
+
+bp = Blueprint("messages", url_prefix="/v1/conversations")
+
+MAX_PAGE = 100
+DEFAULT_PAGE = 50
+
+
+class PostMessage(Body):
+    client_msg_id: str = Field(min_length=1, max_length=64)
+    kind: MessageKind = "text"
+    body: str = ""
+    media_id: str | None = Field(default=None, max_length=128)
+
+
+@bp.post("/<conversation_id:str>/messages")
+async def post_message(request: Request, conversation_id: str) -> HTTPResponse:
+    deps: Dependencies = request.app.ctx.deps
+    principal = request.ctx.principal
+    body = parse_body(request, PostMessage)
+    result = await send_message(
+        SendMessage(
+            sender_id=principal.user_id,
+            device_id=principal.device_id,
+            conversation_id=conversation_id,
+            client_msg_id=body.client_msg_id,
+            kind=body.kind,
+            body=body.body,
+            media_id=body.media_id,
+        ),
+        log=deps.log,
+        idempotency=deps.idempotency,
+        ids=deps.ids,
+        limits=deps.limits,
+        directory=deps.directory,
+    )
+    return json_response(
+        {"message_id": str(result.message_id), "conversation_id": result.conversation_id, "ts": result.ts},
+        status=202,
+    )
+
+
+@bp.get("/<conversation_id:str>/messages")
+async def list_messages(request: Request, conversation_id: str) -> HTTPResponse:
+    deps: Dependencies = request.app.ctx.deps
+    await require_member(deps.directory, conversation_id, request.ctx.principal.user_id)
+    before = message_id_arg(request, "before")
+    after = message_id_arg(request, "after")
+    if before is not None and after is not None:
+        raise Invalid("give before or after, not both")
+    limit = int_arg(request, "limit", DEFAULT_PAGE, low=1, high=MAX_PAGE)
+    messages, has_more = await history_page(
+        conversation_id, before=before, after=after, limit=limit, hot=deps.hot, warm=deps.warm
+    )
+    return json_response({"messages": messages, "has_more": has_more})
