@@ -210,6 +210,10 @@ class CassandraMembership:
         work: list[Statement] = []
         for event in events:
             recipients: list[str] | None = None
+            if self._roster is not None:
+                # Idempotent: the push stage may have moved the roster past this batch already;
+                # in a replay (no pushes) this is what moves it.
+                await self._roster.observe(event)
             if isinstance(event, MessageSent):
                 recipients = await self._recipients(event.conversation_id)
             work += statements(event, recipients)

@@ -26,6 +26,7 @@ from query_api.auth import issue_token
 from tidings.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
+FANOUT_THRESHOLD = 10
 
 
 def _free_port() -> int:
@@ -43,6 +44,8 @@ class System:
             **os.environ,
             "TIDINGS_HTTP_PORT": str(self.port),
             "TIDINGS_WORKER_WEB_PORT": str(_free_port()),
+            # Low, so that small groups, large groups and the switch between them all happen.
+            "TIDINGS_FANOUT_THRESHOLD": str(FANOUT_THRESHOLD),
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.http = f"http://127.0.0.1:{self.port}"
@@ -139,7 +142,10 @@ class Client:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 raise AssertionError(f"no {kind} frame {match} within {timeout}s; got {self.backlog}")
-            frame = orjson.loads(await asyncio.wait_for(self.ws.recv(), remaining))
+            try:
+                frame = orjson.loads(await asyncio.wait_for(self.ws.recv(), remaining))
+            except TimeoutError:
+                continue  # reported by the check above
             if frame["type"] == kind and all(frame.get(k) == v for k, v in match.items()):
                 return frame
             self.backlog.append(frame)
