@@ -22,16 +22,19 @@ bp = Blueprint("conversations", url_prefix="/v1/conversations")
 
 INBOX_PAGE, INBOX_MAX = 50, 100
 MEMBERS_PAGE, MEMBERS_MAX = 500, 1000
+# One membership event carries the users it adds; this keeps it well under Kafka's 1 MB message
+# limit (a 200,000-member group is built with several adds).
+MAX_USERS_PER_REQUEST = 5000
 
 
 class CreateConversation(Body):
     kind: Literal["direct", "group"]
-    members: list[str] = Field(default_factory=list, max_length=200_000)
+    members: list[str] = Field(default_factory=list, max_length=MAX_USERS_PER_REQUEST)
     title: str | None = Field(default=None, max_length=MAX_TITLE_CHARS)
 
 
 class AddMembersBody(Body):
-    user_ids: list[str] = Field(min_length=1, max_length=10_000)
+    user_ids: list[str] = Field(min_length=1, max_length=MAX_USERS_PER_REQUEST)
 
 
 class RoleBody(Body):
