@@ -1,11 +1,10 @@
 """The write side: commands, their pure decisions, and the handlers that append events."""
 
-from commands.handlers import HANDLERS, SendResult, send_message
+from commands.handlers import SendResult, send_message
 from commands.model import Limits, SendMessage
 from commands.ports import EventLog, IdempotencyStore, IdGenerator, SendRecord
 
 __all__ = [
-    "HANDLERS",
     "EventLog",
     "IdGenerator",
     "IdempotencyStore",

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from commands.membership import require_member
 from commands.model import Limits, SendMessage, decide_send
 from commands.ports import Directory, EventLog, IdempotencyStore, IdGenerator, SendRecord
-from events import snowflake_ts
+from events import MessageSent, snowflake_ts
 from events.errors import Conflict
 
 
@@ -53,8 +51,6 @@ async def send_message(
     return _result(event)
 
 
-def _result(event: Any) -> SendResult:
+def _result(event: MessageSent) -> SendResult:
     return SendResult(event.message_id, event.conversation_id, event.ts, event.client_msg_id)
 
-
-HANDLERS: dict[type, Callable[..., Awaitable[Any]]] = {SendMessage: send_message}

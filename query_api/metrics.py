@@ -13,11 +13,6 @@ SEND_SECONDS = Histogram(
     "Send command to durable append (what the sender waits for before its ack)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
-DELIVERY_SECONDS = Histogram(
-    "tidings_delivery_seconds",
-    "Message ts (send time) to the push being queued on a socket in this gateway",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5),
-)
 SLOW_CLIENT_DISCONNECTS = Counter(
     "tidings_ws_slow_client_disconnects_total", "Sockets closed because their send queue was full"
 )
