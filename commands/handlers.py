@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from commands.membership import require_member
 from commands.model import Limits, SendMessage, decide_send
 from commands.ports import Directory, EventLog, IdempotencyStore, IdGenerator, SendRecord
 from events import MessageSent, snowflake_ts
-from events.errors import Conflict
+from events.errors import Conflict, Unavailable
+
+log_ = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,10 +50,15 @@ async def send_message(
         if existing.appended:
             return _result(event)
     await log.append(event)
-    await idempotency.mark_appended(cmd.sender_id, cmd.client_msg_id, SendRecord(event, True))
+    try:
+        await idempotency.mark_appended(cmd.sender_id, cmd.client_msg_id, SendRecord(event, True))
+    except Unavailable:
+        # The message is durably in the log: the sender must hear so (an `unavailable` would say
+        # nothing was accepted). Unmarked, a retry appends the recorded event again, which
+        # readers drop by message_id.
+        log_.warning("send %s is in the log but not marked in the idempotency store", event.message_id)
     return _result(event)
 
 
 def _result(event: MessageSent) -> SendResult:
     return SendResult(event.message_id, event.conversation_id, event.ts, event.client_msg_id)
-

@@ -4,6 +4,7 @@ driver exceptions translated into ``Unavailable`` (transient) once, here."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -87,14 +88,40 @@ class Cql:
         self, statements: Sequence[tuple[str, Sequence[Any]]], *, in_flight: int = 256
     ) -> None:
         """Run statements concurrently (at most ``in_flight`` at once); raise the first failure
-        after all have finished."""
+        after all have finished.
+
+        The driver completes futures on its own thread; waking the event loop once per chunk
+        instead of once per statement saves most of the cost of a write (the worker spends
+        it per event otherwise).
+        """
         for start in range(0, len(statements), in_flight):
             chunk = statements[start : start + in_flight]
             futures = [self.session.execute_async(self.prepare(c), p) for c, p in chunk]
-            results = await asyncio.gather(*(_await(f) for f in futures), return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
+            await _await_all(futures)
+
+
+async def _await_all(futures: Sequence[ResponseFuture]) -> None:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    remaining = len(futures)
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def finished(exc: BaseException | None) -> None:
+        nonlocal remaining
+        with lock:
+            if exc is not None:
+                errors.append(exc)
+            remaining -= 1
+            last = remaining == 0
+        if last:
+            loop.call_soon_threadsafe(_settle, done, [], errors[0] if errors else None)
+
+    if not futures:
+        return
+    for future in futures:
+        future.add_callbacks(lambda _rows: finished(None), finished)
+    await _translated(done)
 
 
 async def _await(future: ResponseFuture) -> list[Any]:
@@ -108,6 +135,12 @@ async def _await(future: ResponseFuture) -> list[Any]:
         loop.call_soon_threadsafe(_settle, done, None, exc)
 
     future.add_callbacks(ok, err)
+    rows: list[Any] = await _translated(done)
+    return rows
+
+
+async def _translated(done: asyncio.Future[Any]) -> Any:
+    """Await a driver result, turning outages into ``Unavailable`` (raised from the cause)."""
     try:
         return await done
     except TRANSIENT as exc:
@@ -118,7 +151,7 @@ async def _await(future: ResponseFuture) -> list[Any]:
         raise
 
 
-def _settle(fut: asyncio.Future[list[Any]], rows: list[Any] | None, exc: BaseException | None) -> None:
+def _settle(fut: asyncio.Future[Any], rows: list[Any] | None, exc: BaseException | None) -> None:
     if fut.done():
         return
     if exc is not None:

@@ -37,6 +37,7 @@ async def history_page(
     outage only costs speed.
     """
     want = limit + 1
+    hot_page: list[dict[str, Any]] = []
     try:
         if after is None:
             hot_page = await hot.newest(conversation_id, before=before, limit=want)
@@ -44,14 +45,18 @@ async def history_page(
                 return hot_page[1:], True
         else:
             cached = await hot.all(conversation_id)
+            newer = [m for m in cached if int(m["message_id"]) > after]
             if cached and int(cached[0]["message_id"]) <= after:
-                newer = [m for m in cached if int(m["message_id"]) > after]
                 return newer[:limit], len(newer) > limit
+            hot_page = newer
     except Unavailable:
         pass
-    page = await warm.page(conversation_id, before=before, after=after, limit=want)
-    if len(page) <= limit:
-        return page, False
+    warm_page = await warm.page(conversation_id, before=before, after=after, limit=want)
+    # The hot tier is written before the warm one: add what Cassandra does not have yet, so a
+    # reader never misses a message it was just pushed.
+    merged = {int(m["message_id"]): m for m in warm_page}
+    merged.update((int(m["message_id"]), m) for m in hot_page)
+    page = [merged[k] for k in sorted(merged)]
     if after is None:
-        return page[1:], True
-    return page[:limit], True
+        return page[-limit:], len(page) > limit
+    return page[:limit], len(page) > limit

@@ -65,6 +65,11 @@ _INBOX_LAST = (
     "UPDATE {ks}.user_conversations USING TIMESTAMP ? SET kind = ?, last_message_id = ?, last_sender_id = ?,"
     " last_preview = ?, last_ts = ? WHERE user_id = ? AND conversation_id = ?"
 )
+_INBOX_LAST_READ = (
+    "UPDATE {ks}.user_conversations USING TIMESTAMP ? SET kind = ?, last_message_id = ?,"
+    " last_sender_id = ?, last_preview = ?, last_ts = ?, read_up_to = ?"
+    " WHERE user_id = ? AND conversation_id = ?"
+)
 _INBOX_READ = (
     "UPDATE {ks}.user_conversations USING TIMESTAMP ? SET read_up_to = ?"
     " WHERE user_id = ? AND conversation_id = ?"
@@ -95,6 +100,7 @@ STATEMENTS = (
     _INBOX_JOIN,
     _INBOX_DEL,
     _INBOX_LAST,
+    _INBOX_LAST_READ,
     _INBOX_READ,
     _SELECT_CONV,
     _SELECT_ROLES,
@@ -184,13 +190,20 @@ def _(event: GroupRenamed, recipients: list[str] | None) -> list[Statement]:
 def _(event: MessageSent, recipients: list[str] | None) -> list[Statement]:
     wt = write_time(event.message_id)
     cid = event.conversation_id
-    kind = "direct" if dm_members(cid) is not None else "group"
-    preview = event.body[:PREVIEW_CHARS]
-    last = (event.message_id, event.sender_id, preview, event.ts)
-    out: list[Statement] = [(_CONV_LAST, (wt, kind, *last, cid))]
-    out += [(_INBOX_LAST, (wt, kind, *last, uid, cid)) for uid in recipients or ()]
-    # Sending implies having read everything before (receipts move it too, never back).
-    out.append((_INBOX_READ, (wt, event.message_id, event.sender_id, cid)))
+    direct = dm_members(cid) is not None
+    kind = "direct" if direct else "group"
+    last = (event.message_id, event.sender_id, event.body[:PREVIEW_CHARS], event.ts)
+    # Direct chats keep their newest message in the two inbox rows only; groups also in
+    # `conversations`, which is where large groups' inboxes read it.
+    out: list[Statement] = [] if direct else [(_CONV_LAST, (wt, kind, *last, cid))]
+    for uid in recipients or ():
+        if uid == event.sender_id:
+            # Sending implies having read everything before (receipts move it too, never back).
+            out.append((_INBOX_LAST_READ, (wt, kind, *last, event.message_id, uid, cid)))
+        else:
+            out.append((_INBOX_LAST, (wt, kind, *last, uid, cid)))
+    if recipients is None:
+        out.append((_INBOX_READ, (wt, event.message_id, event.sender_id, cid)))
     return out
 
 

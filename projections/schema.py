@@ -63,6 +63,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        3,
+        "receipts",
+        (
+            # Per member watermarks (message ids). Written with the watermark's own time as the
+            # write timestamp, so the highest wins whatever order the writes arrive in.
+            """CREATE TABLE IF NOT EXISTS {ks}.receipts (
+                conversation_id text, user_id text, delivered bigint, read bigint,
+                PRIMARY KEY (conversation_id, user_id)
+            )""",
+        ),
+    ),
 )
 
 BOOTSTRAP = (

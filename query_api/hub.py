@@ -14,6 +14,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from sanic.exceptions import WebsocketClosed
+from websockets.exceptions import ConnectionClosed
+
 from events import keys
 from projections.delivery import JOINED, LEFT, MESSAGE
 from query_api.metrics import SLOW_CLIENT_DISCONNECTS, WS_CONNECTIONS
@@ -71,8 +74,11 @@ class Connection:
                 if self.too_slow:
                     await self._close(CLOSE_TOO_SLOW, "send queue full; reconnect and sync")
                 return
-            # Text frames: the protocol is JSON text, and bytes would go out as binary.
-            await self._send(frame.decode())
+            try:
+                # Text frames: the protocol is JSON text, and bytes would go out as binary.
+                await self._send(frame.decode())
+            except (ConnectionClosed, WebsocketClosed):
+                return  # the reader loop sees the close and unregisters the socket
 
     def stop(self) -> None:
         with contextlib.suppress(asyncio.QueueFull):

@@ -54,3 +54,19 @@ async def test_falls_back_to_warm_when_hot_is_short() -> None:
     assert ids_of(page) == ids[-8:] and has_more
     page, has_more = await history_page(CID, before=None, after=None, limit=10, hot=hot, warm=warm)
     assert ids_of(page) == ids and not has_more
+
+
+async def test_messages_not_yet_in_the_warm_tier_are_still_returned() -> None:
+    ids = spread_ids(5, step_ms=1000)
+    hot, warm = MemoryRecent(size=50), MemoryMessages()
+    events = [message(CID, m) for m in ids]
+    await hot.apply(events)
+    await warm.apply(events[:3])  # the worker has not written the last two to Cassandra yet
+    page, has_more = await history_page(CID, before=None, after=None, limit=50, hot=hot, warm=warm)
+    assert ids_of(page) == ids and not has_more
+    page, has_more = await history_page(CID, before=None, after=None, limit=2, hot=hot, warm=warm)
+    assert ids_of(page) == ids[-2:] and has_more
+    page, has_more = await history_page(
+        CID, before=None, after=ids[1], limit=50, hot=MemoryRecent(size=2), warm=warm
+    )
+    assert ids_of(page) == ids[2:3] and not has_more
