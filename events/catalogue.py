@@ -111,12 +111,26 @@ class GroupRenamed(_GroupEvent):
     title: str
 
 
+class ReceiptRecorded(_Event):
+    """A member's delivered or read watermark reached ``message_id`` (``read`` implies
+    ``delivered``). Watermarks only move forward; projections keep the highest."""
+
+    type: Literal["receipt.recorded"] = "receipt.recorded"
+    v: Literal[1] = 1
+    conversation_id: str
+    user_id: str
+    device_id: str
+    message_id: int
+    status: Literal["delivered", "read"]
+    ts: int
+
+
 GroupEvent = (
     GroupCreated | MembersAdded | MemberRemoved | MemberRoleChanged | OwnershipTransferred | GroupRenamed
 )
 
 # The union of every event, told apart by ``type``.
-ChatEvent = Annotated[MessageSent | GroupEvent, Field(discriminator="type")]
+ChatEvent = Annotated[MessageSent | ReceiptRecorded | GroupEvent, Field(discriminator="type")]
 
 _adapter: TypeAdapter[ChatEvent] = TypeAdapter(ChatEvent)
 
