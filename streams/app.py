@@ -37,6 +37,7 @@ def create_app(
     batch_size: int,
     batch_window_s: float,
     session_timeout_s: float,
+    offset_reset: str = "earliest",
     on_applied: Callable[[str, int, float], None] | None = None,
 ) -> faust.App:
     app = faust.App(
@@ -46,7 +47,7 @@ def create_app(
         key_serializer="raw",
         value_serializer="raw",
         topic_partitions=partitions,
-        consumer_auto_offset_reset="earliest",
+        consumer_auto_offset_reset=offset_reset,
         producer_acks=-1,
         producer_request_timeout=30.0,
         web_enabled=False,

@@ -72,11 +72,18 @@ def gateway() -> None:
 
 
 @app.command()
-def worker() -> None:
-    """Run a Faust projector worker."""
+def worker(
+    role: Annotated[str, typer.Option(help="all | deliver (hot cache, pushes) | persist (Cassandra)")] = "",
+) -> None:
+    """Run a Faust projector worker (TIDINGS_WORKER_ROLE, or --role)."""
     from tidings.worker import run_worker
 
-    run_worker(_settings())
+    settings = _settings()
+    if role:
+        if role not in ("all", "deliver", "persist"):
+            raise typer.BadParameter("role is all, deliver or persist")
+        settings = settings.model_copy(update={"worker_role": role})
+    run_worker(settings)
 
 
 @app.command()
@@ -109,8 +116,16 @@ def up() -> None:
     try:
         asyncio.run(run_migrations(settings))
         env = {**os.environ, "TIDINGS_AUTH_SECRET": settings.resolved_auth_secret()}
-        for role in ("worker", "gateway"):
-            children.append(subprocess.Popen([sys.executable, "-m", "tidings", role], env=env))
+        metrics_port = settings.worker_web_port
+        commands = (
+            (["worker", "--role", "deliver"], {"TIDINGS_WORKER_WEB_PORT": str(metrics_port)}),
+            (["worker", "--role", "persist"], {"TIDINGS_WORKER_WEB_PORT": str(metrics_port + 1)}),
+            (["gateway"], {}),
+        )
+        for command, extra in commands:
+            children.append(
+                subprocess.Popen([sys.executable, "-m", "tidings", *command], env={**env, **extra})
+            )
         url = f"http://{settings.http_host}:{settings.http_port}"
         _wait_ready(f"{url}/readyz", children, timeout_s=60)
         typer.echo(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -56,6 +57,9 @@ class Settings(BaseSettings):
 
     # Worker
     worker_app_id: str = "tidings-projector"
+    # "deliver": hot cache and pushes; "persist": Cassandra read models; "all": both in one
+    # process. Each role is its own consumer group, so pushes never wait for Cassandra.
+    worker_role: Literal["all", "deliver", "persist"] = "all"
     worker_web_port: int = 6066
     worker_batch_size: int = 500
     worker_batch_window_s: float = 0.005

@@ -49,13 +49,15 @@ def build_worker_app(settings: Settings) -> faust.App:
     redis = make_redis(settings.redis_host, settings.redis_port, settings.redis_db)
     # The hot cache and the pushes first: delivery need not wait for Cassandra, since the event
     # is already durable in Kafka. The pushes also move the roster along the log.
-    stages: list[Stage] = [
-        RedisRecent(redis, settings.hot_history_size, roster=roster),
-        membership,
-        messages,
-    ]
+    deliver: list[Stage] = [RedisRecent(redis, settings.hot_history_size, roster=roster)]
+    persist: list[Stage] = [membership, messages]
+    role = settings.worker_role
+    stages = {"all": deliver + persist, "deliver": deliver, "persist": persist}[role]
     return create_app(
-        app_id=settings.worker_app_id,
+        app_id=settings.worker_app_id if role == "all" else f"{settings.worker_app_id}-{role}",
+        # A new delivery group starts at the end of the log: pushing old messages to online
+        # clients would show them as new. Read models start at the beginning.
+        offset_reset="latest" if role == "deliver" else "earliest",
         bootstrap=settings.kafka_bootstrap,
         topics=Topics(settings.topic_prefix),
         partitions=settings.topic_partitions,

@@ -43,7 +43,6 @@ class System:
         self.env = {
             **os.environ,
             "TIDINGS_HTTP_PORT": str(self.port),
-            "TIDINGS_WORKER_WEB_PORT": str(_free_port()),
             # Low, so that small groups, large groups and the switch between them all happen.
             "TIDINGS_FANOUT_THRESHOLD": str(FANOUT_THRESHOLD),
         }
@@ -51,10 +50,22 @@ class System:
         self.http = f"http://127.0.0.1:{self.port}"
         self.ws = f"ws://127.0.0.1:{self.port}/v1/ws"
 
-    def start(self, role: str) -> None:
-        with open(self.logs / f"{role}.log", "ab") as log:
-            self.procs[role] = subprocess.Popen(
-                [sys.executable, "-m", "tidings", role], cwd=ROOT, env=self.env, stdout=log, stderr=log
+    # name -> command; the workers run split by role, as `tidings up` runs them
+    COMMANDS = {
+        "deliver": ["worker", "--role", "deliver"],
+        "persist": ["worker", "--role", "persist"],
+        "gateway": ["gateway"],
+    }
+
+    def start(self, name: str) -> None:
+        env = {**self.env, "TIDINGS_WORKER_WEB_PORT": str(_free_port())}
+        with open(self.logs / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "tidings", *self.COMMANDS[name]],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=log,
             )
 
     def kill(self, role: str) -> None:
@@ -87,6 +98,22 @@ class System:
                 pass
             time.sleep(0.2)
         raise RuntimeError("gateway not ready")
+
+    async def wait_delivering(self, timeout_s: float = 60) -> None:
+        """Until a message sent now is pushed: the delivery group has its partitions (it starts
+        at the end of the log, so what is sent before that would not be pushed)."""
+        a, b = f"w{uuid.uuid4().hex[:10]}", f"w{uuid.uuid4().hex[:10]}"
+        cid = f"dm:{min(a, b)}:{max(a, b)}"
+        deadline = time.monotonic() + timeout_s
+        async with self.connect(b) as receiver, self.connect(a) as sender:
+            while time.monotonic() < deadline:
+                await sender.send_message(cid, "warm-up")
+                try:
+                    await receiver.expect("message", timeout=1.0)
+                    return
+                except AssertionError:
+                    continue
+        raise RuntimeError("the delivery worker never pushed")
 
     def token(self, user: str, device: str = "default", ttl_s: int = 3600) -> str:
         return issue_token(self.settings.resolved_auth_secret(), user, device_id=device, ttl_s=ttl_s)
@@ -168,10 +195,11 @@ class Client:
 @pytest.fixture(scope="session")
 def system(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     system = System(services, tmp_path_factory.mktemp("system-logs"))
-    system.start("worker")
-    system.start("gateway")
+    for name in System.COMMANDS:
+        system.start(name)
     try:
         system.wait_ready()
+        asyncio.run(system.wait_delivering())
         yield system
     finally:
         system.stop()

@@ -1,5 +1,5 @@
 """An acknowledged message survives the worker dying: it is in the log, and a restarted worker
-projects it. Runs last in this folder (it restarts the shared worker)."""
+projects it. It restarts the shared workers (both roles)."""
 
 from __future__ import annotations
 
@@ -31,13 +31,15 @@ async def test_acked_messages_survive_kill_9_of_the_worker(system: System) -> No
                 }
             )
         burst = [await client.expect("ack", ref=f"b{i}") for i in range(30)]
-        system.kill("worker")
+        system.kill("deliver")
+        system.kill("persist")
         # Sent while no worker runs: acked (durable in Kafka) but not projected anywhere yet.
         orphan = await client.send_message(cid, "while the worker is dead")
     await asyncio.sleep(1.0)
     assert orphan["message_id"] not in await _history(system, cid, bob)
 
-    system.start("worker")
+    system.start("deliver")
+    system.start("persist")
     expected = sorted([a["message_id"] for a in burst] + [orphan["message_id"]], key=int)
     for _ in range(300):  # the restarted worker needs a group rebalance first
         if await _history(system, cid, bob) == expected:
