@@ -117,7 +117,7 @@ def up() -> None:
         asyncio.run(run_migrations(settings))
         env = {**os.environ, "TIDINGS_AUTH_SECRET": settings.resolved_auth_secret()}
         metrics_port = settings.worker_web_port
-        commands = (
+        commands: tuple[tuple[list[str], dict[str, str]], ...] = (
             (["worker", "--role", "deliver"], {"TIDINGS_WORKER_WEB_PORT": str(metrics_port)}),
             (["worker", "--role", "persist"], {"TIDINGS_WORKER_WEB_PORT": str(metrics_port + 1)}),
             (["gateway"], {}),
