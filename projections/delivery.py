@@ -32,6 +32,7 @@ from events import (
     MembersAdded,
     MessageSent,
     OwnershipTransferred,
+    ReceiptRecorded,
     keys,
 )
 from projections.roster import Roster
@@ -84,6 +85,23 @@ async def pushes(event: ChatEvent, roster: Roster) -> list[Push]:
 async def _(event: MessageSent, roster: Roster) -> list[Push]:
     recipients = await roster.recipients(event.conversation_id)
     return _to_members(event.conversation_id, recipients, message_frame(message_json(event)))
+
+
+@pushes.register
+async def _(event: ReceiptRecorded, roster: Roster) -> list[Push]:
+    recipients = await roster.recipients(event.conversation_id)
+    if recipients is None:
+        return []  # large groups: receipts by query only
+    frame = orjson.dumps(
+        {
+            "type": "receipt",
+            "conversation_id": event.conversation_id,
+            "user_id": event.user_id,
+            "message_id": str(event.message_id),
+            "status": event.status,
+        }
+    )
+    return [Push(keys.user_channel(uid), MESSAGE + frame) for uid in recipients]
 
 
 @pushes.register

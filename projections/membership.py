@@ -196,13 +196,12 @@ def _(event: MessageSent, recipients: list[str] | None) -> list[Statement]:
     # Direct chats keep their newest message in the two inbox rows only; groups also in
     # `conversations`, which is where large groups' inboxes read it.
     out: list[Statement] = [] if direct else [(_CONV_LAST, (wt, kind, *last, cid))]
-    for uid in recipients or ():
-        if uid == event.sender_id:
-            # Sending implies having read everything before (receipts move it too, never back).
-            out.append((_INBOX_LAST_READ, (wt, kind, *last, event.message_id, uid, cid)))
-        else:
-            out.append((_INBOX_LAST, (wt, kind, *last, uid, cid)))
-    if recipients is None:
+    out += [(_INBOX_LAST, (wt, kind, *last, uid, cid)) for uid in recipients or () if uid != event.sender_id]
+    # Sending implies having read everything before (receipts move it too, never back). Written
+    # whatever the roster says, so it never depends on the worker's view of the group.
+    if recipients is not None and event.sender_id in recipients:
+        out.append((_INBOX_LAST_READ, (wt, kind, *last, event.message_id, event.sender_id, cid)))
+    else:
         out.append((_INBOX_READ, (wt, event.message_id, event.sender_id, cid)))
     return out
 

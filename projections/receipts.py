@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from functools import singledispatch
 from typing import Any
 
-from events import ChatEvent, ReceiptRecorded
+from events import ChatEvent, MessageSent, ReceiptRecorded
 from projections.cql import Cql
 from projections.membership import Statement, write_time
 
@@ -38,6 +38,14 @@ _SELECT_PAGE = (
 @singledispatch
 def statements(event: ChatEvent) -> list[Statement]:
     return []
+
+
+@statements.register
+def _(event: MessageSent) -> list[Statement]:
+    # The sender has read everything up to what they send (their inbox row moves with it in
+    # the membership model).
+    wt = write_time(event.message_id)
+    return [(_READ, (wt, event.message_id, event.message_id, event.conversation_id, event.sender_id))]
 
 
 @statements.register

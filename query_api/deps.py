@@ -34,6 +34,7 @@ class Dependencies:
     inbox: InboxSource
     members: Any  # ``members_page(cid, after=, limit=)``
     unread: UnreadCounter
+    receipts: Any  # ``watermarks(cid, uid)`` and ``page(cid, after=, limit=)``
     hub: Hub
     # name -> coroutine that raises when that backing service is not reachable
     probes: dict[str, Callable[[], Awaitable[Any]]] = field(default_factory=dict)
@@ -71,6 +72,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     from projections.delivery import GROUP_SHARDS
     from projections.membership import CassandraMembership
     from projections.messages import CassandraMessages, count_unread
+    from projections.receipts import CassandraReceipts
     from projections.recent import RedisRecent
     from projections.redis_client import make_redis
 
@@ -97,6 +99,8 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     await loop.run_in_executor(None, warm.prepare)
     membership = CassandraMembership(cql)
     await loop.run_in_executor(None, membership.prepare)
+    receipts = CassandraReceipts(cql)
+    await loop.run_in_executor(None, receipts.prepare)
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     closers.append(pubsub.aclose)
     hub = Hub(pubsub, membership.groups_of, shards=GROUP_SHARDS)
@@ -132,6 +136,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         inbox=membership,
         members=membership,
         unread=unread,
+        receipts=receipts,
         hub=hub,
         probes={"kafka": kafka_probe, "cassandra": cassandra_probe, "redis": redis_probe},
         closers=closers,

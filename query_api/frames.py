@@ -30,9 +30,16 @@ class PingFrame(_Frame):
     type: Literal["ping"]
 
 
-FRAMES: dict[str, type[_Frame]] = {"send": SendFrame, "ping": PingFrame}
+class ReceiptFrame(_Frame):
+    type: Literal["receipt"]
+    conversation_id: str = Field(min_length=1, max_length=256)
+    message_id: str = Field(pattern=r"^[0-9]{1,19}$")
+    status: Literal["delivered", "read"]
+
+
+FRAMES: dict[str, type[_Frame]] = {"send": SendFrame, "ping": PingFrame, "receipt": ReceiptFrame}
 # Frame types of the protocol that this server does not handle yet; they get a clear error.
-NOT_YET = frozenset({"receipt", "typing", "view", "presence", "watch"})
+NOT_YET = frozenset({"typing", "view", "presence", "watch"})
 
 
 def parse_frame(raw: str | bytes, max_bytes: int) -> tuple[Any, _Frame]:

@@ -1,12 +1,16 @@
-"""``/v1/conversations/{cid}/messages``: send and read history."""
+"""``/v1/conversations/{cid}/messages`` and ``.../receipts``: send, read history, receipts."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from sanic import Blueprint, HTTPResponse, Request
+from sanic.response import empty
 
 from commands import SendMessage, send_message
 from commands.membership import require_member
+from commands.receipts import RecordReceipt, record_receipt
 from events import MessageKind
 from events.errors import Invalid
 from projections.history import history_page
@@ -18,6 +22,7 @@ bp = Blueprint("messages", url_prefix="/v1/conversations")
 
 MAX_PAGE = 100
 DEFAULT_PAGE = 50
+RECEIPTS_PAGE, RECEIPTS_MAX = 500, 1000
 
 
 class PostMessage(Body):
@@ -67,3 +72,47 @@ async def list_messages(request: Request, conversation_id: str) -> HTTPResponse:
         conversation_id, before=before, after=after, limit=limit, hot=deps.hot, warm=deps.warm
     )
     return json_response({"messages": messages, "has_more": has_more})
+
+
+class ReceiptBody(Body):
+    message_id: str = Field(pattern=r"^[0-9]{1,19}$")
+    status: Literal["delivered", "read"]
+
+
+@bp.post("/<conversation_id:str>/receipts")
+async def post_receipt(request: Request, conversation_id: str) -> HTTPResponse:
+    deps: Dependencies = request.app.ctx.deps
+    principal = request.ctx.principal
+    body = parse_body(request, ReceiptBody)
+    await record_receipt(
+        RecordReceipt(
+            user_id=principal.user_id,
+            device_id=principal.device_id,
+            conversation_id=conversation_id,
+            message_id=int(body.message_id),
+            status=body.status,
+        ),
+        log=deps.log,
+        directory=deps.directory,
+        watermarks=deps.receipts,
+    )
+    return empty(status=202)
+
+
+@bp.get("/<conversation_id:str>/receipts")
+async def list_receipts(request: Request, conversation_id: str) -> HTTPResponse:
+    """Every member's watermarks that exist, by user id, paged like the member list."""
+    deps: Dependencies = request.app.ctx.deps
+    await require_member(deps.directory, conversation_id, request.ctx.principal.user_id)
+    after = request.args.get("after", "")
+    limit = int_arg(request, "limit", RECEIPTS_PAGE, low=1, high=RECEIPTS_MAX)
+    rows = await deps.receipts.page(conversation_id, after=after, limit=limit + 1)
+    listed = [
+        {
+            "user_id": r.user_id,
+            "delivered": str(r.delivered) if r.delivered else None,
+            "read": str(r.read) if r.read else None,
+        }
+        for r in rows[:limit]
+    ]
+    return json_response({"receipts": listed, "next": listed[-1]["user_id"] if len(rows) > limit else None})

@@ -12,10 +12,11 @@ from sanic import Blueprint, Request
 from sanic.server.websockets.impl import WebsocketImplProtocol
 
 from commands import SendMessage, send_message
+from commands.receipts import RecordReceipt, record_receipt
 from events.errors import TidingsError
 from query_api.deps import Dependencies
 from query_api.errors import error_frame
-from query_api.frames import FrameError, PingFrame, SendFrame, parse_frame
+from query_api.frames import FrameError, PingFrame, ReceiptFrame, SendFrame, parse_frame
 from query_api.hub import Connection
 from query_api.metrics import FRAMES_IN, FRAMES_OUT, SEND_SECONDS, SENDS
 
@@ -58,6 +59,27 @@ async def _handle(deps: Dependencies, conn: Connection, raw: str | bytes) -> Non
         _reply(conn, "pong", orjson.dumps({"type": "pong", "ref": ref}))
     elif isinstance(frame, SendFrame):
         await _send(deps, conn, ref, frame)
+    elif isinstance(frame, ReceiptFrame):
+        await _receipt(deps, conn, ref, frame)
+
+
+async def _receipt(deps: Dependencies, conn: Connection, ref: str | None, frame: ReceiptFrame) -> None:
+    """No reply on success (the protocol defines none); an ``error`` frame otherwise."""
+    try:
+        await record_receipt(
+            RecordReceipt(
+                user_id=conn.user_id,
+                device_id=conn.device_id,
+                conversation_id=frame.conversation_id,
+                message_id=int(frame.message_id),
+                status=frame.status,
+            ),
+            log=deps.log,
+            directory=deps.directory,
+            watermarks=deps.receipts,
+        )
+    except TidingsError as exc:
+        _reply(conn, "error", error_frame(ref, exc.code, exc.message))
 
 
 async def _send(deps: Dependencies, conn: Connection, ref: str | None, frame: SendFrame) -> None:

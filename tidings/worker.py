@@ -11,6 +11,7 @@ from events import Topics
 from projections.cql import Cql, connect
 from projections.membership import CassandraMembership
 from projections.messages import CassandraMessages
+from projections.receipts import CassandraReceipts
 from projections.recent import RedisRecent
 from projections.redis_client import make_redis
 from projections.roster import Roster
@@ -50,7 +51,9 @@ def build_worker_app(settings: Settings) -> faust.App:
     # The hot cache and the pushes first: delivery need not wait for Cassandra, since the event
     # is already durable in Kafka. The pushes also move the roster along the log.
     deliver: list[Stage] = [RedisRecent(redis, settings.hot_history_size, roster=roster)]
-    persist: list[Stage] = [membership, messages]
+    receipts = CassandraReceipts(cql)
+    receipts.prepare()
+    persist: list[Stage] = [membership, receipts, messages]
     role = settings.worker_role
     stages = {"all": deliver + persist, "deliver": deliver, "persist": persist}[role]
     return create_app(

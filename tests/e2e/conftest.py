@@ -177,6 +177,14 @@ class Client:
                 return frame
             self.backlog.append(frame)
 
+    async def expect_none(self, kind: str, within: float = 0.7, **match: Any) -> None:
+        """Fail if a frame of ``kind`` (matching ``match``) arrives within ``within`` seconds."""
+        try:
+            frame = await self.expect(kind, timeout=within, **match)
+        except AssertionError:
+            return
+        raise AssertionError(f"unexpected {kind} frame: {frame}")
+
     async def send_message(self, cid: str, body: str, client_msg_id: str | None = None) -> dict[str, Any]:
         ref = uuid.uuid4().hex
         await self.send(
