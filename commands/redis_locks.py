@@ -15,15 +15,9 @@ from contextlib import asynccontextmanager
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from commands.redis_scripts import RELEASE_IF_HELD
 from events import keys
 from events.errors import Unavailable
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 class RedisLocks:
@@ -52,4 +46,4 @@ class RedisLocks:
         finally:
             # If Redis is gone the lease runs out by itself.
             with contextlib.suppress(RedisError):
-                await self._redis.eval(_RELEASE, 1, key, token)
+                await self._redis.eval(RELEASE_IF_HELD, 1, key, token)

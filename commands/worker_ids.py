@@ -15,24 +15,12 @@ import secrets
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from commands.redis_scripts import RELEASE_IF_HELD, RENEW_IF_HELD
 from events import Snowflake, keys
 from events.errors import Unavailable
 from events.ids import MAX_WORKER
 
 log = logging.getLogger(__name__)
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('EXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 class WorkerIdLease:
@@ -64,7 +52,7 @@ class WorkerIdLease:
             await asyncio.sleep(self._ttl_s / 3)
             try:
                 renewed = await self._redis.eval(
-                    _RENEW, 1, keys.snowflake_lease(self.worker_id), self._token, self._ttl_s
+                    RENEW_IF_HELD, 1, keys.snowflake_lease(self.worker_id), self._token, self._ttl_s
                 )
             except RedisError as exc:
                 log.warning("cannot renew Snowflake worker id %s: %r", self.worker_id, exc)
@@ -84,7 +72,7 @@ class WorkerIdLease:
             self._renewer.cancel()
         try:
             await self._redis.eval(
-                _RELEASE,
+                RELEASE_IF_HELD,
                 1,
                 keys.snowflake_lease(self.worker_id),
                 self._token,

@@ -9,8 +9,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from commands import EventLog, IdempotencyStore, IdGenerator, Limits
+from pydantic import BaseModel
+
+from commands import EventLog, IdempotencyStore, IdGenerator, Limits, SendMessage, SendResult, send_message
 from commands.ports import Directory, Locks
+from commands.receipts import RecordReceipt, record_receipt
 from projections.history import HotTier, WarmTier
 from projections.inbox import InboxSource, UnreadCounter
 from query_api.hub import Hub
@@ -39,6 +42,38 @@ class Dependencies:
     # name -> coroutine that raises when that backing service is not reachable
     probes: dict[str, Callable[[], Awaitable[Any]]] = field(default_factory=dict)
     closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+
+    async def send(
+        self, user_id: str, device_id: str, conversation_id: str, request: BaseModel
+    ) -> SendResult:
+        """Send what a ``send`` frame or a ``POST .../messages`` body asks for."""
+        cmd = SendMessage(
+            sender_id=user_id,
+            device_id=device_id,
+            conversation_id=conversation_id,
+            **request.model_dump(include={"client_msg_id", "kind", "body", "media_id"}),
+        )
+        return await send_message(
+            cmd,
+            log=self.log,
+            idempotency=self.idempotency,
+            ids=self.ids,
+            limits=self.limits,
+            directory=self.directory,
+        )
+
+    async def receipt(
+        self, user_id: str, device_id: str, conversation_id: str, message_id: str, status: str
+    ) -> None:
+        """Record what a ``receipt`` frame or a ``POST .../receipts`` body asks for."""
+        cmd = RecordReceipt(
+            user_id=user_id,
+            device_id=device_id,
+            conversation_id=conversation_id,
+            message_id=int(message_id),
+            status=status,  # type: ignore[arg-type]
+        )
+        await record_receipt(cmd, log=self.log, directory=self.directory, watermarks=self.receipts)
 
     async def readiness(self) -> dict[str, str]:
         async def check(probe: Callable[[], Awaitable[Any]]) -> str:

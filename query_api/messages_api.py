@@ -8,9 +8,7 @@ from pydantic import Field
 from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import empty
 
-from commands import SendMessage, send_message
 from commands.membership import require_member
-from commands.receipts import RecordReceipt, record_receipt
 from events import MessageKind
 from events.errors import Invalid
 from projections.history import history_page
@@ -37,22 +35,7 @@ async def post_message(request: Request, conversation_id: str) -> HTTPResponse:
     deps: Dependencies = request.app.ctx.deps
     principal = request.ctx.principal
     body = parse_body(request, PostMessage)
-    result = await send_message(
-        SendMessage(
-            sender_id=principal.user_id,
-            device_id=principal.device_id,
-            conversation_id=conversation_id,
-            client_msg_id=body.client_msg_id,
-            kind=body.kind,
-            body=body.body,
-            media_id=body.media_id,
-        ),
-        log=deps.log,
-        idempotency=deps.idempotency,
-        ids=deps.ids,
-        limits=deps.limits,
-        directory=deps.directory,
-    )
+    result = await deps.send(principal.user_id, principal.device_id, conversation_id, body)
     return json_response(
         {"message_id": str(result.message_id), "conversation_id": result.conversation_id, "ts": result.ts},
         status=202,
@@ -84,18 +67,7 @@ async def post_receipt(request: Request, conversation_id: str) -> HTTPResponse:
     deps: Dependencies = request.app.ctx.deps
     principal = request.ctx.principal
     body = parse_body(request, ReceiptBody)
-    await record_receipt(
-        RecordReceipt(
-            user_id=principal.user_id,
-            device_id=principal.device_id,
-            conversation_id=conversation_id,
-            message_id=int(body.message_id),
-            status=body.status,
-        ),
-        log=deps.log,
-        directory=deps.directory,
-        watermarks=deps.receipts,
-    )
+    await deps.receipt(principal.user_id, principal.device_id, conversation_id, body.message_id, body.status)
     return empty(status=202)
 
 

@@ -11,8 +11,6 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.server.websockets.impl import WebsocketImplProtocol
 
-from commands import SendMessage, send_message
-from commands.receipts import RecordReceipt, record_receipt
 from events.errors import TidingsError
 from query_api.deps import Dependencies
 from query_api.errors import error_frame
@@ -66,17 +64,8 @@ async def _handle(deps: Dependencies, conn: Connection, raw: str | bytes) -> Non
 async def _receipt(deps: Dependencies, conn: Connection, ref: str | None, frame: ReceiptFrame) -> None:
     """No reply on success (the protocol defines none); an ``error`` frame otherwise."""
     try:
-        await record_receipt(
-            RecordReceipt(
-                user_id=conn.user_id,
-                device_id=conn.device_id,
-                conversation_id=frame.conversation_id,
-                message_id=int(frame.message_id),
-                status=frame.status,
-            ),
-            log=deps.log,
-            directory=deps.directory,
-            watermarks=deps.receipts,
+        await deps.receipt(
+            conn.user_id, conn.device_id, frame.conversation_id, frame.message_id, frame.status
         )
     except TidingsError as exc:
         _reply(conn, "error", error_frame(ref, exc.code, exc.message))
@@ -85,23 +74,7 @@ async def _receipt(deps: Dependencies, conn: Connection, ref: str | None, frame:
 async def _send(deps: Dependencies, conn: Connection, ref: str | None, frame: SendFrame) -> None:
     started = time.perf_counter()
     try:
-        cmd = SendMessage(
-            sender_id=conn.user_id,
-            device_id=conn.device_id,
-            conversation_id=frame.conversation_id,
-            client_msg_id=frame.client_msg_id,
-            kind=frame.kind,
-            body=frame.body,
-            media_id=frame.media_id,
-        )
-        result = await send_message(
-            cmd,
-            log=deps.log,
-            idempotency=deps.idempotency,
-            ids=deps.ids,
-            limits=deps.limits,
-            directory=deps.directory,
-        )
+        result = await deps.send(conn.user_id, conn.device_id, frame.conversation_id, frame)
     except TidingsError as exc:
         SENDS.labels(exc.code).inc()
         _reply(conn, "error", error_frame(ref, exc.code, exc.message))
