@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import faust
+import uvloop
 from prometheus_client import Counter, Histogram, start_http_server
 
 from events import Topics
@@ -74,6 +76,8 @@ def build_worker_app(settings: Settings) -> faust.App:
 
 def run_worker(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Faust builds its loop from the policy; uvloop's is cheaper per wake-up and per I/O.
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     app = build_worker_app(settings)
     try:
         start_http_server(settings.worker_web_port, addr="127.0.0.1")
