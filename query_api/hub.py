@@ -18,6 +18,7 @@ from sanic.exceptions import WebsocketClosed
 from websockets.exceptions import ConnectionClosed
 
 from events import keys
+from events.errors import Unavailable
 from projections.delivery import JOINED, LEFT, MESSAGE
 from query_api.metrics import SLOW_CLIENT_DISCONNECTS, WS_CONNECTIONS
 
@@ -118,6 +119,8 @@ class Hub:
         await self._subscriber.subscribe(*(keys.group_shard_channel(n) for n in range(self._shards)))
 
     async def register(self, conn: Connection) -> None:
+        """Start routing to ``conn``. All or nothing: if Redis or the membership read model
+        fails, nothing is left registered and ``Unavailable`` is raised."""
         user_id = conn.user_id
         async with self._lock:
             conns = self._by_user.setdefault(user_id, set())
@@ -125,35 +128,52 @@ class Hub:
             conns.add(conn)
             if first:
                 self._loading[user_id] = []
-                await self._subscriber.subscribe(keys.user_channel(user_id))
+                try:
+                    await self._subscriber.subscribe(keys.user_channel(user_id))
+                except Exception as exc:
+                    self._loading.pop(user_id, None)
+                    self._forget(conn)
+                    raise Unavailable("cannot subscribe to deliveries") from exc
         WS_CONNECTIONS.inc()
-        if first:
-            try:
-                groups = await self._groups_of(user_id)
-            finally:
-                changes = self._loading.pop(user_id, [])
-            if user_id in self._by_user:
-                for cid in groups:
-                    self._join(user_id, cid)
-                for kind, cid in changes:
-                    self._change(user_id, kind, cid)
+        if not first:
+            return
+        try:
+            groups = await self._groups_of(user_id)
+        except Exception as exc:
+            self._loading.pop(user_id, None)
+            await self.unregister(conn)
+            raise Unavailable("cannot load the user's groups") from exc
+        changes = self._loading.pop(user_id, [])
+        if user_id in self._by_user:
+            for cid in groups:
+                self._join(user_id, cid)
+            for kind, cid in changes:
+                self._change(user_id, kind, cid)
+
+    def _forget(self, conn: Connection) -> bool:
+        """Drop ``conn``; True when it was its user's last socket here."""
+        conns = self._by_user.get(conn.user_id)
+        if conns is None:
+            return False
+        conns.discard(conn)
+        if conns:
+            return False
+        del self._by_user[conn.user_id]
+        for cid in self._user_groups.pop(conn.user_id, set()):
+            members = self._group_members.get(cid)
+            if members is not None:
+                members.discard(conn.user_id)
+                if not members:
+                    del self._group_members[cid]
+        return True
 
     async def unregister(self, conn: Connection) -> None:
         WS_CONNECTIONS.dec()
         async with self._lock:
-            conns = self._by_user.get(conn.user_id)
-            if conns is None:
-                return
-            conns.discard(conn)
-            if not conns:
-                del self._by_user[conn.user_id]
-                for cid in self._user_groups.pop(conn.user_id, set()):
-                    members = self._group_members.get(cid)
-                    if members is not None:
-                        members.discard(conn.user_id)
-                        if not members:
-                            del self._group_members[cid]
-                await self._subscriber.unsubscribe(keys.user_channel(conn.user_id))
+            if self._forget(conn):
+                # Best effort: if Redis is gone, the subscription went with the connection.
+                with contextlib.suppress(Exception):
+                    await self._subscriber.unsubscribe(keys.user_channel(conn.user_id))
 
     def deliver_to_user(self, user_id: str, payload: bytes) -> int:
         """Route a user-channel payload; returns how many sockets got the frame."""

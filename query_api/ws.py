@@ -11,7 +11,7 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.server.websockets.impl import WebsocketImplProtocol
 
-from events.errors import TidingsError
+from events.errors import TidingsError, Unavailable
 from query_api.deps import Dependencies
 from query_api.errors import error_frame
 from query_api.frames import FrameError, PingFrame, ReceiptFrame, SendFrame, parse_frame
@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 bp = Blueprint("ws", url_prefix="/v1")
 
 SEND_QUEUE_FRAMES = 1024
+CLOSE_TRY_AGAIN = 1013
 
 
 @bp.websocket("/ws")
@@ -29,8 +30,13 @@ async def gateway(request: Request, ws: WebsocketImplProtocol) -> None:
     deps: Dependencies = request.app.ctx.deps
     principal = request.ctx.principal
     conn = Connection(principal.user_id, principal.device_id, ws.send, ws.close, SEND_QUEUE_FRAMES)
+    try:
+        await deps.hub.register(conn)
+    except Unavailable:
+        # A socket that would receive nothing must not stay open: the client reconnects.
+        await ws.close(CLOSE_TRY_AGAIN, "deliveries unavailable; reconnect")
+        return
     writer = asyncio.create_task(conn.run_writer())
-    await deps.hub.register(conn)
     try:
         async for raw in ws:
             if conn.too_slow or writer.done():

@@ -23,6 +23,8 @@ def run_gateway(settings: Settings) -> None:
         workers=settings.gateway_workers,
         single_process=settings.gateway_workers == 1,
         access_log=False,
+        # Sanic's default listen backlog (100) drops connection attempts during reconnect storms.
+        backlog=4096,
         motd=False,
     )
     Sanic.serve(primary=app, app_loader=loader)

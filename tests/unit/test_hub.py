@@ -1,0 +1,125 @@
+"""The gateway's hub with a fake pub/sub: routing by envelope, group membership kept from
+join/leave payloads, and registration that is all or nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from events import keys
+from events.errors import Unavailable
+from projections.delivery import JOINED, LEFT, MESSAGE
+from query_api.hub import Connection, Hub
+
+
+class FakePubSub:
+    def __init__(self) -> None:
+        self.channels: set[str] = set()
+        self.fail_subscribe = 0
+
+    async def subscribe(self, *channels: str) -> None:
+        if self.fail_subscribe:
+            self.fail_subscribe -= 1
+            raise ConnectionError("redis down")
+        self.channels |= set(channels)
+
+    async def unsubscribe(self, *channels: str) -> None:
+        self.channels -= set(channels)
+
+    async def get_message(self, ignore_subscribe_messages: bool = False, timeout: float | None = 0) -> Any:  # noqa: ASYNC109 - redis-py's signature
+        await asyncio.sleep(0)
+        return None
+
+
+def _conn(user: str, sent: list[str]) -> Connection:
+    async def send(frame: bytes | str) -> None:
+        sent.append(frame if isinstance(frame, str) else frame.decode())
+
+    async def close(code: int, reason: str) -> None:
+        sent.append(f"closed {code}")
+
+    return Connection(user, "d", send, close, queue_size=10)
+
+
+def _queued(conn: Connection) -> list[bytes | None]:
+    return list(conn._queue._queue)  # type: ignore[attr-defined]
+
+
+async def _hub(
+    groups: dict[str, set[str]] | None = None, pubsub: FakePubSub | None = None
+) -> tuple[Hub, FakePubSub]:
+    pubsub = pubsub or FakePubSub()
+
+    async def groups_of(user_id: str) -> set[str]:
+        return set((groups or {}).get(user_id, set()))
+
+    hub = Hub(pubsub, groups_of, shards=4)
+    await hub.start()
+    return hub, pubsub
+
+
+async def test_user_channel_payloads_reach_every_socket_of_the_user() -> None:
+    hub, pubsub = await _hub()
+    a1, a2, b = _conn("alice", []), _conn("alice", []), _conn("bob", [])
+    for c in (a1, a2, b):
+        await hub.register(c)
+    assert keys.user_channel("alice") in pubsub.channels
+    assert hub.deliver_to_user("alice", MESSAGE + b'{"type":"message"}') == 2
+    assert _queued(a1) == _queued(a2) == [b'{"type":"message"}'] and _queued(b) == []
+    await hub.unregister(a1)
+    assert keys.user_channel("alice") in pubsub.channels
+    await hub.unregister(a2)
+    assert keys.user_channel("alice") not in pubsub.channels
+
+
+async def test_group_shard_payloads_follow_joins_and_leaves_in_order() -> None:
+    hub, _ = await _hub(groups={"alice": {"g:1"}})
+    alice, bob = _conn("alice", []), _conn("bob", [])
+    await hub.register(alice)
+    await hub.register(bob)
+    assert hub.deliver_to_group(b"g:1\0first") == 1
+    hub.deliver_to_user("bob", JOINED + b"g:1\0added")
+    assert hub.deliver_to_group(b"g:1\0second") == 2
+    hub.deliver_to_user("alice", LEFT + b"g:1\0removed")
+    assert hub.deliver_to_group(b"g:1\0third") == 1
+    assert _queued(alice) == [b"first", b"second", b"removed"]
+    assert _queued(bob) == [b"added", b"second", b"third"]
+
+
+async def test_a_failed_subscribe_leaves_nothing_behind() -> None:
+    pubsub = FakePubSub()
+    hub, _ = await _hub(pubsub=pubsub)
+    pubsub.fail_subscribe = 1
+    with pytest.raises(Unavailable):
+        await hub.register(_conn("alice", []))
+    assert hub.connections == 0
+    again = _conn("alice", [])
+    await hub.register(again)  # not stuck: this one subscribes
+    assert keys.user_channel("alice") in pubsub.channels
+    assert hub.deliver_to_user("alice", MESSAGE + b"x") == 1
+
+
+async def test_a_failed_group_load_leaves_nothing_behind() -> None:
+    pubsub = FakePubSub()
+
+    async def broken(user_id: str) -> set[str]:
+        raise TimeoutError("cassandra")
+
+    hub = Hub(pubsub, broken, shards=4)
+    await hub.start()
+    with pytest.raises(Unavailable):
+        await hub.register(_conn("alice", []))
+    assert hub.connections == 0
+    assert keys.user_channel("alice") not in pubsub.channels
+
+
+async def test_a_full_queue_disconnects_the_slow_socket_only() -> None:
+    sent: list[str] = []
+    slow = _conn("alice", sent)
+    for i in range(11):
+        slow.push(f"f{i}".encode())
+    assert slow.too_slow
+    await slow.run_writer()
+    assert sent == ["closed 1013"]
