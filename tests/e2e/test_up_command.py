@@ -34,6 +34,24 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _still_running(pids: list[int], grace_s: float) -> list[str]:
+    """The command lines of ``pids`` still alive after ``grace_s`` (zombies count as gone)."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        alive = []
+        for pid in pids:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if state != "Z":
+                alive.append(f"{pid} {cmd}")
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
+
+
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
@@ -107,8 +125,7 @@ def test_up_serves_a_scripted_exchange_and_ctrl_c_cleans_up(services: Settings) 
             proc.kill()
             proc.communicate()
             pytest.fail("tidings up did not stop on Ctrl-C")
-    time.sleep(0.5)
-    alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]
+    alive = _still_running(children, grace_s=5)
     assert alive == [], f"left running: {alive}"
     assert _port_free(port)
     assert proc.returncode == 0, rest
