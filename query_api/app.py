@@ -11,6 +11,7 @@ from sanic import HTTPResponse, Request, Sanic
 from query_api import errors, http_api, messages_api, ops, ws
 from query_api.auth import bearer_token, verify_token
 from query_api.deps import Dependencies, build_dependencies
+from tidings.gc_tuning import tune_for_server
 from tidings.settings import Settings
 
 Builder = Callable[[Settings], Awaitable[Dependencies]]
@@ -42,6 +43,7 @@ def create_app(settings: Settings, *, build: Builder = build_dependencies, name:
     async def open_dependencies(app: Sanic) -> None:
         app.ctx.deps = await build(settings)
         app.ctx.listener = asyncio.create_task(app.ctx.deps.hub.listen(), name="pubsub")
+        tune_for_server()
 
     @app.before_server_stop
     async def drain(app: Sanic) -> None:

@@ -19,6 +19,7 @@ from projections.redis_client import make_redis
 from projections.roster import Roster
 from streams.app import create_app
 from streams.projector import Stage
+from tidings.gc_tuning import tune_for_server
 from tidings.settings import Settings
 
 EVENTS_APPLIED = Counter("tidings_projection_events_total", "Events applied, per projection", ["projection"])
@@ -79,6 +80,7 @@ def run_worker(settings: Settings) -> None:
     # Faust builds its loop from the policy; uvloop's is cheaper per wake-up and per I/O.
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     app = build_worker_app(settings)
+    tune_for_server()
     try:
         start_http_server(settings.worker_web_port, addr="127.0.0.1")
     except OSError as exc:
