@@ -6,6 +6,7 @@ member count carried by each event (and the 200,000-member limit) is exact. Send
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from commands.groups import (
@@ -23,7 +24,9 @@ from commands.groups import (
 )
 from commands.ports import Directory, EventLog, IdGenerator, Locks
 from events import GroupEvent, snowflake_ts
-from events.errors import Forbidden, NotFound
+from events.errors import Forbidden, NotFound, Unavailable
+
+log_ = logging.getLogger(__name__)
 
 GroupCommand = AddMembers | RemoveMember | ChangeRole | RenameGroup
 
@@ -34,7 +37,7 @@ async def create_group(
     event_id = ids.next_id()
     event = decide_create(cmd, event_id=event_id, ts=snowflake_ts(event_id), max_members=max_members)
     await log.append(event)
-    await directory.apply([event])
+    await _write_through(directory, event)
     return event
 
 
@@ -63,8 +66,17 @@ async def change_group(
             event = decide_rename(cmd, state, event_id=event_id, ts=ts)
         if event is not None:
             await log.append(event)
-            await directory.apply([event])
+            await _write_through(directory, event)
         return event
+
+
+async def _write_through(directory: Directory, event: GroupEvent) -> None:
+    """The event is in the log: the caller must hear it succeeded even if the read model is
+    down (the worker applies it when it is back; only read-your-writes is lost meanwhile)."""
+    try:
+        await directory.apply([event])
+    except Unavailable:
+        log_.warning("group event %s is in the log but not yet in the read model", event.event_id)
 
 
 def _named(cmd: GroupCommand) -> Sequence[str]:

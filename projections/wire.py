@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -23,7 +24,10 @@ def message_object(event: MessageSent) -> dict[str, Any]:
     }
 
 
+@lru_cache(maxsize=4096)
 def message_json(event: MessageSent) -> bytes:
+    """Serialized once per message: the hot cache and the pushes of a batch share it (events
+    are frozen, so they are their own cache key)."""
     return orjson.dumps(message_object(event))
 
 

@@ -114,3 +114,15 @@ async def test_handover_then_the_old_owner_may_leave(ports: dict) -> None:
     left = await _change(ports, RemoveMember(actor_id="owner", conversation_id=cid, user_id="owner"))
     assert isinstance(left, MemberRemoved)
     assert "owner" not in ports["directory"].members[cid]
+
+
+async def test_a_read_model_outage_after_the_append_still_answers_success(ports: dict) -> None:
+    from events.errors import Unavailable
+
+    class Down(MemoryDirectory):
+        async def apply(self, events: object) -> None:
+            raise Unavailable("cassandra down")
+
+    ports["directory"] = Down()
+    event = await create_group(CreateGroup(actor_id="owner", title="Team"), **ports)
+    assert ports["log"].events == [event]  # in the log, which is what counts
