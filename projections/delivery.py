@@ -7,8 +7,10 @@ sockets of that group's members. Membership frames go to the users they concern.
 
 Payloads carry a one-byte envelope so the gateway routes without parsing JSON:
 - on a user channel: ``m<frame>``; ``+<cid>\\0<frame>`` (this user joined cid);
-  ``-<cid>\\0<frame>`` (this user left cid);
-- on a group shard channel: ``<cid>\\0<frame>``.
+  ``-<cid>\\0<frame>`` (this user left cid); ``t<cid>\\0<typist>\\0<frame>`` (typing: only to
+  sockets viewing cid);
+- on a group shard channel: ``m<cid>\\0<frame>`` (to the group's local members);
+  ``t<cid>\\0<typist>\\0<frame>`` (to those of them viewing cid, but the typist).
 
 Pushes are the fast path only: pub/sub drops messages during outages, and clients that
 reconnect read what they missed from the read models, which are the truth.
@@ -33,13 +35,14 @@ from events import (
     MessageSent,
     OwnershipTransferred,
     ReceiptRecorded,
+    dm_members,
     keys,
 )
 from projections.roster import Roster
 from projections.wire import message_frame, message_json
 
 GROUP_SHARDS = 16
-MESSAGE, JOINED, LEFT = b"m", b"+", b"-"
+MESSAGE, JOINED, LEFT, TYPING = b"m", b"+", b"-", b"t"
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,19 @@ def group_shard(conversation_id: str) -> int:
 
 def _to_members(cid: str, recipients: list[str] | None, frame: bytes) -> list[Push]:
     if recipients is None:
-        return [Push(keys.group_shard_channel(group_shard(cid)), cid.encode() + b"\0" + frame)]
+        return [Push(keys.group_shard_channel(group_shard(cid)), MESSAGE + cid.encode() + b"\0" + frame)]
     return [Push(keys.user_channel(uid), MESSAGE + frame) for uid in recipients]
+
+
+def typing_pushes(cid: str, typist: str, state: str) -> list[Push]:
+    """A typing indicator: never stored, sent straight from the gateway to the members whose
+    sockets view the conversation (direct chats: the other member; groups: via the shard)."""
+    frame = orjson.dumps({"type": "typing", "conversation_id": cid, "user_id": typist, "state": state})
+    payload = TYPING + cid.encode() + b"\0" + typist.encode() + b"\0" + frame
+    members = dm_members(cid)
+    if members is None:
+        return [Push(keys.group_shard_channel(group_shard(cid)), payload)]
+    return [Push(keys.user_channel(uid), payload) for uid in dict.fromkeys(members) if uid != typist]
 
 
 def conversation_frame(change: str, conversation: dict[str, Any]) -> bytes:

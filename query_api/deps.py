@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from commands import EventLog, IdempotencyStore, IdGenerator, Limits, SendMessage, SendResult, send_message
 from commands.ports import Directory, Locks
 from commands.receipts import RecordReceipt, record_receipt
+from projections.delivery import Push
 from projections.history import HotTier, WarmTier
 from projections.inbox import InboxSource, UnreadCounter
 from query_api.hub import Hub
@@ -39,6 +40,8 @@ class Dependencies:
     unread: UnreadCounter
     receipts: Any  # ``watermarks(cid, uid)`` and ``page(cid, after=, limit=)``
     hub: Hub
+    # Publishes pushes straight from the gateway (typing: never stored, never in the log).
+    publish: Callable[[list[Push]], Awaitable[None]]
     # name -> coroutine that raises when that backing service is not reachable
     probes: dict[str, Callable[[], Awaitable[Any]]] = field(default_factory=dict)
     closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
@@ -98,11 +101,14 @@ class Dependencies:
 async def build_dependencies(settings: Settings) -> Dependencies:
     """Connect to Kafka, Cassandra and Redis and lease a Snowflake worker id."""
     # Imported here so unit tests that pass fakes never load the drivers.
+    from redis.exceptions import RedisError
+
     from commands.kafka_log import KafkaEventLog
     from commands.redis_idempotency import RedisIdempotencyStore
     from commands.redis_locks import RedisLocks
     from commands.worker_ids import LeasedSnowflake, WorkerIdLease
     from events import Topics
+    from events.errors import Unavailable
     from projections.cql import Cql, connect
     from projections.delivery import GROUP_SHARDS
     from projections.membership import CassandraMembership
@@ -141,6 +147,15 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     hub = Hub(pubsub, membership.groups_of, shards=GROUP_SHARDS)
     await hub.start()
 
+    async def publish(pushes: list[Push]) -> None:
+        try:
+            async with redis.pipeline(transaction=False) as pipe:
+                for push in pushes:
+                    pipe.publish(push.channel, push.payload)
+                await pipe.execute()
+        except RedisError as exc:
+            raise Unavailable("pub/sub unavailable") from exc
+
     async def unread(conversation_id: str, *, after: int, reader: str, cap: int) -> int:
         return await count_unread(
             cql, settings.message_bucket_ms, conversation_id, after=after, reader=reader, cap=cap
@@ -173,6 +188,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         unread=unread,
         receipts=receipts,
         hub=hub,
+        publish=publish,
         probes={"kafka": kafka_probe, "cassandra": cassandra_probe, "redis": redis_probe},
         closers=closers,
     )

@@ -37,9 +37,26 @@ class ReceiptFrame(_Frame):
     status: Literal["delivered", "read"]
 
 
-FRAMES: dict[str, type[_Frame]] = {"send": SendFrame, "ping": PingFrame, "receipt": ReceiptFrame}
+class ViewFrame(_Frame):
+    type: Literal["view"]
+    conversation_id: str | None = Field(max_length=256)
+
+
+class TypingFrame(_Frame):
+    type: Literal["typing"]
+    conversation_id: str = Field(min_length=1, max_length=256)
+    state: Literal["start", "stop"]
+
+
+FRAMES: dict[str, type[_Frame]] = {
+    "send": SendFrame,
+    "ping": PingFrame,
+    "receipt": ReceiptFrame,
+    "view": ViewFrame,
+    "typing": TypingFrame,
+}
 # Frame types of the protocol that this server does not handle yet; they get a clear error.
-NOT_YET = frozenset({"typing", "view", "presence", "watch"})
+NOT_YET = frozenset({"presence", "watch"})
 
 
 def parse_frame(raw: str | bytes, max_bytes: int) -> tuple[Any, _Frame]:

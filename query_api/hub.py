@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 from sanic.exceptions import WebsocketClosed
@@ -19,12 +20,33 @@ from websockets.exceptions import ConnectionClosed
 
 from events import keys
 from events.errors import Unavailable
-from projections.delivery import JOINED, LEFT, MESSAGE
+from projections.delivery import JOINED, LEFT, MESSAGE, TYPING
 from query_api.metrics import SLOW_CLIENT_DISCONNECTS, WS_CONNECTIONS
 
 log = logging.getLogger(__name__)
 
-CLOSE_TOO_SLOW = 1013  # "try again later": the client fell too far behind
+CLOSE_TOO_SLOW = 1013
+TYPING_PER_S, TYPING_BURST = 2.0, 5
+
+
+class TokenBucket:
+    """Per-socket allowance: ``burst`` at once, refilled at ``rate_per_s``."""
+
+    def __init__(self, *, rate_per_s: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = rate_per_s
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._clock = clock
+        self._at = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True  # "try again later": the client fell too far behind
 
 
 class Subscriber(Protocol):
@@ -54,6 +76,11 @@ class Connection:
         self._close = close
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(queue_size)
         self.too_slow = False
+        # The conversation this socket shows (the `view` frame): typing goes only there.
+        self.view: str | None = None
+        # conversation id -> until when this socket's membership there counts as checked
+        self.member_of: dict[str, float] = {}
+        self.typing_allowance = TokenBucket(rate_per_s=TYPING_PER_S, burst=TYPING_BURST)
 
     def push(self, frame: bytes) -> None:
         """Queue a frame for this socket without waiting; a full queue disconnects it."""
@@ -87,6 +114,11 @@ class Connection:
 
 
 GroupsOf = Callable[[str], Awaitable[set[str]]]
+
+
+def _typing(payload: bytes) -> tuple[str, str, bytes]:
+    cid, typist, frame = payload[1:].split(b"\0", 2)
+    return cid.decode(), typist.decode(), frame
 
 
 class Hub:
@@ -180,6 +212,9 @@ class Hub:
         kind = payload[:1]
         if kind == MESSAGE:
             frame = payload[1:]
+        elif kind == TYPING:
+            cid, typist, frame = _typing(payload)
+            return self._push_typing(self._by_user.get(user_id, ()), cid, typist, frame)
         else:
             cid_bytes, _, frame = payload[1:].partition(b"\0")
             cid = cid_bytes.decode()
@@ -193,10 +228,24 @@ class Hub:
 
     def deliver_to_group(self, payload: bytes) -> int:
         """Route a group-shard payload to this process's sockets of the group's members."""
-        cid_bytes, _, frame = payload.partition(b"\0")
+        if payload[:1] == TYPING:
+            cid, typist, frame = _typing(payload)
+            members = self._group_members.get(cid, ())
+            conns = [c for uid in members for c in self._by_user.get(uid, ())]
+            return self._push_typing(conns, cid, typist, frame)
+        cid_bytes, _, frame = payload[1:].partition(b"\0")
         sent = 0
         for user_id in self._group_members.get(cid_bytes.decode(), ()):
             for conn in self._by_user.get(user_id, ()):
+                conn.push(frame)
+                sent += 1
+        return sent
+
+    @staticmethod
+    def _push_typing(conns: Iterable[Connection], cid: str, typist: str, frame: bytes) -> int:
+        sent = 0
+        for conn in conns:
+            if conn.view == cid and conn.user_id != typist:
                 conn.push(frame)
                 sent += 1
         return sent

@@ -11,10 +11,20 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.server.websockets.impl import WebsocketImplProtocol
 
-from events.errors import TidingsError, Unavailable
+from commands.membership import require_member
+from events.errors import RateLimited, TidingsError, Unavailable
+from projections.delivery import typing_pushes
 from query_api.deps import Dependencies
 from query_api.errors import error_frame
-from query_api.frames import FrameError, PingFrame, ReceiptFrame, SendFrame, parse_frame
+from query_api.frames import (
+    FrameError,
+    PingFrame,
+    ReceiptFrame,
+    SendFrame,
+    TypingFrame,
+    ViewFrame,
+    parse_frame,
+)
 from query_api.hub import Connection
 from query_api.metrics import FRAMES_IN, FRAMES_OUT, SEND_SECONDS, SENDS
 
@@ -22,6 +32,7 @@ log = logging.getLogger(__name__)
 bp = Blueprint("ws", url_prefix="/v1")
 
 SEND_QUEUE_FRAMES = 1024
+MEMBERSHIP_TTL_S = 30.0
 CLOSE_TRY_AGAIN = 1013
 
 
@@ -65,6 +76,42 @@ async def _handle(deps: Dependencies, conn: Connection, raw: str | bytes) -> Non
         await _send(deps, conn, ref, frame)
     elif isinstance(frame, ReceiptFrame):
         await _receipt(deps, conn, ref, frame)
+    elif isinstance(frame, ViewFrame):
+        await _view(deps, conn, ref, frame)
+    elif isinstance(frame, TypingFrame):
+        await _typing(deps, conn, ref, frame)
+
+
+async def _view(deps: Dependencies, conn: Connection, ref: str | None, frame: ViewFrame) -> None:
+    """Which conversation this socket shows; only members may view one."""
+    if frame.conversation_id is not None:
+        try:
+            await _check_member(deps, conn, frame.conversation_id)
+        except TidingsError as exc:
+            _reply(conn, "error", error_frame(ref, exc.code, exc.message))
+            return
+    conn.view = frame.conversation_id
+
+
+async def _typing(deps: Dependencies, conn: Connection, ref: str | None, frame: TypingFrame) -> None:
+    """Forwarded at once to the members viewing the conversation; never stored."""
+    try:
+        if not conn.typing_allowance.take():
+            raise RateLimited("too many typing frames", retry_after=1)
+        await _check_member(deps, conn, frame.conversation_id)
+        await deps.publish(typing_pushes(frame.conversation_id, conn.user_id, frame.state))
+    except TidingsError as exc:
+        _reply(conn, "error", error_frame(ref, exc.code, exc.message))
+
+
+async def _check_member(deps: Dependencies, conn: Connection, conversation_id: str) -> None:
+    """Membership, remembered by the socket for a short while (typing is frequent; a removal
+    takes effect on the socket within ``MEMBERSHIP_TTL_S``)."""
+    now = time.monotonic()
+    if conn.member_of.get(conversation_id, 0.0) > now:
+        return
+    await require_member(deps.directory, conversation_id, conn.user_id)
+    conn.member_of[conversation_id] = now + MEMBERSHIP_TTL_S
 
 
 async def _receipt(deps: Dependencies, conn: Connection, ref: str | None, frame: ReceiptFrame) -> None:

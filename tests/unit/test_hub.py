@@ -79,11 +79,11 @@ async def test_group_shard_payloads_follow_joins_and_leaves_in_order() -> None:
     alice, bob = _conn("alice", []), _conn("bob", [])
     await hub.register(alice)
     await hub.register(bob)
-    assert hub.deliver_to_group(b"g:1\0first") == 1
+    assert hub.deliver_to_group(b"mg:1\0first") == 1
     hub.deliver_to_user("bob", JOINED + b"g:1\0added")
-    assert hub.deliver_to_group(b"g:1\0second") == 2
+    assert hub.deliver_to_group(b"mg:1\0second") == 2
     hub.deliver_to_user("alice", LEFT + b"g:1\0removed")
-    assert hub.deliver_to_group(b"g:1\0third") == 1
+    assert hub.deliver_to_group(b"mg:1\0third") == 1
     assert _queued(alice) == [b"first", b"second", b"removed"]
     assert _queued(bob) == [b"added", b"second", b"third"]
 
@@ -123,3 +123,31 @@ async def test_a_full_queue_disconnects_the_slow_socket_only() -> None:
     assert slow.too_slow
     await slow.run_writer()
     assert sent == ["closed 1013"]
+
+
+async def test_typing_goes_only_to_sockets_viewing_the_conversation_and_never_to_the_typist() -> None:
+    from projections.delivery import typing_pushes
+
+    hub, _ = await _hub(groups={"alice": {"g:1"}, "bob": {"g:1"}, "carol": {"g:1"}})
+    alice, bob_viewing, bob_elsewhere, carol = (_conn(u, []) for u in ("alice", "bob", "bob", "carol"))
+    for c in (alice, bob_viewing, bob_elsewhere, carol):
+        await hub.register(c)
+    alice.view = bob_viewing.view = "g:1"
+    [group_push] = typing_pushes("g:1", "alice", "start")
+    assert hub.deliver_to_group(group_push.payload) == 1
+    assert _queued(bob_viewing) and not _queued(bob_elsewhere) and not _queued(alice) and not _queued(carol)
+    [dm_push] = typing_pushes("dm:alice:bob", "alice", "stop")
+    assert dm_push.channel == keys.user_channel("bob")
+    bob_elsewhere.view = "dm:alice:bob"
+    assert hub.deliver_to_user("bob", dm_push.payload) == 1
+    assert b'"state":"stop"' in _queued(bob_elsewhere)[0]  # type: ignore[operator]
+
+
+def test_token_bucket_allows_a_burst_then_the_rate() -> None:
+    from query_api.hub import TokenBucket
+
+    now = [0.0]
+    bucket = TokenBucket(rate_per_s=2, burst=3, clock=lambda: now[0])
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+    now[0] += 0.5
+    assert bucket.take() and not bucket.take()

@@ -82,7 +82,13 @@ def spawn(argv: Sequence[str], *, cwd: Path, log: Path, env: Mapping[str, str] |
             env={**os.environ, **(env or {})},
             start_new_session=True,  # outlives `up`, and Ctrl-C in the terminal does not reach it
         )
+    # Detached on purpose: keep the handle for this process's lifetime, so that Python does not
+    # warn that it is "still running" when the handle would otherwise be collected.
+    _SPAWNED[proc.pid] = proc
     return proc.pid
+
+
+_SPAWNED: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def stop(pid: int, service_dir: Path, *, grace_s: float = 30.0) -> float:
