@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from commands.membership import require_member
+from commands.membership import member_role
 from commands.model import Limits, SendMessage, decide_send
 from commands.ports import Directory, EventLog, IdempotencyStore, IdGenerator, SendRecord
 from events import MessageSent, snowflake_ts
@@ -38,7 +38,7 @@ async def send_message(
     still in flight), the retry appends the recorded event again. The log may then hold it
     twice, which projections and clients absorb by ``message_id``.
     """
-    await require_member(directory, cmd.conversation_id, cmd.sender_id)
+    await member_role(directory, cmd.conversation_id, cmd.sender_id)
     message_id = ids.next_id()
     event = decide_send(cmd, message_id=message_id, ts=snowflake_ts(message_id), limits=limits)
     existing = await idempotency.claim(cmd.sender_id, cmd.client_msg_id, SendRecord(event, False))

@@ -8,7 +8,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from commands.membership import require_member
+from commands.membership import member_role
 from commands.ports import Directory, EventLog
 from events import ReceiptRecorded, snowflake_ts
 from events.errors import Invalid
@@ -40,7 +40,7 @@ async def record_receipt(
     watermarks: Watermarks,
     now_ms: int | None = None,
 ) -> ReceiptRecorded | None:
-    await require_member(directory, cmd.conversation_id, cmd.user_id)
+    await member_role(directory, cmd.conversation_id, cmd.user_id)
     now = now_ms if now_ms is not None else time.time_ns() // 1_000_000
     if cmd.message_id <= 0 or snowflake_ts(cmd.message_id) > now + MAX_FUTURE_MS:
         raise Invalid("message_id is not a message of this conversation's time")

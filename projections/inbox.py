@@ -13,6 +13,7 @@ import asyncio
 import base64
 from typing import Any, Protocol
 
+from events import dm_members
 from events.errors import Invalid
 from events.ids import EPOCH_MS, SEQUENCE_BITS, WORKER_BITS
 
@@ -53,7 +54,7 @@ async def inbox_page(
     rows = await source.inbox_rows(user_id)
     groups = [r.conversation_id for r in rows if r.kind == "group"]
     meta = dict(zip(groups, await asyncio.gather(*(source.conversation_row(c) for c in groups)), strict=True))
-    items = [_item(user_id, row, meta.get(row.conversation_id)) for row in rows]
+    items = [_item(row, meta.get(row.conversation_id)) for row in rows]
     items.sort(key=lambda it: (it[0], it[1]["conversation_id"]), reverse=True)
     if before is not None:
         bound = decode_cursor(before)
@@ -80,12 +81,12 @@ async def one_conversation(
     if row is None:
         return None
     conv = await source.conversation_row(conversation_id) if row.kind == "group" else None
-    _, obj, after = _item(user_id, row, conv)
+    _, obj, after = _item(row, conv)
     obj["unread_count"] = await unread(conversation_id, after=after, reader=user_id, cap=UNREAD_CAP)
     return obj
 
 
-def _item(user_id: str, row: Any, conv: Any | None) -> tuple[int, dict[str, Any], int]:
+def _item(row: Any, conv: Any | None) -> tuple[int, dict[str, Any], int]:
     """(activity ts, conversation object, unread-after message id) for one inbox row."""
     last = (row.last_message_id, row.last_sender_id, row.last_preview, row.last_ts)
     if conv is not None and conv.last_message_id is not None and (last[0] or 0) < conv.last_message_id:
@@ -93,8 +94,7 @@ def _item(user_id: str, row: Any, conv: Any | None) -> tuple[int, dict[str, Any]
     if row.kind == "group":
         title, count = (conv.title, conv.member_count) if conv is not None else (None, 0)
     else:
-        members = row.conversation_id.split(":")[1:]
-        title, count = None, len(set(members))
+        title, count = None, len(set(dm_members(row.conversation_id) or ()))
     activity = last[3] if last[3] is not None else (row.joined_ts or 0)
     joined_floor = _first_id_at(row.joined_ts) if row.kind == "group" and row.joined_ts else 0
     obj = {

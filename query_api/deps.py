@@ -7,13 +7,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
 from commands import EventLog, IdempotencyStore, IdGenerator, Limits, SendMessage, SendResult, send_message
 from commands.ports import Directory, Locks
-from commands.receipts import RecordReceipt, record_receipt
+from commands.receipts import RecordReceipt, Watermarks, record_receipt
+from events import Role
 from projections.delivery import Push
 from projections.history import HotTier, WarmTier
 from projections.inbox import InboxSource, UnreadCounter
@@ -21,6 +22,20 @@ from query_api.hub import Hub
 from tidings.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+ReceiptStatus = Literal["delivered", "read"]
+
+
+class MemberList(Protocol):
+    async def members_page(
+        self, conversation_id: str, *, after: str, limit: int
+    ) -> list[tuple[str, Role]]: ...
+
+
+class ReceiptView(Watermarks, Protocol):
+    async def page(self, conversation_id: str, *, after: str, limit: int) -> list[Any]:
+        """Rows with ``user_id``, ``delivered`` and ``read``, by user id after ``after``."""
 
 
 @dataclass
@@ -36,9 +51,9 @@ class Dependencies:
     directory: Directory
     locks: Locks
     inbox: InboxSource
-    members: Any  # ``members_page(cid, after=, limit=)``
+    members: MemberList
     unread: UnreadCounter
-    receipts: Any  # ``watermarks(cid, uid)`` and ``page(cid, after=, limit=)``
+    receipts: ReceiptView
     hub: Hub
     # Publishes pushes straight from the gateway (typing: never stored, never in the log).
     publish: Callable[[list[Push]], Awaitable[None]]
@@ -66,7 +81,7 @@ class Dependencies:
         )
 
     async def receipt(
-        self, user_id: str, device_id: str, conversation_id: str, message_id: str, status: str
+        self, user_id: str, device_id: str, conversation_id: str, message_id: str, status: ReceiptStatus
     ) -> None:
         """Record what a ``receipt`` frame or a ``POST .../receipts`` body asks for."""
         cmd = RecordReceipt(
@@ -74,7 +89,7 @@ class Dependencies:
             device_id=device_id,
             conversation_id=conversation_id,
             message_id=int(message_id),
-            status=status,  # type: ignore[arg-type]
+            status=status,
         )
         await record_receipt(cmd, log=self.log, directory=self.directory, watermarks=self.receipts)
 

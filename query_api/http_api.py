@@ -11,7 +11,15 @@ from sanic.response import empty
 from commands.group_handlers import change_group, create_group
 from commands.groups import MAX_TITLE_CHARS, AddMembers, ChangeRole, CreateGroup, RemoveMember, RenameGroup
 from commands.membership import require_member
-from events import GroupCreated, MembersAdded, Role, direct_conversation_id, is_valid_user_id
+from events import (
+    DM_PREFIX,
+    GroupCreated,
+    MembersAdded,
+    Role,
+    direct_conversation_id,
+    dm_members,
+    is_valid_user_id,
+)
 from events.errors import Invalid
 from projections.inbox import inbox_page, one_conversation
 from query_api.bodies import Body, int_arg, parse_body
@@ -131,8 +139,9 @@ async def members(request: Request, conversation_id: str) -> HTTPResponse:
     info, _ = await require_member(deps.directory, conversation_id, request.ctx.principal.user_id)
     after = request.args.get("after", "")
     limit = int_arg(request, "limit", MEMBERS_PAGE, low=1, high=MEMBERS_MAX)
+    rows: list[tuple[str, Role]]
     if info.kind == "direct":
-        ids = sorted(set(conversation_id.split(":")[1:]), key=str.encode)
+        ids = sorted(set(dm_members(conversation_id) or ()), key=str.encode)
         rows = [(u, "member") for u in ids if u.encode() > after.encode()][:limit]
         more = False
     else:
@@ -186,7 +195,7 @@ async def set_role(request: Request, conversation_id: str, user_id: str) -> HTTP
 
 
 async def _change(deps: Dependencies, cmd: AddMembers | RemoveMember | ChangeRole | RenameGroup) -> Any:
-    if cmd.conversation_id.startswith("dm:"):
+    if cmd.conversation_id.startswith(DM_PREFIX):
         await require_member(deps.directory, cmd.conversation_id, cmd.actor_id)
         raise Invalid("a direct conversation has no members to change")
     return await change_group(

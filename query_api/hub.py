@@ -25,7 +25,7 @@ from query_api.metrics import SLOW_CLIENT_DISCONNECTS, WS_CONNECTIONS
 
 log = logging.getLogger(__name__)
 
-CLOSE_TOO_SLOW = 1013
+CLOSE_TRY_AGAIN = 1013  # "try again later": reconnect, then catch up
 TYPING_PER_S, TYPING_BURST = 2.0, 5
 
 
@@ -100,7 +100,7 @@ class Connection:
             frame = await self._queue.get()
             if frame is None:
                 if self.too_slow:
-                    await self._close(CLOSE_TOO_SLOW, "send queue full; reconnect and sync")
+                    await self._close(CLOSE_TRY_AGAIN, "send queue full; reconnect and sync")
                 return
             try:
                 # Text frames: the protocol is JSON text, and bytes would go out as binary.

@@ -8,7 +8,7 @@ from pydantic import Field
 from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import empty
 
-from commands.membership import require_member
+from commands.membership import member_role
 from events import MessageKind
 from events.errors import Invalid
 from projections.history import history_page
@@ -45,7 +45,7 @@ async def post_message(request: Request, conversation_id: str) -> HTTPResponse:
 @bp.get("/<conversation_id:str>/messages")
 async def list_messages(request: Request, conversation_id: str) -> HTTPResponse:
     deps: Dependencies = request.app.ctx.deps
-    await require_member(deps.directory, conversation_id, request.ctx.principal.user_id)
+    await member_role(deps.directory, conversation_id, request.ctx.principal.user_id)
     before = message_id_arg(request, "before")
     after = message_id_arg(request, "after")
     if before is not None and after is not None:
@@ -75,7 +75,7 @@ async def post_receipt(request: Request, conversation_id: str) -> HTTPResponse:
 async def list_receipts(request: Request, conversation_id: str) -> HTTPResponse:
     """Every member's watermarks that exist, by user id, paged like the member list."""
     deps: Dependencies = request.app.ctx.deps
-    await require_member(deps.directory, conversation_id, request.ctx.principal.user_id)
+    await member_role(deps.directory, conversation_id, request.ctx.principal.user_id)
     after = request.args.get("after", "")
     limit = int_arg(request, "limit", RECEIPTS_PAGE, low=1, high=RECEIPTS_MAX)
     rows = await deps.receipts.page(conversation_id, after=after, limit=limit + 1)

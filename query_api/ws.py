@@ -4,14 +4,13 @@ sent; replies and pushes go through the connection's queue and writer task."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 
 import orjson
 from sanic import Blueprint, Request
 from sanic.server.websockets.impl import WebsocketImplProtocol
 
-from commands.membership import require_member
+from commands.membership import member_role
 from events.errors import RateLimited, TidingsError, Unavailable
 from projections.delivery import typing_pushes
 from query_api.deps import Dependencies
@@ -25,15 +24,13 @@ from query_api.frames import (
     ViewFrame,
     parse_frame,
 )
-from query_api.hub import Connection
+from query_api.hub import CLOSE_TRY_AGAIN, Connection
 from query_api.metrics import FRAMES_IN, FRAMES_OUT, SEND_SECONDS, SENDS
 
-log = logging.getLogger(__name__)
 bp = Blueprint("ws", url_prefix="/v1")
 
 SEND_QUEUE_FRAMES = 1024
 MEMBERSHIP_TTL_S = 30.0
-CLOSE_TRY_AGAIN = 1013
 
 
 @bp.websocket("/ws")
@@ -110,7 +107,7 @@ async def _check_member(deps: Dependencies, conn: Connection, conversation_id: s
     now = time.monotonic()
     if conn.member_of.get(conversation_id, 0.0) > now:
         return
-    await require_member(deps.directory, conversation_id, conn.user_id)
+    await member_role(deps.directory, conversation_id, conn.user_id)
     conn.member_of[conversation_id] = now + MEMBERSHIP_TTL_S
 
 
