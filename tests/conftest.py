@@ -14,11 +14,14 @@ from pathlib import Path
 
 import pytest
 
-# Test isolation from a developer's running `tidings up`: own keyspace, topics and group.
+# Test isolation from a developer's running `tidings up`: own keyspace, topics, group and Redis
+# database. TIDINGS_TEST_NAMESPACE lets two checkouts run their tests against one set of services.
+NAMESPACE = os.environ.get("TIDINGS_TEST_NAMESPACE", "test")
 TEST_ENV = {
-    "TIDINGS_CASSANDRA_KEYSPACE": "tidings_test",
-    "TIDINGS_TOPIC_PREFIX": "test.",
-    "TIDINGS_WORKER_APP_ID": "tidings-test-projector",
+    "TIDINGS_CASSANDRA_KEYSPACE": f"tidings_{NAMESPACE}",
+    "TIDINGS_TOPIC_PREFIX": f"{NAMESPACE}.",
+    "TIDINGS_WORKER_APP_ID": f"tidings-{NAMESPACE}-projector",
+    "TIDINGS_REDIS_DB": os.environ.get("TIDINGS_TEST_REDIS_DB", "1"),
     "TIDINGS_AUTH_SECRET": os.environ.get("TIDINGS_TEST_AUTH_SECRET", secrets.token_urlsafe(32)),
 }
 os.environ.update(TEST_ENV)
