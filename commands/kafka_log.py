@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from events import ChatEvent, Topics, encode_event, partition_key
 from events.errors import Unavailable
 
+# topic -> a span around one append, yielding the record headers that carry its trace context
+TraceAppend = Callable[[str], AbstractContextManager[list[tuple[str, bytes]]]]
+
 
 class KafkaEventLog:
-    def __init__(self, producer: AIOKafkaProducer, topics: Topics) -> None:
+    def __init__(
+        self, producer: AIOKafkaProducer, topics: Topics, *, trace: TraceAppend | None = None
+    ) -> None:
         self._producer = producer
         self._topics = topics
+        self._trace = trace
 
     @classmethod
     def producer(
@@ -29,11 +38,19 @@ class KafkaEventLog:
         )
 
     async def append(self, event: ChatEvent) -> None:
+        topic = self._topics.conversation_events
         try:
-            await self._producer.send_and_wait(
-                self._topics.conversation_events,
-                value=encode_event(event),
-                key=partition_key(event.conversation_id),
-            )
+            if self._trace is None:
+                await self._producer.send_and_wait(
+                    topic, value=encode_event(event), key=partition_key(event.conversation_id)
+                )
+                return
+            with self._trace(topic) as headers:
+                await self._producer.send_and_wait(
+                    topic,
+                    value=encode_event(event),
+                    key=partition_key(event.conversation_id),
+                    headers=headers,
+                )
         except KafkaError as exc:
             raise Unavailable("the event log did not confirm the write") from exc

@@ -131,6 +131,8 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     from projections.receipts import CassandraReceipts
     from projections.recent import RedisRecent
     from projections.redis_client import make_redis
+    from query_api.metrics import DELIVERY_FAILURES
+    from tidings import telemetry
 
     redis = make_redis(settings.redis_host, settings.redis_port, settings.redis_db)
     closers: list[Callable[[], Awaitable[Any]]] = [redis.aclose]
@@ -169,6 +171,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
                     pipe.publish(push.channel, push.payload)
                 await pipe.execute()
         except RedisError as exc:
+            DELIVERY_FAILURES.labels("publish").inc(len(pushes))
             raise Unavailable("pub/sub unavailable") from exc
 
     async def unread(conversation_id: str, *, after: int, reader: str, cap: int) -> int:
@@ -191,7 +194,9 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         settings=settings,
         secret=settings.resolved_auth_secret(),
         limits=Limits(max_body_chars=settings.max_body_chars),
-        log=KafkaEventLog(producer, topics),
+        log=KafkaEventLog(
+            producer, topics, trace=telemetry.trace_kafka_append if telemetry.enabled() else None
+        ),
         idempotency=RedisIdempotencyStore(redis, settings.idempotency_ttl_s),
         ids=LeasedSnowflake(lease),
         hot=RedisRecent(redis, settings.hot_history_size, roster=None),

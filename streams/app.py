@@ -8,7 +8,8 @@ from collections.abc import Callable, Sequence
 import faust
 
 from events import Topics
-from streams.projector import Projector, Record, Stage
+from streams.metrics import BATCH_EVENTS, DEAD_LETTERS, export_lag
+from streams.projector import Projector, Record, Stage, Tracer
 
 
 class FaustDeadLetters:
@@ -25,6 +26,8 @@ class FaustDeadLetters:
                 "source": f"{record.topic}:{record.partition}:{record.offset}".encode(),
             },
         )
+        # The error starts with the stage name, or "undecodable": a small set of reasons.
+        DEAD_LETTERS.labels(error.split(":", 1)[0][:32]).inc()
 
 
 def create_app(
@@ -39,6 +42,9 @@ def create_app(
     session_timeout_s: float,
     offset_reset: str = "earliest",
     on_applied: Callable[[str, int, float], None] | None = None,
+    on_unavailable: Callable[[str, int], None] | None = None,
+    tracer: Tracer | None = None,
+    lag_interval_s: float = 0.0,
 ) -> faust.App:
     app = faust.App(
         app_id,
@@ -56,18 +62,44 @@ def create_app(
     )
     source = app.topic(topics.conversation_events, key_type=bytes, value_type=bytes, partitions=partitions)
     dead_letters = app.topic(topics.dead_letters, key_type=bytes, value_type=bytes, partitions=partitions)
-    projector = Projector(stages, FaustDeadLetters(dead_letters), on_applied=on_applied)
+    projector = Projector(
+        stages,
+        FaustDeadLetters(dead_letters),
+        on_applied=on_applied,
+        on_unavailable=on_unavailable,
+        tracer=tracer,
+    )
 
     # concurrency=1: more breaks per-partition order and lets Faust commit past in-flight events.
     @app.agent(source, concurrency=1)
     async def project(stream: faust.StreamT) -> None:
         # take_events (not in StreamT's type) gives each event's partition and offset.
         async for batch in stream.take_events(batch_size, within=batch_window_s):  # type: ignore[attr-defined]
+            BATCH_EVENTS.observe(len(batch))
             await projector.handle(
                 [
-                    Record(ev.message.topic, ev.message.partition, ev.message.offset, ev.key, ev.value)
+                    Record(
+                        ev.message.topic,
+                        ev.message.partition,
+                        ev.message.offset,
+                        ev.key,
+                        ev.value,
+                        ev.headers,
+                    )
                     for ev in batch
                 ]
+            )
+
+    if lag_interval_s > 0:
+
+        @app.task
+        async def consumer_lag() -> None:
+            await export_lag(
+                bootstrap,
+                app_id,
+                topics.conversation_events,
+                partitions=partitions,
+                interval_s=lag_interval_s,
             )
 
     return app

@@ -66,6 +66,15 @@ class Settings(BaseSettings):
     # How fast a dead worker's partitions move to a live one (Kafka's default is 45 s).
     worker_session_timeout_s: float = 10.0
 
+    # Tracing (OpenTelemetry): "off" makes no span objects at all; "console" prints spans;
+    # "otlp" sends them to an OTLP/HTTP collector at `otlp_endpoint` (needs the `otlp` extra);
+    # "file" appends them as JSON lines to `tracing_file` (tests, debugging).
+    tracing: Literal["off", "console", "otlp", "file"] = "off"
+    otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    tracing_file: Path | None = None
+    # How often a worker reads its consumer group's committed and end offsets (lag metrics).
+    lag_interval_s: float = 5.0
+
     # Domain limits (the protocol's defaults)
     max_body_chars: int = 4000
     max_frame_bytes: int = 64 * 1024

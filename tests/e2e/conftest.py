@@ -36,7 +36,7 @@ def _free_port() -> int:
 
 
 class System:
-    def __init__(self, settings: Settings, logs: Path) -> None:
+    def __init__(self, settings: Settings, logs: Path, env: dict[str, str] | None = None) -> None:
         self.port = _free_port()
         self.settings = settings
         self.logs = logs
@@ -45,8 +45,11 @@ class System:
             "TIDINGS_HTTP_PORT": str(self.port),
             # Low, so that small groups, large groups and the switch between them all happen.
             "TIDINGS_FANOUT_THRESHOLD": str(FANOUT_THRESHOLD),
+            **(env or {}),
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        # role -> port of its Prometheus /metrics (workers)
+        self.metrics_ports: dict[str, int] = {}
         self.http = f"http://127.0.0.1:{self.port}"
         self.ws = f"ws://127.0.0.1:{self.port}/v1/ws"
 
@@ -58,7 +61,8 @@ class System:
     }
 
     def start(self, name: str) -> None:
-        env = {**self.env, "TIDINGS_WORKER_WEB_PORT": str(_free_port())}
+        self.metrics_ports[name] = _free_port()
+        env = {**self.env, "TIDINGS_WORKER_WEB_PORT": str(self.metrics_ports[name])}
         with open(self.logs / f"{name}.log", "ab") as log:
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "tidings", *self.COMMANDS[name]],
