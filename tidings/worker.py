@@ -59,7 +59,9 @@ def build_worker_app(settings: Settings) -> faust.App:
         partitions=settings.topic_partitions,
         stages=stages,
         batch_size=settings.worker_batch_size,
-        batch_window_s=settings.worker_batch_window_s,
+        batch_window_s=(
+            settings.worker_persist_batch_window_s if role == "persist" else settings.worker_batch_window_s
+        ),
         session_timeout_s=settings.worker_session_timeout_s,
         on_applied=observe_applied,
         on_unavailable=observe_unavailable,
