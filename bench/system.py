@@ -127,7 +127,7 @@ class BenchSystem:
     def stop(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
+                proc.send_signal(signal.SIGTERM)  # SIGINT may be ignored in a background job
         for proc in self.procs.values():
             try:
                 proc.wait(timeout=30)

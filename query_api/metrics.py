@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from projections.delivery_metrics import DELIVERY_FAILURES
+
+__all__ = ["DELIVERY_FAILURES"]
+
 # Send->deliver: fine steps from 1 ms to 2 s, so P50/P95/P99 are readable with
 # histogram_quantile() around the targets (P50 <= 20 ms, P99 <= 200 ms, fan-out P99 <= 1 s).
 LATENCY_BUCKETS = (
@@ -39,12 +43,6 @@ DELIVERY_SECONDS = Histogram(
     "Send->deliver: from the message's Snowflake time (taken when the gateway accepted the send) "
     "to its `message` frame being handed to a recipient's socket; one observation per socket",
     buckets=LATENCY_BUCKETS,
-)
-DELIVERY_FAILURES = Counter(
-    "tidings_delivery_failures_total",
-    "Pushes that did not reach a socket: socket_closed (the write failed), slow_client (queue "
-    "full, socket closed), publish (the gateway could not publish typing/view pushes)",
-    ["reason"],
 )
 SLOW_CLIENT_DISCONNECTS = Counter(
     "tidings_ws_slow_client_disconnects_total", "Sockets closed because their send queue was full"

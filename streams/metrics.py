@@ -16,6 +16,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import Counter, Gauge, Histogram
 
+from projections.delivery_metrics import DELIVERY_FAILURES
+
 log = logging.getLogger(__name__)
 
 EVENTS_APPLIED = Counter("tidings_projection_events_total", "Events applied, per projection", ["projection"])
@@ -37,11 +39,6 @@ STAGE_UNAVAILABLE = Counter(
     ["projection"],
 )
 DEAD_LETTERS = Counter("tidings_dead_letters_total", "Events sent to the dead-letter topic", ["reason"])
-DELIVERY_FAILURES = Counter(
-    "tidings_delivery_failures_total",
-    "Pushes that did not go out: publish (events whose pub/sub publish failed; retried)",
-    ["reason"],
-)
 CONSUMER_LAG = Gauge(
     "tidings_consumer_lag",
     "End offset minus committed offset, per partition of the worker's consumer group",
