@@ -260,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(5)  # let a backlog drain before the next rate
             results["e2e-1to1"] = sweep
         if wanted("fanout"):
+            if not args.no_start:
+                system.restart_gateway()
             results["fanout"] = run_bench(
                 "fanout",
                 "bench.fanout",
@@ -270,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
                 timeout_s=900,
             )  # fmt: skip
         if wanted("connections"):
+            if not args.no_start:
+                system.restart_gateway()
             results["connections"] = run_bench(
                 "connections",
                 "bench.connections",

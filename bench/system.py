@@ -54,22 +54,33 @@ class BenchSystem:
     def migrate(self) -> None:
         subprocess.run([sys.executable, "-m", "tidings", "migrate"], cwd=ROOT, env=self._env(), check=True)
 
-    def start(self) -> None:
+    COMMANDS = {
+        "deliver": ["worker", "--role", "deliver"],
+        "persist": ["worker", "--role", "persist"],
+        "gateway": ["gateway"],
+    }
+
+    def start(self, only: str | None = None) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
-        commands = {
-            "deliver": (["worker", "--role", "deliver"], str(self.worker_ports[0])),
-            "persist": (["worker", "--role", "persist"], str(self.worker_ports[1])),
-            "gateway": (["gateway"], "0"),
-        }
-        for name, (args, port) in commands.items():
+        ports = {"deliver": str(self.worker_ports[0]), "persist": str(self.worker_ports[1]), "gateway": "0"}
+        for name, args in self.COMMANDS.items():
+            if only is not None and name != only:
+                continue
             with open(self.logs / f"{name}.log", "ab") as log:
                 self.procs[name] = subprocess.Popen(
                     [sys.executable, "-m", "tidings", *args],
                     cwd=ROOT,
-                    env=self._env(TIDINGS_WORKER_WEB_PORT=port),
+                    env=self._env(TIDINGS_WORKER_WEB_PORT=ports[name]),
                     stdout=log,
                     stderr=log,
                 )
+
+    def restart_gateway(self) -> None:
+        """A fresh gateway: freed socket memory is not returned to the OS, and a big heap
+        makes later runs slower (docs/benchmarks.md), so memory and fan-out runs want one."""
+        self.stop(only="gateway")
+        self.start(only="gateway")
+        self.wait_ready()
 
     def pids(self) -> dict[str, int]:
         return {name: p.pid for name, p in self.procs.items()}
@@ -124,14 +135,16 @@ class BenchSystem:
 
         return asyncio.run(probe())
 
-    def stop(self) -> None:
-        for proc in self.procs.values():
+    def stop(self, only: str | None = None) -> None:
+        procs = {n: p for n, p in self.procs.items() if only is None or n == only}
+        for proc in procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)  # SIGINT may be ignored in a background job
-        for proc in self.procs.values():
+        for proc in procs.values():
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        self.procs.clear()
+        for name in procs:
+            del self.procs[name]

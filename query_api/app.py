@@ -24,6 +24,8 @@ def create_app(settings: Settings, *, build: Builder = build_dependencies, name:
     app = Sanic(name)
     app.config.WEBSOCKET_MAX_SIZE = settings.max_frame_bytes * 16  # bigger frames: closed (1009)
     app.config.REQUEST_MAX_SIZE = 1024 * 1024
+    # None turns pings off (Sanic types this as int, but takes None and floats).
+    app.config.WEBSOCKET_PING_INTERVAL = settings.ws_ping_interval_s or None  # type: ignore[assignment]
     app.config.KEEP_ALIVE_TIMEOUT = 75
     app.ctx.draining = False
     errors.install(app)

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8787
     gateway_workers: int = 1
+    # Server-side WebSocket heartbeat: a ping every this many seconds (0: none). Idle sockets
+    # cost the gateway CPU mostly in these pings (docs/benchmarks.md, connections).
+    ws_ping_interval_s: float = 20.0
     # HS256 secret for client JWTs. When unset, `tidings` uses (and creates) a secret kept in
     # the state folder, so that `tidings up` and `tidings token` agree on a development machine.
     auth_secret: SecretStr | None = None
