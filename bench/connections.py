@@ -82,8 +82,9 @@ def gateway_processes(port: int, extra: list[int]) -> list[psutil.Process]:
     for pid in roots:
         with contextlib.suppress(psutil.NoSuchProcess):
             p = psutil.Process(pid)
-            # A listening Sanic worker: count its manager and every sibling worker too.
-            while (parent := p.parent()) is not None and "gateway" in " ".join(parent.cmdline()):
+            # A listening Sanic worker: count its manager (`tidings gateway`) and every sibling
+            # worker too. Pids given on the command line are taken as the gateway's own.
+            while not extra and (parent := p.parent()) is not None and _is_gateway(parent):
                 p = parent
             procs[p.pid] = p
             for child in p.children(recursive=True):
@@ -109,6 +110,11 @@ def wait_registered(metrics_url: str, count: int, *, timeout_s: float) -> float 
             return time.monotonic() - started
         time.sleep(1.0)
     return None
+
+
+def _is_gateway(p: psutil.Process) -> bool:
+    args = p.cmdline()
+    return any(a == "tidings" for a in args) and "gateway" in args
 
 
 def rss_bytes(procs: list[psutil.Process]) -> int:
@@ -335,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         "connect_rate_per_s": round(opened / ramp_s, 1) if ramp_s else None,
         "handshake_ms": percentiles_ms(hist, (50, 99)),
         "listen_overflows": listen_overflows() - overflows0,
+        "gateway_pids": sorted(p.pid for p in gateway),
         "gateway_rss_mib_before": round(rss0 / 2**20, 1),
         "gateway_rss_mib_after": round(rss1 / 2**20, 1),
         "gateway_kib_per_conn": None if per_conn_kib is None else round(per_conn_kib, 2),

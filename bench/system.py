@@ -9,6 +9,7 @@ shared services, and stops them (SIGINT, then SIGKILL) when done. Logs go to ``l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -136,8 +137,15 @@ class BenchSystem:
         return asyncio.run(probe())
 
     def stop(self, only: str | None = None) -> None:
+        import psutil
+
         procs = {n: p for n, p in self.procs.items() if only is None or n == only}
+        # Sanic's manager can exit before all of its workers (seen: one worker left running,
+        # holding the port), so the whole tree is noted first and cleaned up after.
+        tree: list[psutil.Process] = []
         for proc in procs.values():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                tree += psutil.Process(proc.pid).children(recursive=True)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)  # SIGINT may be ignored in a background job
         for proc in procs.values():
@@ -146,5 +154,9 @@ class BenchSystem:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        _, alive = psutil.wait_procs(tree, timeout=10)
+        for left in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                left.kill()
         for name in procs:
             del self.procs[name]
