@@ -9,6 +9,8 @@ Payloads carry a one-byte envelope so the gateway routes without parsing JSON:
 - on a user channel: ``m<frame>``; ``+<cid>\\0<frame>`` (this user joined cid);
   ``-<cid>\\0<frame>`` (this user left cid); ``t<cid>\\0<typist>\\0<frame>`` (typing: only to
   sockets viewing cid);
+- on a user's presence channel: ``p<at>\\0<frame>`` (to the sockets watching that user; ``at``
+  orders the user's transitions, so a late one is dropped);
 - on a group shard channel: ``m<cid>\\0<frame>`` (to the group's local members);
   ``t<cid>\\0<typist>\\0<frame>`` (to those of them viewing cid, but the typist).
 
@@ -34,6 +36,7 @@ from events import (
     MembersAdded,
     MessageSent,
     OwnershipTransferred,
+    PresenceChanged,
     ReceiptRecorded,
     dm_members,
     keys,
@@ -42,7 +45,7 @@ from projections.roster import Roster
 from projections.wire import message_frame, message_json
 
 GROUP_SHARDS = 16
-MESSAGE, JOINED, LEFT, TYPING = b"m", b"+", b"-", b"t"
+MESSAGE, JOINED, LEFT, TYPING, PRESENCE = b"m", b"+", b"-", b"t", b"p"
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,13 @@ def typing_pushes(cid: str, typist: str, state: str) -> list[Push]:
     if members is None:
         return [Push(keys.group_shard_channel(group_shard(cid)), payload)]
     return [Push(keys.user_channel(uid), payload) for uid in dict.fromkeys(members) if uid != typist]
+
+
+def presence_push(event: PresenceChanged) -> Push:
+    frame = orjson.dumps(
+        {"type": "presence", "user_id": event.user_id, "state": event.state, "last_seen": event.last_seen}
+    )
+    return Push(keys.presence_channel(event.user_id), PRESENCE + str(event.at).encode() + b"\0" + frame)
 
 
 def conversation_frame(change: str, conversation: dict[str, Any]) -> bytes:

@@ -75,6 +75,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        4,
+        "presence",
+        (
+            # Each user's last presence transition, written with the transition's own time
+            # (µs) as the write timestamp, so the newest wins in any order. Redis holds the live
+            # state; this keeps last_seen when Redis loses it.
+            """CREATE TABLE IF NOT EXISTS {ks}.presence (
+                user_id text PRIMARY KEY, state text, last_seen bigint, at bigint
+            )""",
+        ),
+    ),
 )
 
 BOOTSTRAP = (

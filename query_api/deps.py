@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -13,12 +13,14 @@ from pydantic import BaseModel
 
 from commands import EventLog, IdempotencyStore, IdGenerator, Limits, SendMessage, SendResult, send_message
 from commands.ports import Directory, Locks
+from commands.presence import PresenceStore, PresenceView
 from commands.receipts import RecordReceipt, Watermarks, record_receipt
 from events import Role
 from projections.delivery import Push
 from projections.history import HotTier, WarmTier
 from projections.inbox import InboxSource, UnreadCounter
 from query_api.hub import Hub
+from query_api.presence import Contacts, PresenceTracker
 from tidings.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,11 @@ class MemberList(Protocol):
     async def members_page(
         self, conversation_id: str, *, after: str, limit: int
     ) -> list[tuple[str, Role]]: ...
+
+
+class PresenceRecords(Protocol):
+    async def read(self, user_ids: Sequence[str]) -> dict[str, PresenceView]:
+        """The last recorded transitions (durable ``last_seen``) of those users that have one."""
 
 
 class ReceiptView(Watermarks, Protocol):
@@ -55,6 +62,10 @@ class Dependencies:
     unread: UnreadCounter
     receipts: ReceiptView
     hub: Hub
+    presence_store: PresenceStore
+    presence_records: PresenceRecords
+    presence: PresenceTracker
+    contacts: Contacts
     # Publishes pushes straight from the gateway (typing: never stored, never in the log).
     publish: Callable[[list[Push]], Awaitable[None]]
     # name -> coroutine that raises when that backing service is not reachable
@@ -93,6 +104,23 @@ class Dependencies:
         )
         await record_receipt(cmd, log=self.log, directory=self.directory, watermarks=self.receipts)
 
+    async def presence_of(self, user_ids: Sequence[str]) -> list[PresenceView]:
+        """Live presence from the store; ``last_seen`` of offline users the store forgot (a
+        Redis restart) comes from the durable record."""
+        views = await self.presence_store.read(user_ids)
+        forgotten = [v.user_id for v in views if v.state == "offline" and v.last_seen is None]
+        if not forgotten:
+            return views
+        records = await self.presence_records.read(forgotten)
+        out = []
+        for view in views:
+            record = records.get(view.user_id)
+            if record is not None and view.state == "offline" and view.last_seen is None:
+                # Offline now whatever the record says (no live socket in the store).
+                view = PresenceView(view.user_id, "offline", record.last_seen, view.at)
+            out.append(view)
+        return out
+
     async def readiness(self) -> dict[str, str]:
         async def check(probe: Callable[[], Awaitable[Any]]) -> str:
             try:
@@ -121,6 +149,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     from commands.kafka_log import KafkaEventLog
     from commands.redis_idempotency import RedisIdempotencyStore
     from commands.redis_locks import RedisLocks
+    from commands.redis_presence import RedisPresence
     from commands.worker_ids import LeasedSnowflake, WorkerIdLease
     from events import Topics
     from events.errors import Unavailable
@@ -128,6 +157,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     from projections.delivery import GROUP_SHARDS
     from projections.membership import CassandraMembership
     from projections.messages import CassandraMessages, count_unread
+    from projections.presence import CassandraPresence
     from projections.receipts import CassandraReceipts
     from projections.recent import RedisRecent
     from projections.redis_client import make_redis
@@ -157,6 +187,8 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     await loop.run_in_executor(None, membership.prepare)
     receipts = CassandraReceipts(cql)
     await loop.run_in_executor(None, receipts.prepare)
+    presence_records = CassandraPresence(cql)
+    await loop.run_in_executor(None, presence_records.prepare)
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     closers.append(pubsub.aclose)
     hub = Hub(pubsub, membership.groups_of, shards=GROUP_SHARDS)
@@ -177,6 +209,11 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         )
 
     topics = Topics(settings.topic_prefix)
+    event_log = KafkaEventLog(producer, topics)
+    presence_store = RedisPresence(redis, ttl_ms=int(settings.presence_ttl_s * 1000))
+    presence = PresenceTracker(
+        presence_store, event_log, idle_close_s=settings.idle_close_s, sweep_s=settings.presence_sweep_s
+    )
 
     async def kafka_probe() -> None:
         await producer.partitions_for(topics.conversation_events)
@@ -191,7 +228,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         settings=settings,
         secret=settings.resolved_auth_secret(),
         limits=Limits(max_body_chars=settings.max_body_chars),
-        log=KafkaEventLog(producer, topics),
+        log=event_log,
         idempotency=RedisIdempotencyStore(redis, settings.idempotency_ttl_s),
         ids=LeasedSnowflake(lease),
         hot=RedisRecent(redis, settings.hot_history_size, roster=None),
@@ -203,6 +240,10 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         unread=unread,
         receipts=receipts,
         hub=hub,
+        presence_store=presence_store,
+        presence_records=presence_records,
+        presence=presence,
+        contacts=Contacts(membership.conversation_ids),
         publish=publish,
         probes={"kafka": kafka_probe, "cassandra": cassandra_probe, "redis": redis_probe},
         closers=closers,

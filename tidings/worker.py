@@ -13,6 +13,7 @@ from events import Topics
 from projections.cql import Cql, connect
 from projections.membership import CassandraMembership
 from projections.messages import CassandraMessages
+from projections.presence import CassandraPresence, PresencePushes
 from projections.receipts import CassandraReceipts
 from projections.recent import RedisRecent
 from projections.redis_client import make_redis
@@ -57,8 +58,15 @@ def build_worker_app(settings: Settings) -> faust.App:
     receipts = CassandraReceipts(cql)
     receipts.prepare()
     persist: list[Stage] = [membership, receipts, messages]
+    presence = CassandraPresence(cql)
+    presence.prepare()
     role = settings.worker_role
     stages = {"all": deliver + persist, "deliver": deliver, "persist": persist}[role]
+    presence_stages: list[Stage] = {
+        "all": [PresencePushes(redis), presence],
+        "deliver": [PresencePushes(redis)],
+        "persist": [presence],
+    }[role]  # type: ignore[assignment]
     return create_app(
         app_id=settings.worker_app_id if role == "all" else f"{settings.worker_app_id}-{role}",
         # A new delivery group starts at the end of the log: pushing old messages to online
@@ -68,6 +76,7 @@ def build_worker_app(settings: Settings) -> faust.App:
         topics=Topics(settings.topic_prefix),
         partitions=settings.topic_partitions,
         stages=stages,
+        presence_stages=presence_stages,
         batch_size=settings.worker_batch_size,
         batch_window_s=settings.worker_batch_window_s,
         session_timeout_s=settings.worker_session_timeout_s,
