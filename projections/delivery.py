@@ -86,7 +86,7 @@ def conversation_frame(change: str, conversation: dict[str, Any]) -> bytes:
     return orjson.dumps({"type": "conversation", "event": change, "conversation": conversation})
 
 
-def _group_object(cid: str, title: str | None, member_count: int, ts: int) -> dict[str, Any]:
+def group_object(cid: str, title: str | None, member_count: int, ts: int) -> dict[str, Any]:
     return {
         "conversation_id": cid,
         "kind": "group",
@@ -132,7 +132,7 @@ async def _(event: ReceiptRecorded, roster: Roster) -> list[Push]:
 async def _(event: GroupCreated, roster: Roster) -> list[Push]:
     await roster.observe(event)
     frame = conversation_frame(
-        "added", _group_object(event.conversation_id, event.title, event.member_count, event.ts)
+        "added", group_object(event.conversation_id, event.title, event.member_count, event.ts)
     )
     joined = JOINED + event.conversation_id.encode() + b"\0" + frame
     return [Push(keys.user_channel(m.user_id), joined) for m in event.members]
@@ -143,7 +143,7 @@ async def _(event: MembersAdded, roster: Roster) -> list[Push]:
     before = await roster.recipients(event.conversation_id)
     await roster.observe(event)
     entry = await roster.group(event.conversation_id)
-    obj = _group_object(event.conversation_id, entry.title, event.member_count, event.ts)
+    obj = group_object(event.conversation_id, entry.title, event.member_count, event.ts)
     joined = JOINED + event.conversation_id.encode() + b"\0" + conversation_frame("added", obj)
     # The others first: on a shard channel, gateways would otherwise count the newcomers in.
     updated = _to_members(event.conversation_id, before, conversation_frame("updated", obj))
@@ -154,7 +154,7 @@ async def _(event: MembersAdded, roster: Roster) -> list[Push]:
 async def _(event: MemberRemoved, roster: Roster) -> list[Push]:
     await roster.observe(event)
     entry = await roster.group(event.conversation_id)
-    obj = _group_object(event.conversation_id, entry.title, event.member_count, event.ts)
+    obj = group_object(event.conversation_id, entry.title, event.member_count, event.ts)
     left = LEFT + event.conversation_id.encode() + b"\0" + conversation_frame("removed", obj)
     remaining = await roster.recipients(event.conversation_id)
     return [
@@ -168,7 +168,7 @@ async def _updated(
 ) -> list[Push]:
     await roster.observe(event)
     entry = await roster.group(event.conversation_id)
-    obj = _group_object(event.conversation_id, entry.title, entry.member_count, event.ts)
+    obj = group_object(event.conversation_id, entry.title, entry.member_count, event.ts)
     recipients = await roster.recipients(event.conversation_id)
     return _to_members(event.conversation_id, recipients, conversation_frame("updated", obj))
 

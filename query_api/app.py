@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from sanic import HTTPResponse, Request, Sanic
 
-from query_api import errors, http_api, messages_api, ops, users_api, ws
+from query_api import errors, http_api, messages_api, ops, sync_api, users_api, ws
 from query_api.auth import bearer_token, verify_token
 from query_api.deps import Dependencies, build_dependencies
 from tidings.gc_tuning import tune_for_server
@@ -32,6 +32,7 @@ def create_app(settings: Settings, *, build: Builder = build_dependencies, name:
     app.blueprint(http_api.bp)
     app.blueprint(messages_api.bp)
     app.blueprint(users_api.bp)
+    app.blueprint(sync_api.bp)
     app.blueprint(ws.bp)
 
     @app.on_request

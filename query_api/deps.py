@@ -19,6 +19,7 @@ from events import Role
 from projections.delivery import Push
 from projections.history import HotTier, WarmTier
 from projections.inbox import InboxSource, UnreadCounter
+from projections.sync import SyncContext
 from query_api.hub import Hub
 from query_api.presence import Contacts, PresenceTracker
 from tidings.settings import Settings
@@ -66,6 +67,7 @@ class Dependencies:
     presence_records: PresenceRecords
     presence: PresenceTracker
     contacts: Contacts
+    sync: SyncContext
     # Publishes pushes straight from the gateway (typing: never stored, never in the log).
     publish: Callable[[list[Push]], Awaitable[None]]
     # name -> coroutine that raises when that backing service is not reachable
@@ -144,6 +146,7 @@ class Dependencies:
 async def build_dependencies(settings: Settings) -> Dependencies:
     """Connect to Kafka, Cassandra and Redis and lease a Snowflake worker id."""
     # Imported here so unit tests that pass fakes never load the drivers.
+    from aiokafka.partitioner import murmur2
     from redis.exceptions import RedisError
 
     from commands.kafka_log import KafkaEventLog
@@ -155,12 +158,14 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     from events.errors import Unavailable
     from projections.cql import Cql, connect
     from projections.delivery import GROUP_SHARDS
+    from projections.inbox import one_conversation
     from projections.membership import CassandraMembership
     from projections.messages import CassandraMessages, count_unread
     from projections.presence import CassandraPresence
     from projections.receipts import CassandraReceipts
     from projections.recent import RedisRecent
     from projections.redis_client import make_redis
+    from projections.sync import CassandraSyncLog
 
     redis = make_redis(settings.redis_host, settings.redis_port, settings.redis_db)
     closers: list[Callable[[], Awaitable[Any]]] = [redis.aclose]
@@ -187,6 +192,8 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     await loop.run_in_executor(None, membership.prepare)
     receipts = CassandraReceipts(cql)
     await loop.run_in_executor(None, receipts.prepare)
+    sync_log = CassandraSyncLog(cql)
+    await loop.run_in_executor(None, sync_log.prepare)
     presence_records = CassandraPresence(cql)
     await loop.run_in_executor(None, presence_records.prepare)
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
@@ -244,6 +251,16 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         presence_records=presence_records,
         presence=presence,
         contacts=Contacts(membership.conversation_ids),
+        sync=SyncContext(
+            log=sync_log,
+            partitions=settings.topic_partitions,
+            # The producer's default partitioner: murmur2 of the key, as Kafka's Java client.
+            partition_of=lambda cid: (murmur2(cid.encode()) & 0x7FFFFFFF) % settings.topic_partitions,
+            conversation_ids=membership.conversation_ids,
+            describe=lambda user_id, cid: one_conversation(user_id, cid, source=membership, unread=unread),
+            group_row=membership.conversation_row,
+            fanout_threshold=settings.fanout_threshold,
+        ),
         publish=publish,
         probes={"kafka": kafka_probe, "cassandra": cassandra_probe, "redis": redis_probe},
         closers=closers,

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import faust
 
 from events import Topics
-from streams.projector import Projector, Record, Stage
+from streams.projector import PositionedStage, Projector, Record, Stage
 
 
 class FaustDeadLetters:
@@ -33,7 +33,7 @@ def create_app(
     bootstrap: str,
     topics: Topics,
     partitions: int,
-    stages: Sequence[Stage],
+    stages: Sequence[Stage | PositionedStage],
     batch_size: int,
     presence_stages: Sequence[Stage] = (),
     batch_window_s: float,
