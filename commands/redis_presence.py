@@ -15,7 +15,12 @@ from events.errors import Unavailable
 
 
 def _keys(user_id: str) -> list[str]:
-    return [keys.presence_online(user_id), keys.presence_away(user_id), keys.presence_info(user_id)]
+    return [
+        keys.presence_online(user_id),
+        keys.presence_away(user_id),
+        keys.presence_info(user_id),
+        keys.presence_closed(user_id),
+    ]
 
 
 def _text(value: Any) -> str:

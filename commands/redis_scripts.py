@@ -17,7 +17,8 @@ return 0
 """
 
 # Presence of one user, computed from their connections' expiries. KEYS: online set, away set,
-# info hash (see events.keys). ARGV: op ("set", "leave", "reap" or "read"), connection id,
+# info hash, closed set (see events.keys): a report that arrives after its connection closed
+# (a sweep in flight) must not bring it back. ARGV: op ("set", "leave", "reap" or "read"), connection id,
 # the connection's state ("online"/"away") and how long ago it was last heard from (ms), and
 # the TTL (ms). Time is Redis's own clock, so gateways' clocks never matter.
 # Returns {changed (0/1), state, last_seen (ms or ""), at (µs), latest expiry (ms)}.
@@ -26,6 +27,9 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local at = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local op, conn, cstate, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[5])
+if op == 'set' and redis.call('ZSCORE', KEYS[4], conn) then
+  op = 'reap'  -- closed already: only recompute
+end
 if op == 'set' then
   local beat = now - tonumber(ARGV[4])
   local mine, other = KEYS[1], KEYS[2]
@@ -38,6 +42,9 @@ elseif op == 'leave' then
   redis.call('ZREM', KEYS[1], conn)
   redis.call('ZREM', KEYS[2], conn)
   redis.call('HSET', KEYS[3], 'seen', now)
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  redis.call('ZADD', KEYS[4], now + ttl, conn)
+  redis.call('PEXPIRE', KEYS[4], ttl)
 end
 local live = '(' .. now
 if op ~= 'read' then

@@ -46,6 +46,11 @@ def presence_away(user_id: str) -> str:
     return f"presence:{{{user_id}}}:away"
 
 
+def presence_closed(user_id: str) -> str:
+    """Sorted set: the user's connections that closed, kept for a TTL, scored by expiry (ms)."""
+    return f"presence:{{{user_id}}}:closed"
+
+
 def presence_info(user_id: str) -> str:
     """Hash: the last announced ``state``, its time ``at`` (µs), ``seen`` (last activity, ms)
     and ``last_seen`` (ms, set when the user went offline)."""

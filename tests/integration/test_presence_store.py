@@ -87,3 +87,18 @@ async def test_transitions_carry_increasing_times(store: RedisPresence) -> None:
     (away,) = await store.set([Beat(alice, "c1", "away", 0)])
     off = await store.leave(alice, "c1")
     assert off is not None and on.at < away.at < off.at
+
+
+async def test_a_heartbeat_reported_after_the_close_does_not_bring_the_socket_back(
+    store: RedisPresence,
+) -> None:
+    # A sweep collects a socket's heartbeat, the socket closes, then the sweep's report lands.
+    alice = _user()
+    await store.set([Beat(alice, "c1", "online", 0)])
+    gone = await store.leave(alice, "c1")
+    assert gone is not None and gone.state == "offline"
+    assert await store.set([Beat(alice, "c1", "online", 0)]) == []
+    (view,) = await store.read([alice])
+    assert view.state == "offline"
+    # a new socket of the same user is another connection: online again
+    assert _states(await store.set([Beat(alice, "c2", "online", 0)])) == ["online"]
