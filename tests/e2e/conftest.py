@@ -27,7 +27,7 @@ from tidings.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 FANOUT_THRESHOLD = 10
-PRESENCE_TTL_S, IDLE_CLOSE_S, HEARTBEAT_S = 2.0, 6.0, 0.5
+PRESENCE_TTL_S, IDLE_CLOSE_S, HEARTBEAT_S = 4.0, 8.0, 0.5
 
 
 def _free_port() -> int:

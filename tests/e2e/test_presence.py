@@ -1,7 +1,7 @@
 """Presence over the real system: transitions, watchers, last_seen, heartbeats, strangers.
 
-The system runs with presence timings scaled down (see ``conftest``): TTL 2 s, silent sockets
-closed at 6 s, a sweep every 0.25 s; test sockets heartbeat with WebSocket pings.
+The system runs with presence timings scaled down (see ``conftest``): TTL 4 s, silent sockets
+closed at 8 s, a sweep every 0.25 s; test sockets heartbeat with WebSocket pings every 0.5 s.
 """
 
 from __future__ import annotations
