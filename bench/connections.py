@@ -4,8 +4,10 @@
 ``--processes`` P spawned client processes (``websockets`` asyncio client, compression off,
 uvloop) and over the source addresses 127.0.0.1-127.0.0.8 (about 28 K ephemeral ports per
 source/destination pair), at most ``--connect-concurrency`` handshakes in flight over all
-processes. The clients send nothing; they answer the gateway's heartbeat pings (Sanic pings
-every 20 s), so the idle window should span at least one ping interval.
+processes. The clients send nothing but their heartbeats: a WebSocket ping every
+``--heartbeat`` seconds (30, what the protocol asks; the gateway sends no pings of its own and
+closes sockets silent for ``TIDINGS_IDLE_CLOSE_S``), so the idle window should span at least
+one heartbeat interval.
 
 The gateway's processes are the ones listening on the URL's port and their descendants (Sanic
 workers), found with psutil, or ``--gateway-pids``. Measured:
@@ -145,6 +147,7 @@ async def run_client(
     count: int,
     first: int,
     concurrency: int,
+    heartbeat_s: float,
     ctl: Any,
     stop: Any,
 ) -> dict[str, Any]:
@@ -165,7 +168,10 @@ async def run_client(
                         f"{url}?token={token}",
                         compression=None,
                         open_timeout=60,
-                        ping_interval=None,  # the gateway pings; the client answers
+                        # The client heartbeats (a WebSocket ping every `heartbeat_s`, as the
+                        # protocol asks); a socket silent for TIDINGS_IDLE_CLOSE_S is closed.
+                        ping_interval=heartbeat_s,
+                        ping_timeout=None,
                         close_timeout=2,
                         max_queue=16,
                         proxy=None,
@@ -225,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--connect-concurrency", type=int, default=200, help="handshakes in flight (200)")
     ap.add_argument("--settle", type=float, default=10.0, help="seconds after registration before measuring")
     ap.add_argument("--hold", type=float, default=45.0, help="idle window measured (default 45 s)")
+    ap.add_argument("--heartbeat", type=float, default=30.0, help="client WebSocket ping every (30 s)")
     ap.add_argument("--gateway-pids", default="", help="comma-separated gateway pids (default: by port)")
     ap.add_argument("--json", action="store_true", help="also print one JSON line with every figure")
     args = ap.parse_args(argv)
@@ -263,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         procs.append(
             ctx.Process(
                 target=_client_child,
-                args=(i, args.url, secret, run_id, n, first, per_proc_conc, ctl, stop),
+                args=(i, args.url, secret, run_id, n, first, per_proc_conc, args.heartbeat, ctl, stop),
                 daemon=True,
             )
         )
@@ -331,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             "processes": args.processes,
             "gateway_processes": len(gateway),
             "hold_s": args.hold,
+            "heartbeat_s": args.heartbeat,
             "url": args.url,
         },
         "opened": opened,

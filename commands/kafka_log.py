@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from events import ChatEvent, Topics, encode_event, partition_key
+from events import ChatEvent, PresenceChanged, Topics, encode_event, partition_key
 from events.errors import Unavailable
 
 # topic -> a span around one append, yielding the record headers that carry its trace context
@@ -38,19 +38,17 @@ class KafkaEventLog:
         )
 
     async def append(self, event: ChatEvent) -> None:
-        topic = self._topics.conversation_events
+        if isinstance(event, PresenceChanged):
+            topic, key = self._topics.presence_events, event.user_id
+        else:
+            topic, key = self._topics.conversation_events, event.conversation_id
         try:
             if self._trace is None:
-                await self._producer.send_and_wait(
-                    topic, value=encode_event(event), key=partition_key(event.conversation_id)
-                )
+                await self._producer.send_and_wait(topic, value=encode_event(event), key=partition_key(key))
                 return
             with self._trace(topic) as headers:
                 await self._producer.send_and_wait(
-                    topic,
-                    value=encode_event(event),
-                    key=partition_key(event.conversation_id),
-                    headers=headers,
+                    topic, value=encode_event(event), key=partition_key(key), headers=headers
                 )
         except KafkaError as exc:
             raise Unavailable("the event log did not confirm the write") from exc

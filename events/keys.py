@@ -32,3 +32,37 @@ def group_shard_channel(shard: int) -> str:
     """Pub/sub channel carrying messages of large groups; every gateway listens to all shards
     and forwards to its local members, so joining a group needs no new subscription."""
     return f"deliver:groups:{shard}"
+
+
+# Presence. A user's keys share the hash tag ``{uid}``, so one script can touch them all on a
+# Redis Cluster too.
+def presence_online(user_id: str) -> str:
+    """Sorted set: the user's connections that are ``online``, scored by expiry (ms)."""
+    return f"presence:{{{user_id}}}:online"
+
+
+def presence_away(user_id: str) -> str:
+    """Sorted set: the user's connections that asked for ``away``, scored by expiry (ms)."""
+    return f"presence:{{{user_id}}}:away"
+
+
+def presence_closed(user_id: str) -> str:
+    """Sorted set: the user's connections that closed, kept for a TTL, scored by expiry (ms)."""
+    return f"presence:{{{user_id}}}:closed"
+
+
+def presence_info(user_id: str) -> str:
+    """Hash: the last announced ``state``, its time ``at`` (µs), ``seen`` (last activity, ms)
+    and ``last_seen`` (ms, set when the user went offline)."""
+    return f"presence:{{{user_id}}}"
+
+
+def presence_live() -> str:
+    """Sorted set of users who may be online, scored by their latest connection expiry: the
+    reaper finds here the users whose last device went silent."""
+    return "presence:live"
+
+
+def presence_channel(user_id: str) -> str:
+    """Pub/sub channel of a user's presence changes, subscribed by gateways with a watcher."""
+    return f"deliver:presence:{user_id}"

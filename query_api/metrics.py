@@ -47,7 +47,11 @@ DELIVERY_SECONDS = Histogram(
 SLOW_CLIENT_DISCONNECTS = Counter(
     "tidings_ws_slow_client_disconnects_total", "Sockets closed because their send queue was full"
 )
-# Incremented by the presence code (online/away/offline transitions of a user, as published).
 PRESENCE_TRANSITIONS = Counter(
-    "tidings_presence_transitions_total", "Presence transitions, by the state entered", ["state"]
+    "tidings_presence_transitions_total", "Presence transitions appended to the log", ["state"]
 )
+PRESENCE_EVENTS_DROPPED = Counter(
+    "tidings_presence_events_dropped_total",
+    "Presence transitions the log did not take after retries (the store still has the state)",
+)
+HEARTBEAT_CLOSES = Counter("tidings_heartbeat_closes_total", "Sockets closed for heartbeat silence")

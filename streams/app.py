@@ -9,7 +9,7 @@ import faust
 
 from events import Topics
 from streams.metrics import BATCH_EVENTS, DEAD_LETTERS, export_lag
-from streams.projector import Projector, Record, Stage, Tracer
+from streams.projector import PositionedStage, Projector, Record, Stage, Tracer
 
 
 class FaustDeadLetters:
@@ -36,8 +36,9 @@ def create_app(
     bootstrap: str,
     topics: Topics,
     partitions: int,
-    stages: Sequence[Stage],
+    stages: Sequence[Stage | PositionedStage],
     batch_size: int,
+    presence_stages: Sequence[Stage] = (),
     batch_window_s: float,
     session_timeout_s: float,
     offset_reset: str = "earliest",
@@ -69,12 +70,41 @@ def create_app(
         on_unavailable=on_unavailable,
         tracer=tracer,
     )
+    _agent(app, source, projector, "project", batch_size, batch_window_s)
+    watched = [topics.conversation_events]
+    if presence_stages:
+        presence = app.topic(topics.presence_events, key_type=bytes, value_type=bytes, partitions=partitions)
+        presence_projector = Projector(
+            presence_stages,
+            FaustDeadLetters(dead_letters),
+            on_applied=on_applied,
+            on_unavailable=on_unavailable,
+        )
+        _agent(app, presence, presence_projector, "presence", batch_size, batch_window_s)
+        watched.append(topics.presence_events)
+    if lag_interval_s > 0:
+        for topic in watched:
+            _lag_task(app, bootstrap, app_id, topic, partitions, lag_interval_s)
+    return app
 
+
+def _lag_task(
+    app: faust.App, bootstrap: str, group: str, topic: str, partitions: int, interval_s: float
+) -> None:
+    async def consumer_lag() -> None:
+        await export_lag(bootstrap, group, topic, partitions=partitions, interval_s=interval_s)
+
+    app.task(consumer_lag)
+
+
+def _agent(
+    app: faust.App, source: faust.TopicT, projector: Projector, name: str, batch_size: int, window_s: float
+) -> None:
     # concurrency=1: more breaks per-partition order and lets Faust commit past in-flight events.
-    @app.agent(source, concurrency=1)
+    @app.agent(source, concurrency=1, name=name)
     async def project(stream: faust.StreamT) -> None:
         # take_events (not in StreamT's type) gives each event's partition and offset.
-        async for batch in stream.take_events(batch_size, within=batch_window_s):  # type: ignore[attr-defined]
+        async for batch in stream.take_events(batch_size, within=window_s):  # type: ignore[attr-defined]
             BATCH_EVENTS.observe(len(batch))
             await projector.handle(
                 [
@@ -89,17 +119,3 @@ def create_app(
                     for ev in batch
                 ]
             )
-
-    if lag_interval_s > 0:
-
-        @app.task
-        async def consumer_lag() -> None:
-            await export_lag(
-                bootstrap,
-                app_id,
-                topics.conversation_events,
-                partitions=partitions,
-                interval_s=lag_interval_s,
-            )
-
-    return app

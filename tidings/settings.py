@@ -51,12 +51,19 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8787
     gateway_workers: int = 1
-    # Server-side WebSocket heartbeat: a ping every this many seconds (0: none). Idle sockets
-    # cost the gateway CPU mostly in these pings (docs/benchmarks.md, connections).
-    ws_ping_interval_s: float = 20.0
     # HS256 secret for client JWTs. When unset, `tidings` uses (and creates) a secret kept in
     # the state folder, so that `tidings up` and `tidings token` agree on a development machine.
     auth_secret: SecretStr | None = None
+
+    # Presence (lazy): a socket's presence lives `presence_ttl_s` past its last heartbeat;
+    # clients heartbeat every `heartbeat_interval_s` (told in the protocol); a socket silent for
+    # `idle_close_s` is closed. Every `presence_sweep_s` each gateway reports the heartbeats it
+    # heard, closes silent sockets and reaps users whose sockets lapsed.
+    presence_ttl_s: float = 60.0
+    heartbeat_interval_s: float = 30.0
+    idle_close_s: float = 90.0
+    presence_sweep_s: float = 5.0
+    max_watch: int = 500
 
     # Worker
     worker_app_id: str = "tidings-projector"

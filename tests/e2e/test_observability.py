@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
-from events import direct_conversation_id
+from events import Topics, direct_conversation_id
 from tests.e2e.conftest import System, user
 from tidings.settings import Settings
 
@@ -132,8 +132,11 @@ async def test_metrics_after_traffic(traced: tuple[System, Path]) -> None:
     )
     assert total(applied, "tidings_projection_batch_seconds_count", projection="recent") >= 1
     group = f"{system.settings.worker_app_id}-observed-deliver"
+    topic = Topics(system.settings.topic_prefix).conversation_events
     partitions = re.findall(
-        rf'^tidings_consumer_lag\{{group="{re.escape(group)}",[^}}]*partition="(\d+)"', applied, re.M
+        rf'^tidings_consumer_lag\{{group="{re.escape(group)}",partition="(\d+)",topic="{re.escape(topic)}"\}}',
+        applied,
+        re.M,
     )
     assert sorted(map(int, partitions)) == list(range(system.settings.topic_partitions))
     persisted = eventually(
