@@ -194,35 +194,37 @@ class ArchiveJob:
     async def _collect(
         self, starts: dict[int, int], ends: dict[int, int], cutoff_ms: int | None, limit: int
     ) -> tuple[RowBuilder, dict[int, int], set[int]]:
+        """Read partitions one after the other, in partition order, so that the same watermarks,
+        cutoff and chunk size always make the same chunk."""
         builder = RowBuilder()
         stops = dict(starts)
         cut: set[int] = set()
-        full = False
-        reader = self._source.read(starts, {p: ends[p] for p in starts})
-        async for batch in reader:
-            for entry in batch:
-                p = entry.partition
-                if p in cut or entry.offset < stops[p] or entry.offset >= ends[p]:
-                    continue
-                data = parse(entry)
-                if cutoff_ms is not None and event_time(entry, data) >= cutoff_ms:
-                    cut.add(p)
-                    continue
-                if builder.count >= limit:
-                    full = True
-                    break
-                builder.add(entry, data)
-                stops[p] = entry.offset + 1
-            if self._on_progress is not None:
-                self._on_progress(builder.count)
-            if full:
+        for p in sorted(starts):
+            if builder.count >= limit:
                 break
-        await reader.aclose()  # type: ignore[attr-defined]
-        if not full:
-            # Every partition not cut reached its end (offsets may skip, e.g. control records).
-            for p in starts:
-                if p not in cut:
-                    stops[p] = ends[p]
+            full = False
+            reader = self._source.read({p: starts[p]}, {p: ends[p]})
+            async for batch in reader:
+                for entry in batch:
+                    if entry.partition != p or entry.offset < stops[p] or entry.offset >= ends[p]:
+                        continue
+                    data = parse(entry)
+                    if cutoff_ms is not None and event_time(entry, data) >= cutoff_ms:
+                        cut.add(p)
+                        break
+                    if builder.count >= limit:
+                        full = True
+                        break
+                    builder.add(entry, data)
+                    stops[p] = entry.offset + 1
+                if self._on_progress is not None:
+                    self._on_progress(builder.count)
+                if full or p in cut:
+                    break
+            await reader.aclose()  # type: ignore[attr-defined]
+            if not full and p not in cut:
+                # The partition reached its end (offsets may skip, e.g. control records).
+                stops[p] = ends[p]
         return builder, stops, cut
 
     async def _chunk(

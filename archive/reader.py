@@ -109,7 +109,7 @@ class ArchiveReader:
         def run(manifest: Manifest | None) -> pa.Table:
             cur = self.cursor_with_views(manifest)
             try:
-                return cur.execute(query).to_arrow_table()
+                return cur.sql(query).to_arrow_table()
             finally:
                 cur.close()
 
