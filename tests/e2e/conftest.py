@@ -45,6 +45,7 @@ class System:
             "TIDINGS_HTTP_PORT": str(self.port),
             # Low, so that small groups, large groups and the switch between them all happen.
             "TIDINGS_FANOUT_THRESHOLD": str(FANOUT_THRESHOLD),
+            "TIDINGS_ARCHIVE_DIR": str(logs / "archive"),
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.http = f"http://127.0.0.1:{self.port}"
