@@ -88,6 +88,10 @@ class ArchiveReader:
             return []
         return [str(self.root / rel) for rel, _ in manifest.files_of(table)]
 
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor of its own (one per thread or per concurrent result)."""
+        return self._db.cursor()
+
     # -- views ---------------------------------------------------------------------------
     def view_sql(self, manifest: Manifest | None, table: str) -> str:
         paths = self.paths(manifest, table)

@@ -144,46 +144,16 @@ def archive_compact(
 def archive_prune() -> None:
     """Delete the Cassandra `messages` rows of archived (verified) chunks; history then reads
     them from the archive. The Kafka log is not touched."""
-    from archive.manifest import exclusive, load, save
-    from archive.reader import ArchiveReader
-    from projections.archived import delete_archived, drop_empty_buckets
-    from projections.cql import Cql, connect
-    from projections.messages import bucket_of
+    from archive.manifest import exclusive
+    from tidings.archive_ops import prune
 
     settings = _settings()
-    root = settings.archive_root
-
-    async def main() -> None:
-        manifest = load(root)
-        if manifest is None:
-            typer.echo(f"no archive at {root}")
-            return
-        cluster, session = connect(
-            settings.cassandra_hosts,
-            settings.cassandra_port,
-            protocol_version=settings.cassandra_protocol_version,
-            local_dc=settings.cassandra_local_dc,
-        )
-        try:
-            cql = Cql(session, settings.cassandra_keyspace)
-            reader = ArchiveReader(root)
-            deleted = 0
-            buckets: set[tuple[str, int]] = set()
-            for rows in reader.unpruned_messages(manifest):
-                deleted += await delete_archived(cql, settings.message_bucket_ms, rows)
-                buckets |= {(cid, bucket_of(mid, settings.message_bucket_ms)) for cid, mid in rows}
-            dropped = await drop_empty_buckets(cql, sorted(buckets))
-            manifest.prune_watermarks = dict(manifest.watermarks)
-            save(root, manifest)
-            typer.echo(
-                f"pruned {deleted:,} archived messages from {settings.cassandra_keyspace}.messages "
-                f"({dropped} empty buckets)"
-            )
-        finally:
-            cluster.shutdown()
-
-    with exclusive(root):
-        asyncio.run(main())
+    with exclusive(settings.archive_root):
+        deleted, dropped = asyncio.run(prune(settings, settings.cassandra_keyspace))
+    typer.echo(
+        f"pruned {deleted:,} archived messages from {settings.cassandra_keyspace}.messages "
+        f"({dropped} empty buckets)"
+    )
 
 
 @archive_app.command("sql")
@@ -260,3 +230,100 @@ def archive_status() -> None:
     typer.echo(f"  pruned below: {dict(sorted(manifest.prune_watermarks.items()))}")
     if manifest.pending is not None:
         typer.echo(f"  pending chunk {manifest.pending.id} (re-done by the next run)")
+
+
+replay_app = typer.Typer(
+    invoke_without_command=True,
+    help="Rebuild read models into a fresh keyspace from the archive and the log; `switch` to it.",
+)
+
+
+@replay_app.callback()
+def replay_cmd(
+    ctx: typer.Context,
+    projection: Annotated[
+        str, typer.Option(help="a read model name (membership, receipts, messages) or all")
+    ] = "all",
+) -> None:
+    """Rebuild read models into <keyspace>_r<N>: the archive, then the log from its watermark
+    to the end offsets now. No consumer group, no pushes."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from archive.manifest import exclusive
+    from tidings.archive_ops import replay
+
+    settings = Settings()
+    with exclusive(settings.archive_root), _progress("replaying") as progress:
+        task = progress.add_task("replay", total=None, rate="-")
+        started = time.monotonic()
+
+        def on_progress(done: int, total: int) -> None:
+            rate = done / max(time.monotonic() - started, 1e-6)
+            progress.update(task, completed=done, total=total, rate=f"{rate:,.0f}")
+
+        state = asyncio.run(
+            replay(
+                settings, projections=None if projection == "all" else [projection], on_progress=on_progress
+            )
+        )
+    events = state.archived + state.from_log
+    typer.echo(
+        f"rebuilt {', '.join(state.projections)} into {state.keyspace}: {state.archived:,} archived + "
+        f"{state.from_log:,} logged events in {state.seconds:.1f}s ({events / max(state.seconds, 1e-9):,.0f} "
+        f"events/s)\nnext: tidings verify, then tidings replay switch"
+    )
+
+
+@replay_app.command("switch")
+def replay_switch(
+    keyspace: Annotated[str | None, typer.Option(help="the rebuilt keyspace (default: the newest)")] = None,
+) -> None:
+    """Catch the rebuilt keyspace up to the log end and make it the live one (stop the persist
+    workers first; restart every gateway and worker after)."""
+    from tidings.archive_ops import latest_rebuilt, switch
+    from tidings.keyspaces import active_keyspace
+
+    settings = Settings()
+    target = keyspace or latest_rebuilt(settings)
+    if target is None:
+        typer.echo("nothing rebuilt yet: run tidings replay first", err=True)
+        raise typer.Exit(1)
+    before = active_keyspace(settings)
+    applied, pointer = asyncio.run(switch(settings, target))
+    typer.echo(
+        f"caught {target} up by {applied:,} events; live keyspace {before} -> {target} ({pointer}).\n"
+        "Restart the gateways and workers now; they read the pointer at start-up."
+    )
+
+
+def verify_cmd(
+    keyspace: Annotated[str | None, typer.Option(help="the rebuilt keyspace (default: the newest)")] = None,
+    show: Annotated[int, typer.Option(help="differing rows shown per table and side")] = 10,
+) -> None:
+    """Compare every table of the rebuilt keyspace with the live one; exit 1 on a difference."""
+    from tidings.archive_ops import latest_rebuilt, load_state, verify
+    from tidings.keyspaces import active_keyspace
+
+    settings = Settings()
+    target = keyspace or latest_rebuilt(settings)
+    if target is None:
+        typer.echo("nothing rebuilt yet: run tidings replay first", err=True)
+        raise typer.Exit(1)
+    live = active_keyspace(settings)
+    state = load_state(settings, target)
+    diffs = verify(settings, live, target, only_filled=not state.complete)
+    differing = 0
+    for d in diffs:
+        mark = "equal" if d.equal else "DIFFERENT"
+        typer.echo(f"{d.table:20} live {d.live_rows:10,} rebuilt {d.rebuilt_rows:10,}  {mark}")
+        for side, rows in (("only live   ", d.only_live), ("only rebuilt", d.only_rebuilt)):
+            for row in rows[:show]:
+                typer.echo(f"    {side} {row}")
+            if len(rows) > show:
+                typer.echo(f"    {side} ... {len(rows) - show} more")
+        differing += not d.equal
+    typer.echo(
+        f"{target} vs {live}: {differing} of {len(diffs)} tables differ"
+        + (" (events after the replay's end offsets may explain recent differences)" if differing else "")
+    )
+    raise typer.Exit(1 if differing else 0)

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from tidings.archive_cli import archive_app
+from tidings.archive_cli import archive_app, replay_app, verify_cmd
 from tidings.keyspaces import with_active_keyspace
 from tidings.settings import Settings
 
@@ -22,6 +22,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Tidings: eve
 services_app = typer.Typer(no_args_is_help=True, help="Local Kafka, Cassandra and Redis.")
 app.add_typer(services_app, name="services")
 app.add_typer(archive_app, name="archive")
+app.add_typer(replay_app, name="replay")
+app.command("verify")(verify_cmd)
 
 ROOT = Path(__file__).resolve().parent.parent
 
