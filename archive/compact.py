@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from archive.index import update_index
 from archive.job import id_range, rename_into_place, verify_file, write_file
 from archive.manifest import STAGING, FileEntry, Manifest, load, save
 from archive.tables import SORT_KEYS, file_path
@@ -44,6 +45,7 @@ def compact(
     manifest = load(root)
     if manifest is None:
         return summary
+    replaced: list[str] = []
     groups: dict[tuple[str, str], list[tuple[str, FileEntry]]] = {}
     for rel, entry in sorted(manifest.files.items()):
         groups.setdefault((entry.table, entry.day), []).append((rel, entry))
@@ -54,19 +56,25 @@ def compact(
                 batch.append(item)
                 continue
             if len(batch) >= min_files:
-                _merge(root, manifest, table_name, day, batch)
+                replaced += _merge(root, manifest, table_name, day, batch)
                 summary.partitions += 1
                 summary.files_before += len(batch)
                 summary.files_after += 1
                 if on_merged is not None:
                     on_merged(f"{table_name}/day={day}: {len(batch)} files")
             batch = [item] if item is not None else []
+    update_index(root, manifest)
+    # The inputs go last, all at once: a reader that listed them before the manifest changed
+    # finishes or retries once, not once per merged partition.
+    for old in replaced:
+        (root / old).unlink(missing_ok=True)
     return summary
 
 
 def _merge(
     root: Path, manifest: Manifest, table_name: str, day: str, files: list[tuple[str, FileEntry]]
-) -> None:
+) -> list[str]:
+    """Merge ``files`` into one and list it instead of them; returns the files to delete."""
     name = f"k{manifest.next_compaction:06d}"
     manifest.next_compaction += 1
     merged = pa.concat_tables([pq.ParquetFile(root / rel).read() for rel, _ in files])
@@ -90,6 +98,5 @@ def _merge(
         if set(chunk.files) & {old for old, _ in files}:
             chunk.files = sorted({rel if f in {old for old, _ in files} else f for f in chunk.files})
     save(root, manifest)
-    for old, _ in files:
-        (root / old).unlink(missing_ok=True)
     shutil.rmtree(root / STAGING / name, ignore_errors=True)
+    return [old for old, _ in files]

@@ -53,6 +53,12 @@ class Chunk:
 
 
 @dataclass
+class IndexEntry:
+    path: str  # relative to the archive folder
+    files: list[str]  # the messages files it covers
+
+
+@dataclass
 class Manifest:
     topic: str
     partitions: int
@@ -63,6 +69,8 @@ class Manifest:
     pending: Chunk | None = None
     next_chunk: int = 1
     next_compaction: int = 1
+    index: IndexEntry | None = None
+    next_index: int = 1
     version: int = VERSION
 
     def watermark(self, partition: int) -> int:
@@ -95,6 +103,8 @@ class Manifest:
             pending=chunk(data["pending"]) if data.get("pending") else None,
             next_chunk=data["next_chunk"],
             next_compaction=data["next_compaction"],
+            index=IndexEntry(**data["index"]) if data.get("index") else None,
+            next_index=data.get("next_index", 1),
         )
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import duckdb
 import orjson
@@ -24,7 +25,7 @@ from archive.manifest import MANIFEST, Manifest, load
 from archive.tables import SCHEMAS, TABLES
 
 T = TypeVar("T")
-_RETRIES = 5
+_RETRIES = 20
 
 _COLUMNS = "message_id, sender_id, client_msg_id, kind, body, media, epoch_ms(ts) AS ts"
 
@@ -45,6 +46,11 @@ def _empty_view(table: str) -> str:
     return f"SELECT {cols}, CAST(NULL AS DATE) AS day WHERE false"
 
 
+class _Range(NamedTuple):
+    min_id: int
+    max_id: int
+
+
 class ArchiveReader:
     """One per process. Thread-safe: every query runs on its own DuckDB cursor."""
 
@@ -52,7 +58,8 @@ class ArchiveReader:
         self.root = root
         self._db = duckdb.connect(":memory:")
         # Footers of immutable files are read once, not per query.
-        self._db.execute("SET parquet_metadata_cache = true")
+        self._db.execute("SET parquet_metadata_cache = true").fetchall()
+        self._db.execute("SET enable_progress_bar = false").fetchall()
         if threads:
             self._db.execute(f"SET threads = {int(threads)}")
         self._lock = threading.Lock()
@@ -81,6 +88,7 @@ class ArchiveReader:
             except duckdb.IOException:
                 if attempt == _RETRIES - 1:
                     raise
+                time.sleep(0.002 * attempt)
         raise AssertionError("unreachable")
 
     def paths(self, manifest: Manifest | None, table: str) -> list[str]:
@@ -126,34 +134,75 @@ class ArchiveReader:
         def run(manifest: Manifest | None) -> list[dict[str, Any]]:
             if manifest is None:
                 return []
-            # Files whose id range cannot hold the page are not opened at all.
-            paths = [
-                str(self.root / rel)
-                for rel, f in manifest.files_of("messages")
-                if (before is None or f.min_id < before) and (after is None or f.max_id > after)
+            # Files whose id range cannot hold the page are not opened at all; with the
+            # conversation index, neither are files that do not hold the conversation.
+            ranges = {rel: (f.min_id, f.max_id) for rel, f in manifest.files_of("messages")}
+            if manifest.index is not None:
+                covered = set(manifest.index.files)
+                cur = self._db.cursor()
+                try:
+                    held = cur.execute(
+                        "SELECT file, min_id, max_id FROM read_parquet($index) WHERE conversation_id = $cid",
+                        {"index": str(self.root / manifest.index.path), "cid": conversation_id},
+                    ).fetchall()
+                finally:
+                    cur.close()
+                # Files the index covers but the manifest no longer lists were merged into a
+                # listed file: reading both would count their rows twice.
+                listed = set(ranges)
+                ranges = {rel: r for rel, r in ranges.items() if rel not in covered}
+                ranges.update((rel, (lo, hi)) for rel, lo, hi in held if rel in covered and rel in listed)
+            files = [
+                (str(self.root / rel), _Range(lo, hi))
+                for rel, (lo, hi) in ranges.items()
+                if (before is None or lo < before) and (after is None or hi > after)
             ]
-            if not paths:
-                return []
             if after is not None:
                 where, order, bound = "message_id > $bound", "ASC", after
+                files.sort(key=lambda pf: pf[1].min_id)
             else:
                 where, order, bound = (
                     "message_id < $bound",
                     "DESC",
                     before if before is not None else (1 << 63) - 1,
                 )
+                files.sort(key=lambda pf: -pf[1].max_id)
+            sql = (
+                # DISTINCT ON: the log may hold a message twice (a retried append), and so may
+                # the archive; a page counts it once.
+                f"SELECT DISTINCT ON (message_id) {_COLUMNS} FROM read_parquet($paths)"
+                f" WHERE conversation_id = $cid AND {where}"
+                f" ORDER BY message_id {order} LIMIT $limit"
+            )
+            # Newest files first (oldest first reading forward), in growing groups: a busy
+            # conversation is answered from the newest day's file alone, and a quiet one after
+            # a few more; stop once no file left can hold a message that belongs in the page.
+            found: dict[int, tuple[Any, ...]] = {}
+            i, group = 0, 1
             cur = self._db.cursor()
             try:
-                rows = cur.execute(
-                    f"SELECT {_COLUMNS} FROM read_parquet($paths) WHERE conversation_id = $cid AND {where}"
-                    f" ORDER BY message_id {order} LIMIT $limit",
-                    {"paths": paths, "cid": conversation_id, "bound": bound, "limit": limit},
-                ).fetchall()
+                while i < len(files):
+                    batch, i, group = files[i : i + group], i + group, group * 4
+                    params = {
+                        "paths": [p for p, _ in batch],
+                        "cid": conversation_id,
+                        "bound": bound,
+                        "limit": limit,
+                    }
+                    for row in cur.execute(sql, params).fetchall():
+                        found[row[0]] = row
+                    if len(found) < limit or i >= len(files):
+                        continue
+                    ids = sorted(found, reverse=order == "DESC")[:limit]
+                    edge = ids[-1]
+                    if (order == "DESC" and edge > files[i][1].max_id) or (
+                        order == "ASC" and edge < files[i][1].min_id
+                    ):
+                        break
             finally:
                 cur.close()
-            if order == "DESC":
-                rows.reverse()
-            return [_message(conversation_id, r) for r in rows]
+            ids = sorted(found, reverse=order == "DESC")[:limit]
+            return [_message(conversation_id, found[m]) for m in sorted(ids)]
 
         return self._retrying(run)
 

@@ -94,6 +94,8 @@ def test_concurrent_readers_during_archiving_and_compaction_never_fail(log: Log,
     manifest = load(tmp_path)
     assert manifest is not None
     assert summary.files_before > summary.files_after and len(manifest.files) < files_before
-    # Every file on disk is listed, and every listed file is on disk.
+    # Every file on disk is listed, and every listed file is on disk (the conversation index
+    # included).
     on_disk = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.parquet")}
-    assert on_disk == set(manifest.files)
+    assert manifest.index is not None
+    assert on_disk == {*manifest.files, manifest.index.path}
