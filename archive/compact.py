@@ -3,8 +3,8 @@ the number of files a query opens stays near one per day however many chunks wro
 
 Per partition: write the merged file to staging, rename it into place, read it back and
 verify its rows and id range against its inputs, replace the inputs by it in the manifest
-(atomically), and only then delete the inputs. Readers that listed an input a moment before
-re-read the manifest when it is gone (``archive.reader``). A crash leaves either the old files
+(atomically); the inputs are deleted at the end of the compaction. Readers that listed an
+input before re-read the manifest when it is gone (``archive.reader``). A crash leaves either the old files
 listed (and the new one unlisted, deleted by the next job) or the new one listed (and the old
 ones unlisted, deleted likewise).
 """

@@ -154,6 +154,7 @@ async def replay(
     projections: Sequence[str] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     batch: int = 2_000,
+    concurrency: int = 4,
 ) -> ReplayState:
     """Rebuild the persist worker's read models (or only ``projections``) into a fresh
     keyspace ``<base>_r<N>``; returns what was built."""
@@ -196,18 +197,30 @@ async def replay(
         )
         async with KafkaLogSource(settings.kafka_bootstrap, topic, settings.topic_partitions) as source:
             ends = await source.end_offsets()
-            starts = {p: manifest.watermark(p) if manifest else 0 for p in ends}
-            progress = Progress(callback=on_progress)
-            progress.total = (count(reader, manifest) if manifest else 0) + sum(
-                max(0, ends[p] - starts[p]) for p in ends
-            )
-            for p in sorted(ends):
-                if manifest is not None:
-                    state.archived += await _replay_archived(
-                        reader, manifest, p, topic, everything, pruned_only, progress, batch
-                    )
-                state.from_log += await _replay_log(source, p, starts[p], ends[p], everything, progress)
-            state.ends = ends
+        starts = {p: manifest.watermark(p) if manifest else 0 for p in ends}
+        progress = Progress(callback=on_progress)
+        progress.total = (count(reader, manifest) if manifest else 0) + sum(
+            max(0, ends[p] - starts[p]) for p in ends
+        )
+        todo = sorted(ends)
+
+        async def partitions_one_by_one() -> None:
+            # Several of these run at once (one partition each at a time): the stores are
+            # latency-bound, and partitions are independent (a conversation lives in one).
+            async with KafkaLogSource(settings.kafka_bootstrap, topic, settings.topic_partitions) as source:
+                while todo:
+                    p = todo.pop(0)
+                    # (Awaited first, added after: `x += await ...` would read x before the await.)
+                    if manifest is not None:
+                        archived = await _replay_archived(
+                            reader, manifest, p, topic, everything, pruned_only, progress, batch
+                        )
+                        state.archived += archived
+                    logged = await _replay_log(source, p, starts[p], ends[p], everything, progress)
+                    state.from_log += logged
+
+        await asyncio.gather(*(partitions_one_by_one() for _ in range(min(concurrency, len(todo)))))
+        state.ends = ends
         state.seconds = time.monotonic() - started
         state.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
         path = _state_path(settings, target)
