@@ -67,12 +67,15 @@ async def main(events: int, archived_share: float) -> None:
         print(
             f"log: {len(log):,} events, {summary.events:,} of them archived ({os.getloadavg()[0]:.2f} load)"
         )
+        cpu = time.process_time()
         state = await replay(settings)
+        cpu = time.process_time() - cpu
         total = state.archived + state.from_log
         print(
             f"replay into {state.keyspace}: {state.archived:,} archived + {state.from_log:,} logged events "
             f"in {state.seconds:.1f}s = {total / state.seconds:,.0f} events/s "
-            f"(load {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores)"
+            f"(load {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores); replay's own CPU {cpu:.1f}s = "
+            f"{total / cpu:,.0f} events per CPU-second"
         )
     finally:
         await admin.delete_topics([topic])
