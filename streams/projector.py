@@ -91,20 +91,26 @@ class Projector:
 
     async def handle(self, records: Sequence[Record]) -> None:
         """Apply a batch; returns only when every record is applied or dead-lettered."""
+        events: list[tuple[Record, ChatEvent]] = []
         trace = self._tracer.batch(records) if self._tracer is not None else None
         try:
-            events: list[tuple[Record, ChatEvent]] = []
             for record in records:
                 try:
                     events.append((record, decode_event(record.value)))
                 except ValueError as exc:
                     await self._dead_letter(record, f"undecodable: {exc}")
-            for stage in self._stages:
-                with trace.stage(stage.name) if trace is not None else contextlib.nullcontext():
-                    await self._apply(stage, events)
+            await self.handle_decoded(events, trace)
         finally:
             if trace is not None:
                 trace.close()
+
+    async def handle_decoded(
+        self, events: list[tuple[Record, ChatEvent]], trace: BatchTrace | None = None
+    ) -> None:
+        """Apply events already decoded (replay from the archive), with the same guarantees."""
+        for stage in self._stages:
+            with trace.stage(stage.name) if trace is not None else contextlib.nullcontext():
+                await self._apply(stage, events)
 
     async def _apply(self, stage: Stage | PositionedStage, events: list[tuple[Record, ChatEvent]]) -> None:
         if not events:

@@ -51,6 +51,7 @@ class System:
             "TIDINGS_PRESENCE_TTL_S": str(PRESENCE_TTL_S),
             "TIDINGS_IDLE_CLOSE_S": str(IDLE_CLOSE_S),
             "TIDINGS_PRESENCE_SWEEP_S": "0.25",
+            "TIDINGS_ARCHIVE_DIR": str(logs / "archive"),
             **(env or {}),
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
