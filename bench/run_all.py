@@ -74,10 +74,12 @@ def run_bench(
             if line.strip():
                 printed.append(line.strip())
     if not figures and printed:
-        figures["summary"] = printed[-1][:160]  # a bench without --json: its last line
-    if proc.returncode != 0 and not figures:
+        # A bench without --json: its last line with a rate in it, else its last line.
+        rated = [line for line in printed if "/s" in line]
+        figures["summary"] = (rated or printed)[-1][:160]
+    if proc.returncode != 0:
         print(proc.stderr[-3000:])
-        figures = {"error": f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}"}
+        figures["error"] = f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}"
     figures["elapsed_s"] = round(time.monotonic() - started, 1)
     return figures
 
