@@ -32,3 +32,8 @@ def group_shard_channel(shard: int) -> str:
     """Pub/sub channel carrying messages of large groups; every gateway listens to all shards
     and forwards to its local members, so joining a group needs no new subscription."""
     return f"deliver:groups:{shard}"
+
+
+def rate_limit(kind: str, user_id: str) -> str:
+    """A user's token bucket for one kind of request, shared by every gateway process."""
+    return f"rate:{kind}:{user_id}"

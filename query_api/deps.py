@@ -19,6 +19,7 @@ from projections.delivery import Push
 from projections.history import HotTier, WarmTier
 from projections.inbox import InboxSource, UnreadCounter
 from query_api.hub import Hub
+from query_api.limits import NoLimits, RateLimiter
 from tidings.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,11 +61,13 @@ class Dependencies:
     # name -> coroutine that raises when that backing service is not reachable
     probes: dict[str, Callable[[], Awaitable[Any]]] = field(default_factory=dict)
     closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+    limiter: RateLimiter = field(default_factory=NoLimits)
 
     async def send(
         self, user_id: str, device_id: str, conversation_id: str, request: BaseModel
     ) -> SendResult:
         """Send what a ``send`` frame or a ``POST .../messages`` body asks for."""
+        await self.limiter.check("send", user_id)
         cmd = SendMessage(
             sender_id=user_id,
             device_id=device_id,
@@ -131,6 +134,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     from projections.receipts import CassandraReceipts
     from projections.recent import RedisRecent
     from projections.redis_client import make_redis
+    from query_api.limits import RedisRateLimiter, limits_from
 
     redis = make_redis(settings.redis_host, settings.redis_port, settings.redis_db)
     closers: list[Callable[[], Awaitable[Any]]] = [redis.aclose]
@@ -161,6 +165,9 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     closers.append(pubsub.aclose)
     hub = Hub(pubsub, membership.groups_of, shards=GROUP_SHARDS)
     await hub.start()
+    # Called on every reconnect of the pub/sub connection (the first connect is done).
+    assert pubsub.connection is not None  # connected by hub.start()
+    pubsub.connection.register_connect_callback(hub.resubscribed)
 
     async def publish(pushes: list[Push]) -> None:
         try:
@@ -206,4 +213,5 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         publish=publish,
         probes={"kafka": kafka_probe, "cassandra": cassandra_probe, "redis": redis_probe},
         closers=closers,
+        limiter=RedisRateLimiter(redis, limits_from(settings)),
     )

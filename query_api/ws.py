@@ -85,7 +85,7 @@ async def _view(deps: Dependencies, conn: Connection, ref: str | None, frame: Vi
         try:
             await _check_member(deps, conn, frame.conversation_id)
         except TidingsError as exc:
-            _reply(conn, "error", error_frame(ref, exc.code, exc.message))
+            _reply(conn, "error", error_frame(ref, exc.code, exc.message, exc.retry_after))
             return
     conn.view = frame.conversation_id
 
@@ -95,10 +95,11 @@ async def _typing(deps: Dependencies, conn: Connection, ref: str | None, frame: 
     try:
         if not conn.typing_allowance.take():
             raise RateLimited("too many typing frames", retry_after=1)
+        await deps.limiter.check("typing", conn.user_id)
         await _check_member(deps, conn, frame.conversation_id)
         await deps.publish(typing_pushes(frame.conversation_id, conn.user_id, frame.state))
     except TidingsError as exc:
-        _reply(conn, "error", error_frame(ref, exc.code, exc.message))
+        _reply(conn, "error", error_frame(ref, exc.code, exc.message, exc.retry_after))
 
 
 async def _check_member(deps: Dependencies, conn: Connection, conversation_id: str) -> None:
@@ -118,7 +119,7 @@ async def _receipt(deps: Dependencies, conn: Connection, ref: str | None, frame:
             conn.user_id, conn.device_id, frame.conversation_id, frame.message_id, frame.status
         )
     except TidingsError as exc:
-        _reply(conn, "error", error_frame(ref, exc.code, exc.message))
+        _reply(conn, "error", error_frame(ref, exc.code, exc.message, exc.retry_after))
 
 
 async def _send(deps: Dependencies, conn: Connection, ref: str | None, frame: SendFrame) -> None:
@@ -127,7 +128,7 @@ async def _send(deps: Dependencies, conn: Connection, ref: str | None, frame: Se
         result = await deps.send(conn.user_id, conn.device_id, frame.conversation_id, frame)
     except TidingsError as exc:
         SENDS.labels(exc.code).inc()
-        _reply(conn, "error", error_frame(ref, exc.code, exc.message))
+        _reply(conn, "error", error_frame(ref, exc.code, exc.message, exc.retry_after))
         return
     SEND_SECONDS.observe(time.perf_counter() - started)
     SENDS.labels("ok").inc()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -45,10 +46,13 @@ def fault_services() -> Iterator[Settings]:
 
 
 @pytest.fixture(scope="session")
-def fault_system(fault_services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultSystem]:
-    system = FaultSystem(
-        fault_services, tmp_path_factory.mktemp("fault-logs"), fanout_threshold=FANOUT_THRESHOLD
-    )
+def fault_system(fault_services: Settings) -> Iterator[FaultSystem]:
+    # Beside the suite's service state rather than in pytest's temp folder, which keeps only
+    # the last three runs of anyone on the machine: the process logs outlive the run.
+    logs = fault_services.state_dir.parent / "logs" / time.strftime("%Y%m%d-%H%M%S")
+    logs.mkdir(parents=True, exist_ok=True)
+    print(f"fault suite process logs: {logs}")
+    system = FaultSystem(fault_services, logs, fanout_threshold=FANOUT_THRESHOLD)
     for name in FaultSystem.STARTED:
         system.start(name)
     try:

@@ -35,7 +35,10 @@ from events import direct_conversation_id
 from events.ids import SEQUENCE_BITS, WORKER_BITS
 from tests.faults.system import FaultSystem
 
-SYNC_OVERLAP_MS = 10_000  # catch-up reads from this long before the newest message seen
+# Catch-up reads from this long before the newest message seen. Ids are drawn before the
+# append, and a send that waited out a broker outage lands in the log after messages with
+# larger ids: an id cursor needs a margin as long as the longest send (the producer's timeouts).
+SYNC_OVERLAP_MS = 120_000
 HISTORY_PAGE = 100
 
 
