@@ -8,9 +8,9 @@ and records what happened to each send:
   before the reply; the client resends it with the same ``client_msg_id`` once reconnected, as
   a real client does: the send is idempotent);
 - every ``message`` frame each device receives (duplicates counted);
-- on every reconnect a device catches up what it missed by reading history from a little
-  before the newest message it had seen, per conversation (``/v1/sync`` does not exist yet on
-  this branch; the history endpoint is the truth it would read).
+- on every reconnect a device catches up what it missed with ``GET /v1/sync?since=<cursor>``
+  (its cursor taken once connected, before the load); where a server has no ``/v1/sync``, by
+  reading history from a little before the newest message it had seen, per conversation.
 
 ``Load.verify()`` then reads the complete history of every conversation and returns a
 ``Report``; ``Report.problems()`` lists every broken guarantee.
@@ -73,6 +73,7 @@ class Device:
     received_at: dict[str, float] = field(default_factory=dict)
     synced: set[str] = field(default_factory=set)
     newest: dict[str, int] = field(default_factory=dict)  # cid -> newest message id seen
+    cursor: str | None = None  # of /v1/sync
     seq: itertools.count[int] = field(default_factory=itertools.count)
 
 
@@ -164,6 +165,7 @@ class Load:
         self.settled_s = 0.0
         self.loop_lag_s = 0.0
         self._sync_tasks: set[asyncio.Task[None]] = set()
+        self.use_sync = True
 
     # ------------------------------------------------------------------ set-up
 
@@ -202,6 +204,14 @@ class Load:
         while not all(d.ws is not None for d in self.devices):
             assert time.monotonic() < deadline, "devices did not connect"
             await asyncio.sleep(0.1)
+        # Each device's starting cursor, now that its socket is subscribed.
+        for dev in self.devices:
+            status, body = await asyncio.to_thread(self.system.request, "GET", "/v1/sync", user=dev.user)
+            if status == 404:
+                self.use_sync = False
+                break
+            assert status == 200, (status, body)
+            dev.cursor = body["cursor"]
 
     async def _watch_loop(self) -> None:
         """The test client's own event-loop lag: a starved client explains late figures."""
@@ -298,7 +308,10 @@ class Load:
             dev.newest[cid] = max(dev.newest.get(cid, 0), int(mid))
 
     async def _catch_up(self, dev: Device) -> None:
-        """What a reconnecting client does: read what it missed, per conversation."""
+        """What a reconnecting client does: read what it missed."""
+        if self.use_sync:
+            await self._sync(dev)
+            return
         for cid in dev.conversations:
             after = id_minus_ms(dev.newest[cid], SYNC_OVERLAP_MS) if cid in dev.newest else 0
             while True:
@@ -310,6 +323,21 @@ class Load:
             for m in messages:
                 dev.synced.add(m["message_id"])
                 dev.newest[cid] = max(dev.newest.get(cid, 0), int(m["message_id"]))
+
+    async def _sync(self, dev: Device) -> None:
+        """``/v1/sync`` from the device's cursor until it is up to date."""
+        while True:
+            status, page = await asyncio.to_thread(
+                self.system.request, "GET", f"/v1/sync?since={dev.cursor}&limit=1000", user=dev.user
+            )
+            if status != 200:
+                await asyncio.sleep(1.0)  # e.g. Cassandra is down: try again
+                continue
+            for m in page["messages"]:
+                dev.synced.add(m["message_id"])
+            dev.cursor = page["cursor"]
+            if not page["has_more"]:
+                return
 
     async def _history(self, reader: str, cid: str, *, after: int = 0) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
