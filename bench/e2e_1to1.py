@@ -300,8 +300,15 @@ async def _reader(ws: ClientConnection, user: str, state: State) -> None:
 
 
 async def _sender(
-    ws: ClientConnection, cid: str, pair: int, cfg: ProcConfig, state: State,
-    t0: int, warm_end: int, end: int, per_pair_rate: float,
+    ws: ClientConnection,
+    cid: str,
+    pair: int,
+    cfg: ProcConfig,
+    state: State,
+    t0: int,
+    warm_end: int,
+    end: int,
+    per_pair_rate: float,
 ) -> None:
     rng = random.Random(cfg.seed * 1_000_003 + cfg.index * 10_007 + pair)
     interval_ns = 1e9 / per_pair_rate
@@ -323,8 +330,14 @@ async def _sender(
         cmid = f"{prefix}{seq}"
         pending[cmid] = Pending(intended, measured)
         frame = orjson.dumps(
-            {"type": "send", "ref": cmid, "client_msg_id": cmid, "conversation_id": cid,
-             "kind": "text", "body": body}
+            {
+                "type": "send",
+                "ref": cmid,
+                "client_msg_id": cmid,
+                "conversation_id": cid,
+                "kind": "text",
+                "body": body,
+            }
         ).decode()
         try:
             await ws.send(frame)
@@ -343,8 +356,14 @@ async def _sender(
 
 async def _connect(url: str, token: str) -> ClientConnection:
     return await websockets.connect(
-        f"{url}?token={token}", compression=None, max_size=2**20, max_queue=1024,
-        open_timeout=30, ping_interval=20, ping_timeout=60, proxy=None,
+        f"{url}?token={token}",
+        compression=None,
+        max_size=2**20,
+        max_queue=1024,
+        open_timeout=30,
+        ping_interval=20,
+        ping_timeout=60,
+        proxy=None,
     )
 
 
@@ -462,9 +481,18 @@ def run_all(args: argparse.Namespace, secret: str) -> list[dict[str, Any]]:
     shares = [n for n in split(args.pairs, args.processes) if n > 0]
     cfgs = [
         ProcConfig(
-            index=i, url=args.url, secret=secret, run_id=run_id, pairs=n,
-            rate=args.rate * n / args.pairs, warmup_s=args.warmup, duration_s=args.duration,
-            body_bytes=args.body_bytes, poisson=args.poisson, seed=args.seed, sample_proc_cpu=i == 0,
+            index=i,
+            url=args.url,
+            secret=secret,
+            run_id=run_id,
+            pairs=n,
+            rate=args.rate * n / args.pairs,
+            warmup_s=args.warmup,
+            duration_s=args.duration,
+            body_bytes=args.body_bytes,
+            poisson=args.poisson,
+            seed=args.seed,
+            sample_proc_cpu=i == 0,
         )
         for i, n in enumerate(shares)
     ]
@@ -511,8 +539,12 @@ def fmt(values: dict[str, float | None]) -> str:
 
 
 def summarize(
-    args: argparse.Namespace, results: list[dict[str, Any]], started: dt.datetime, calib_us: float,
-    load_before: tuple[float, ...], load_after: tuple[float, ...],
+    args: argparse.Namespace,
+    results: list[dict[str, Any]],
+    started: dt.datetime,
+    calib_us: float,
+    load_before: tuple[float, ...],
+    load_after: tuple[float, ...],
 ) -> dict[str, Any]:
     deliver, ack, lag = new_hist(), new_hist(), new_hist()
     counts: Counter[str] = Counter()

@@ -137,7 +137,7 @@ async def open_socket(url: str, token: str, source: str) -> ClientConnection:
         max_size=2**20,
         max_queue=4096,
         open_timeout=60,
-        ping_interval=None,  # the gateway pings every 20 s; the client answers automatically
+        ping_interval=30,  # the client heartbeats (presence); a socket silent for 90 s is closed
         close_timeout=2,
         proxy=None,
         local_addr=(source, 0),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from events import ChatEvent, Topics, encode_event, partition_key
+from events import ChatEvent, PresenceChanged, Topics, encode_event, partition_key
 from events.errors import Unavailable
 
 
@@ -29,11 +29,11 @@ class KafkaEventLog:
         )
 
     async def append(self, event: ChatEvent) -> None:
+        if isinstance(event, PresenceChanged):
+            topic, key = self._topics.presence_events, event.user_id
+        else:
+            topic, key = self._topics.conversation_events, event.conversation_id
         try:
-            await self._producer.send_and_wait(
-                self._topics.conversation_events,
-                value=encode_event(event),
-                key=partition_key(event.conversation_id),
-            )
+            await self._producer.send_and_wait(topic, value=encode_event(event), key=partition_key(key))
         except KafkaError as exc:
             raise Unavailable("the event log did not confirm the write") from exc

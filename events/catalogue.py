@@ -125,12 +125,32 @@ class ReceiptRecorded(_Event):
     ts: int
 
 
+PresenceState = Literal["online", "away", "offline"]
+
+
+class PresenceChanged(_Event):
+    """A user's presence changed (only transitions are events, never heartbeats).
+
+    ``at`` is the transition's time in microseconds from the presence store's clock; it orders
+    one user's transitions even if two gateways append them out of order. ``last_seen`` (ms) is
+    set when the user went ``offline``."""
+
+    type: Literal["presence.changed"] = "presence.changed"
+    v: Literal[1] = 1
+    user_id: str
+    state: PresenceState
+    last_seen: int | None = None
+    at: int
+
+
 GroupEvent = (
     GroupCreated | MembersAdded | MemberRemoved | MemberRoleChanged | OwnershipTransferred | GroupRenamed
 )
 
 # The union of every event, told apart by ``type``.
-ChatEvent = Annotated[MessageSent | ReceiptRecorded | GroupEvent, Field(discriminator="type")]
+ChatEvent = Annotated[
+    MessageSent | ReceiptRecorded | GroupEvent | PresenceChanged, Field(discriminator="type")
+]
 
 _adapter: TypeAdapter[ChatEvent] = TypeAdapter(ChatEvent)
 

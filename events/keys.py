@@ -37,3 +37,37 @@ def group_shard_channel(shard: int) -> str:
 def rate_limit(kind: str, user_id: str) -> str:
     """A user's token bucket for one kind of request, shared by every gateway process."""
     return f"rate:{kind}:{user_id}"
+
+
+# Presence. A user's keys share the hash tag ``{uid}``, so one script can touch them all on a
+# Redis Cluster too.
+def presence_online(user_id: str) -> str:
+    """Sorted set: the user's connections that are ``online``, scored by expiry (ms)."""
+    return f"presence:{{{user_id}}}:online"
+
+
+def presence_away(user_id: str) -> str:
+    """Sorted set: the user's connections that asked for ``away``, scored by expiry (ms)."""
+    return f"presence:{{{user_id}}}:away"
+
+
+def presence_closed(user_id: str) -> str:
+    """Sorted set: the user's connections that closed, kept for a TTL, scored by expiry (ms)."""
+    return f"presence:{{{user_id}}}:closed"
+
+
+def presence_info(user_id: str) -> str:
+    """Hash: the last announced ``state``, its time ``at`` (µs), ``seen`` (last activity, ms)
+    and ``last_seen`` (ms, set when the user went offline)."""
+    return f"presence:{{{user_id}}}"
+
+
+def presence_live() -> str:
+    """Sorted set of users who may be online, scored by their latest connection expiry: the
+    reaper finds here the users whose last device went silent."""
+    return "presence:live"
+
+
+def presence_channel(user_id: str) -> str:
+    """Pub/sub channel of a user's presence changes, subscribed by gateways with a watcher."""
+    return f"deliver:presence:{user_id}"

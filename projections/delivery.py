@@ -9,6 +9,8 @@ Payloads carry a one-byte envelope so the gateway routes without parsing JSON:
 - on a user channel: ``m<frame>``; ``+<cid>\\0<frame>`` (this user joined cid);
   ``-<cid>\\0<frame>`` (this user left cid); ``t<cid>\\0<typist>\\0<frame>`` (typing: only to
   sockets viewing cid);
+- on a user's presence channel: ``p<at>\\0<frame>`` (to the sockets watching that user; ``at``
+  orders the user's transitions, so a late one is dropped);
 - on a group shard channel: ``m<cid>\\0<frame>`` (to the group's local members);
   ``t<cid>\\0<typist>\\0<frame>`` (to those of them viewing cid, but the typist).
 
@@ -34,6 +36,7 @@ from events import (
     MembersAdded,
     MessageSent,
     OwnershipTransferred,
+    PresenceChanged,
     ReceiptRecorded,
     dm_members,
     keys,
@@ -42,7 +45,7 @@ from projections.roster import Roster
 from projections.wire import message_frame, message_json
 
 GROUP_SHARDS = 16
-MESSAGE, JOINED, LEFT, TYPING = b"m", b"+", b"-", b"t"
+MESSAGE, JOINED, LEFT, TYPING, PRESENCE = b"m", b"+", b"-", b"t", b"p"
 
 
 @dataclass(frozen=True)
@@ -72,11 +75,18 @@ def typing_pushes(cid: str, typist: str, state: str) -> list[Push]:
     return [Push(keys.user_channel(uid), payload) for uid in dict.fromkeys(members) if uid != typist]
 
 
+def presence_push(event: PresenceChanged) -> Push:
+    frame = orjson.dumps(
+        {"type": "presence", "user_id": event.user_id, "state": event.state, "last_seen": event.last_seen}
+    )
+    return Push(keys.presence_channel(event.user_id), PRESENCE + str(event.at).encode() + b"\0" + frame)
+
+
 def conversation_frame(change: str, conversation: dict[str, Any]) -> bytes:
     return orjson.dumps({"type": "conversation", "event": change, "conversation": conversation})
 
 
-def _group_object(cid: str, title: str | None, member_count: int, ts: int) -> dict[str, Any]:
+def group_object(cid: str, title: str | None, member_count: int, ts: int) -> dict[str, Any]:
     return {
         "conversation_id": cid,
         "kind": "group",
@@ -122,7 +132,7 @@ async def _(event: ReceiptRecorded, roster: Roster) -> list[Push]:
 async def _(event: GroupCreated, roster: Roster) -> list[Push]:
     await roster.observe(event)
     frame = conversation_frame(
-        "added", _group_object(event.conversation_id, event.title, event.member_count, event.ts)
+        "added", group_object(event.conversation_id, event.title, event.member_count, event.ts)
     )
     joined = JOINED + event.conversation_id.encode() + b"\0" + frame
     return [Push(keys.user_channel(m.user_id), joined) for m in event.members]
@@ -133,7 +143,7 @@ async def _(event: MembersAdded, roster: Roster) -> list[Push]:
     before = await roster.recipients(event.conversation_id)
     await roster.observe(event)
     entry = await roster.group(event.conversation_id)
-    obj = _group_object(event.conversation_id, entry.title, event.member_count, event.ts)
+    obj = group_object(event.conversation_id, entry.title, event.member_count, event.ts)
     joined = JOINED + event.conversation_id.encode() + b"\0" + conversation_frame("added", obj)
     # The others first: on a shard channel, gateways would otherwise count the newcomers in.
     updated = _to_members(event.conversation_id, before, conversation_frame("updated", obj))
@@ -144,7 +154,7 @@ async def _(event: MembersAdded, roster: Roster) -> list[Push]:
 async def _(event: MemberRemoved, roster: Roster) -> list[Push]:
     await roster.observe(event)
     entry = await roster.group(event.conversation_id)
-    obj = _group_object(event.conversation_id, entry.title, event.member_count, event.ts)
+    obj = group_object(event.conversation_id, entry.title, event.member_count, event.ts)
     left = LEFT + event.conversation_id.encode() + b"\0" + conversation_frame("removed", obj)
     remaining = await roster.recipients(event.conversation_id)
     return [
@@ -158,7 +168,7 @@ async def _updated(
 ) -> list[Push]:
     await roster.observe(event)
     entry = await roster.group(event.conversation_id)
-    obj = _group_object(event.conversation_id, entry.title, entry.member_count, event.ts)
+    obj = group_object(event.conversation_id, entry.title, entry.member_count, event.ts)
     recipients = await roster.recipients(event.conversation_id)
     return _to_members(event.conversation_id, recipients, conversation_frame("updated", obj))
 

@@ -84,6 +84,7 @@ _SELECT_INBOX = (
     "SELECT conversation_id, kind, joined_ts, last_message_id, last_sender_id, last_preview, last_ts,"
     " read_up_to FROM {ks}.user_conversations WHERE user_id = ?"
 )
+_SELECT_CONV_IDS = "SELECT conversation_id FROM {ks}.user_conversations WHERE user_id = ?"
 _SELECT_INBOX_ONE = (
     "SELECT conversation_id, kind, joined_ts, last_message_id, last_sender_id, last_preview, last_ts,"
     " read_up_to FROM {ks}.user_conversations WHERE user_id = ? AND conversation_id = ?"
@@ -107,6 +108,7 @@ STATEMENTS = (
     _SELECT_MEMBERS,
     _SELECT_INBOX,
     _SELECT_INBOX_ONE,
+    _SELECT_CONV_IDS,
 )
 
 
@@ -266,6 +268,10 @@ class CassandraMembership:
     async def inbox_row(self, user_id: str, conversation_id: str) -> Any | None:
         rows = await self._cql.execute(_SELECT_INBOX_ONE, (user_id, conversation_id))
         return rows[0] if rows else None
+
+    async def conversation_ids(self, user_id: str) -> set[str]:
+        """Every conversation the user is in (direct chats once they hold a message)."""
+        return {row.conversation_id for row in await self._cql.execute_paged(_SELECT_CONV_IDS, (user_id,))}
 
     async def groups_of(self, user_id: str) -> set[str]:
         return {row.conversation_id for row in await self.inbox_rows(user_id) if row.kind == "group"}

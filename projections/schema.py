@@ -75,6 +75,46 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        4,
+        "presence",
+        (
+            # Each user's last presence transition, written with the transition's own time
+            # (µs) as the write timestamp, so the newest wins in any order. Redis holds the live
+            # state; this keeps last_seen when Redis loses it.
+            """CREATE TABLE IF NOT EXISTS {ks}.presence (
+                user_id text PRIMARY KEY, state text, last_seen bigint, at bigint
+            )""",
+        ),
+    ),
+    Migration(
+        5,
+        "sync log",
+        (
+            # Every conversation event in log order: by conversation, clustered by its offset
+            # in the conversation's Kafka partition, in buckets of 2^20 offsets so partitions
+            # stay bounded. `/v1/sync` reads what lies between a device's cursor and the
+            # applied watermark.
+            """CREATE TABLE IF NOT EXISTS {ks}.conversation_log (
+                conversation_id text, bucket int, log_offset bigint, event blob,
+                PRIMARY KEY ((conversation_id, bucket), log_offset)
+            )""",
+            """CREATE TABLE IF NOT EXISTS {ks}.conversation_log_buckets (
+                conversation_id text, bucket int,
+                PRIMARY KEY (conversation_id, bucket)
+            )""",
+            # Joins and removals per user, so a sync reports a conversation the user left.
+            """CREATE TABLE IF NOT EXISTS {ks}.user_log (
+                user_id text, log_partition int, log_offset bigint, conversation_id text, change text,
+                PRIMARY KEY (user_id, log_partition, log_offset)
+            )""",
+            # Per partition, the offset up to which every event is applied to every read model;
+            # written with the offset as the write timestamp, so it never moves back.
+            """CREATE TABLE IF NOT EXISTS {ks}.sync_watermarks (
+                log_partition int PRIMARY KEY, applied bigint
+            )""",
+        ),
+    ),
 )
 
 BOOTSTRAP = (

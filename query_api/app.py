@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from sanic import HTTPResponse, Request, Sanic
 
-from query_api import errors, http_api, messages_api, ops, ws
+from query_api import errors, http_api, messages_api, ops, sync_api, users_api, ws
 from query_api.auth import bearer_token, verify_token
 from query_api.deps import Dependencies, build_dependencies
 from query_api.limits import WS_PATH, guard_upgrade
@@ -24,11 +24,16 @@ def create_app(settings: Settings, *, build: Builder = build_dependencies, name:
     app.config.WEBSOCKET_MAX_SIZE = settings.max_frame_bytes * 16  # bigger frames: closed (1009)
     app.config.REQUEST_MAX_SIZE = 1024 * 1024
     app.config.KEEP_ALIVE_TIMEOUT = 75
+    # No server pings: clients heartbeat (presence), and a socket silent for
+    # `idle_close_s` is closed by the presence sweep. Pings to 100,000 idle sockets cost CPU.
+    app.config.WEBSOCKET_PING_INTERVAL = None  # type: ignore[assignment]
     app.ctx.draining = False
     errors.install(app)
     app.blueprint(ops.bp)
     app.blueprint(http_api.bp)
     app.blueprint(messages_api.bp)
+    app.blueprint(users_api.bp)
+    app.blueprint(sync_api.bp)
     app.blueprint(ws.bp)
 
     @app.on_request
@@ -46,6 +51,7 @@ def create_app(settings: Settings, *, build: Builder = build_dependencies, name:
     async def open_dependencies(app: Sanic) -> None:
         app.ctx.deps = await build(settings)
         app.ctx.listener = asyncio.create_task(app.ctx.deps.hub.listen(), name="pubsub")
+        app.ctx.sweeper = asyncio.create_task(app.ctx.deps.presence.run(), name="presence")
         tune_for_server()
 
     @app.before_server_stop
@@ -55,7 +61,9 @@ def create_app(settings: Settings, *, build: Builder = build_dependencies, name:
     @app.after_server_stop
     async def close_dependencies(app: Sanic) -> None:
         app.ctx.listener.cancel()
-        await asyncio.gather(app.ctx.listener, return_exceptions=True)
+        app.ctx.sweeper.cancel()
+        await asyncio.gather(app.ctx.listener, app.ctx.sweeper, return_exceptions=True)
+        await app.ctx.deps.presence.drain()
         await app.ctx.deps.close()
 
     return app

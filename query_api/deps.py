@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -13,13 +13,16 @@ from pydantic import BaseModel
 
 from commands import EventLog, IdempotencyStore, IdGenerator, Limits, SendMessage, SendResult, send_message
 from commands.ports import Directory, Locks
+from commands.presence import PresenceStore, PresenceView
 from commands.receipts import RecordReceipt, Watermarks, record_receipt
 from events import Role
 from projections.delivery import Push
 from projections.history import HotTier, WarmTier
 from projections.inbox import InboxSource, UnreadCounter
+from projections.sync import SyncContext
 from query_api.hub import Hub
 from query_api.limits import NoLimits, RateLimiter
+from query_api.presence import Contacts, PresenceTracker
 from tidings.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,11 @@ class MemberList(Protocol):
     async def members_page(
         self, conversation_id: str, *, after: str, limit: int
     ) -> list[tuple[str, Role]]: ...
+
+
+class PresenceRecords(Protocol):
+    async def read(self, user_ids: Sequence[str]) -> dict[str, PresenceView]:
+        """The last recorded transitions (durable ``last_seen``) of those users that have one."""
 
 
 class ReceiptView(Watermarks, Protocol):
@@ -56,6 +64,11 @@ class Dependencies:
     unread: UnreadCounter
     receipts: ReceiptView
     hub: Hub
+    presence_store: PresenceStore
+    presence_records: PresenceRecords
+    presence: PresenceTracker
+    contacts: Contacts
+    sync: SyncContext
     # Publishes pushes straight from the gateway (typing: never stored, never in the log).
     publish: Callable[[list[Push]], Awaitable[None]]
     # name -> coroutine that raises when that backing service is not reachable
@@ -96,6 +109,23 @@ class Dependencies:
         )
         await record_receipt(cmd, log=self.log, directory=self.directory, watermarks=self.receipts)
 
+    async def presence_of(self, user_ids: Sequence[str]) -> list[PresenceView]:
+        """Live presence from the store; ``last_seen`` of offline users the store forgot (a
+        Redis restart) comes from the durable record."""
+        views = await self.presence_store.read(user_ids)
+        forgotten = [v.user_id for v in views if v.state == "offline" and v.last_seen is None]
+        if not forgotten:
+            return views
+        records = await self.presence_records.read(forgotten)
+        out = []
+        for view in views:
+            record = records.get(view.user_id)
+            if record is not None and view.state == "offline" and view.last_seen is None:
+                # Offline now whatever the record says (no live socket in the store).
+                view = PresenceView(view.user_id, "offline", record.last_seen, view.at)
+            out.append(view)
+        return out
+
     async def readiness(self) -> dict[str, str]:
         async def check(probe: Callable[[], Awaitable[Any]]) -> str:
             try:
@@ -119,21 +149,26 @@ class Dependencies:
 async def build_dependencies(settings: Settings) -> Dependencies:
     """Connect to Kafka, Cassandra and Redis and lease a Snowflake worker id."""
     # Imported here so unit tests that pass fakes never load the drivers.
+    from aiokafka.partitioner import murmur2
     from redis.exceptions import RedisError
 
     from commands.kafka_log import KafkaEventLog
     from commands.redis_idempotency import RedisIdempotencyStore
     from commands.redis_locks import RedisLocks
+    from commands.redis_presence import RedisPresence
     from commands.worker_ids import LeasedSnowflake, WorkerIdLease
     from events import Topics
     from events.errors import Unavailable
     from projections.cql import Cql, connect
     from projections.delivery import GROUP_SHARDS
+    from projections.inbox import one_conversation
     from projections.membership import CassandraMembership
     from projections.messages import CassandraMessages, count_unread
+    from projections.presence import CassandraPresence
     from projections.receipts import CassandraReceipts
     from projections.recent import RedisRecent
     from projections.redis_client import make_redis
+    from projections.sync import CassandraSyncLog
     from query_api.limits import RedisRateLimiter, limits_from
 
     redis = make_redis(settings.redis_host, settings.redis_port, settings.redis_db)
@@ -161,6 +196,10 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     await loop.run_in_executor(None, membership.prepare)
     receipts = CassandraReceipts(cql)
     await loop.run_in_executor(None, receipts.prepare)
+    sync_log = CassandraSyncLog(cql)
+    await loop.run_in_executor(None, sync_log.prepare)
+    presence_records = CassandraPresence(cql)
+    await loop.run_in_executor(None, presence_records.prepare)
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     closers.append(pubsub.aclose)
     hub = Hub(pubsub, membership.groups_of, shards=GROUP_SHARDS)
@@ -184,6 +223,11 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         )
 
     topics = Topics(settings.topic_prefix)
+    event_log = KafkaEventLog(producer, topics)
+    presence_store = RedisPresence(redis, ttl_ms=int(settings.presence_ttl_s * 1000))
+    presence = PresenceTracker(
+        presence_store, event_log, idle_close_s=settings.idle_close_s, sweep_s=settings.presence_sweep_s
+    )
 
     async def kafka_probe() -> None:
         await producer.partitions_for(topics.conversation_events)
@@ -198,7 +242,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         settings=settings,
         secret=settings.resolved_auth_secret(),
         limits=Limits(max_body_chars=settings.max_body_chars),
-        log=KafkaEventLog(producer, topics),
+        log=event_log,
         idempotency=RedisIdempotencyStore(redis, settings.idempotency_ttl_s),
         ids=LeasedSnowflake(lease),
         hot=RedisRecent(redis, settings.hot_history_size, roster=None),
@@ -210,6 +254,20 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         unread=unread,
         receipts=receipts,
         hub=hub,
+        presence_store=presence_store,
+        presence_records=presence_records,
+        presence=presence,
+        contacts=Contacts(membership.conversation_ids),
+        sync=SyncContext(
+            log=sync_log,
+            partitions=settings.topic_partitions,
+            # The producer's default partitioner: murmur2 of the key, as Kafka's Java client.
+            partition_of=lambda cid: (murmur2(cid.encode()) & 0x7FFFFFFF) % settings.topic_partitions,
+            conversation_ids=membership.conversation_ids,
+            describe=lambda user_id, cid: one_conversation(user_id, cid, source=membership, unread=unread),
+            group_row=membership.conversation_row,
+            fanout_threshold=settings.fanout_threshold,
+        ),
         publish=publish,
         probes={"kafka": kafka_probe, "cassandra": cassandra_probe, "redis": redis_probe},
         closers=closers,

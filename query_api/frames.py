@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -48,15 +48,30 @@ class TypingFrame(_Frame):
     state: Literal["start", "stop"]
 
 
+class PresenceFrame(_Frame):
+    type: Literal["presence"]
+    state: Literal["online", "away"]
+
+
+MAX_WATCH = 500
+
+
+class WatchFrame(_Frame):
+    type: Literal["watch"]
+    user_ids: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(max_length=MAX_WATCH)
+
+
 FRAMES: dict[str, type[_Frame]] = {
     "send": SendFrame,
     "ping": PingFrame,
     "receipt": ReceiptFrame,
     "view": ViewFrame,
     "typing": TypingFrame,
+    "presence": PresenceFrame,
+    "watch": WatchFrame,
 }
 # Frame types of the protocol that this server does not handle yet; they get a clear error.
-NOT_YET = frozenset({"presence", "watch"})
+NOT_YET: frozenset[str] = frozenset()
 
 
 def parse_frame(raw: str | bytes, max_bytes: int) -> tuple[Any, _Frame]:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from sanic.exceptions import WebsocketClosed
 from websockets.exceptions import ConnectionClosed
 
+from commands.presence import ConnectionState
 from events import keys
 from events.errors import Unavailable
 from projections.delivery import JOINED, LEFT, MESSAGE, TYPING
@@ -83,6 +84,21 @@ class Connection:
         # conversation id -> until when this socket's membership there counts as checked
         self.member_of: dict[str, float] = {}
         self.typing_allowance = TokenBucket(rate_per_s=TYPING_PER_S, burst=TYPING_BURST)
+        # Presence (see query_api.presence): this socket's id in the presence store, when it
+        # was last heard from and last reported (monotonic s), its state, whom it watches.
+        self.presence_id = ""
+        self.heard = self.reported = 0.0
+        self.presence_state: ConnectionState = "online"
+        self.watching: frozenset[str] = frozenset()
+        # Newly watched users whose current state is being read: changes that arrive meanwhile
+        # wait here (newest only), so a stale one never follows the snapshot.
+        self.watch_pending: dict[str, tuple[int, bytes] | None] = {}
+        self._closing: asyncio.Task[None] | None = None
+
+    def close_soon(self, code: int, reason: str) -> None:
+        """Close the socket without waiting (its reader loop then unregisters it)."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close(code, reason))
 
     def push(self, frame: bytes) -> None:
         """Queue a frame for this socket without waiting; a full queue disconnects it."""
@@ -150,6 +166,10 @@ class Hub:
         self._user_groups: dict[str, set[str]] = {}
         # Joins and leaves seen while a user's groups are being loaded, replayed after the load.
         self._loading: dict[str, list[tuple[bytes, str]]] = {}
+        # Presence watchers: watched user -> sockets here, and the newest transition time seen
+        # for each (a transition older than it arrived late and is dropped).
+        self._watchers: dict[str, set[Connection]] = {}
+        self._presence_at: dict[str, int] = {}
         self._lock = asyncio.Lock()
 
     @property
@@ -212,10 +232,80 @@ class Hub:
     async def unregister(self, conn: Connection) -> None:
         WS_CONNECTIONS.dec()
         async with self._lock:
+            channels = [keys.presence_channel(u) for u in self._unwatch(conn, conn.watching)]
+            conn.watching = frozenset()
             if self._forget(conn):
-                # Best effort: if Redis is gone, the subscription went with the connection.
+                channels.append(keys.user_channel(conn.user_id))
+            if channels:
+                # Best effort: if Redis is gone, the subscriptions went with the connection.
                 with contextlib.suppress(Exception):
-                    await self._subscriber.unsubscribe(keys.user_channel(conn.user_id))
+                    await self._subscriber.unsubscribe(*channels)
+
+    async def watch(self, conn: Connection, user_ids: set[str]) -> set[str]:
+        """Make ``user_ids`` the users whose presence changes ``conn`` receives; returns those
+        newly watched. Raises ``Unavailable`` (watch list unchanged) if Redis fails."""
+        async with self._lock:
+            added = user_ids - conn.watching
+            removed = conn.watching - user_ids
+            subscribe = [u for u in added if u not in self._watchers]
+            if subscribe:
+                try:
+                    await self._subscriber.subscribe(*(keys.presence_channel(u) for u in subscribe))
+                except Exception as exc:
+                    raise Unavailable("cannot subscribe to presence changes") from exc
+            for user_id in added:
+                self._watchers.setdefault(user_id, set()).add(conn)
+                conn.watch_pending[user_id] = None
+            unsubscribe = self._unwatch(conn, removed)
+            conn.watching = frozenset(user_ids)
+            if unsubscribe:
+                with contextlib.suppress(Exception):
+                    await self._subscriber.unsubscribe(*(keys.presence_channel(u) for u in unsubscribe))
+        return added
+
+    def _unwatch(self, conn: Connection, user_ids: Iterable[str]) -> list[str]:
+        """Drop ``conn`` as a watcher of ``user_ids``; returns those nobody here watches now."""
+        idle = []
+        for user_id in user_ids:
+            watchers = self._watchers.get(user_id)
+            if watchers is None:
+                continue
+            watchers.discard(conn)
+            if not watchers:
+                del self._watchers[user_id]
+                self._presence_at.pop(user_id, None)
+                idle.append(user_id)
+        return idle
+
+    def deliver_presence(self, user_id: str, payload: bytes) -> int:
+        """Route a presence payload ``p<at>\0<frame>`` to the user's watchers here."""
+        at_bytes, _, frame = payload[1:].partition(b"\0")
+        at = int(at_bytes)
+        if at <= self._presence_at.get(user_id, -1):
+            return 0  # an older transition, appended after a newer one
+        watchers = self._watchers.get(user_id, ())
+        if watchers:
+            self._presence_at[user_id] = at
+        for conn in watchers:
+            if user_id in conn.watch_pending:
+                held = conn.watch_pending[user_id]
+                if held is None or held[0] < at:
+                    conn.watch_pending[user_id] = (at, frame)
+            else:
+                conn.push(frame)
+        return len(watchers)
+
+    def watch_settled(self, conn: Connection, snapshot: list[tuple[str, int, bytes]]) -> None:
+        """Send the newly watched users' current states ``(user_id, at, frame)``, then any
+        change that arrived while they were read and is newer than what was read."""
+        for user_id, at, frame in snapshot:
+            conn.push(frame)
+            held = conn.watch_pending.pop(user_id, None)
+            if held is not None and held[0] > at:
+                conn.push(held[1])
+            if user_id in self._watchers:
+                self._presence_at[user_id] = max(self._presence_at.get(user_id, -1), at)
+        conn.watch_pending.clear()
 
     def deliver_to_user(self, user_id: str, payload: bytes) -> int:
         """Route a user-channel payload; returns how many sockets got the frame."""
@@ -285,6 +375,7 @@ class Hub:
     async def listen(self) -> None:
         """Forward pub/sub messages to sockets until cancelled; survives Redis restarts."""
         user_prefix = keys.user_channel("")
+        presence_prefix = keys.presence_channel("")
         delay = 0.1
         while True:
             try:
@@ -304,5 +395,7 @@ class Hub:
             channel = channel.decode() if isinstance(channel, bytes) else channel
             if channel.startswith(user_prefix):
                 self.deliver_to_user(channel[len(user_prefix) :], message["data"])
+            elif channel.startswith(presence_prefix):
+                self.deliver_presence(channel[len(presence_prefix) :], message["data"])
             else:
                 self.deliver_to_group(message["data"])

@@ -16,3 +16,11 @@ SEND_SECONDS = Histogram(
 SLOW_CLIENT_DISCONNECTS = Counter(
     "tidings_ws_slow_client_disconnects_total", "Sockets closed because their send queue was full"
 )
+PRESENCE_TRANSITIONS = Counter(
+    "tidings_presence_transitions_total", "Presence transitions appended to the log", ["state"]
+)
+PRESENCE_EVENTS_DROPPED = Counter(
+    "tidings_presence_events_dropped_total",
+    "Presence transitions the log did not take after retries (the store still has the state)",
+)
+HEARTBEAT_CLOSES = Counter("tidings_heartbeat_closes_total", "Sockets closed for heartbeat silence")

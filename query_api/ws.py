@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 
 import orjson
 from sanic import Blueprint, Request
 from sanic.server.websockets.impl import WebsocketImplProtocol
+from websockets.protocol import Event
 
 from commands.membership import member_role
 from events.errors import RateLimited, TidingsError, Unavailable
@@ -18,10 +20,12 @@ from query_api.errors import error_frame
 from query_api.frames import (
     FrameError,
     PingFrame,
+    PresenceFrame,
     ReceiptFrame,
     SendFrame,
     TypingFrame,
     ViewFrame,
+    WatchFrame,
     parse_frame,
 )
 from query_api.hub import CLOSE_TRY_AGAIN, Connection
@@ -44,8 +48,15 @@ async def gateway(request: Request, ws: WebsocketImplProtocol) -> None:
         # A socket that would receive nothing must not stay open: the client reconnects.
         await ws.close(CLOSE_TRY_AGAIN, "deliveries unavailable; reconnect")
         return
+    _hear_every_frame(ws, conn)
     writer = asyncio.create_task(conn.run_writer())
     try:
+        try:
+            await deps.presence.connected(conn)
+        except Unavailable:
+            # Presence is not delivery: the socket works; its heartbeats are reported by the
+            # next sweep that reaches the store.
+            conn.reported = -1.0
         async for raw in ws:
             if conn.too_slow or writer.done():
                 break
@@ -53,10 +64,23 @@ async def gateway(request: Request, ws: WebsocketImplProtocol) -> None:
     finally:
         conn.stop()
         await deps.hub.unregister(conn)
+        await deps.presence.disconnected(conn)
         try:
             await asyncio.wait_for(writer, timeout=5)
         except (TimeoutError, Exception):  # noqa: BLE001 - the socket is going away anyway
             writer.cancel()
+
+
+def _hear_every_frame(ws: WebsocketImplProtocol, conn: Connection) -> None:
+    """Any frame from the peer (data, a WebSocket ping, a pong) is a heartbeat. Sanic hands
+    incoming frames to ``process_events``; wrapping it costs one clock read per read."""
+    inner = ws.process_events
+
+    async def process_events(events: Sequence[Event]) -> None:
+        conn.heard = time.monotonic()
+        await inner(events)
+
+    ws.process_events = process_events  # type: ignore[method-assign]
 
 
 async def _handle(deps: Dependencies, conn: Connection, raw: str | bytes) -> None:
@@ -77,6 +101,42 @@ async def _handle(deps: Dependencies, conn: Connection, raw: str | bytes) -> Non
         await _view(deps, conn, ref, frame)
     elif isinstance(frame, TypingFrame):
         await _typing(deps, conn, ref, frame)
+    elif isinstance(frame, PresenceFrame):
+        await _presence(deps, conn, ref, frame)
+    elif isinstance(frame, WatchFrame):
+        await _watch(deps, conn, ref, frame)
+
+
+async def _presence(deps: Dependencies, conn: Connection, ref: str | None, frame: PresenceFrame) -> None:
+    """This socket says ``online`` or ``away``; the user's presence follows from all of theirs."""
+    try:
+        await deps.limiter.check("presence", conn.user_id)
+        await deps.presence.set_state(conn, frame.state)
+    except TidingsError as exc:
+        _reply(conn, "error", error_frame(ref, exc.code, exc.message, exc.retry_after))
+
+
+async def _watch(deps: Dependencies, conn: Connection, ref: str | None, frame: WatchFrame) -> None:
+    """Replace the socket's watch list. Only users who share a conversation with the caller
+    can be watched; the others are left out and named in a ``forbidden`` error frame. Each
+    newly watched user's current presence is sent at once, then every change."""
+    wanted = list(dict.fromkeys(frame.user_ids))
+    try:
+        await deps.limiter.check("presence", conn.user_id)
+        allowed = await deps.contacts.shared_with(conn.user_id, wanted)
+        added = await deps.hub.watch(conn, allowed)
+        current = await deps.presence_of([u for u in wanted if u in added])
+    except TidingsError as exc:
+        conn.watch_pending.clear()
+        _reply(conn, "error", error_frame(ref, exc.code, exc.message, exc.retry_after))
+        return
+    deps.hub.watch_settled(conn, [(v.user_id, v.at, orjson.dumps(v.frame())) for v in current])
+    FRAMES_OUT.labels("presence").inc(len(current))
+    refused = [u for u in wanted if u not in allowed]
+    if refused:
+        shown = ", ".join(refused[:10]) + (" ..." if len(refused) > 10 else "")
+        message = f"{len(refused)} user(s) share no conversation with you and are not watched: {shown}"
+        _reply(conn, "error", error_frame(ref, "forbidden", message))
 
 
 async def _view(deps: Dependencies, conn: Connection, ref: str | None, frame: ViewFrame) -> None:

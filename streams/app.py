@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import faust
 
 from events import Topics
-from streams.projector import Projector, Record, Stage
+from streams.projector import PositionedStage, Projector, Record, Stage
 
 
 class FaustDeadLetters:
@@ -33,8 +33,9 @@ def create_app(
     bootstrap: str,
     topics: Topics,
     partitions: int,
-    stages: Sequence[Stage],
+    stages: Sequence[Stage | PositionedStage],
     batch_size: int,
+    presence_stages: Sequence[Stage] = (),
     batch_window_s: float,
     session_timeout_s: float,
     offset_reset: str = "earliest",
@@ -57,17 +58,25 @@ def create_app(
     source = app.topic(topics.conversation_events, key_type=bytes, value_type=bytes, partitions=partitions)
     dead_letters = app.topic(topics.dead_letters, key_type=bytes, value_type=bytes, partitions=partitions)
     projector = Projector(stages, FaustDeadLetters(dead_letters), on_applied=on_applied)
+    _agent(app, source, projector, "project", batch_size, batch_window_s)
+    if presence_stages:
+        presence = app.topic(topics.presence_events, key_type=bytes, value_type=bytes, partitions=partitions)
+        presence_projector = Projector(presence_stages, FaustDeadLetters(dead_letters), on_applied=on_applied)
+        _agent(app, presence, presence_projector, "presence", batch_size, batch_window_s)
+    return app
 
+
+def _agent(
+    app: faust.App, source: faust.TopicT, projector: Projector, name: str, batch_size: int, window_s: float
+) -> None:
     # concurrency=1: more breaks per-partition order and lets Faust commit past in-flight events.
-    @app.agent(source, concurrency=1)
+    @app.agent(source, concurrency=1, name=name)
     async def project(stream: faust.StreamT) -> None:
         # take_events (not in StreamT's type) gives each event's partition and offset.
-        async for batch in stream.take_events(batch_size, within=batch_window_s):  # type: ignore[attr-defined]
+        async for batch in stream.take_events(batch_size, within=window_s):  # type: ignore[attr-defined]
             await projector.handle(
                 [
                     Record(ev.message.topic, ev.message.partition, ev.message.offset, ev.key, ev.value)
                     for ev in batch
                 ]
             )
-
-    return app

@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from events import ChatEvent, decode_event
 from events.errors import Unavailable
@@ -45,10 +45,20 @@ class Stage(Protocol):
     async def apply(self, events: Sequence[ChatEvent]) -> None: ...
 
 
+@runtime_checkable
+class PositionedStage(Protocol):
+    """A stage that needs each event's place in the log (partition and offset)."""
+
+    name: str
+
+    async def apply_at(self, events: Sequence[tuple[int, int, ChatEvent]]) -> None:
+        """``(partition, offset, event)`` in log order per partition."""
+
+
 class Projector:
     def __init__(
         self,
-        stages: Sequence[Stage],
+        stages: Sequence[Stage | PositionedStage],
         dead_letters: DeadLetters,
         *,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
@@ -72,7 +82,7 @@ class Projector:
         for stage in self._stages:
             await self._apply(stage, events)
 
-    async def _apply(self, stage: Stage, events: list[tuple[Record, ChatEvent]]) -> None:
+    async def _apply(self, stage: Stage | PositionedStage, events: list[tuple[Record, ChatEvent]]) -> None:
         if not events:
             return
         delay = 0.05
@@ -80,7 +90,10 @@ class Projector:
         while True:
             started = loop.time()
             try:
-                await stage.apply([event for _, event in events])
+                if isinstance(stage, PositionedStage):
+                    await stage.apply_at([(r.partition, r.offset, event) for r, event in events])
+                else:
+                    await stage.apply([event for _, event in events])
             except Unavailable as exc:
                 log.warning("%s unavailable (%s); retrying in %.2fs", stage.name, exc.__cause__ or exc, delay)
                 await self._sleep(delay)

@@ -3,7 +3,10 @@ own dependencies from the same settings."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import signal
+import sys
 from functools import partial
 
 from sanic import Sanic
@@ -12,10 +15,26 @@ from sanic.worker.loader import AppLoader
 from query_api.app import create_app
 from tidings.settings import Settings
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_the_manager(app: Sanic) -> None:
+    """A worker process ends when Sanic's manager dies, even by ``kill -9``: an orphaned worker
+    would keep serving sockets nobody supervises."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _create(settings: Settings) -> Sanic:
+    app = create_app(settings)
+    if settings.gateway_workers > 1:
+        app.before_server_start(_die_with_the_manager)
+    return app
+
 
 def run_gateway(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    loader = AppLoader(factory=partial(create_app, settings))
+    loader = AppLoader(factory=partial(_create, settings))
     app = loader.load()
     app.prepare(
         host=settings.http_host,
@@ -27,4 +46,9 @@ def run_gateway(settings: Settings) -> None:
         backlog=4096,
         motd=False,
     )
-    Sanic.serve(primary=app, app_loader=loader)
+    if settings.gateway_workers == 1:
+        # One process, no manager: what `tidings gateway` runs is what serves (and what a
+        # signal reaches).
+        Sanic.serve_single(primary=app)
+    else:
+        Sanic.serve(primary=app, app_loader=loader)

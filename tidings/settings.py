@@ -55,6 +55,16 @@ class Settings(BaseSettings):
     # the state folder, so that `tidings up` and `tidings token` agree on a development machine.
     auth_secret: SecretStr | None = None
 
+    # Presence (lazy): a socket's presence lives `presence_ttl_s` past its last heartbeat;
+    # clients heartbeat every `heartbeat_interval_s` (told in the protocol); a socket silent for
+    # `idle_close_s` is closed. Every `presence_sweep_s` each gateway reports the heartbeats it
+    # heard, closes silent sockets and reaps users whose sockets lapsed.
+    presence_ttl_s: float = 60.0
+    heartbeat_interval_s: float = 30.0
+    idle_close_s: float = 90.0
+    presence_sweep_s: float = 5.0
+    max_watch: int = 500
+
     # Worker
     worker_app_id: str = "tidings-projector"
     # "deliver": hot cache and pushes; "persist": Cassandra read models; "all": both in one

@@ -13,12 +13,14 @@ from events import Topics
 from projections.cql import Cql, connect
 from projections.membership import CassandraMembership
 from projections.messages import CassandraMessages
+from projections.presence import CassandraPresence, PresencePushes
 from projections.receipts import CassandraReceipts
 from projections.recent import RedisRecent
 from projections.redis_client import make_redis
 from projections.roster import Roster
+from projections.sync import CassandraSyncLog
 from streams.app import create_app
-from streams.projector import Stage
+from streams.projector import PositionedStage, Stage
 from tidings.gc_tuning import tune_for_server
 from tidings.settings import Settings
 
@@ -56,9 +58,19 @@ def build_worker_app(settings: Settings) -> faust.App:
     deliver: list[Stage] = [RedisRecent(redis, settings.hot_history_size, roster=roster)]
     receipts = CassandraReceipts(cql)
     receipts.prepare()
-    persist: list[Stage] = [membership, receipts, messages]
+    sync_log = CassandraSyncLog(cql)
+    sync_log.prepare()
+    # The sync log last: its watermark promises that every read model has the batch.
+    persist: list[Stage | PositionedStage] = [membership, receipts, messages, sync_log]
+    presence = CassandraPresence(cql)
+    presence.prepare()
     role = settings.worker_role
-    stages = {"all": deliver + persist, "deliver": deliver, "persist": persist}[role]
+    by_role: dict[str, tuple[list[Stage | PositionedStage], list[Stage]]] = {
+        "all": ([*deliver, *persist], [PresencePushes(redis), presence]),
+        "deliver": (list(deliver), [PresencePushes(redis)]),
+        "persist": (persist, [presence]),
+    }
+    stages, presence_stages = by_role[role]
     return create_app(
         app_id=settings.worker_app_id if role == "all" else f"{settings.worker_app_id}-{role}",
         # A new delivery group starts at the end of the log: pushing old messages to online
@@ -68,6 +80,7 @@ def build_worker_app(settings: Settings) -> faust.App:
         topics=Topics(settings.topic_prefix),
         partitions=settings.topic_partitions,
         stages=stages,
+        presence_stages=presence_stages,
         batch_size=settings.worker_batch_size,
         batch_window_s=settings.worker_batch_window_s,
         session_timeout_s=settings.worker_session_timeout_s,

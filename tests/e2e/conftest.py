@@ -27,6 +27,7 @@ from tidings.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 FANOUT_THRESHOLD = 10
+PRESENCE_TTL_S, IDLE_CLOSE_S, HEARTBEAT_S = 4.0, 8.0, 0.5
 
 
 def _free_port() -> int:
@@ -45,6 +46,11 @@ class System:
             "TIDINGS_HTTP_PORT": str(self.port),
             # Low, so that small groups, large groups and the switch between them all happen.
             "TIDINGS_FANOUT_THRESHOLD": str(FANOUT_THRESHOLD),
+            # Presence timings scaled down so that lapses and silence closes happen in seconds;
+            # test clients send WebSocket pings every HEARTBEAT_S.
+            "TIDINGS_PRESENCE_TTL_S": str(PRESENCE_TTL_S),
+            "TIDINGS_IDLE_CLOSE_S": str(IDLE_CLOSE_S),
+            "TIDINGS_PRESENCE_SWEEP_S": "0.25",
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.http = f"http://127.0.0.1:{self.port}"
@@ -119,8 +125,15 @@ class System:
         return issue_token(self.settings.resolved_auth_secret(), user, device_id=device, ttl_s=ttl_s)
 
     @asynccontextmanager
-    async def connect(self, user: str, device: str = "default") -> AsyncIterator[Client]:
-        async with websockets.connect(f"{self.ws}?token={self.token(user, device)}", max_size=None) as ws:
+    async def connect(
+        self, user: str, device: str = "default", *, heartbeat: bool = True
+    ) -> AsyncIterator[Client]:
+        """A client socket; it heartbeats with WebSocket pings unless told not to."""
+        async with websockets.connect(
+            f"{self.ws}?token={self.token(user, device)}",
+            max_size=None,
+            ping_interval=HEARTBEAT_S if heartbeat else None,
+        ) as ws:
             yield Client(ws)
 
     def request(

@@ -32,9 +32,20 @@ GROUP_HTTP: dict[str, tuple[str, ...]] = {
     "GET messages": ("owner", "admin", "member"),
     "POST receipts": ("owner", "admin", "member"),
     "GET receipts": ("owner", "admin", "member"),
+    # a user's presence: for those who share a conversation with them
+    "GET member presence": ("owner", "admin", "member"),
+    # one's own sync: anyone with a valid token
+    "GET sync": ("owner", "admin", "member", "removed", "stranger"),
 }
-FRAMES = ("send", "receipt", "view", "typing")
-FRAME_ALLOWED = ("owner", "admin", "member")
+FRAMES = ("send", "receipt", "view", "typing", "watch", "presence")
+FRAME_ALLOWED = {
+    "send": ("owner", "admin", "member"),
+    "receipt": ("owner", "admin", "member"),
+    "view": ("owner", "admin", "member"),
+    "typing": ("owner", "admin", "member"),
+    "watch": ("owner", "admin", "member"),  # a group member's presence
+    "presence": ("owner", "admin", "member", "removed", "stranger"),  # one's own
+}
 
 
 class Group:
@@ -98,6 +109,8 @@ def _http_call(group: Group, action: str, role: str) -> tuple[int, Any]:
         "GET messages": ("GET", f"{base}/messages", None),
         "POST receipts": ("POST", f"{base}/receipts", {"message_id": group.message_id, "status": "read"}),
         "GET receipts": ("GET", f"{base}/receipts", None),
+        "GET member presence": ("GET", f"/v1/users/{group.targets['member']}/presence", None),
+        "GET sync": ("GET", "/v1/sync", None),
     }
     method, path, body = calls[action]
     return group.system.request(method, path, body=body, token=group.token(role))
@@ -134,6 +147,8 @@ def _frame(group: Group, kind: str, ref: str) -> dict[str, Any]:
         },
         "view": {"type": "view", "ref": ref, "conversation_id": cid},
         "typing": {"type": "typing", "ref": ref, "conversation_id": cid, "state": "start"},
+        "watch": {"type": "watch", "ref": ref, "user_ids": [group.targets["member"]]},
+        "presence": {"type": "presence", "ref": ref, "state": "online"},
     }[kind]
 
 
@@ -156,7 +171,7 @@ async def test_group_frame_matrix(system: System, group: Group, role: str) -> No
     async with system.connect(group.who(role)) as client:
         for kind in FRAMES:
             outcome = await _outcome(client, _frame(group, kind, uuid.uuid4().hex[:12]))
-            allowed = role in FRAME_ALLOWED
+            allowed = role in FRAME_ALLOWED[kind]
             if kind == "send":
                 assert outcome == ("ack" if allowed else "error:forbidden"), (kind, role)
             else:

@@ -76,8 +76,8 @@ FRAME_FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
     "view": {"conversation_id": st.none() | odd_ids},
     "typing": {"conversation_id": odd_ids, "state": st.sampled_from(["start", "stop", "maybe"])},
     "ping": {},
-    "presence": {"status": st.text(max_size=10)},
-    "watch": {"user_ids": st.lists(st.text(max_size=10), max_size=3)},
+    "presence": {"state": st.sampled_from(["online", "away", "busy", ""])},
+    "watch": {"user_ids": st.lists(odd_ids, max_size=3)},
 }
 
 
@@ -143,7 +143,9 @@ def test_any_frame_gets_its_answer_and_the_socket_survives(
                 frame["client_msg_id"] = frame["client_msg_id"] + user()  # never a conflict by chance
             ws.send(orjson.dumps(frame).decode())
             for reply in _ping_pong(ws):
-                assert reply["type"] in ("ack", "error", "message", "conversation", "receipt"), reply
+                assert reply["type"] in ("ack", "error", "message", "conversation", "receipt", "presence"), (
+                    reply
+                )
                 if reply["type"] == "error":
                     assert reply["code"] in PROTOCOL_CODES, (frame, reply)
                     assert reply["ref"] in (frame["ref"], None), (frame, reply)
@@ -215,6 +217,7 @@ BODY_ENDPOINTS = [
     ("POST", "/v1/conversations/{cid}/members"),
     ("PUT", "/v1/conversations/{cid}/members/{other}"),
     ("PATCH", "/v1/conversations/{cid}"),
+    ("GET", "/v1/sync"),
 ]
 
 
@@ -252,6 +255,8 @@ def test_odd_conversation_ids_in_paths_get_4xx(system: System, cid: str) -> None
         ("GET", f"/v1/conversations/{quoted}/members", None),
         ("POST", f"/v1/conversations/{quoted}/messages", {"client_msg_id": "c", "body": "x"}),
         ("DELETE", f"/v1/conversations/{quoted}/members/{me}", None),
+        ("GET", f"/v1/users/{quoted}/presence", None),
+        ("GET", f"/v1/sync?since={quoted}", None),
     ]:
         status, answer = system.request(method, path, user=me, body=body)
         assert 400 <= status < 500, (method, cid, status, answer)

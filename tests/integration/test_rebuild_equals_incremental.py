@@ -4,6 +4,7 @@ rebuilt from the whole log in one pass into a fresh keyspace, give the same rows
 
 from __future__ import annotations
 
+import os
 import random
 import uuid
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ from projections.receipts import CassandraReceipts
 from projections.roster import Roster
 from tidings.settings import Settings
 
-REBUILD_KEYSPACE = "tidings_test_rebuild"
+REBUILD_KEYSPACE = os.environ["TIDINGS_CASSANDRA_KEYSPACE"] + "_rebuild"
 THRESHOLD = 4  # so the scenario crosses it both ways
 
 

@@ -200,3 +200,69 @@ async def test_a_silent_pubsub_reconnect_also_sends_sockets_to_catch_up() -> Non
     a.stop()
     await asyncio.wait_for(a.run_writer(), 1)
     assert sent == ["closed 1013"]
+
+
+def _presence_payload(at: int, user: str, state: str) -> bytes:
+    frame = f'{{"type":"presence","user_id":"{user}","state":"{state}","last_seen":null}}'
+    return b"p" + str(at).encode() + b"\0" + frame.encode()
+
+
+async def test_presence_changes_reach_watchers_only_and_late_ones_are_dropped() -> None:
+    hub, pubsub = await _hub()
+    watcher, bystander = _conn("bob", []), _conn("carol", [])
+    for conn in (watcher, bystander):
+        await hub.register(conn)
+    assert await hub.watch(watcher, {"alice"}) == {"alice"}
+    assert keys.presence_channel("alice") in pubsub.channels
+    hub.watch_settled(watcher, [("alice", 10, b"snapshot")])
+    assert hub.deliver_presence("alice", _presence_payload(20, "alice", "online")) == 1
+    # appended out of order by two gateways: older than what was delivered, dropped
+    assert hub.deliver_presence("alice", _presence_payload(15, "alice", "offline")) == 0
+    assert hub.deliver_presence("alice", _presence_payload(30, "alice", "away")) == 1
+    frames = _queued(watcher)
+    assert frames[0] == b"snapshot"
+    assert [b'"online"' in f for f in frames[1:] if f] == [True, False]
+    assert _queued(bystander) == []
+
+
+async def test_a_change_that_arrives_while_the_snapshot_is_read_is_held_then_sent_if_newer() -> None:
+    hub, _ = await _hub()
+    watcher = _conn("bob", [])
+    await hub.register(watcher)
+    await hub.watch(watcher, {"alice", "dave"})
+    # both arrive before the snapshot: alice's is stale (older than the snapshot), dave's newer
+    hub.deliver_presence("alice", _presence_payload(5, "alice", "offline"))
+    hub.deliver_presence("dave", _presence_payload(50, "dave", "online"))
+    assert _queued(watcher) == []
+    hub.watch_settled(watcher, [("alice", 10, b"alice-now"), ("dave", 40, b"dave-then")])
+    frames = _queued(watcher)
+    assert frames[:2] == [b"alice-now", b"dave-then"]
+    assert b'"online"' in (frames[2] or b"") and len(frames) == 3
+
+
+async def test_watch_replaces_the_list_and_unsubscribes_what_nobody_here_watches() -> None:
+    hub, pubsub = await _hub()
+    a, b = _conn("bob", []), _conn("carol", [])
+    for conn in (a, b):
+        await hub.register(conn)
+    await hub.watch(a, {"alice", "dave"})
+    await hub.watch(b, {"alice"})
+    assert await hub.watch(a, {"erin"}) == {"erin"}
+    assert keys.presence_channel("dave") not in pubsub.channels
+    assert keys.presence_channel("alice") in pubsub.channels  # b still watches
+    await hub.unregister(b)
+    assert keys.presence_channel("alice") not in pubsub.channels
+    hub.watch_settled(a, [])
+    assert hub.deliver_presence("alice", _presence_payload(1, "alice", "online")) == 0
+    assert hub.deliver_presence("erin", _presence_payload(1, "erin", "online")) == 1
+
+
+async def test_a_failed_watch_subscribe_changes_nothing() -> None:
+    hub, pubsub = await _hub()
+    watcher = _conn("bob", [])
+    await hub.register(watcher)
+    pubsub.fail_subscribe = 1
+    with pytest.raises(Unavailable):
+        await hub.watch(watcher, {"alice"})
+    assert watcher.watching == frozenset()
+    assert hub.deliver_presence("alice", _presence_payload(1, "alice", "online")) == 0

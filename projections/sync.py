@@ -1,0 +1,355 @@
+"""``/v1/sync``: what a device missed, read from a log of every conversation event kept in log
+order, and the read model behind it.
+
+**The cursor** is a position in the log: for each partition of the conversation topic, the
+offset up to which the device has everything of its conversations. A conversation lives on one
+partition, and the persist worker applies each partition in offset order, so "everything after
+offset X in partition P" is exact. Message ids cannot serve: they are taken when a gateway
+accepts a send, and a send that was slow to reach the log (a retry, a slow gateway) is appended
+*after* messages with higher ids. A cursor of ids would skip it; a cursor of offsets sees it,
+because its offset is higher than any already returned.
+
+**The watermark**: a sync never returns events beyond ``sync_watermarks`` (per partition, the
+offset up to which the worker has applied every event to every read model, this one last).
+Events of one batch are written concurrently, so without it a sync could see offset 105 while
+103 is still being written, and step past 103.
+
+A device that connects its WebSocket first and then syncs misses nothing: everything pushed
+before the socket was subscribed is at or below the watermark the sync reads afterwards, or
+above it and pushed; duplicates are dropped by ``message_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from events import (
+    ChatEvent,
+    GroupCreated,
+    GroupEvent,
+    MemberRemoved,
+    MembersAdded,
+    MessageSent,
+    PresenceChanged,
+    ReceiptRecorded,
+    decode_event,
+    dm_members,
+    encode_event,
+)
+from events.errors import Invalid
+from projections.cql import Cql
+from projections.membership import Statement
+from projections.wire import message_object
+
+NAME = "sync"
+BUCKET_BITS = 20  # offsets per conversation_log bucket: 2^20
+
+_LOG = "INSERT INTO {ks}.conversation_log (conversation_id, bucket, log_offset, event) VALUES (?, ?, ?, ?)"
+_LOG_BUCKET = "INSERT INTO {ks}.conversation_log_buckets (conversation_id, bucket) VALUES (?, ?)"
+_USER_LOG = (
+    "INSERT INTO {ks}.user_log (user_id, log_partition, log_offset, conversation_id, change)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
+_WATERMARK = "UPDATE {ks}.sync_watermarks USING TIMESTAMP ? SET applied = ? WHERE log_partition = ?"
+_SELECT_WATERMARKS = "SELECT log_partition, applied FROM {ks}.sync_watermarks"
+_SELECT_BUCKETS = (
+    "SELECT bucket FROM {ks}.conversation_log_buckets"
+    " WHERE conversation_id = ? AND bucket >= ? AND bucket <= ?"
+)
+_SELECT_LOG = (
+    "SELECT log_offset, event FROM {ks}.conversation_log"
+    " WHERE conversation_id = ? AND bucket = ? AND log_offset > ? AND log_offset <= ? LIMIT ?"
+)
+_SELECT_USER_LOG = (
+    "SELECT log_offset, conversation_id, change FROM {ks}.user_log"
+    " WHERE user_id = ? AND log_partition = ? AND log_offset > ? AND log_offset <= ?"
+)
+STATEMENTS = (_LOG, _LOG_BUCKET, _USER_LOG, _WATERMARK, _SELECT_WATERMARKS, _SELECT_BUCKETS, _SELECT_LOG)
+
+
+def _user_changes(event: ChatEvent) -> list[tuple[str, str]]:
+    if isinstance(event, GroupCreated | MembersAdded):
+        return [(m.user_id, "added") for m in event.members]
+    if isinstance(event, MemberRemoved):
+        return [(event.user_id, "removed")]
+    return []
+
+
+class CassandraSyncLog:
+    """The persist worker's last stage: the conversation log, the user log, then the watermark."""
+
+    name = NAME
+
+    def __init__(self, cql: Cql) -> None:
+        self._cql = cql
+
+    def prepare(self) -> None:
+        for cql in (*STATEMENTS, _SELECT_USER_LOG):
+            self._cql.prepare(cql)
+
+    async def apply_at(self, events: Sequence[tuple[int, int, ChatEvent]]) -> None:
+        work: list[Statement] = []
+        marks: dict[int, int] = {}
+        for partition, offset, event in events:
+            marks[partition] = max(marks.get(partition, -1), offset)
+            if isinstance(event, PresenceChanged):
+                continue
+            cid = event.conversation_id
+            bucket = offset >> BUCKET_BITS
+            work.append((_LOG, (cid, bucket, offset, encode_event(event))))
+            work.append((_LOG_BUCKET, (cid, bucket)))
+            work += [
+                (_USER_LOG, (uid, partition, offset, cid, change)) for uid, change in _user_changes(event)
+            ]
+        await self._cql.execute_all(list(dict.fromkeys(work)))
+        # Only once the batch is written: the watermark promises everything up to it is there.
+        await self._cql.execute_all([(_WATERMARK, (offset + 1, offset, p)) for p, offset in marks.items()])
+
+    # -- queries -------------------------------------------------------------------------
+    async def watermarks(self) -> dict[int, int]:
+        return {r.log_partition: r.applied for r in await self._cql.execute(_SELECT_WATERMARKS)}
+
+    async def between(self, conversation_id: str, low: int, high: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` events of the conversation with ``low < offset <= high``, ascending."""
+        if high <= low:
+            return []
+        first, last = (low + 1) >> BUCKET_BITS, high >> BUCKET_BITS
+        if first == last:
+            buckets = [first]
+        else:
+            rows = await self._cql.execute(_SELECT_BUCKETS, (conversation_id, first, last))
+            buckets = sorted(r.bucket for r in rows)
+        out: list[tuple[int, bytes]] = []
+        for bucket in buckets:
+            rows = await self._cql.execute(
+                _SELECT_LOG, (conversation_id, bucket, low, high, limit - len(out))
+            )
+            out += [(r.log_offset, r.event) for r in rows]
+            if len(out) >= limit:
+                break
+        return out
+
+    async def user_changes(
+        self, user_id: str, partition: int, low: int, high: int
+    ) -> list[tuple[int, str, str]]:
+        """``(offset, conversation_id, "added"/"removed")`` of the user in ``(low, high]``."""
+        if high <= low:
+            return []
+        rows = await self._cql.execute(_SELECT_USER_LOG, (user_id, partition, low, high))
+        return [(r.log_offset, r.conversation_id, r.change) for r in rows]
+
+
+# -- cursors ---------------------------------------------------------------------------------
+def encode_cursor(positions: dict[int, int]) -> str:
+    text = ",".join(f"{p}:{o}" for p, o in sorted(positions.items()) if o >= 0)
+    return "1." + base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, partitions: int) -> dict[int, int]:
+    try:
+        version, _, body = cursor.partition(".")
+        if version != "1":
+            raise ValueError(version)
+        text = base64.b64decode(body + "=" * (-len(body) % 4), altchars=b"-_", validate=True).decode()
+        positions = {}
+        for part in filter(None, text.split(",")):
+            p, o = part.split(":")
+            positions[int(p)] = int(o)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Invalid("since is not a cursor this server returned") from exc
+    if any(p < 0 or p >= partitions or o < 0 for p, o in positions.items()):
+        raise Invalid("since is not a cursor this server returned")
+    return positions
+
+
+# -- the query -------------------------------------------------------------------------------
+@dataclass
+class SyncPage:
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    receipts: list[dict[str, Any]] = field(default_factory=list)
+    conversations: list[dict[str, Any]] = field(default_factory=list)
+    cursor: str = ""
+    has_more: bool = False
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "messages": self.messages,
+            "receipts": self.receipts,
+            "conversations": self.conversations,
+            "cursor": self.cursor,
+            "has_more": self.has_more,
+        }
+
+
+class SyncLogReader(Protocol):
+    async def watermarks(self) -> dict[int, int]: ...
+    async def between(
+        self, conversation_id: str, low: int, high: int, limit: int
+    ) -> list[tuple[int, bytes]]: ...
+    async def user_changes(
+        self, user_id: str, partition: int, low: int, high: int
+    ) -> list[tuple[int, str, str]]: ...
+
+
+@dataclass(frozen=True)
+class SyncContext:
+    """What a sync reads: the log, and the read models that describe conversations."""
+
+    log: SyncLogReader
+    partitions: int
+    partition_of: Callable[[str], int]
+    conversation_ids: Callable[[str], Awaitable[set[str]]]
+    # the conversation as the user sees it in the inbox, or None when they have no row
+    describe: Callable[[str, str], Awaitable[dict[str, Any] | None]]
+    # a group's current object (title, member_count) for one who left it, or None
+    group_row: Callable[[str], Awaitable[Any | None]]
+    fanout_threshold: int
+
+
+def _receipt(event: ReceiptRecorded) -> dict[str, Any]:
+    return {
+        "conversation_id": event.conversation_id,
+        "user_id": event.user_id,
+        "message_id": str(event.message_id),
+        "status": event.status,
+    }
+
+
+async def sync_since(user_id: str, since: str, *, limit: int, ctx: SyncContext) -> SyncPage:
+    """Everything of the user's conversations after ``since``, up to ``limit`` events."""
+    cursor = decode_cursor(since, ctx.partitions)
+    marks, current = await asyncio.gather(ctx.log.watermarks(), ctx.conversation_ids(user_id))
+    low = {p: cursor.get(p, -1) for p in range(ctx.partitions)}
+    high = {p: marks.get(p, -1) for p in range(ctx.partitions)}
+    changes = await asyncio.gather(
+        *(ctx.log.user_changes(user_id, p, low[p], high[p]) for p in range(ctx.partitions))
+    )
+    # Up to which offset the user may see each conversation: all of it while a member; up to
+    # the removal for one they left (unless they came back).
+    until: dict[str, int] = {cid: high[ctx.partition_of(cid)] for cid in current}
+    membership: dict[str, tuple[int, str]] = {}
+    for per_partition in changes:
+        for offset, cid, change in per_partition:  # ascending: the last change wins
+            membership[cid] = (offset, change)
+            if change == "removed" and cid not in current:
+                until[cid] = offset
+
+    cids = sorted(until)
+    pages = await asyncio.gather(
+        *(ctx.log.between(cid, low[ctx.partition_of(cid)], until[cid], limit) for cid in cids)
+    )
+    # Per partition: the events of its conversations in offset order, up to the highest offset
+    # below which nothing can be missing (a conversation that filled its page may hold more).
+    by_partition: dict[int, list[tuple[int, str, bytes]]] = {}
+    safe = dict(high)
+    for cid, rows in zip(cids, pages, strict=True):
+        p = ctx.partition_of(cid)
+        by_partition.setdefault(p, []).extend((o, cid, raw) for o, raw in rows)
+        if len(rows) >= limit:
+            safe[p] = min(safe[p], rows[-1][0])
+
+    taken: list[tuple[str, ChatEvent]] = []
+    new_cursor = dict(low)
+    has_more = False
+    for p in range(ctx.partitions):
+        events = sorted(e for e in by_partition.get(p, []) if e[0] <= safe[p])
+        room = limit - len(taken)
+        if len(events) > room:
+            events = events[:room]
+            has_more = True
+            if events:
+                new_cursor[p] = events[-1][0]
+        else:
+            new_cursor[p] = max(low[p], safe[p])
+            has_more = has_more or safe[p] < high[p]
+        taken += [(cid, decode_event(raw)) for _, cid, raw in events]
+
+    page = SyncPage(cursor=encode_cursor(new_cursor), has_more=has_more)
+    changed = {
+        cid: change
+        for cid, (offset, change) in membership.items()
+        if offset <= new_cursor[ctx.partition_of(cid)]
+    }
+    await _fill(page, user_id, taken, changed, ctx)
+    return page
+
+
+async def _fill(
+    page: SyncPage,
+    user_id: str,
+    taken: list[tuple[str, ChatEvent]],
+    membership: dict[str, str],
+    ctx: SyncContext,
+) -> None:
+    receipts: list[ReceiptRecorded] = []
+    touched: set[str] = set()
+    for cid, event in taken:
+        if isinstance(event, MessageSent):
+            page.messages.append(message_object(event))
+        elif isinstance(event, ReceiptRecorded):
+            receipts.append(event)
+        elif isinstance(event, GroupEvent):
+            touched.add(cid)
+    page.messages.sort(key=lambda m: (m["conversation_id"], int(m["message_id"])))
+    # Receipts as the frames carry them: small conversations, and always the user's own (so
+    # their other devices clear what was read).
+    groups = {
+        r.conversation_id for r in receipts if dm_members(r.conversation_id) is None and r.user_id != user_id
+    }
+    rows = dict(zip(groups, await asyncio.gather(*(ctx.group_row(g) for g in groups)), strict=True))
+    for r in receipts:
+        row = rows.get(r.conversation_id)
+        large = row is not None and (row.member_count or 0) >= ctx.fanout_threshold
+        if r.user_id == user_id or not large:
+            page.receipts.append(_receipt(r))
+    for cid in sorted(touched | set(membership)):
+        change = membership.get(cid, "updated")
+        if change == "removed":
+            obj = _left_group(cid, await ctx.group_row(cid))
+        else:
+            obj = await ctx.describe(user_id, cid)  # None: no longer a member (reported above)
+        if obj is not None:
+            page.conversations.append({"event": change, "conversation": obj})
+
+
+def _left_group(cid: str, row: Any | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    return {
+        "conversation_id": cid,
+        "kind": "group",
+        "title": row.title,
+        "member_count": row.member_count or 0,
+        "last_message": None,
+        "unread_count": 0,
+        "last_activity_ts": row.last_ts or row.created_ts or 0,
+    }
+
+
+async def sync_start(
+    user_id: str,
+    *,
+    ctx: SyncContext,
+    inbox: Callable[[str], Awaitable[list[dict[str, Any]]]],
+    read_marks: Callable[[str], Awaitable[dict[str, int]]],
+    newest: Callable[[str], Awaitable[list[dict[str, Any]]]],
+) -> SyncPage:
+    """A device's starting state: every conversation (as ``added``), the newest messages of
+    each, the user's read watermark in each, and the cursor to sync from next. The watermark is
+    read first, so nothing at or below the cursor can be missing from the state."""
+    marks = await ctx.log.watermarks()
+    conversations, reads = await asyncio.gather(inbox(user_id), read_marks(user_id))
+    histories = await asyncio.gather(*(newest(c["conversation_id"]) for c in conversations))
+    page = SyncPage(cursor=encode_cursor({p: marks.get(p, -1) for p in range(ctx.partitions)}))
+    page.conversations = [{"event": "added", "conversation": c} for c in conversations]
+    page.messages = [m for history in histories for m in history]
+    page.receipts = [
+        {"conversation_id": cid, "user_id": user_id, "message_id": str(mid), "status": "read"}
+        for cid, mid in sorted(reads.items())
+        if mid
+    ]
+    return page

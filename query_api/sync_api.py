@@ -1,0 +1,47 @@
+"""``GET /v1/sync``: a device's starting state, then what it missed (see ``projections.sync``)."""
+
+from __future__ import annotations
+
+from sanic import Blueprint, HTTPResponse, Request
+
+from projections.history import history_page
+from projections.inbox import inbox_page
+from projections.sync import sync_since, sync_start
+from query_api.bodies import int_arg
+from query_api.deps import Dependencies
+from query_api.errors import json_response
+
+bp = Blueprint("sync", url_prefix="/v1")
+
+PAGE, PAGE_MAX = 500, 1000
+START_MESSAGES = 20  # newest messages per conversation in the starting state
+ALL = 1_000_000
+
+
+@bp.get("/sync")
+async def sync(request: Request) -> HTTPResponse:
+    deps: Dependencies = request.app.ctx.deps
+    me = request.ctx.principal.user_id
+    limit = int_arg(request, "limit", PAGE, low=1, high=PAGE_MAX)
+    since = request.args.get("since")
+    if since is not None:
+        page = await sync_since(me, since, limit=limit, ctx=deps.sync)
+        return json_response(page.body())
+
+    async def inbox(user_id: str) -> list[dict[str, object]]:
+        conversations, _ = await inbox_page(
+            user_id, before=None, limit=ALL, source=deps.inbox, unread=deps.unread
+        )
+        return conversations
+
+    async def read_marks(user_id: str) -> dict[str, int]:
+        return {r.conversation_id: r.read_up_to or 0 for r in await deps.inbox.inbox_rows(user_id)}
+
+    async def newest(conversation_id: str) -> list[dict[str, object]]:
+        messages, _ = await history_page(
+            conversation_id, before=None, after=None, limit=START_MESSAGES, hot=deps.hot, warm=deps.warm
+        )
+        return messages
+
+    page = await sync_start(me, ctx=deps.sync, inbox=inbox, read_marks=read_marks, newest=newest)
+    return json_response(page.body())

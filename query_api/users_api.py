@@ -1,0 +1,25 @@
+"""``/v1/users/{uid}/presence``: a user's presence, for those who share a conversation."""
+
+from __future__ import annotations
+
+from sanic import Blueprint, HTTPResponse, Request
+
+from events import is_valid_user_id
+from events.errors import Forbidden, Invalid
+from query_api.deps import Dependencies
+from query_api.errors import json_response
+
+bp = Blueprint("users", url_prefix="/v1/users")
+
+
+@bp.get("/<user_id:str>/presence")
+async def presence(request: Request, user_id: str) -> HTTPResponse:
+    deps: Dependencies = request.app.ctx.deps
+    if not is_valid_user_id(user_id):
+        raise Invalid("not a valid user id")
+    me = request.ctx.principal.user_id
+    if not await deps.contacts.shared_with(me, [user_id]):
+        # The same answer whether or not the user exists: presence is not a user directory.
+        raise Forbidden("you share no conversation with this user")
+    (view,) = await deps.presence_of([user_id])
+    return json_response({"user_id": view.user_id, "state": view.state, "last_seen": view.last_seen})

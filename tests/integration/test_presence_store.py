@@ -1,0 +1,105 @@
+"""``RedisPresence`` on the real Redis: aggregation over devices, lapses, reaping, and which
+calls are transitions. Each test uses fresh user ids; the TTL is short so lapses happen."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from commands.presence import Beat
+from commands.redis_presence import RedisPresence
+from projections.redis_client import make_redis
+from tidings.settings import Settings
+
+TTL_MS = 400
+
+
+@pytest.fixture
+async def store(services: Settings) -> AsyncIterator[RedisPresence]:
+    # A database of its own: the e2e system's gateways reap the test database's lapsed users.
+    client = make_redis(services.redis_host, services.redis_port, (services.redis_db + 8) % 16)
+    yield RedisPresence(client, ttl_ms=TTL_MS)
+    await client.aclose()
+
+
+def _user() -> str:
+    return f"p{uuid.uuid4().hex[:10]}"
+
+
+def _states(changes: Any) -> list[str]:
+    return [c.state for c in changes]
+
+
+async def test_first_connection_is_a_transition_and_heartbeats_are_not(store: RedisPresence) -> None:
+    alice = _user()
+    assert _states(await store.set([Beat(alice, "c1", "online", 0)])) == ["online"]
+    for _ in range(3):
+        assert await store.set([Beat(alice, "c1", "online", 0)]) == []
+    assert _states(await store.set([Beat(alice, "c2", "online", 0)])) == []  # a second device
+    (view,) = await store.read([alice])
+    assert (view.state, view.last_seen) == ("online", None)
+
+
+async def test_away_only_when_every_live_connection_is_away(store: RedisPresence) -> None:
+    alice = _user()
+    await store.set([Beat(alice, "phone", "online", 0), Beat(alice, "laptop", "online", 0)])
+    assert await store.set([Beat(alice, "phone", "away", 0)]) == []
+    assert _states(await store.set([Beat(alice, "laptop", "away", 0)])) == ["away"]
+    assert _states(await store.set([Beat(alice, "phone", "online", 0)])) == ["online"]
+    assert await store.leave(alice, "laptop") is None
+    gone = await store.leave(alice, "phone")
+    assert gone is not None and gone.state == "offline"
+    assert gone.last_seen is not None and abs(gone.last_seen - time.time() * 1000) < 2000
+    assert await store.leave(alice, "phone") is None  # leaving twice is nothing
+
+
+async def test_a_lapsed_user_reads_offline_at_once_and_is_reaped_once(store: RedisPresence) -> None:
+    alice, bob = _user(), _user()
+    await store.set([Beat(alice, "c1", "online", 0), Beat(bob, "c1", "online", 0)])
+    heard = time.time() * 1000
+    await asyncio.sleep(TTL_MS / 1000 + 0.2)
+    await store.set([Beat(bob, "c1", "online", 0)])  # bob heartbeats, alice is silent
+    (view,) = await store.read([alice])
+    assert view.state == "offline" and view.last_seen is not None
+    assert abs(view.last_seen - heard) < 300  # last_seen is the last heartbeat, not the reap
+    reaped = [c for c in await store.reap(10_000) if c.user_id in (alice, bob)]
+    assert [(c.user_id, c.state, c.last_seen) for c in reaped] == [(alice, "offline", view.last_seen)]
+    assert [c for c in await store.reap(10_000) if c.user_id in (alice, bob)] == []
+    (bob_view,) = await store.read([bob])
+    assert bob_view.state == "online"
+
+
+async def test_idle_time_counts_back_from_the_last_heartbeat(store: RedisPresence) -> None:
+    alice = _user()
+    # reported late: heard TTL+100 ms ago, so already lapsed
+    assert await store.set([Beat(alice, "c1", "online", TTL_MS + 100)]) == []
+    (view,) = await store.read([alice])
+    assert view.state == "offline"
+
+
+async def test_transitions_carry_increasing_times(store: RedisPresence) -> None:
+    alice = _user()
+    (on,) = await store.set([Beat(alice, "c1", "online", 0)])
+    (away,) = await store.set([Beat(alice, "c1", "away", 0)])
+    off = await store.leave(alice, "c1")
+    assert off is not None and on.at < away.at < off.at
+
+
+async def test_a_heartbeat_reported_after_the_close_does_not_bring_the_socket_back(
+    store: RedisPresence,
+) -> None:
+    # A sweep collects a socket's heartbeat, the socket closes, then the sweep's report lands.
+    alice = _user()
+    await store.set([Beat(alice, "c1", "online", 0)])
+    gone = await store.leave(alice, "c1")
+    assert gone is not None and gone.state == "offline"
+    assert await store.set([Beat(alice, "c1", "online", 0)]) == []
+    (view,) = await store.read([alice])
+    assert view.state == "offline"
+    # a new socket of the same user is another connection: online again
+    assert _states(await store.set([Beat(alice, "c2", "online", 0)])) == ["online"]
