@@ -55,8 +55,12 @@ class Group:
         self.stranger = user()
         # One removal target per role, so that each allowed removal has someone to remove.
         self.targets = {role: user() for role in ROLES}
+        # and one per role whose role is (re)set, never removed
+        self.kept = {role: user() for role in ROLES}
         self.cid = create_group(
-            system, self.owner, [self.admin, self.member, self.removed, *self.targets.values()]
+            system,
+            self.owner,
+            [self.admin, self.member, self.removed, *self.targets.values(), *self.kept.values()],
         )
         base = f"/v1/conversations/{self.cid}/members"
         assert (
@@ -104,7 +108,7 @@ def _http_call(group: Group, action: str, role: str) -> tuple[int, Any]:
         "GET members": ("GET", f"{base}/members", None),
         "POST members": ("POST", f"{base}/members", {"user_ids": [user()]}),
         "DELETE member": ("DELETE", f"{base}/members/{group.targets[role]}", None),
-        "PUT member role": ("PUT", f"{base}/members/{group.targets[role]}", {"role": "member"}),
+        "PUT member role": ("PUT", f"{base}/members/{group.kept[role]}", {"role": "member"}),
         "POST messages": ("POST", f"{base}/messages", {"client_msg_id": uuid.uuid4().hex, "body": "x"}),
         "GET messages": ("GET", f"{base}/messages", None),
         "POST receipts": ("POST", f"{base}/receipts", {"message_id": group.message_id, "status": "read"}),

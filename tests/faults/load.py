@@ -239,6 +239,20 @@ class Load:
                 await asyncio.sleep(backoff * (0.5 + self.random.random()))
                 backoff = min(backoff * 2, 2.0)
                 continue
+            # Pushes start once the gateway has registered the socket, which on a loaded gateway
+            # is later than the upgrade: the first reply (a pong) proves it, and only then does
+            # catching up cover everything (found by this suite: messages of the first seconds
+            # were neither pushed nor caught up).
+            try:
+                await ws.send('{"type": "ping", "ref": "registered"}')
+                while True:
+                    frame = orjson.loads(await ws.recv())
+                    if frame.get("type") == "pong" and frame.get("ref") == "registered":
+                        break
+                    self._on_frame(dev, frame)
+            except websockets.ConnectionClosed:
+                await asyncio.sleep(backoff)
+                continue
             backoff = 0.1
             dev.ws = ws
             dev.connected_at = time.monotonic()
