@@ -182,13 +182,20 @@ class Load:
             # Sizes alternate around the group size, so with the fan-out threshold at the group
             # size both delivery paths (per member, per gateway) carry load.
             chosen = self.random.sample(users, group_size - 1 + 2 * (g % 2))
-            status, body = await asyncio.to_thread(
-                self.system.request,
-                "POST",
-                "/v1/conversations",
-                user=chosen[0],
-                body={"kind": "group", "title": "faults", "members": chosen[1:]},
-            )
+            # The previous scenario's repair may still be settling (a producer reconnecting
+            # to a restarted broker): the load starts on a working system.
+            deadline = time.monotonic() + 120
+            while True:
+                status, body = await asyncio.to_thread(
+                    self.system.request,
+                    "POST",
+                    "/v1/conversations",
+                    user=chosen[0],
+                    body={"kind": "group", "title": "faults", "members": chosen[1:]},
+                )
+                if status != 503 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(1.0)
             assert status == 201, (status, body)
             self.members[body["conversation"]["conversation_id"]] = chosen
         for n, u in enumerate(users):
