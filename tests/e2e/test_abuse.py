@@ -19,7 +19,7 @@ import pytest
 import websockets
 
 from events import direct_conversation_id
-from tests.e2e.conftest import ROOT, Client, System, _free_port, user
+from tests.e2e.conftest import ROOT, System, _free_port, user
 
 ALLOWED_ORIGIN = "https://chat.example"
 
