@@ -19,24 +19,25 @@ import pytest
 import websockets
 
 from events import direct_conversation_id
-from tests.e2e.conftest import ROOT, System, _free_port, user
+from tests.e2e.conftest import ROOT, Client, System, _free_port, user
 
 ALLOWED_ORIGIN = "https://chat.example"
 
 
-class SecondGateway:
-    """Another gateway process over the same services (as a second host would run), with an
+class Gateway:
+    """A gateway process of this module over the same services (as another host would run),
+    with the default limits (the shared test system raises the send limit), and maybe an
     Origin allow-list."""
 
-    def __init__(self, system: System) -> None:
+    def __init__(self, system: System, name: str, *, origins: list[str] | None = None) -> None:
         self.port = _free_port()
         self.ws = f"ws://127.0.0.1:{self.port}/v1/ws"
-        env = {
-            **system.env,
-            "TIDINGS_HTTP_PORT": str(self.port),
-            "TIDINGS_ALLOWED_ORIGINS": orjson.dumps([ALLOWED_ORIGIN]).decode(),
-        }
-        self.log = system.logs / "gateway-second.log"
+        self.http = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in system.env.items() if not k.startswith("TIDINGS_RATE_")}
+        env["TIDINGS_HTTP_PORT"] = str(self.port)
+        if origins is not None:
+            env["TIDINGS_ALLOWED_ORIGINS"] = orjson.dumps(origins).decode()
+        self.log = system.logs / f"gateway-{name}.log"
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tidings", "gateway"], cwd=ROOT, env=env, stdout=log, stderr=log
@@ -63,21 +64,32 @@ class SecondGateway:
 
 
 @pytest.fixture(scope="module")
-def second(system: System) -> Iterator[SecondGateway]:
-    gateway = SecondGateway(system)
+def first(system: System) -> Iterator[Gateway]:
+    gateway = Gateway(system, "limits-first")
     try:
         yield gateway
     finally:
         gateway.stop()
 
 
-async def test_limits_are_shared_by_gateway_processes(system: System, second: SecondGateway) -> None:
+@pytest.fixture(scope="module")
+def second(system: System) -> Iterator[Gateway]:
+    gateway = Gateway(system, "limits-second", origins=[ALLOWED_ORIGIN])
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+async def test_limits_are_shared_by_gateway_processes(
+    system: System, first: Gateway, second: Gateway
+) -> None:
     # Connection attempts (1/s, bursts of 30): 25 on each process, under the burst for either
     # alone, over it together (unless the 50 took more than 20 s).
     me = user()
     refused: dict[str, int] = {"first": 0, "second": 0}
     started = time.monotonic()
-    for name, url in (("first", system.ws), ("second", second.ws)):
+    for name, url in (("first", first.ws), ("second", second.ws)):
         for _ in range(25):
             try:
                 async with websockets.connect(f"{url}?token={system.token(me)}"):
@@ -90,13 +102,13 @@ async def test_limits_are_shared_by_gateway_processes(system: System, second: Se
     assert refused["first"] == 0 and refused["second"] > 0, (refused, elapsed)
 
 
-def test_http_sends_get_429_with_retry_after(system: System) -> None:
+def test_http_sends_get_429_with_retry_after(system: System, first: Gateway) -> None:
     me = user()
     cid = direct_conversation_id(me, user())
 
     def post(i: int) -> tuple[int, str | None, Any]:
         req = urllib.request.Request(
-            f"{system.http}/v1/conversations/{cid}/messages",
+            f"{first.http}/v1/conversations/{cid}/messages",
             data=orjson.dumps({"client_msg_id": f"h{i}", "body": "x"}),
             method="POST",
             headers={"Authorization": f"Bearer {system.token(me)}"},
@@ -115,11 +127,11 @@ def test_http_sends_get_429_with_retry_after(system: System) -> None:
     assert all(b["error"]["code"] == "rate_limited" and h is not None and int(h) >= 1 for h, b in limited)
 
 
-async def test_typing_limit_is_per_user_not_per_socket(system: System) -> None:
+async def test_typing_limit_is_per_user_not_per_socket(system: System, first: Gateway) -> None:
     me = user()
     cid = direct_conversation_id(me, user())
-    sockets = [system.connect(me, f"d{i}") for i in range(6)]
-    clients = [await s.__aenter__() for s in sockets]
+    sockets = [websockets.connect(f"{first.ws}?token={system.token(me, f'd{i}')}") for i in range(6)]
+    clients = [Client(await s.__aenter__()) for s in sockets]
     try:
         # 5 frames per socket is within each socket's own burst; 30 in all is over the user's 20.
         for n, client in enumerate(clients):
@@ -138,12 +150,12 @@ async def test_typing_limit_is_per_user_not_per_socket(system: System) -> None:
     assert errors and {e["code"] for e in errors} == {"rate_limited"}, errors
 
 
-async def test_connection_attempts_are_limited_before_the_upgrade(system: System) -> None:
+async def test_connection_attempts_are_limited_before_the_upgrade(system: System, first: Gateway) -> None:
     me = user()
     refused: list[websockets.InvalidStatus] = []
     for _ in range(45):
         try:
-            async with websockets.connect(f"{system.ws}?token={system.token(me)}"):
+            async with websockets.connect(f"{first.ws}?token={system.token(me)}"):
                 pass
         except websockets.InvalidStatus as exc:
             refused.append(exc)
@@ -152,7 +164,7 @@ async def test_connection_attempts_are_limited_before_the_upgrade(system: System
     assert int(refused[0].response.headers["Retry-After"]) >= 1
 
 
-async def test_origin_allow_list(system: System, second: SecondGateway) -> None:
+async def test_origin_allow_list(system: System, second: Gateway) -> None:
     url = f"{second.ws}?token={system.token(user())}"
     with pytest.raises(websockets.InvalidStatus) as info:
         async with websockets.connect(url, origin="https://evil.example"):
