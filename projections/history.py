@@ -1,5 +1,5 @@
 """The history query: one page of a conversation, walking the tiers (hot Redis, then warm
-Cassandra) so the caller never knows where a message lives."""
+Cassandra, then cold Parquet) so the caller never knows where a message lives."""
 
 from __future__ import annotations
 
@@ -21,6 +21,14 @@ class WarmTier(Protocol):
     ) -> list[dict[str, Any]]: ...
 
 
+class ColdTier(Protocol):
+    """The archive: the oldest messages of each conversation (a prefix of its log), read-only."""
+
+    async def page(
+        self, conversation_id: str, *, before: int | None, after: int | None, limit: int
+    ) -> list[dict[str, Any]]: ...
+
+
 async def history_page(
     conversation_id: str,
     *,
@@ -29,12 +37,15 @@ async def history_page(
     limit: int,
     hot: HotTier,
     warm: WarmTier,
+    cold: ColdTier | None = None,
 ) -> tuple[list[dict[str, Any]], bool]:
     """``(messages ascending, has_more)`` as the protocol defines them.
 
     The hot tier holds a contiguous newest suffix of the history, so when it has more than
     ``limit`` messages in the asked range it answers alone; otherwise the warm tier does. A Redis
-    outage only costs speed.
+    outage only costs speed. The cold tier holds each conversation's oldest messages (the warm
+    copies of those may be pruned): reading back, it is asked for what is older than the
+    oldest warm message when the warm tier runs short; reading forward, it is asked first.
     """
     want = limit + 1
     hot_page: list[dict[str, Any]] = []
@@ -65,6 +76,17 @@ async def history_page(
     # reader never misses a message it was just pushed.
     merged = {int(m["message_id"]): m for m in warm_page}
     merged.update((int(m["message_id"]), m) for m in hot_page)
+    if cold is not None:
+        if after is not None:
+            # Forward from an old id: the archive holds the oldest; warm rows may be pruned.
+            cold_page = await cold.page(conversation_id, before=None, after=after, limit=want)
+        elif len(merged) < want:
+            oldest = min(merged) if merged else before
+            cold_page = await cold.page(conversation_id, before=oldest, after=None, limit=want - len(merged))
+        else:
+            cold_page = []
+        for m in cold_page:
+            merged.setdefault(int(m["message_id"]), m)
     page = [merged[k] for k in sorted(merged)]
     if after is None:
         return page[-limit:], len(page) > limit

@@ -17,7 +17,7 @@ from commands.presence import PresenceStore, PresenceView
 from commands.receipts import RecordReceipt, Watermarks, record_receipt
 from events import Role
 from projections.delivery import Push
-from projections.history import HotTier, WarmTier
+from projections.history import ColdTier, HotTier, WarmTier
 from projections.inbox import InboxSource, UnreadCounter
 from projections.sync import SyncContext
 from query_api.hub import Hub
@@ -74,6 +74,7 @@ class Dependencies:
     # name -> coroutine that raises when that backing service is not reachable
     probes: dict[str, Callable[[], Awaitable[Any]]] = field(default_factory=dict)
     closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+    cold: ColdTier | None = None  # the Parquet archive, when there is one
     limiter: RateLimiter = field(default_factory=NoLimits)
 
     async def send(
@@ -152,6 +153,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     from aiokafka.partitioner import murmur2
     from redis.exceptions import RedisError
 
+    from archive.reader import ArchiveReader
     from commands.kafka_log import KafkaEventLog
     from commands.redis_idempotency import RedisIdempotencyStore
     from commands.redis_locks import RedisLocks
@@ -271,5 +273,6 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         publish=publish,
         probes={"kafka": kafka_probe, "cassandra": cassandra_probe, "redis": redis_probe},
         closers=closers,
+        cold=ArchiveReader(settings.archive_root),
         limiter=RedisRateLimiter(redis, limits_from(settings)),
     )

@@ -52,7 +52,13 @@ async def list_messages(request: Request, conversation_id: str) -> HTTPResponse:
         raise Invalid("give before or after, not both")
     limit = int_arg(request, "limit", DEFAULT_PAGE, low=1, high=MAX_PAGE)
     messages, has_more = await history_page(
-        conversation_id, before=before, after=after, limit=limit, hot=deps.hot, warm=deps.warm
+        conversation_id,
+        before=before,
+        after=after,
+        limit=limit,
+        hot=deps.hot,
+        warm=deps.warm,
+        cold=deps.cold,
     )
     return json_response({"messages": messages, "has_more": has_more})
 

@@ -79,6 +79,10 @@ class Projector:
                 events.append((record, decode_event(record.value)))
             except ValueError as exc:
                 await self._dead_letter(record, f"undecodable: {exc}")
+        await self.handle_decoded(events)
+
+    async def handle_decoded(self, events: list[tuple[Record, ChatEvent]]) -> None:
+        """Apply events already decoded (replay from the archive), with the same guarantees."""
         for stage in self._stages:
             await self._apply(stage, events)
 

@@ -14,17 +14,22 @@ from typing import Annotated
 
 import typer
 
+from tidings.archive_cli import archive_app, replay_app, verify_cmd
+from tidings.keyspaces import with_active_keyspace
 from tidings.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Tidings: event-sourced chat backend.")
 services_app = typer.Typer(no_args_is_help=True, help="Local Kafka, Cassandra and Redis.")
 app.add_typer(services_app, name="services")
+app.add_typer(archive_app, name="archive")
+app.add_typer(replay_app, name="replay")
+app.command("verify")(verify_cmd)
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _settings() -> Settings:
-    return Settings()
+    return with_active_keyspace(Settings())
 
 
 @services_app.command("up")

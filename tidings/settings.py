@@ -86,6 +86,13 @@ class Settings(BaseSettings):
     # Cassandra `messages` partitions are (conversation, bucket); a bucket spans this many ms.
     message_bucket_ms: int = 10 * 24 * 3600 * 1000
 
+    # Cold archive: Parquet plus its manifest (default: <state_dir>/archive). Gateways read it
+    # for old history, so on several hosts it must be shared storage.
+    archive_dir: Path | None = None
+    # Events older than this are archived (the warm window), e.g. "90d", "12h", "0s".
+    archive_older_than: str = "90d"
+    archive_chunk_events: int = 500_000
+
     # Abuse limits, per user and shared by every gateway process (token buckets in Redis):
     # a rate per second and a burst. Far above what a person or a reconnecting client does.
     rate_send_per_s: float = 20.0
@@ -107,6 +114,10 @@ class Settings(BaseSettings):
     @property
     def kafka_port(self) -> int:
         return int(self.kafka_bootstrap.split(",")[0].rsplit(":", 1)[1])
+
+    @property
+    def archive_root(self) -> Path:
+        return self.archive_dir if self.archive_dir is not None else self.state_dir / "archive"
 
     @property
     def redis_url(self) -> str:

@@ -38,6 +38,19 @@ def _observe(projection: str, events: int, seconds: float) -> None:
     APPLY_SECONDS.labels(projection).observe(seconds)
 
 
+def persist_stages(cql: Cql, settings: Settings, roster: Roster) -> list[Stage | PositionedStage]:
+    """The Cassandra read models of conversation events, in the order the persist role applies
+    them. ``tidings replay`` rebuilds from exactly this list, so a read model added here is
+    rebuilt too. The sync log comes last: its watermark promises every other has the batch."""
+    membership = CassandraMembership(cql, roster)
+    receipts = CassandraReceipts(cql)
+    messages = CassandraMessages(cql, settings.message_bucket_ms)
+    sync_log = CassandraSyncLog(cql)
+    for stage in (membership, receipts, messages, sync_log):
+        stage.prepare()
+    return [membership, receipts, messages, sync_log]
+
+
 def build_worker_app(settings: Settings) -> faust.App:
     _, session = connect(
         settings.cassandra_hosts,
@@ -46,22 +59,12 @@ def build_worker_app(settings: Settings) -> faust.App:
         local_dc=settings.cassandra_local_dc,
     )
     cql = Cql(session, settings.cassandra_keyspace)
-    messages = CassandraMessages(cql, settings.message_bucket_ms)
-    messages.prepare()
-    loader = CassandraMembership(cql)
-    roster = Roster(loader.load_roster, threshold=settings.fanout_threshold)
-    membership = CassandraMembership(cql, roster)
-    membership.prepare()
+    roster = Roster(CassandraMembership(cql).load_roster, threshold=settings.fanout_threshold)
     redis = make_redis(settings.redis_host, settings.redis_port, settings.redis_db)
     # The hot cache and the pushes first: delivery need not wait for Cassandra, since the event
     # is already durable in Kafka. The pushes also move the roster along the log.
     deliver: list[Stage] = [RedisRecent(redis, settings.hot_history_size, roster=roster)]
-    receipts = CassandraReceipts(cql)
-    receipts.prepare()
-    sync_log = CassandraSyncLog(cql)
-    sync_log.prepare()
-    # The sync log last: its watermark promises that every read model has the batch.
-    persist: list[Stage | PositionedStage] = [membership, receipts, messages, sync_log]
+    persist = persist_stages(cql, settings, roster)
     presence = CassandraPresence(cql)
     presence.prepare()
     role = settings.worker_role

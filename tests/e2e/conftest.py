@@ -55,6 +55,7 @@ class System:
             "TIDINGS_PRESENCE_TTL_S": str(PRESENCE_TTL_S),
             "TIDINGS_IDLE_CLOSE_S": str(IDLE_CLOSE_S),
             "TIDINGS_PRESENCE_SWEEP_S": "0.25",
+            "TIDINGS_ARCHIVE_DIR": str(logs / "archive"),
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.http = f"http://127.0.0.1:{self.port}"

@@ -40,3 +40,16 @@ def test_events_import_nothing_of_ours() -> None:
     ours = {"commands", "projections", "streams", "query_api", "archive", "tidings"}
     for path in (ROOT / "events").glob("*.py"):
         assert not _imports(path) & ours, path
+
+
+# The archive reads the log through one adapter; the rest of it (tables, manifest, job,
+# compaction, readers) is plain Python over pyarrow and DuckDB, and depends only on events.
+ARCHIVE_ADAPTERS = {"kafka_source.py"}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "archive").glob("*.py")), ids=lambda p: p.name)
+def test_archive_depends_only_on_events(path: Path) -> None:
+    names = _imports(path)
+    assert not names & {"commands", "projections", "streams", "query_api", "tidings"}
+    if path.name not in ARCHIVE_ADAPTERS:
+        assert not names & FORBIDDEN

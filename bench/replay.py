@@ -1,0 +1,100 @@
+"""Replay benchmark: prints figures, asserts nothing.
+
+A synthetic log of ``--events`` events in a Kafka topic of its own (12 partitions); the older
+``--archived`` share of it is archived to Parquet (and pruned from nothing: no live keyspace);
+then ``tidings replay`` rebuilds every read model of the persist worker into a fresh keyspace,
+from the archive and then from the log. Events/s into Cassandra, archive part and log part
+together. The topic and the keyspaces are deleted after.
+
+    .venv/bin/python -m bench.replay --events 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from archive.job import ArchiveJob
+from archive.kafka_source import KafkaLogSource
+from bench.archive_workload import produce, synthetic_events
+from events import Topics
+from projections.cql import connect
+from tidings.archive_ops import replay
+from tidings.settings import Settings
+
+DAY_MS = 86_400_000
+
+
+async def main(events: int, archived_share: float) -> None:
+    tag = uuid.uuid4().hex[:6]
+    folder = Path(tempfile.mkdtemp(prefix="replaybench-"))
+    settings = Settings().model_copy(
+        update={
+            "cassandra_keyspace": f"tidings_replaybench_{tag}",
+            "topic_prefix": f"replaybench.{tag}.",
+            "topic_partitions": 12,
+            "archive_dir": folder / "archive",
+            "state_dir": folder / "state",
+        }
+    )
+    topic = Topics(settings.topic_prefix).conversation_events
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, 12, 1)])
+    cluster, session = connect(
+        settings.cassandra_hosts,
+        settings.cassandra_port,
+        protocol_version=settings.cassandra_protocol_version,
+        local_dc=settings.cassandra_local_dc,
+    )
+    try:
+        now = int(time.time() * 1000)
+        log = list(
+            synthetic_events(events, start_ms=now - 100 * DAY_MS, span_ms=20 * DAY_MS, conversations=5000)
+        )
+        await produce(settings.kafka_bootstrap, topic, log)
+        cutoff = log[int(len(log) * archived_share)].ts if archived_share < 1 else now
+        async with KafkaLogSource(settings.kafka_bootstrap, topic, 12) as source:
+            job = ArchiveJob(settings.archive_root, source, topic=topic, partitions=12, chunk_events=500_000)
+            summary = await job.run(cutoff)
+        print(
+            f"log: {len(log):,} events, {summary.events:,} of them archived ({os.getloadavg()[0]:.2f} load)"
+        )
+        cpu = time.process_time()
+        state = await replay(settings)
+        cpu = time.process_time() - cpu
+        total = state.archived + state.from_log
+        print(
+            f"replay into {state.keyspace}: {state.archived:,} archived + {state.from_log:,} logged events "
+            f"in {state.seconds:.1f}s = {total / state.seconds:,.0f} events/s "
+            f"(load {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores); replay's own CPU {cpu:.1f}s = "
+            f"{total / cpu:,.0f} events per CPU-second"
+        )
+    finally:
+        await admin.delete_topics([topic])
+        await admin.close()
+        for row in list(session.execute("SELECT keyspace_name FROM system_schema.keyspaces")):
+            if row.keyspace_name.startswith(settings.cassandra_keyspace):
+                session.execute_async(f"DROP KEYSPACE IF EXISTS {row.keyspace_name}", timeout=120)
+        await asyncio.sleep(0.5)
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--archived", type=float, default=0.5, help="share of the log archived first")
+    args = parser.parse_args()
+    asyncio.run(main(args.events, args.archived))

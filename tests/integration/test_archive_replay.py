@@ -1,0 +1,222 @@
+"""Replay from the archive plus the log rebuilds every read model of the persist worker equal to
+the live one, after the warm copies of archived messages were pruned; verify reports a
+difference when there is one; switch catches the rebuilt keyspace up and points at it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from archive.job import ArchiveJob
+from archive.kafka_source import KafkaLogSource
+from bench.archive_workload import produce, synthetic_events
+from commands.kafka_log import KafkaEventLog
+from events import ChatEvent, MessageSent, PresenceChanged, Topics
+from projections.cql import Cql, connect
+from projections.membership import CassandraMembership
+from projections.messages import CassandraMessages
+from projections.migrate import migrate_cassandra
+from projections.presence import CassandraPresence
+from projections.roster import Roster
+from streams.projector import Projector, Record
+from tests.integration.test_rebuild_equals_incremental import scenario
+from tidings.archive_ops import prune, replay, switch, verify
+from tidings.keyspaces import active_keyspace
+from tidings.settings import Settings
+from tidings.worker import persist_stages
+
+PARTITIONS = 3
+
+
+@pytest.fixture
+def replay_settings(services: Settings, tmp_path: Path) -> Iterator[Settings]:
+    tag = uuid.uuid4().hex[:6]
+    settings = services.model_copy(
+        update={
+            "cassandra_keyspace": f"{services.cassandra_keyspace}_rl{tag}",
+            "topic_prefix": f"{services.topic_prefix}r{tag}.",
+            "topic_partitions": PARTITIONS,
+            "archive_dir": tmp_path / "archive",
+            "state_dir": tmp_path / "state",
+            "fanout_threshold": 4,  # the scenario's groups cross it both ways
+        }
+    )
+    topic = Topics(settings.topic_prefix).conversation_events
+    topics = [topic, Topics(settings.topic_prefix).presence_events]
+    cluster, session = connect(
+        settings.cassandra_hosts,
+        settings.cassandra_port,
+        protocol_version=settings.cassandra_protocol_version,
+        local_dc=settings.cassandra_local_dc,
+    )
+    migrate_cassandra(session, settings.cassandra_keyspace, replication_factor=1, echo=lambda _: None)
+
+    async def admin(create: bool) -> None:
+        client = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        await client.start()
+        try:
+            if create:
+                await client.create_topics([NewTopic(t, PARTITIONS, 1) for t in topics])
+            else:
+                await client.delete_topics(topics)
+        finally:
+            await client.close()
+
+    asyncio.run(admin(True))
+    try:
+        yield settings
+    finally:
+        asyncio.run(admin(False))
+        # Dropped in the background: Cassandra finishes a drop it received (a schema change
+        # takes seconds, which the suite need not wait for).
+        drops = [
+            session.execute_async(f"DROP KEYSPACE IF EXISTS {row.keyspace_name}", timeout=120)
+            for row in list(session.execute("SELECT keyspace_name FROM system_schema.keyspaces"))
+            if row.keyspace_name.startswith(settings.cassandra_keyspace)
+        ]
+        time.sleep(0.3)
+        del drops
+        cluster.shutdown()
+
+
+class LiveWorker:
+    """The persist worker's stages over the live keyspace, fed from the log in batches."""
+
+    def __init__(self, settings: Settings, cql: Cql) -> None:
+        self.settings = settings
+        roster = Roster(CassandraMembership(cql).load_roster, threshold=settings.fanout_threshold)
+        self.projector = Projector(persist_stages(cql, settings, roster), _NoDeadLetters())
+        self.position: dict[int, int] = dict.fromkeys(range(PARTITIONS), 0)
+
+    async def catch_up(self) -> None:
+        topic = Topics(self.settings.topic_prefix).conversation_events
+        async with KafkaLogSource(self.settings.kafka_bootstrap, topic, PARTITIONS) as source:
+            ends = await source.end_offsets()
+            for p in range(PARTITIONS):
+                async for entries in source.read({p: self.position[p]}, {p: ends[p]}):
+                    for i in range(0, len(entries), 37):  # small batches, like a live worker
+                        await self.projector.handle(
+                            [
+                                Record(topic, e.partition, e.offset, e.key, e.value)
+                                for e in entries[i : i + 37]
+                            ]
+                        )
+            self.position = ends
+
+
+class _NoDeadLetters:
+    async def send(self, record: Record, error: str) -> None:
+        raise AssertionError(f"dead letter in a valid log: {error}")
+
+
+async def _events(seed: int) -> list[ChatEvent]:
+    now = int(time.time() * 1000)
+    events = list((await scenario(seed))[0])
+    events += list(
+        synthetic_events(400, start_ms=now - 3_600_000, span_ms=1_000_000, conversations=15, seed=seed)
+    )
+    return events
+
+
+async def _presence_live(settings: Settings, cql: Cql) -> int:
+    """Presence transitions on their own topic, projected live; returns how many."""
+    states = ("online", "away", "offline")
+    events = [
+        PresenceChanged(
+            user_id=f"p{i % 7}",
+            state=states[i % 3],
+            last_seen=1000 + i if i % 3 == 2 else None,
+            at=10**15 + i,
+        )
+        for i in range(40)
+    ]
+    producer = KafkaEventLog.producer(settings.kafka_bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        log = KafkaEventLog(producer, Topics(settings.topic_prefix))
+        for event in events:
+            await log.append(event)
+    finally:
+        await producer.stop()
+    live = CassandraPresence(cql)
+    live.prepare()
+    await live.apply(events)
+    return len(events)
+
+
+async def test_replay_rebuilds_every_read_model_equal_to_live(replay_settings: Settings) -> None:
+    settings = replay_settings
+    topic = Topics(settings.topic_prefix).conversation_events
+    cluster, session = connect(
+        settings.cassandra_hosts,
+        settings.cassandra_port,
+        protocol_version=settings.cassandra_protocol_version,
+        local_dc=settings.cassandra_local_dc,
+    )
+    live = LiveWorker(settings, Cql(session, settings.cassandra_keyspace))
+    try:
+        # Phase A: in the log, projected live, archived, then pruned from the warm tier.
+        phase_a = await _events(1)
+        await produce(settings.kafka_bootstrap, topic, phase_a)
+        await live.catch_up()
+        async with KafkaLogSource(settings.kafka_bootstrap, topic, PARTITIONS) as source:
+            job = ArchiveJob(
+                settings.archive_root, source, topic=topic, partitions=PARTITIONS, chunk_events=300
+            )
+            archived = await job.run(int(time.time() * 1000) + 86_400_000)
+        assert archived.events == len(phase_a)
+        deleted, _ = await prune(settings, settings.cassandra_keyspace)
+        assert deleted == sum(isinstance(e, MessageSent) for e in phase_a)
+
+        # Phase B: only in the log.
+        phase_b = await _events(2)
+        await produce(settings.kafka_bootstrap, topic, phase_b)
+        await live.catch_up()
+        presence = await _presence_live(settings, Cql(session, settings.cassandra_keyspace))
+
+        state = await replay(settings)
+        assert (state.archived, state.from_log) == (len(phase_a), len(phase_b) + presence)
+        assert state.keyspace == f"{settings.cassandra_keyspace}_r1"
+        diffs = verify(settings, settings.cassandra_keyspace, state.keyspace)
+        assert {d.table for d in diffs} >= {
+            "messages",
+            "conversation_buckets",
+            "conversations",
+            "members",
+            "user_conversations",
+            "receipts",
+            "presence",
+            "conversation_log",
+            "user_log",
+            "sync_watermarks",
+        }
+        assert all(d.rebuilt_rows > 0 for d in diffs), diffs
+        assert [d for d in diffs if not d.equal] == []
+
+        # Verify finds a difference when there is one.
+        group = next(e.conversation_id for e in phase_b if e.conversation_id.startswith("g:"))
+        session.execute(
+            f"UPDATE {state.keyspace}.conversations SET title = 'changed' WHERE conversation_id = %s",
+            (group,),
+        )
+        [changed] = [d for d in verify(settings, settings.cassandra_keyspace, state.keyspace) if not d.equal]
+        assert changed.table == "conversations" and len(changed.only_live) == len(changed.only_rebuilt) == 1
+
+        # Phase C arrives after the replay; switch catches up, then points at the rebuilt keyspace.
+        phase_c = await _events(3)
+        await produce(settings.kafka_bootstrap, topic, phase_c)
+        applied, _ = await switch(settings, state.keyspace)
+        assert applied == len(phase_c) + presence  # the catch-up, and the presence topic again
+        assert active_keyspace(settings) == state.keyspace
+        last = [e for e in phase_c if isinstance(e, MessageSent)][-1]
+        rebuilt = CassandraMessages(Cql(session, state.keyspace), settings.message_bucket_ms)
+        newest = await rebuilt.page(last.conversation_id, before=None, after=None, limit=1)
+        assert [m["message_id"] for m in newest] == [str(last.message_id)]
+    finally:
+        cluster.shutdown()

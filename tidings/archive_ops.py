@@ -1,0 +1,390 @@
+"""Composition roots of the operator's archive steps: prune the warm copies of archived
+messages, rebuild read models into a fresh keyspace (replay), compare it with the live one
+(verify), and switch to it.
+
+Replay builds its stages with ``tidings.worker.persist_stages``, the list the persist worker
+runs, so a read model added there is rebuilt too. It reads the archive (every archived event,
+partition by partition in offset order), then the Kafka log from the archive's watermark up to
+the end offsets captured at start, with no consumer group and no pub/sub: nothing is pushed to
+clients. Events whose warm ``messages`` rows were pruned are applied to every read model but
+``messages``, so the rebuilt warm tier equals the live one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cassandra.cluster import Cluster, Session
+
+from archive.kafka_source import KafkaLogSource
+from archive.manifest import Manifest, load, save, write_atomic
+from archive.reader import ArchiveReader
+from archive.replay_source import archived_events, count
+from events import Topics
+from projections.archived import delete_archived, drop_empty_buckets
+from projections.cql import Cql, connect
+from projections.membership import CassandraMembership
+from projections.messages import NAME as MESSAGES
+from projections.messages import bucket_of
+from projections.migrate import migrate_cassandra
+from projections.presence import CassandraPresence
+from projections.roster import Roster
+from streams.projector import Projector, Record
+from tidings.keyspaces import write_pointer
+from tidings.settings import Settings
+from tidings.worker import persist_stages
+
+log = logging.getLogger(__name__)
+
+
+def _connect(settings: Settings) -> tuple[Cluster, Session]:
+    return connect(
+        settings.cassandra_hosts,
+        settings.cassandra_port,
+        protocol_version=settings.cassandra_protocol_version,
+        local_dc=settings.cassandra_local_dc,
+    )
+
+
+# -- prune -------------------------------------------------------------------------------
+
+
+async def prune(settings: Settings, keyspace: str) -> tuple[int, int]:
+    """Delete from ``keyspace.messages`` what verified chunks hold and no prune removed yet;
+    returns ``(messages deleted, empty buckets dropped)``. The caller holds the writer lock."""
+    root = settings.archive_root
+    manifest = load(root)
+    if manifest is None:
+        return 0, 0
+    cluster, session = _connect(settings)
+    try:
+        cql = Cql(session, keyspace)
+        deleted = 0
+        buckets: set[tuple[str, int]] = set()
+        for rows in ArchiveReader(root).unpruned_messages(manifest):
+            deleted += await delete_archived(cql, settings.message_bucket_ms, rows)
+            buckets |= {(cid, bucket_of(mid, settings.message_bucket_ms)) for cid, mid in rows}
+        dropped = await drop_empty_buckets(cql, sorted(buckets))
+        manifest.prune_watermarks = dict(manifest.watermarks)
+        save(root, manifest)
+        return deleted, dropped
+    finally:
+        cluster.shutdown()
+
+
+# -- replay ------------------------------------------------------------------------------
+
+
+@dataclass
+class ReplayState:
+    """What a replay built, kept beside the keyspace pointer for verify and switch."""
+
+    keyspace: str
+    base: str
+    projections: list[str]
+    ends: dict[int, int]  # the log position it is complete up to (next offsets)
+    complete: bool = True  # every read model of the persist worker, not a chosen one
+    archived: int = 0
+    from_log: int = 0
+    seconds: float = 0.0
+    finished_at: str = ""
+
+
+def _state_path(settings: Settings, keyspace: str) -> Path:
+    return settings.state_dir / "keyspaces" / f"{keyspace}.replay.json"
+
+
+def load_state(settings: Settings, keyspace: str) -> ReplayState:
+    data = orjson.loads(_state_path(settings, keyspace).read_bytes())
+    data["ends"] = {int(p): o for p, o in data["ends"].items()}
+    return ReplayState(**data)
+
+
+def latest_rebuilt(settings: Settings) -> str | None:
+    folder = settings.state_dir / "keyspaces"
+    pattern = re.compile(rf"^{re.escape(settings.cassandra_keyspace)}_r(\d+)\.replay\.json$")
+    found = [
+        (int(m.group(1)), m.group(0)) for p in folder.glob("*.replay.json") if (m := pattern.match(p.name))
+    ]
+    return f"{settings.cassandra_keyspace}_r{max(found)[0]}" if found else None
+
+
+def _next_keyspace(session: Session, base: str) -> str:
+    rows = session.execute("SELECT keyspace_name FROM system_schema.keyspaces")
+    pattern = re.compile(rf"^{re.escape(base)}_r(\d+)$")
+    taken = [int(m.group(1)) for r in rows if (m := pattern.match(r.keyspace_name))]
+    return f"{base}_r{max(taken, default=0) + 1}"
+
+
+class _CountedDeadLetters:
+    """Replay does not re-send poison events to the dead-letter topic (the live projector
+    did); it counts and logs them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def send(self, record: Record, error: str) -> None:
+        self.count += 1
+        log.warning("replay skipped %s:%s@%s: %s", record.topic, record.partition, record.offset, error)
+
+
+@dataclass
+class Progress:
+    total: int = 0
+    done: int = 0
+    callback: Callable[[int, int], None] | None = None
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+
+async def replay(
+    settings: Settings,
+    *,
+    projections: Sequence[str] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    batch: int = 2_000,
+    concurrency: int = 4,
+) -> ReplayState:
+    """Rebuild the persist worker's read models (or only ``projections``) into a fresh
+    keyspace ``<base>_r<N>``; returns what was built."""
+    started = time.monotonic()
+    base = settings.cassandra_keyspace
+    loop = asyncio.get_running_loop()
+    cluster, session = await loop.run_in_executor(None, _connect, settings)
+    try:
+        target = _next_keyspace(session, base)
+        await loop.run_in_executor(
+            None,
+            lambda: migrate_cassandra(
+                session, target, replication_factor=settings.cassandra_replication_factor, echo=log.info
+            ),
+        )
+        cql = Cql(session, target)
+        roster = Roster(CassandraMembership(cql).load_roster, threshold=settings.fanout_threshold)
+        stages = await loop.run_in_executor(None, persist_stages, cql, settings, roster)
+        presence = CassandraPresence(cql)
+        await loop.run_in_executor(None, presence.prepare)
+        names = [s.name for s in stages] + [presence.name]
+        rebuild_presence = not projections or presence.name in projections
+        if projections:
+            unknown = set(projections) - set(names)
+            if unknown:
+                raise SystemExit(f"unknown projection(s) {sorted(unknown)}; known: {names}")
+            stages = [s for s in stages if s.name in projections]
+        dead = _CountedDeadLetters()
+        everything = Projector(stages, dead)
+        # Events whose warm copy was pruned: everything but the warm message rows.
+        pruned_only = Projector([s for s in stages if s.name != MESSAGES], dead)
+
+        root = settings.archive_root
+        manifest = load(root)
+        reader = ArchiveReader(root)
+        topic = Topics(settings.topic_prefix).conversation_events
+        state = ReplayState(
+            keyspace=target,
+            base=base,
+            projections=[s.name for s in stages],
+            ends={},
+            complete=not projections,
+        )
+        async with KafkaLogSource(settings.kafka_bootstrap, topic, settings.topic_partitions) as source:
+            ends = await source.end_offsets()
+        starts = {p: manifest.watermark(p) if manifest else 0 for p in ends}
+        progress = Progress(callback=on_progress)
+        progress.total = (count(reader, manifest) if manifest else 0) + sum(
+            max(0, ends[p] - starts[p]) for p in ends
+        )
+        todo = sorted(ends)
+
+        async def partitions_one_by_one() -> None:
+            # Several of these run at once (one partition each at a time): the stores are
+            # latency-bound, and partitions are independent (a conversation lives in one).
+            async with KafkaLogSource(settings.kafka_bootstrap, topic, settings.topic_partitions) as source:
+                while todo:
+                    p = todo.pop(0)
+                    # (Awaited first, added after: `x += await ...` would read x before the await.)
+                    if manifest is not None:
+                        archived = await _replay_archived(
+                            reader, manifest, p, topic, everything, pruned_only, progress, batch
+                        )
+                        state.archived += archived
+                    logged = await _replay_log(source, p, starts[p], ends[p], everything, progress)
+                    state.from_log += logged
+
+        await asyncio.gather(*(partitions_one_by_one() for _ in range(min(concurrency, len(todo)))))
+        if rebuild_presence:
+            state.from_log += await _replay_presence(settings, presence, progress)
+        state.ends = ends
+        state.seconds = time.monotonic() - started
+        state.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
+        path = _state_path(settings, target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, orjson.dumps(state.__dict__, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_INDENT_2))
+        return state
+    finally:
+        cluster.shutdown()
+
+
+async def _replay_presence(settings: Settings, presence: CassandraPresence, progress: Progress) -> int:
+    """Presence has a topic of its own, never archived: all of it, from the start (its events
+    are transitions only, and the newest wins, so replaying it again changes nothing)."""
+    topic = Topics(settings.topic_prefix).presence_events
+    projector = Projector([presence], _CountedDeadLetters())
+    applied = 0
+    async with KafkaLogSource(settings.kafka_bootstrap, topic, settings.topic_partitions) as source:
+        ends = await source.end_offsets()
+        for p in sorted(ends):
+            applied += await _replay_log(source, p, 0, ends[p], projector, progress)
+    return applied
+
+
+async def _replay_archived(
+    reader: ArchiveReader,
+    manifest: Manifest,
+    partition: int,
+    topic: str,
+    everything: Projector,
+    pruned_only: Projector,
+    progress: Progress,
+    batch: int,
+) -> int:
+    pruned_below = manifest.prune_watermarks.get(partition, 0)
+    loop = asyncio.get_running_loop()
+    batches = archived_events(reader, manifest, partition, batch=batch)
+    applied = 0
+    while True:
+        chunk = await loop.run_in_executor(None, next, batches, None)
+        if chunk is None:
+            return applied
+        events = [(Record(topic, partition, offset, None, b""), event) for offset, event in chunk]
+        pruned = [item for item in events if item[0].offset < pruned_below]
+        warm = [item for item in events if item[0].offset >= pruned_below]
+        # Offsets below the prune mark come first in the partition: the order holds.
+        if pruned:
+            await pruned_only.handle_decoded(pruned)
+        if warm:
+            await everything.handle_decoded(warm)
+        applied += len(events)
+        progress.add(len(events))
+
+
+async def _replay_log(
+    source: KafkaLogSource, partition: int, start: int, end: int, projector: Projector, progress: Progress
+) -> int:
+    applied = 0
+    async for entries in source.read({partition: start}, {partition: end}):
+        records = [Record("", e.partition, e.offset, e.key, e.value) for e in entries]
+        await projector.handle(records)
+        applied += len(records)
+        progress.add(len(records))
+    return applied
+
+
+# -- verify ------------------------------------------------------------------------------
+
+
+@dataclass
+class TableDiff:
+    table: str
+    live_rows: int
+    rebuilt_rows: int
+    only_live: list[tuple[Any, ...]]
+    only_rebuilt: list[tuple[Any, ...]]
+
+    @property
+    def equal(self) -> bool:
+        return not self.only_live and not self.only_rebuilt
+
+
+def verify(settings: Settings, live: str, rebuilt: str, *, only_filled: bool = False) -> list[TableDiff]:
+    """Compare every table of ``rebuilt`` with the same table of ``live``, row by row
+    (``only_filled``: only the tables the rebuild wrote rows to, for a partial replay)."""
+    cluster, session = _connect(settings)
+    try:
+        tables = sorted(
+            r.table_name
+            for r in session.execute(
+                "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (rebuilt,)
+            )
+            if r.table_name != "schema_migrations"
+        )
+        diffs = []
+        for table in tables:
+            live_rows = _rows(session, live, table)
+            rebuilt_rows = _rows(session, rebuilt, table)
+            if only_filled and not rebuilt_rows:
+                continue
+            diffs.append(
+                TableDiff(
+                    table,
+                    len(live_rows),
+                    len(rebuilt_rows),
+                    sorted(live_rows - rebuilt_rows, key=repr),
+                    sorted(rebuilt_rows - live_rows, key=repr),
+                )
+            )
+        return diffs
+    finally:
+        cluster.shutdown()
+
+
+def _rows(session: Session, keyspace: str, table: str) -> set[tuple[Any, ...]]:
+    columns = sorted(
+        r.column_name
+        for r in session.execute(
+            "SELECT column_name FROM system_schema.columns WHERE keyspace_name = %s AND table_name = %s",
+            (keyspace, table),
+        )
+    )
+    if not columns:
+        return set()
+    cols = ", ".join(f'"{c}"' for c in columns)
+    return {tuple(r) for r in session.execute(f"SELECT {cols} FROM {keyspace}.{table}", timeout=120)}
+
+
+# -- switch ------------------------------------------------------------------------------
+
+
+async def switch(settings: Settings, rebuilt: str) -> tuple[int, Path]:
+    """Catch ``rebuilt`` up from where its replay ended to the log end now, then point the
+    runnables at it. Returns ``(events applied in the catch-up, pointer file)``. Stop the
+    persist workers first (docs/operations.md): what they apply meanwhile goes to the old
+    keyspace only."""
+    state = load_state(settings, rebuilt)
+    cluster, session = _connect(settings)
+    try:
+        cql = Cql(session, rebuilt)
+        roster = Roster(CassandraMembership(cql).load_roster, threshold=settings.fanout_threshold)
+        stages = persist_stages(cql, settings, roster)
+        if not state.complete:
+            raise SystemExit(f"{rebuilt} rebuilt only {state.projections}: replay every projection to switch")
+        projector = Projector(stages, _CountedDeadLetters())
+        topic = Topics(settings.topic_prefix).conversation_events
+        applied = 0
+        async with KafkaLogSource(settings.kafka_bootstrap, topic, settings.topic_partitions) as source:
+            ends = await source.end_offsets()
+            for p in sorted(ends):
+                applied += await _replay_log(source, p, state.ends.get(p, 0), ends[p], projector, Progress())
+        presence = CassandraPresence(cql)
+        presence.prepare()
+        applied += await _replay_presence(settings, presence, Progress())
+        state.ends = ends
+        write_atomic(
+            _state_path(settings, rebuilt),
+            orjson.dumps(state.__dict__, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_INDENT_2),
+        )
+        return applied, write_pointer(settings, rebuilt)
+    finally:
+        cluster.shutdown()
