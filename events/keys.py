@@ -34,6 +34,11 @@ def group_shard_channel(shard: int) -> str:
     return f"deliver:groups:{shard}"
 
 
+def rate_limit(kind: str, user_id: str) -> str:
+    """A user's token bucket for one kind of request, shared by every gateway process."""
+    return f"rate:{kind}:{user_id}"
+
+
 # Presence. A user's keys share the hash tag ``{uid}``, so one script can touch them all on a
 # Redis Cluster too.
 def presence_online(user_id: str) -> str:

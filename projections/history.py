@@ -63,6 +63,15 @@ async def history_page(
     except Unavailable:
         pass
     warm_page = await warm.page(conversation_id, before=before, after=after, limit=want)
+    if (
+        hot_page
+        and warm_page
+        and _hole_between(warm_page, hot_page, exhausted=len(warm_page) < want or after is None)
+    ):
+        # The warm tier lags behind the whole hot window (or Redis lost it): what lies between
+        # is in the log but in neither tier yet. A page with a hole would move the client's
+        # cursor past messages it never saw; "try again" keeps the cursor where it is.
+        raise Unavailable("history is catching up; try again shortly", retry_after=1)
     # The hot tier is written before the warm one: add what Cassandra does not have yet, so a
     # reader never misses a message it was just pushed.
     merged = {int(m["message_id"]): m for m in warm_page}
@@ -82,3 +91,15 @@ async def history_page(
     if after is None:
         return page[-limit:], len(page) > limit
     return page[:limit], len(page) > limit
+
+
+def _hole_between(
+    warm_page: list[dict[str, Any]], hot_page: list[dict[str, Any]], *, exhausted: bool
+) -> bool:
+    """Whether the tiers fail to meet: the hot tier is a contiguous newest suffix and the warm
+    tier a contiguous prefix, so their union is whole only when they overlap. (An empty warm
+    page proves nothing either way: a conversation's first messages are only hot for a moment.)"""
+    if not exhausted:
+        return False  # the page ends inside the warm tier's rows
+    newest_warm = max(int(m["message_id"]) for m in warm_page)
+    return min(int(m["message_id"]) for m in hot_page) > newest_warm

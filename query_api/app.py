@@ -12,6 +12,7 @@ from sanic import HTTPResponse, Request, Sanic
 from query_api import errors, http_api, messages_api, ops, sync_api, users_api, ws
 from query_api.auth import bearer_token, verify_token
 from query_api.deps import Dependencies, build_dependencies
+from query_api.limits import WS_PATH, guard_upgrade
 from tidings import telemetry
 from tidings.gc_tuning import tune_for_server
 from tidings.settings import Settings
@@ -44,6 +45,8 @@ def create_app(settings: Settings, *, build: Builder = build_dependencies, name:
         # Runs before the WebSocket upgrade, so a bad token is a plain HTTP 401.
         token = bearer_token(request.headers.get("authorization"), request.args.get("token"))
         request.ctx.principal = verify_token(request.app.ctx.deps.secret, token)
+        if request.path == WS_PATH:
+            await guard_upgrade(request, settings)
         return None
 
     @app.before_server_start

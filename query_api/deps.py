@@ -21,6 +21,7 @@ from projections.history import ColdTier, HotTier, WarmTier
 from projections.inbox import InboxSource, UnreadCounter
 from projections.sync import SyncContext
 from query_api.hub import Hub
+from query_api.limits import NoLimits, RateLimiter
 from query_api.presence import Contacts, PresenceTracker
 from tidings.settings import Settings
 
@@ -74,11 +75,13 @@ class Dependencies:
     probes: dict[str, Callable[[], Awaitable[Any]]] = field(default_factory=dict)
     closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
     cold: ColdTier | None = None  # the Parquet archive, when there is one
+    limiter: RateLimiter = field(default_factory=NoLimits)
 
     async def send(
         self, user_id: str, device_id: str, conversation_id: str, request: BaseModel
     ) -> SendResult:
         """Send what a ``send`` frame or a ``POST .../messages`` body asks for."""
+        await self.limiter.check("send", user_id)
         cmd = SendMessage(
             sender_id=user_id,
             device_id=device_id,
@@ -168,6 +171,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     from projections.recent import RedisRecent
     from projections.redis_client import make_redis
     from projections.sync import CassandraSyncLog
+    from query_api.limits import RedisRateLimiter, limits_from
     from query_api.metrics import DELIVERY_FAILURES
     from tidings import telemetry
 
@@ -204,6 +208,9 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     closers.append(pubsub.aclose)
     hub = Hub(pubsub, membership.groups_of, shards=GROUP_SHARDS)
     await hub.start()
+    # Called on every reconnect of the pub/sub connection (the first connect is done).
+    assert pubsub.connection is not None  # connected by hub.start()
+    pubsub.connection.register_connect_callback(hub.resubscribed)
 
     async def publish(pushes: list[Push]) -> None:
         try:
@@ -272,4 +279,5 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         probes={"kafka": kafka_probe, "cassandra": cassandra_probe, "redis": redis_probe},
         closers=closers,
         cold=ArchiveReader(settings.archive_root),
+        limiter=RedisRateLimiter(redis, limits_from(settings)),
     )

@@ -29,8 +29,11 @@ def error_body(code: str, message: str) -> bytes:
     return orjson.dumps({"error": {"code": code, "message": message}})
 
 
-def error_frame(ref: Any, code: str, message: str) -> bytes:
-    return orjson.dumps({"type": "error", "ref": ref, "code": code, "message": message})
+def error_frame(ref: Any, code: str, message: str, retry_after: int | None = None) -> bytes:
+    frame = {"type": "error", "ref": ref, "code": code, "message": message}
+    if retry_after is not None:
+        frame["retry_after"] = retry_after
+    return orjson.dumps(frame)
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> HTTPResponse:

@@ -95,7 +95,7 @@ def parse_frame(raw: str | bytes, max_bytes: int) -> tuple[Any, _Frame]:
     kind = data.get("type")
     model = FRAMES.get(kind) if isinstance(kind, str) else None
     if model is None:
-        if kind in NOT_YET:
+        if isinstance(kind, str) and kind in NOT_YET:
             raise FrameError(ref, Invalid(f"frame type {kind!r} is not supported by this server yet"))
         raise FrameError(ref, Invalid(f"unknown frame type {kind!r}"))
     try:

@@ -84,6 +84,8 @@ class Connection:
         self._close = close
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(queue_size)
         self.too_slow = False
+        # Why the server ends this socket with 1013 (reconnect and catch up), once it must.
+        self.close_reason: str | None = None
         # The conversation this socket shows (the `view` frame): typing goes only there.
         self.view: str | None = None
         # conversation id -> until when this socket's membership there counts as checked
@@ -112,19 +114,27 @@ class Connection:
         try:
             self._queue.put_nowait(frame)
         except asyncio.QueueFull:
-            self.too_slow = True
             SLOW_CLIENT_DISCONNECTS.inc()
             DELIVERY_FAILURES.labels("slow_client").inc()
-            self._queue = asyncio.Queue(1)
-            self._queue.put_nowait(None)
+            self.send_to_catch_up("send queue full; reconnect and sync")
+
+    def send_to_catch_up(self, reason: str) -> None:
+        """Drop what is queued and close with 1013: the client reconnects and reads what it
+        missed from the read models."""
+        if self.too_slow:
+            return
+        self.too_slow = True
+        self.close_reason = reason
+        self._queue = asyncio.Queue(1)
+        self._queue.put_nowait(None)
 
     async def run_writer(self) -> None:
         """Send queued frames in order until told to stop (``None``)."""
         while True:
             frame = await self._queue.get()
             if frame is None:
-                if self.too_slow:
-                    await self._close(CLOSE_TRY_AGAIN, "send queue full; reconnect and sync")
+                if self.close_reason is not None:
+                    await self._close(CLOSE_TRY_AGAIN, self.close_reason)
                 return
             try:
                 # Text frames: the protocol is JSON text, and bytes would go out as binary.
@@ -369,6 +379,16 @@ class Hub:
             self._group_members.setdefault(cid, set()).add(user_id)
             self._user_groups.setdefault(user_id, set()).add(cid)
 
+    async def resubscribed(self, connection: object) -> None:
+        """The pub/sub connection was lost (and may be back): whatever was published meanwhile
+        is gone, so every socket here is told to reconnect and catch up. Also registered as
+        redis-py's connect callback, since it reconnects and resubscribes by itself."""
+        conns = [c for cs in self._by_user.values() for c in cs]
+        if conns:
+            log.warning("pub/sub connection lost; sending %d sockets to reconnect and catch up", len(conns))
+        for conn in conns:
+            conn.send_to_catch_up("deliveries interrupted; reconnect and sync")
+
     async def listen(self) -> None:
         """Forward pub/sub messages to sockets until cancelled; survives Redis restarts."""
         user_prefix = keys.user_channel("")
@@ -382,6 +402,7 @@ class Hub:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis down: pushes pause, clients catch up from history
                 log.warning("pub/sub listener error (%r); retrying in %.1fs", exc, delay)
+                await self.resubscribed(None)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue

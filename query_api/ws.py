@@ -112,9 +112,10 @@ async def _handle(deps: Dependencies, conn: Connection, raw: str | bytes) -> Non
 async def _presence(deps: Dependencies, conn: Connection, ref: str | None, frame: PresenceFrame) -> None:
     """This socket says ``online`` or ``away``; the user's presence follows from all of theirs."""
     try:
+        await deps.limiter.check("presence", conn.user_id)
         await deps.presence.set_state(conn, frame.state)
     except TidingsError as exc:
-        _reply(conn, "error", error_frame(ref, exc.code, exc.message))
+        _reply(conn, "error", error_frame(ref, exc.code, exc.message, exc.retry_after))
 
 
 async def _watch(deps: Dependencies, conn: Connection, ref: str | None, frame: WatchFrame) -> None:
@@ -123,12 +124,13 @@ async def _watch(deps: Dependencies, conn: Connection, ref: str | None, frame: W
     newly watched user's current presence is sent at once, then every change."""
     wanted = list(dict.fromkeys(frame.user_ids))
     try:
+        await deps.limiter.check("presence", conn.user_id)
         allowed = await deps.contacts.shared_with(conn.user_id, wanted)
         added = await deps.hub.watch(conn, allowed)
         current = await deps.presence_of([u for u in wanted if u in added])
     except TidingsError as exc:
         conn.watch_pending.clear()
-        _reply(conn, "error", error_frame(ref, exc.code, exc.message))
+        _reply(conn, "error", error_frame(ref, exc.code, exc.message, exc.retry_after))
         return
     deps.hub.watch_settled(conn, [(v.user_id, v.at, orjson.dumps(v.frame())) for v in current])
     FRAMES_OUT.labels("presence").inc(len(current))
@@ -145,7 +147,7 @@ async def _view(deps: Dependencies, conn: Connection, ref: str | None, frame: Vi
         try:
             await _check_member(deps, conn, frame.conversation_id)
         except TidingsError as exc:
-            _reply(conn, "error", error_frame(ref, exc.code, exc.message))
+            _reply(conn, "error", error_frame(ref, exc.code, exc.message, exc.retry_after))
             return
     conn.view = frame.conversation_id
 
@@ -155,10 +157,11 @@ async def _typing(deps: Dependencies, conn: Connection, ref: str | None, frame: 
     try:
         if not conn.typing_allowance.take():
             raise RateLimited("too many typing frames", retry_after=1)
+        await deps.limiter.check("typing", conn.user_id)
         await _check_member(deps, conn, frame.conversation_id)
         await deps.publish(typing_pushes(frame.conversation_id, conn.user_id, frame.state))
     except TidingsError as exc:
-        _reply(conn, "error", error_frame(ref, exc.code, exc.message))
+        _reply(conn, "error", error_frame(ref, exc.code, exc.message, exc.retry_after))
 
 
 async def _check_member(deps: Dependencies, conn: Connection, conversation_id: str) -> None:
@@ -178,7 +181,7 @@ async def _receipt(deps: Dependencies, conn: Connection, ref: str | None, frame:
             conn.user_id, conn.device_id, frame.conversation_id, frame.message_id, frame.status
         )
     except TidingsError as exc:
-        _reply(conn, "error", error_frame(ref, exc.code, exc.message))
+        _reply(conn, "error", error_frame(ref, exc.code, exc.message, exc.retry_after))
 
 
 async def _send(deps: Dependencies, conn: Connection, ref: str | None, frame: SendFrame) -> None:
@@ -187,7 +190,7 @@ async def _send(deps: Dependencies, conn: Connection, ref: str | None, frame: Se
         result = await deps.send(conn.user_id, conn.device_id, frame.conversation_id, frame)
     except TidingsError as exc:
         SENDS.labels(exc.code).inc()
-        _reply(conn, "error", error_frame(ref, exc.code, exc.message))
+        _reply(conn, "error", error_frame(ref, exc.code, exc.message, exc.retry_after))
         return
     SEND_SECONDS.observe(time.perf_counter() - started)
     SENDS.labels("ok").inc()

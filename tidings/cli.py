@@ -203,3 +203,19 @@ def test(ctx: typer.Context) -> None:
     minutes, seconds = divmod(time.monotonic() - started_at, 60)
     typer.echo(f"test suite took {int(minutes)}m{seconds:04.1f}s (services included)")
     raise typer.Exit(code)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def faults(ctx: typer.Context) -> None:
+    """The fault suite (tests/faults): Kafka, Cassandra and Redis instances of its own on other
+    ports, stopped and restarted on purpose under load; several minutes. Extra arguments go to
+    pytest."""
+    from tidings import services
+
+    started_at = time.monotonic()
+    services.ensure_system_packages()
+    env = {**os.environ, "TIDINGS_RUN_FAULTS": "1"}
+    code = subprocess.call([sys.executable, "-m", "pytest", "tests/faults", *ctx.args], cwd=ROOT, env=env)
+    minutes, seconds = divmod(time.monotonic() - started_at, 60)
+    typer.echo(f"fault suite took {int(minutes)}m{seconds:04.1f}s (services included)")
+    raise typer.Exit(code)

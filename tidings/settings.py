@@ -105,6 +105,20 @@ class Settings(BaseSettings):
     archive_older_than: str = "90d"
     archive_chunk_events: int = 500_000
 
+    # Abuse limits, per user and shared by every gateway process (token buckets in Redis):
+    # a rate per second and a burst. Far above what a person or a reconnecting client does.
+    rate_send_per_s: float = 20.0
+    rate_send_burst: int = 50
+    rate_typing_per_s: float = 5.0
+    rate_typing_burst: int = 20
+    rate_presence_per_s: float = 2.0
+    rate_presence_burst: int = 20
+    rate_connect_per_s: float = 1.0
+    rate_connect_burst: int = 30
+    # Origins allowed to open a WebSocket (browsers send one; other clients none). Empty:
+    # any. JSON in the environment: TIDINGS_ALLOWED_ORIGINS='["https://chat.example"]'.
+    allowed_origins: list[str] = []
+
     @property
     def kafka_host(self) -> str:
         return self.kafka_bootstrap.split(",")[0].rsplit(":", 1)[0]

@@ -46,6 +46,10 @@ class System:
             "TIDINGS_HTTP_PORT": str(self.port),
             # Low, so that small groups, large groups and the switch between them all happen.
             "TIDINGS_FANOUT_THRESHOLD": str(FANOUT_THRESHOLD),
+            # Tests send hundreds of messages in a row; the limits are tested on gateways of
+            # their own with the defaults (tests/e2e/test_abuse.py).
+            "TIDINGS_RATE_SEND_PER_S": "10000",
+            "TIDINGS_RATE_SEND_BURST": "10000",
             # Presence timings scaled down so that lapses and silence closes happen in seconds;
             # test clients send WebSocket pings every HEARTBEAT_S.
             "TIDINGS_PRESENCE_TTL_S": str(PRESENCE_TTL_S),

@@ -66,3 +66,16 @@ def test_bad_frames_get_their_code_and_best_ref(raw: str | bytes, code: str, ref
 def test_deep_nesting_within_size_is_invalid_not_a_crash() -> None:
     error = _error("[" * 10_000 + "]" * 10_000)
     assert error.error.code == "invalid"
+
+
+def test_a_type_that_is_not_a_string_is_invalid_not_a_crash() -> None:
+    # Found by the fuzz tests: `["send"] in NOT_YET` raised TypeError (unhashable), which
+    # escaped the socket's handler and closed the socket.
+    import pytest
+
+    from query_api.frames import FrameError, parse_frame
+
+    for raw in ('{"type": ["send"], "ref": "r"}', '{"type": {"a": 1}, "ref": "r"}'):
+        with pytest.raises(FrameError) as info:
+            parse_frame(raw, 65536)
+        assert info.value.error.code == "invalid" and info.value.ref == "r"

@@ -153,6 +153,55 @@ def test_token_bucket_allows_a_burst_then_the_rate() -> None:
     assert bucket.take() and not bucket.take()
 
 
+class FlakyPubSub(FakePubSub):
+    """get_message fails once, as redis-py does when Redis went away."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_next = True
+
+    async def get_message(self, ignore_subscribe_messages: bool = False, timeout: float | None = 0) -> Any:  # noqa: ASYNC109 - redis-py's signature
+        await asyncio.sleep(0)
+        if self.fail_next:
+            self.fail_next = False
+            raise ConnectionError("Connection closed by server")
+        await asyncio.sleep(0.01)
+        return None
+
+
+async def test_a_lost_pubsub_connection_sends_every_socket_to_catch_up() -> None:
+    # Found by the fault suite: after a Redis restart the listener resubscribed, but what was
+    # published meanwhile was gone and the sockets never knew; clients that are told to
+    # reconnect catch up from the read models.
+    pubsub = FlakyPubSub()
+    hub, _ = await _hub(pubsub=pubsub)
+    sent_a: list[str] = []
+    sent_b: list[str] = []
+    a, b = _conn("alice", sent_a), _conn("bob", sent_b)
+    await hub.register(a)
+    await hub.register(b)
+    listener = asyncio.create_task(hub.listen())
+    await asyncio.sleep(0.3)
+    listener.cancel()
+    await asyncio.gather(listener, return_exceptions=True)
+    for conn in (a, b):
+        conn.stop()  # the socket's handler would stop it later; the close must come first
+        await asyncio.wait_for(conn.run_writer(), 1)
+    assert sent_a == ["closed 1013"] and sent_b == ["closed 1013"]
+
+
+async def test_a_silent_pubsub_reconnect_also_sends_sockets_to_catch_up() -> None:
+    # redis-py reconnects and resubscribes by itself within its retries, without raising.
+    hub, _ = await _hub()
+    sent: list[str] = []
+    a = _conn("alice", sent)
+    await hub.register(a)
+    await hub.resubscribed(None)
+    a.stop()
+    await asyncio.wait_for(a.run_writer(), 1)
+    assert sent == ["closed 1013"]
+
+
 def _presence_payload(at: int, user: str, state: str) -> bytes:
     frame = f'{{"type":"presence","user_id":"{user}","state":"{state}","last_seen":null}}'
     return b"p" + str(at).encode() + b"\0" + frame.encode()

@@ -1,4 +1,9 @@
-"""Redis from Debian's ``redis-server``, daemonised, memory only (no RDB, no AOF)."""
+"""Redis from Debian's ``redis-server``, daemonised, with an append-only file (fsync every second).
+
+Redis holds the idempotency records of sends: a Redis that comes back empty forgets them, and a
+client's retry of a send whose ack it missed then appends the message a second time (the fault
+suite's Redis restart found exactly that). So it persists; the caches in it are disposable.
+"""
 
 from __future__ import annotations
 
@@ -44,7 +49,9 @@ class Redis(Service):
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes",
+            "--appendfsync",
+            "everysec",
             "--daemonize",
             "yes",
             "--dir",

@@ -1,0 +1,223 @@
+"""Abuse: per-user rate limits shared by every gateway process (sends, typing, connection
+attempts), the WebSocket Origin allow-list, and no message text in any process log."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+import pytest
+import websockets
+
+from events import direct_conversation_id
+from tests.e2e.conftest import ROOT, Client, System, _free_port, user
+
+ALLOWED_ORIGIN = "https://chat.example"
+
+
+class Gateway:
+    """A gateway process of this module over the same services (as another host would run),
+    with the default limits (the shared test system raises the send limit), and maybe an
+    Origin allow-list."""
+
+    def __init__(self, system: System, name: str, *, origins: list[str] | None = None) -> None:
+        self.port = _free_port()
+        self.ws = f"ws://127.0.0.1:{self.port}/v1/ws"
+        self.http = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in system.env.items() if not k.startswith("TIDINGS_RATE_")}
+        env["TIDINGS_HTTP_PORT"] = str(self.port)
+        if origins is not None:
+            env["TIDINGS_ALLOWED_ORIGINS"] = orjson.dumps(origins).decode()
+        self.log = system.logs / f"gateway-{name}.log"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tidings", "gateway"], cwd=ROOT, env=env, stdout=log, stderr=log
+            )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("second gateway not ready")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def first(system: System) -> Iterator[Gateway]:
+    gateway = Gateway(system, "limits-first")
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def second(system: System) -> Iterator[Gateway]:
+    gateway = Gateway(system, "limits-second", origins=[ALLOWED_ORIGIN])
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+async def test_limits_are_shared_by_gateway_processes(
+    system: System, first: Gateway, second: Gateway
+) -> None:
+    # Connection attempts (1/s, bursts of 30): 25 on each process, under the burst for either
+    # alone, over it together (unless the 50 took more than 20 s).
+    me = user()
+    refused: dict[str, int] = {"first": 0, "second": 0}
+    started = time.monotonic()
+    for name, url in (("first", first.ws), ("second", second.ws)):
+        for _ in range(25):
+            try:
+                async with websockets.connect(f"{url}?token={system.token(me)}"):
+                    pass
+            except websockets.InvalidStatus as exc:
+                assert exc.response.status_code == 429
+                refused[name] += 1
+    elapsed = time.monotonic() - started
+    print(f"connects: refused {refused} in {elapsed:.1f}s")
+    assert refused["first"] == 0 and refused["second"] > 0, (refused, elapsed)
+
+
+def test_http_sends_get_429_with_retry_after(system: System, first: Gateway) -> None:
+    me = user()
+    cid = direct_conversation_id(me, user())
+
+    def post(i: int) -> tuple[int, str | None, Any]:
+        req = urllib.request.Request(
+            f"{first.http}/v1/conversations/{cid}/messages",
+            data=orjson.dumps({"client_msg_id": f"h{i}", "body": "x"}),
+            method="POST",
+            headers={"Authorization": f"Bearer {system.token(me)}"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, None, None
+        except urllib.error.HTTPError as err:
+            return err.code, err.headers.get("Retry-After"), orjson.loads(err.read())
+
+    # At once (sequential requests would be slower than the refill).
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        answers = list(pool.map(post, range(90)))
+    limited = [(h, b) for s, h, b in answers if s == 429]
+    assert limited, [s for s, _, _ in answers]
+    assert all(b["error"]["code"] == "rate_limited" and h is not None and int(h) >= 1 for h, b in limited)
+
+
+async def test_typing_limit_is_per_user_not_per_socket(system: System, first: Gateway) -> None:
+    me = user()
+    cid = direct_conversation_id(me, user())
+    sockets = [websockets.connect(f"{first.ws}?token={system.token(me, f'd{i}')}") for i in range(6)]
+    clients = [Client(await s.__aenter__()) for s in sockets]
+    try:
+        # 5 frames per socket is within each socket's own burst; 30 in all is over the user's 20.
+        for n, client in enumerate(clients):
+            for i in range(5):
+                await client.send(
+                    {"type": "typing", "ref": f"t{n}-{i}", "conversation_id": cid, "state": "start"}
+                )
+        errors = []
+        for client in clients:
+            await client.send({"type": "ping", "ref": "end"})
+            await client.expect("pong", ref="end")
+            errors += [f for f in client.backlog if f["type"] == "error"]
+    finally:
+        for s in sockets:
+            await s.__aexit__(None, None, None)
+    assert errors and {e["code"] for e in errors} == {"rate_limited"}, errors
+
+
+async def test_connection_attempts_are_limited_before_the_upgrade(system: System, first: Gateway) -> None:
+    me = user()
+    refused: list[websockets.InvalidStatus] = []
+    for _ in range(45):
+        try:
+            async with websockets.connect(f"{first.ws}?token={system.token(me)}"):
+                pass
+        except websockets.InvalidStatus as exc:
+            refused.append(exc)
+    assert refused, "45 connection attempts at once were all accepted"
+    assert {e.response.status_code for e in refused} == {429}
+    assert int(refused[0].response.headers["Retry-After"]) >= 1
+
+
+async def test_origin_allow_list(system: System, second: Gateway) -> None:
+    url = f"{second.ws}?token={system.token(user())}"
+    with pytest.raises(websockets.InvalidStatus) as info:
+        async with websockets.connect(url, origin="https://evil.example"):
+            pass
+    assert info.value.response.status_code == 403
+    for origin in (ALLOWED_ORIGIN, None):  # allowed, and a client that is not a browser
+        async with websockets.connect(url, origin=origin) as ws:
+            await ws.send('{"type": "ping", "ref": "o"}')
+            assert orjson.loads(await ws.recv()) == {"type": "pong", "ref": "o"}
+    # Without a list (the first gateway), any origin may connect.
+    async with websockets.connect(f"{system.ws}?token={system.token(user())}", origin="https://evil.example"):
+        pass
+
+
+async def test_no_message_text_in_any_log(system: System) -> None:
+    marker = f"SECRET-{uuid.uuid4().hex}"
+    me, other, eve = user(), user(), user()
+    cid = direct_conversation_id(me, other)
+    async with system.connect(me) as client, system.connect(eve) as stranger:
+        await client.send_message(cid, f"hello {marker}", client_msg_id="m1")
+        # Failing paths: a conflict, too large, invalid fields, forbidden.
+        await client.send(
+            {"type": "send", "ref": "c", "client_msg_id": "m1", "conversation_id": cid, "body": marker}
+        )
+        await client.expect("error", ref="c")
+        await client.send(
+            {"type": "send", "ref": "l", "client_msg_id": "m2", "conversation_id": cid, "body": marker * 200}
+        )
+        await client.expect("error", ref="l")
+        await client.send(
+            {"type": "send", "ref": "k", "client_msg_id": "m3", "conversation_id": cid, "kind": marker}
+        )
+        await client.expect("error", ref="k")
+        await stranger.send(
+            {"type": "send", "ref": "f", "client_msg_id": "m4", "conversation_id": cid, "body": marker}
+        )
+        await stranger.expect("error", ref="f")
+    system.request(
+        "POST", f"/v1/conversations/{cid}/messages", user=me, body={"client_msg_id": "m5", "body": marker}
+    )
+    system.request(
+        "POST",
+        f"/v1/conversations/{cid}/messages",
+        user=me,
+        raw=b'{"client_msg_id": 5, "body": "' + marker.encode() + b'"}',
+    )
+    # Until the message is projected (the workers saw it), then every process log.
+    for _ in range(100):
+        status, page = system.request("GET", f"/v1/conversations/{cid}/messages", user=me)
+        if status == 200 and len(page["messages"]) >= 2:
+            break
+        await asyncio.sleep(0.1)
+    logs = {p.name: p.read_text(errors="replace") for p in system.logs.glob("*.log")}
+    assert logs, "no process logs found"
+    leaked = [name for name, text in logs.items() if marker in text]
+    assert not leaked, f"message text in logs: {leaked}"

@@ -1,0 +1,88 @@
+"""Fixtures of the fault suite: service instances of its own, started (and stopped) here, and
+one running system over them shared by the scenarios, which run one after another.
+
+Run by ``python3 -m tidings faults`` (it sets ``TIDINGS_RUN_FAULTS=1``; without it this folder
+is not collected, see ``tests/conftest.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.faults.load import Report
+from tests.faults.system import FaultSystem, fault_settings
+from tidings.settings import Settings
+
+FANOUT_THRESHOLD = 4
+REPORTS: list[Report] = []
+REPORT_FILE = (
+    Path(os.environ.get("TIDINGS_FAULTS_REPORT", "")) if os.environ.get("TIDINGS_FAULTS_REPORT") else None
+)
+
+
+@pytest.fixture(scope="session")
+def fault_services() -> Iterator[Settings]:
+    from tidings import services as launcher
+    from tidings.migrate import migrate
+
+    settings = fault_settings()
+    statuses = launcher.up(settings)
+    ours = [s.name for s in statuses if s.started_by_us]
+    try:
+        asyncio.run(migrate(settings, echo=lambda _: None))
+        yield settings
+    finally:
+        # Scenarios restart services; whatever was ours at the start is stopped at the end,
+        # what somebody else had running is left running.
+        if ours:
+            launcher.down(settings, only=ours)
+
+
+@pytest.fixture(scope="session")
+def fault_system(fault_services: Settings) -> Iterator[FaultSystem]:
+    # Beside the suite's service state rather than in pytest's temp folder, which keeps only
+    # the last three runs of anyone on the machine: the process logs outlive the run.
+    logs = fault_services.state_dir.parent / "logs" / time.strftime("%Y%m%d-%H%M%S")
+    logs.mkdir(parents=True, exist_ok=True)
+    print(f"fault suite process logs: {logs}")
+    system = FaultSystem(fault_services, logs, fanout_threshold=FANOUT_THRESHOLD)
+    for name in FaultSystem.STARTED:
+        system.start(name)
+    try:
+        system.wait_ready()
+        asyncio.run(system.wait_delivering())
+        yield system
+    finally:
+        system.stop()
+
+
+@pytest.fixture
+def record() -> Callable[[Report], None]:
+    def add(report: Report) -> None:
+        REPORTS.append(report)
+        print(report.line())
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not REPORTS:
+        return
+    terminalreporter.section("fault suite figures")
+    for report in REPORTS:
+        terminalreporter.write_line(report.line())
+        for note in report.notes:
+            terminalreporter.write_line(f"    {note}")
+    if REPORT_FILE is not None:
+        REPORT_FILE.write_text(
+            json.dumps(
+                [{"line": r.line(), "problems": r.problems(), "notes": r.notes} for r in REPORTS], indent=2
+            )
+        )

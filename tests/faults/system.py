@@ -1,0 +1,121 @@
+"""The running system for the fault suite: two gateways, the two worker roles, and service
+instances of its own (other ports, another state folder) that it may stop and restart.
+
+Nothing here touches the services of ``tidings services up`` (the ports in ``Settings``'
+defaults): every process this starts gets the fault ports in its environment.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.e2e.conftest import System, _free_port
+from tidings.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Own instances: another state folder and other ports than the development defaults, so the
+# suite can stop and restart them while others use theirs. The jar cache stays shared.
+FAULT_ENV = {
+    "TIDINGS_STATE_DIR": str(Path.home() / ".local" / "share" / "tidings-faults" / "state"),
+    "TIDINGS_KAFKA_BOOTSTRAP": "127.0.0.1:29092",
+    "TIDINGS_KAFKA_CONTROLLER_PORT": "29093",
+    "TIDINGS_CASSANDRA_PORT": "29042",
+    "TIDINGS_CASSANDRA_STORAGE_PORT": "27000",
+    "TIDINGS_REDIS_PORT": "26379",
+}
+
+
+def fault_settings() -> Settings:
+    env = {k: os.environ.get(k.replace("TIDINGS_", "TIDINGS_FAULTS_"), v) for k, v in FAULT_ENV.items()}
+    overrides = {k.removeprefix("TIDINGS_").lower(): v for k, v in env.items()}
+    return Settings(**overrides)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    return {
+        "TIDINGS_STATE_DIR": str(settings.state_dir),
+        "TIDINGS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "TIDINGS_KAFKA_CONTROLLER_PORT": str(settings.kafka_controller_port),
+        "TIDINGS_CASSANDRA_PORT": str(settings.cassandra_port),
+        "TIDINGS_CASSANDRA_STORAGE_PORT": str(settings.cassandra_storage_port),
+        "TIDINGS_REDIS_PORT": str(settings.redis_port),
+    }
+
+
+class FaultSystem(System):
+    """``System`` with several gateways (``gateway``, ``gateway2``) and extra workers
+    (``deliver2``, ``persist2``), each a process that can be killed and started again."""
+
+    COMMANDS = {
+        "deliver": ["worker", "--role", "deliver"],
+        "persist": ["worker", "--role", "persist"],
+        "gateway": ["gateway"],
+        "gateway2": ["gateway"],
+        "deliver2": ["worker", "--role", "deliver"],
+        "persist2": ["worker", "--role", "persist"],
+    }
+    STARTED = ("deliver", "persist", "gateway", "gateway2")
+
+    def __init__(self, settings: Settings, logs: Path, *, fanout_threshold: int) -> None:
+        super().__init__(settings, logs)
+        self.env.update(settings_env(settings))
+        self.env["TIDINGS_AUTH_SECRET"] = settings.resolved_auth_secret()
+        self.env["TIDINGS_FANOUT_THRESHOLD"] = str(fanout_threshold)
+        self.ports = {"gateway": self.port, "gateway2": _free_port()}
+
+    def ws_urls(self) -> list[str]:
+        return [f"ws://127.0.0.1:{p}/v1/ws" for p in self.ports.values()]
+
+    def start(self, name: str) -> None:
+        env = {**self.env, "TIDINGS_WORKER_WEB_PORT": str(_free_port())}
+        if name in self.ports:
+            env["TIDINGS_HTTP_PORT"] = str(self.ports[name])
+        with open(self.logs / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "tidings", *self.COMMANDS[name]],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=log,
+            )
+
+    def interrupt(self, name: str, timeout_s: float = 30) -> None:
+        """A clean stop (SIGINT), as an operator scaling down does."""
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def wait_gateway(self, name: str, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        url = f"http://127.0.0.1:{self.ports[name]}/readyz"
+        while time.monotonic() < deadline:
+            proc = self.procs[name]
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited: {(self.logs / f'{name}.log').read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{name} not ready")
+
+    def wait_ready(self, timeout_s: float = 90) -> None:
+        for name in self.ports:
+            if name in self.procs:
+                self.wait_gateway(name, timeout_s)
+
+    def log_texts(self) -> dict[str, str]:
+        return {p.name: p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log"))}
