@@ -32,10 +32,8 @@ import os
 import platform
 import queue
 import random
-import resource
 import sys
 import time
-import timeit
 import uuid
 from collections import Counter
 from collections.abc import Callable, Coroutine
@@ -49,6 +47,21 @@ import websockets
 from hdrh.histogram import HdrHistogram
 from websockets.asyncio.client import ClientConnection
 
+from bench.common import (
+    LOOPBACK_HOSTS,
+    cpu_calibration_us,
+    cpu_model,
+    cpu_seconds,
+    fmt,
+    machine_busy_jiffies,
+    mem_total_gib,
+    new_hist,
+    percentiles_ms,
+    proc_cpu_delta,
+    proc_cpu_ticks,
+    record_us,
+    split,
+)
 from query_api.auth import issue_token
 
 uvloop: ModuleType | None
@@ -57,21 +70,11 @@ try:
 except ImportError:  # pragma: no cover - uvloop is a project dependency
     uvloop = None
 
-HIST_MAX_US = 60_000_000
 STRAGGLER_WAIT_S = 10.0
 LAG_P99_LIMIT_MS = 5.0
 GENERATOR_CPU_LIMIT_PCT = 90.0
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 CONNECT_CONCURRENCY = 20
 ERROR_SAMPLES = 5
-
-
-def new_hist() -> HdrHistogram:
-    return HdrHistogram(1, HIST_MAX_US, 3)
-
-
-def record_us(hist: HdrHistogram, delta_ns: int) -> None:
-    hist.record_value(min(max(delta_ns // 1000, 1), HIST_MAX_US))
 
 
 @dataclass(frozen=True)
@@ -122,107 +125,6 @@ class State:
 
 
 # ---------------------------------------------------------------- machine facts and CPU sampling
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def mem_total_gib() -> float:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) / 1024 / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def cpu_calibration_us() -> float:
-    """Best of 5 of ``sum(range(1000))``, as ``python -m timeit`` reports it (µs per loop)."""
-    timer = timeit.Timer("sum(range(1000))")
-    number, _ = timer.autorange()
-    return min(timer.repeat(repeat=5, number=number)) / number * 1e6
-
-
-def machine_busy_jiffies() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs from /proc/stat."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    total = sum(fields[:8])
-    return total - idle, total
-
-
-def _proc_name(pid: str) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            args = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-    except OSError:
-        return "?"
-    if not args:
-        return "?"
-    joined = " ".join(args)
-    if "kafka.Kafka" in joined:
-        return "kafka (java)"
-    if "CassandraDaemon" in joined:
-        return "cassandra (java)"
-    if "redis-server" in args[0]:
-        return "redis-server"
-    if "-m" in args:
-        i = args.index("-m")
-        return " ".join(args[i + 1 : i + 3])
-    if "multiprocessing.spawn" in joined:  # a spawned child: name it after its parent
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                ppid = f.read().rsplit(")", 1)[1].split()[1]
-        except OSError:
-            return "python (mp child)"
-        return f"{_proc_name(ppid)} (child)"
-    return " ".join(os.path.basename(a) for a in args[:3])[:60]
-
-
-def proc_cpu_ticks() -> dict[str, tuple[str, int]]:
-    """pid -> (name, utime+stime ticks) of every process."""
-    out: dict[str, tuple[str, int]] = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        rest = stat.rsplit(")", 1)[1].split()
-        out[pid] = (_proc_name(pid), int(rest[11]) + int(rest[12]))
-    return out
-
-
-def proc_cpu_delta(
-    before: dict[str, tuple[str, int]], after: dict[str, tuple[str, int]], seconds: float
-) -> list[tuple[str, str, float]]:
-    """(pid, name, % of one core) over the window, busiest first, top 12."""
-    hz = os.sysconf("SC_CLK_TCK")
-    rows = []
-    for pid, (name, ticks) in after.items():
-        # A process born during the window counts from 0; one that died during it is missed.
-        pct = (ticks - before.get(pid, (name, 0))[1]) / hz / seconds * 100
-        if pct >= 0.5:
-            rows.append((pid, name if pid in before else f"{name} (new)", round(pct, 1)))
-    return sorted(rows, key=lambda r: -r[2])[:12]
-
-
-def cpu_seconds() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
 
 
 # ---------------------------------------------------------------- one generator process
@@ -472,10 +374,6 @@ def _child(cfg: ProcConfig, barrier: Any, results: Any) -> None:
 # ---------------------------------------------------------------- parent: split, merge, report
 
 
-def split(total: int, parts: int) -> list[int]:
-    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
-
-
 def run_all(args: argparse.Namespace, secret: str) -> list[dict[str, Any]]:
     run_id = uuid.uuid4().hex[:8]
     shares = [n for n in split(args.pairs, args.processes) if n > 0]
@@ -523,19 +421,6 @@ def run_all(args: argparse.Namespace, secret: str) -> list[dict[str, Any]]:
                 p.terminate()
                 p.join()
     return [out[i] for i in sorted(out)]
-
-
-def percentiles_ms(hist: HdrHistogram, pcts: tuple[float, ...]) -> dict[str, float | None]:
-    out: dict[str, float | None] = {}
-    empty = hist.get_total_count() == 0
-    for p in pcts:
-        out[f"p{p:g}"] = None if empty else hist.get_value_at_percentile(p) / 1000
-    out["max"] = None if empty else hist.get_max_value() / 1000
-    return out
-
-
-def fmt(values: dict[str, float | None]) -> str:
-    return "  ".join(f"{k.upper()} {'-' if v is None else f'{v:.1f}'}" for k, v in values.items())
 
 
 def summarize(

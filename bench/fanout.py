@@ -36,7 +36,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import itertools
 import math
 import multiprocessing as mp
 import os
@@ -50,7 +49,6 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -61,17 +59,26 @@ import websockets
 from hdrh.histogram import HdrHistogram
 from websockets.asyncio.client import ClientConnection
 
-from bench.e2e_1to1 import (
+from bench.common import (
     LOOPBACK_HOSTS,
+    SOURCE_ADDRESSES,
     cpu_calibration_us,
     cpu_model,
+    cpu_seconds,
+    descendants,
+    fmt,
+    listen_overflows,
     machine_busy_jiffies,
     mem_total_gib,
     new_hist,
     percentiles_ms,
+    pid_ticks,
     proc_cpu_ticks,
+    raise_nofile,
     record_us,
+    run_loop,
     split,
+    timeline_pct,
 )
 from query_api.auth import issue_token
 
@@ -83,7 +90,6 @@ except ImportError:  # pragma: no cover - uvloop is a project dependency
 
 MAX_USERS_PER_REQUEST = 5000  # the gateway's limit per create or add (docs/protocol.md, Groups)
 MAX_CONNS_PER_PROCESS = 9500  # 2-core rule of /work/shared/notes/performance.md §4
-SOURCE_ADDRESSES = tuple(f"127.0.0.{i}" for i in range(1, 9))
 PROGRESS_EVERY_S = 0.1
 STALL_S = 10.0  # after the last send: stop when no delivery arrived for this long
 PROBE_WAIT_S = 120.0
@@ -96,20 +102,6 @@ TIMELINE_EVERY_S = 0.5
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def raise_nofile() -> int:
-    """Raise this process's open-file limit to the hard limit; returns the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        soft = hard
-    return int(soft)
-
-
-def cpu_seconds() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
 
 
 def body_for(run_id: str, seq: int, intended_ns: int, body_bytes: int) -> str:
@@ -142,13 +134,6 @@ async def open_socket(url: str, token: str, source: str) -> ClientConnection:
         proxy=None,
         local_addr=(source, 0),
     )
-
-
-def _run_loop(coro: Coroutine[Any, Any, Any]) -> Any:
-    if uvloop is not None:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(coro)
-    return asyncio.run(coro)
 
 
 # ---------------------------------------------------------------- one client process
@@ -360,7 +345,7 @@ async def run_client(cfg: ClientConfig, ctl: Any, go: Any, stop: Any) -> dict[st
 
 def _client_child(cfg: ClientConfig, ctl: Any, go: Any, stop: Any) -> None:
     try:
-        result = _run_loop(run_client(cfg, ctl, go, stop))
+        result = run_loop(run_client(cfg, ctl, go, stop))
     except BaseException as exc:  # report, never hang the parent
         ctl.put(("fatal", cfg.index, repr(exc)))
         raise
@@ -452,70 +437,11 @@ class Control:
         self._thread.join(timeout=2)
 
 
-def listen_overflows() -> int:
-    """TcpExt ListenOverflows of this host (a full accept queue: the SYN is dropped and retried)."""
-    try:
-        with open("/proc/net/netstat") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return 0
-    for names, values in zip(lines[::2], lines[1::2], strict=False):
-        if names.startswith("TcpExt:"):
-            table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
-            return int(table.get("ListenOverflows", 0))
-    return 0
-
-
-def descendants(pids: set[int]) -> set[int]:
-    """The given pids and all their descendants (from /proc/*/stat)."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(name))
-    out: set[int] = set()
-    todo = list(pids)
-    while todo:
-        pid = todo.pop()
-        if pid not in out:
-            out.add(pid)
-            todo.extend(children.get(pid, []))
-    return out
-
-
-def pid_ticks(pids: set[int]) -> dict[int, int]:
-    out: dict[int, int] = {}
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                rest = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[pid] = int(rest[11]) + int(rest[12])
-    return out
-
-
 async def sample_cpu(pids: set[int], into: list[tuple[float, dict[int, int]]]) -> None:
     """Append the CPU ticks of ``pids`` every TIMELINE_EVERY_S until cancelled."""
     while True:
         into.append((time.monotonic(), pid_ticks(pids)))
         await asyncio.sleep(TIMELINE_EVERY_S)
-
-
-def timeline_pct(samples: list[tuple[float, dict[int, int]]]) -> dict[int, list[int]]:
-    """pid -> % of one core in each interval between samples."""
-    hz = os.sysconf("SC_CLK_TCK")
-    out: dict[int, list[int]] = {}
-    for (t0, a), (t1, b) in itertools.pairwise(samples):
-        for pid, ticks in b.items():
-            if pid in a:
-                out.setdefault(pid, []).append(round((ticks - a[pid]) / hz / max(t1 - t0, 1e-3) * 100))
-    return out
 
 
 @dataclass
@@ -709,7 +635,7 @@ def run(args: argparse.Namespace, secret: str) -> dict[str, Any]:
         ramp_s = time.monotonic() - t_ramp
         overflows = listen_overflows() - overflows0
         opened = sum(r["opened"] for r in ctl.ready.values())
-        sp: SendPhase = _run_loop(
+        sp: SendPhase = run_loop(
             send_phase(
                 args,
                 ctl,
@@ -937,10 +863,6 @@ def summarize(
         "invalid_reasons": reasons,
         "samples": samples[:ERROR_SAMPLES],
     }
-
-
-def fmt(values: dict[str, float | None]) -> str:
-    return "  ".join(f"{k.upper()} {'-' if v is None else f'{v:.1f}'}" for k, v in values.items())
 
 
 def report(f: dict[str, Any]) -> None:

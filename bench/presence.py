@@ -35,8 +35,16 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from bench.e2e_1to1 import cpu_model, mem_total_gib, proc_cpu_ticks, split
-from bench.fanout import SOURCE_ADDRESSES, _run_loop, open_socket, raise_nofile, ws_url
+from bench.common import (
+    SOURCE_ADDRESSES,
+    cpu_model,
+    mem_total_gib,
+    proc_cpu_ticks,
+    raise_nofile,
+    split,
+)
+from bench.common import run_loop as _run_loop
+from bench.fanout import open_socket, ws_url
 from events import Topics
 from query_api.auth import issue_token
 from tidings.settings import Settings

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from events import ChatEvent, PresenceChanged, Topics, encode_event, partition_key
 from events.errors import Unavailable
 
+# topic -> a span around one append, yielding the record headers that carry its trace context
+TraceAppend = Callable[[str], AbstractContextManager[list[tuple[str, bytes]]]]
+
 
 class KafkaEventLog:
-    def __init__(self, producer: AIOKafkaProducer, topics: Topics) -> None:
+    def __init__(
+        self, producer: AIOKafkaProducer, topics: Topics, *, trace: TraceAppend | None = None
+    ) -> None:
         self._producer = producer
         self._topics = topics
+        self._trace = trace
 
     @classmethod
     def producer(
@@ -34,6 +43,12 @@ class KafkaEventLog:
         else:
             topic, key = self._topics.conversation_events, event.conversation_id
         try:
-            await self._producer.send_and_wait(topic, value=encode_event(event), key=partition_key(key))
+            if self._trace is None:
+                await self._producer.send_and_wait(topic, value=encode_event(event), key=partition_key(key))
+                return
+            with self._trace(topic) as headers:
+                await self._producer.send_and_wait(
+                    topic, value=encode_event(event), key=partition_key(key), headers=headers
+                )
         except KafkaError as exc:
             raise Unavailable("the event log did not confirm the write") from exc

@@ -34,3 +34,20 @@ def message_json(event: MessageSent) -> bytes:
 def message_frame(message: bytes) -> bytes:
     """A ``message`` frame around an already serialized Message object."""
     return b'{"type":"message","message":' + message + b"}"
+
+
+_MESSAGE_PREFIX = b'{"type":"message","message":{'
+_TS = b',"ts":'
+
+
+def message_frame_ts(frame: bytes) -> int | None:
+    """The ``ts`` (Unix ms) of a frame built by ``message_frame``, without parsing the JSON:
+    ``message_object`` puts ``ts`` last, so the frame ends with ``,"ts":<digits>}}``. None for
+    any other frame."""
+    if not frame.startswith(_MESSAGE_PREFIX):
+        return None
+    at = frame.rfind(_TS, -40)
+    if at < 0:
+        return None
+    digits = frame[at + len(_TS) : -2]
+    return int(digits) if digits.isdigit() else None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 
 from sanic import HTTPResponse, Request, Sanic
@@ -12,6 +13,7 @@ from query_api import errors, http_api, messages_api, ops, sync_api, users_api, 
 from query_api.auth import bearer_token, verify_token
 from query_api.deps import Dependencies, build_dependencies
 from query_api.limits import WS_PATH, guard_upgrade
+from tidings import telemetry
 from tidings.gc_tuning import tune_for_server
 from tidings.settings import Settings
 
@@ -49,6 +51,7 @@ def create_app(settings: Settings, *, build: Builder = build_dependencies, name:
 
     @app.before_server_start
     async def open_dependencies(app: Sanic) -> None:
+        telemetry.configure(settings, "tidings-gateway")
         app.ctx.deps = await build(settings)
         app.ctx.listener = asyncio.create_task(app.ctx.deps.hub.listen(), name="pubsub")
         app.ctx.sweeper = asyncio.create_task(app.ctx.deps.presence.run(), name="presence")
@@ -65,5 +68,9 @@ def create_app(settings: Settings, *, build: Builder = build_dependencies, name:
         await asyncio.gather(app.ctx.listener, app.ctx.sweeper, return_exceptions=True)
         await app.ctx.deps.presence.drain()
         await app.ctx.deps.close()
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())  # its connection gauge goes with it
 
     return app

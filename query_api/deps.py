@@ -172,6 +172,8 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     from projections.redis_client import make_redis
     from projections.sync import CassandraSyncLog
     from query_api.limits import RedisRateLimiter, limits_from
+    from query_api.metrics import DELIVERY_FAILURES
+    from tidings import telemetry
 
     redis = make_redis(settings.redis_host, settings.redis_port, settings.redis_db)
     closers: list[Callable[[], Awaitable[Any]]] = [redis.aclose]
@@ -217,6 +219,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
                     pipe.publish(push.channel, push.payload)
                 await pipe.execute()
         except RedisError as exc:
+            DELIVERY_FAILURES.labels("publish").inc(len(pushes))
             raise Unavailable("pub/sub unavailable") from exc
 
     async def unread(conversation_id: str, *, after: int, reader: str, cap: int) -> int:
@@ -225,7 +228,9 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         )
 
     topics = Topics(settings.topic_prefix)
-    event_log = KafkaEventLog(producer, topics)
+    event_log = KafkaEventLog(
+        producer, topics, trace=telemetry.trace_kafka_append if telemetry.enabled() else None
+    )
     presence_store = RedisPresence(redis, ttl_ms=int(settings.presence_ttl_s * 1000))
     presence = PresenceTracker(
         presence_store, event_log, idle_close_s=settings.idle_close_s, sweep_s=settings.presence_sweep_s

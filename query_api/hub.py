@@ -22,7 +22,14 @@ from commands.presence import ConnectionState
 from events import keys
 from events.errors import Unavailable
 from projections.delivery import JOINED, LEFT, MESSAGE, TYPING
-from query_api.metrics import SLOW_CLIENT_DISCONNECTS, WS_CONNECTIONS
+from projections.wire import message_frame_ts
+from query_api.metrics import (
+    DELIVERY_FAILURES,
+    DELIVERY_SECONDS,
+    FRAMES_OUT,
+    SLOW_CLIENT_DISCONNECTS,
+    WS_CONNECTIONS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +115,7 @@ class Connection:
             self._queue.put_nowait(frame)
         except asyncio.QueueFull:
             SLOW_CLIENT_DISCONNECTS.inc()
+            DELIVERY_FAILURES.labels("slow_client").inc()
             self.send_to_catch_up("send queue full; reconnect and sync")
 
     def send_to_catch_up(self, reason: str) -> None:
@@ -132,12 +140,21 @@ class Connection:
                 # Text frames: the protocol is JSON text, and bytes would go out as binary.
                 await self._send(frame.decode())
             except (ConnectionClosed, WebsocketClosed):
+                _DELIVERY_SOCKET_CLOSED.inc()
                 return  # the reader loop sees the close and unregisters the socket
+            ts = message_frame_ts(frame)
+            if ts is not None:
+                # Send->deliver, against the Snowflake time of the send (whole ms, floored).
+                _observe_delivery(time.time() - ts / 1000)
 
     def stop(self) -> None:
         with contextlib.suppress(asyncio.QueueFull):
             self._queue.put_nowait(None)
 
+
+_DELIVERY_SOCKET_CLOSED = DELIVERY_FAILURES.labels("socket_closed")
+_observe_delivery = DELIVERY_SECONDS.observe
+_PUSHED = FRAMES_OUT.labels("push")
 
 GroupsOf = Callable[[str], Awaitable[set[str]]]
 
@@ -394,8 +411,9 @@ class Hub:
             channel = message["channel"]
             channel = channel.decode() if isinstance(channel, bytes) else channel
             if channel.startswith(user_prefix):
-                self.deliver_to_user(channel[len(user_prefix) :], message["data"])
+                sent = self.deliver_to_user(channel[len(user_prefix) :], message["data"])
             elif channel.startswith(presence_prefix):
-                self.deliver_presence(channel[len(presence_prefix) :], message["data"])
+                sent = self.deliver_presence(channel[len(presence_prefix) :], message["data"])
             else:
-                self.deliver_to_group(message["data"])
+                sent = self.deliver_to_group(message["data"])
+            _PUSHED.inc(sent)

@@ -15,6 +15,7 @@ from projections.history import history_page
 from query_api.bodies import Body, int_arg, message_id_arg, parse_body
 from query_api.deps import Dependencies
 from query_api.errors import json_response
+from tidings import telemetry
 
 bp = Blueprint("messages", url_prefix="/v1/conversations")
 
@@ -35,7 +36,8 @@ async def post_message(request: Request, conversation_id: str) -> HTTPResponse:
     deps: Dependencies = request.app.ctx.deps
     principal = request.ctx.principal
     body = parse_body(request, PostMessage)
-    result = await deps.send(principal.user_id, principal.device_id, conversation_id, body)
+    with telemetry.span("gateway.send", {"tidings.conversation_id": conversation_id}):
+        result = await deps.send(principal.user_id, principal.device_id, conversation_id, body)
     return json_response(
         {"message_id": str(result.message_id), "conversation_id": result.conversation_id, "ts": result.ts},
         status=202,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import raw
 
@@ -27,4 +30,9 @@ async def readyz(request: Request) -> HTTPResponse:
 
 @bp.get("/metrics")
 async def metrics(request: Request) -> HTTPResponse:
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        # Several gateway workers (tidings.gateway): sum every process's metric files.
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return raw(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
     return raw(generate_latest(), content_type=CONTENT_TYPE_LATEST)

@@ -30,6 +30,7 @@ from query_api.frames import (
 )
 from query_api.hub import CLOSE_TRY_AGAIN, Connection
 from query_api.metrics import FRAMES_IN, FRAMES_OUT, SEND_SECONDS, SENDS
+from tidings import telemetry
 
 bp = Blueprint("ws", url_prefix="/v1")
 
@@ -94,7 +95,8 @@ async def _handle(deps: Dependencies, conn: Connection, raw: str | bytes) -> Non
     if isinstance(frame, PingFrame):
         _reply(conn, "pong", orjson.dumps({"type": "pong", "ref": ref}))
     elif isinstance(frame, SendFrame):
-        await _send(deps, conn, ref, frame)
+        with telemetry.span("gateway.send", {"tidings.conversation_id": frame.conversation_id}):
+            await _send(deps, conn, ref, frame)
     elif isinstance(frame, ReceiptFrame):
         await _receipt(deps, conn, ref, frame)
     elif isinstance(frame, ViewFrame):

@@ -8,7 +8,8 @@ from collections.abc import Callable, Sequence
 import faust
 
 from events import Topics
-from streams.projector import PositionedStage, Projector, Record, Stage
+from streams.metrics import BATCH_EVENTS, DEAD_LETTERS, export_lag
+from streams.projector import PositionedStage, Projector, Record, Stage, Tracer
 
 
 class FaustDeadLetters:
@@ -25,6 +26,8 @@ class FaustDeadLetters:
                 "source": f"{record.topic}:{record.partition}:{record.offset}".encode(),
             },
         )
+        # The error starts with the stage name, or "undecodable": a small set of reasons.
+        DEAD_LETTERS.labels(error.split(":", 1)[0][:32]).inc()
 
 
 def create_app(
@@ -40,6 +43,9 @@ def create_app(
     session_timeout_s: float,
     offset_reset: str = "earliest",
     on_applied: Callable[[str, int, float], None] | None = None,
+    on_unavailable: Callable[[str, int], None] | None = None,
+    tracer: Tracer | None = None,
+    lag_interval_s: float = 0.0,
 ) -> faust.App:
     app = faust.App(
         app_id,
@@ -57,13 +63,38 @@ def create_app(
     )
     source = app.topic(topics.conversation_events, key_type=bytes, value_type=bytes, partitions=partitions)
     dead_letters = app.topic(topics.dead_letters, key_type=bytes, value_type=bytes, partitions=partitions)
-    projector = Projector(stages, FaustDeadLetters(dead_letters), on_applied=on_applied)
+    projector = Projector(
+        stages,
+        FaustDeadLetters(dead_letters),
+        on_applied=on_applied,
+        on_unavailable=on_unavailable,
+        tracer=tracer,
+    )
     _agent(app, source, projector, "project", batch_size, batch_window_s)
+    watched = [topics.conversation_events]
     if presence_stages:
         presence = app.topic(topics.presence_events, key_type=bytes, value_type=bytes, partitions=partitions)
-        presence_projector = Projector(presence_stages, FaustDeadLetters(dead_letters), on_applied=on_applied)
+        presence_projector = Projector(
+            presence_stages,
+            FaustDeadLetters(dead_letters),
+            on_applied=on_applied,
+            on_unavailable=on_unavailable,
+        )
         _agent(app, presence, presence_projector, "presence", batch_size, batch_window_s)
+        watched.append(topics.presence_events)
+    if lag_interval_s > 0:
+        for topic in watched:
+            _lag_task(app, bootstrap, app_id, topic, partitions, lag_interval_s)
     return app
+
+
+def _lag_task(
+    app: faust.App, bootstrap: str, group: str, topic: str, partitions: int, interval_s: float
+) -> None:
+    async def consumer_lag() -> None:
+        await export_lag(bootstrap, group, topic, partitions=partitions, interval_s=interval_s)
+
+    app.task(consumer_lag)
 
 
 def _agent(
@@ -74,9 +105,17 @@ def _agent(
     async def project(stream: faust.StreamT) -> None:
         # take_events (not in StreamT's type) gives each event's partition and offset.
         async for batch in stream.take_events(batch_size, within=window_s):  # type: ignore[attr-defined]
+            BATCH_EVENTS.observe(len(batch))
             await projector.handle(
                 [
-                    Record(ev.message.topic, ev.message.partition, ev.message.offset, ev.key, ev.value)
+                    Record(
+                        ev.message.topic,
+                        ev.message.partition,
+                        ev.message.offset,
+                        ev.key,
+                        ev.value,
+                        ev.headers,
+                    )
                     for ev in batch
                 ]
             )

@@ -13,9 +13,11 @@ Applying is idempotent, so redeliveries after a crash change nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from events import ChatEvent, decode_event
@@ -33,10 +35,22 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes
+    headers: Mapping[str, bytes] = field(default_factory=dict)
 
 
 class DeadLetters(Protocol):
     async def send(self, record: Record, error: str) -> None: ...
+
+
+class BatchTrace(Protocol):
+    def stage(self, name: str) -> AbstractContextManager[Any]: ...
+    def close(self) -> None: ...
+
+
+class Tracer(Protocol):
+    """Spans for a batch (``tidings.telemetry.RecordTracer``); None when no record is traced."""
+
+    def batch(self, records: Sequence[Record]) -> BatchTrace | None: ...
 
 
 class Stage(Protocol):
@@ -64,27 +78,39 @@ class Projector:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         max_backoff_s: float = 5.0,
         on_applied: Callable[[str, int, float], None] | None = None,
+        on_unavailable: Callable[[str, int], None] | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._stages = list(stages)
         self._dead_letters = dead_letters
         self._sleep = sleep
         self._max_backoff_s = max_backoff_s
         self._on_applied = on_applied
+        self._on_unavailable = on_unavailable
+        self._tracer = tracer
 
     async def handle(self, records: Sequence[Record]) -> None:
         """Apply a batch; returns only when every record is applied or dead-lettered."""
         events: list[tuple[Record, ChatEvent]] = []
-        for record in records:
-            try:
-                events.append((record, decode_event(record.value)))
-            except ValueError as exc:
-                await self._dead_letter(record, f"undecodable: {exc}")
-        await self.handle_decoded(events)
+        trace = self._tracer.batch(records) if self._tracer is not None else None
+        try:
+            for record in records:
+                try:
+                    events.append((record, decode_event(record.value)))
+                except ValueError as exc:
+                    await self._dead_letter(record, f"undecodable: {exc}")
+            await self.handle_decoded(events, trace)
+        finally:
+            if trace is not None:
+                trace.close()
 
-    async def handle_decoded(self, events: list[tuple[Record, ChatEvent]]) -> None:
+    async def handle_decoded(
+        self, events: list[tuple[Record, ChatEvent]], trace: BatchTrace | None = None
+    ) -> None:
         """Apply events already decoded (replay from the archive), with the same guarantees."""
         for stage in self._stages:
-            await self._apply(stage, events)
+            with trace.stage(stage.name) if trace is not None else contextlib.nullcontext():
+                await self._apply(stage, events)
 
     async def _apply(self, stage: Stage | PositionedStage, events: list[tuple[Record, ChatEvent]]) -> None:
         if not events:
@@ -99,6 +125,8 @@ class Projector:
                 else:
                     await stage.apply([event for _, event in events])
             except Unavailable as exc:
+                if self._on_unavailable is not None:
+                    self._on_unavailable(stage.name, len(events))
                 log.warning("%s unavailable (%s); retrying in %.2fs", stage.name, exc.__cause__ or exc, delay)
                 await self._sleep(delay)
                 delay = min(delay * 2, self._max_backoff_s)

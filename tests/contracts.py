@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -107,3 +108,11 @@ class IdempotencyContract:
         await idem.mark_appended(sender, "c1", SendRecord(first.event, True))
         assert await idem.claim(sender, "c1", first) == SendRecord(first.event, True)
         assert await idem.claim(f"{sender}x", "c1", first) is None
+
+    async def test_concurrent_claims_of_one_key_have_one_winner(self, idem: Any) -> None:
+        sender = f"u{uuid.uuid4().hex[:10]}"
+        records = [SendRecord(message("dm:a:b", i), False) for i in range(1, 9)]
+        results = await asyncio.gather(*(idem.claim(sender, "same", r) for r in records))
+        winners = [r for r, got in zip(records, results, strict=True) if got is None]
+        assert len(winners) == 1
+        assert all(got == winners[0] for got in results if got is not None)

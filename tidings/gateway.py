@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import signal
 import sys
+import tempfile
 from functools import partial
 
 from sanic import Sanic
@@ -15,6 +17,7 @@ from sanic.worker.loader import AppLoader
 from query_api.app import create_app
 from tidings.settings import Settings
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -34,6 +37,20 @@ def _create(settings: Settings) -> Sanic:
 
 def run_gateway(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.gateway_workers > 1 and MULTIPROC_ENV not in os.environ:
+        # Several worker processes: metrics go through files that /metrics sums (and the
+        # connection gauge reports per process). Set before Sanic spawns the workers.
+        with tempfile.TemporaryDirectory(prefix="tidings-metrics-") as folder:
+            os.environ[MULTIPROC_ENV] = folder
+            try:
+                _serve(settings)
+            finally:
+                del os.environ[MULTIPROC_ENV]
+        return
+    _serve(settings)
+
+
+def _serve(settings: Settings) -> None:
     loader = AppLoader(factory=partial(_create, settings))
     app = loader.load()
     app.prepare(

@@ -73,8 +73,20 @@ class Settings(BaseSettings):
     worker_web_port: int = 6066
     worker_batch_size: int = 500
     worker_batch_window_s: float = 0.005
+    # The persist role waits longer for a batch to fill: nobody waits on it (pushes and the hot
+    # cache come from the deliver role), and a fuller batch costs less per event.
+    worker_persist_batch_window_s: float = 0.05
     # How fast a dead worker's partitions move to a live one (Kafka's default is 45 s).
     worker_session_timeout_s: float = 10.0
+
+    # Tracing (OpenTelemetry): "off" makes no span objects at all; "console" prints spans;
+    # "otlp" sends them to an OTLP/HTTP collector at `otlp_endpoint` (needs the `otlp` extra);
+    # "file" appends them as JSON lines to `tracing_file` (tests, debugging).
+    tracing: Literal["off", "console", "otlp", "file"] = "off"
+    otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    tracing_file: Path | None = None
+    # How often a worker reads its consumer group's committed and end offsets (lag metrics).
+    lag_interval_s: float = 5.0
 
     # Domain limits (the protocol's defaults)
     max_body_chars: int = 4000

@@ -7,7 +7,7 @@ import logging
 
 import faust
 import uvloop
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import start_http_server
 
 from events import Topics
 from projections.cql import Cql, connect
@@ -20,22 +20,11 @@ from projections.redis_client import make_redis
 from projections.roster import Roster
 from projections.sync import CassandraSyncLog
 from streams.app import create_app
+from streams.metrics import observe_applied, observe_unavailable
 from streams.projector import PositionedStage, Stage
+from tidings import telemetry
 from tidings.gc_tuning import tune_for_server
 from tidings.settings import Settings
-
-EVENTS_APPLIED = Counter("tidings_projection_events_total", "Events applied, per projection", ["projection"])
-APPLY_SECONDS = Histogram(
-    "tidings_projection_batch_seconds",
-    "Time to apply one batch, per projection",
-    ["projection"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
-)
-
-
-def _observe(projection: str, events: int, seconds: float) -> None:
-    EVENTS_APPLIED.labels(projection).inc(events)
-    APPLY_SECONDS.labels(projection).observe(seconds)
 
 
 def persist_stages(cql: Cql, settings: Settings, roster: Roster) -> list[Stage | PositionedStage]:
@@ -74,6 +63,7 @@ def build_worker_app(settings: Settings) -> faust.App:
         "persist": (persist, [presence]),
     }
     stages, presence_stages = by_role[role]
+    tracing = telemetry.configure(settings, f"tidings-worker-{role}")
     return create_app(
         app_id=settings.worker_app_id if role == "all" else f"{settings.worker_app_id}-{role}",
         # A new delivery group starts at the end of the log: pushing old messages to online
@@ -85,9 +75,14 @@ def build_worker_app(settings: Settings) -> faust.App:
         stages=stages,
         presence_stages=presence_stages,
         batch_size=settings.worker_batch_size,
-        batch_window_s=settings.worker_batch_window_s,
+        batch_window_s=(
+            settings.worker_persist_batch_window_s if role == "persist" else settings.worker_batch_window_s
+        ),
         session_timeout_s=settings.worker_session_timeout_s,
-        on_applied=_observe,
+        on_applied=observe_applied,
+        on_unavailable=observe_unavailable,
+        tracer=telemetry.RecordTracer(role) if tracing else None,
+        lag_interval_s=settings.lag_interval_s,
     )
 
 

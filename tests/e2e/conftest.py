@@ -37,7 +37,7 @@ def _free_port() -> int:
 
 
 class System:
-    def __init__(self, settings: Settings, logs: Path) -> None:
+    def __init__(self, settings: Settings, logs: Path, env: dict[str, str] | None = None) -> None:
         self.port = _free_port()
         self.settings = settings
         self.logs = logs
@@ -56,8 +56,11 @@ class System:
             "TIDINGS_IDLE_CLOSE_S": str(IDLE_CLOSE_S),
             "TIDINGS_PRESENCE_SWEEP_S": "0.25",
             "TIDINGS_ARCHIVE_DIR": str(logs / "archive"),
+            **(env or {}),
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        # role -> port of its Prometheus /metrics (workers)
+        self.metrics_ports: dict[str, int] = {}
         self.http = f"http://127.0.0.1:{self.port}"
         self.ws = f"ws://127.0.0.1:{self.port}/v1/ws"
 
@@ -69,7 +72,8 @@ class System:
     }
 
     def start(self, name: str) -> None:
-        env = {**self.env, "TIDINGS_WORKER_WEB_PORT": str(_free_port())}
+        self.metrics_ports[name] = _free_port()
+        env = {**self.env, "TIDINGS_WORKER_WEB_PORT": str(self.metrics_ports[name])}
         with open(self.logs / f"{name}.log", "ab") as log:
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "tidings", *self.COMMANDS[name]],

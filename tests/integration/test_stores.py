@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -88,6 +89,20 @@ class TestRedisRecent(RecentContract):
         msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
         await pubsub.aclose()
         assert msg is None
+
+
+async def test_recent_reloads_its_script_after_redis_lost_it(redis: Any) -> None:
+    from events.errors import Unavailable
+
+    recent = RedisRecent(redis, 5, roster=None)
+    cid = f"dm:alice:u{uuid.uuid4().hex[:12]}"
+    ids = spread_ids(3, step_ms=1)
+    await recent.apply([message(cid, ids[0])])
+    recent._sha = "0" * 40  # what a restarted Redis (no scripts) looks like to the cache
+    with pytest.raises(Unavailable):
+        await recent.apply([message(cid, ids[1])])
+    await recent.apply([message(cid, ids[1]), message(cid, ids[2])])  # the projector's retry
+    assert [int(m["message_id"]) for m in await recent.all(cid)] == ids
 
 
 class TestRedisIdempotency(IdempotencyContract):

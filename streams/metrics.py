@@ -1,0 +1,114 @@
+"""The workers' Prometheus metrics, defined once (served by ``tidings.worker`` on
+``TIDINGS_WORKER_WEB_PORT``), and the consumer-lag exporter.
+
+Lag is read from Kafka itself, not from Faust's internals: committed offsets of the worker's
+consumer group (what a restart resumes from) against each partition's end offset. Faust keeps
+its own ``_committed_offset`` bookkeeping, but what operators need is what Kafka holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from prometheus_client import Counter, Gauge, Histogram
+
+from projections.delivery_metrics import DELIVERY_FAILURES
+
+log = logging.getLogger(__name__)
+
+EVENTS_APPLIED = Counter("tidings_projection_events_total", "Events applied, per projection", ["projection"])
+APPLY_SECONDS = Histogram(
+    "tidings_projection_batch_seconds",
+    "Time to apply one batch, per projection (recent: Redis hot cache and pub/sub pushes; "
+    "membership, receipts, messages: Cassandra)",
+    ["projection"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+BATCH_EVENTS = Histogram(
+    "tidings_worker_batch_events",
+    "Events per batch taken from the log",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
+STAGE_UNAVAILABLE = Counter(
+    "tidings_projection_unavailable_total",
+    "Batch attempts that failed because the store was unavailable (then retried), per projection",
+    ["projection"],
+)
+DEAD_LETTERS = Counter("tidings_dead_letters_total", "Events sent to the dead-letter topic", ["reason"])
+CONSUMER_LAG = Gauge(
+    "tidings_consumer_lag",
+    "End offset minus committed offset, per partition of the worker's consumer group",
+    ["group", "topic", "partition"],
+)
+END_OFFSET = Gauge("tidings_consumer_end_offset", "Partition end offset", ["group", "topic", "partition"])
+COMMITTED_OFFSET = Gauge(
+    "tidings_consumer_committed_offset", "Committed offset of the group", ["group", "topic", "partition"]
+)
+
+RECENT = "recent"  # the deliver stage: its failures are failed deliveries
+
+
+def observe_applied(projection: str, events: int, seconds: float) -> None:
+    EVENTS_APPLIED.labels(projection).inc(events)
+    APPLY_SECONDS.labels(projection).observe(seconds)
+
+
+def observe_unavailable(projection: str, events: int) -> None:
+    STAGE_UNAVAILABLE.labels(projection).inc()
+    if projection == RECENT:
+        DELIVERY_FAILURES.labels("publish").inc(events)
+
+
+async def export_lag(bootstrap: str, group: str, topic: str, *, partitions: int, interval_s: float) -> None:
+    """Every ``interval_s``, set the lag gauges of ``group`` on ``topic``; runs until cancelled.
+    A partition the group never committed counts from the start of the log (earliest offset)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=f"{group}-lag")
+    offsets = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, client_id=f"{group}-lag", enable_auto_commit=False
+    )
+    started = False
+    try:
+        while not started:
+            try:
+                await admin.start()
+                await offsets.start()
+                started = True
+            except Exception as exc:  # noqa: BLE001 - Kafka not up yet: metrics wait, the worker does not
+                log.warning("lag exporter cannot reach Kafka (%r); retrying", exc)
+                await asyncio.sleep(interval_s)
+        while True:
+            try:
+                await _export_once(
+                    admin, offsets, group, [TopicPartition(topic, p) for p in range(partitions)]
+                )
+            except Exception as exc:  # noqa: BLE001 - a metrics read must never stop the worker
+                log.warning("lag read failed: %r", exc)
+            await asyncio.sleep(interval_s)
+    finally:
+        with contextlib.suppress(Exception):
+            await offsets.stop()
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
+async def _export_once(
+    admin: AIOKafkaAdminClient, offsets: AIOKafkaConsumer, group: str, tps: list[TopicPartition]
+) -> None:
+    # The partition count is fixed by the project (settings), so no metadata look-up is needed.
+    ends = await offsets.end_offsets(tps)
+    committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+    earliest: dict[TopicPartition, int] = {}
+    missing = [tp for tp in tps if tp not in committed or committed[tp].offset < 0]
+    if missing:
+        earliest = await offsets.beginning_offsets(missing)
+    for tp in tps:
+        meta = committed.get(tp)
+        done = meta.offset if meta is not None and meta.offset >= 0 else earliest.get(tp, 0)
+        labels = (group, tp.topic, str(tp.partition))
+        END_OFFSET.labels(*labels).set(ends[tp])
+        COMMITTED_OFFSET.labels(*labels).set(done)
+        CONSUMER_LAG.labels(*labels).set(max(ends[tp] - done, 0))
