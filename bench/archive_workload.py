@@ -15,6 +15,7 @@ from events import (
     Member,
     MembersAdded,
     MessageSent,
+    PresenceChanged,
     ReceiptRecorded,
     direct_conversation_id,
     encode_event,
@@ -61,7 +62,7 @@ def synthetic_events(
             else:
                 owner, *others = rng.sample(users, 4)
                 cid = f"g:{eid}"
-                members = (
+                created = (
                     Member(user_id=owner, role="owner"),
                     *(Member(user_id=u, role="member") for u in others),
                 )
@@ -72,8 +73,8 @@ def synthetic_events(
                     actor_id=owner,
                     ts=ms,
                     title=f"group {len(convs)}",
-                    members=members,
-                    member_count=len(members),
+                    members=created,
+                    member_count=len(created),
                 )
             continue
         cid, members = convs[rng.randrange(len(convs))]
@@ -113,6 +114,10 @@ def synthetic_events(
             last_message[cid] = eid
 
 
+def _key(event: ChatEvent) -> str:
+    return event.user_id if isinstance(event, PresenceChanged) else event.conversation_id
+
+
 async def produce(bootstrap: str, topic: str, events: Iterator[ChatEvent] | list[ChatEvent]) -> int:
     """Append ``events`` to ``topic`` keyed by conversation; returns how many."""
     producer = AIOKafkaProducer(
@@ -129,9 +134,7 @@ async def produce(bootstrap: str, topic: str, events: Iterator[ChatEvent] | list
         pending = []
         for event in events:
             pending.append(
-                await producer.send(
-                    topic, value=encode_event(event), key=partition_key(event.conversation_id)
-                )
+                await producer.send(topic, value=encode_event(event), key=partition_key(_key(event)))
             )
             count += 1
             if len(pending) >= 20_000:

@@ -47,7 +47,9 @@ async def main(events: int, archived_share: float) -> None:
     topic = Topics(settings.topic_prefix).conversation_events
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
-    await admin.create_topics([NewTopic(topic, 12, 1)])
+    # replay also rebuilds presence from its own topic (empty here)
+    topics = [topic, Topics(settings.topic_prefix).presence_events]
+    await admin.create_topics([NewTopic(t, 12, 1) for t in topics])
     cluster, session = connect(
         settings.cassandra_hosts,
         settings.cassandra_port,
@@ -60,7 +62,7 @@ async def main(events: int, archived_share: float) -> None:
             synthetic_events(events, start_ms=now - 100 * DAY_MS, span_ms=20 * DAY_MS, conversations=5000)
         )
         await produce(settings.kafka_bootstrap, topic, log)
-        cutoff = log[int(len(log) * archived_share)].ts if archived_share < 1 else now
+        cutoff = getattr(log[int(len(log) * archived_share)], "ts", now) if archived_share < 1 else now
         async with KafkaLogSource(settings.kafka_bootstrap, topic, 12) as source:
             job = ArchiveJob(settings.archive_root, source, topic=topic, partitions=12, chunk_events=500_000)
             summary = await job.run(cutoff)
@@ -78,7 +80,7 @@ async def main(events: int, archived_share: float) -> None:
             f"{total / cpu:,.0f} events per CPU-second"
         )
     finally:
-        await admin.delete_topics([topic])
+        await admin.delete_topics(topics)
         await admin.close()
         for row in list(session.execute("SELECT keyspace_name FROM system_schema.keyspaces")):
             if row.keyspace_name.startswith(settings.cassandra_keyspace):
