@@ -222,7 +222,10 @@ def test_ten_megabyte_frames_close_with_1009_and_memory_stays_bounded(
         with _open(system, user()) as ws, pytest.raises(websockets.ConnectionClosed) as info:
             ws.send(payload)  # the server may close while it is still being sent
             _ping_pong(ws)
-        assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+        # 1009, unless the client was still sending when the server closed: the kernel then
+        # resets the connection and the close frame may never be read (abnormal closure).
+        closed = info.value.rcvd
+        assert (closed is not None and closed.code == 1009) or (closed is None and info.value.sent is None)
     assert system.procs["gateway"].poll() is None
     grown_mb = (_rss_kb(system.procs["gateway"].pid) - gateway_rss["before"]) / 1024
     print(f"gateway RSS grew {grown_mb:.1f} MB over the fuzz tests")

@@ -3,7 +3,8 @@ real traffic, and one trace that crosses gateway -> Kafka -> workers.
 
 This module starts a system of its own: two gateway workers (so the multiprocess metrics path
 runs), tracing to a JSON-lines file, a short lag interval, and consumer groups of its own (a
-shared worker group could take the partitions and leave the traced workers idle).
+shared worker group could take the partitions and leave the traced workers idle), and topics of
+its own.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 
 from events import Topics, direct_conversation_id
 from tests.e2e.conftest import System, user
+from tidings.migrate import migrate
 from tidings.settings import Settings
 
 WAIT_S = 30.0
@@ -30,8 +32,12 @@ WAIT_S = 30.0
 def traced(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[System, Path]]:
     logs = tmp_path_factory.mktemp("observed-system")
     spans = logs / "spans.jsonl"
+    # Topics of its own too: the session's other system shares Redis, and its deliver worker
+    # would push these messages (and hide an idle traced worker) if the topics were shared.
+    settings = services.model_copy(update={"topic_prefix": f"{services.topic_prefix}obs."})
+    asyncio.run(migrate(settings, echo=lambda _: None))
     system = System(
-        services,
+        settings,
         logs,
         env={
             "TIDINGS_TRACING": "file",
@@ -39,6 +45,7 @@ def traced(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "TIDINGS_GATEWAY_WORKERS": "2",
             "TIDINGS_LAG_INTERVAL_S": "0.5",
             "TIDINGS_WORKER_APP_ID": f"{services.worker_app_id}-observed",
+            "TIDINGS_TOPIC_PREFIX": settings.topic_prefix,
         },
     )
     for name in System.COMMANDS:
