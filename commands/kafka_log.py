@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 
 from aiokafka import AIOKafkaProducer
@@ -11,17 +15,52 @@ from aiokafka.errors import KafkaError
 from events import ChatEvent, PresenceChanged, Topics, encode_event, partition_key
 from events.errors import Unavailable
 
+log = logging.getLogger(__name__)
+
 # topic -> a span around one append, yielding the record headers that carry its trace context
 TraceAppend = Callable[[str], AbstractContextManager[list[tuple[str, bytes]]]]
 
 
 class KafkaEventLog:
+    """Appends events; renews its producer when appends keep failing.
+
+    An idempotent aiokafka producer can wedge after a broker outage: batches that failed leave a
+    gap in its sequence numbers, and the broker refuses every later batch of that producer id
+    with ``OutOfOrderSequenceNumber``, for ever (the fault suite found it: no send succeeded
+    after Kafka came back). So when appends have failed for ``renew_after_s`` without one
+    success, the log starts a fresh producer (a new producer id) and retires the old one.
+    Nothing is acknowledged by a failed append, so clients retry with the same
+    ``client_msg_id``; the idempotency record makes the retry append the same event.
+    """
+
     def __init__(
-        self, producer: AIOKafkaProducer, topics: Topics, *, trace: TraceAppend | None = None
+        self,
+        producer: AIOKafkaProducer,
+        topics: Topics,
+        *,
+        trace: TraceAppend | None = None,
+        renew: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
+        renew_after_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._producer = producer
         self._topics = topics
         self._trace = trace
+        self._renew = renew
+        self._renew_after_s = renew_after_s
+        self._clock = clock
+        self._last_ok = self._renewed_at = clock()
+        self._renewing = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    @property
+    def current(self) -> AIOKafkaProducer:
+        return self._producer
+
+    async def close(self) -> None:
+        await self._producer.stop()
+        if self._retiring:
+            await asyncio.wait(list(self._retiring), timeout=5)
 
     @classmethod
     def producer(
@@ -42,13 +81,46 @@ class KafkaEventLog:
             topic, key = self._topics.presence_events, event.user_id
         else:
             topic, key = self._topics.conversation_events, event.conversation_id
+        producer = self._producer
         try:
             if self._trace is None:
-                await self._producer.send_and_wait(topic, value=encode_event(event), key=partition_key(key))
-                return
-            with self._trace(topic) as headers:
-                await self._producer.send_and_wait(
-                    topic, value=encode_event(event), key=partition_key(key), headers=headers
-                )
+                await producer.send_and_wait(topic, value=encode_event(event), key=partition_key(key))
+            else:
+                with self._trace(topic) as headers:
+                    await producer.send_and_wait(
+                        topic, value=encode_event(event), key=partition_key(key), headers=headers
+                    )
         except KafkaError as exc:
+            await self._maybe_renew(producer)
             raise Unavailable("the event log did not confirm the write") from exc
+        self._last_ok = self._clock()
+
+    async def _maybe_renew(self, failed: AIOKafkaProducer) -> None:
+        now = self._clock()
+        if (
+            self._renew is None
+            or failed is not self._producer
+            or now - self._last_ok < self._renew_after_s
+            or now - self._renewed_at < self._renew_after_s
+        ):
+            return
+        async with self._renewing:
+            if failed is not self._producer:
+                return  # another append renewed it meanwhile
+            self._renewed_at = now
+            try:
+                fresh = await self._renew()
+            except Exception as exc:  # noqa: BLE001 - Kafka still down: try again later
+                log.warning("could not start a new Kafka producer (%r); keeping the old one", exc)
+                return
+            log.warning("appends failed for %.0fs: replaced the Kafka producer", now - self._last_ok)
+            self._producer = fresh
+            self._last_ok = self._clock()
+            task = asyncio.create_task(_retire(failed))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+
+async def _retire(producer: AIOKafkaProducer) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(producer.stop(), timeout=10)

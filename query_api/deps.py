@@ -150,6 +150,7 @@ class Dependencies:
 async def build_dependencies(settings: Settings) -> Dependencies:
     """Connect to Kafka, Cassandra and Redis and lease a Snowflake worker id."""
     # Imported here so unit tests that pass fakes never load the drivers.
+    from aiokafka import AIOKafkaProducer
     from aiokafka.partitioner import murmur2
     from redis.exceptions import RedisError
 
@@ -179,9 +180,17 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     closers: list[Callable[[], Awaitable[Any]]] = [redis.aclose]
     lease = await WorkerIdLease.acquire(redis)
     closers.append(lease.release)
-    producer = KafkaEventLog.producer(settings.kafka_bootstrap, linger_ms=settings.kafka_linger_ms)
-    await producer.start()
-    closers.append(producer.stop)
+
+    async def new_producer() -> AIOKafkaProducer:
+        producer = KafkaEventLog.producer(settings.kafka_bootstrap, linger_ms=settings.kafka_linger_ms)
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
+
+    producer = await new_producer()
     loop = asyncio.get_running_loop()
     cluster, session = await loop.run_in_executor(
         None,
@@ -229,15 +238,19 @@ async def build_dependencies(settings: Settings) -> Dependencies:
 
     topics = Topics(settings.topic_prefix)
     event_log = KafkaEventLog(
-        producer, topics, trace=telemetry.trace_kafka_append if telemetry.enabled() else None
+        producer,
+        topics,
+        trace=telemetry.trace_kafka_append if telemetry.enabled() else None,
+        renew=new_producer,
     )
+    closers.append(event_log.close)
     presence_store = RedisPresence(redis, ttl_ms=int(settings.presence_ttl_s * 1000))
     presence = PresenceTracker(
         presence_store, event_log, idle_close_s=settings.idle_close_s, sweep_s=settings.presence_sweep_s
     )
 
     async def kafka_probe() -> None:
-        await producer.partitions_for(topics.conversation_events)
+        await event_log.current.partitions_for(topics.conversation_events)
 
     async def cassandra_probe() -> None:
         await cql.execute("SELECT release_version FROM system.local")
