@@ -27,8 +27,8 @@ class KafkaEventLog:
     An idempotent aiokafka producer can wedge after a broker outage: batches that failed leave a
     gap in its sequence numbers, and the broker refuses every later batch of that producer id
     with ``OutOfOrderSequenceNumber``, for ever (the fault suite found it: no send succeeded
-    after Kafka came back). So when appends have failed for ``renew_after_s`` without one
-    success, the log starts a fresh producer (a new producer id) and retires the old one.
+    after Kafka came back). So when appends have failed for ``renew_after_s`` (5 s) without
+    one success, the log starts a fresh producer (a new producer id) and retires the old one.
     Nothing is acknowledged by a failed append, so clients retry with the same
     ``client_msg_id``; the idempotency record makes the retry append the same event.
     """
@@ -40,7 +40,7 @@ class KafkaEventLog:
         *,
         trace: TraceAppend | None = None,
         renew: Callable[[], Awaitable[AIOKafkaProducer]] | None = None,
-        renew_after_s: float = 10.0,
+        renew_after_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._producer = producer
