@@ -64,8 +64,10 @@ async def gateway(request: Request, ws: WebsocketImplProtocol) -> None:
             await _handle(deps, conn, raw)
     finally:
         conn.stop()
-        await deps.hub.unregister(conn)
+        # Presence first: the hub's unregister waits its turn for the pub/sub connection, and
+        # with thousands of sockets closing at once the user would read online meanwhile.
         await deps.presence.disconnected(conn)
+        await deps.hub.unregister(conn)
         try:
             await asyncio.wait_for(writer, timeout=5)
         except (TimeoutError, Exception):  # noqa: BLE001 - the socket is going away anyway
