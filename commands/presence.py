@@ -25,9 +25,6 @@ class PresenceView:
     last_seen: int | None  # ms; only when offline
     at: int = 0  # µs, when this state began (orders it against transitions)
 
-    def frame(self) -> dict[str, object]:
-        return {"type": "presence", "user_id": self.user_id, "state": self.state, "last_seen": self.last_seen}
-
 
 @dataclass(frozen=True)
 class Beat:
@@ -53,7 +50,3 @@ class PresenceStore(Protocol):
 
     async def read(self, user_ids: Sequence[str]) -> list[PresenceView]:
         """The users' presence as of now (expired connections count as gone)."""
-
-
-def view_of(event: PresenceChanged) -> PresenceView:
-    return PresenceView(event.user_id, event.state, event.last_seen, event.at)

@@ -42,7 +42,7 @@ from events import (
     keys,
 )
 from projections.roster import Roster
-from projections.wire import message_frame, message_json
+from projections.wire import message_frame, message_json, presence_frame
 
 GROUP_SHARDS = 16
 MESSAGE, JOINED, LEFT, TYPING, PRESENCE = b"m", b"+", b"-", b"t", b"p"
@@ -76,9 +76,7 @@ def typing_pushes(cid: str, typist: str, state: str) -> list[Push]:
 
 
 def presence_push(event: PresenceChanged) -> Push:
-    frame = orjson.dumps(
-        {"type": "presence", "user_id": event.user_id, "state": event.state, "last_seen": event.last_seen}
-    )
+    frame = presence_frame(event.user_id, event.state, event.last_seen)
     return Push(keys.presence_channel(event.user_id), PRESENCE + str(event.at).encode() + b"\0" + frame)
 
 

@@ -306,14 +306,20 @@ async def _fill(
         large = row is not None and (row.member_count or 0) >= ctx.fanout_threshold
         if r.user_id == user_id or not large:
             page.receipts.append(_receipt(r))
-    for cid in sorted(touched | set(membership)):
-        change = membership.get(cid, "updated")
+
+    async def describe(cid: str, change: str) -> dict[str, Any] | None:
         if change == "removed":
-            obj = _left_group(cid, await ctx.group_row(cid))
-        else:
-            obj = await ctx.describe(user_id, cid)  # None: no longer a member (reported above)
-        if obj is not None:
-            page.conversations.append({"event": change, "conversation": obj})
+            return _left_group(cid, await ctx.group_row(cid))
+        return await ctx.describe(user_id, cid)  # None: no longer a member (reported above)
+
+    changed = sorted(touched | set(membership))
+    changes = [membership.get(cid, "updated") for cid in changed]
+    objects = await asyncio.gather(*(describe(c, ch) for c, ch in zip(changed, changes, strict=True)))
+    page.conversations = [
+        {"event": change, "conversation": obj}
+        for change, obj in zip(changes, objects, strict=True)
+        if obj is not None
+    ]
 
 
 def _left_group(cid: str, row: Any | None) -> dict[str, Any] | None:

@@ -31,6 +31,16 @@ def message_json(event: MessageSent) -> bytes:
     return orjson.dumps(message_object(event))
 
 
+def presence_object(user_id: str, state: str, last_seen: int | None) -> dict[str, Any]:
+    """A user's presence as ``GET /v1/users/{uid}/presence`` answers it."""
+    return {"user_id": user_id, "state": state, "last_seen": last_seen}
+
+
+def presence_frame(user_id: str, state: str, last_seen: int | None) -> bytes:
+    """The ``presence`` frame watchers get (a snapshot or a change)."""
+    return orjson.dumps({"type": "presence", **presence_object(user_id, state, last_seen)})
+
+
 def message_frame(message: bytes) -> bytes:
     """A ``message`` frame around an already serialized Message object."""
     return b'{"type":"message","message":' + message + b"}"

@@ -6,6 +6,7 @@ from sanic import Blueprint, HTTPResponse, Request
 
 from events import is_valid_user_id
 from events.errors import Forbidden, Invalid
+from projections.wire import presence_object
 from query_api.deps import Dependencies
 from query_api.errors import json_response
 
@@ -22,4 +23,4 @@ async def presence(request: Request, user_id: str) -> HTTPResponse:
         # The same answer whether or not the user exists: presence is not a user directory.
         raise Forbidden("you share no conversation with this user")
     (view,) = await deps.presence_of([user_id])
-    return json_response({"user_id": view.user_id, "state": view.state, "last_seen": view.last_seen})
+    return json_response(presence_object(view.user_id, view.state, view.last_seen))

@@ -15,6 +15,7 @@ from websockets.protocol import Event
 from commands.membership import member_role
 from events.errors import RateLimited, TidingsError, Unavailable
 from projections.delivery import typing_pushes
+from projections.wire import presence_frame
 from query_api.deps import Dependencies
 from query_api.errors import error_frame
 from query_api.frames import (
@@ -134,7 +135,8 @@ async def _watch(deps: Dependencies, conn: Connection, ref: str | None, frame: W
         conn.watch_pending.clear()
         _reply(conn, "error", error_frame(ref, exc.code, exc.message, exc.retry_after))
         return
-    deps.hub.watch_settled(conn, [(v.user_id, v.at, orjson.dumps(v.frame())) for v in current])
+    snapshot = [(v.user_id, v.at, presence_frame(v.user_id, v.state, v.last_seen)) for v in current]
+    deps.hub.watch_settled(conn, snapshot)
     FRAMES_OUT.labels("presence").inc(len(current))
     refused = [u for u in wanted if u not in allowed]
     if refused:

@@ -63,24 +63,21 @@ def create_app(
     )
     source = app.topic(topics.conversation_events, key_type=bytes, value_type=bytes, partitions=partitions)
     dead_letters = app.topic(topics.dead_letters, key_type=bytes, value_type=bytes, partitions=partitions)
-    projector = Projector(
-        stages,
-        FaustDeadLetters(dead_letters),
-        on_applied=on_applied,
-        on_unavailable=on_unavailable,
-        tracer=tracer,
-    )
-    _agent(app, source, projector, "project", batch_size, batch_window_s)
-    watched = [topics.conversation_events]
-    if presence_stages:
-        presence = app.topic(topics.presence_events, key_type=bytes, value_type=bytes, partitions=partitions)
-        presence_projector = Projector(
-            presence_stages,
+
+    def projector(of: Sequence[Stage | PositionedStage]) -> Projector:
+        return Projector(
+            of,
             FaustDeadLetters(dead_letters),
             on_applied=on_applied,
             on_unavailable=on_unavailable,
+            tracer=tracer,
         )
-        _agent(app, presence, presence_projector, "presence", batch_size, batch_window_s)
+
+    _agent(app, source, projector(stages), "project", batch_size, batch_window_s)
+    watched = [topics.conversation_events]
+    if presence_stages:
+        presence = app.topic(topics.presence_events, key_type=bytes, value_type=bytes, partitions=partitions)
+        _agent(app, presence, projector(presence_stages), "presence", batch_size, batch_window_s)
         watched.append(topics.presence_events)
     if lag_interval_s > 0:
         for topic in watched:
