@@ -25,7 +25,7 @@ from archive.job import ArchiveJob
 from archive.kafka_source import KafkaLogSource
 from bench.archive_workload import produce, synthetic_events
 from events import Topics
-from projections.cql import connect
+from projections.cql import connect_to
 from tidings.archive_ops import replay
 from tidings.settings import Settings
 
@@ -50,12 +50,7 @@ async def main(events: int, archived_share: float) -> None:
     # replay also rebuilds presence from its own topic (empty here)
     topics = [topic, Topics(settings.topic_prefix).presence_events]
     await admin.create_topics([NewTopic(t, 12, 1) for t in topics])
-    cluster, session = connect(
-        settings.cassandra_hosts,
-        settings.cassandra_port,
-        protocol_version=settings.cassandra_protocol_version,
-        local_dc=settings.cassandra_local_dc,
-    )
+    cluster, session = connect_to(settings)
     try:
         now = int(time.time() * 1000)
         log = list(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from cassandra import (
     DriverException,
@@ -51,6 +51,29 @@ def connect(
     except (NoHostAvailable, OperationTimedOut) as exc:
         cluster.shutdown()
         raise Unavailable("Cassandra is not reachable") from exc
+
+
+class CassandraConfig(Protocol):
+    """Where Cassandra is (``tidings.settings.Settings`` is one)."""
+
+    @property
+    def cassandra_hosts(self) -> list[str]: ...
+    @property
+    def cassandra_port(self) -> int: ...
+    @property
+    def cassandra_protocol_version(self) -> int: ...
+    @property
+    def cassandra_local_dc(self) -> str: ...
+
+
+def connect_to(config: CassandraConfig) -> tuple[Cluster, Session]:
+    """``connect`` with the addresses and protocol of ``config``."""
+    return connect(
+        config.cassandra_hosts,
+        config.cassandra_port,
+        protocol_version=config.cassandra_protocol_version,
+        local_dc=config.cassandra_local_dc,
+    )
 
 
 class Cql:

@@ -162,7 +162,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     from commands.worker_ids import LeasedSnowflake, WorkerIdLease
     from events import Topics
     from events.errors import Unavailable
-    from projections.cql import Cql, connect
+    from projections.cql import Cql, connect_to
     from projections.delivery import GROUP_SHARDS
     from projections.inbox import one_conversation
     from projections.membership import CassandraMembership
@@ -194,12 +194,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     loop = asyncio.get_running_loop()
     cluster, session = await loop.run_in_executor(
         None,
-        lambda: connect(
-            settings.cassandra_hosts,
-            settings.cassandra_port,
-            protocol_version=settings.cassandra_protocol_version,
-            local_dc=settings.cassandra_local_dc,
-        ),
+        lambda: connect_to(settings),
     )
     closers.append(lambda: loop.run_in_executor(None, cluster.shutdown))
     cql = Cql(session, settings.cassandra_keyspace)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from cassandra.cluster import Cluster, Session
+from cassandra.cluster import Session
 
 from archive.kafka_source import KafkaLogSource
 from archive.manifest import Manifest, load, save, write_atomic
@@ -31,7 +31,7 @@ from archive.reader import ArchiveReader
 from archive.replay_source import archived_events, count
 from events import Topics
 from projections.archived import delete_archived, drop_empty_buckets
-from projections.cql import Cql, connect
+from projections.cql import Cql, connect_to
 from projections.membership import CassandraMembership
 from projections.messages import NAME as MESSAGES
 from projections.messages import bucket_of
@@ -46,15 +46,6 @@ from tidings.worker import persist_stages
 log = logging.getLogger(__name__)
 
 
-def _connect(settings: Settings) -> tuple[Cluster, Session]:
-    return connect(
-        settings.cassandra_hosts,
-        settings.cassandra_port,
-        protocol_version=settings.cassandra_protocol_version,
-        local_dc=settings.cassandra_local_dc,
-    )
-
-
 # -- prune -------------------------------------------------------------------------------
 
 
@@ -65,7 +56,7 @@ async def prune(settings: Settings, keyspace: str) -> tuple[int, int]:
     manifest = load(root)
     if manifest is None:
         return 0, 0
-    cluster, session = _connect(settings)
+    cluster, session = connect_to(settings)
     try:
         cql = Cql(session, keyspace)
         deleted = 0
@@ -162,7 +153,7 @@ async def replay(
     started = time.monotonic()
     base = settings.cassandra_keyspace
     loop = asyncio.get_running_loop()
-    cluster, session = await loop.run_in_executor(None, _connect, settings)
+    cluster, session = await loop.run_in_executor(None, connect_to, settings)
     try:
         target = _next_keyspace(session, base)
         await loop.run_in_executor(
@@ -311,7 +302,7 @@ class TableDiff:
 def verify(settings: Settings, live: str, rebuilt: str, *, only_filled: bool = False) -> list[TableDiff]:
     """Compare every table of ``rebuilt`` with the same table of ``live``, row by row
     (``only_filled``: only the tables the rebuild wrote rows to, for a partial replay)."""
-    cluster, session = _connect(settings)
+    cluster, session = connect_to(settings)
     try:
         tables = sorted(
             r.table_name
@@ -363,7 +354,7 @@ async def switch(settings: Settings, rebuilt: str) -> tuple[int, Path]:
     persist workers first (docs/operations.md): what they apply meanwhile goes to the old
     keyspace only."""
     state = load_state(settings, rebuilt)
-    cluster, session = _connect(settings)
+    cluster, session = connect_to(settings)
     try:
         cql = Cql(session, rebuilt)
         roster = Roster(CassandraMembership(cql).load_roster, threshold=settings.fanout_threshold)

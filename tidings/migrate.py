@@ -9,7 +9,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from events import Topics
-from projections.cql import connect
+from projections.cql import connect_to
 from projections.migrate import migrate_cassandra
 from tidings.settings import Settings
 
@@ -50,12 +50,7 @@ async def create_topics(settings: Settings, *, echo: Callable[[str], None] = pri
 
 
 def migrate_cassandra_from_settings(settings: Settings, *, echo: Callable[[str], None] = print) -> list[int]:
-    cluster, session = connect(
-        settings.cassandra_hosts,
-        settings.cassandra_port,
-        protocol_version=settings.cassandra_protocol_version,
-        local_dc=settings.cassandra_local_dc,
-    )
+    cluster, session = connect_to(settings)
     try:
         return migrate_cassandra(
             session,

@@ -10,7 +10,7 @@ import uvloop
 from prometheus_client import start_http_server
 
 from events import Topics
-from projections.cql import Cql, connect
+from projections.cql import Cql, connect_to
 from projections.membership import CassandraMembership
 from projections.messages import CassandraMessages
 from projections.presence import CassandraPresence, PresencePushes
@@ -41,12 +41,7 @@ def persist_stages(cql: Cql, settings: Settings, roster: Roster) -> list[Stage |
 
 
 def build_worker_app(settings: Settings) -> faust.App:
-    _, session = connect(
-        settings.cassandra_hosts,
-        settings.cassandra_port,
-        protocol_version=settings.cassandra_protocol_version,
-        local_dc=settings.cassandra_local_dc,
-    )
+    _, session = connect_to(settings)
     cql = Cql(session, settings.cassandra_keyspace)
     roster = Roster(CassandraMembership(cql).load_roster, threshold=settings.fanout_threshold)
     redis = make_redis(settings.redis_host, settings.redis_port, settings.redis_db)

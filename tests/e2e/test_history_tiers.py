@@ -42,15 +42,10 @@ async def _until_newest_is(system: System, cid: str, reader: str, last: str) -> 
 
 async def _warm_has(system: System, cid: str, ids: list[str]) -> None:
     """Until Cassandra holds ``ids`` (the persist worker runs behind the pushes)."""
-    from projections.cql import Cql, connect
+    from projections.cql import Cql, connect_to
     from projections.messages import CassandraMessages
 
-    cluster, session = connect(
-        system.settings.cassandra_hosts,
-        system.settings.cassandra_port,
-        protocol_version=system.settings.cassandra_protocol_version,
-        local_dc=system.settings.cassandra_local_dc,
-    )
+    cluster, session = connect_to(system.settings)
     try:
         warm = CassandraMessages(
             Cql(session, system.settings.cassandra_keyspace), system.settings.message_bucket_ms

@@ -18,7 +18,7 @@ from archive.kafka_source import KafkaLogSource
 from bench.archive_workload import produce, synthetic_events
 from commands.kafka_log import KafkaEventLog
 from events import ChatEvent, MessageSent, PresenceChanged, Topics
-from projections.cql import Cql, connect
+from projections.cql import Cql, connect_to
 from projections.membership import CassandraMembership
 from projections.messages import CassandraMessages
 from projections.migrate import migrate_cassandra
@@ -49,12 +49,7 @@ def replay_settings(services: Settings, tmp_path: Path) -> Iterator[Settings]:
     )
     topic = Topics(settings.topic_prefix).conversation_events
     topics = [topic, Topics(settings.topic_prefix).presence_events]
-    cluster, session = connect(
-        settings.cassandra_hosts,
-        settings.cassandra_port,
-        protocol_version=settings.cassandra_protocol_version,
-        local_dc=settings.cassandra_local_dc,
-    )
+    cluster, session = connect_to(settings)
     migrate_cassandra(session, settings.cassandra_keyspace, replication_factor=1, echo=lambda _: None)
 
     async def admin(create: bool) -> None:
@@ -153,12 +148,7 @@ async def _presence_live(settings: Settings, cql: Cql) -> int:
 async def test_replay_rebuilds_every_read_model_equal_to_live(replay_settings: Settings) -> None:
     settings = replay_settings
     topic = Topics(settings.topic_prefix).conversation_events
-    cluster, session = connect(
-        settings.cassandra_hosts,
-        settings.cassandra_port,
-        protocol_version=settings.cassandra_protocol_version,
-        local_dc=settings.cassandra_local_dc,
-    )
+    cluster, session = connect_to(settings)
     live = LiveWorker(settings, Cql(session, settings.cassandra_keyspace))
     try:
         # Phase A: in the log, projected live, archived, then pruned from the warm tier.

@@ -28,7 +28,7 @@ from commands.groups import (
 from commands.memory import MemoryDirectory
 from events import ChatEvent, MessageSent, ReceiptRecorded, direct_conversation_id, snowflake_ts
 from events.ids import Snowflake
-from projections.cql import Cql, connect
+from projections.cql import Cql, connect_to
 from projections.inbox import inbox_page
 from projections.membership import CassandraMembership
 from projections.migrate import migrate_cassandra
@@ -168,12 +168,7 @@ async def scenario(seed: int) -> tuple[list[ChatEvent], MemoryDirectory]:
 
 @pytest.fixture(scope="module")
 def sessions(services: Settings) -> Iterator[tuple[Cql, Cql]]:
-    cluster, session = connect(
-        services.cassandra_hosts,
-        services.cassandra_port,
-        protocol_version=services.cassandra_protocol_version,
-        local_dc=services.cassandra_local_dc,
-    )
+    cluster, session = connect_to(services)
     migrate_cassandra(session, REBUILD_KEYSPACE, replication_factor=1, echo=lambda _: None)
     yield Cql(session, services.cassandra_keyspace), Cql(session, REBUILD_KEYSPACE)
     cluster.shutdown()

@@ -11,7 +11,7 @@ import pytest
 
 from commands.redis_idempotency import RedisIdempotencyStore
 from events import keys
-from projections.cql import Cql, connect
+from projections.cql import Cql, connect_to
 from projections.messages import CassandraMessages
 from projections.recent import RedisRecent
 from projections.redis_client import make_redis
@@ -29,12 +29,7 @@ from tidings.settings import Settings
 
 @pytest.fixture(scope="module")
 def session(services: Settings) -> Iterator[Any]:
-    cluster, session = connect(
-        services.cassandra_hosts,
-        services.cassandra_port,
-        protocol_version=services.cassandra_protocol_version,
-        local_dc=services.cassandra_local_dc,
-    )
+    cluster, session = connect_to(services)
     yield session
     cluster.shutdown()
 
