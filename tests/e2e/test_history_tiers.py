@@ -12,8 +12,11 @@ from events import direct_conversation_id
 from tests.e2e.conftest import ROOT, System, user
 
 
-def _cli(system: System, *args: str) -> str:
-    result = subprocess.run(
+async def _cli(system: System, *args: str) -> str:
+    """Runs the CLI off the event loop: the test's open socket must keep heartbeating meanwhile
+    (a blocked loop sends no pings, and the gateway closes the socket as silent, 4408)."""
+    result = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "tidings", *args],
         cwd=ROOT,
         env=system.env,
@@ -45,7 +48,7 @@ async def _warm_has(system: System, cid: str, ids: list[str]) -> None:
     from projections.cql import Cql, connect_to
     from projections.messages import CassandraMessages
 
-    cluster, session = connect_to(system.settings)
+    cluster, session = await asyncio.to_thread(connect_to, system.settings)  # keeps pings going
     try:
         warm = CassandraMessages(
             Cql(session, system.settings.cassandra_keyspace), system.settings.message_bucket_ms
@@ -67,9 +70,9 @@ async def test_paging_reaches_the_first_message_after_its_warm_rows_are_pruned(s
         old = [(await client.send_message(cid, f"old {i}"))["message_id"] for i in range(80)]
         await _warm_has(system, cid, old)
 
-        archived = _cli(system, "archive", "run", "--older-than", "0s")
+        archived = await _cli(system, "archive", "run", "--older-than", "0s")
         assert "archived" in archived
-        pruned = _cli(system, "archive", "prune")
+        pruned = await _cli(system, "archive", "prune")
         assert "pruned" in pruned
         await _warm_has(system, cid, [])  # the warm copies are gone
 
