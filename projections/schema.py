@@ -115,6 +115,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        6,
+        "sync heads",
+        (
+            # Per conversation, the highest log offset in conversation_log (written with the
+            # offset as the write timestamp, so it never moves back). A sync reads only the
+            # conversations whose head is past the device's cursor, instead of all of the
+            # user's. A conversation without a row (written before this table) is read.
+            """CREATE TABLE IF NOT EXISTS {ks}.conversation_heads (
+                conversation_id text PRIMARY KEY, head bigint
+            )""",
+        ),
+    ),
 )
 
 BOOTSTRAP = (

@@ -14,6 +14,10 @@ offset up to which the worker has applied every event to every read model, this 
 Events of one batch are written concurrently, so without it a sync could see offset 105 while
 103 is still being written, and step past 103.
 
+**The heads**: per conversation, its highest offset, written with the log rows (before the
+watermark moves). A sync reads the log of only the conversations whose head is past the cursor,
+so a user in a thousand quiet conversations costs a few head queries, not a thousand reads.
+
 A device that connects its WebSocket first and then syncs misses nothing: everything pushed
 before the socket was subscribed is at or below the watermark the sync reads afterwards, or
 above it and pushed; duplicates are dropped by ``message_id``.
@@ -54,6 +58,7 @@ _USER_LOG = (
     "INSERT INTO {ks}.user_log (user_id, log_partition, log_offset, conversation_id, change)"
     " VALUES (?, ?, ?, ?, ?)"
 )
+_HEAD = "UPDATE {ks}.conversation_heads USING TIMESTAMP ? SET head = ? WHERE conversation_id = ?"
 _WATERMARK = "UPDATE {ks}.sync_watermarks USING TIMESTAMP ? SET applied = ? WHERE log_partition = ?"
 _SELECT_WATERMARKS = "SELECT log_partition, applied FROM {ks}.sync_watermarks"
 _SELECT_BUCKETS = (
@@ -64,11 +69,23 @@ _SELECT_LOG = (
     "SELECT log_offset, event FROM {ks}.conversation_log"
     " WHERE conversation_id = ? AND bucket = ? AND log_offset > ? AND log_offset <= ? LIMIT ?"
 )
+_SELECT_HEADS = "SELECT conversation_id, head FROM {ks}.conversation_heads WHERE conversation_id IN ?"
+HEADS_PER_QUERY = 100
 _SELECT_USER_LOG = (
     "SELECT log_offset, conversation_id, change FROM {ks}.user_log"
     " WHERE user_id = ? AND log_partition = ? AND log_offset > ? AND log_offset <= ?"
 )
-STATEMENTS = (_LOG, _LOG_BUCKET, _USER_LOG, _WATERMARK, _SELECT_WATERMARKS, _SELECT_BUCKETS, _SELECT_LOG)
+STATEMENTS = (
+    _LOG,
+    _LOG_BUCKET,
+    _USER_LOG,
+    _HEAD,
+    _WATERMARK,
+    _SELECT_WATERMARKS,
+    _SELECT_BUCKETS,
+    _SELECT_LOG,
+    _SELECT_HEADS,
+)
 
 
 def _user_changes(event: ChatEvent) -> list[tuple[str, str]]:
@@ -94,17 +111,20 @@ class CassandraSyncLog:
     async def apply_at(self, events: Sequence[tuple[int, int, ChatEvent]]) -> None:
         work: list[Statement] = []
         marks: dict[int, int] = {}
+        heads: dict[str, int] = {}
         for partition, offset, event in events:
             marks[partition] = max(marks.get(partition, -1), offset)
             if isinstance(event, PresenceChanged):
                 continue
             cid = event.conversation_id
+            heads[cid] = max(heads.get(cid, -1), offset)
             bucket = offset >> BUCKET_BITS
             work.append((_LOG, (cid, bucket, offset, encode_event(event))))
             work.append((_LOG_BUCKET, (cid, bucket)))
             work += [
                 (_USER_LOG, (uid, partition, offset, cid, change)) for uid, change in _user_changes(event)
             ]
+        work += [(_HEAD, (offset + 1, offset, cid)) for cid, offset in heads.items()]
         await self._cql.execute_all(list(dict.fromkeys(work)))
         # Only once the batch is written: the watermark promises everything up to it is there.
         await self._cql.execute_all([(_WATERMARK, (offset + 1, offset, p)) for p, offset in marks.items()])
@@ -112,6 +132,15 @@ class CassandraSyncLog:
     # -- queries -------------------------------------------------------------------------
     async def watermarks(self) -> dict[int, int]:
         return {r.log_partition: r.applied for r in await self._cql.execute(_SELECT_WATERMARKS)}
+
+    async def heads(self, conversation_ids: Sequence[str]) -> dict[str, int]:
+        """The highest log offset of each conversation that has a head row."""
+        chunks = [
+            list(conversation_ids[i : i + HEADS_PER_QUERY])
+            for i in range(0, len(conversation_ids), HEADS_PER_QUERY)
+        ]
+        results = await asyncio.gather(*(self._cql.execute(_SELECT_HEADS, (chunk,)) for chunk in chunks))
+        return {r.conversation_id: r.head for rows in results for r in rows}
 
     async def between(self, conversation_id: str, low: int, high: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to ``limit`` events of the conversation with ``low < offset <= high``, ascending."""
@@ -187,6 +216,7 @@ class SyncPage:
 
 class SyncLogReader(Protocol):
     async def watermarks(self) -> dict[int, int]: ...
+    async def heads(self, conversation_ids: Sequence[str]) -> dict[str, int]: ...
     async def between(
         self, conversation_id: str, low: int, high: int, limit: int
     ) -> list[tuple[int, bytes]]: ...
@@ -238,7 +268,11 @@ async def sync_since(user_id: str, since: str, *, limit: int, ctx: SyncContext) 
             if change == "removed" and cid not in current:
                 until[cid] = offset
 
-    cids = sorted(until)
+    # Only conversations with something after the cursor are read. A head is written before
+    # the watermark moves past it, so every event at or below ``high`` is at or below its
+    # conversation's head; a conversation without a head row is read to be sure.
+    heads = await ctx.log.heads(sorted(until))
+    cids = sorted(c for c in until if c not in heads or heads[c] > low[ctx.partition_of(c)])
     pages = await asyncio.gather(
         *(ctx.log.between(cid, low[ctx.partition_of(cid)], until[cid], limit) for cid in cids)
     )

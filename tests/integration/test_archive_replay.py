@@ -183,6 +183,7 @@ async def test_replay_rebuilds_every_read_model_equal_to_live(replay_settings: S
             "receipts",
             "presence",
             "conversation_log",
+            "conversation_heads",
             "user_log",
             "sync_watermarks",
         }

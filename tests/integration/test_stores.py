@@ -123,3 +123,24 @@ def test_migrations_rerun_changes_nothing(session: Any, services: Settings) -> N
         migrate_cassandra(session, services.cassandra_keyspace, replication_factor=1, echo=lambda _: None)
         == []
     )
+
+
+async def test_sync_heads_follow_the_highest_offset_and_never_move_back(
+    session: Any, services: Settings
+) -> None:
+    from projections.sync import CassandraSyncLog
+
+    log = CassandraSyncLog(Cql(session, services.cassandra_keyspace))
+    log.prepare()
+    cid, quiet, never = (f"dm:h{uuid.uuid4().hex[:8]}:{n}" for n in ("a", "b", "c"))
+    [m1, m2, m3] = spread_ids(3, step_ms=1)
+    await log.apply_at([(0, 10, message(cid, m1)), (0, 12, message(quiet, m2)), (0, 15, message(cid, m3))])
+    assert await log.heads([cid, quiet, never]) == {cid: 15, quiet: 12}
+    # A redelivered older batch (a worker restarted before it committed) leaves the head alone.
+    await log.apply_at([(0, 10, message(cid, m1))])
+    assert await log.heads([cid]) == {cid: 15}
+    # More conversations than one query takes.
+    many = [f"{cid}-{n}" for n in range(250)]
+    await log.apply_at([(1, 100 + n, message(c, m1)) for n, c in enumerate(many)])
+    heads = await log.heads(many)
+    assert heads == {c: 100 + n for n, c in enumerate(many)}

@@ -5,6 +5,7 @@ conversation, and never past the applied watermark."""
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -20,11 +21,19 @@ class MemoryLog:
         self.events: dict[str, list[tuple[int, bytes]]] = {}
         self.marks: dict[int, int] = {}
         self.changes: dict[tuple[str, int], list[tuple[int, str, str]]] = {}
+        self.headless: set[str] = set()  # conversations written before the heads table
+        self.read: list[str] = []  # conversations whose log was read, in order
 
     async def watermarks(self) -> dict[int, int]:
         return dict(self.marks)
 
+    async def heads(self, cids: Sequence[str]) -> dict[str, int]:
+        # As the worker writes them: every applied event's offset, and a little beyond the
+        # watermark (heads are written before the watermark moves).
+        return {c: self.events[c][-1][0] for c in cids if self.events.get(c) and c not in self.headless}
+
     async def between(self, cid: str, low: int, high: int, limit: int) -> list[tuple[int, bytes]]:
+        self.read.append(cid)
         return [e for e in self.events.get(cid, []) if low < e[0] <= high][:limit]
 
     async def user_changes(
@@ -90,6 +99,7 @@ async def test_paging_returns_every_event_once_in_order_and_stops_at_the_waterma
         log.events.setdefault(cid, []).append((offset, _message(cid, ids[n])))
         id_at[(cid, offset)] = ids[n]
         written[cid].append(offset)
+    log.headless = {c for c in cids if rng.random() < 0.3}
     # the worker has applied only part of the log
     log.marks = {p: rng.randint(0, o) for p, o in next_offset.items()}
     visible = {c: [o for o in offs if o <= log.marks[_partition_of(c)]] for c, offs in written.items()}
@@ -114,3 +124,19 @@ async def test_paging_returns_every_event_once_in_order_and_stops_at_the_waterma
     # nothing more once caught up
     again = await sync_since("me", cursor, limit=limit, ctx=_ctx(log, cids))
     assert again.messages == [] and not again.has_more and again.cursor == cursor
+
+
+async def test_only_conversations_with_events_past_the_cursor_are_read() -> None:
+    log = MemoryLog()
+    cids = {f"c-{i}" for i in range(8)}  # two conversations per partition
+    for i, cid in enumerate(sorted(cids)):
+        log.events[cid] = [(10 + i, _message(cid, 100 + i))]
+    log.events["c-5"].append((50, _message("c-5", 500)))  # the only one with news
+    log.headless = {"c-6"}  # written before heads existed: read to be sure
+    log.marks = dict.fromkeys(range(PARTITIONS), 60)
+    cursor = encode_cursor(dict.fromkeys(range(PARTITIONS), 30))
+
+    page = await sync_since("me", cursor, limit=100, ctx=_ctx(log, cids))
+
+    assert [m["message_id"] for m in page.messages] == ["500"]
+    assert sorted(log.read) == ["c-5", "c-6"]
