@@ -3,8 +3,9 @@
 ``manifest.json`` in the archive folder lists every verified chunk (its per-partition offset
 ranges, counts and files), every live file (rows, bytes, id range), the per-partition
 watermark (the next offset to archive: everything below it is in verified Parquet, so the log
-below it may be deleted), the prune watermark (Cassandra ``messages`` rows below it are gone),
-and the chunk in progress (``pending``), whose exact ranges a re-run repeats.
+below it may be deleted), the prune watermark (Cassandra ``messages`` and sync log rows below it
+are gone), the prune in progress (``pruning``: rows below it may be going now), and the chunk in
+progress (``pending``), whose exact ranges a re-run repeats.
 
 It is only ever replaced whole, by writing a temporary file, fsyncing it and renaming it over
 the old one, so a reader sees the old or the new manifest, never half of one. Readers list
@@ -64,6 +65,8 @@ class Manifest:
     partitions: int
     watermarks: dict[int, int] = field(default_factory=dict)
     prune_watermarks: dict[int, int] = field(default_factory=dict)
+    # The prune in progress: per partition, the offset below which it is deleting warm rows.
+    pruning: dict[int, int] = field(default_factory=dict)
     chunks: list[Chunk] = field(default_factory=list)
     files: dict[str, FileEntry] = field(default_factory=dict)
     pending: Chunk | None = None
@@ -98,6 +101,7 @@ class Manifest:
             partitions=data["partitions"],
             watermarks={int(p): o for p, o in data["watermarks"].items()},
             prune_watermarks={int(p): o for p, o in data["prune_watermarks"].items()},
+            pruning={int(p): o for p, o in data.get("pruning", {}).items()},
             chunks=[chunk(c) for c in data["chunks"]],
             files={p: FileEntry(**f) for p, f in data["files"].items()},
             pending=chunk(data["pending"]) if data.get("pending") else None,

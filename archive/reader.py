@@ -80,7 +80,9 @@ class ArchiveReader:
                 self._manifest, self._stamp = load(self.root), stamp
             return self._manifest
 
-    def _retrying(self, query: Callable[[Manifest | None], T]) -> T:
+    def retrying(self, query: Callable[[Manifest | None], T]) -> T:
+        """Run ``query`` on the current manifest; again on a fresh one when a file it listed
+        was removed meanwhile (a compaction)."""
         for attempt in range(_RETRIES):
             manifest = self.manifest(fresh=attempt > 0)
             try:
@@ -125,7 +127,7 @@ class ArchiveReader:
             finally:
                 cur.close()
 
-        return self._retrying(run)
+        return self.retrying(run)
 
     # -- history (the cold tier) ---------------------------------------------------------
     def page_sync(
@@ -204,7 +206,7 @@ class ArchiveReader:
             ids = sorted(found, reverse=order == "DESC")[:limit]
             return [_message(conversation_id, found[m]) for m in sorted(ids)]
 
-        return self._retrying(run)
+        return self.retrying(run)
 
     async def page(
         self, conversation_id: str, *, before: int | None, after: int | None, limit: int
@@ -218,25 +220,43 @@ class ArchiveReader:
     def unpruned_messages(self, manifest: Manifest, batch: int = 20_000) -> Iterator[list[tuple[str, int]]]:
         """``(conversation_id, message_id)`` of archived messages not yet pruned from the warm
         tier, in batches. The caller holds the writer lock (no compaction meanwhile)."""
+        for rows in self._unpruned(manifest, ["messages"], "conversation_id, message_id", batch):
+            yield [(str(cid), int(mid)) for cid, mid in rows]
+
+    def unpruned_log_buckets(self, manifest: Manifest, bucket_bits: int) -> set[tuple[str, int, int]]:
+        """``(conversation_id, partition, offset >> bucket_bits)`` of every archived event not
+        yet pruned from the sync log: the sync log partitions holding them."""
+        found: set[tuple[str, int, int]] = set()
+        columns = f"DISTINCT conversation_id, kafka_partition, kafka_offset >> {int(bucket_bits)}"
+        for rows in self._unpruned(manifest, ["messages", "membership", "receipts"], columns, 20_000):
+            found.update((str(cid), int(p), int(b)) for cid, p, b in rows)
+        return found
+
+    def _unpruned(
+        self, manifest: Manifest, tables: list[str], columns: str, batch: int
+    ) -> Iterator[list[tuple[Any, ...]]]:
         conds = [
             f"(kafka_partition = {int(p)} AND kafka_offset >= {int(manifest.prune_watermarks.get(p, 0))}"
             f" AND kafka_offset < {int(wm)})"
             for p, wm in sorted(manifest.watermarks.items())
             if wm > manifest.prune_watermarks.get(p, 0)
         ]
-        paths = self.paths(manifest, "messages")
-        if not conds or not paths:
+        if not conds:
             return
-        cur = self._db.cursor()
-        try:
-            cur.execute(
-                f"SELECT conversation_id, message_id FROM read_parquet($paths) WHERE {' OR '.join(conds)}",
-                {"paths": paths},
-            )
-            while rows := cur.fetchmany(batch):
-                yield [(str(cid), int(mid)) for cid, mid in rows]
-        finally:
-            cur.close()
+        for table in tables:
+            paths = self.paths(manifest, table)
+            if not paths:
+                continue
+            cur = self._db.cursor()
+            try:
+                cur.execute(
+                    f"SELECT {columns} FROM read_parquet($paths) WHERE {' OR '.join(conds)}",
+                    {"paths": paths},
+                )
+                while rows := cur.fetchmany(batch):
+                    yield rows
+            finally:
+                cur.close()
 
     def close(self) -> None:
         self._db.close()

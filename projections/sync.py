@@ -44,7 +44,7 @@ from events import (
     dm_members,
     encode_event,
 )
-from events.errors import Invalid
+from events.errors import Invalid, Unavailable
 from projections.cql import Cql
 from projections.membership import Statement
 from projections.wire import message_object
@@ -71,6 +71,7 @@ _SELECT_LOG = (
 )
 _SELECT_HEADS = "SELECT conversation_id, head FROM {ks}.conversation_heads WHERE conversation_id IN ?"
 HEADS_PER_QUERY = 100
+PRUNE_RETRIES = 5
 _SELECT_USER_LOG = (
     "SELECT log_offset, conversation_id, change FROM {ks}.user_log"
     " WHERE user_id = ? AND log_partition = ? AND log_offset > ? AND log_offset <= ?"
@@ -97,12 +98,16 @@ def _user_changes(event: ChatEvent) -> list[tuple[str, str]]:
 
 
 class CassandraSyncLog:
-    """The persist worker's last stage: the conversation log, the user log, then the watermark."""
+    """The persist worker's last stage: the conversation log, the user log, then the watermark.
+
+    ``log_rows=False`` leaves out the conversation log's rows (replay, for events whose rows
+    ``tidings archive prune`` removed: the archive serves those)."""
 
     name = NAME
 
-    def __init__(self, cql: Cql) -> None:
+    def __init__(self, cql: Cql, *, log_rows: bool = True) -> None:
         self._cql = cql
+        self._log_rows = log_rows
 
     def prepare(self) -> None:
         for cql in (*STATEMENTS, _SELECT_USER_LOG):
@@ -119,7 +124,8 @@ class CassandraSyncLog:
             cid = event.conversation_id
             heads[cid] = max(heads.get(cid, -1), offset)
             bucket = offset >> BUCKET_BITS
-            work.append((_LOG, (cid, bucket, offset, encode_event(event))))
+            if self._log_rows:
+                work.append((_LOG, (cid, bucket, offset, encode_event(event))))
             work.append((_LOG_BUCKET, (cid, bucket)))
             work += [
                 (_USER_LOG, (uid, partition, offset, cid, change)) for uid, change in _user_changes(event)
@@ -225,6 +231,21 @@ class SyncLogReader(Protocol):
     ) -> list[tuple[int, str, str]]: ...
 
 
+class ColdLog(Protocol):
+    """The archive standing in for the log rows ``tidings archive prune`` removed."""
+
+    def pruned_below(self) -> dict[int, int]:
+        """Per partition, the offset below which the conversation log may hold nothing (the
+        archive holds it all). Read again after a read: a prune that started meanwhile
+        changes it."""
+
+    async def between(
+        self, conversation_id: str, partition: int, low: int, high: int, limit: int
+    ) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` archived events of the conversation, ``low < offset <= high``,
+        ascending, encoded as in the log."""
+
+
 @dataclass(frozen=True)
 class SyncContext:
     """What a sync reads: the log, and the read models that describe conversations."""
@@ -238,6 +259,7 @@ class SyncContext:
     # a group's current object (title, member_count) for one who left it, or None
     group_row: Callable[[str], Awaitable[Any | None]]
     fanout_threshold: int
+    cold: ColdLog | None = None
 
 
 def _receipt(event: ReceiptRecorded) -> dict[str, Any]:
@@ -273,9 +295,7 @@ async def sync_since(user_id: str, since: str, *, limit: int, ctx: SyncContext) 
     # conversation's head; a conversation without a head row is read to be sure.
     heads = await ctx.log.heads(sorted(until))
     cids = sorted(c for c in until if c not in heads or heads[c] > low[ctx.partition_of(c)])
-    pages = await asyncio.gather(
-        *(ctx.log.between(cid, low[ctx.partition_of(cid)], until[cid], limit) for cid in cids)
-    )
+    pages = await _read_all(ctx, cids, low, until, limit)
     # Per partition: the events of its conversations in offset order, up to the highest offset
     # below which nothing can be missing (a conversation that filled its page may hold more).
     by_partition: dict[int, list[tuple[int, str, bytes]]] = {}
@@ -310,6 +330,36 @@ async def sync_since(user_id: str, since: str, *, limit: int, ctx: SyncContext) 
     }
     await _fill(page, user_id, taken, changed, ctx)
     return page
+
+
+async def _read_all(
+    ctx: SyncContext, cids: list[str], low: dict[int, int], until: dict[str, int], limit: int
+) -> list[list[tuple[int, bytes]]]:
+    """Each conversation's events in ``(low, until]``, up to ``limit``: from the archive below
+    the prune horizon, from the conversation log above it. A prune that moved the horizon
+    while reading may have removed rows already read as missing: read again."""
+    cold = ctx.cold
+    if cold is None:
+        return await asyncio.gather(
+            *(ctx.log.between(cid, low[ctx.partition_of(cid)], until[cid], limit) for cid in cids)
+        )
+
+    async def read(cold: ColdLog, cid: str, horizon: dict[int, int]) -> list[tuple[int, bytes]]:
+        p = ctx.partition_of(cid)
+        below = horizon.get(p, 0)
+        rows: list[tuple[int, bytes]] = []
+        if low[p] < below - 1:
+            rows = await cold.between(cid, p, low[p], min(until[cid], below - 1), limit)
+        if len(rows) < limit and until[cid] >= below:
+            rows += await ctx.log.between(cid, max(low[p], below - 1), until[cid], limit - len(rows))
+        return rows
+
+    for _ in range(PRUNE_RETRIES):
+        horizon = cold.pruned_below()
+        pages = await asyncio.gather(*(read(cold, cid, horizon) for cid in cids))
+        if cold.pruned_below() == horizon:
+            return pages
+    raise Unavailable("the sync log is being pruned; try again")
 
 
 async def _fill(

@@ -155,6 +155,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     from redis.exceptions import RedisError
 
     from archive.reader import ArchiveReader
+    from archive.replay_source import ArchivedLog
     from commands.kafka_log import KafkaEventLog
     from commands.redis_idempotency import RedisIdempotencyStore
     from commands.redis_locks import RedisLocks
@@ -231,6 +232,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
             cql, settings.message_bucket_ms, conversation_id, after=after, reader=reader, cap=cap
         )
 
+    archive = ArchiveReader(settings.archive_root)
     topics = Topics(settings.topic_prefix)
     event_log = KafkaEventLog(
         producer,
@@ -282,10 +284,11 @@ async def build_dependencies(settings: Settings) -> Dependencies:
             describe=lambda user_id, cid: one_conversation(user_id, cid, source=membership, unread=unread),
             group_row=membership.conversation_row,
             fanout_threshold=settings.fanout_threshold,
+            cold=ArchivedLog(archive),
         ),
         publish=publish,
         probes={"kafka": kafka_probe, "cassandra": cassandra_probe, "redis": redis_probe},
         closers=closers,
-        cold=ArchiveReader(settings.archive_root),
+        cold=archive,
         limiter=RedisRateLimiter(redis, limits_from(settings)),
     )

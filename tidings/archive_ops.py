@@ -6,8 +6,8 @@ Replay builds its stages with ``tidings.worker.persist_stages``, the list the pe
 runs, so a read model added there is rebuilt too. It reads the archive (every archived event,
 partition by partition in offset order), then the Kafka log from the archive's watermark up to
 the end offsets captured at start, with no consumer group and no pub/sub: nothing is pushed to
-clients. Events whose warm ``messages`` rows were pruned are applied to every read model but
-``messages``, so the rebuilt warm tier equals the live one.
+clients. Events whose warm ``messages`` and sync log rows were pruned are applied to every read
+model but those, so the rebuilt warm tier equals the live one.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from archive.manifest import Manifest, load, save, write_atomic
 from archive.reader import ArchiveReader
 from archive.replay_source import archived_events, count
 from events import Topics
-from projections.archived import delete_archived, drop_empty_buckets
+from projections.archived import delete_archived, delete_archived_log, drop_empty_buckets
 from projections.cql import Cql, connect_to
 from projections.membership import CassandraMembership
 from projections.messages import NAME as MESSAGES
@@ -38,6 +38,8 @@ from projections.messages import bucket_of
 from projections.migrate import migrate_cassandra
 from projections.presence import CassandraPresence
 from projections.roster import Roster
+from projections.sync import BUCKET_BITS as SYNC_BUCKET_BITS
+from projections.sync import CassandraSyncLog
 from streams.projector import Projector, Record
 from tidings.keyspaces import write_pointer
 from tidings.settings import Settings
@@ -50,22 +52,35 @@ log = logging.getLogger(__name__)
 
 
 async def prune(settings: Settings, keyspace: str) -> tuple[int, int]:
-    """Delete from ``keyspace.messages`` what verified chunks hold and no prune removed yet;
-    returns ``(messages deleted, empty buckets dropped)``. The caller holds the writer lock."""
+    """Delete from ``keyspace.messages`` and the sync log what verified chunks hold and no
+    prune removed yet; returns ``(messages deleted, empty buckets dropped)``. The caller holds
+    the writer lock.
+
+    The target is written to the manifest first (``pruning``): a sync that reads the manifest
+    meanwhile reads everything below it from the archive, and one that read it before sees it
+    change and reads again."""
     root = settings.archive_root
     manifest = load(root)
     if manifest is None:
         return 0, 0
+    target = dict(manifest.watermarks)
+    manifest.pruning = target
+    save(root, manifest)
     cluster, session = connect_to(settings)
     try:
         cql = Cql(session, keyspace)
+        reader = ArchiveReader(root)
         deleted = 0
         buckets: set[tuple[str, int]] = set()
-        for rows in ArchiveReader(root).unpruned_messages(manifest):
+        for rows in reader.unpruned_messages(manifest):
             deleted += await delete_archived(cql, settings.message_bucket_ms, rows)
             buckets |= {(cid, bucket_of(mid, settings.message_bucket_ms)) for cid, mid in rows}
         dropped = await drop_empty_buckets(cql, sorted(buckets))
-        manifest.prune_watermarks = dict(manifest.watermarks)
+        await delete_archived_log(
+            cql, sorted(reader.unpruned_log_buckets(manifest, SYNC_BUCKET_BITS)), target
+        )
+        manifest.prune_watermarks = target
+        manifest.pruning = {}
         save(root, manifest)
         return deleted, dropped
     finally:
@@ -176,8 +191,13 @@ async def replay(
             stages = [s for s in stages if s.name in projections]
         dead = _CountedDeadLetters()
         everything = Projector(stages, dead)
-        # Events whose warm copy was pruned: everything but the warm message rows.
-        pruned_only = Projector([s for s in stages if s.name != MESSAGES], dead)
+        # Events whose warm copies were pruned: everything but the warm message rows and the
+        # sync log's rows (the sync log's other tables and its watermark are still written).
+        log_less = CassandraSyncLog(cql, log_rows=False)
+        await loop.run_in_executor(None, log_less.prepare)
+        pruned_only = Projector(
+            [log_less if s.name == log_less.name else s for s in stages if s.name != MESSAGES], dead
+        )
 
         root = settings.archive_root
         manifest = load(root)

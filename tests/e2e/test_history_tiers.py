@@ -63,9 +63,38 @@ async def _warm_has(system: System, cid: str, ids: list[str]) -> None:
         cluster.shutdown()
 
 
+async def _sync_log_offsets(system: System, cid: str) -> list[int]:
+    """The offsets of the conversation's rows in the sync log (Cassandra)."""
+    from projections.cql import Cql, connect_to
+
+    cluster, session = await asyncio.to_thread(connect_to, system.settings)
+    try:
+        cql = Cql(session, system.settings.cassandra_keyspace)
+        rows = await cql.execute(
+            "SELECT log_offset FROM {ks}.conversation_log WHERE conversation_id = ? ALLOW FILTERING", (cid,)
+        )
+        return sorted(r.log_offset for r in rows)
+    finally:
+        cluster.shutdown()
+
+
+def _sync_all(system: System, reader: str, cursor: str) -> list[str]:
+    ids: list[str] = []
+    while True:
+        status, page = system.request("GET", f"/v1/sync?since={cursor}&limit=40", user=reader)
+        assert status == 200, page
+        ids += [m["message_id"] for m in page["messages"]]
+        cursor = page["cursor"]
+        if not page["has_more"]:
+            return ids
+
+
 async def test_paging_reaches_the_first_message_after_its_warm_rows_are_pruned(system: System) -> None:
     alice, bob = user(), user()
     cid = direct_conversation_id(alice, bob)
+    # Bob's other device synced before any of it: it will sync across the prune.
+    status, start = system.request("GET", "/v1/sync", user=bob)
+    assert status == 200, start
     async with system.connect(alice) as client:
         old = [(await client.send_message(cid, f"old {i}"))["message_id"] for i in range(80)]
         await _warm_has(system, cid, old)
@@ -75,6 +104,7 @@ async def test_paging_reaches_the_first_message_after_its_warm_rows_are_pruned(s
         pruned = await _cli(system, "archive", "prune")
         assert "pruned" in pruned
         await _warm_has(system, cid, [])  # the warm copies are gone
+        assert await _sync_log_offsets(system, cid) == []  # and so are the sync log's
 
         new = [(await client.send_message(cid, f"new {i}"))["message_id"] for i in range(70)]
     await _until_newest_is(system, cid, bob, new[-1])
@@ -101,3 +131,8 @@ async def test_paging_reaches_the_first_message_after_its_warm_rows_are_pruned(s
         forward += ids
         after = ids[-1] if ids else after
     assert forward == everything[1:]
+
+    # The device that synced before it all gets every message once, in order: the old ones
+    # from the archive, the new ones from the sync log.
+    assert len(await _sync_log_offsets(system, cid)) == len(new)
+    assert _sync_all(system, bob, start["cursor"]) == everything

@@ -42,11 +42,35 @@ class MemoryLog:
         return [c for c in self.changes.get((user_id, partition), []) if low < c[0] <= high]
 
 
+class MemoryCold:
+    """The archive: events moved out of the log below a per-partition horizon."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, list[tuple[int, bytes]]] = {}
+        self.horizons: list[dict[int, int]] = [{}]  # successive answers of pruned_below
+
+    def pruned_below(self) -> dict[int, int]:
+        return self.horizons.pop(0) if len(self.horizons) > 1 else self.horizons[0]
+
+    async def between(
+        self, cid: str, partition: int, low: int, high: int, limit: int
+    ) -> list[tuple[int, bytes]]:
+        assert _partition_of(cid) == partition
+        return [e for e in self.events.get(cid, []) if low < e[0] <= high][:limit]
+
+    def prune(self, log: MemoryLog, horizon: dict[int, int]) -> None:
+        for cid, rows in log.events.items():
+            below = horizon.get(_partition_of(cid), 0)
+            self.events.setdefault(cid, []).extend(e for e in rows if e[0] < below)
+            self.events[cid].sort()
+            log.events[cid] = [e for e in rows if e[0] >= below]
+
+
 def _partition_of(cid: str) -> int:
     return int(cid.rsplit("-", 1)[1]) % PARTITIONS
 
 
-def _ctx(log: MemoryLog, cids: set[str]) -> SyncContext:
+def _ctx(log: MemoryLog, cids: set[str], cold: MemoryCold | None = None) -> SyncContext:
     async def conversation_ids(user_id: str) -> set[str]:
         return set(cids)
 
@@ -64,6 +88,7 @@ def _ctx(log: MemoryLog, cids: set[str]) -> SyncContext:
         describe=describe,
         group_row=group_row,
         fanout_threshold=500,
+        cold=cold,
     )
 
 
@@ -102,6 +127,12 @@ async def test_paging_returns_every_event_once_in_order_and_stops_at_the_waterma
     log.headless = {c for c in cids if rng.random() < 0.3}
     # the worker has applied only part of the log
     log.marks = {p: rng.randint(0, o) for p, o in next_offset.items()}
+    # and the oldest part of it may be archived and pruned from the log
+    cold = None
+    if rng.random() < 0.5:
+        cold = MemoryCold()
+        cold.horizons = [{p: rng.randint(0, m + 1) for p, m in log.marks.items()}]
+        cold.prune(log, cold.horizons[0])
     visible = {c: [o for o in offs if o <= log.marks[_partition_of(c)]] for c, offs in written.items()}
 
     start = rng.choice([{}, {p: rng.randint(0, m) for p, m in log.marks.items()}])
@@ -109,7 +140,7 @@ async def test_paging_returns_every_event_once_in_order_and_stops_at_the_waterma
     cursor, pages, got = encode_cursor(start), 0, []
     limit = rng.randint(1, 40)
     while True:
-        page = await sync_since("me", cursor, limit=limit, ctx=_ctx(log, cids))
+        page = await sync_since("me", cursor, limit=limit, ctx=_ctx(log, cids, cold))
         assert len(page.messages) <= limit
         for cid in cids:  # a page lists each conversation's messages by ascending id
             mine = [int(m["message_id"]) for m in page.messages if m["conversation_id"] == cid]
@@ -122,7 +153,7 @@ async def test_paging_returns_every_event_once_in_order_and_stops_at_the_waterma
     want = sorted(id_at[(c, o)] for c, offs in expected.items() for o in offs)
     assert sorted(int(m["message_id"]) for m in got) == want  # each once, none beyond the watermark
     # nothing more once caught up
-    again = await sync_since("me", cursor, limit=limit, ctx=_ctx(log, cids))
+    again = await sync_since("me", cursor, limit=limit, ctx=_ctx(log, cids, cold))
     assert again.messages == [] and not again.has_more and again.cursor == cursor
 
 
@@ -140,3 +171,24 @@ async def test_only_conversations_with_events_past_the_cursor_are_read() -> None
 
     assert [m["message_id"] for m in page.messages] == ["500"]
     assert sorted(log.read) == ["c-5", "c-6"]
+
+
+async def test_a_prune_during_the_read_is_read_again_from_the_archive() -> None:
+    log, cold = MemoryLog(), MemoryCold()
+    cid = "c-1"
+    log.events[cid] = [(o, _message(cid, o)) for o in range(10, 20)]
+    log.marks = dict.fromkeys(range(PARTITIONS), 30)
+    # The first read sees no prune; a prune up to 15 lands before the check after it.
+    cold.horizons = [{}, {1: 15}, {1: 15}]
+    real_between = log.between
+
+    async def between(c: str, low: int, high: int, limit: int) -> list[tuple[int, bytes]]:
+        rows = await real_between(c, low, high, limit)
+        if not cold.events:
+            cold.prune(log, {1: 15})  # the prune removed rows right after this read
+            return rows[5:]  # ... and this read missed them
+        return rows
+
+    log.between = between  # type: ignore[method-assign]
+    page = await sync_since("me", encode_cursor({}), limit=100, ctx=_ctx(log, {cid}, cold))
+    assert [int(m["message_id"]) for m in page.messages] == list(range(10, 20))
