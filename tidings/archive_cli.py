@@ -140,10 +140,28 @@ def archive_compact(
     )
 
 
+@archive_app.command("trim-log")
+def archive_trim_log() -> None:
+    """Delete the Kafka log's records that verified chunks hold (below the archive's
+    watermark), but none a consumer group of the topic has not committed yet. Replay reads
+    the archive for that part."""
+    from archive.manifest import exclusive
+    from tidings.archive_ops import trim_log
+
+    settings = _settings()
+    with exclusive(settings.archive_root):
+        trimmed = asyncio.run(trim_log(settings))
+    if not trimmed:
+        typer.echo("no archive yet: nothing to trim")
+    for t in trimmed:
+        held = f" (held by consumer group {t.held_by})" if t.held_by else ""
+        typer.echo(f"partition {t.partition}: log starts at {t.after:,} (was {t.before:,}){held}")
+
+
 @archive_app.command("prune")
 def archive_prune() -> None:
-    """Delete the Cassandra `messages` rows of archived (verified) chunks; history then reads
-    them from the archive. The Kafka log is not touched."""
+    """Delete the Cassandra `messages` and sync log rows of archived (verified) chunks;
+    history and sync then read them from the archive. The Kafka log is not touched."""
     from archive.manifest import exclusive
     from tidings.archive_ops import prune
 

@@ -87,6 +87,57 @@ async def prune(settings: Settings, keyspace: str) -> tuple[int, int]:
         cluster.shutdown()
 
 
+# -- trimming the log -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trimmed:
+    partition: int
+    before: int  # the log's first offset before
+    after: int  # and after
+    held_by: str | None  # the consumer group that kept it lower than the archive's watermark
+
+
+async def trim_log(settings: Settings) -> list[Trimmed]:
+    """Delete the conversation log's records that verified chunks hold, never past an offset a
+    consumer group of the topic has not committed yet (a worker that is behind still reads
+    them from the log). Replay reads the archive below the watermark, so nothing is lost to
+    it; the caller holds the writer lock."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.records_to_delete import RecordsToDelete
+    from aiokafka.structs import TopicPartition
+
+    manifest = load(settings.archive_root)
+    if manifest is None:
+        return []
+    topic = Topics(settings.topic_prefix).conversation_events
+    if manifest.topic != topic:
+        raise SystemExit(f"the archive copies {manifest.topic}, not {topic}")
+    floor = {p: (manifest.watermark(p), None) for p in range(settings.topic_partitions)}
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=30_000)
+    await admin.start()
+    try:
+        for group, *_ in await admin.list_consumer_groups():
+            committed = await admin.list_consumer_group_offsets(group)
+            for tp, meta in committed.items():
+                if tp.topic == topic and tp.partition in floor and 0 <= meta.offset < floor[tp.partition][0]:
+                    floor[tp.partition] = (meta.offset, group)
+        async with KafkaLogSource(settings.kafka_bootstrap, topic, settings.topic_partitions) as source:
+            starts = await source.beginning_offsets()
+        wanted = {p: f for p, f in floor.items() if f[0] > starts.get(p, 0)}
+        done: dict[int, int] = {}
+        if wanted:
+            result = await admin.delete_records(
+                {TopicPartition(topic, p): RecordsToDelete(before_offset=f[0]) for p, f in wanted.items()}
+            )
+            done = {tp.partition: low for tp, low in result.items()}
+        return [
+            Trimmed(p, starts.get(p, 0), done.get(p, starts.get(p, 0)), floor[p][1]) for p in sorted(floor)
+        ]
+    finally:
+        await admin.close()
+
+
 # -- replay ------------------------------------------------------------------------------
 
 
