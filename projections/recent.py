@@ -7,9 +7,11 @@ history (every message goes through here in log order), which is what lets the h
 answer from it alone when it holds enough.
 
 The batch's pushes go out in the same pipeline, each after its event's cache writes. A
-message's three cache commands (add, trim, expire) are one script call: the deliver worker's CPU
-goes mostly to redis-py's per-command packing and parsing, so fewer commands per event is
-cheaper (docs/benchmarks.md). The script touches one key, so it runs on Redis Cluster too.
+message's cache commands (add, trim, expire) and its publishes (one per member of a small
+conversation, or one on a group shard) are one script call: the deliver worker's CPU goes
+mostly to redis-py's per-command packing and parsing, so fewer commands per event is cheaper
+(docs/benchmarks.md; ``bench/deliver_redis.py``). The script touches one key (channels are not
+keys), so it runs on Redis Cluster too.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from events import ChatEvent, MessageSent, keys
 from events.errors import Unavailable
-from projections.delivery import pushes
+from projections.delivery import Push, pushes
 from projections.roster import Roster
 from projections.wire import message_json
 
@@ -42,24 +44,37 @@ def _id_bound(message_id: int) -> bytes:
     return f"{message_id:0{_ID_DIGITS}d}".encode()
 
 
-# KEYS[1] = recent:{cid}; ARGV = member, size, ttl. Same effect as ZADD, ZREMRANGEBYRANK, EXPIRE.
+# KEYS[1] = recent:{cid}; ARGV = member, size, ttl, payload, channel... Same effect as ZADD,
+# ZREMRANGEBYRANK, EXPIRE, then PUBLISH of the payload on each channel.
 _CACHE_LUA = """
 redis.call('ZADD', KEYS[1], 0, ARGV[1])
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[2]) + 1))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
+for i = 5, #ARGV do
+  redis.call('PUBLISH', ARGV[i], ARGV[4])
+end
 return 1
 """
 
 
 @singledispatch
-def _cache(event: ChatEvent, pipe: Pipeline, size: int, sha: str) -> None:
-    return None
+def _cache(event: ChatEvent, pipe: Pipeline, size: int, sha: str, event_pushes: list[Push]) -> None:
+    for push in event_pushes:
+        pipe.publish(push.channel, push.payload)
 
 
 @_cache.register
-def _(event: MessageSent, pipe: Pipeline, size: int, sha: str) -> None:
+def _(event: MessageSent, pipe: Pipeline, size: int, sha: str, event_pushes: list[Push]) -> None:
     key = keys.recent(event.conversation_id)
-    pipe.evalsha(sha, 1, key, _member(event.message_id, message_json(event)), size, _TTL_S)
+    member = _member(event.message_id, message_json(event))
+    payloads = {push.payload for push in event_pushes}
+    if len(payloads) > 1:  # every member gets the same frame today; if not, publish apart
+        pipe.evalsha(sha, 1, key, member, size, _TTL_S, b"")
+        for push in event_pushes:
+            pipe.publish(push.channel, push.payload)
+        return
+    payload = payloads.pop() if payloads else b""
+    pipe.evalsha(sha, 1, key, member, size, _TTL_S, payload, *(push.channel for push in event_pushes))
 
 
 class RedisRecent:
@@ -80,9 +95,7 @@ class RedisRecent:
                 self._sha = str(await self._redis.script_load(_CACHE_LUA))
             async with self._redis.pipeline(transaction=False) as pipe:
                 for event, event_pushes in batch:
-                    _cache(event, pipe, self.size, self._sha)
-                    for push in event_pushes:
-                        pipe.publish(push.channel, push.payload)
+                    _cache(event, pipe, self.size, self._sha, event_pushes)
                 await pipe.execute()
         except NoScriptError as exc:
             # Redis restarted or flushed its scripts: load it again and let the projector retry

@@ -1,0 +1,97 @@
+"""The deliver worker's Redis stage alone: client CPU per event of ``RedisRecent.apply`` (the
+hot cache and the pushes of 1:1 messages) against the real Redis, by batch size.
+
+    .venv/bin/python -m bench.deliver_redis --events 20000 --batches 1,5,20,100
+
+Prints, per batch size, events/s and the client's CPU (process time) per event. Redis' own
+CPU is not counted: the worker's Python is what the 1:1 path is short of (docs/benchmarks.md).
+Uses its own Redis database (``--redis-db``, flushed before and after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+from bench.common import cpu_calibration_us, cpu_model, run_loop
+from events import MessageSent
+from projections.recent import RedisRecent
+from projections.redis_client import make_redis
+from projections.roster import Roster
+from tidings.settings import Settings
+
+
+def _messages(n: int) -> list[MessageSent]:
+    base = 1 << 40
+    return [
+        MessageSent(
+            conversation_id=f"dm:u{i % 500:04d}:v{i % 500:04d}",
+            message_id=base + i,
+            sender_id=f"u{i % 500:04d}",
+            sender_device="d",
+            client_msg_id=f"c{i}",
+            kind="text",
+            body="x" * 200,
+            ts=1_700_000_000_000 + i,
+        )
+        for i in range(n)
+    ]
+
+
+async def _roster_load(cid: str, threshold: int) -> object:
+    raise AssertionError("direct chats need no lookup")
+
+
+async def main(args: argparse.Namespace) -> list[dict[str, float]]:
+    settings = Settings()
+    redis = make_redis(settings.redis_host, settings.redis_port, args.redis_db)
+    await redis.flushdb()
+    recent = RedisRecent(redis, 50, roster=Roster(_roster_load, threshold=500))  # type: ignore[arg-type]
+    events = _messages(args.events)
+    await recent.apply(events[:10])  # load the script, warm the pool
+    results = []
+    try:
+        for size in args.batches:
+            started, cpu = time.perf_counter(), time.process_time()
+            for i in range(0, len(events), size):
+                await recent.apply(events[i : i + size])
+            wall, used = time.perf_counter() - started, time.process_time() - cpu
+            results.append(
+                {
+                    "batch": size,
+                    "events_per_s": len(events) / wall,
+                    "cpu_us_per_event": used / len(events) * 1e6,
+                }
+            )
+    finally:
+        await redis.flushdb()
+        await redis.aclose()
+    return results
+
+
+def _cli() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=20_000)
+    ap.add_argument("--batches", default="1,5,20,100", help="batch sizes, comma-separated")
+    ap.add_argument("--redis-db", type=int, default=9)
+    ap.add_argument("--json", action="store_true", help="also print one JSON line with the figures")
+    args = ap.parse_args()
+    args.batches = [int(b) for b in args.batches.split(",")]
+    results = run_loop(main(args))
+    print(
+        f"deliver stage (RedisRecent.apply), {args.events:,} 1:1 messages per batch size; "
+        f"{cpu_model()}, sum(range(1000)) {cpu_calibration_us():.0f} µs, load {os.getloadavg()[0]:.1f}"
+    )
+    for r in results:
+        print(
+            f"  batch {r['batch']:>4}: {r['events_per_s']:>9,.0f} events/s, "
+            f"{r['cpu_us_per_event']:6.1f} µs client CPU per event"
+        )
+    if args.json:
+        print(json.dumps({"deliver_redis": results}))
+
+
+if __name__ == "__main__":
+    _cli()

@@ -1,0 +1,62 @@
+"""What ``RedisRecent`` puts in its pipeline per event: one script call per message that caches
+it and publishes it to every recipient channel, and plain publishes for other events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from events import MessageSent, ReceiptRecorded
+from projections.delivery import Push
+from projections.recent import _cache
+
+
+class RecordingPipe:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def evalsha(self, *args: Any) -> None:
+        self.calls.append(("evalsha", *args))
+
+    def publish(self, channel: str, payload: bytes) -> None:
+        self.calls.append(("publish", channel, payload))
+
+
+def _message() -> MessageSent:
+    return MessageSent(
+        conversation_id="dm:a:b",
+        message_id=7,
+        sender_id="a",
+        sender_device="d",
+        client_msg_id="c",
+        kind="text",
+        body="hi",
+        ts=1,
+    )
+
+
+def test_a_message_is_cached_and_published_by_one_script_call() -> None:
+    pipe = RecordingPipe()
+    pushes = [Push("deliver:user:a", b"mframe"), Push("deliver:user:b", b"mframe")]
+    _cache(_message(), pipe, 50, "sha", pushes)  # type: ignore[arg-type]
+    [(op, sha, nkeys, key, member, size, _ttl, payload, *channels)] = pipe.calls
+    assert (op, sha, nkeys, key, size, payload) == ("evalsha", "sha", 1, "recent:dm:a:b", 50, b"mframe")
+    assert member.startswith(b"00000000000000000007|")
+    assert channels == ["deliver:user:a", "deliver:user:b"]
+
+
+def test_recipients_with_different_frames_get_their_own_publish_after_the_cache_write() -> None:
+    pipe = RecordingPipe()
+    pushes = [Push("deliver:user:a", b"one"), Push("deliver:user:b", b"two")]
+    _cache(_message(), pipe, 50, "sha", pushes)  # type: ignore[arg-type]
+    assert [c[0] for c in pipe.calls] == ["evalsha", "publish", "publish"]
+    assert pipe.calls[0][-1] == b""  # the script publishes nothing itself
+    assert pipe.calls[1:] == [("publish", "deliver:user:a", b"one"), ("publish", "deliver:user:b", b"two")]
+
+
+def test_other_events_are_only_published() -> None:
+    pipe = RecordingPipe()
+    receipt = ReceiptRecorded(
+        conversation_id="dm:a:b", user_id="b", device_id="d", message_id=7, status="read", ts=1
+    )
+    _cache(receipt, pipe, 50, "sha", [Push("deliver:user:a", b"mreceipt")])  # type: ignore[arg-type]
+    assert pipe.calls == [("publish", "deliver:user:a", b"mreceipt")]
