@@ -16,9 +16,11 @@ loop iteration per command, microseconds.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 # A burst bigger than this is flushed in several pipelines, to bound one reply's size and the
 # time one flush keeps the loop.
@@ -70,3 +72,21 @@ class RedisPipeliner:
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+
+
+class PipelinedScript:
+    """A Lua script run with EVALSHA through a ``RedisPipeliner``; loaded again when Redis lost
+    it (a restart or SCRIPT FLUSH), as redis-py's own ``Script`` does."""
+
+    def __init__(self, pipeliner: RedisPipeliner, redis: Redis, text: str) -> None:
+        self._pipeliner = pipeliner
+        self._redis = redis
+        self._text = text
+        self._sha = hashlib.sha1(text.encode()).hexdigest()
+
+    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await self._pipeliner.execute("EVALSHA", self._sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self._redis.script_load(self._text)
+            return await self._pipeliner.execute("EVALSHA", self._sha, len(keys), *keys, *args)
