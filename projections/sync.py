@@ -72,6 +72,7 @@ _SELECT_LOG = (
 _SELECT_HEADS = "SELECT conversation_id, head FROM {ks}.conversation_heads WHERE conversation_id IN ?"
 HEADS_PER_QUERY = 100
 PRUNE_RETRIES = 5
+BUCKETS_REMEMBERED = 200_000
 _SELECT_USER_LOG = (
     "SELECT log_offset, conversation_id, change FROM {ks}.user_log"
     " WHERE user_id = ? AND log_partition = ? AND log_offset > ? AND log_offset <= ?"
@@ -108,6 +109,9 @@ class CassandraSyncLog:
     def __init__(self, cql: Cql, *, log_rows: bool = True) -> None:
         self._cql = cql
         self._log_rows = log_rows
+        # Bucket rows this process has written: a busy conversation's row is written once, not
+        # with every event. Nothing deletes them, so remembering is safe; bounded.
+        self._buckets_written: set[tuple[str, int]] = set()
 
     def prepare(self) -> None:
         for cql in (*STATEMENTS, _SELECT_USER_LOG):
@@ -117,6 +121,7 @@ class CassandraSyncLog:
         work: list[Statement] = []
         marks: dict[int, int] = {}
         heads: dict[str, int] = {}
+        buckets: set[tuple[str, int]] = set()
         for partition, offset, event in events:
             marks[partition] = max(marks.get(partition, -1), offset)
             if isinstance(event, PresenceChanged):
@@ -126,12 +131,17 @@ class CassandraSyncLog:
             bucket = offset >> BUCKET_BITS
             if self._log_rows:
                 work.append((_LOG, (cid, bucket, offset, encode_event(event))))
-            work.append((_LOG_BUCKET, (cid, bucket)))
+            if (cid, bucket) not in self._buckets_written:
+                buckets.add((cid, bucket))
             work += [
                 (_USER_LOG, (uid, partition, offset, cid, change)) for uid, change in _user_changes(event)
             ]
+        work += [(_LOG_BUCKET, key) for key in buckets]
         work += [(_HEAD, (offset + 1, offset, cid)) for cid, offset in heads.items()]
         await self._cql.execute_all(list(dict.fromkeys(work)))
+        if len(self._buckets_written) > BUCKETS_REMEMBERED:
+            self._buckets_written.clear()
+        self._buckets_written |= buckets  # only once written
         # Only once the batch is written: the watermark promises everything up to it is there.
         await self._cql.execute_all([(_WATERMARK, (offset + 1, offset, p)) for p, offset in marks.items()])
 

@@ -167,3 +167,19 @@ async def test_rate_limits_hold_under_concurrent_checks_and_survive_a_script_flu
     await redis.script_flush()
     user = f"rl{uuid.uuid4().hex[:8]}"  # a fresh bucket
     assert [await check() for _ in range(6)] == [True] * 5 + [False]
+
+
+async def test_sync_log_reads_across_log_buckets_written_in_separate_batches(
+    session: Any, services: Settings
+) -> None:
+    from projections.sync import BUCKET_BITS, CassandraSyncLog
+
+    log = CassandraSyncLog(Cql(session, services.cassandra_keyspace))
+    log.prepare()
+    cid = f"dm:b{uuid.uuid4().hex[:8]}:z"
+    [m1, m2, m3] = spread_ids(3, step_ms=1)
+    edge = 1 << BUCKET_BITS
+    await log.apply_at([(2, edge - 2, message(cid, m1))])
+    await log.apply_at([(2, edge - 1, message(cid, m2))])  # the bucket's row is remembered
+    await log.apply_at([(2, edge + 3, message(cid, m3))])  # the next bucket
+    assert [o for o, _ in await log.between(cid, 0, 2 * edge, 10)] == [edge - 2, edge - 1, edge + 3]

@@ -1,0 +1,53 @@
+"""What the sync log stage writes: each log bucket's row once per process, but again after a
+failed write (the projector retries the batch)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from events import MessageSent
+from events.errors import Unavailable
+from projections.sync import _LOG_BUCKET, CassandraSyncLog
+
+
+class FakeCql:
+    def __init__(self) -> None:
+        self.written: list[tuple[str, Sequence[Any]]] = []
+        self.fail_next = False
+
+    async def execute_all(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        if self.fail_next:
+            self.fail_next = False
+            raise Unavailable("down")
+        self.written += statements
+
+
+def _message(n: int) -> MessageSent:
+    return MessageSent(
+        conversation_id="dm:a:b",
+        message_id=n,
+        sender_id="a",
+        sender_device="d",
+        client_msg_id=str(n),
+        kind="text",
+        body="",
+        ts=0,
+    )
+
+
+def _bucket_rows(cql: FakeCql) -> list[Sequence[Any]]:
+    return [params for statement, params in cql.written if statement == _LOG_BUCKET]
+
+
+async def test_a_bucket_row_is_written_once_and_again_after_a_failure() -> None:
+    cql = FakeCql()
+    log = CassandraSyncLog(cql)  # type: ignore[arg-type]
+    cql.fail_next = True
+    with pytest.raises(Unavailable):
+        await log.apply_at([(0, 1, _message(1))])
+    await log.apply_at([(0, 1, _message(1))])  # the retry writes the row
+    await log.apply_at([(0, 2, _message(2)), (0, 3, _message(3))])
+    assert _bucket_rows(cql) == [("dm:a:b", 0)]
