@@ -50,10 +50,30 @@ class Device:
             self.sync(limit=50)
             if done(self):
                 return
-            assert time.monotonic() < deadline, (
-                f"sync never caught up: {len(self.messages)} messages, {self.receipts}"
-            )
+            if time.monotonic() >= deadline:
+                raise AssertionError(
+                    f"sync never caught up: {len(self.messages)} messages, {self.receipts}; "
+                    f"{await self._positions()}"
+                )
             await asyncio.sleep(0.2)
+
+    async def _positions(self) -> str:
+        """Where the persist worker is against the log (to tell a slow worker from a skip)."""
+        from archive.kafka_source import KafkaLogSource
+        from projections.cql import Cql, connect_to
+        from projections.sync import CassandraSyncLog, decode_cursor
+
+        settings = self.system.settings
+        cluster, session = await asyncio.to_thread(connect_to, settings)
+        try:
+            marks = await CassandraSyncLog(Cql(session, settings.cassandra_keyspace)).watermarks()
+        finally:
+            cluster.shutdown()
+        topic = Topics(settings.topic_prefix).conversation_events
+        async with KafkaLogSource(settings.kafka_bootstrap, topic, settings.topic_partitions) as log:
+            ends = await log.end_offsets()
+        cursor = decode_cursor(self.cursor, settings.topic_partitions) if self.cursor else {}
+        return f"cursor {cursor}, applied {marks}, log ends {ends}"
 
 
 def _ids(messages: list[dict[str, Any]]) -> list[str]:
