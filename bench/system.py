@@ -2,8 +2,9 @@
 groups and Redis database apart from a developer's ``tidings up`` and from the tests.
 
 It migrates the namespace, then starts the deliver worker, the persist worker and the gateway
-(``--gateway-workers`` Sanic processes) as child processes of ``python -m tidings``, on the
-shared services, and stops them (SIGINT, then SIGKILL) when done. Logs go to ``logs/``.
+(``--gateway-workers`` Sanic processes) as child processes of ``python -m tidings``
+(``tidings.processes``), on the shared services, and stops them (SIGTERM, then SIGKILL) when
+done. Logs go to ``logs/``.
 """
 
 from __future__ import annotations
@@ -11,16 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tidings import processes
+from tidings.processes import ROOT
 
 
 def namespace_env(namespace: str, *, redis_db: int, http_port: int, gateway_workers: int) -> dict[str, str]:
@@ -55,26 +55,14 @@ class BenchSystem:
     def migrate(self) -> None:
         subprocess.run([sys.executable, "-m", "tidings", "migrate"], cwd=ROOT, env=self._env(), check=True)
 
-    COMMANDS = {
-        "deliver": ["worker", "--role", "deliver"],
-        "persist": ["worker", "--role", "persist"],
-        "gateway": ["gateway"],
-    }
-
     def start(self, only: str | None = None) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         ports = {"deliver": str(self.worker_ports[0]), "persist": str(self.worker_ports[1]), "gateway": "0"}
-        for name, args in self.COMMANDS.items():
+        for name in processes.ROLES:
             if only is not None and name != only:
                 continue
-            with open(self.logs / f"{name}.log", "ab") as log:
-                self.procs[name] = subprocess.Popen(
-                    [sys.executable, "-m", "tidings", *args],
-                    cwd=ROOT,
-                    env=self._env(TIDINGS_WORKER_WEB_PORT=ports[name]),
-                    stdout=log,
-                    stderr=log,
-                )
+            env = self._env(TIDINGS_WORKER_WEB_PORT=ports[name])
+            self.procs[name] = processes.spawn(name, env, log=self.logs / f"{name}.log")
 
     def restart_gateway(self) -> None:
         """A fresh gateway: freed socket memory is not returned to the OS, and a big heap
@@ -87,20 +75,13 @@ class BenchSystem:
         return {name: p.pid for name, p in self.procs.items()}
 
     def wait_ready(self, timeout_s: float = 90) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for name, proc in self.procs.items():
-                if proc.poll() is not None:
-                    tail = (self.logs / f"{name}.log").read_text(errors="replace")[-2000:]
-                    raise SystemExit(f"{name} exited:\n{tail}")
-            try:
-                with urllib.request.urlopen(f"{self.http}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise SystemExit(f"gateway not ready after {timeout_s}s (logs in {self.logs})")
+        try:
+            processes.wait_ready(f"{self.http}/readyz", self.procs, timeout_s=timeout_s)
+        except processes.Exited as exc:
+            tail = (self.logs / f"{exc.name}.log").read_text(errors="replace")[-2000:]
+            raise SystemExit(f"{exc}:\n{tail}") from exc
+        except TimeoutError as exc:
+            raise SystemExit(f"{exc} (logs in {self.logs})") from exc
 
     def wait_delivering(self, secret: str, timeout_s: float = 90) -> float:
         """Until a message sent now is pushed (the deliver group starts at the log end, so what
@@ -146,14 +127,7 @@ class BenchSystem:
         for proc in procs.values():
             with contextlib.suppress(psutil.NoSuchProcess):
                 tree += psutil.Process(proc.pid).children(recursive=True)
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)  # SIGINT may be ignored in a background job
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        processes.stop(procs.values(), timeout_s=30)
         _, alive = psutil.wait_procs(tree, timeout=10)
         for left in alive:
             with contextlib.suppress(psutil.NoSuchProcess):

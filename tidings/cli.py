@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Annotated
 
@@ -109,7 +108,7 @@ def token(
 @app.command()
 def up() -> None:
     """Services, migrations, a gateway and a worker in one command; Ctrl-C stops what it started."""
-    from tidings import services
+    from tidings import processes, services
     from tidings.migrate import migrate as run_migrations
 
     settings = _settings()
@@ -122,17 +121,19 @@ def up() -> None:
         asyncio.run(run_migrations(settings))
         env = {**os.environ, "TIDINGS_AUTH_SECRET": settings.resolved_auth_secret()}
         metrics_port = settings.worker_web_port
-        commands: tuple[tuple[list[str], dict[str, str]], ...] = (
-            (["worker", "--role", "deliver"], {"TIDINGS_WORKER_WEB_PORT": str(metrics_port)}),
-            (["worker", "--role", "persist"], {"TIDINGS_WORKER_WEB_PORT": str(metrics_port + 1)}),
-            (["gateway"], {}),
-        )
-        for command, extra in commands:
-            children.append(
-                subprocess.Popen([sys.executable, "-m", "tidings", *command], env={**env, **extra})
-            )
+        extra = {
+            "deliver": {"TIDINGS_WORKER_WEB_PORT": str(metrics_port)},
+            "persist": {"TIDINGS_WORKER_WEB_PORT": str(metrics_port + 1)},
+            "gateway": {},
+        }
+        started = {name: processes.spawn(name, {**env, **more}) for name, more in extra.items()}
+        children += started.values()
         url = f"http://{settings.http_host}:{settings.http_port}"
-        _wait_ready(f"{url}/readyz", children, timeout_s=60)
+        try:
+            processes.wait_ready(f"{url}/readyz", started, timeout_s=60)
+        except (processes.Exited, TimeoutError) as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(1) from exc
         typer.echo(
             f"\nTidings is up in {time.monotonic() - started_at:.1f}s\n"
             f"  WebSocket  ws://{settings.http_host}:{settings.http_port}/v1/ws?token=<token>\n"
@@ -147,37 +148,13 @@ def up() -> None:
     except KeyboardInterrupt:
         typer.echo("\nstopping")
     finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGINT)
-        for child in children:
-            try:
-                child.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        processes.stop(children)
         if ours:
             services.down(settings, only=ours)
 
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
-
-
-def _wait_ready(url: str, children: list[subprocess.Popen[bytes]], *, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if any(c.poll() is not None for c in children):
-            raise typer.Exit(1)
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    typer.echo(f"not ready after {timeout_s}s: {url}", err=True)
-    raise typer.Exit(1)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -23,9 +22,10 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from query_api.auth import issue_token
+from tidings import processes
 from tidings.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = processes.ROOT
 FANOUT_THRESHOLD = 10
 PRESENCE_TTL_S, IDLE_CLOSE_S, HEARTBEAT_S = 4.0, 8.0, 0.5
 
@@ -64,55 +64,33 @@ class System:
         self.http = f"http://127.0.0.1:{self.port}"
         self.ws = f"ws://127.0.0.1:{self.port}/v1/ws"
 
-    # name -> command; the workers run split by role, as `tidings up` runs them
-    COMMANDS = {
-        "deliver": ["worker", "--role", "deliver"],
-        "persist": ["worker", "--role", "persist"],
-        "gateway": ["gateway"],
-    }
+    # the processes a system starts (more of a role may be started: `gateway2`, ...)
+    COMMANDS = processes.ROLES
 
     def start(self, name: str) -> None:
         self.metrics_ports[name] = _free_port()
         env = {**self.env, "TIDINGS_WORKER_WEB_PORT": str(self.metrics_ports[name])}
-        with open(self.logs / f"{name}.log", "ab") as log:
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "tidings", *self.COMMANDS[name]],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=log,
-            )
+        self.procs[name] = processes.spawn(name, env, log=self.logs / f"{name}.log")
 
-    def kill(self, role: str) -> None:
-        proc = self.procs.pop(role)
+    def kill(self, name: str) -> None:
+        proc = self.procs.pop(name)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            proc.send_signal(signal.SIGINT)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        processes.stop(self.procs.values())
         self.procs.clear()
 
     def wait_ready(self, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for role, proc in self.procs.items():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{role} exited: {(self.logs / f'{role}.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.http}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("gateway not ready")
+        self.wait_http(f"{self.http}/readyz", timeout_s)
+
+    def wait_http(self, url: str, timeout_s: float) -> None:
+        """Until ``url`` answers; the log of a process that exited meanwhile in the error."""
+        try:
+            processes.wait_ready(url, self.procs, timeout_s=timeout_s)
+        except processes.Exited as exc:
+            log = (self.logs / f"{exc.name}.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{exc}: {log}") from exc
 
     async def wait_delivering(self, timeout_s: float = 60) -> None:
         """Until a message sent now is pushed: the delivery group has its partitions (it starts

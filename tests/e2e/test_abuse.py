@@ -4,8 +4,6 @@ attempts), the WebSocket Origin allow-list, and no message text in any process l
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +17,8 @@ import pytest
 import websockets
 
 from events import direct_conversation_id
-from tests.e2e.conftest import ROOT, Client, System, _free_port, user
+from tests.e2e.conftest import Client, System, _free_port, user
+from tidings import processes
 
 ALLOWED_ORIGIN = "https://chat.example"
 
@@ -38,29 +37,14 @@ class Gateway:
         if origins is not None:
             env["TIDINGS_ALLOWED_ORIGINS"] = orjson.dumps(origins).decode()
         self.log = system.logs / f"gateway-{name}.log"
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tidings", "gateway"], cwd=ROOT, env=env, stdout=log, stderr=log
-            )
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("second gateway not ready")
+        self.proc = processes.spawn("gateway", env, log=self.log)
+        try:
+            processes.wait_ready(f"{self.http}/readyz", {"gateway": self.proc}, timeout_s=90)
+        except processes.Exited as exc:
+            raise RuntimeError(f"{exc}: {self.log.read_text()[-3000:]}") from exc
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        processes.stop([self.proc])
 
 
 @pytest.fixture(scope="module")

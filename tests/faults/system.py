@@ -8,17 +8,11 @@ defaults): every process this starts gets the fault ports in its environment.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 from tests.e2e.conftest import System, _free_port
+from tidings import processes
 from tidings.settings import Settings
-
-ROOT = Path(__file__).resolve().parents[2]
 
 # Own instances: another state folder and other ports than the development defaults, so the
 # suite can stop and restart them while others use theirs. The jar cache stays shared.
@@ -53,14 +47,6 @@ class FaultSystem(System):
     """``System`` with several gateways (``gateway``, ``gateway2``) and extra workers
     (``deliver2``, ``persist2``), each a process that can be killed and started again."""
 
-    COMMANDS = {
-        "deliver": ["worker", "--role", "deliver"],
-        "persist": ["worker", "--role", "persist"],
-        "gateway": ["gateway"],
-        "gateway2": ["gateway"],
-        "deliver2": ["worker", "--role", "deliver"],
-        "persist2": ["worker", "--role", "persist"],
-    }
     STARTED = ("deliver", "persist", "gateway", "gateway2")
 
     def __init__(self, settings: Settings, logs: Path, *, fanout_threshold: int) -> None:
@@ -77,40 +63,14 @@ class FaultSystem(System):
         env = {**self.env, "TIDINGS_WORKER_WEB_PORT": str(_free_port())}
         if name in self.ports:
             env["TIDINGS_HTTP_PORT"] = str(self.ports[name])
-        with open(self.logs / f"{name}.log", "ab") as log:
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "tidings", *self.COMMANDS[name]],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=log,
-            )
+        self.procs[name] = processes.spawn(name, env, log=self.logs / f"{name}.log")
 
     def interrupt(self, name: str, timeout_s: float = 30) -> None:
-        """A clean stop (SIGINT), as an operator scaling down does."""
-        proc = self.procs.pop(name)
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        """A clean stop, as an operator scaling down does."""
+        processes.stop([self.procs.pop(name)], timeout_s=timeout_s)
 
     def wait_gateway(self, name: str, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        url = f"http://127.0.0.1:{self.ports[name]}/readyz"
-        while time.monotonic() < deadline:
-            proc = self.procs[name]
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited: {(self.logs / f'{name}.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"{name} not ready")
+        self.wait_http(f"http://127.0.0.1:{self.ports[name]}/readyz", timeout_s)
 
     def wait_ready(self, timeout_s: float = 90) -> None:
         for name in self.ports:
