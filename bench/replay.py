@@ -32,7 +32,19 @@ from tidings.settings import Settings
 DAY_MS = 86_400_000
 
 
-async def main(events: int, archived_share: float) -> None:
+def _cpu_seconds(pid: int | None = None) -> float:
+    """CPU-seconds (user + system) of a process and its waited-for children: this one (with
+    the replay's spawned processes) by default."""
+    if pid is None:
+        own, children = os.times(), os.times()
+        return own.user + own.system + children.children_user + children.children_system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def main(
+    events: int, archived_share: float, processes: int = 1, server_pids: list[int] | None = None
+) -> None:
     tag = uuid.uuid4().hex[:6]
     folder = Path(tempfile.mkdtemp(prefix="replaybench-"))
     settings = Settings().model_copy(
@@ -64,16 +76,24 @@ async def main(events: int, archived_share: float) -> None:
         print(
             f"log: {len(log):,} events, {summary.events:,} of them archived ({os.getloadavg()[0]:.2f} load)"
         )
-        cpu = time.process_time()
-        state = await replay(settings)
-        cpu = time.process_time() - cpu
+        cpu = _cpu_seconds()
+        servers = {pid: _cpu_seconds(pid) for pid in server_pids or ()}
+        state = await replay(settings, processes=processes)
+        cpu = _cpu_seconds() - cpu
+        servers = {pid: _cpu_seconds(pid) - before for pid, before in servers.items()}
         total = state.archived + state.from_log
         print(
             f"replay into {state.keyspace}: {state.archived:,} archived + {state.from_log:,} logged events "
             f"in {state.seconds:.1f}s = {total / state.seconds:,.0f} events/s "
             f"(load {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores); replay's own CPU {cpu:.1f}s = "
-            f"{total / cpu:,.0f} events per CPU-second"
+            f"{total / cpu:,.0f} events per CPU-second; {state.statements / max(total, 1):.2f} statements "
+            f"and {state.requests / max(total, 1):.2f} requests per event; {processes} process(es)"
         )
+        for pid, seconds in servers.items():
+            print(
+                f"  server pid {pid}: {seconds:.1f} CPU-s during the replay"
+                f" = {seconds / total * 1e6:.0f} µs per event"
+            )
     finally:
         await admin.delete_topics(topics)
         await admin.close()
@@ -93,5 +113,9 @@ if __name__ == "__main__":
     )
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--archived", type=float, default=0.5, help="share of the log archived first")
+    parser.add_argument("--processes", type=int, default=1, help="replay processes (partitions shared out)")
+    parser.add_argument(
+        "--server-pid", type=int, action="append", help="also report this process's CPU (e.g. Cassandra)"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.events, args.archived))
+    asyncio.run(main(args.events, args.archived, args.processes, args.server_pid))

@@ -4,8 +4,10 @@ driver exceptions translated into ``Unavailable`` (transient) once, here."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 from cassandra import (
@@ -24,7 +26,7 @@ from cassandra.cluster import (
     Session,
 )
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
-from cassandra.query import PreparedStatement
+from cassandra.query import BatchStatement, BatchType, BoundStatement, PreparedStatement, Statement
 
 from events.errors import Unavailable
 
@@ -76,11 +78,24 @@ def connect_to(config: CassandraConfig) -> tuple[Cluster, Session]:
     )
 
 
+# One partition key's batch is one mutation: Cassandra checks batch size thresholds only for
+# batches over several partitions (CASSANDRA-10876); ScyllaDB warns from 128 KiB. Bounded so
+# that one request stays well under those and under the request timeout.
+MAX_BATCH_ROWS = 200
+MAX_BATCH_BYTES = 64 * 1024
+
+_WRITE = re.compile(r"^\s*(?:INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
+_CONDITIONAL = re.compile(r"\bIF\b", re.IGNORECASE)
+
+
 class Cql:
     def __init__(self, session: Session, keyspace: str) -> None:
         self.session = session
         self.keyspace = keyspace
         self._prepared: dict[str, PreparedStatement] = {}
+        # what execute_all sent: statements, and the requests (batches or single) they took
+        self.statements_sent = 0
+        self.requests_sent = 0
 
     def prepare(self, cql: str) -> PreparedStatement:
         """Blocking the first time per statement; cached after."""
@@ -108,42 +123,127 @@ class Cql:
             paging_state = future._paging_state  # what ResultSet itself passes on
 
     async def execute_all(
-        self, statements: Sequence[tuple[str, Sequence[Any]]], *, in_flight: int = 256
+        self,
+        statements: Sequence[tuple[str, Sequence[Any]]],
+        *,
+        in_flight: int = 64,
+        max_rows: int = MAX_BATCH_ROWS,
+        max_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
-        """Run statements concurrently (at most ``in_flight`` at once); raise the first failure
-        after all have finished.
+        """Run write statements, grouped into one UNLOGGED batch per partition key, with at
+        most ``in_flight`` requests at once; raise the first failure after the requests in
+        flight have ended.
 
-        The driver completes futures on its own thread; waking the event loop once per chunk
-        instead of once per statement saves most of the cost of a write (the worker spends
-        it per event otherwise).
+        Only idempotent upserts and deletes may come here, whose outcome does not depend on the
+        order they are applied in (``USING TIMESTAMP`` from the event, or the same values for
+        the same key): the batches of one call run concurrently, as single statements did
+        before. The rows of one partition key (in any table of the keyspace: Cassandra applies
+        them as one mutation, on one replica set) cost one request instead of one each; most
+        of a write's client CPU is the request, not the row.
         """
-        for start in range(0, len(statements), in_flight):
-            chunk = statements[start : start + in_flight]
-            futures = [self.session.execute_async(self.prepare(c), p) for c, p in chunk]
-            await _await_all(futures)
+        requests = self.batches(statements, max_rows=max_rows, max_bytes=max_bytes)
+        self.statements_sent += len(statements)
+        self.requests_sent += len(requests)
+        await _run_window(self.session, requests, in_flight)
+
+    def batches(
+        self,
+        statements: Sequence[tuple[str, Sequence[Any]]],
+        *,
+        max_rows: int = MAX_BATCH_ROWS,
+        max_bytes: int = MAX_BATCH_BYTES,
+    ) -> list[Statement]:
+        """The requests ``execute_all`` sends: statements bound and grouped by partition key
+        (the serialized key: the same bytes in two tables are one mutation), in their given
+        order, each group cut into batches of at most ``max_rows`` statements and about
+        ``max_bytes`` of bound values; a group of one is sent as the plain statement, and so
+        are statements a batch must not carry (reads, conditional writes)."""
+        groups: dict[bytes, list[BoundStatement]] = {}
+        alone: list[Statement] = []
+        for cql, params in statements:
+            prepared = self.prepare(cql)
+            bound = prepared.bind(params)
+            key = bound.routing_key if _batchable(cql) else None
+            if key is None:
+                alone.append(bound)
+                continue
+            groups.setdefault(key, []).append(bound)
+        out: list[Statement] = []
+        for group in groups.values():
+            for chunk in _chunks(group, max_rows, max_bytes):
+                if len(chunk) == 1:
+                    out.append(chunk[0])
+                    continue
+                batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+                for bound in chunk:
+                    batch.add(bound)
+                batch.is_idempotent = True
+                out.append(batch)
+        return out + alone
 
 
-async def _await_all(futures: Sequence[ResponseFuture]) -> None:
+@functools.cache
+def _batchable(cql: str) -> bool:
+    """A plain write: not a read, nor a conditional (LWT) write, which a batch must not carry."""
+    return _WRITE.match(cql) is not None and _CONDITIONAL.search(cql) is None
+
+
+def _chunks(group: list[BoundStatement], max_rows: int, max_bytes: int) -> Iterator[list[BoundStatement]]:
+    chunk: list[BoundStatement] = []
+    size = 0
+    for bound in group:
+        n = sum(len(v) for v in bound.values if v is not None)
+        if chunk and (len(chunk) >= max_rows or size + n > max_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(bound)
+        size += n
+    if chunk:
+        yield chunk
+
+
+async def _run_window(session: Session, requests: Sequence[Statement], in_flight: int) -> None:
+    """Send ``requests`` with at most ``in_flight`` outstanding; the driver's own thread sends
+    the next one as each completes, and the event loop is woken once, at the end. After a
+    failure nothing more is sent (the caller retries or bisects the whole call, and every
+    statement is idempotent); the first failure is raised once the requests in flight ended."""
+    if not requests:
+        return
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
-    remaining = len(futures)
-    errors: list[BaseException] = []
     lock = threading.Lock()
+    pending = iter(requests)
+    remaining = len(requests)
+    errors: list[BaseException] = []
+
+    def send_next() -> None:
+        with lock:
+            request = None if errors else next(pending, None)
+        if request is None:
+            return
+        try:
+            future = session.execute_async(request)
+        except Exception as exc:  # noqa: BLE001 - raised on the loop once the rest ended
+            finished(exc)
+            return
+        future.add_callbacks(lambda _rows: finished(None), finished)
 
     def finished(exc: BaseException | None) -> None:
         nonlocal remaining
         with lock:
+            remaining -= 1
             if exc is not None:
                 errors.append(exc)
-            remaining -= 1
+                if len(errors) == 1:
+                    remaining -= sum(1 for _ in pending)  # never sent
             last = remaining == 0
         if last:
             loop.call_soon_threadsafe(_settle, done, [], errors[0] if errors else None)
+        elif exc is None:
+            send_next()
 
-    if not futures:
-        return
-    for future in futures:
-        future.add_callbacks(lambda _rows: finished(None), finished)
+    for _ in range(min(in_flight, len(requests))):
+        send_next()
     await _translated(done)
 
 

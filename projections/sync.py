@@ -92,10 +92,14 @@ class CassandraSyncLog:
             self._cql.prepare(cql)
 
     async def apply_at(self, events: Sequence[tuple[int, int, ChatEvent]]) -> None:
+        await self._cql.execute_all(await self.writes_at(events))
+        # Only once the batch is written: the watermark promises everything up to it is there.
+        await self._cql.execute_all(self.after_writes_at(events))
+
+    async def writes_at(self, events: Sequence[tuple[int, int, ChatEvent]]) -> list[Statement]:
+        """The log rows of ``events``, deduplicated."""
         work: list[Statement] = []
-        marks: dict[int, int] = {}
         for partition, offset, event in events:
-            marks[partition] = max(marks.get(partition, -1), offset)
             if isinstance(event, PresenceChanged):
                 continue
             cid = event.conversation_id
@@ -105,9 +109,14 @@ class CassandraSyncLog:
             work += [
                 (_USER_LOG, (uid, partition, offset, cid, change)) for uid, change in _user_changes(event)
             ]
-        await self._cql.execute_all(list(dict.fromkeys(work)))
-        # Only once the batch is written: the watermark promises everything up to it is there.
-        await self._cql.execute_all([(_WATERMARK, (offset + 1, offset, p)) for p, offset in marks.items()])
+        return list(dict.fromkeys(work))
+
+    def after_writes_at(self, events: Sequence[tuple[int, int, ChatEvent]]) -> list[Statement]:
+        """The watermarks to write once every read model has ``events`` (never before)."""
+        marks: dict[int, int] = {}
+        for partition, offset, _ in events:
+            marks[partition] = max(marks.get(partition, -1), offset)
+        return [(_WATERMARK, (offset + 1, offset, p)) for p, offset in marks.items()]
 
     # -- queries -------------------------------------------------------------------------
     async def watermarks(self) -> dict[int, int]:
