@@ -106,6 +106,24 @@ class Cql:
             self._prepared[cql] = stmt
         return stmt
 
+    def bind(self, cql: str, params: Sequence[Any]) -> BoundStatement:
+        """``prepare(cql).bind(params)``, the same bytes for a fraction of the cost: the
+        driver's ``bind`` builds a named tuple per value to look up a column encryption policy,
+        which Tidings never sets (then, and for anything but one plain value per marker, it is
+        the driver's own ``bind``)."""
+        prepared = self.prepare(cql)
+        columns = prepared.column_metadata
+        if prepared.column_encryption_policy is not None or len(params) != len(columns):
+            return prepared.bind(params)
+        version = prepared.protocol_version
+        bound = BoundStatement(prepared)
+        bound.raw_values = params
+        bound.values = [
+            None if value is None else column.type.serialize(value, version)
+            for value, column in zip(params, columns, strict=True)
+        ]
+        return bound
+
     async def execute(self, cql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Run one statement and return all rows of its first page."""
         future = self.session.execute_async(self.prepare(cql), params)
@@ -161,8 +179,7 @@ class Cql:
         groups: dict[bytes, list[BoundStatement]] = {}
         alone: list[Statement] = []
         for cql, params in statements:
-            prepared = self.prepare(cql)
-            bound = prepared.bind(params)
+            bound = self.bind(cql, params)
             key = bound.routing_key if _batchable(cql) else None
             if key is None:
                 alone.append(bound)

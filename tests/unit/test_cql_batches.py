@@ -137,3 +137,21 @@ def test_every_statement_is_sent_exactly_once() -> None:
     statements = [(MESSAGE, (f"c{i % 7}", i % 3, i, "b" * (i % 50))) for i in range(1000)]
     rows = [row for r in cql.batches(statements, max_rows=13, max_bytes=400) for row in _rows(r)]
     assert sorted(rows) == sorted(tuple(cql.prepare(MESSAGE).bind(p).values) for _, p in statements)
+
+
+def test_bind_gives_the_drivers_bytes() -> None:
+    cql = _cql()
+    cases = [
+        (MESSAGE, ("c1", 7, 1 << 62, "ünï\\code")),
+        (MESSAGE, ("c1", -3, -5, None)),
+        (RECEIPT, (1_700_000_000_000_000, 9, "g1", "u1")),
+        (MEMBER, ("g1", "")),
+    ]
+    for statement, params in cases:
+        ours, drivers = cql.bind(statement, params), cql.prepare(statement).bind(params)
+        assert (ours.values, ours.routing_key, ours.keyspace) == (
+            drivers.values,
+            drivers.routing_key,
+            drivers.keyspace,
+        )
+        assert ours.is_idempotent and ours.prepared_statement is drivers.prepared_statement
