@@ -107,22 +107,13 @@ class Cql:
         return stmt
 
     def bind(self, cql: str, params: Sequence[Any]) -> BoundStatement:
-        """``prepare(cql).bind(params)``, the same bytes for a fraction of the cost: the
-        driver's ``bind`` builds a named tuple per value to look up a column encryption policy,
-        which Tidings never sets (then, and for anything but one plain value per marker, it is
-        the driver's own ``bind``)."""
+        """``prepare(cql).bind(params)``, the same bytes for a fraction of the cost (see
+        ``_values``)."""
         prepared = self.prepare(cql)
-        columns = prepared.column_metadata
-        if prepared.column_encryption_policy is not None or len(params) != len(columns):
+        values = _values(prepared, params)
+        if values is None:
             return prepared.bind(params)
-        version = prepared.protocol_version
-        bound = BoundStatement(prepared)
-        bound.raw_values = params
-        bound.values = [
-            None if value is None else column.type.serialize(value, version)
-            for value, column in zip(params, columns, strict=True)
-        ]
-        return bound
+        return _bound(prepared, params, values)
 
     async def execute(self, cql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Run one statement and return all rows of its first page."""
@@ -176,27 +167,71 @@ class Cql:
         order, each group cut into batches of at most ``max_rows`` statements and about
         ``max_bytes`` of bound values; a group of one is sent as the plain statement, and so
         are statements a batch must not carry (reads, conditional writes)."""
-        groups: dict[bytes, list[BoundStatement]] = {}
+        groups: dict[bytes, list[_Row]] = {}
         alone: list[Statement] = []
         for cql, params in statements:
-            bound = self.bind(cql, params)
-            key = bound.routing_key if _batchable(cql) else None
-            if key is None:
-                alone.append(bound)
+            prepared = self.prepare(cql)
+            values = _values(prepared, params) if _batchable(cql) else None
+            key = _routing_key(prepared, values) if values is not None else None
+            if values is None or key is None:
+                alone.append(self.bind(cql, params))
                 continue
-            groups.setdefault(key, []).append(bound)
+            groups.setdefault(key, []).append((prepared, params, values))
         out: list[Statement] = []
-        for group in groups.values():
+        for key, group in groups.items():
             for chunk in _chunks(group, max_rows, max_bytes):
                 if len(chunk) == 1:
-                    out.append(chunk[0])
+                    out.append(_bound(*chunk[0]))
                     continue
+                # What BatchStatement.add(bound) records, without a BoundStatement per row.
                 batch = BatchStatement(batch_type=BatchType.UNLOGGED)
-                for bound in chunk:
-                    batch.add(bound)
+                batch.routing_key = key  # token-aware: sent to the partition's replicas
+                batch.keyspace = chunk[0][0].column_metadata[0].keyspace_name
+                batch._statements_and_parameters.extend(
+                    (True, prepared.query_id, values) for prepared, _, values in chunk
+                )
                 batch.is_idempotent = True
                 out.append(batch)
         return out + alone
+
+
+# (prepared statement, its parameters, their serialized values)
+_Row = tuple[PreparedStatement, Sequence[Any], list[bytes | None]]
+
+
+def _values(prepared: PreparedStatement, params: Sequence[Any]) -> list[bytes | None] | None:
+    """The serialized values ``prepared.bind(params)`` would send, or None when only the
+    driver's ``bind`` will do (a column encryption policy, missing or extra values). The
+    driver's own ``bind`` builds a named tuple per value to look the policy up, which costs
+    more than the serializing."""
+    columns = prepared.column_metadata
+    if prepared.column_encryption_policy is not None or len(params) != len(columns):
+        return None
+    version = prepared.protocol_version
+    return [
+        None if value is None else column.type.serialize(value, version)
+        for value, column in zip(params, columns, strict=True)
+    ]
+
+
+def _bound(prepared: PreparedStatement, params: Sequence[Any], values: list[bytes | None]) -> BoundStatement:
+    bound = BoundStatement(prepared)
+    bound.raw_values = params
+    bound.values = values
+    return bound
+
+
+def _routing_key(prepared: PreparedStatement, values: list[bytes | None]) -> bytes | None:
+    """The partition key as the driver routes it (``BoundStatement.routing_key``)."""
+    indexes = prepared.routing_key_indexes
+    if not indexes:
+        return None
+    parts = [values[i] for i in indexes]
+    if any(part is None for part in parts):
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    return b"".join(len(part).to_bytes(2, "big") + part + b"\x00" for part in parts if part is not None)
 
 
 @functools.cache
@@ -205,15 +240,15 @@ def _batchable(cql: str) -> bool:
     return _WRITE.match(cql) is not None and _CONDITIONAL.search(cql) is None
 
 
-def _chunks(group: list[BoundStatement], max_rows: int, max_bytes: int) -> Iterator[list[BoundStatement]]:
-    chunk: list[BoundStatement] = []
+def _chunks(group: list[_Row], max_rows: int, max_bytes: int) -> Iterator[list[_Row]]:
+    chunk: list[_Row] = []
     size = 0
-    for bound in group:
-        n = sum(len(v) for v in bound.values if v is not None)
+    for row in group:
+        n = sum(len(v) for v in row[2] if v is not None)
         if chunk and (len(chunk) >= max_rows or size + n > max_bytes):
             yield chunk
             chunk, size = [], 0
-        chunk.append(bound)
+        chunk.append(row)
         size += n
     if chunk:
         yield chunk

@@ -83,7 +83,18 @@ def test_rows_of_one_partition_go_in_one_batch_and_other_partitions_apart() -> N
     # c1/7 holds messages 1, 3 and 5 in their given order; c2/7 and c1/8 are requests of their own
     assert [int.from_bytes(v[2], "big", signed=True) for v in by_first_id[1]] == [1, 3, 5]
     assert len(by_first_id[2]) == 1 and len(by_first_id[4]) == 1
-    assert isinstance(next(r for r in requests if len(_rows(r)) == 3), BatchStatement)
+    batch = next(r for r in requests if len(_rows(r)) == 3)
+    assert isinstance(batch, BatchStatement)
+    # routed like the driver routes each of its rows (a composite key: conversation, bucket)
+    drivers = cql.prepare(MESSAGE).bind(("c1", 7, 1, "a"))
+    assert (
+        (batch.routing_key, batch.keyspace)
+        == (drivers.routing_key, drivers.keyspace)
+        == (
+            drivers.routing_key,
+            KS,
+        )
+    )
     assert all(isinstance(r, BoundStatement) for r in requests if len(_rows(r)) == 1)
 
 
@@ -100,6 +111,7 @@ def test_one_partition_key_in_several_tables_is_one_batch() -> None:
     batch = next(r for r in requests if isinstance(r, BatchStatement))
     assert len(batch._statements_and_parameters) == 3
     assert batch.routing_key == _text("g1")  # token-aware: sent to the partition's replica
+    assert batch.keyspace == KS
     assert batch.is_idempotent
 
 
