@@ -4,7 +4,7 @@ A synthetic log of ``--events`` events in a Kafka topic of its own (12 partition
 ``--archived`` share of it is archived to Parquet (and pruned from nothing: no live keyspace);
 then ``tidings replay`` rebuilds every read model of the persist worker into a fresh keyspace,
 from the archive and then from the log. Events/s into Cassandra, archive part and log part
-together. The topic and the keyspaces are deleted after.
+together. The topic, the keyspaces and the archive folder are deleted after.
 
     .venv/bin/python -m bench.replay --events 100000
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -102,6 +103,7 @@ async def main(
                 session.execute_async(f"DROP KEYSPACE IF EXISTS {row.keyspace_name}", timeout=120)
         await asyncio.sleep(0.5)
         cluster.shutdown()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
