@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from archive.manifest import STAGING, Chunk, FileEntry, Manifest, fsync_dir, load, save
-from archive.tables import ID_COLUMN, TABLES, LogEntry, RowBuilder, event_time, file_path, parse
+from archive.tables import ID_COLUMN, TABLES, LogEntry, RowBuilder, file_path
 
 # Same options for every file, so the same rows always give the same bytes.
 WRITE_OPTIONS = {
@@ -211,18 +211,14 @@ class ArchiveJob:
             full = False
             reader = self._source.read({p: starts[p]}, {p: ends[p]})
             async for batch in reader:
-                for entry in batch:
-                    if entry.partition != p or entry.offset < stops[p] or entry.offset >= ends[p]:
-                        continue
-                    data = parse(entry)
-                    if cutoff_ms is not None and event_time(entry, data) >= cutoff_ms:
-                        cut.add(p)
-                        break
-                    if builder.count >= limit:
-                        full = True
-                        break
-                    builder.add(entry, data)
-                    stops[p] = entry.offset + 1
+                entries = [e for e in batch if e.partition == p and stops[p] <= e.offset < ends[p]]
+                taken, reached_cutoff = builder.add_batch(entries, cutoff_ms, limit - builder.count)
+                if taken:
+                    stops[p] = entries[taken - 1].offset + 1
+                if reached_cutoff:
+                    cut.add(p)
+                elif taken < len(entries):
+                    full = True
                 if self._on_progress is not None:
                     self._on_progress(builder.count)
                 if full or p in cut:

@@ -62,11 +62,7 @@ class KafkaLogSource:
             out: list[LogEntry] = []
             for tp, records in batches.items():
                 end = ends[tp.partition]
-                out += [
-                    LogEntry(tp.partition, r.offset, r.timestamp, r.key, r.value)
-                    for r in records
-                    if r.offset < end and r.value is not None
-                ]
+                out += [r for r in records if r.offset < end and r.value is not None]
             if out:
                 yield out
             for tp in list(active):

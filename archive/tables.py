@@ -7,9 +7,10 @@ log it replaces: replay orders by ``(kafka_partition, kafka_offset)``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import bisect
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 import pyarrow as pa
@@ -110,13 +111,29 @@ ID_COLUMN = {
 DAY_MS = 24 * 3600 * 1000
 
 
-class LogEntry(NamedTuple):
-    """One record of the event log: where it is, its record timestamp, key and bytes (a named
-    tuple: the archive makes one per event, and a tuple is the cheapest to make)."""
+class LogEntry(Protocol):
+    """One record of the event log: where it is, its record timestamp (ms), key and bytes. The
+    Kafka source hands over the client's own record objects (making another object per event
+    cost more than parsing it); ``Entry`` is one made by hand."""
+
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes: ...
+
+
+class Entry(NamedTuple):
+    """A ``LogEntry`` made by hand (fakes and tests)."""
 
     partition: int
     offset: int
-    timestamp_ms: int
+    timestamp: int
     key: bytes | None
     value: bytes
 
@@ -134,7 +151,7 @@ def event_time(entry: LogEntry, data: dict[str, Any] | None) -> int:
     """An entry's time for the cutoff: the event's ``ts``, else the record's timestamp."""
     if data is not None and isinstance(data.get("ts"), int):
         return int(data["ts"])
-    return entry.timestamp_ms
+    return entry.timestamp
 
 
 def parse(entry: LogEntry) -> dict[str, Any] | None:
@@ -213,7 +230,72 @@ class RowBuilder:
     def __init__(self) -> None:
         self._rows: dict[str, list[tuple[Any, ...]]] = {t: [] for t in TABLES}
         self._messages = self._rows[MESSAGES]
+        # rows parsed in bulk (``add_batch``): the table's columns but the day, which is
+        # computed from ``ts`` when the tables are built
+        self._parts: dict[str, list[pa.Table]] = {t: [] for t in TABLES}
         self.count = 0
+
+    def add_batch(self, entries: Sequence[LogEntry], cutoff_ms: int | None, room: int) -> tuple[int, bool]:
+        """Add the entries of one partition, in offset order, up to the first whose time is at
+        or past ``cutoff_ms`` and at most ``room`` of them; returns ``(how many were added,
+        whether the cutoff stopped it)``. The same rows as ``add`` one by one, with messages
+        and receipts of the current shape parsed in bulk (``archive.bulk``)."""
+        from archive.bulk import PREFIXES, parse_values
+
+        n = len(entries)
+        bulk: dict[str, tuple[list[int], pa.Table]] = {}
+        groups: dict[str, list[int]] = {table: [] for table in PREFIXES}
+        (messages, message_prefix), (receipts, receipt_prefix) = (
+            (groups[t], PREFIXES[t]) for t in (MESSAGES, RECEIPTS)
+        )
+        for i, e in enumerate(entries):
+            if e.value.startswith(message_prefix):
+                messages.append(i)
+            elif e.value.startswith(receipt_prefix):
+                receipts.append(i)
+        for table, where in groups.items():
+            if len(where) >= _BULK_MIN:
+                parsed = parse_values(table, [entries[i].value for i in where])
+                if parsed is not None:
+                    bulk[table] = (where, parsed)
+        in_bulk = set().union(*(where for where, _ in bulk.values())) if bulk else set()
+        rest: list[tuple[int, dict[str, Any] | None]] = [
+            (i, parse(entries[i])) for i in range(n) if i not in in_bulk
+        ]
+        stop = n  # the first entry at or past the cutoff
+        if cutoff_ms is not None:
+            for where, parsed in bulk.values():
+                late = pc.index(pc.greater_equal(parsed["ts"], cutoff_ms), True).as_py()
+                if late >= 0:
+                    stop = min(stop, where[late])
+            for i, data in rest:
+                if i >= stop:
+                    break
+                if event_time(entries[i], data) >= cutoff_ms:
+                    stop = i
+                    break
+        cut = stop <= room and stop < n
+        take = min(stop, room)
+        for table, (where, parsed) in bulk.items():
+            k = bisect.bisect_left(where, take)
+            if k:
+                offsets = [entries[i].offset for i in where[:k]]
+                self._add_part(table, parsed.slice(0, k), entries[0].partition, offsets)
+        for i, data in rest:
+            if i >= take:
+                break
+            self.add(entries[i], data)
+        return take, cut
+
+    def _add_part(self, table: str, parsed: pa.Table, partition: int, offsets: list[int]) -> None:
+        schema = SCHEMAS[table]
+        columns = [
+            *(parsed[f.name].cast(f.type) for f in schema if f.name in parsed.column_names),
+            pa.array([partition] * len(offsets), pa.int32()),
+            pa.array(offsets, pa.int64()),
+        ]
+        self._parts[table].append(pa.Table.from_arrays(columns, schema=schema))
+        self.count += len(offsets)
 
     def add(self, entry: LogEntry, data: dict[str, Any] | None) -> None:
         self.count += 1
@@ -308,11 +390,11 @@ class RowBuilder:
             (
                 entry.partition,
                 entry.offset,
-                entry.timestamp_ms,
+                entry.timestamp,
                 entry.key,
                 entry.value,
                 error,
-                _day(entry.timestamp_ms),
+                _day(entry.timestamp),
             )
         )
 
@@ -320,15 +402,38 @@ class RowBuilder:
         """``(table, day, rows sorted for reading)`` for every non-empty (table, day)."""
         for name in TABLES:
             rows = self._rows[name]
-            if not rows:
+            parts = list(self._parts[name])
+            days: list[pa.Array] = [_days_of(part["ts"]) for part in parts]
+            if rows:
+                schema = SCHEMAS[name]
+                columns = list(zip(*rows, strict=True))
+                days.append(pa.array(columns.pop(), pa.string()))
+                parts.append(
+                    pa.table(
+                        [pa.array(col, f.type) for col, f in zip(columns, schema, strict=True)], schema=schema
+                    )
+                )
+            if not parts:
                 continue
-            schema = SCHEMAS[name]
-            columns = list(zip(*rows, strict=True))
-            days = columns.pop()
-            table = pa.table(
-                [pa.array(col, f.type) for col, f in zip(columns, schema, strict=True)], schema=schema
-            )
-            day_column = pa.array(days, pa.string())
-            for day in sorted(set(days)):
+            table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+            day_column = pa.chunked_array(days, pa.string())
+            # The log position last: duplicates of one event (a re-appended send) are sorted
+            # the same way whichever path parsed them.
+            keys = SORT_KEYS[name] + [k for k in _POSITION if k not in SORT_KEYS[name]]
+            for day in sorted(pc.unique(day_column).to_pylist()):
                 part = table.filter(pc.equal(day_column, day))
-                yield name, day, part.sort_by(SORT_KEYS[name])
+                yield name, day, part.sort_by(keys).combine_chunks()
+
+
+_BULK_MIN = 32  # fewer values than this are cheaper one by one
+_POSITION = [("kafka_partition", "ascending"), ("kafka_offset", "ascending")]
+
+
+def _days_of(ts: pa.ChunkedArray) -> pa.Array:
+    """The UTC day (``YYYY-MM-DD``) of each timestamp (ms since the epoch; formatted once per
+    day, not per row)."""
+    index = pc.floor(pc.divide(pc.cast(ts, pa.int64()).cast(pa.float64()), float(DAY_MS)))
+    index = pc.cast(index, pa.int64())
+    distinct = pc.unique(index)
+    names = pa.array([_day(int(d) * DAY_MS) for d in distinct.to_pylist()], pa.string())
+    return pc.take(names, pc.index_in(index, value_set=distinct)).combine_chunks()

@@ -4,7 +4,7 @@ A synthetic log of ``--events`` events in a Kafka topic of its own (12 partition
 ``--archived`` share of it is archived to Parquet (and pruned from nothing: no live keyspace);
 then ``tidings replay`` rebuilds every read model of the persist worker into a fresh keyspace,
 from the archive and then from the log. Events/s into Cassandra, archive part and log part
-together. The topic and the keyspaces are deleted after.
+together. The topic, the keyspaces and the archive folder are deleted after.
 
     .venv/bin/python -m bench.replay --events 100000
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -32,7 +33,19 @@ from tidings.settings import Settings
 DAY_MS = 86_400_000
 
 
-async def main(events: int, archived_share: float) -> None:
+def _cpu_seconds(pid: int | None = None) -> float:
+    """CPU-seconds (user + system) of a process and its waited-for children: this one (with
+    the replay's spawned processes) by default."""
+    if pid is None:
+        own, children = os.times(), os.times()
+        return own.user + own.system + children.children_user + children.children_system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def main(
+    events: int, archived_share: float, processes: int = 1, server_pids: list[int] | None = None
+) -> None:
     tag = uuid.uuid4().hex[:6]
     folder = Path(tempfile.mkdtemp(prefix="replaybench-"))
     settings = Settings().model_copy(
@@ -64,16 +77,24 @@ async def main(events: int, archived_share: float) -> None:
         print(
             f"log: {len(log):,} events, {summary.events:,} of them archived ({os.getloadavg()[0]:.2f} load)"
         )
-        cpu = time.process_time()
-        state = await replay(settings)
-        cpu = time.process_time() - cpu
+        cpu = _cpu_seconds()
+        servers = {pid: _cpu_seconds(pid) for pid in server_pids or ()}
+        state = await replay(settings, processes=processes)
+        cpu = _cpu_seconds() - cpu
+        servers = {pid: _cpu_seconds(pid) - before for pid, before in servers.items()}
         total = state.archived + state.from_log
         print(
             f"replay into {state.keyspace}: {state.archived:,} archived + {state.from_log:,} logged events "
             f"in {state.seconds:.1f}s = {total / state.seconds:,.0f} events/s "
             f"(load {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores); replay's own CPU {cpu:.1f}s = "
-            f"{total / cpu:,.0f} events per CPU-second"
+            f"{total / cpu:,.0f} events per CPU-second; {state.statements / max(total, 1):.2f} statements "
+            f"and {state.requests / max(total, 1):.2f} requests per event; {processes} process(es)"
         )
+        for pid, seconds in servers.items():
+            print(
+                f"  server pid {pid}: {seconds:.1f} CPU-s during the replay"
+                f" = {seconds / total * 1e6:.0f} µs per event"
+            )
     finally:
         await admin.delete_topics(topics)
         await admin.close()
@@ -82,6 +103,7 @@ async def main(events: int, archived_share: float) -> None:
                 session.execute_async(f"DROP KEYSPACE IF EXISTS {row.keyspace_name}", timeout=120)
         await asyncio.sleep(0.5)
         cluster.shutdown()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
@@ -93,5 +115,9 @@ if __name__ == "__main__":
     )
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--archived", type=float, default=0.5, help="share of the log archived first")
+    parser.add_argument("--processes", type=int, default=1, help="replay processes (partitions shared out)")
+    parser.add_argument(
+        "--server-pid", type=int, action="append", help="also report this process's CPU (e.g. Cassandra)"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.events, args.archived))
+    asyncio.run(main(args.events, args.archived, args.processes, args.server_pid))

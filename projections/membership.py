@@ -221,6 +221,10 @@ class CassandraMembership:
             self._cql.prepare(cql)
 
     async def apply(self, events: Sequence[ChatEvent]) -> None:
+        await self._cql.execute_all(await self.writes(events))
+
+    async def writes(self, events: Sequence[ChatEvent]) -> list[Statement]:
+        """The upserts ``events`` cause, in order, deduplicated; moves the roster past them."""
         work: list[Statement] = []
         for event in events:
             recipients: list[str] | None = None
@@ -231,7 +235,7 @@ class CassandraMembership:
             if isinstance(event, MessageSent):
                 recipients = await self._recipients(event.conversation_id)
             work += statements(event, recipients)
-        await self._cql.execute_all(list(dict.fromkeys(work)))
+        return list(dict.fromkeys(work))
 
     async def _recipients(self, conversation_id: str) -> list[str] | None:
         if self._roster is not None:

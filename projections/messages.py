@@ -85,9 +85,12 @@ class CassandraMessages:
 
     async def apply(self, events: Sequence[ChatEvent]) -> None:
         """Upsert what ``events`` change. Raises ``Unavailable`` when Cassandra is down."""
-        work = [s for event in events for s in statements(event, self._bucket_ms)]
+        await self._cql.execute_all(await self.writes(events))
+
+    async def writes(self, events: Sequence[ChatEvent]) -> list[tuple[str, tuple[Any, ...]]]:
+        """The upserts ``events`` cause, deduplicated."""
         # Many messages of a conversation share one bucket row: write it once.
-        await self._cql.execute_all(list(dict.fromkeys(work)))
+        return list(dict.fromkeys(s for event in events for s in statements(event, self._bucket_ms)))
 
     async def page(
         self, conversation_id: str, *, before: int | None, after: int | None, limit: int

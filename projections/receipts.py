@@ -68,8 +68,11 @@ class CassandraReceipts:
             self._cql.prepare(cql)
 
     async def apply(self, events: Sequence[ChatEvent]) -> None:
-        work = [s for event in events for s in statements(event)]
-        await self._cql.execute_all(list(dict.fromkeys(work)))
+        await self._cql.execute_all(await self.writes(events))
+
+    async def writes(self, events: Sequence[ChatEvent]) -> list[Statement]:
+        """The upserts ``events`` cause, deduplicated."""
+        return list(dict.fromkeys(s for event in events for s in statements(event)))
 
     async def watermarks(self, conversation_id: str, user_id: str) -> tuple[int, int]:
         """``(delivered, read)``, 0 where none."""

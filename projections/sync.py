@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -118,12 +119,36 @@ class CassandraSyncLog:
             self._cql.prepare(cql)
 
     async def apply_at(self, events: Sequence[tuple[int, int, ChatEvent]]) -> None:
-        work: list[Statement] = []
+        work, buckets = self._writes(events, self._buckets_written)
+        await self._cql.execute_all(work)
+        if len(self._buckets_written) > BUCKETS_REMEMBERED:
+            self._buckets_written.clear()
+        self._buckets_written |= buckets  # only once written
+        # Only once the batch is written: the watermark promises everything up to it is there.
+        await self._cql.execute_all(self.after_writes_at(events))
+
+    async def writes_at(self, events: Sequence[tuple[int, int, ChatEvent]]) -> list[Statement]:
+        """The log rows of ``events``, deduplicated (for a caller that writes them together
+        with other read models' rows: every bucket row, since this stage cannot know when
+        they are written)."""
+        return self._writes(events, frozenset())[0]
+
+    def after_writes_at(self, events: Sequence[tuple[int, int, ChatEvent]]) -> list[Statement]:
+        """The watermarks to write once every read model has ``events`` (never before)."""
         marks: dict[int, int] = {}
+        for partition, offset, _ in events:
+            marks[partition] = max(marks.get(partition, -1), offset)
+        return [(_WATERMARK, (offset + 1, offset, p)) for p, offset in marks.items()]
+
+    def _writes(
+        self, events: Sequence[tuple[int, int, ChatEvent]], written: AbstractSet[tuple[str, int]]
+    ) -> tuple[list[Statement], set[tuple[str, int]]]:
+        """The rows of ``events`` and the log buckets whose rows are among them (those not in
+        ``written``)."""
+        work: list[Statement] = []
         heads: dict[str, int] = {}
         buckets: set[tuple[str, int]] = set()
         for partition, offset, event in events:
-            marks[partition] = max(marks.get(partition, -1), offset)
             if isinstance(event, PresenceChanged):
                 continue
             cid = event.conversation_id
@@ -131,19 +156,14 @@ class CassandraSyncLog:
             bucket = offset >> BUCKET_BITS
             if self._log_rows:
                 work.append((_LOG, (cid, bucket, offset, encode_event(event))))
-            if (cid, bucket) not in self._buckets_written:
+            if (cid, bucket) not in written:
                 buckets.add((cid, bucket))
             work += [
                 (_USER_LOG, (uid, partition, offset, cid, change)) for uid, change in _user_changes(event)
             ]
-        work += [(_LOG_BUCKET, key) for key in buckets]
+        work += [(_LOG_BUCKET, key) for key in sorted(buckets)]
         work += [(_HEAD, (offset + 1, offset, cid)) for cid, offset in heads.items()]
-        await self._cql.execute_all(list(dict.fromkeys(work)))
-        if len(self._buckets_written) > BUCKETS_REMEMBERED:
-            self._buckets_written.clear()
-        self._buckets_written |= buckets  # only once written
-        # Only once the batch is written: the watermark promises everything up to it is there.
-        await self._cql.execute_all([(_WATERMARK, (offset + 1, offset, p)) for p, offset in marks.items()])
+        return list(dict.fromkeys(work)), buckets
 
     # -- queries -------------------------------------------------------------------------
     async def watermarks(self) -> dict[int, int]:

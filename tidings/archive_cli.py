@@ -262,6 +262,9 @@ def replay_cmd(
     projection: Annotated[
         str, typer.Option(help="a read model name (membership, receipts, messages) or all")
     ] = "all",
+    processes: Annotated[
+        int, typer.Option(help="replay processes; the log's partitions are shared out among them")
+    ] = 1,
 ) -> None:
     """Rebuild read models into <keyspace>_r<N>: the archive, then the log from its watermark
     to the end offsets now. No consumer group, no pushes."""
@@ -281,7 +284,10 @@ def replay_cmd(
 
         state = asyncio.run(
             replay(
-                settings, projections=None if projection == "all" else [projection], on_progress=on_progress
+                settings,
+                projections=None if projection == "all" else [projection],
+                on_progress=on_progress,
+                processes=processes,
             )
         )
     events = state.archived + state.from_log

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import re
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,22 +28,29 @@ import orjson
 from cassandra.cluster import Session
 
 from archive.kafka_source import KafkaLogSource
-from archive.manifest import Manifest, load, save, write_atomic
+from archive.manifest import load, save, write_atomic
 from archive.reader import ArchiveReader
-from archive.replay_source import archived_events, count
+from archive.replay_source import count
 from events import Topics
 from projections.archived import delete_archived, delete_archived_log, drop_empty_buckets
 from projections.cql import Cql, connect_to
 from projections.membership import CassandraMembership
-from projections.messages import NAME as MESSAGES
 from projections.messages import bucket_of
 from projections.migrate import migrate_cassandra
 from projections.presence import CassandraPresence
 from projections.roster import Roster
 from projections.sync import BUCKET_BITS as SYNC_BUCKET_BITS
-from projections.sync import CassandraSyncLog
-from streams.projector import Projector, Record
+from streams.projector import Projector
 from tidings.keyspaces import write_pointer
+from tidings.replay_partitions import (
+    CountedDeadLetters,
+    PartitionJob,
+    PartitionResult,
+    init_child,
+    replay_log,
+    replay_partitions,
+    run_child,
+)
 from tidings.settings import Settings
 from tidings.worker import persist_stages
 
@@ -154,6 +163,8 @@ class ReplayState:
     from_log: int = 0
     seconds: float = 0.0
     finished_at: str = ""
+    statements: int = 0  # the writes it made, and the requests (batches) that carried them
+    requests: int = 0
 
 
 def _state_path(settings: Settings, keyspace: str) -> Path:
@@ -182,18 +193,6 @@ def _next_keyspace(session: Session, base: str) -> str:
     return f"{base}_r{max(taken, default=0) + 1}"
 
 
-class _CountedDeadLetters:
-    """Replay does not re-send poison events to the dead-letter topic (the live projector
-    did); it counts and logs them."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    async def send(self, record: Record, error: str) -> None:
-        self.count += 1
-        log.warning("replay skipped %s:%s@%s: %s", record.topic, record.partition, record.offset, error)
-
-
 @dataclass
 class Progress:
     total: int = 0
@@ -211,11 +210,14 @@ async def replay(
     *,
     projections: Sequence[str] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
-    batch: int = 2_000,
+    batch: int = 20_000,
     concurrency: int = 4,
+    processes: int = 1,
 ) -> ReplayState:
     """Rebuild the persist worker's read models (or only ``projections``) into a fresh
-    keyspace ``<base>_r<N>``; returns what was built."""
+    keyspace ``<base>_r<N>``; returns what was built. The partitions are shared out among
+    ``processes`` processes (one is this one), ``concurrency`` partitions at a time in each,
+    ``batch`` archived events per write round."""
     started = time.monotonic()
     base = settings.cassandra_keyspace
     loop = asyncio.get_running_loop()
@@ -240,15 +242,6 @@ async def replay(
             if unknown:
                 raise SystemExit(f"unknown projection(s) {sorted(unknown)}; known: {names}")
             stages = [s for s in stages if s.name in projections]
-        dead = _CountedDeadLetters()
-        everything = Projector(stages, dead)
-        # Events whose warm copies were pruned: everything but the warm message rows and the
-        # sync log's rows (the sync log's other tables and its watermark are still written).
-        log_less = CassandraSyncLog(cql, log_rows=False)
-        await loop.run_in_executor(None, log_less.prepare)
-        pruned_only = Projector(
-            [log_less if s.name == log_less.name else s for s in stages if s.name != MESSAGES], dead
-        )
 
         root = settings.archive_root
         manifest = load(root)
@@ -269,25 +262,26 @@ async def replay(
             max(0, ends[p] - starts[p]) for p in ends
         )
         todo = sorted(ends)
-
-        async def partitions_one_by_one() -> None:
-            # Several of these run at once (one partition each at a time): the stores are
-            # latency-bound, and partitions are independent (a conversation lives in one).
-            async with KafkaLogSource(settings.kafka_bootstrap, topic, settings.topic_partitions) as source:
-                while todo:
-                    p = todo.pop(0)
-                    # (Awaited first, added after: `x += await ...` would read x before the await.)
-                    if manifest is not None:
-                        archived = await _replay_archived(
-                            reader, manifest, p, topic, everything, pruned_only, progress, batch
-                        )
-                        state.archived += archived
-                    logged = await _replay_log(source, p, starts[p], ends[p], everything, progress)
-                    state.from_log += logged
-
-        await asyncio.gather(*(partitions_one_by_one() for _ in range(min(concurrency, len(todo)))))
+        processes = max(1, min(processes, len(todo)))
+        jobs = [  # partitions dealt round-robin
+            PartitionJob(
+                settings, target, state.projections, todo[i::processes], starts, ends, batch, concurrency
+            )
+            for i in range(processes)
+        ]
+        if processes == 1:
+            results = [await replay_partitions(jobs[0], progress.add)]
+        else:
+            results = await _in_processes(jobs, progress)
+        for r in results:
+            state.archived += r.archived
+            state.from_log += r.from_log
+            state.statements += r.statements
+            state.requests += r.requests
         if rebuild_presence:
             state.from_log += await _replay_presence(settings, presence, progress)
+        state.statements += cql.statements_sent
+        state.requests += cql.requests_sent
         state.ends = ends
         state.seconds = time.monotonic() - started
         state.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -299,58 +293,38 @@ async def replay(
         cluster.shutdown()
 
 
+async def _in_processes(jobs: list[PartitionJob], progress: Progress) -> list[PartitionResult]:
+    """Run each job in a spawned process (a fresh interpreter: no forked driver threads or
+    event loop), relaying their progress; an error in one is raised here."""
+    context = multiprocessing.get_context("spawn")
+    queue: multiprocessing.Queue[int | None] = context.Queue()
+    loop = asyncio.get_running_loop()
+
+    def relay() -> None:
+        while (n := queue.get()) is not None:
+            loop.call_soon_threadsafe(progress.add, n)
+
+    relaying = loop.run_in_executor(None, relay)
+    try:
+        with ProcessPoolExecutor(
+            len(jobs), mp_context=context, initializer=init_child, initargs=(queue,)
+        ) as pool:
+            return list(await asyncio.gather(*(loop.run_in_executor(pool, run_child, job) for job in jobs)))
+    finally:
+        queue.put(None)
+        await relaying
+
+
 async def _replay_presence(settings: Settings, presence: CassandraPresence, progress: Progress) -> int:
     """Presence has a topic of its own, never archived: all of it, from the start (its events
     are transitions only, and the newest wins, so replaying it again changes nothing)."""
     topic = Topics(settings.topic_prefix).presence_events
-    projector = Projector([presence], _CountedDeadLetters())
+    projector = Projector([presence], CountedDeadLetters())
     applied = 0
     async with KafkaLogSource(settings.kafka_bootstrap, topic, settings.topic_partitions) as source:
         ends = await source.end_offsets()
         for p in sorted(ends):
-            applied += await _replay_log(source, p, 0, ends[p], projector, progress)
-    return applied
-
-
-async def _replay_archived(
-    reader: ArchiveReader,
-    manifest: Manifest,
-    partition: int,
-    topic: str,
-    everything: Projector,
-    pruned_only: Projector,
-    progress: Progress,
-    batch: int,
-) -> int:
-    pruned_below = manifest.prune_watermarks.get(partition, 0)
-    loop = asyncio.get_running_loop()
-    batches = archived_events(reader, manifest, partition, batch=batch)
-    applied = 0
-    while True:
-        chunk = await loop.run_in_executor(None, next, batches, None)
-        if chunk is None:
-            return applied
-        events = [(Record(topic, partition, offset, None, b""), event) for offset, event in chunk]
-        pruned = [item for item in events if item[0].offset < pruned_below]
-        warm = [item for item in events if item[0].offset >= pruned_below]
-        # Offsets below the prune mark come first in the partition: the order holds.
-        if pruned:
-            await pruned_only.handle_decoded(pruned)
-        if warm:
-            await everything.handle_decoded(warm)
-        applied += len(events)
-        progress.add(len(events))
-
-
-async def _replay_log(
-    source: KafkaLogSource, partition: int, start: int, end: int, projector: Projector, progress: Progress
-) -> int:
-    applied = 0
-    async for entries in source.read({partition: start}, {partition: end}):
-        records = [Record("", e.partition, e.offset, e.key, e.value) for e in entries]
-        await projector.handle(records)
-        applied += len(records)
-        progress.add(len(records))
+            applied += await replay_log(source, p, 0, ends[p], projector, progress.add)
     return applied
 
 
@@ -432,13 +406,15 @@ async def switch(settings: Settings, rebuilt: str) -> tuple[int, Path]:
         stages = persist_stages(cql, settings, roster)
         if not state.complete:
             raise SystemExit(f"{rebuilt} rebuilt only {state.projections}: replay every projection to switch")
-        projector = Projector(stages, _CountedDeadLetters())
+        projector = Projector(stages, CountedDeadLetters())
         topic = Topics(settings.topic_prefix).conversation_events
         applied = 0
         async with KafkaLogSource(settings.kafka_bootstrap, topic, settings.topic_partitions) as source:
             ends = await source.end_offsets()
             for p in sorted(ends):
-                applied += await _replay_log(source, p, state.ends.get(p, 0), ends[p], projector, Progress())
+                applied += await replay_log(
+                    source, p, state.ends.get(p, 0), ends[p], projector, Progress().add
+                )
         presence = CassandraPresence(cql)
         presence.prepare()
         applied += await _replay_presence(settings, presence, Progress())

@@ -213,6 +213,13 @@ async def test_replay_rebuilds_every_read_model_equal_to_live(replay_settings: S
         }
         assert all(d.rebuilt_rows > 0 for d in diffs), diffs
         assert [d for d in diffs if not d.equal] == []
+        # The same with the partitions shared out between two processes.
+        shared = await replay(settings, processes=2)
+        assert (shared.archived, shared.from_log) == (state.archived, state.from_log)
+        assert shared.keyspace == f"{settings.cassandra_keyspace}_r2"
+        shared_diffs = verify(settings, settings.cassandra_keyspace, shared.keyspace)
+        assert {d.table for d in shared_diffs} == {d.table for d in diffs}
+        assert [d for d in shared_diffs if not d.equal] == []
 
         # Verify finds a difference when there is one.
         group = next(e.conversation_id for e in phase_b if e.conversation_id.startswith("g:"))
