@@ -13,7 +13,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol
 
 from sanic.exceptions import WebsocketClosed
 from websockets.exceptions import ConnectionClosed
@@ -30,6 +29,7 @@ from query_api.metrics import (
     SLOW_CLIENT_DISCONNECTS,
     WS_CONNECTIONS,
 )
+from query_api.subscriptions import Subscriber, Subscriptions, settled
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +55,6 @@ class TokenBucket:
             return False
         self._tokens -= 1
         return True  # "try again later": the client fell too far behind
-
-
-class Subscriber(Protocol):
-    """The slice of redis-py's ``PubSub`` the hub uses (a fake implements it in tests)."""
-
-    def subscribe(self, *args: Any) -> Awaitable[Any]: ...
-    def unsubscribe(self, *args: Any) -> Awaitable[Any]: ...
-    async def get_message(
-        self,
-        ignore_subscribe_messages: bool = ...,
-        timeout: float | None = ...,  # noqa: ASYNC109 - redis-py's signature
-    ) -> dict[str, Any] | None: ...
 
 
 class Connection:
@@ -187,7 +175,9 @@ class Hub:
         # for each (a transition older than it arrived late and is dropped).
         self._watchers: dict[str, set[Connection]] = {}
         self._presence_at: dict[str, int] = {}
-        self._lock = asyncio.Lock()
+        self._subscriptions = Subscriptions(subscriber, self._wanted)
+        self._user_prefix = keys.user_channel("")
+        self._presence_prefix = keys.presence_channel("")
 
     @property
     def connections(self) -> int:
@@ -197,22 +187,35 @@ class Hub:
         """Subscribe to the group shard channels (this also opens the pub/sub connection)."""
         await self._subscriber.subscribe(*(keys.group_shard_channel(n) for n in range(self._shards)))
 
+    def _wanted(self, channel: str) -> bool:
+        """Whether this process must hear ``channel`` now (asked at each subscription flush)."""
+        if channel.startswith(self._user_prefix):
+            return channel[len(self._user_prefix) :] in self._by_user
+        if channel.startswith(self._presence_prefix):
+            return channel[len(self._presence_prefix) :] in self._watchers
+        return False
+
     async def register(self, conn: Connection) -> None:
         """Start routing to ``conn``. All or nothing: if Redis or the membership read model
-        fails, nothing is left registered and ``Unavailable`` is raised."""
+        fails, nothing is left registered and ``Unavailable`` is raised. Registrations that
+        arrive together share one SUBSCRIBE (see ``query_api.subscriptions``)."""
         user_id = conn.user_id
-        async with self._lock:
-            conns = self._by_user.setdefault(user_id, set())
-            first = not conns
-            conns.add(conn)
-            if first:
-                self._loading[user_id] = []
-                try:
-                    await self._subscriber.subscribe(keys.user_channel(user_id))
-                except Exception as exc:
+        conns = self._by_user.setdefault(user_id, set())
+        first = not conns
+        conns.add(conn)
+        if first:
+            self._loading[user_id] = []
+        # Also for a later socket of the user: the first one's SUBSCRIBE may still be in
+        # flight (or have failed), and this one must not count as registered before it is.
+        pending = self._subscriptions.ensure(keys.user_channel(user_id))
+        if pending is not None:
+            try:
+                await settled(pending)
+            except Exception as exc:
+                if first:
                     self._loading.pop(user_id, None)
-                    self._forget(conn)
-                    raise Unavailable("cannot subscribe to deliveries") from exc
+                self._forget(conn)
+                raise Unavailable("cannot subscribe to deliveries") from exc
         WS_CONNECTIONS.inc()
         if not first:
             return
@@ -248,37 +251,46 @@ class Hub:
 
     async def unregister(self, conn: Connection) -> None:
         WS_CONNECTIONS.dec()
-        async with self._lock:
-            channels = [keys.presence_channel(u) for u in self._unwatch(conn, conn.watching)]
-            conn.watching = frozenset()
-            if self._forget(conn):
-                channels.append(keys.user_channel(conn.user_id))
-            if channels:
-                # Best effort: if Redis is gone, the subscriptions went with the connection.
-                with contextlib.suppress(Exception):
-                    await self._subscriber.unsubscribe(*channels)
+        changed = [keys.presence_channel(u) for u in self._unwatch(conn, conn.watching)]
+        conn.watching = frozenset()
+        if self._forget(conn):
+            changed.append(keys.user_channel(conn.user_id))
+        await self._release(changed)
 
     async def watch(self, conn: Connection, user_ids: set[str]) -> set[str]:
         """Make ``user_ids`` the users whose presence changes ``conn`` receives; returns those
         newly watched. Raises ``Unavailable`` (watch list unchanged) if Redis fails."""
-        async with self._lock:
-            added = user_ids - conn.watching
-            removed = conn.watching - user_ids
-            subscribe = [u for u in added if u not in self._watchers]
-            if subscribe:
-                try:
-                    await self._subscriber.subscribe(*(keys.presence_channel(u) for u in subscribe))
-                except Exception as exc:
-                    raise Unavailable("cannot subscribe to presence changes") from exc
+        added = user_ids - conn.watching
+        removed = conn.watching - user_ids
+        for user_id in added:
+            self._watchers.setdefault(user_id, set()).add(conn)
+            conn.watch_pending[user_id] = None
+        pending = {
+            id(f): f
+            for f in (self._subscriptions.ensure(keys.presence_channel(u)) for u in added)
+            if f is not None
+        }
+        try:
+            for flush in pending.values():
+                await settled(flush)
+        except Exception as exc:
+            for user_id in self._unwatch(conn, added):
+                self._subscriptions.changed(keys.presence_channel(user_id))
             for user_id in added:
-                self._watchers.setdefault(user_id, set()).add(conn)
-                conn.watch_pending[user_id] = None
-            unsubscribe = self._unwatch(conn, removed)
-            conn.watching = frozenset(user_ids)
-            if unsubscribe:
-                with contextlib.suppress(Exception):
-                    await self._subscriber.unsubscribe(*(keys.presence_channel(u) for u in unsubscribe))
+                conn.watch_pending.pop(user_id, None)
+            raise Unavailable("cannot subscribe to presence changes") from exc
+        conn.watching = frozenset(user_ids)
+        await self._release([keys.presence_channel(u) for u in self._unwatch(conn, removed)])
         return added
+
+    async def _release(self, channels: list[str]) -> None:
+        """Mark channels nobody here may need any more, and wait for the flush that drops
+        them. Best effort (a flush never fails an unsubscribe), and cheap: many closes share
+        one round."""
+        flushes = {id(f): f for f in map(self._subscriptions.changed, channels)}
+        for flush in flushes.values():
+            with contextlib.suppress(Exception):
+                await settled(flush)
 
     def _unwatch(self, conn: Connection, user_ids: Iterable[str]) -> list[str]:
         """Drop ``conn`` as a watcher of ``user_ids``; returns those nobody here watches now."""
