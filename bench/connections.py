@@ -233,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hold", type=float, default=45.0, help="idle window measured (default 45 s)")
     ap.add_argument("--heartbeat", type=float, default=30.0, help="client WebSocket ping every (30 s)")
     ap.add_argument("--gateway-pids", default="", help="comma-separated gateway pids (default: by port)")
+    ap.add_argument(
+        "--ramp-timeout", type=float, default=900.0, help="seconds for every client to connect (900)"
+    )
     ap.add_argument("--json", action="store_true", help="also print one JSON line with every figure")
     args = ap.parse_args(argv)
     parts = urlsplit(args.url)
@@ -280,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         p.start()
     ready: dict[int, dict[str, Any]] = {}
     results: dict[int, dict[str, Any]] = {}
-    deadline = time.monotonic() + 900
+    deadline = time.monotonic() + args.ramp_timeout
     try:
         while len(ready) < len(procs):
             kind, index, payload = ctl.get(timeout=max(1.0, deadline - time.monotonic()))
