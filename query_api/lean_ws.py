@@ -47,6 +47,10 @@ OPEN, CLOSED = State.OPEN, State.CLOSED
 CLOSE_INVALID_DATA, CLOSE_INTERNAL_ERROR = 1007, 1011
 # Messages waiting behind one being handled; past this, reading pauses until they are handled.
 INBOUND_PAUSE, INBOUND_RESUME = 32, 8
+# Pongs and close echoes bypass a connection's bounded backlog; a peer that sends pings and
+# never reads would grow the transport's buffer without end, so past this we stop reading it
+# until it reads (TCP backpressure: its own sends then stall).
+WRITE_BUFFER_READ_LIMIT = 256 * 1024
 _DATA = frozenset({Opcode.TEXT, Opcode.BINARY, Opcode.CONT})
 
 
@@ -57,6 +61,7 @@ class LeanWebsocket:
         "_dispatch",
         "_handling",
         "_inbound",
+        "_paused_for_writes",
         "_reading_paused",
         "close_timeout",
         "closed",
@@ -81,7 +86,8 @@ class LeanWebsocket:
         self._inbound: collections.deque[str | bytes] | None = None
         self._handling: asyncio.Task[None] | None = None
         self._chunks: list[bytes] | None = None  # a fragmented message being received
-        self._reading_paused = False
+        self._reading_paused = False  # too many messages wait to be handled
+        self._paused_for_writes = False  # the peer does not read what we send
         self._abort_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ what the application uses
@@ -140,6 +146,14 @@ class LeanWebsocket:
             if isinstance(event, Frame) and event.opcode in _DATA and not self._message(event):
                 return
         self._settle_state()
+        transport = self.io_proto.transport
+        if (
+            transport is not None
+            and not self._paused_for_writes
+            and transport.get_write_buffer_size() > WRITE_BUFFER_READ_LIMIT
+        ):
+            self._paused_for_writes = True
+            transport.pause_reading()
 
     def _message(self, frame: Frame) -> bool:
         """Assemble a data frame into a message and hand it on; False if that closed the socket."""
@@ -195,6 +209,9 @@ class LeanWebsocket:
             self.close_now(code, reason)
 
     def writing_resumed(self) -> None:
+        if self._paused_for_writes:
+            self._paused_for_writes = False
+            self._resume_reading()
         if self.on_writable is not None:
             self.on_writable()
 
@@ -226,8 +243,7 @@ class LeanWebsocket:
                 message = self._inbound.popleft()
                 if self._reading_paused and len(self._inbound) <= INBOUND_RESUME:
                     self._reading_paused = False
-                    if self.io_proto.transport is not None:
-                        self.io_proto.transport.resume_reading()
+                    self._resume_reading()
                 assert self._dispatch is not None
                 pending = self._dispatch(message)
                 if pending is not None:
@@ -238,6 +254,11 @@ class LeanWebsocket:
             self._handling = None
             if not self._inbound:
                 self._inbound = None
+
+    def _resume_reading(self) -> None:
+        transport = self.io_proto.transport
+        if transport is not None and not self._reading_paused and not self._paused_for_writes:
+            transport.resume_reading()
 
     def _failed(self) -> None:
         # A bug, not the client's doing: logged, and the socket ends as Sanic would end it.

@@ -107,11 +107,12 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _client_frame(payload: bytes) -> bytes:
-    """One masked text frame, as a client sends it."""
+def _client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """One masked frame (text unless told), as a client sends it."""
     mask = os.urandom(4)
     n = len(payload)
-    head = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n))
+    length = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n)
+    head = bytes([0x80 | opcode]) + length
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     return head + mask + masked
 
@@ -133,10 +134,8 @@ def _server_frames(data: bytes) -> list[tuple[int, bytes]]:
     return frames
 
 
-def test_a_client_that_never_reads_is_closed_with_1013_and_memory_stays_bounded(system: System) -> None:
-    gateway_pid = system.procs["gateway"].pid
-    before_mb = _rss_mb(gateway_pid)
-    slow_before = _metric(system, "tidings_ws_slow_client_disconnects_total")
+def _upgraded(system: System) -> socket.socket:
+    """A raw TCP connection through the WebSocket upgrade, with a small receive window."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
     sock.connect(("127.0.0.1", system.port))
@@ -152,6 +151,14 @@ def test_a_client_that_never_reads_is_closed_with_1013_and_memory_stays_bounded(
     while b"\r\n\r\n" not in head:
         head += sock.recv(1)
     assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def test_a_client_that_never_reads_is_closed_with_1013_and_memory_stays_bounded(system: System) -> None:
+    gateway_pid = system.procs["gateway"].pid
+    before_mb = _rss_mb(gateway_pid)
+    slow_before = _metric(system, "tidings_ws_slow_client_disconnects_total")
+    sock = _upgraded(system)
     # Each frame is answered by a 4 KB error frame (its ref echoed) that this client never
     # reads: 6,000 of them (24 MB) are far more than the socket buffers and the gateway's
     # backlog of 1,024 frames hold.
@@ -181,6 +188,29 @@ def test_a_client_that_never_reads_is_closed_with_1013_and_memory_stays_bounded(
     assert b"send queue full" in closes[0]
     print(f"gateway RSS grew {grown_mb:.1f} MB while a client did not read")
     assert grown_mb < 60, grown_mb
+
+
+def test_a_client_that_pings_and_never_reads_is_no_longer_read(system: System) -> None:
+    # WebSocket pings are answered by the protocol layer, past the connection's backlog: the
+    # gateway must stop reading such a client instead of buffering its pongs without end.
+    gateway_pid = system.procs["gateway"].pid
+    before_mb = _rss_mb(gateway_pid)
+    sock = _upgraded(system)
+    ping = _client_frame(b"p" * 125, opcode=0x9)
+    burst = ping * 1000  # 131 KB of pings, answered by 127 KB of pongs
+    sock.settimeout(5)
+    sent = 0
+    try:
+        while sent < 400:  # 52 MB of pongs if the gateway kept reading
+            sock.sendall(burst)
+            sent += 1
+    except TimeoutError:
+        pass  # the gateway stopped reading: our sends stall
+    grown_mb = _rss_mb(gateway_pid) - before_mb
+    sock.close()
+    print(f"gateway stopped reading after {sent * 1000} pings; RSS grew {grown_mb:.1f} MB")
+    assert sent < 400, "the gateway read 400,000 pings from a client that reads nothing"
+    assert grown_mb < 30, grown_mb
 
 
 async def test_sockets_of_one_user_opening_and_closing_at_once_all_get_pushes(system: System) -> None:
