@@ -7,6 +7,8 @@ Replies and pushes are written through the connection (``query_api.connection``)
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from functools import partial
 from typing import Any
@@ -66,9 +68,32 @@ async def gateway(request: Request, ws: Any) -> None:
         ws.serve(partial(_dispatch, deps, conn))
         await ws.closed
     finally:
-        # Presence first: with thousands of sockets closing at once the user would read
-        # online meanwhile.
+        await _unregister(deps, conn)
+
+
+async def _unregister(deps: Dependencies, conn: Connection) -> None:
+    """Settle the socket's presence, then stop routing to it, even if the handler is
+    cancelled meanwhile: Sanic cancels it when the TCP connection goes, which comes right
+    after the close, while presence may still be waiting for Redis; a cancelled unregister
+    would leave the socket in the hub (and in the connection count) for good."""
+    done = asyncio.ensure_future(_settle(deps, conn))
+    try:
+        await asyncio.shield(done)
+    except asyncio.CancelledError:
+        # Finish the clean-up first (a second cancellation does not stop it), then let the
+        # cancellation through.
+        while not done.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(done)
+        raise
+
+
+async def _settle(deps: Dependencies, conn: Connection) -> None:
+    # Presence first: with thousands of sockets closing at once the user would read online
+    # meanwhile.
+    try:
         await deps.presence.disconnected(conn)
+    finally:
         await deps.hub.unregister(conn)
 
 
