@@ -31,6 +31,7 @@ import math
 import multiprocessing as mp
 import os
 import queue
+import random
 import sys
 import time
 import uuid
@@ -148,6 +149,7 @@ async def run_client(
     first: int,
     concurrency: int,
     heartbeat_s: float,
+    reconnect: bool,
     ctl: Any,
     stop: Any,
 ) -> dict[str, Any]:
@@ -155,13 +157,15 @@ async def run_client(
     hist = new_hist()
     errors: list[str] = []
     sem = asyncio.Semaphore(concurrency)
-    opened: list[ClientConnection] = []
+    sockets: dict[int, ClientConnection] = {}
+    reconnects = 0
+    stopping = False
 
-    async def connect(j: int) -> None:
+    async def open_one(j: int, attempts: int) -> ClientConnection | None:
         source = SOURCE_ADDRESSES[(first + j) % len(SOURCE_ADDRESSES)]
         token = issue_token(secret, f"c{run_id}p{index}n{j}", ttl_s=7200)
         async with sem:
-            for attempt in range(3):
+            for attempt in range(attempts):
                 t = time.monotonic_ns()
                 try:
                     ws = await websockets.connect(
@@ -183,24 +187,54 @@ async def run_client(
                     await asyncio.sleep(0.5 * (attempt + 1))
                     continue
                 record_us(hist, time.monotonic_ns() - t)
-                opened.append(ws)
+                return ws
+        return None
+
+    async def connect(j: int) -> None:
+        ws = await open_one(j, 3)
+        if ws is not None:
+            sockets[j] = ws
+
+    async def keep(j: int) -> None:
+        """Reconnect when the gateway closes the socket (1013 after a Redis restart), as a
+        real client does: after a random pause, until it is open again."""
+        nonlocal reconnects
+        while True:
+            await sockets[j].wait_closed()
+            if stopping:
                 return
+            reconnects += 1
+            await asyncio.sleep(random.uniform(1, 10))
+            for _ in range(20):
+                ws = await open_one(j, 3)
+                if ws is not None or stopping:
+                    break
+                await asyncio.sleep(random.uniform(5, 15))
+            if ws is None or stopping:
+                return
+            sockets[j] = ws
 
     started = time.monotonic()
     await asyncio.gather(*(connect(j) for j in range(count)))
     ramp_s = time.monotonic() - started
-    ctl.put(("ready", index, {"opened": len(opened), "ramp_s": ramp_s}))
+    keepers = [asyncio.create_task(keep(j)) for j in sockets] if reconnect else []
+    ctl.put(("ready", index, {"opened": len(sockets), "ramp_s": ramp_s}))
     cpu0 = cpu_seconds()
     await asyncio.to_thread(stop.wait)
     cpu_idle = cpu_seconds() - cpu0
-    closed_early = sum(1 for ws in opened if ws.close_code is not None)
+    stopping = True
+    closed_early = sum(1 for ws in sockets.values() if ws.close_code is not None)
     rss = psutil.Process().memory_info().rss
-    await asyncio.gather(*(ws.close() for ws in opened), return_exceptions=True)
+    await asyncio.gather(*(ws.close() for ws in sockets.values()), return_exceptions=True)
+    for task in keepers:
+        task.cancel()
+    await asyncio.gather(*keepers, return_exceptions=True)
     return {
         "index": index,
-        "opened": len(opened),
-        "failed": count - len(opened),
+        "opened": len(sockets),
+        "failed": count - len(sockets),
         "closed_early": closed_early,
+        "reconnects": reconnects,
         "ramp_s": ramp_s,
         "hist": hist.encode(),
         "errors": errors,
@@ -233,6 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hold", type=float, default=45.0, help="idle window measured (default 45 s)")
     ap.add_argument("--heartbeat", type=float, default=30.0, help="client WebSocket ping every (30 s)")
     ap.add_argument("--gateway-pids", default="", help="comma-separated gateway pids (default: by port)")
+    ap.add_argument(
+        "--ramp-timeout", type=float, default=900.0, help="seconds for every client to connect (900)"
+    )
+    ap.add_argument(
+        "--reconnect",
+        action="store_true",
+        help="reopen a socket the gateway closes (e.g. 1013 after a Redis restart), as clients do",
+    )
     ap.add_argument("--json", action="store_true", help="also print one JSON line with every figure")
     args = ap.parse_args(argv)
     parts = urlsplit(args.url)
@@ -270,7 +312,19 @@ def main(argv: list[str] | None = None) -> int:
         procs.append(
             ctx.Process(
                 target=_client_child,
-                args=(i, args.url, secret, run_id, n, first, per_proc_conc, args.heartbeat, ctl, stop),
+                args=(
+                    i,
+                    args.url,
+                    secret,
+                    run_id,
+                    n,
+                    first,
+                    per_proc_conc,
+                    args.heartbeat,
+                    args.reconnect,
+                    ctl,
+                    stop,
+                ),
                 daemon=True,
             )
         )
@@ -280,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         p.start()
     ready: dict[int, dict[str, Any]] = {}
     results: dict[int, dict[str, Any]] = {}
-    deadline = time.monotonic() + 900
+    deadline = time.monotonic() + args.ramp_timeout
     try:
         while len(ready) < len(procs):
             kind, index, payload = ctl.get(timeout=max(1.0, deadline - time.monotonic()))
@@ -344,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         "opened": opened,
         "failed": sum(r["failed"] for r in results.values()),
         "closed_early": sum(r["closed_early"] for r in results.values()),
+        "reconnects": sum(r.get("reconnects", 0) for r in results.values()),
         "ramp_s": round(ramp_s, 1),
         "registered_after_ramp_s": None if registered_s is None else round(registered_s, 1),
         "connect_rate_per_s": round(opened / ramp_s, 1) if ramp_s else None,
@@ -374,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(SOURCE_ADDRESSES)} source addresses; {c['gateway_processes']} gateway processes; "
                 f"idle window {c['hold_s']:g} s",
                 f"connect  {opened} opened, {g['failed']} failed, {g['closed_early']} closed early, "
+                f"{g['reconnects']} reconnects, "
                 f"in {g['ramp_s']} s ({g['connect_rate_per_s']}/s), all registered "
                 f"{g['registered_after_ramp_s']} s later; handshake ms "
                 f"{fmt(g['handshake_ms'])}; listen overflows {g['listen_overflows']}",

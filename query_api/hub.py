@@ -1,9 +1,10 @@
 """This process's WebSocket connections, and the pub/sub listener that feeds them.
 
 A gateway subscribes to a user's delivery channel while it holds at least one of that user's
-sockets. Each socket has a bounded queue and its own writer task, so one slow client never
-stalls the listener or other clients: when its queue is full it is disconnected, and it
-catches up with ``/v1/sync`` after reconnecting.
+sockets (in batches: ``query_api.subscriptions``). A push never waits for a socket: it is
+written at once or waits in the socket's bounded backlog, so one slow client never stalls the
+listener or other clients; when its backlog is full it is disconnected, and it catches up with
+``/v1/sync`` after reconnecting (``query_api.connection``).
 """
 
 from __future__ import annotations
@@ -11,149 +12,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol
 
-from sanic.exceptions import WebsocketClosed
-from websockets.exceptions import ConnectionClosed
-
-from commands.presence import ConnectionState
 from events import keys
 from events.errors import Unavailable
 from projections.delivery import JOINED, LEFT, MESSAGE, TYPING
-from projections.wire import message_frame_ts
-from query_api.metrics import (
-    DELIVERY_FAILURES,
-    DELIVERY_SECONDS,
-    FRAMES_OUT,
-    SLOW_CLIENT_DISCONNECTS,
-    WS_CONNECTIONS,
-)
+from query_api.connection import CLOSE_TRY_AGAIN, Connection, TokenBucket
+from query_api.metrics import FRAMES_OUT, WS_CONNECTIONS
+from query_api.subscriptions import Subscriber, Subscriptions, settled
 
 log = logging.getLogger(__name__)
 
-CLOSE_TRY_AGAIN = 1013  # "try again later": reconnect, then catch up
-TYPING_PER_S, TYPING_BURST = 2.0, 5
+__all__ = ["CLOSE_TRY_AGAIN", "Connection", "Hub", "Subscriber", "TokenBucket"]
 
-
-class TokenBucket:
-    """Per-socket allowance: ``burst`` at once, refilled at ``rate_per_s``."""
-
-    def __init__(self, *, rate_per_s: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self._rate = rate_per_s
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._clock = clock
-        self._at = clock()
-
-    def take(self) -> bool:
-        now = self._clock()
-        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
-        self._at = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True  # "try again later": the client fell too far behind
-
-
-class Subscriber(Protocol):
-    """The slice of redis-py's ``PubSub`` the hub uses (a fake implements it in tests)."""
-
-    def subscribe(self, *args: Any) -> Awaitable[Any]: ...
-    def unsubscribe(self, *args: Any) -> Awaitable[Any]: ...
-    async def get_message(
-        self,
-        ignore_subscribe_messages: bool = ...,
-        timeout: float | None = ...,  # noqa: ASYNC109 - redis-py's signature
-    ) -> dict[str, Any] | None: ...
-
-
-class Connection:
-    def __init__(
-        self,
-        user_id: str,
-        device_id: str,
-        send: Callable[[bytes | str], Awaitable[None]],
-        close: Callable[[int, str], Awaitable[None]],
-        queue_size: int,
-    ) -> None:
-        self.user_id = user_id
-        self.device_id = device_id
-        self._send = send
-        self._close = close
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(queue_size)
-        self.too_slow = False
-        # Why the server ends this socket with 1013 (reconnect and catch up), once it must.
-        self.close_reason: str | None = None
-        # The conversation this socket shows (the `view` frame): typing goes only there.
-        self.view: str | None = None
-        # conversation id -> until when this socket's membership there counts as checked
-        self.member_of: dict[str, float] = {}
-        self.typing_allowance = TokenBucket(rate_per_s=TYPING_PER_S, burst=TYPING_BURST)
-        # Presence (see query_api.presence): this socket's id in the presence store, when it
-        # was last heard from and last reported (monotonic s), its state, whom it watches.
-        self.presence_id = ""
-        self.heard = self.reported = 0.0
-        self.presence_state: ConnectionState = "online"
-        self.watching: frozenset[str] = frozenset()
-        # Newly watched users whose current state is being read: changes that arrive meanwhile
-        # wait here (newest only), so a stale one never follows the snapshot.
-        self.watch_pending: dict[str, tuple[int, bytes] | None] = {}
-        self._closing: asyncio.Task[None] | None = None
-
-    def close_soon(self, code: int, reason: str) -> None:
-        """Close the socket without waiting (its reader loop then unregisters it)."""
-        if self._closing is None:
-            self._closing = asyncio.ensure_future(self._close(code, reason))
-
-    def push(self, frame: bytes) -> None:
-        """Queue a frame for this socket without waiting; a full queue disconnects it."""
-        if self.too_slow:
-            return
-        try:
-            self._queue.put_nowait(frame)
-        except asyncio.QueueFull:
-            SLOW_CLIENT_DISCONNECTS.inc()
-            DELIVERY_FAILURES.labels("slow_client").inc()
-            self.send_to_catch_up("send queue full; reconnect and sync")
-
-    def send_to_catch_up(self, reason: str) -> None:
-        """Drop what is queued and close with 1013: the client reconnects and reads what it
-        missed from the read models."""
-        if self.too_slow:
-            return
-        self.too_slow = True
-        self.close_reason = reason
-        self._queue = asyncio.Queue(1)
-        self._queue.put_nowait(None)
-
-    async def run_writer(self) -> None:
-        """Send queued frames in order until told to stop (``None``)."""
-        while True:
-            frame = await self._queue.get()
-            if frame is None:
-                if self.close_reason is not None:
-                    await self._close(CLOSE_TRY_AGAIN, self.close_reason)
-                return
-            try:
-                # Text frames: the protocol is JSON text, and bytes would go out as binary.
-                await self._send(frame.decode())
-            except (ConnectionClosed, WebsocketClosed):
-                _DELIVERY_SOCKET_CLOSED.inc()
-                return  # the reader loop sees the close and unregisters the socket
-            ts = message_frame_ts(frame)
-            if ts is not None:
-                # Send->deliver, against the Snowflake time of the send (whole ms, floored).
-                _observe_delivery(time.time() - ts / 1000)
-
-    def stop(self) -> None:
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(None)
-
-
-_DELIVERY_SOCKET_CLOSED = DELIVERY_FAILURES.labels("socket_closed")
-_observe_delivery = DELIVERY_SECONDS.observe
 _PUSHED = FRAMES_OUT.labels("push")
 
 GroupsOf = Callable[[str], Awaitable[set[str]]]
@@ -187,7 +58,9 @@ class Hub:
         # for each (a transition older than it arrived late and is dropped).
         self._watchers: dict[str, set[Connection]] = {}
         self._presence_at: dict[str, int] = {}
-        self._lock = asyncio.Lock()
+        self._subscriptions = Subscriptions(subscriber, self._wanted)
+        self._user_prefix = keys.user_channel("")
+        self._presence_prefix = keys.presence_channel("")
 
     @property
     def connections(self) -> int:
@@ -197,22 +70,35 @@ class Hub:
         """Subscribe to the group shard channels (this also opens the pub/sub connection)."""
         await self._subscriber.subscribe(*(keys.group_shard_channel(n) for n in range(self._shards)))
 
+    def _wanted(self, channel: str) -> bool:
+        """Whether this process must hear ``channel`` now (asked at each subscription flush)."""
+        if channel.startswith(self._user_prefix):
+            return channel[len(self._user_prefix) :] in self._by_user
+        if channel.startswith(self._presence_prefix):
+            return channel[len(self._presence_prefix) :] in self._watchers
+        return False
+
     async def register(self, conn: Connection) -> None:
         """Start routing to ``conn``. All or nothing: if Redis or the membership read model
-        fails, nothing is left registered and ``Unavailable`` is raised."""
+        fails, nothing is left registered and ``Unavailable`` is raised. Registrations that
+        arrive together share one SUBSCRIBE (see ``query_api.subscriptions``)."""
         user_id = conn.user_id
-        async with self._lock:
-            conns = self._by_user.setdefault(user_id, set())
-            first = not conns
-            conns.add(conn)
-            if first:
-                self._loading[user_id] = []
-                try:
-                    await self._subscriber.subscribe(keys.user_channel(user_id))
-                except Exception as exc:
+        conns = self._by_user.setdefault(user_id, set())
+        first = not conns
+        conns.add(conn)
+        if first:
+            self._loading[user_id] = []
+        # Also for a later socket of the user: the first one's SUBSCRIBE may still be in
+        # flight (or have failed), and this one must not count as registered before it is.
+        pending = self._subscriptions.ensure(keys.user_channel(user_id))
+        if pending is not None:
+            try:
+                await settled(pending)
+            except Exception as exc:
+                if first:
                     self._loading.pop(user_id, None)
-                    self._forget(conn)
-                    raise Unavailable("cannot subscribe to deliveries") from exc
+                self._forget(conn)
+                raise Unavailable("cannot subscribe to deliveries") from exc
         WS_CONNECTIONS.inc()
         if not first:
             return
@@ -248,37 +134,46 @@ class Hub:
 
     async def unregister(self, conn: Connection) -> None:
         WS_CONNECTIONS.dec()
-        async with self._lock:
-            channels = [keys.presence_channel(u) for u in self._unwatch(conn, conn.watching)]
-            conn.watching = frozenset()
-            if self._forget(conn):
-                channels.append(keys.user_channel(conn.user_id))
-            if channels:
-                # Best effort: if Redis is gone, the subscriptions went with the connection.
-                with contextlib.suppress(Exception):
-                    await self._subscriber.unsubscribe(*channels)
+        changed = [keys.presence_channel(u) for u in self._unwatch(conn, conn.watching)]
+        conn.watching = frozenset()
+        if self._forget(conn):
+            changed.append(keys.user_channel(conn.user_id))
+        await self._release(changed)
 
     async def watch(self, conn: Connection, user_ids: set[str]) -> set[str]:
         """Make ``user_ids`` the users whose presence changes ``conn`` receives; returns those
         newly watched. Raises ``Unavailable`` (watch list unchanged) if Redis fails."""
-        async with self._lock:
-            added = user_ids - conn.watching
-            removed = conn.watching - user_ids
-            subscribe = [u for u in added if u not in self._watchers]
-            if subscribe:
-                try:
-                    await self._subscriber.subscribe(*(keys.presence_channel(u) for u in subscribe))
-                except Exception as exc:
-                    raise Unavailable("cannot subscribe to presence changes") from exc
+        added = user_ids - conn.watching
+        removed = conn.watching - user_ids
+        for user_id in added:
+            self._watchers.setdefault(user_id, set()).add(conn)
+            conn.watch_pending[user_id] = None
+        pending = {
+            id(f): f
+            for f in (self._subscriptions.ensure(keys.presence_channel(u)) for u in added)
+            if f is not None
+        }
+        try:
+            for flush in pending.values():
+                await settled(flush)
+        except Exception as exc:
+            for user_id in self._unwatch(conn, added):
+                self._subscriptions.changed(keys.presence_channel(user_id))
             for user_id in added:
-                self._watchers.setdefault(user_id, set()).add(conn)
-                conn.watch_pending[user_id] = None
-            unsubscribe = self._unwatch(conn, removed)
-            conn.watching = frozenset(user_ids)
-            if unsubscribe:
-                with contextlib.suppress(Exception):
-                    await self._subscriber.unsubscribe(*(keys.presence_channel(u) for u in unsubscribe))
+                conn.watch_pending.pop(user_id, None)
+            raise Unavailable("cannot subscribe to presence changes") from exc
+        conn.watching = frozenset(user_ids)
+        await self._release([keys.presence_channel(u) for u in self._unwatch(conn, removed)])
         return added
+
+    async def _release(self, channels: list[str]) -> None:
+        """Mark channels nobody here may need any more, and wait for the flush that drops
+        them. Best effort (a flush never fails an unsubscribe), and cheap: many closes share
+        one round."""
+        flushes = {id(f): f for f in map(self._subscriptions.changed, channels)}
+        for flush in flushes.values():
+            with contextlib.suppress(Exception):
+                await settled(flush)
 
     def _unwatch(self, conn: Connection, user_ids: Iterable[str]) -> list[str]:
         """Drop ``conn`` as a watcher of ``user_ids``; returns those nobody here watches now."""
@@ -304,7 +199,7 @@ class Hub:
         if watchers:
             self._presence_at[user_id] = at
         for conn in watchers:
-            if user_id in conn.watch_pending:
+            if conn.is_pending_watch(user_id):
                 held = conn.watch_pending[user_id]
                 if held is None or held[0] < at:
                     conn.watch_pending[user_id] = (at, frame)

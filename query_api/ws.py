@@ -1,21 +1,26 @@
-"""``GET /v1/ws``: one handler per socket. Frames of a connection are handled in the order
-sent; replies and pushes go through the connection's queue and writer task."""
+"""``GET /v1/ws``: one handler per socket, over the lean WebSocket path (``query_api.lean_ws``).
+
+Each inbound message goes to ``_dispatch`` as soon as it is received: a ``ping`` frame or an
+invalid frame is answered on the spot; any other frame returns the coroutine that handles it,
+and later frames of the connection wait behind it, so they are handled in the order sent.
+Replies and pushes are written through the connection (``query_api.connection``)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Sequence
+from functools import partial
+from typing import Any
 
 import orjson
 from sanic import Blueprint, Request
-from sanic.server.websockets.impl import WebsocketImplProtocol
-from websockets.protocol import Event
 
 from commands.membership import member_role
 from events.errors import RateLimited, TidingsError, Unavailable
 from projections.delivery import typing_pushes
 from projections.wire import presence_frame
+from query_api.connection import CLOSE_TRY_AGAIN, Connection
 from query_api.deps import Dependencies
 from query_api.errors import error_frame
 from query_api.frames import (
@@ -29,7 +34,7 @@ from query_api.frames import (
     WatchFrame,
     parse_frame,
 )
-from query_api.hub import CLOSE_TRY_AGAIN, Connection
+from query_api.lean_ws import LeanWebsocket
 from query_api.metrics import FRAMES_IN, FRAMES_OUT, SEND_SECONDS, SENDS
 from tidings import telemetry
 
@@ -40,18 +45,19 @@ MEMBERSHIP_TTL_S = 30.0
 
 
 @bp.websocket("/ws")
-async def gateway(request: Request, ws: WebsocketImplProtocol) -> None:
+async def gateway(request: Request, ws: Any) -> None:
+    if not isinstance(ws, LeanWebsocket):
+        raise TypeError("the gateway serves WebSockets with query_api.lean_ws.LeanWebSocketProtocol")
     deps: Dependencies = request.app.ctx.deps
     principal = request.ctx.principal
-    conn = Connection(principal.user_id, principal.device_id, ws.send, ws.close, SEND_QUEUE_FRAMES)
+    conn = Connection(principal.user_id, principal.device_id, ws, SEND_QUEUE_FRAMES)
+    ws.on_writable = conn.flush
     try:
         await deps.hub.register(conn)
     except Unavailable:
         # A socket that would receive nothing must not stay open: the client reconnects.
-        await ws.close(CLOSE_TRY_AGAIN, "deliveries unavailable; reconnect")
+        ws.close_now(CLOSE_TRY_AGAIN, "deliveries unavailable; reconnect")
         return
-    _hear_every_frame(ws, conn)
-    writer = asyncio.create_task(conn.run_writer())
     try:
         try:
             await deps.presence.connected(conn)
@@ -59,45 +65,57 @@ async def gateway(request: Request, ws: WebsocketImplProtocol) -> None:
             # Presence is not delivery: the socket works; its heartbeats are reported by the
             # next sweep that reaches the store.
             conn.reported = -1.0
-        async for raw in ws:
-            if conn.too_slow or writer.done():
-                break
-            await _handle(deps, conn, raw)
+        ws.serve(partial(_dispatch, deps, conn))
+        await ws.closed
     finally:
-        conn.stop()
-        # Presence first: the hub's unregister waits its turn for the pub/sub connection, and
-        # with thousands of sockets closing at once the user would read online meanwhile.
+        await _unregister(deps, conn)
+
+
+async def _unregister(deps: Dependencies, conn: Connection) -> None:
+    """Settle the socket's presence, then stop routing to it, even if the handler is
+    cancelled meanwhile: Sanic cancels it when the TCP connection goes, which comes right
+    after the close, while presence may still be waiting for Redis; a cancelled unregister
+    would leave the socket in the hub (and in the connection count) for good."""
+    done = asyncio.ensure_future(_settle(deps, conn))
+    try:
+        await asyncio.shield(done)
+    except asyncio.CancelledError:
+        # Finish the clean-up first (a second cancellation does not stop it), then let the
+        # cancellation through.
+        while not done.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(done)
+        raise
+
+
+async def _settle(deps: Dependencies, conn: Connection) -> None:
+    # Presence first: with thousands of sockets closing at once the user would read online
+    # meanwhile.
+    try:
         await deps.presence.disconnected(conn)
+    finally:
         await deps.hub.unregister(conn)
-        try:
-            await asyncio.wait_for(writer, timeout=5)
-        except (TimeoutError, Exception):  # noqa: BLE001 - the socket is going away anyway
-            writer.cancel()
 
 
-def _hear_every_frame(ws: WebsocketImplProtocol, conn: Connection) -> None:
-    """Any frame from the peer (data, a WebSocket ping, a pong) is a heartbeat. Sanic hands
-    incoming frames to ``process_events``; wrapping it costs one clock read per read."""
-    inner = ws.process_events
-
-    async def process_events(events: Sequence[Event]) -> None:
-        conn.heard = time.monotonic()
-        await inner(events)
-
-    ws.process_events = process_events  # type: ignore[method-assign]
-
-
-async def _handle(deps: Dependencies, conn: Connection, raw: str | bytes) -> None:
+def _dispatch(deps: Dependencies, conn: Connection, raw: str | bytes) -> Any:
+    """Answer what needs no I/O now; return the coroutine handling any other frame."""
+    if conn.too_slow:
+        return None  # being closed with 1013
     try:
         ref, frame = parse_frame(raw, deps.settings.max_frame_bytes)
     except FrameError as exc:
         FRAMES_IN.labels("invalid").inc()
         _reply(conn, "error", error_frame(exc.ref, exc.error.code, exc.error.message))
-        return
+        return None
     FRAMES_IN.labels(frame.type).inc()  # type: ignore[attr-defined]
     if isinstance(frame, PingFrame):
         _reply(conn, "pong", orjson.dumps({"type": "pong", "ref": ref}))
-    elif isinstance(frame, SendFrame):
+        return None
+    return _handle(deps, conn, ref, frame)
+
+
+async def _handle(deps: Dependencies, conn: Connection, ref: str | None, frame: Any) -> None:
+    if isinstance(frame, SendFrame):
         with telemetry.span("gateway.send", {"tidings.conversation_id": frame.conversation_id}):
             await _send(deps, conn, ref, frame)
     elif isinstance(frame, ReceiptFrame):

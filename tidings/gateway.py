@@ -15,6 +15,7 @@ from sanic import Sanic
 from sanic.worker.loader import AppLoader
 
 from query_api.app import create_app
+from query_api.lean_ws import LeanWebSocketProtocol
 from tidings.settings import Settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -62,6 +63,8 @@ def _serve(settings: Settings) -> None:
         # Sanic's default listen backlog (100) drops connection attempts during reconnect storms.
         backlog=4096,
         motd=False,
+        # WebSockets without a task, future or lock per frame (query_api.lean_ws).
+        protocol=LeanWebSocketProtocol,
     )
     if settings.gateway_workers == 1:
         # One process, no manager: what `tidings gateway` runs is what serves (and what a

@@ -33,18 +33,39 @@ class FakePubSub:
         return None
 
 
+class FakeSocket:
+    """A WebSocket that records what is written; ``writable`` False plays a backed-up
+    transport."""
+
+    def __init__(self, sent: list[str]) -> None:
+        self.sent = sent
+        self.frames: list[bytes] = []
+        self.heard = 0.0
+        self.writable = True
+        self.closed: tuple[int, str] | None = None
+
+    def write_text(self, payload: bytes) -> bool:
+        if self.closed is not None:
+            return False
+        self.frames.append(payload)
+        self.sent.append(payload.decode())
+        return True
+
+    def close_now(self, code: int, reason: str) -> None:
+        if self.closed is None:
+            self.closed = (code, reason)
+            self.sent.append(f"closed {code}")
+
+
 def _conn(user: str, sent: list[str]) -> Connection:
-    async def send(frame: bytes | str) -> None:
-        sent.append(frame if isinstance(frame, str) else frame.decode())
-
-    async def close(code: int, reason: str) -> None:
-        sent.append(f"closed {code}")
-
-    return Connection(user, "d", send, close, queue_size=10)
+    return Connection(user, "d", FakeSocket(sent), queue_size=10)
 
 
-def _queued(conn: Connection) -> list[bytes | None]:
-    return list(conn._queue._queue)  # type: ignore[attr-defined]
+def _queued(conn: Connection) -> list[bytes]:
+    """What was written to the socket."""
+    socket = conn.socket
+    assert isinstance(socket, FakeSocket)
+    return socket.frames
 
 
 async def _hub(
@@ -115,13 +136,38 @@ async def test_a_failed_group_load_leaves_nothing_behind() -> None:
     assert keys.user_channel("alice") not in pubsub.channels
 
 
-async def test_a_full_queue_disconnects_the_slow_socket_only() -> None:
+async def test_a_backed_up_socket_gets_its_frames_in_order_when_the_transport_drains() -> None:
+    conn = _conn("alice", [])
+    socket = conn.socket
+    assert isinstance(socket, FakeSocket)
+    conn.push(b"1")
+    socket.writable = False  # above the transport's high-water mark
+    for frame in (b"2", b"3"):
+        conn.push(frame)
+    assert _queued(conn) == [b"1"] and conn.backlog == 2
+    socket.writable = True
+    conn.push(b"4")  # behind the backlog, not before it
+    assert _queued(conn) == [b"1"]
+    conn.flush()
+    assert _queued(conn) == [b"1", b"2", b"3", b"4"] and conn.backlog == 0
+    conn.push(b"5")
+    assert _queued(conn)[-1] == b"5"
+
+
+async def test_a_full_backlog_disconnects_the_slow_socket_only() -> None:
     sent: list[str] = []
-    slow = _conn("alice", sent)
+    slow, fine = _conn("alice", sent), _conn("bob", [])
+    assert isinstance(slow.socket, FakeSocket)
+    slow.socket.writable = False
     for i in range(11):
         slow.push(f"f{i}".encode())
-    assert slow.too_slow
-    await slow.run_writer()
+        fine.push(f"f{i}".encode())
+    assert slow.too_slow and slow.backlog == 0  # what waited is dropped
+    assert sent == ["closed 1013"]
+    assert len(_queued(fine)) == 11 and not fine.too_slow
+    slow.socket.writable = True
+    slow.flush()
+    slow.push(b"late")
     assert sent == ["closed 1013"]
 
 
@@ -184,9 +230,6 @@ async def test_a_lost_pubsub_connection_sends_every_socket_to_catch_up() -> None
     await asyncio.sleep(0.3)
     listener.cancel()
     await asyncio.gather(listener, return_exceptions=True)
-    for conn in (a, b):
-        conn.stop()  # the socket's handler would stop it later; the close must come first
-        await asyncio.wait_for(conn.run_writer(), 1)
     assert sent_a == ["closed 1013"] and sent_b == ["closed 1013"]
 
 
@@ -197,8 +240,6 @@ async def test_a_silent_pubsub_reconnect_also_sends_sockets_to_catch_up() -> Non
     a = _conn("alice", sent)
     await hub.register(a)
     await hub.resubscribed(None)
-    a.stop()
-    await asyncio.wait_for(a.run_writer(), 1)
     assert sent == ["closed 1013"]
 
 
@@ -266,3 +307,107 @@ async def test_a_failed_watch_subscribe_changes_nothing() -> None:
         await hub.watch(watcher, {"alice"})
     assert watcher.watching == frozenset()
     assert hub.deliver_presence("alice", _presence_payload(1, "alice", "online")) == 0
+
+
+class GatedPubSub(FakePubSub):
+    """Records every command; each waits a random moment (a Redis round trip), and a
+    subscribe can be made to fail."""
+
+    def __init__(self, rng: Any = None) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, tuple[str, ...]]] = []
+        self.rng = rng
+
+    async def _trip(self) -> None:
+        await asyncio.sleep(self.rng.random() / 1000 if self.rng else 0.001)
+
+    async def subscribe(self, *channels: str) -> None:
+        self.calls.append(("subscribe", channels))
+        await self._trip()
+        await super().subscribe(*channels)
+
+    async def unsubscribe(self, *channels: str) -> None:
+        self.calls.append(("unsubscribe", channels))
+        await self._trip()
+        await super().unsubscribe(*channels)
+
+
+async def test_registrations_that_arrive_together_share_one_subscribe() -> None:
+    pubsub = GatedPubSub()
+    hub, _ = await _hub(pubsub=pubsub)
+    pubsub.calls.clear()
+    conns = [_conn(f"u{i}", []) for i in range(200)]
+    await asyncio.gather(*(hub.register(c) for c in conns))
+    subscribes = [c for kind, c in pubsub.calls if kind == "subscribe"]
+    # the first flush takes whoever was there; everyone else waits for the second
+    assert len(subscribes) <= 2, [len(s) for s in subscribes]
+    assert sum(len(s) for s in subscribes) == 200
+    assert {keys.user_channel(f"u{i}") for i in range(200)} <= pubsub.channels
+    pubsub.calls.clear()
+    await asyncio.gather(*(hub.unregister(c) for c in conns))
+    assert [kind for kind, _ in pubsub.calls] in (["unsubscribe"], ["unsubscribe", "unsubscribe"])
+    assert not any(ch.startswith(keys.user_channel("")) for ch in pubsub.channels)
+
+
+async def _connects_and_closes_of_one_user(rng: Any) -> None:
+    pubsub = GatedPubSub(rng)
+    hub, _ = await _hub(pubsub=pubsub)
+    channel = keys.user_channel("alice")
+    live: list[Connection] = []
+
+    async def connect() -> None:
+        conn = _conn("alice", [])
+        await hub.register(conn)
+        # registered means subscribed: a push published now reaches this socket
+        assert channel in pubsub.channels
+        live.append(conn)
+
+    async def close() -> None:
+        await asyncio.sleep(rng.random() / 500)
+        if live:
+            await hub.unregister(live.pop(rng.randrange(len(live))))
+
+    await asyncio.gather(*(connect() if rng.random() < 0.5 else close() for _ in range(40)))
+    await asyncio.sleep(0.01)  # the last flush
+    assert (channel in pubsub.channels) == bool(live), (len(live), pubsub.calls)
+    assert hub.connections == len(live)
+    if live:
+        assert hub.deliver_to_user("alice", MESSAGE + b"x") == len(live)
+    for conn in list(live):
+        await hub.unregister(conn)
+    assert channel not in pubsub.channels
+
+
+async def test_concurrent_connects_and_closes_of_one_user_end_subscribed_exactly_when_connected() -> None:
+    import random
+
+    rng = random.Random(7)
+    for _ in range(30):
+        await _connects_and_closes_of_one_user(rng)
+
+
+async def test_a_failed_batch_refuses_every_socket_in_it_even_a_second_one_of_the_user() -> None:
+    pubsub = GatedPubSub()
+    hub, _ = await _hub(pubsub=pubsub)
+    pubsub.fail_subscribe = 1
+    first, second, other = _conn("alice", []), _conn("alice", []), _conn("bob", [])
+    results = await asyncio.gather(
+        hub.register(first), hub.register(second), hub.register(other), return_exceptions=True
+    )
+    assert all(isinstance(r, Unavailable) for r in results), results
+    assert hub.connections == 0 and not any(c.startswith(keys.user_channel("")) for c in pubsub.channels)
+    again = _conn("alice", [])
+    await hub.register(again)
+    assert hub.deliver_to_user("alice", MESSAGE + b"x") == 1
+
+
+async def test_a_user_who_comes_back_before_the_flush_costs_no_unsubscribe() -> None:
+    pubsub = GatedPubSub()
+    hub, _ = await _hub(pubsub=pubsub)
+    a = _conn("alice", [])
+    await hub.register(a)
+    pubsub.calls.clear()
+    b = _conn("alice", [])
+    await asyncio.gather(hub.unregister(a), hub.register(b))
+    assert pubsub.calls == []
+    assert hub.deliver_to_user("alice", MESSAGE + b"x") == 1
