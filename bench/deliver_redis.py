@@ -75,7 +75,7 @@ def _cli() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=20_000)
     ap.add_argument("--batches", default="1,5,20,100", help="batch sizes, comma-separated")
-    ap.add_argument("--redis-db", type=int, default=9)
+    ap.add_argument("--redis-db", type=int, default=15, help="emptied before and after (default 15)")
     ap.add_argument("--json", action="store_true", help="also print one JSON line with the figures")
     args = ap.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]

@@ -21,10 +21,22 @@ from tidings.settings import Settings
 TTL_MS = 1000
 
 
+@pytest.fixture(scope="module")
+def presence_db(services: Settings) -> int:
+    """A database of its own (the e2e system's gateways reap the test database's lapsed
+    users), emptied first: a reap takes the longest-lapsed users first, so lapsed users left
+    there by someone else would come before these tests' own."""
+    import redis
+
+    db = (services.redis_db + 8) % 16
+    with redis.Redis(host=services.redis_host, port=services.redis_port, db=db) as client:
+        client.flushdb()
+    return db
+
+
 @pytest.fixture
-async def store(services: Settings) -> AsyncIterator[RedisPresence]:
-    # A database of its own: the e2e system's gateways reap the test database's lapsed users.
-    client = make_redis(services.redis_host, services.redis_port, (services.redis_db + 8) % 16)
+async def store(services: Settings, presence_db: int) -> AsyncIterator[RedisPresence]:
+    client = make_redis(services.redis_host, services.redis_port, presence_db)
     yield RedisPresence(client, ttl_ms=TTL_MS)
     await client.aclose()
 
