@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from events import MessageSent
 from events.errors import Unavailable
 from projections.sync import _LOG_BUCKET, CassandraSyncLog
+from tests.contracts import message
 
 
 class FakeCql:
@@ -25,19 +25,6 @@ class FakeCql:
         self.written += statements
 
 
-def _message(n: int) -> MessageSent:
-    return MessageSent(
-        conversation_id="dm:a:b",
-        message_id=n,
-        sender_id="a",
-        sender_device="d",
-        client_msg_id=str(n),
-        kind="text",
-        body="",
-        ts=0,
-    )
-
-
 def _bucket_rows(cql: FakeCql) -> list[Sequence[Any]]:
     return [params for statement, params in cql.written if statement == _LOG_BUCKET]
 
@@ -47,7 +34,7 @@ async def test_a_bucket_row_is_written_once_and_again_after_a_failure() -> None:
     log = CassandraSyncLog(cql)  # type: ignore[arg-type]
     cql.fail_next = True
     with pytest.raises(Unavailable):
-        await log.apply_at([(0, 1, _message(1))])
-    await log.apply_at([(0, 1, _message(1))])  # the retry writes the row
-    await log.apply_at([(0, 2, _message(2)), (0, 3, _message(3))])
+        await log.apply_at([(0, 1, message("dm:a:b", 1))])
+    await log.apply_at([(0, 1, message("dm:a:b", 1))])  # the retry writes the row
+    await log.apply_at([(0, 2, message("dm:a:b", 2)), (0, 3, message("dm:a:b", 3))])
     assert _bucket_rows(cql) == [("dm:a:b", 0)]
