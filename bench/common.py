@@ -80,6 +80,21 @@ def cpu_calibration_us() -> float:
     return min(timer.repeat(repeat=5, number=number)) / number * 1e6
 
 
+def machine_facts(calibration_us: float | None = None) -> dict[str, Any]:
+    """What every report says about the machine it ran on (``calibration_us``: one already
+    measured, else measured now)."""
+    if calibration_us is None:
+        calibration_us = cpu_calibration_us()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "mem_gib": round(mem_total_gib(), 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "cpu_calibration_us": round(calibration_us, 1),
+    }
+
+
 def machine_busy_jiffies() -> tuple[int, int]:
     """(busy, total) jiffies of all CPUs from /proc/stat."""
     with open("/proc/stat") as f:

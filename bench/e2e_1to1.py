@@ -29,7 +29,6 @@ import contextlib
 import datetime as dt
 import multiprocessing as mp
 import os
-import platform
 import queue
 import random
 import sys
@@ -50,11 +49,10 @@ from websockets.asyncio.client import ClientConnection
 from bench.common import (
     LOOPBACK_HOSTS,
     cpu_calibration_us,
-    cpu_model,
     cpu_seconds,
     fmt,
     machine_busy_jiffies,
-    mem_total_gib,
+    machine_facts,
     new_hist,
     percentiles_ms,
     proc_cpu_delta,
@@ -458,12 +456,7 @@ def summarize(
     figures: dict[str, Any] = {
         "date": started.isoformat(timespec="seconds"),
         "machine": {
-            "nproc": os.cpu_count(),
-            "cpu_model": cpu_model(),
-            "mem_gib": round(mem_total_gib(), 1),
-            "kernel": platform.release(),
-            "python": platform.python_version(),
-            "cpu_calibration_us": round(calib_us, 1),
+            **machine_facts(calib_us),
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in load_after],
         },

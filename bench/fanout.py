@@ -39,7 +39,6 @@ import datetime as dt
 import math
 import multiprocessing as mp
 import os
-import platform
 import queue
 import resource
 import sys
@@ -63,13 +62,12 @@ from bench.common import (
     LOOPBACK_HOSTS,
     SOURCE_ADDRESSES,
     cpu_calibration_us,
-    cpu_model,
     cpu_seconds,
     descendants,
     fmt,
     listen_overflows,
     machine_busy_jiffies,
-    mem_total_gib,
+    machine_facts,
     new_hist,
     percentiles_ms,
     pid_ticks,
@@ -779,12 +777,7 @@ def summarize(
     return {
         "date": started.isoformat(timespec="seconds"),
         "machine": {
-            "nproc": os.cpu_count(),
-            "cpu_model": cpu_model(),
-            "mem_gib": round(mem_total_gib(), 1),
-            "kernel": platform.release(),
-            "python": platform.python_version(),
-            "cpu_calibration_us": round(calib_us, 1),
+            **machine_facts(calib_us),
             "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
             "loop": "uvloop" if uvloop is not None else "asyncio",
         },

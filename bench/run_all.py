@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from bench.common import cpu_calibration_us, cpu_model, mem_total_gib
+from bench.common import machine_facts
 from bench.system import ROOT, BenchSystem, namespace_env
 
 TARGETS = {
@@ -235,12 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "date": started.isoformat(timespec="seconds"),
         "machine": {
-            "nproc": os.cpu_count(),
-            "cpu_model": cpu_model(),
-            "mem_gib": round(mem_total_gib(), 1),
-            "kernel": platform.release(),
-            "python": platform.python_version(),
-            "cpu_calibration_us": round(cpu_calibration_us(), 1),
+            **machine_facts(),
             "loadavg": os.getloadavg(),
             "nice": os.nice(0),
         },
