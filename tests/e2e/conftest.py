@@ -11,8 +11,8 @@ import subprocess
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,19 @@ class System:
 
     def wait_ready(self, timeout_s: float = 60) -> None:
         self.wait_http(f"{self.http}/readyz", timeout_s)
+
+    @contextmanager
+    def running(self, names: Iterable[str]) -> Iterator[None]:
+        """Start ``names``, wait until the gateway answers and the deliver worker pushes; stop
+        them all on the way out."""
+        for name in names:
+            self.start(name)
+        try:
+            self.wait_ready()
+            asyncio.run(self.wait_delivering())
+            yield
+        finally:
+            self.stop()
 
     def wait_http(self, url: str, timeout_s: float) -> None:
         """Until ``url`` answers; the log of a process that exited meanwhile in the error."""
@@ -203,14 +216,8 @@ class Client:
 @pytest.fixture(scope="session")
 def system(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     system = System(services, tmp_path_factory.mktemp("system-logs"))
-    for name in System.COMMANDS:
-        system.start(name)
-    try:
-        system.wait_ready()
-        asyncio.run(system.wait_delivering())
+    with system.running(System.COMMANDS):
         yield system
-    finally:
-        system.stop()
 
 
 def user() -> str:

@@ -48,14 +48,8 @@ def traced(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "TIDINGS_TOPIC_PREFIX": settings.topic_prefix,
         },
     )
-    for name in System.COMMANDS:
-        system.start(name)
-    try:
-        system.wait_ready()
-        asyncio.run(system.wait_delivering())
+    with system.running(System.COMMANDS):
         yield system, spans
-    finally:
-        system.stop()
 
 
 def scrape(url: str) -> str:

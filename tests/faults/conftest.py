@@ -53,14 +53,8 @@ def fault_system(fault_services: Settings) -> Iterator[FaultSystem]:
     logs.mkdir(parents=True, exist_ok=True)
     print(f"fault suite process logs: {logs}")
     system = FaultSystem(fault_services, logs, fanout_threshold=FANOUT_THRESHOLD)
-    for name in FaultSystem.STARTED:
-        system.start(name)
-    try:
-        system.wait_ready()
-        asyncio.run(system.wait_delivering())
+    with system.running(FaultSystem.STARTED):
         yield system
-    finally:
-        system.stop()
 
 
 @pytest.fixture
