@@ -60,60 +60,59 @@ async def test_worker_kill_9_restart_and_rebalance(fault_system: FaultSystem, re
     _check(report)
 
 
-async def test_kafka_broker_down_20s(fault_system: FaultSystem, record: Record) -> None:
+async def _service_outage(
+    fault_system: FaultSystem,
+    record: Record,
+    *,
+    name: str,
+    service: str,
+    down_s: float,
+    send_s: float,
+    settle_s: float = 60,
+) -> None:
+    """Steady load; after 6 s ``service`` is stopped for ``down_s`` and started again; then
+    every acknowledged message is checked."""
     settings = fault_system.settings
-    load = Load(fault_system, "kafka down 20s", rate=RATE)
+    load = Load(fault_system, name, rate=RATE)
     await load.setup()
-    sending = load.background(40)
+    sending = load.background(send_s)
     await asyncio.sleep(6)
-    await _blocking(launcher.down, settings, only=["kafka"])
+    await _blocking(launcher.down, settings, only=[service])
     stopped = time.monotonic()
-    await asyncio.sleep(20)
-    await _blocking(launcher.up, settings, only=["kafka"])
+    await asyncio.sleep(down_s)
+    await _blocking(launcher.up, settings, only=[service])
     load.repaired_at = time.monotonic()
-    load_notes = [f"broker down {load.repaired_at - stopped:.1f}s (restart included)"]
+    note = f"{service} down {load.repaired_at - stopped:.1f}s (restart included)"
     await sending
-    report = await load.finish(settle_s=90)
-    report.notes += load_notes
-    record(report)
-    # While the broker was away sends waited (and were acked once it was back) or were
-    # refused `unavailable`; never acked falsely: every ack is checked against the history.
-    _check(report)
-
-
-async def test_redis_restart(fault_system: FaultSystem, record: Record) -> None:
-    settings = fault_system.settings
-    load = Load(fault_system, "redis restart", rate=RATE)
-    await load.setup()
-    sending = load.background(30)
-    await asyncio.sleep(6)
-    await _blocking(launcher.down, settings, only=["redis"])
-    await asyncio.sleep(5)
-    await _blocking(launcher.up, settings, only=["redis"])
-    load.repaired_at = time.monotonic()
-    await sending
-    report = await load.finish()
-    record(report)
-    _check(report)
-
-
-async def test_cassandra_down_30s(fault_system: FaultSystem, record: Record) -> None:
-    settings = fault_system.settings
-    load = Load(fault_system, "cassandra down 30s", rate=RATE)
-    await load.setup()
-    sending = load.background(45)
-    await asyncio.sleep(6)
-    await _blocking(launcher.down, settings, only=["cassandra"])
-    stopped = time.monotonic()
-    await asyncio.sleep(30)
-    await _blocking(launcher.up, settings, only=["cassandra"])
-    load.repaired_at = time.monotonic()
-    note = f"cassandra down {load.repaired_at - stopped:.1f}s (restart included)"
-    await sending
-    report = await load.finish(settle_s=120)
+    report = await load.finish(settle_s=settle_s)
     report.notes.append(note)
     record(report)
     _check(report)
+
+
+async def test_kafka_broker_down_20s(fault_system: FaultSystem, record: Record) -> None:
+    # While the broker was away sends waited (and were acked once it was back) or were
+    # refused `unavailable`; never acked falsely: every ack is checked against the history.
+    await _service_outage(
+        fault_system, record, name="kafka down 20s", service="kafka", down_s=20, send_s=40, settle_s=90
+    )
+
+
+async def test_redis_restart(fault_system: FaultSystem, record: Record) -> None:
+    await _service_outage(fault_system, record, name="redis restart", service="redis", down_s=5, send_s=30)
+
+
+async def test_cassandra_down_30s(fault_system: FaultSystem, record: Record) -> None:
+    # Agents wait and retry without committing past unapplied events.
+    await _service_outage(
+        fault_system,
+        record,
+        name="cassandra down 30s",
+        service="cassandra",
+        down_s=30,
+        send_s=45,
+        settle_s=120,
+    )
 
 
 async def test_gateway_killed(fault_system: FaultSystem, record: Record) -> None:
