@@ -155,7 +155,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     from redis.exceptions import RedisError
 
     from archive.reader import ArchiveReader
-    from archive.replay_source import ArchivedLog
+    from archive.sync_source import ArchivedLog
     from commands.kafka_log import KafkaEventLog
     from commands.redis_idempotency import RedisIdempotencyStore
     from commands.redis_locks import RedisLocks
