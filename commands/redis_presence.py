@@ -1,7 +1,9 @@
-"""``PresenceStore`` on Redis: one Lua script per user decides the state atomically."""
+"""``PresenceStore`` on Redis: a Lua script decides each user's state atomically, many users
+per call."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,6 +11,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from commands.presence import Beat, PresenceView
+from commands.redis_pipeliner import PipelinedScript, RedisPipeliner
 from commands.redis_scripts import PRESENCE
 from events import PresenceChanged, keys
 from events.errors import Unavailable
@@ -23,6 +26,10 @@ def _keys(user_id: str) -> list[str]:
     ]
 
 
+# Reports per script call: the call blocks Redis while it runs (a few µs per report).
+CHUNK = 200
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -31,50 +38,45 @@ class RedisPresence:
     def __init__(self, redis: Redis, *, ttl_ms: int) -> None:
         self._redis = redis
         self._ttl_ms = ttl_ms
-        self._script = redis.register_script(PRESENCE)
+        self._script = PipelinedScript(RedisPipeliner(redis), redis, PRESENCE)
 
-    async def _run(self, calls: Sequence[tuple[str, str, str, str, int]]) -> list[list[Any]]:
-        """Run the script once per ``(user_id, op, conn_id, state, idle_ms)`` in one pipeline,
-        and keep the reaper's index of live users current."""
+    async def _run(self, calls: Sequence[tuple[str, str, str, str, int]]) -> dict[int, list[Any]]:
+        """Run the script over ``(user_id, op, conn_id, state, idle_ms)`` reports, a chunk per
+        call; the calls share pipelines with those of concurrent callers (``RedisPipeliner``).
+        Returns ``{index: [changed, state, last_seen, at]}`` for the reports that changed their
+        user's state (and for every read)."""
         if not calls:
-            return []
+            return {}
+        chunks = []
+        for first in range(0, len(calls), CHUNK):
+            names = [keys.presence_live()]
+            args: list[Any] = [self._ttl_ms]
+            for user_id, op, conn_id, state, idle_ms in calls[first : first + CHUNK]:
+                names += _keys(user_id)
+                args += (user_id, op, conn_id, state, idle_ms)
+            chunks.append(self._script(names, args))
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for user_id, op, conn_id, state, idle_ms in calls:
-                    await self._script(
-                        keys=_keys(user_id), args=[op, conn_id, state, idle_ms, self._ttl_ms], client=pipe
-                    )
-                results: list[list[Any]] = await pipe.execute()
-                if calls[0][1] == "read":
-                    return results
-                live = {
-                    u: int(r[4])
-                    for (u, *_), r in zip(calls, results, strict=True)
-                    if _text(r[1]) != "offline"
-                }
-                gone = [u for (u, *_), r in zip(calls, results, strict=True) if _text(r[1]) == "offline"]
-                if live:
-                    pipe.zadd(keys.presence_live(), live)
-                if gone:
-                    pipe.zrem(keys.presence_live(), *gone)
-                if live or gone:
-                    await pipe.execute()
+            replies: list[list[Any]] = await asyncio.gather(*chunks)
         except RedisError as exc:
             raise Unavailable("presence store unavailable") from exc
+        results = {}
+        for chunk, reply in enumerate(replies):
+            for at in range(0, len(reply), 5):
+                results[chunk * CHUNK + int(reply[at]) - 1] = reply[at + 1 : at + 5]
         return results
 
     @staticmethod
     def _changes(
-        calls: Sequence[tuple[str, ...] | tuple[Any, ...]], results: list[list[Any]]
+        calls: Sequence[tuple[str, ...] | tuple[Any, ...]], results: dict[int, list[Any]]
     ) -> list[PresenceChanged]:
         changes = []
-        for call, (changed, state, last_seen, at, _latest) in zip(calls, results, strict=True):
+        for index, (changed, state, last_seen, at) in sorted(results.items()):
             if int(changed):
                 state_text = _text(state)
                 seen = _text(last_seen)
                 changes.append(
                     PresenceChanged(
-                        user_id=call[0],
+                        user_id=calls[index][0],
                         state=state_text,  # type: ignore[arg-type]
                         last_seen=int(seen) if state_text == "offline" and seen else None,
                         at=int(at),
@@ -103,10 +105,10 @@ class RedisPresence:
 
     async def read(self, user_ids: Sequence[str]) -> list[PresenceView]:
         calls = [(u, "read", "", "", 0) for u in user_ids]
+        results = await self._run(calls)
         views = []
-        for user_id, (_changed, state, last_seen, at, _latest) in zip(
-            user_ids, await self._run(calls), strict=True
-        ):
+        for index, user_id in enumerate(user_ids):
+            _changed, state, last_seen, at = results[index]
             state_text = _text(state)
             seen = _text(last_seen)
             views.append(

@@ -118,3 +118,47 @@ async def test_a_heartbeat_reported_after_the_close_does_not_bring_the_socket_ba
     assert view.state == "offline"
     # a new socket of the same user is another connection: online again
     assert _states(await store.set([Beat(alice, "c2", "online", 0)])) == ["online"]
+
+
+async def test_a_user_who_keeps_heartbeating_stays_online_past_the_first_ttl(
+    services: Settings, presence_db: int
+) -> None:
+    # The sets holding a user's connections must live as long as the newest connection in them,
+    # not as long as the one that made the user online: heartbeats at 0, 1, 2 and 3 s keep the
+    # socket until 5 s, so at 4.5 s the user is online (a set that kept the expiry of the first
+    # transition, 0 + TTL + 1 s = 3 s, was gone by then and read offline).
+    ttl_ms = 2000
+    client = make_redis(services.redis_host, services.redis_port, presence_db)
+    store = RedisPresence(client, ttl_ms=ttl_ms)
+    try:
+        alice = _user()
+        started = time.monotonic()
+        assert _states(await store.set([Beat(alice, "c1", "online", 0)])) == ["online"]
+        for beat in (1, 2, 3):
+            await asyncio.sleep(max(0.0, started + beat - time.monotonic()))
+            assert await store.set([Beat(alice, "c1", "online", 0)]) == []
+        await asyncio.sleep(max(0.0, started + 4.5 - time.monotonic()))
+        (view,) = await store.read([alice])
+        assert view.state == "online"
+        assert [c for c in await store.reap(10_000) if c.user_id == alice] == []
+    finally:
+        await client.aclose()
+
+
+async def test_one_call_reports_many_users_and_only_their_transitions(store: RedisPresence) -> None:
+    users = [_user() for _ in range(450)]  # over two script calls' worth
+    first = await store.set([Beat(u, "c1", "online", 0) for u in users])
+    assert [(c.user_id, c.state) for c in first] == [(u, "online") for u in users]
+    again = [Beat(u, "c1", "online", 0) for u in users]
+    again[7] = Beat(users[7], "c1", "away", 0)
+    again[301] = Beat(users[301], "c1", "away", 0)
+    assert [(c.user_id, c.state) for c in await store.set(again)] == [
+        (users[7], "away"),
+        (users[301], "away"),
+    ]
+    views = await store.read(users[:3] + users[300:302])
+    assert [v.state for v in views] == ["online", "online", "online", "online", "away"]
+    # the same user twice in one report: both transitions, in order, at increasing times
+    bob = _user()
+    both = await store.set([Beat(bob, "c1", "online", 0), Beat(bob, "c1", "away", 0)])
+    assert [c.state for c in both] == ["online", "away"] and both[0].at < both[1].at

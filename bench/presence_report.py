@@ -1,0 +1,81 @@
+"""The gateway's presence sweep alone: client CPU per heartbeat report of ``RedisPresence.set``
+against the real Redis, by sweep size.
+
+    .venv/bin/python -m bench.presence_report --users 20000 --sweeps 1,100,2000
+
+Each user has one socket, online; a sweep reports the sockets heard from since the last one
+(at 100,000 idle sockets heartbeating every 30 s and a sweep every 5 s, a gateway reports about
+16,700 per sweep over all its processes). Prints, per sweep size, reports/s and the client's CPU
+(process time) per report: the part of an idle gateway's CPU that presence costs. Redis' own
+CPU is not counted. Uses its own Redis database (``--redis-db``, flushed before and after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+from bench.common import cpu_calibration_us, cpu_model, run_loop
+from commands.presence import Beat
+from commands.redis_presence import RedisPresence
+from projections.redis_client import make_redis
+from tidings.settings import Settings
+
+
+async def main(args: argparse.Namespace) -> list[dict[str, float]]:
+    settings = Settings()
+    redis = make_redis(settings.redis_host, settings.redis_port, args.redis_db)
+    await redis.flushdb()
+    store = RedisPresence(redis, ttl_ms=60_000)
+    beats = [Beat(f"u{i:06d}", f"g:{i}", "online", 0) for i in range(args.users)]
+    results = []
+    try:
+        for i in range(0, len(beats), 1000):  # every user online first: the reports then change nothing
+            await store.set(beats[i : i + 1000])
+        for size in args.sweeps:
+            started, cpu = time.perf_counter(), time.process_time()
+            changes = 0
+            for i in range(0, len(beats), size):
+                changes += len(await store.set(beats[i : i + size]))
+            wall, used = time.perf_counter() - started, time.process_time() - cpu
+            if changes:
+                raise AssertionError(f"{changes} transitions reported for users already online")
+            results.append(
+                {
+                    "sweep": size,
+                    "reports_per_s": len(beats) / wall,
+                    "cpu_us_per_report": used / len(beats) * 1e6,
+                }
+            )
+    finally:
+        await redis.flushdb()
+        await redis.aclose()
+    return results
+
+
+def _cli() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--sweeps", default="1,100,2000", help="reports per sweep, comma-separated")
+    ap.add_argument("--redis-db", type=int, default=13, help="emptied before and after (default 13)")
+    ap.add_argument("--json", action="store_true", help="also print one JSON line with the figures")
+    args = ap.parse_args()
+    args.sweeps = [int(s) for s in args.sweeps.split(",")]
+    results = run_loop(main(args))
+    print(
+        f"presence reports (RedisPresence.set), {args.users:,} online sockets per sweep size; "
+        f"{cpu_model()}, sum(range(1000)) {cpu_calibration_us():.0f} µs, load {os.getloadavg()[0]:.1f}"
+    )
+    for r in results:
+        print(
+            f"  sweep {r['sweep']:>5}: {r['reports_per_s']:>9,.0f} reports/s, "
+            f"{r['cpu_us_per_report']:6.1f} µs client CPU per report"
+        )
+    if args.json:
+        print(json.dumps({"presence_report": results}))
+
+
+if __name__ == "__main__":
+    _cli()
