@@ -88,6 +88,7 @@ async def main(
             f"in {state.seconds:.1f}s = {total / state.seconds:,.0f} events/s "
             f"(load {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores); replay's own CPU {cpu:.1f}s = "
             f"{total / cpu:,.0f} events per CPU-second; {state.statements / max(total, 1):.2f} statements "
+            f"({state.shadowed / max(total, 1):.2f} more left out, shadowed) "
             f"and {state.requests / max(total, 1):.2f} requests per event; {processes} process(es)"
         )
         for pid, seconds in servers.items():

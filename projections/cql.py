@@ -93,7 +93,9 @@ class Cql:
         self.session = session
         self.keyspace = keyspace
         self._prepared: dict[str, PreparedStatement] = {}
-        # what execute_all sent: statements, and the requests (batches or single) they took
+        # what execute_all sent: statements, and the requests (batches or single) they took;
+        # and the statements it left out, shadowed by another of their call
+        self.statements_shadowed = 0
         self.statements_sent = 0
         self.requests_sent = 0
 
@@ -148,10 +150,13 @@ class Cql:
         the same key): the batches of one call run concurrently, as single statements did
         before. The rows of one partition key (in any table of the keyspace: Cassandra applies
         them as one mutation, on one replica set) cost one request instead of one each; most
-        of a write's client CPU is the request, not the row.
+        of a write's client CPU is the request, not the row. A write another one of the call
+        shadows is left out (``unshadowed``).
         """
-        requests = self.batches(statements, max_rows=max_rows, max_bytes=max_bytes)
-        self.statements_sent += len(statements)
+        kept = unshadowed(statements)
+        requests = self.batches(kept, max_rows=max_rows, max_bytes=max_bytes)
+        self.statements_shadowed += len(statements) - len(kept)
+        self.statements_sent += len(kept)
         self.requests_sent += len(requests)
         await _run_window(self.session, requests, in_flight)
 
@@ -193,6 +198,59 @@ class Cql:
                 batch.is_idempotent = True
                 out.append(batch)
         return out + alone
+
+
+# ``UPDATE <table> USING TIMESTAMP ? SET a = ?, b = ? WHERE k = ? AND c = ?``: plain
+# assignments (no counter or collection arithmetic) of one row named by its whole key.
+_TIMESTAMPED_UPDATE = re.compile(
+    r"^\s*UPDATE\s+\S+\s+USING\s+TIMESTAMP\s+\?\s+SET\s+(?P<set>.+?)\s+WHERE\s+(?P<where>.+?)\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+_ASSIGNMENT = re.compile(r"^\s*\w+\s*=\s*\?\s*$")
+_KEY_EQUALS = re.compile(r"^\s*\w+\s*=\s*\?(?:\s+AND\s+\w+\s*=\s*\?)*\s*$", re.IGNORECASE)
+
+
+def unshadowed(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[tuple[str, Sequence[Any]]]:
+    """``statements`` without the writes that others of them shadow, in their order.
+
+    Cassandra keeps, per cell, the write with the highest timestamp, whatever the order they
+    arrive in. Two runs of one ``UPDATE ... USING TIMESTAMP ? SET <plain assignments> WHERE
+    <the row's key>`` for the same key write the same cells, so the one with the lower
+    timestamp is never the one kept: leaving it out changes no row. On equal timestamps
+    Cassandra compares the values, so both are kept. A replay batch writes a conversation's
+    row, its members' inbox rows and watermarks once per event; most of them are shadowed
+    within the batch.
+    """
+    newest: dict[tuple[str, tuple[Any, ...]], tuple[int, Any]] = {}
+    shadowed: set[int] = set()
+    for index, (cql, params) in enumerate(statements):
+        keyed = _key_params(cql)
+        if keyed is None:
+            continue
+        key = (cql, tuple(params[-keyed:]))
+        seen = newest.get(key)
+        if seen is None:
+            newest[key] = (index, params[0])
+        elif params[0] > seen[1]:
+            shadowed.add(seen[0])
+            newest[key] = (index, params[0])
+        elif params[0] < seen[1]:
+            shadowed.add(index)
+    if not shadowed:
+        return list(statements)
+    return [statement for index, statement in enumerate(statements) if index not in shadowed]
+
+
+@functools.cache
+def _key_params(cql: str) -> int | None:
+    """How many trailing parameters name the row, for an update ``unshadowed`` may drop; else
+    None."""
+    match = _TIMESTAMPED_UPDATE.match(cql)
+    if match is None or not _KEY_EQUALS.match(match["where"]):
+        return None
+    if not all(_ASSIGNMENT.match(part) for part in match["set"].split(",")):
+        return None
+    return match["where"].count("?")
 
 
 # (prepared statement, its parameters, their serialized values)

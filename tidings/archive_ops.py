@@ -165,6 +165,7 @@ class ReplayState:
     finished_at: str = ""
     statements: int = 0  # the writes it made, and the requests (batches) that carried them
     requests: int = 0
+    shadowed: int = 0  # writes left out: another write of their batch shadowed them
 
 
 def _state_path(settings: Settings, keyspace: str) -> Path:
@@ -278,10 +279,12 @@ async def replay(
             state.from_log += r.from_log
             state.statements += r.statements
             state.requests += r.requests
+            state.shadowed += r.shadowed
         if rebuild_presence:
             state.from_log += await _replay_presence(settings, presence, progress)
         state.statements += cql.statements_sent
         state.requests += cql.requests_sent
+        state.shadowed += cql.statements_shadowed
         state.ends = ends
         state.seconds = time.monotonic() - started
         state.finished_at = datetime.now(UTC).isoformat(timespec="seconds")

@@ -68,6 +68,7 @@ class PartitionResult:
     from_log: int = 0
     statements: int = 0
     requests: int = 0
+    shadowed: int = 0
     skipped: int = 0
 
 
@@ -112,6 +113,7 @@ async def replay_partitions(job: PartitionJob, add: Callable[[int], None]) -> Pa
 
         await asyncio.gather(*(partitions_one_by_one() for _ in range(min(job.concurrency, len(todo)))))
         result.statements, result.requests = cql.statements_sent, cql.requests_sent
+        result.shadowed = cql.statements_shadowed
         result.skipped = dead.count
         return result
     finally:

@@ -4,13 +4,14 @@ tests/integration/test_rebuild_equals_incremental.py checks the rows the batches
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from cassandra.cqltypes import Int32Type, LongType, UTF8Type
 from cassandra.protocol import ColumnMetadata, ProtocolVersion
 from cassandra.query import BatchStatement, BoundStatement, PreparedStatement
 
-from projections.cql import Cql
+from projections.cql import Cql, unshadowed
 
 KS = "ks"
 # statement -> (table, [(column, type)], indexes of the partition key among the bind markers)
@@ -167,3 +168,72 @@ def test_bind_gives_the_drivers_bytes() -> None:
             drivers.keyspace,
         )
         assert ours.is_idempotent and ours.prepared_statement is drivers.prepared_statement
+
+
+INBOX_ROW = (
+    "UPDATE {ks}.user_conversations USING TIMESTAMP ? SET kind = ?,\n last_message_id = ?"
+    " WHERE user_id = ? AND conversation_id = ?"
+)
+COUNTER = "UPDATE {ks}.stats USING TIMESTAMP ? SET n = n + ? WHERE k = ?"
+SET_APPEND = "UPDATE {ks}.tags USING TIMESTAMP ? SET tags = tags + ? WHERE k = ?"
+LWT = "UPDATE {ks}.receipts USING TIMESTAMP ? SET read = ? WHERE cid = ? AND uid = ? IF read < ?"
+NO_TIMESTAMP = "UPDATE {ks}.receipts SET read = ? WHERE cid = ? AND uid = ?"
+
+
+def test_an_update_shadowed_by_a_newer_one_of_the_same_row_is_left_out() -> None:
+    statements = [
+        (RECEIPT, (3, 30, "g1", "u1")),
+        (RECEIPT, (5, 50, "g1", "u1")),  # newest of g1/u1
+        (RECEIPT, (4, 40, "g1", "u1")),
+        (RECEIPT, (1, 10, "g1", "u2")),  # another row
+        (RECEIPT, (2, 20, "g2", "u1")),  # another row
+        (MESSAGE, ("c1", 7, 1, "a")),  # inserts are kept
+        (MESSAGE, ("c1", 7, 1, "a")),
+        (INBOX_ROW, (9, "direct", 90, "u1", "c1")),
+        (INBOX_ROW, (8, "direct", 80, "u1", "c1")),
+    ]
+    assert unshadowed(statements) == [
+        (RECEIPT, (5, 50, "g1", "u1")),
+        (RECEIPT, (1, 10, "g1", "u2")),
+        (RECEIPT, (2, 20, "g2", "u1")),
+        (MESSAGE, ("c1", 7, 1, "a")),
+        (MESSAGE, ("c1", 7, 1, "a")),
+        (INBOX_ROW, (9, "direct", 90, "u1", "c1")),
+    ]
+
+
+def test_equal_timestamps_and_other_writes_are_all_kept() -> None:
+    # On a tie Cassandra compares values; arithmetic, collections, conditions and server-side
+    # timestamps depend on every write.
+    for statements in (
+        [(RECEIPT, (5, 50, "g1", "u1")), (RECEIPT, (5, 40, "g1", "u1"))],
+        [(COUNTER, (1, 1, "k")), (COUNTER, (2, 1, "k"))],
+        [(SET_APPEND, (1, {"a"}, "k")), (SET_APPEND, (2, {"b"}, "k"))],
+        [(LWT, (1, 1, "g", "u", 1)), (LWT, (2, 2, "g", "u", 2))],
+        [(NO_TIMESTAMP, (1, "g", "u")), (NO_TIMESTAMP, (2, "g", "u"))],
+    ):
+        assert unshadowed(statements) == statements
+
+
+def test_execute_all_sends_only_the_newest_write_of_a_row() -> None:
+    class Recording(_OfflineSession):
+        def __init__(self) -> None:
+            self.sent: list[Any] = []
+
+        def execute_async(self, request: Any) -> Any:
+            self.sent.append(request)
+            future: Any = type("Done", (), {"add_callbacks": lambda self, ok, err: ok([])})()
+            return future
+
+    session = Recording()
+    cql = Cql(session, KS)  # type: ignore[arg-type]
+    statements = [(RECEIPT, (ts, ts * 10, "g1", "u1")) for ts in (3, 7, 5)] + [(MEMBER, ("g1", "u9"))]
+    asyncio.run(cql.execute_all(statements))
+    rows = [row for request in session.sent for row in _rows(request)]
+    assert sorted(rows) == sorted(
+        [
+            tuple(cql.prepare(RECEIPT).bind((7, 70, "g1", "u1")).values),
+            tuple(cql.prepare(MEMBER).bind(("g1", "u9")).values),
+        ]
+    )
+    assert (cql.statements_sent, cql.statements_shadowed, cql.requests_sent) == (2, 2, 1)
