@@ -1,5 +1,5 @@
-"""Abuse: per-user rate limits shared by every gateway process (sends, typing, connection
-attempts), the WebSocket Origin allow-list, and no message text in any process log."""
+"""Abuse: per-user rate limits shared by every gateway process (sends, typing, presence and
+watch, connection attempts), the WebSocket Origin allow-list, and no message text in any process log."""
 
 from __future__ import annotations
 
@@ -132,6 +132,33 @@ async def test_typing_limit_is_per_user_not_per_socket(system: System, first: Ga
         for s in sockets:
             await s.__aexit__(None, None, None)
     assert errors and {e["code"] for e in errors} == {"rate_limited"}, errors
+
+
+async def test_presence_and_watch_frames_share_one_allowance_across_processes(
+    system: System, first: Gateway, second: Gateway
+) -> None:
+    # 2 per second, bursts of 20, for presence and watch frames together: 12 presence frames on
+    # one process and 12 watch frames on the other are each under the burst, together over it.
+    me = user()
+    async with (
+        websockets.connect(f"{first.ws}?token={system.token(me, 'phone')}") as a,
+        websockets.connect(f"{second.ws}?token={system.token(me, 'laptop')}") as b,
+    ):
+        phone, laptop = Client(a), Client(b)
+        for i in range(12):
+            state = "away" if i % 2 == 0 else "online"
+            await phone.send({"type": "presence", "ref": f"p{i}", "state": state})
+        for i in range(12):
+            await laptop.send({"type": "watch", "ref": f"w{i}", "user_ids": []})
+        errors = []
+        for client in (phone, laptop):
+            await client.send({"type": "ping", "ref": "end"})
+            await client.expect("pong", ref="end")
+            errors += [f for f in client.backlog if f["type"] == "error"]
+    assert errors, "24 presence and watch frames at once were all accepted"
+    assert {e["code"] for e in errors} == {"rate_limited"}, errors
+    assert all(e["retry_after"] >= 1 for e in errors), errors
+    assert len(errors) < 12, errors  # the allowance was shared, not refused outright
 
 
 async def test_connection_attempts_are_limited_before_the_upgrade(system: System, first: Gateway) -> None:
