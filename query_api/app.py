@@ -65,7 +65,7 @@ def create_app(settings: Settings, *, build: Builder = build_dependencies, name:
     async def close_dependencies(app: Sanic) -> None:
         app.ctx.listener.cancel()
         app.ctx.sweeper.cancel()
-        await asyncio.gather(app.ctx.listener, app.ctx.sweeper, return_exceptions=True)
+        await asyncio.wait([app.ctx.listener, app.ctx.sweeper], timeout=5)
         await app.ctx.deps.presence.drain()
         await app.ctx.deps.close()
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:

@@ -140,11 +140,28 @@ class Dependencies:
         return dict(zip(names, results, strict=True))
 
     async def close(self) -> None:
-        for closer in reversed(self.closers):
-            try:
-                await closer()
-            except Exception:
-                log.exception("error while closing")
+        await close_all(self.closers)
+
+
+# A client of a backing service that does not answer must not keep a stopping process alive for
+# ever: an aiokafka producer stopping waits for its unconfirmed batches without end, and a
+# gateway worker was seen hanging so after a Kafka timeout storm.
+CLOSE_TIMEOUT_S = 10.0
+
+
+async def close_all(
+    closers: Sequence[Callable[[], Awaitable[Any]]], timeout_s: float = CLOSE_TIMEOUT_S
+) -> None:
+    """Run ``closers``, the last first, each for at most ``timeout_s``; one that fails or does
+    not finish is logged, and the next one still runs. By the time they run no request or
+    socket is left to answer, so what a producer had not confirmed was acknowledged to nobody."""
+    for closer in reversed(closers):
+        try:
+            await asyncio.wait_for(closer(), timeout_s)
+        except TimeoutError:
+            log.error("%r did not finish closing within %.0f s; left to the process exit", closer, timeout_s)
+        except Exception:
+            log.exception("error while closing")
 
 
 async def build_dependencies(settings: Settings) -> Dependencies:
