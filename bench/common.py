@@ -8,8 +8,9 @@ import itertools
 import os
 import platform
 import resource
+import time
 import timeit
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -93,6 +94,26 @@ def machine_facts(calibration_us: float | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "cpu_calibration_us": round(calibration_us, 1),
     }
+
+
+def machine_line() -> str:
+    """The machine part of a micro-benchmark's first line: CPU, calibration, load."""
+    return f"{cpu_model()}, sum(range(1000)) {cpu_calibration_us():.0f} µs, load {os.getloadavg()[0]:.1f}"
+
+
+async def per_slice_size(
+    items: Sequence[Any], sizes: Sequence[int], apply: Callable[[Sequence[Any]], Awaitable[Any]]
+) -> list[tuple[int, float, float]]:
+    """For each size, ``apply`` every item in slices of that size, one after the other:
+    ``(size, items per second, client CPU µs per item)``."""
+    results = []
+    for size in sizes:
+        started, cpu = time.perf_counter(), time.process_time()
+        for i in range(0, len(items), size):
+            await apply(items[i : i + size])
+        wall, used = time.perf_counter() - started, time.process_time() - cpu
+        results.append((size, len(items) / wall, used / len(items) * 1e6))
+    return results
 
 
 def machine_busy_jiffies() -> tuple[int, int]:

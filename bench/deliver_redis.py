@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import time
 
-from bench.common import cpu_calibration_us, cpu_model, run_loop
+from bench.common import machine_line, per_slice_size, run_loop
 from events import MessageSent
 from projections.recent import RedisRecent
 from projections.redis_client import make_redis
@@ -51,20 +49,12 @@ async def main(args: argparse.Namespace) -> list[dict[str, float]]:
     recent = RedisRecent(redis, 50, roster=Roster(_roster_load, threshold=500))  # type: ignore[arg-type]
     events = _messages(args.events)
     await recent.apply(events[:10])  # load the script, warm the pool
-    results = []
     try:
-        for size in args.batches:
-            started, cpu = time.perf_counter(), time.process_time()
-            for i in range(0, len(events), size):
-                await recent.apply(events[i : i + size])
-            wall, used = time.perf_counter() - started, time.process_time() - cpu
-            results.append(
-                {
-                    "batch": size,
-                    "events_per_s": len(events) / wall,
-                    "cpu_us_per_event": used / len(events) * 1e6,
-                }
-            )
+        measured = await per_slice_size(events, args.batches, recent.apply)
+        results = [
+            {"batch": size, "events_per_s": rate, "cpu_us_per_event": cpu_us}
+            for size, rate, cpu_us in measured
+        ]
     finally:
         await redis.flushdb()
         await redis.aclose()
@@ -80,10 +70,7 @@ def _cli() -> None:
     args = ap.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
     results = run_loop(main(args))
-    print(
-        f"deliver stage (RedisRecent.apply), {args.events:,} 1:1 messages per batch size; "
-        f"{cpu_model()}, sum(range(1000)) {cpu_calibration_us():.0f} µs, load {os.getloadavg()[0]:.1f}"
-    )
+    print(f"deliver stage (RedisRecent.apply), {args.events:,} 1:1 messages per batch size; {machine_line()}")
     for r in results:
         print(
             f"  batch {r['batch']:>4}: {r['events_per_s']:>9,.0f} events/s, "

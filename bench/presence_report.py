@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import time
+from collections.abc import Sequence
 
-from bench.common import cpu_calibration_us, cpu_model, run_loop
+from bench.common import machine_line, per_slice_size, run_loop
 from commands.presence import Beat
 from commands.redis_presence import RedisPresence
 from projections.redis_client import make_redis
@@ -30,25 +29,19 @@ async def main(args: argparse.Namespace) -> list[dict[str, float]]:
     await redis.flushdb()
     store = RedisPresence(redis, ttl_ms=60_000)
     beats = [Beat(f"u{i:06d}", f"g:{i}", "online", 0) for i in range(args.users)]
-    results = []
     try:
         for i in range(0, len(beats), 1000):  # every user online first: the reports then change nothing
             await store.set(beats[i : i + 1000])
-        for size in args.sweeps:
-            started, cpu = time.perf_counter(), time.process_time()
-            changes = 0
-            for i in range(0, len(beats), size):
-                changes += len(await store.set(beats[i : i + size]))
-            wall, used = time.perf_counter() - started, time.process_time() - cpu
-            if changes:
-                raise AssertionError(f"{changes} transitions reported for users already online")
-            results.append(
-                {
-                    "sweep": size,
-                    "reports_per_s": len(beats) / wall,
-                    "cpu_us_per_report": used / len(beats) * 1e6,
-                }
-            )
+
+        async def report(sweep: Sequence[Beat]) -> None:
+            if changes := await store.set(sweep):
+                raise AssertionError(f"{len(changes)} transitions reported for users already online")
+
+        measured = await per_slice_size(beats, args.sweeps, report)
+        results = [
+            {"sweep": size, "reports_per_s": rate, "cpu_us_per_report": cpu_us}
+            for size, rate, cpu_us in measured
+        ]
     finally:
         await redis.flushdb()
         await redis.aclose()
@@ -66,7 +59,7 @@ def _cli() -> None:
     results = run_loop(main(args))
     print(
         f"presence reports (RedisPresence.set), {args.users:,} online sockets per sweep size; "
-        f"{cpu_model()}, sum(range(1000)) {cpu_calibration_us():.0f} µs, load {os.getloadavg()[0]:.1f}"
+        f"{machine_line()}"
     )
     for r in results:
         print(

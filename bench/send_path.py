@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import time
 import uuid
 
-from bench.common import cpu_calibration_us, cpu_model, run_loop
+from bench.common import machine_line, run_loop
 from query_api.deps import build_dependencies
 from query_api.frames import SendFrame
 from tidings.settings import Settings
@@ -69,8 +68,7 @@ def _cli() -> None:
     args = ap.parse_args()
     result = run_loop(main(args.sends, args.concurrency))
     print(
-        f"send command, {args.sends:,} sends, {args.concurrency} in flight; {cpu_model()}, "
-        f"sum(range(1000)) {cpu_calibration_us():.0f} µs, load {os.getloadavg()[0]:.1f}\n"
+        f"send command, {args.sends:,} sends, {args.concurrency} in flight; {machine_line()}\n"
         f"  {result['sends_per_s']:,.0f} sends/s, {result['cpu_us_per_send']:.0f} µs CPU per send"
     )
     if args.json:

@@ -39,8 +39,9 @@ def rate_limit(kind: str, user_id: str) -> str:
     return f"rate:{kind}:{user_id}"
 
 
-# Presence. A user's keys share the hash tag ``{uid}``, so one script can touch them all on a
-# Redis Cluster too.
+# Presence. A user's keys share the hash tag ``{uid}``, so that one user's reports could go to
+# one Redis Cluster node; the gateway's sweep sends many users' reports in one script call,
+# which needs one Redis (on a Cluster the calls would go per hash slot).
 def presence_online(user_id: str) -> str:
     """Sorted set: the user's connections that are ``online``, scored by expiry (ms)."""
     return f"presence:{{{user_id}}}:online"
