@@ -26,8 +26,9 @@ def _keys(user_id: str) -> list[str]:
     ]
 
 
-# Reports per script call: the call blocks Redis while it runs (a few µs per report).
-CHUNK = 200
+# Reports per script call. The call holds Redis while it runs, about 24 µs per report: 50 hold
+# it about 1.2 ms (200 held it 4.7 ms) for the same client CPU per report.
+CHUNK = 50
 
 
 def _text(value: Any) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from commands.presence import Beat
-from commands.redis_presence import RedisPresence
+from commands.redis_presence import CHUNK, RedisPresence
 from projections.redis_client import make_redis
 from tidings.settings import Settings
 
@@ -146,17 +146,18 @@ async def test_a_user_who_keeps_heartbeating_stays_online_past_the_first_ttl(
 
 
 async def test_one_call_reports_many_users_and_only_their_transitions(store: RedisPresence) -> None:
-    users = [_user() for _ in range(450)]  # over two script calls' worth
+    users = [_user() for _ in range(2 * CHUNK + CHUNK // 2)]  # over two script calls' worth
     first = await store.set([Beat(u, "c1", "online", 0) for u in users])
     assert [(c.user_id, c.state) for c in first] == [(u, "online") for u in users]
     again = [Beat(u, "c1", "online", 0) for u in users]
+    late = 2 * CHUNK + 1  # in the third call
     again[7] = Beat(users[7], "c1", "away", 0)
-    again[301] = Beat(users[301], "c1", "away", 0)
+    again[late] = Beat(users[late], "c1", "away", 0)
     assert [(c.user_id, c.state) for c in await store.set(again)] == [
         (users[7], "away"),
-        (users[301], "away"),
+        (users[late], "away"),
     ]
-    views = await store.read(users[:3] + users[300:302])
+    views = await store.read(users[:3] + users[late - 1 : late + 1])
     assert [v.state for v in views] == ["online", "online", "online", "online", "away"]
     # the same user twice in one report: both transitions, in order, at increasing times
     bob = _user()
