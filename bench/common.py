@@ -4,17 +4,19 @@ file limits and loopback source addresses, and the event loop they run on."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import platform
 import resource
 import time
 import timeit
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from types import ModuleType
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
+from redis.asyncio import Redis
 
 uvloop: ModuleType | None
 try:
@@ -94,6 +96,22 @@ def machine_facts(calibration_us: float | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "cpu_calibration_us": round(calibration_us, 1),
     }
+
+
+@contextlib.asynccontextmanager
+async def scratch_redis(db: int) -> AsyncIterator[Redis]:
+    """A client of the configured Redis on database ``db``, emptied before and after."""
+    from projections.redis_client import make_redis
+    from tidings.settings import Settings
+
+    settings = Settings()
+    redis = make_redis(settings.redis_host, settings.redis_port, db)
+    await redis.flushdb()
+    try:
+        yield redis
+    finally:
+        await redis.flushdb()
+        await redis.aclose()
 
 
 def machine_line() -> str:

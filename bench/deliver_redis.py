@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from bench.common import machine_line, per_slice_size, run_loop
+from bench.common import machine_line, per_slice_size, run_loop, scratch_redis
 from events import MessageSent
 from projections.recent import RedisRecent
-from projections.redis_client import make_redis
 from projections.roster import Roster
-from tidings.settings import Settings
 
 
 def _messages(n: int) -> list[MessageSent]:
@@ -43,22 +41,14 @@ async def _roster_load(cid: str, threshold: int) -> object:
 
 
 async def main(args: argparse.Namespace) -> list[dict[str, float]]:
-    settings = Settings()
-    redis = make_redis(settings.redis_host, settings.redis_port, args.redis_db)
-    await redis.flushdb()
-    recent = RedisRecent(redis, 50, roster=Roster(_roster_load, threshold=500))  # type: ignore[arg-type]
     events = _messages(args.events)
-    await recent.apply(events[:10])  # load the script, warm the pool
-    try:
+    async with scratch_redis(args.redis_db) as redis:
+        recent = RedisRecent(redis, 50, roster=Roster(_roster_load, threshold=500))  # type: ignore[arg-type]
+        await recent.apply(events[:10])  # load the script, warm the pool
         measured = await per_slice_size(events, args.batches, recent.apply)
-        results = [
-            {"batch": size, "events_per_s": rate, "cpu_us_per_event": cpu_us}
-            for size, rate, cpu_us in measured
-        ]
-    finally:
-        await redis.flushdb()
-        await redis.aclose()
-    return results
+    return [
+        {"batch": size, "events_per_s": rate, "cpu_us_per_event": cpu_us} for size, rate, cpu_us in measured
+    ]
 
 
 def _cli() -> None:

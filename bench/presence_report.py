@@ -16,20 +16,15 @@ import argparse
 import json
 from collections.abc import Sequence
 
-from bench.common import machine_line, per_slice_size, run_loop
+from bench.common import machine_line, per_slice_size, run_loop, scratch_redis
 from commands.presence import Beat
 from commands.redis_presence import RedisPresence
-from projections.redis_client import make_redis
-from tidings.settings import Settings
 
 
 async def main(args: argparse.Namespace) -> list[dict[str, float]]:
-    settings = Settings()
-    redis = make_redis(settings.redis_host, settings.redis_port, args.redis_db)
-    await redis.flushdb()
-    store = RedisPresence(redis, ttl_ms=60_000)
     beats = [Beat(f"u{i:06d}", f"g:{i}", "online", 0) for i in range(args.users)]
-    try:
+    async with scratch_redis(args.redis_db) as redis:
+        store = RedisPresence(redis, ttl_ms=60_000)
         for i in range(0, len(beats), 1000):  # every user online first: the reports then change nothing
             await store.set(beats[i : i + 1000])
 
@@ -38,14 +33,9 @@ async def main(args: argparse.Namespace) -> list[dict[str, float]]:
                 raise AssertionError(f"{len(changes)} transitions reported for users already online")
 
         measured = await per_slice_size(beats, args.sweeps, report)
-        results = [
-            {"sweep": size, "reports_per_s": rate, "cpu_us_per_report": cpu_us}
-            for size, rate, cpu_us in measured
-        ]
-    finally:
-        await redis.flushdb()
-        await redis.aclose()
-    return results
+    return [
+        {"sweep": size, "reports_per_s": rate, "cpu_us_per_report": cpu_us} for size, rate, cpu_us in measured
+    ]
 
 
 def _cli() -> None:
