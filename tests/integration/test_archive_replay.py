@@ -180,9 +180,12 @@ async def test_replay_rebuilds_every_read_model_equal_to_live(replay_settings: S
         # is behind has not committed yet; replay below reads the archive for that part.
         watermarks = load(settings.archive_root).watermarks  # type: ignore[union-attr]
         behind = min(5, watermarks[0])
-        await _commit(settings, f"behind-{uuid.uuid4().hex[:6]}", topic, {0: behind})
+        lagging = f"behind-{uuid.uuid4().hex[:6]}"
+        await _commit(settings, lagging, topic, {0: behind})
         trimmed = {t.partition: t for t in await trim_log(settings)}
-        assert trimmed[0].after == behind and trimmed[0].held_by is not None
+        assert trimmed[0].after == behind and trimmed[0].held_by == lagging, (
+            f"{trimmed[0]}: group {lagging} had committed {behind} on partition 0"
+        )
         assert all(trimmed[p].after == watermarks[p] for p in range(1, PARTITIONS))
         async with KafkaLogSource(settings.kafka_bootstrap, topic, PARTITIONS) as source:
             starts = await source.beginning_offsets()
