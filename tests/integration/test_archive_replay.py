@@ -28,7 +28,7 @@ from projections.presence import CassandraPresence
 from projections.roster import Roster
 from streams.projector import Projector, Record
 from tests.integration.test_rebuild_equals_incremental import scenario
-from tidings.archive_ops import prune, replay, switch, trim_log, verify
+from tidings.archive_ops import committed_offsets, prune, replay, switch, trim_log, verify
 from tidings.keyspaces import active_keyspace
 from tidings.settings import Settings
 from tidings.worker import persist_stages
@@ -108,7 +108,9 @@ class LiveWorker:
 
 
 async def _commit(settings: Settings, group: str, topic: str, offsets: dict[int, int]) -> None:
-    """A consumer group that committed ``offsets`` (a worker that is behind)."""
+    """A consumer group that committed ``offsets`` (a worker that is behind: an established
+    group), returned once Kafka lists it with them. Twice in full-suite runs a trim right after
+    the commit did not see the group; if Kafka never lists it, this says so."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group)
     await consumer.start()
     try:
@@ -116,6 +118,20 @@ async def _commit(settings: Settings, group: str, topic: str, offsets: dict[int,
         await consumer.commit({TopicPartition(topic, p): o for p, o in offsets.items()})
     finally:
         await consumer.stop()
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        seen: tuple[bool, dict[int, int]] = (False, {})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            listed = group in {g for g, *_ in await admin.list_consumer_groups()}
+            seen = (listed, await committed_offsets(admin, group, topic, PARTITIONS))
+            if seen == (True, offsets):
+                return
+            await asyncio.sleep(0.5)
+        raise AssertionError(f"group {group} committed {offsets}; Kafka lists it: {seen[0]}, with {seen[1]}")
+    finally:
+        await admin.close()
 
 
 class _NoDeadLetters:
