@@ -108,10 +108,13 @@ class LiveWorker:
 
 
 async def _commit(settings: Settings, group: str, topic: str, offsets: dict[int, int]) -> None:
-    """A consumer group that committed ``offsets`` (a worker that is behind: an established
-    group), returned once Kafka lists it with them. Twice in full-suite runs a trim right after
-    the commit did not see the group; if Kafka never lists it, this says so."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group)
+    """A consumer group that committed ``offsets`` (a worker that is behind), returned once
+    Kafka lists it with them. Its consumer must not auto-commit: on ``stop()`` aiokafka commits
+    the positions of the assigned partitions, the log end once it has looked them up, over
+    ``offsets`` (this made the trim below pass the group in two full-suite runs)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         consumer.assign([TopicPartition(topic, p) for p in offsets])
