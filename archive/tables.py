@@ -315,7 +315,7 @@ class RowBuilder:
 
     def _slow(self, entry: LogEntry) -> None:
         from events import GroupCreated, MembersAdded, MessageSent, ReceiptRecorded, decode_event
-        from events.catalogue import _GroupEvent
+        from events.catalogue import _ConversationEvent
 
         p, o = entry.partition, entry.offset
         try:
@@ -357,7 +357,7 @@ class RowBuilder:
                     _day(event.ts),
                 )
             )
-        elif isinstance(event, _GroupEvent):
+        elif isinstance(event, _ConversationEvent):
             members = (
                 [{"user_id": m.user_id, "role": m.role} for m in event.members]
                 if isinstance(event, GroupCreated | MembersAdded)

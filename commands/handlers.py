@@ -20,6 +20,7 @@ class SendResult:
     conversation_id: str
     ts: int
     client_msg_id: str
+    event: MessageSent
 
 
 async def send_message(
@@ -61,4 +62,4 @@ async def send_message(
 
 
 def _result(event: MessageSent) -> SendResult:
-    return SendResult(event.message_id, event.conversation_id, event.ts, event.client_msg_id)
+    return SendResult(event.message_id, event.conversation_id, event.ts, event.client_msg_id, event)

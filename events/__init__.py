@@ -7,6 +7,7 @@ Kafka. Everything else in Tidings (read models, caches, the archive) is derived 
 from events import errors, keys
 from events.catalogue import (
     ChatEvent,
+    DirectOpened,
     GroupCreated,
     GroupEvent,
     GroupRenamed,
@@ -37,6 +38,7 @@ from events.topics import Topics, partition_key
 __all__ = [
     "DM_PREFIX",
     "ChatEvent",
+    "DirectOpened",
     "GroupCreated",
     "GroupEvent",
     "GroupRenamed",

@@ -52,15 +52,29 @@ class Member(BaseModel):
     role: Role
 
 
-class _GroupEvent(_Event):
-    """A change to a group. ``event_id`` is a Snowflake; ``actor_id`` made the change;
-    ``member_count`` is the count after it, decided by the write side, so projections never
-    count (replays and redeliveries then agree)."""
+class _ConversationEvent(_Event):
+    """A change to a conversation other than a message or a receipt. ``event_id`` is a
+    Snowflake; ``actor_id`` made the change."""
 
     conversation_id: str
     event_id: int
     actor_id: str
     ts: int
+
+
+class DirectOpened(_ConversationEvent):
+    """``actor_id`` opened the direct conversation with ``user_id`` (``POST /v1/conversations``
+    of kind ``direct``) before either had sent a message in it. From then on the two share a
+    conversation: each may see the other's presence, and the opener's inbox lists it."""
+
+    type: Literal["direct.opened"] = "direct.opened"
+    v: Literal[1] = 1
+    user_id: str
+
+
+class _GroupEvent(_ConversationEvent):
+    """A change to a group. ``member_count`` is the count after it, decided by the write side,
+    so projections never count (replays and redeliveries then agree)."""
 
 
 class GroupCreated(_GroupEvent):
@@ -149,7 +163,7 @@ GroupEvent = (
 
 # The union of every event, told apart by ``type``.
 ChatEvent = Annotated[
-    MessageSent | ReceiptRecorded | GroupEvent | PresenceChanged, Field(discriminator="type")
+    MessageSent | ReceiptRecorded | GroupEvent | DirectOpened | PresenceChanged, Field(discriminator="type")
 ]
 
 _adapter: TypeAdapter[ChatEvent] = TypeAdapter(ChatEvent)

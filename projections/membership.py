@@ -19,6 +19,7 @@ from typing import Any
 
 from events import (
     ChatEvent,
+    DirectOpened,
     GroupCreated,
     GroupRenamed,
     Member,
@@ -60,6 +61,11 @@ _INBOX_JOIN = (
     "INSERT INTO {ks}.user_conversations (user_id, conversation_id, kind, joined_ts, last_message_id,"
     " last_sender_id, last_preview, last_ts) VALUES (?, ?, 'group', ?, null, null, null, ?) USING TIMESTAMP ?"
 )
+# Only the opener's row: the other side's inbox lists the chat once a message arrives.
+_INBOX_OPEN = (
+    "UPDATE {ks}.user_conversations USING TIMESTAMP ? SET kind = 'direct', joined_ts = ?"
+    " WHERE user_id = ? AND conversation_id = ?"
+)
 _INBOX_DEL = "DELETE FROM {ks}.user_conversations USING TIMESTAMP ? WHERE user_id = ? AND conversation_id = ?"
 _INBOX_LAST = (
     "UPDATE {ks}.user_conversations USING TIMESTAMP ? SET kind = ?, last_message_id = ?, last_sender_id = ?,"
@@ -99,6 +105,7 @@ STATEMENTS = (
     _MEMBER_ROLE,
     _MEMBER_DEL,
     _INBOX_JOIN,
+    _INBOX_OPEN,
     _INBOX_DEL,
     _INBOX_LAST,
     _INBOX_LAST_READ,
@@ -189,6 +196,11 @@ def _(event: GroupRenamed, recipients: list[str] | None) -> list[Statement]:
 
 
 @statements.register
+def _(event: DirectOpened, recipients: list[str] | None) -> list[Statement]:
+    return [(_INBOX_OPEN, (write_time(event.event_id), event.ts, event.actor_id, event.conversation_id))]
+
+
+@statements.register
 def _(event: MessageSent, recipients: list[str] | None) -> list[Statement]:
     wt = write_time(event.message_id)
     cid = event.conversation_id
@@ -274,7 +286,8 @@ class CassandraMembership:
         return rows[0] if rows else None
 
     async def conversation_ids(self, user_id: str) -> set[str]:
-        """Every conversation the user is in (direct chats once they hold a message)."""
+        """Every conversation the user is in (direct chats once they hold a message, or once
+        this user opened them)."""
         return {row.conversation_id for row in await self._cql.execute_paged(_SELECT_CONV_IDS, (user_id,))}
 
     async def groups_of(self, user_id: str) -> set[str]:

@@ -41,6 +41,11 @@ def presence_frame(user_id: str, state: str, last_seen: int | None) -> bytes:
     return orjson.dumps({"type": "presence", **presence_object(user_id, state, last_seen)})
 
 
+def reconnect_frame(after_ms: int) -> bytes:
+    """The ``reconnect`` frame of a draining gateway."""
+    return orjson.dumps({"type": "reconnect", "after_ms": after_ms})
+
+
 def message_frame(message: bytes) -> bytes:
     """A ``message`` frame around an already serialized Message object."""
     return b'{"type":"message","message":' + message + b"}"

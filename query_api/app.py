@@ -9,9 +9,11 @@ from collections.abc import Awaitable, Callable
 
 from sanic import HTTPResponse, Request, Sanic
 
+from events.errors import Unavailable
 from query_api import errors, http_api, messages_api, ops, sync_api, users_api, ws
 from query_api.auth import bearer_token, verify_token
 from query_api.deps import Dependencies, build_dependencies
+from query_api.drain import drain as hand_over
 from query_api.limits import WS_PATH, guard_upgrade
 from tidings import telemetry
 from tidings.gc_tuning import tune_for_server
@@ -46,6 +48,8 @@ def create_app(settings: Settings, *, build: Builder = build_dependencies, name:
         token = bearer_token(request.headers.get("authorization"), request.args.get("token"))
         request.ctx.principal = verify_token(request.app.ctx.deps.secret, token)
         if request.path == WS_PATH:
+            if request.app.ctx.draining:
+                raise Unavailable("this gateway is draining; connect to another")
             await guard_upgrade(request, settings)
         return None
 
@@ -60,6 +64,9 @@ def create_app(settings: Settings, *, build: Builder = build_dependencies, name:
     @app.before_server_stop
     async def drain(app: Sanic) -> None:
         app.ctx.draining = True
+        deps = getattr(app.ctx, "deps", None)
+        if deps is not None:
+            await hand_over(deps.presence.connections(), spread_s=settings.drain_spread_s)
 
     @app.after_server_stop
     async def close_dependencies(app: Sanic) -> None:

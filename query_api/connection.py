@@ -76,6 +76,8 @@ class Connection:
         "_member_of",
         "_typing",
         "_watch_pending",
+        "active",
+        "auto_away",
         "close_reason",
         "device_id",
         "presence_id",
@@ -104,6 +106,10 @@ class Connection:
         self.presence_id = ""
         self.reported = 0.0
         self.presence_state: ConnectionState = "online"
+        # When the client last sent a frame other than a ping (monotonic s), and whether the
+        # sweep made this socket away for that silence (its next such frame makes it online).
+        self.active = 0.0
+        self.auto_away = False
         self.watching: frozenset[str] = frozenset()
         self._backlog: collections.deque[bytes] | None = None
         self._member_of: dict[str, float] | None = None

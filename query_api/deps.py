@@ -12,6 +12,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel
 
 from commands import EventLog, IdempotencyStore, IdGenerator, Limits, SendMessage, SendResult, send_message
+from commands.direct import DirectChats
 from commands.ports import Directory, Locks
 from commands.presence import PresenceStore, PresenceView
 from commands.receipts import RecordReceipt, Watermarks, record_receipt
@@ -76,6 +77,10 @@ class Dependencies:
     closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
     cold: ColdTier | None = None  # the Parquet archive, when there is one
     limiter: RateLimiter = field(default_factory=NoLimits)
+    direct_chats: DirectChats = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.direct_chats = DirectChats(self.directory)
 
     async def send(
         self, user_id: str, device_id: str, conversation_id: str, request: BaseModel
@@ -88,7 +93,7 @@ class Dependencies:
             conversation_id=conversation_id,
             **request.model_dump(include={"client_msg_id", "kind", "body", "media_id"}),
         )
-        return await send_message(
+        result = await send_message(
             cmd,
             log=self.log,
             idempotency=self.idempotency,
@@ -96,6 +101,9 @@ class Dependencies:
             limits=self.limits,
             directory=self.directory,
         )
+        # Before the ack: the two users of a direct chat share it from its first message on.
+        await self.direct_chats.sent(result.event)
+        return result
 
     async def receipt(
         self, user_id: str, device_id: str, conversation_id: str, message_id: str, status: ReceiptStatus
@@ -260,7 +268,11 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     closers.append(event_log.close)
     presence_store = RedisPresence(redis, ttl_ms=int(settings.presence_ttl_s * 1000))
     presence = PresenceTracker(
-        presence_store, event_log, idle_close_s=settings.idle_close_s, sweep_s=settings.presence_sweep_s
+        presence_store,
+        event_log,
+        idle_close_s=settings.idle_close_s,
+        sweep_s=settings.presence_sweep_s,
+        away_after_s=settings.presence_away_after_s,
     )
 
     async def kafka_probe() -> None:

@@ -8,6 +8,7 @@ from pydantic import Field
 from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import empty
 
+from commands.direct import open_direct
 from commands.group_handlers import change_group, create_group
 from commands.groups import MAX_TITLE_CHARS, AddMembers, ChangeRole, CreateGroup, RemoveMember, RenameGroup
 from commands.membership import require_member
@@ -90,6 +91,9 @@ async def create(request: Request) -> HTTPResponse:
         if len(body.members) != 1 or not is_valid_user_id(body.members[0]):
             raise Invalid("a direct conversation names exactly one other user id in members")
         cid = direct_conversation_id(me, body.members[0])
+        if await deps.inbox.inbox_row(me, cid) is None:
+            # Not in the caller's inbox yet: opening it is a fact (the two now share it).
+            await open_direct(me, cid, log=deps.log, directory=deps.directory, ids=deps.ids)
         return json_response({"conversation": await _view(deps, me, cid)})
     if body.title is None:
         raise Invalid("title: a group needs a title")

@@ -1,12 +1,13 @@
 """This gateway process's side of presence: heartbeats, silence, transitions and watchers.
 
 A socket counts as heard from whenever any of its frames arrives (a ``ping`` frame, a
-WebSocket ping, or anything else). Heartbeats cost nothing at the time: a sweep every few
-seconds reports, in one pipeline, the sockets heard from since the last sweep, so the
-presence store sees each live socket's expiry move forward; closes sockets silent for
-``idle_close_s``; and reaps users whose last socket expired without closing (a gateway that
-died). Transitions the store reports are appended to the log as ``PresenceChanged`` events;
-watchers get them from the worker, never from here.
+WebSocket ping, or anything else). A socket whose client sent nothing but pings for
+``away_after_s`` becomes ``away`` by itself, and ``online`` again with its next other frame.
+Heartbeats cost nothing at the time: a sweep every few seconds reports, in one pipeline, the
+sockets heard from since the last sweep, so the presence store sees each live socket's expiry
+move forward; closes sockets silent for ``idle_close_s``; and reaps users whose last socket
+expired without closing (a gateway that died). Transitions the store reports are appended to
+the log as ``PresenceChanged`` events; watchers get them from the worker, never from here.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from cachetools import TTLCache
 from commands import EventLog
 from commands.presence import Beat, ConnectionState, PresenceStore
 from events import PresenceChanged
+from events import direct_conversation_id as _direct
 from events.errors import Unavailable
 from query_api.hub import Connection
 from query_api.metrics import HEARTBEAT_CLOSES, PRESENCE_EVENTS_DROPPED, PRESENCE_TRANSITIONS
@@ -41,11 +43,13 @@ class PresenceTracker:
         *,
         idle_close_s: float,
         sweep_s: float,
+        away_after_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._log = event_log
         self._idle_close_s = idle_close_s
+        self._away_after_s = away_after_s
         self._sweep_s = sweep_s
         self._clock = clock
         self._prefix = secrets.token_hex(6)
@@ -56,14 +60,21 @@ class PresenceTracker:
     async def connected(self, conn: Connection) -> None:
         """The socket is open: its user is online (unless another socket says away)."""
         conn.presence_id = f"{self._prefix}:{next(self._ids)}"
-        conn.heard = conn.reported = self._clock()
+        conn.heard = conn.reported = conn.active = self._clock()
         self._conns.add(conn)
         await self._set([conn])
 
     async def set_state(self, conn: Connection, state: ConnectionState) -> None:
+        """The client said ``online`` or ``away`` (a ``presence`` frame)."""
+        conn.auto_away = False
         conn.presence_state = state
         conn.reported = conn.heard
         await self._set([conn])
+
+    async def resumed(self, conn: Connection) -> None:
+        """A socket made away by its silence sent a frame: it is online again."""
+        if conn.auto_away:
+            await self.set_state(conn, "online")
 
     async def disconnected(self, conn: Connection) -> None:
         self._conns.discard(conn)
@@ -83,7 +94,8 @@ class PresenceTracker:
         self._announce(await self._store.set(beats))
 
     async def sweep(self) -> None:
-        """Close silent sockets, report heartbeats, reap lapsed users."""
+        """Close silent sockets, make sockets that only pinged away, report heartbeats, reap
+        lapsed users."""
         now = self._clock()
         fresh = []
         for conn in list(self._conns):
@@ -91,6 +103,11 @@ class PresenceTracker:
                 self._conns.discard(conn)
                 HEARTBEAT_CLOSES.inc()
                 conn.close_soon(CLOSE_HEARTBEAT_TIMEOUT, "no heartbeat")
+            elif conn.presence_state == "online" and now - conn.active >= self._away_after_s:
+                conn.auto_away = True
+                conn.presence_state = "away"
+                conn.reported = conn.heard
+                fresh.append(conn)
             elif conn.heard > conn.reported:
                 conn.reported = conn.heard
                 fresh.append(conn)
@@ -130,6 +147,10 @@ class PresenceTracker:
         PRESENCE_EVENTS_DROPPED.inc()
         log.error("presence transition of %s to %s not appended to the log", change.user_id, change.state)
 
+    def connections(self) -> list[Connection]:
+        """The sockets this process holds."""
+        return list(self._conns)
+
     async def drain(self) -> None:
         """Wait for transitions being appended (at shutdown)."""
         if self._emitting:
@@ -137,29 +158,43 @@ class PresenceTracker:
 
 
 class Contacts:
-    """Who shares a conversation with whom, from the users' conversation sets, cached briefly
-    (a removal takes effect within ``ttl_s``)."""
+    """Who shares a conversation with whom: a common group, or the direct conversation of the
+    two in either one's conversation set (it is there once either opened it or a message in it
+    was acknowledged; both are written through before the caller hears back).
 
-    def __init__(
-        self, conversation_ids: Callable[[str], Awaitable[set[str]]], *, ttl_s: float = 30.0
-    ) -> None:
+    Conversation sets are cached for ``ttl_s``, and only a yes is answered from the cache: a
+    removal takes effect within ``ttl_s``. A no is never cached: the sets are read again before
+    refusing, so a conversation the read model has just learned counts at once."""
+
+    def __init__(self, conversation_ids: Callable[[str], Awaitable[set[str]]], *, ttl_s: float = 5.0) -> None:
         self._conversation_ids = conversation_ids
         self._cache: TTLCache[str, frozenset[str]] = TTLCache(maxsize=100_000, ttl=ttl_s)
 
-    async def _of(self, user_id: str) -> frozenset[str]:
-        cached = self._cache.get(user_id)
+    async def _of(self, user_id: str, *, fresh: bool) -> frozenset[str]:
+        cached = None if fresh else self._cache.get(user_id)
         if cached is None:
             cached = frozenset(await self._conversation_ids(user_id))
             self._cache[user_id] = cached
         return cached
 
+    async def _sharing(self, user_id: str, others: Sequence[str], *, fresh: bool) -> set[str]:
+        mine, *theirs = await asyncio.gather(
+            self._of(user_id, fresh=fresh), *(self._of(o, fresh=fresh) for o in others)
+        )
+        return {
+            other
+            for other, their in zip(others, theirs, strict=True)
+            if mine & their or _direct(user_id, other) in mine or _direct(user_id, other) in their
+        }
+
     async def shared_with(self, user_id: str, others: Sequence[str]) -> set[str]:
         """Those of ``others`` who share at least one conversation with ``user_id`` (a user
         always shares with themselves)."""
-        mine = await self._of(user_id)
-        sets = await asyncio.gather(*(self._of(o) for o in others if o != user_id))
-        strangers = [o for o in others if o != user_id]
-        allowed = {o for o, theirs in zip(strangers, sets, strict=True) if mine & theirs}
+        strangers = [o for o in dict.fromkeys(others) if o != user_id]
+        allowed = await self._sharing(user_id, strangers, fresh=False) if strangers else set()
+        unsure = [o for o in strangers if o not in allowed]
+        if unsure:
+            allowed |= await self._sharing(user_id, unsure, fresh=True)
         if user_id in others:
             allowed.add(user_id)
         return allowed

@@ -111,10 +111,16 @@ def _dispatch(deps: Dependencies, conn: Connection, raw: str | bytes) -> Any:
     if isinstance(frame, PingFrame):
         _reply(conn, "pong", orjson.dumps({"type": "pong", "ref": ref}))
         return None
+    conn.active = conn.heard  # the socket just heard this frame
     return _handle(deps, conn, ref, frame)
 
 
 async def _handle(deps: Dependencies, conn: Connection, ref: str | None, frame: Any) -> None:
+    if conn.auto_away and not isinstance(frame, PresenceFrame):
+        try:
+            await deps.presence.resumed(conn)
+        except Unavailable:
+            conn.reported = -1.0  # presence is not delivery: the next sweep reports the socket
     if isinstance(frame, SendFrame):
         with telemetry.span("gateway.send", {"tidings.conversation_id": frame.conversation_id}):
             await _send(deps, conn, ref, frame)

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     idle_close_s: float = 90.0
     presence_sweep_s: float = 5.0
     max_watch: int = 500
+    # A socket that sent no frame but pings for this long counts as away (until its next frame);
+    # the user is away when all their sockets are.
+    presence_away_after_s: float = 300.0
+    # A draining gateway (SIGTERM) tells each socket to reconnect after a random delay up to
+    # this, then closes it with 1012, so its clients do not all reconnect at once.
+    drain_spread_s: float = 3.0
 
     # Worker
     worker_app_id: str = "tidings-projector"

@@ -213,6 +213,47 @@ class Client:
         return await self.expect("ack", ref=ref)
 
 
+class Gateway:
+    """One more gateway process over the same services (as another host would run), with the
+    system's settings changed by ``env``; ``default_limits`` drops the test system's raised
+    rate limits, ``origins`` sets a WebSocket Origin allow-list."""
+
+    def __init__(
+        self,
+        system: System,
+        name: str,
+        *,
+        env: dict[str, str] | None = None,
+        default_limits: bool = False,
+        origins: list[str] | None = None,
+    ) -> None:
+        self.system = system
+        self.port = _free_port()
+        self.ws = f"ws://127.0.0.1:{self.port}/v1/ws"
+        self.http = f"http://127.0.0.1:{self.port}"
+        base = {k: v for k, v in system.env.items() if not (default_limits and k.startswith("TIDINGS_RATE_"))}
+        base["TIDINGS_HTTP_PORT"] = str(self.port)
+        if origins is not None:
+            base["TIDINGS_ALLOWED_ORIGINS"] = orjson.dumps(origins).decode()
+        self.log = system.logs / f"gateway-{name}.log"
+        self.proc = processes.spawn("gateway", {**base, **(env or {})}, log=self.log)
+        try:
+            processes.wait_ready(f"{self.http}/readyz", {"gateway": self.proc}, timeout_s=90)
+        except processes.Exited as exc:
+            raise RuntimeError(f"{exc}: {self.log.read_text()[-3000:]}") from exc
+
+    @asynccontextmanager
+    async def connect(self, user: str, device: str = "default") -> AsyncIterator[Client]:
+        """A client socket on this gateway, heartbeating with WebSocket pings."""
+        async with websockets.connect(
+            f"{self.ws}?token={self.system.token(user, device)}", max_size=None, ping_interval=HEARTBEAT_S
+        ) as ws:
+            yield Client(ws)
+
+    def stop(self) -> None:
+        processes.stop([self.proc])
+
+
 @pytest.fixture(scope="session")
 def system(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     system = System(services, tmp_path_factory.mktemp("system-logs"))

@@ -17,39 +17,14 @@ import pytest
 import websockets
 
 from events import direct_conversation_id
-from tests.e2e.conftest import Client, System, _free_port, user
-from tidings import processes
+from tests.e2e.conftest import Client, Gateway, System, user
 
 ALLOWED_ORIGIN = "https://chat.example"
 
 
-class Gateway:
-    """A gateway process of this module over the same services (as another host would run),
-    with the default limits (the shared test system raises the send limit), and maybe an
-    Origin allow-list."""
-
-    def __init__(self, system: System, name: str, *, origins: list[str] | None = None) -> None:
-        self.port = _free_port()
-        self.ws = f"ws://127.0.0.1:{self.port}/v1/ws"
-        self.http = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in system.env.items() if not k.startswith("TIDINGS_RATE_")}
-        env["TIDINGS_HTTP_PORT"] = str(self.port)
-        if origins is not None:
-            env["TIDINGS_ALLOWED_ORIGINS"] = orjson.dumps(origins).decode()
-        self.log = system.logs / f"gateway-{name}.log"
-        self.proc = processes.spawn("gateway", env, log=self.log)
-        try:
-            processes.wait_ready(f"{self.http}/readyz", {"gateway": self.proc}, timeout_s=90)
-        except processes.Exited as exc:
-            raise RuntimeError(f"{exc}: {self.log.read_text()[-3000:]}") from exc
-
-    def stop(self) -> None:
-        processes.stop([self.proc])
-
-
 @pytest.fixture(scope="module")
 def first(system: System) -> Iterator[Gateway]:
-    gateway = Gateway(system, "limits-first")
+    gateway = Gateway(system, "limits-first", default_limits=True)
     try:
         yield gateway
     finally:
@@ -58,7 +33,7 @@ def first(system: System) -> Iterator[Gateway]:
 
 @pytest.fixture(scope="module")
 def second(system: System) -> Iterator[Gateway]:
-    gateway = Gateway(system, "limits-second", origins=[ALLOWED_ORIGIN])
+    gateway = Gateway(system, "limits-second", default_limits=True, origins=[ALLOWED_ORIGIN])
     try:
         yield gateway
     finally:

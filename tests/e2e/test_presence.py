@@ -238,3 +238,60 @@ async def test_presence_converges_after_a_gateway_restart(system: System) -> Non
             "state": "offline",
             "last_seen": gone["last_seen"],
         }
+
+
+async def _watch_allowed(client: Any, target: str, ref: str) -> None:
+    """``watch`` of ``target`` is accepted: their presence arrives and no error does."""
+    await client.send({"type": "watch", "ref": ref, "user_ids": [target]})
+    await client.expect("presence", user_id=target)
+    await client.expect_none("error", ref=ref, within=0.3)
+
+
+async def test_presence_is_allowed_at_once_after_a_direct_chat_is_opened(system: System) -> None:
+    # The refusal before comes first, so a cached "no" cannot outlive the opening.
+    alice, bob = user(), user()
+    assert _presence(system, alice, bob)[0] == 403
+    assert _presence(system, bob, alice)[0] == 403
+    status, _ = system.request(
+        "POST", "/v1/conversations", user=alice, body={"kind": "direct", "members": [bob]}
+    )
+    assert status == 200
+    assert _presence(system, alice, bob)[0] == 200
+    assert _presence(system, bob, alice)[0] == 200
+    async with system.connect(alice) as a_ws, system.connect(bob) as b_ws:
+        await _watch_allowed(a_ws, bob, "wa")
+        await _watch_allowed(b_ws, alice, "wb")
+    # Opening it again changes nothing and appends nothing new to anyone's inbox.
+    status, again = system.request(
+        "POST", "/v1/conversations", user=alice, body={"kind": "direct", "members": [bob]}
+    )
+    assert status == 200 and again["conversation"]["last_message"] is None
+
+
+async def test_presence_is_allowed_at_once_after_a_first_direct_message(system: System) -> None:
+    alice, bob = user(), user()
+    cid = f"dm:{min(alice, bob)}:{max(alice, bob)}"
+    async with system.connect(alice) as a_ws, system.connect(bob) as b_ws:
+        await a_ws.send({"type": "watch", "ref": "before", "user_ids": [bob]})
+        assert (await a_ws.expect("error", ref="before"))["code"] == "forbidden"
+        assert _presence(system, bob, alice)[0] == 403
+        await a_ws.send_message(cid, "hi")
+        assert _presence(system, alice, bob)[0] == 200
+        assert _presence(system, bob, alice)[0] == 200
+        await _watch_allowed(a_ws, bob, "wa")
+        await _watch_allowed(b_ws, alice, "wb")
+
+
+async def test_presence_is_allowed_at_once_in_a_new_group_and_refused_soon_after_removal(
+    system: System,
+) -> None:
+    alice, bob = user(), user()
+    assert _presence(system, bob, alice)[0] == 403
+    cid = _group(system, alice, bob)
+    assert _presence(system, bob, alice)[0] == 200
+    assert _presence(system, alice, bob)[0] == 200
+    status, _ = system.request("DELETE", f"/v1/conversations/{cid}/members/{bob}", user=alice)
+    assert status == 204
+    # A "yes" may be remembered for a few seconds (Contacts' cache), never longer.
+    await _until(lambda: _presence(system, bob, alice)[0] == 403, timeout=8.0)
+    await _until(lambda: _presence(system, alice, bob)[0] == 403, timeout=8.0)

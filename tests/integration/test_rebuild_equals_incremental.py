@@ -27,7 +27,7 @@ from commands.groups import (
     decide_role,
 )
 from commands.memory import MemoryDirectory
-from events import ChatEvent, MessageSent, ReceiptRecorded, direct_conversation_id, snowflake_ts
+from events import ChatEvent, DirectOpened, MessageSent, ReceiptRecorded, direct_conversation_id, snowflake_ts
 from events.ids import Snowflake
 from projections.cql import Cql, connect_to
 from projections.inbox import inbox_page
@@ -90,6 +90,15 @@ async def scenario(seed: int) -> tuple[list[ChatEvent], MemoryDirectory]:
     cid = created.conversation_id
     await emit(created)
     dm = direct_conversation_id(users[1], users[5])
+    # A direct chat opened before any message in it, written in later, and opened again by
+    # the other side (two concurrent opens both reach the log).
+    opened = direct_conversation_id(users[2], users[6])
+
+    async def open_direct(actor: str, other: str) -> None:
+        eid, ts = stamp()
+        await emit(DirectOpened(conversation_id=opened, event_id=eid, actor_id=actor, user_id=other, ts=ts))
+
+    await open_direct(users[2], users[6])
     for step in range(40):
         roll = rng.random()
         members = list(directory.members[cid])

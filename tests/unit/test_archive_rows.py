@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from archive.tables import Entry, RowBuilder, event_time, parse
-from events import GroupCreated, MediaRef, Member, MessageSent, ReceiptRecorded, encode_event
+from events import DirectOpened, GroupCreated, MediaRef, Member, MessageSent, ReceiptRecorded, encode_event
 
 T0 = 1_700_000_000_000
 DAY = 86_400_000
@@ -162,3 +162,19 @@ def test_each_unusual_value_alone_in_a_clean_batch(bad: int) -> None:
     assert bulk.add_batch(entries, None, 10_000) == (len(entries), False)
     reference, _, _ = _one_by_one(entries, None, 10_000)
     assert _tables(bulk) == _tables(reference)
+
+
+def test_an_opened_direct_chat_is_archived_with_the_membership_changes() -> None:
+    opened = DirectOpened(conversation_id="dm:u1:v1", event_id=7 << 22, actor_id="u1", user_id="v1", ts=T0)
+    builder = RowBuilder()
+    entry = _entries([encode_event(opened)])[0]
+    builder.add(entry, parse(entry))
+    [(name, _, rows)] = _tables(builder)
+    assert name == "membership"
+    assert {k: rows[0][k] for k in ("conversation_id", "type", "actor_id", "user_id", "event_id")} == {
+        "conversation_id": "dm:u1:v1",
+        "type": "direct.opened",
+        "actor_id": "u1",
+        "user_id": "v1",
+        "event_id": 7 << 22,
+    }
