@@ -40,6 +40,9 @@ class CreateConversation(Body):
     kind: Literal["direct", "group"]
     members: list[str] = Field(default_factory=list, max_length=MAX_USERS_PER_REQUEST)
     title: str | None = Field(default=None, max_length=MAX_TITLE_CHARS)
+    # v1.1 end-to-end encryption is not built: asking for it must not quietly make a plaintext
+    # conversation.
+    encrypted: bool = False
 
 
 class AddMembersBody(Body):
@@ -87,6 +90,8 @@ async def create(request: Request) -> HTTPResponse:
     deps: Dependencies = request.app.ctx.deps
     me = request.ctx.principal.user_id
     body = parse_body(request, CreateConversation)
+    if body.encrypted:
+        raise Invalid("encrypted conversations are not supported by this server yet")
     if body.kind == "direct":
         if len(body.members) != 1 or not is_valid_user_id(body.members[0]):
             raise Invalid("a direct conversation names exactly one other user id in members")

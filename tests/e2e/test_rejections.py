@@ -189,3 +189,54 @@ async def test_metrics_count_traffic(system: System) -> None:
     assert value(during, "tidings_ws_connections") >= 1
     assert value(during, 'tidings_ws_frames_in_total{type="send"}') >= 1
     assert "tidings_send_ack_seconds_bucket" in during
+
+
+# The v1.1 routes this version does not build yet (docs/protocol.md, "v1.1: what this version
+# implements"). The protocol says they answer 404 `not_found`, never a fake success: a client
+# can tell "not here yet" from anything else. A route leaves this list when it is built.
+V11_NOT_BUILT = [
+    ("POST", "/v1/media", b"\x89PNG"),
+    ("POST", "/v1/media/uploads", b'{"content_type": "image/png", "size": 1, "sha256": "00"}'),
+    ("POST", "/v1/media/m1/complete", b""),
+    ("GET", "/v1/media/m1", None),
+    ("GET", "/v1/media/m1/thumbnail", None),
+    ("PUT", "/v1/devices/default/push", b'{"provider": "webhook", "endpoint": "http://127.0.0.1/x"}'),
+    ("DELETE", "/v1/devices/default/push", None),
+    ("PUT", "/v1/conversations/dm:a:b/settings", b'{"muted": true}'),
+    ("PUT", "/v1/keys/device", b'{"identity_key": "a", "signing_key": "b", "signature": "c"}'),
+    ("DELETE", "/v1/keys/device", None),
+    ("POST", "/v1/keys/one-time", b'{"keys": []}'),
+    ("GET", "/v1/keys/users/alice", None),
+    ("POST", "/v1/keys/claim", b'{"devices": []}'),
+    ("GET", "/v1/keys/count", None),
+    ("POST", "/v1/to-device", b'{"messages": []}'),
+    ("GET", "/v1/search?q=hello", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), V11_NOT_BUILT)
+def test_v11_routes_not_built_answer_404_not_found(
+    system: System, method: str, path: str, body: bytes | None
+) -> None:
+    status, payload = system.request(method, path, user=user(), raw=body)
+    assert status == 404, (status, payload)
+    assert payload["error"]["code"] == "not_found"
+
+
+async def test_encrypted_conversations_and_sends_are_refused_until_built(system: System) -> None:
+    alice, bob = user(), user()
+    for body in (
+        {"kind": "group", "title": "secret", "members": [bob], "encrypted": True},
+        {"kind": "direct", "members": [bob], "encrypted": True},
+    ):
+        status, payload = system.request("POST", "/v1/conversations", user=alice, body=body)
+        assert status == 400 and payload["error"]["code"] == "invalid", payload
+    status, inbox = system.request("GET", "/v1/conversations", user=alice)
+    assert status == 200 and inbox["conversations"] == []  # nothing was made in plaintext
+    cid = direct_conversation_id(alice, bob)
+    encrypted = {"client_msg_id": "e1", "kind": "encrypted", "ciphertext": "AAAA", "algorithm": "megolm.v1"}
+    status, payload = system.request("POST", f"/v1/conversations/{cid}/messages", user=alice, body=encrypted)
+    assert status == 400 and payload["error"]["code"] == "invalid"
+    async with system.connect(alice) as ws:
+        await ws.send({"type": "send", "ref": "e", "conversation_id": cid, **encrypted})
+        assert (await ws.expect("error", ref="e"))["code"] == "invalid"
