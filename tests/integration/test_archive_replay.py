@@ -26,9 +26,10 @@ from projections.messages import CassandraMessages
 from projections.migrate import migrate_cassandra
 from projections.presence import CassandraPresence
 from projections.roster import Roster
+from streams.offsets import committed_offsets
 from streams.projector import Projector, Record
 from tests.integration.test_rebuild_equals_incremental import scenario
-from tidings.archive_ops import committed_offsets, prune, replay, switch, trim_log, verify
+from tidings.archive_ops import prune, replay, switch, trim_log, verify
 from tidings.keyspaces import active_keyspace
 from tidings.settings import Settings
 from tidings.worker import persist_stages
