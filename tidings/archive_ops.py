@@ -229,7 +229,7 @@ async def replay(
         await loop.run_in_executor(
             None,
             lambda: migrate_cassandra(
-                session, target, replication_factor=settings.cassandra_replication_factor, echo=log.info
+                session, target, replication=settings.cassandra_replication_map(), echo=log.info
             ),
         )
         cql = Cql(session, target)
