@@ -47,12 +47,15 @@ def _cpu() -> str:
 
 
 async def _throughput(bootstrap: str, events: int, chunk: int) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from tidings.migrate import create_log_topics, new_topic
+    from tidings.settings import Settings
 
     topic = f"archbench.{uuid.uuid4().hex[:8]}.conversation-events"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
-    await admin.create_topics([NewTopic(topic, 12, 1)])
+    await create_log_topics(admin, [new_topic(Settings(), topic, 12)])
     try:
         now = int(time.time() * 1000)
         t = time.monotonic()

@@ -20,7 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 
 from archive.job import ArchiveJob
 from archive.kafka_source import KafkaLogSource
@@ -28,6 +28,7 @@ from bench.archive_workload import produce, synthetic_events
 from events import Topics
 from projections.cql import connect_to
 from tidings.archive_ops import replay
+from tidings.migrate import create_log_topics, new_topic
 from tidings.settings import Settings
 
 DAY_MS = 86_400_000
@@ -62,7 +63,7 @@ async def main(
     await admin.start()
     # replay also rebuilds presence from its own topic (empty here)
     topics = [topic, Topics(settings.topic_prefix).presence_events]
-    await admin.create_topics([NewTopic(t, 12, 1) for t in topics])
+    await create_log_topics(admin, [new_topic(settings, t, 12) for t in topics])
     cluster, session = connect_to(settings)
     try:
         now = int(time.time() * 1000)

@@ -8,10 +8,10 @@ end
 return 0
 """
 
-# Extend KEYS[1]'s TTL to ARGV[2] seconds only if it still holds ARGV[1].
+# Extend KEYS[1]'s TTL to ARGV[2] milliseconds only if it still holds ARGV[1].
 RENEW_IF_HELD = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('EXPIRE', KEYS[1], ARGV[2])
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 """

@@ -2,20 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from cassandra.cluster import Session
 
-from projections.schema import BOOTSTRAP, MIGRATIONS
+from projections.schema import BOOTSTRAP, MIGRATIONS, replication_literal, same_replication
 
 
 def migrate_cassandra(
-    session: Session, keyspace: str, *, replication_factor: int, echo: Callable[[str], None] = print
+    session: Session,
+    keyspace: str,
+    *,
+    replication: Mapping[str, str | int],
+    echo: Callable[[str], None] = print,
 ) -> list[int]:
-    """Blocking. Returns the versions applied by this call (empty when up to date)."""
+    """Blocking. Creates ``keyspace`` with ``replication`` (a replication map, see
+    ``Settings.cassandra_replication_map``) if it does not exist, then applies the migrations it
+    has not seen; returns the versions applied by this call (empty when up to date). An existing
+    keyspace keeps its replication: a different one is reported through ``echo``, since changing
+    it is an ``ALTER KEYSPACE`` followed by a repair on every node, an operator's step."""
+    literal = replication_literal(replication)
     for cql in BOOTSTRAP:
-        session.execute(cql.format(ks=keyspace, rf=replication_factor), timeout=60)
+        session.execute(cql.format(ks=keyspace, replication=literal), timeout=60)
+    row = session.execute(
+        "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s", (keyspace,)
+    ).one()
+    if row is not None and not same_replication(row.replication, replication):
+        echo(
+            f"cassandra: WARNING keyspace {keyspace} has replication {dict(row.replication)}, settings "
+            f"say {literal}; to change it: ALTER KEYSPACE {keyspace} WITH replication = {literal}, "
+            "then nodetool repair on every node"
+        )
     done = {row.version for row in session.execute(f"SELECT version FROM {keyspace}.schema_migrations")}
     applied = []
     for migration in MIGRATIONS:

@@ -7,6 +7,7 @@ The CQL sticks to what ScyllaDB also speaks (no SAI, vectors or UCS).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -131,8 +132,31 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 
 BOOTSTRAP = (
-    "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = "
-    "{{'class': 'SimpleStrategy', 'replication_factor': {rf}}}",
+    "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {replication}",
     "CREATE TABLE IF NOT EXISTS {ks}.schema_migrations ("
     "version int PRIMARY KEY, name text, applied_at timestamp)",
 )
+
+
+def replication_literal(replication: Mapping[str, str | int]) -> str:
+    """A keyspace replication map as CQL, e.g. ``{'class': 'SimpleStrategy', 'replication_factor': 1}``
+    (settings check the map's shape; this quotes it)."""
+
+    def quoted(text: str) -> str:
+        return "'" + text.replace("'", "''") + "'"
+
+    items = [
+        f"{quoted(str(key))}: {quoted(str(value)) if key == 'class' else int(value)}"
+        for key, value in replication.items()
+    ]
+    return "{" + ", ".join(items) + "}"
+
+
+def same_replication(current: Mapping[str, str], wanted: Mapping[str, str | int]) -> bool:
+    """Whether a keyspace's replication as ``system_schema.keyspaces`` shows it (full class
+    name, text values) is ``wanted``."""
+
+    def normal(replication: Mapping[str, object]) -> dict[str, str]:
+        return {k: str(v).rsplit(".", 1)[-1] if k == "class" else str(v) for k, v in replication.items()}
+
+    return normal(current) == normal(wanted)

@@ -46,6 +46,7 @@ def create_app(
     on_unavailable: Callable[[str, int], None] | None = None,
     tracer: Tracer | None = None,
     lag_interval_s: float = 0.0,
+    replication: int = 1,
 ) -> faust.App:
     app = faust.App(
         app_id,
@@ -54,6 +55,8 @@ def create_app(
         key_serializer="raw",
         value_serializer="raw",
         topic_partitions=partitions,
+        # Faust's own topics (its assignor's leader topic) replicate as the project's do.
+        topic_replication_factor=replication,
         consumer_auto_offset_reset=offset_reset,
         producer_acks=-1,
         producer_request_timeout=30.0,

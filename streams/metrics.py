@@ -17,6 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import Counter, Gauge, Histogram
 
 from projections.delivery_metrics import DELIVERY_FAILURES
+from streams.offsets import committed_offsets
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +101,16 @@ async def _export_once(
 ) -> None:
     # The partition count is fixed by the project (settings), so no metadata look-up is needed.
     ends = await offsets.end_offsets(tps)
-    committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+    # The checked reader: an error of the group's coordinator raises (the gauges keep their
+    # last values) instead of reading as "nothing committed", which would report the whole log
+    # as lag. A failed read is tried again at the next interval.
+    committed = await committed_offsets(admin, group, tps[0].topic, len(tps), attempts=3)
     earliest: dict[TopicPartition, int] = {}
-    missing = [tp for tp in tps if tp not in committed or committed[tp].offset < 0]
+    missing = [tp for tp in tps if tp.partition not in committed]
     if missing:
         earliest = await offsets.beginning_offsets(missing)
     for tp in tps:
-        meta = committed.get(tp)
-        done = meta.offset if meta is not None and meta.offset >= 0 else earliest.get(tp, 0)
+        done = committed[tp.partition] if tp.partition in committed else earliest.get(tp, 0)
         labels = (group, tp.topic, str(tp.partition))
         END_OFFSET.labels(*labels).set(ends[tp])
         COMMITTED_OFFSET.labels(*labels).set(done)

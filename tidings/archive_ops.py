@@ -40,6 +40,7 @@ from projections.migrate import migrate_cassandra
 from projections.presence import CassandraPresence
 from projections.roster import Roster
 from projections.sync import BUCKET_BITS as SYNC_BUCKET_BITS
+from streams.offsets import committed_offsets
 from streams.projector import Projector
 from tidings.keyspaces import write_pointer
 from tidings.replay_partitions import (
@@ -147,40 +148,6 @@ async def trim_log(settings: Settings) -> list[Trimmed]:
         await admin.close()
 
 
-async def committed_offsets(
-    admin: Any, group: str, topic: str, partitions: int, attempts: int = 10
-) -> dict[int, int]:
-    """``group``'s committed offsets of ``topic`` (partition -> offset), or an error; never an
-    empty answer for an error. aiokafka's ``list_consumer_group_offsets`` reads no top-level
-    error of the OffsetFetch response (v2+: a coordinator that is loading or moved answers with
-    no partitions and that error), and an empty answer would let a trim pass a group that is
-    behind. Retriable errors are tried again."""
-    from aiokafka.errors import for_code
-    from aiokafka.protocol.commit import OffsetFetchRequest
-
-    request = OffsetFetchRequest(group, [(topic, list(range(partitions)))])
-    attempt = 0
-    while True:
-        coordinator = await admin.find_coordinator(group)
-        response = await admin._send_request(request, coordinator)
-        codes = [getattr(response, "error_code", 0)]
-        codes += [error for _, parts in response.topics for _, _, _, error in parts]
-        error = next((code for code in codes if code), 0)
-        if not error:
-            return {
-                partition: offset
-                for name, parts in response.topics
-                if name == topic
-                for partition, offset, _, _ in parts
-                if offset >= 0
-            }
-        attempt += 1
-        failure = for_code(error)(f"committed offsets of consumer group {group}")
-        if not failure.retriable or attempt >= attempts:
-            raise failure
-        await asyncio.sleep(0.5)
-
-
 # -- replay ------------------------------------------------------------------------------
 
 
@@ -262,7 +229,7 @@ async def replay(
         await loop.run_in_executor(
             None,
             lambda: migrate_cassandra(
-                session, target, replication_factor=settings.cassandra_replication_factor, echo=log.info
+                session, target, replication=settings.cassandra_replication_map(), echo=log.info
             ),
         )
         cql = Cql(session, target)

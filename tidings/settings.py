@@ -5,12 +5,36 @@ Nothing here connects to anything; composition roots take a ``Settings`` and bui
 
 from __future__ import annotations
 
+import re
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_STRATEGIES = {"SimpleStrategy", "NetworkTopologyStrategy"}
+_DATA_CENTRE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def check_cassandra_replication(replication: Mapping[str, object]) -> None:
+    """``ValueError`` unless ``replication`` is a keyspace replication map Cassandra takes:
+    ``SimpleStrategy`` with a ``replication_factor``, or ``NetworkTopologyStrategy`` with a
+    factor per data centre (a whole number of at least 1 each)."""
+    strategy = str(replication.get("class", "")).rsplit(".", 1)[-1]
+    if strategy not in _STRATEGIES:
+        raise ValueError(f"cassandra replication class must be one of {sorted(_STRATEGIES)}: {replication}")
+    factors = {k: v for k, v in replication.items() if k != "class"}
+    if strategy == "SimpleStrategy" and set(factors) != {"replication_factor"}:
+        raise ValueError(f"SimpleStrategy takes replication_factor only: {replication}")
+    if strategy == "NetworkTopologyStrategy" and not factors:
+        raise ValueError(f"NetworkTopologyStrategy needs a factor per data centre: {replication}")
+    for name, factor in factors.items():
+        if not _DATA_CENTRE.fullmatch(name):
+            raise ValueError(f"not a data centre name: {name!r}")
+        if isinstance(factor, bool) or not str(factor).isdigit() or int(str(factor)) < 1:
+            raise ValueError(f"replication factor of {name} must be a whole number >= 1: {factor!r}")
 
 
 def _default_home() -> Path:
@@ -31,13 +55,22 @@ class Settings(BaseSettings):
     topic_prefix: str = "tidings."
     topic_partitions: int = 12
     kafka_linger_ms: int = 2
+    # Replication of the topics `tidings migrate` creates (and of Faust's own), and their
+    # `min.insync.replicas`: the producers write with acks=all, so a send is acknowledged once
+    # this many replicas have it. One broker needs 1 and 1; a cluster of three, e.g. 3 and 2.
+    kafka_replication: int = Field(default=1, ge=1)
+    kafka_min_insync_replicas: int = Field(default=1, ge=1)
 
     # Cassandra / ScyllaDB
     cassandra_hosts: list[str] = ["127.0.0.1"]
     cassandra_port: int = 19042
     cassandra_storage_port: int = 17000
     cassandra_keyspace: str = "tidings"
-    cassandra_replication_factor: int = 1
+    # The keyspace's replication map, JSON in the environment, e.g.
+    # TIDINGS_CASSANDRA_REPLICATION='{"class": "NetworkTopologyStrategy", "datacenter1": 3}'.
+    # Unset: SimpleStrategy with `cassandra_replication_factor` (1: one node).
+    cassandra_replication: dict[str, str | int] | None = None
+    cassandra_replication_factor: int = Field(default=1, ge=1)
     # 5 for Cassandra 5.0, 4 for ScyllaDB.
     cassandra_protocol_version: int = 5
     cassandra_local_dc: str = "datacenter1"
@@ -124,6 +157,23 @@ class Settings(BaseSettings):
     # Origins allowed to open a WebSocket (browsers send one; other clients none). Empty:
     # any. JSON in the environment: TIDINGS_ALLOWED_ORIGINS='["https://chat.example"]'.
     allowed_origins: list[str] = []
+
+    @model_validator(mode="after")
+    def _check_replication(self) -> Settings:
+        if self.kafka_min_insync_replicas > self.kafka_replication:
+            raise ValueError(
+                f"kafka_min_insync_replicas ({self.kafka_min_insync_replicas}) is more than "
+                f"kafka_replication ({self.kafka_replication}): no acks=all write could succeed"
+            )
+        if self.cassandra_replication is not None:
+            check_cassandra_replication(self.cassandra_replication)
+        return self
+
+    def cassandra_replication_map(self) -> dict[str, str | int]:
+        """The replication map every keyspace is created with."""
+        if self.cassandra_replication is not None:
+            return dict(self.cassandra_replication)
+        return {"class": "SimpleStrategy", "replication_factor": self.cassandra_replication_factor}
 
     @property
     def kafka_host(self) -> str:

@@ -78,6 +78,7 @@ def build_worker_app(settings: Settings) -> faust.App:
         on_unavailable=observe_unavailable,
         tracer=telemetry.RecordTracer(role) if tracing else None,
         lag_interval_s=settings.lag_interval_s,
+        replication=settings.kafka_replication,
     )
 
 

@@ -13,13 +13,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 
 from archive.compact import compact
 from archive.job import ArchiveJob, RunSummary
 from archive.kafka_source import KafkaLogSource
 from bench.archive_workload import produce, synthetic_events
 from events import ChatEvent, Topics
+from tidings.migrate import create_log_topics, new_topic
 from tidings.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +93,7 @@ def make_log(services: Settings, *, old: int, recent: int, seed: int = 1) -> Ite
         admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
         await admin.start()
         try:
-            await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
+            await create_log_topics(admin, [new_topic(services, topic, PARTITIONS)])
         finally:
             await admin.close()
         await produce(services.kafka_bootstrap, topic, events)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 
 from archive.job import ArchiveJob
 from archive.kafka_source import KafkaLogSource
@@ -26,10 +26,12 @@ from projections.messages import CassandraMessages
 from projections.migrate import migrate_cassandra
 from projections.presence import CassandraPresence
 from projections.roster import Roster
+from streams.offsets import committed_offsets
 from streams.projector import Projector, Record
 from tests.integration.test_rebuild_equals_incremental import scenario
-from tidings.archive_ops import committed_offsets, prune, replay, switch, trim_log, verify
+from tidings.archive_ops import prune, replay, switch, trim_log, verify
 from tidings.keyspaces import active_keyspace
+from tidings.migrate import create_log_topics, new_topic
 from tidings.settings import Settings
 from tidings.worker import persist_stages
 
@@ -52,14 +54,19 @@ def replay_settings(services: Settings, tmp_path: Path) -> Iterator[Settings]:
     topic = Topics(settings.topic_prefix).conversation_events
     topics = [topic, Topics(settings.topic_prefix).presence_events]
     cluster, session = connect_to(settings)
-    migrate_cassandra(session, settings.cassandra_keyspace, replication_factor=1, echo=lambda _: None)
+    migrate_cassandra(
+        session,
+        settings.cassandra_keyspace,
+        replication=settings.cassandra_replication_map(),
+        echo=lambda _: None,
+    )
 
     async def admin(create: bool) -> None:
         client = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
         await client.start()
         try:
             if create:
-                await client.create_topics([NewTopic(t, PARTITIONS, 1) for t in topics])
+                await create_log_topics(client, [new_topic(settings, t, PARTITIONS) for t in topics])
             else:
                 await client.delete_topics(topics)
         finally:

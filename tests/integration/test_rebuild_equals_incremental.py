@@ -180,7 +180,9 @@ async def scenario(seed: int) -> tuple[list[ChatEvent], MemoryDirectory]:
 @pytest.fixture(scope="module")
 def sessions(services: Settings) -> Iterator[tuple[Cql, Cql]]:
     cluster, session = connect_to(services)
-    migrate_cassandra(session, REBUILD_KEYSPACE, replication_factor=1, echo=lambda _: None)
+    migrate_cassandra(
+        session, REBUILD_KEYSPACE, replication=services.cassandra_replication_map(), echo=lambda _: None
+    )
     yield Cql(session, services.cassandra_keyspace), Cql(session, REBUILD_KEYSPACE)
     cluster.shutdown()
 

@@ -120,7 +120,12 @@ def test_migrations_rerun_changes_nothing(session: Any, services: Settings) -> N
     from projections.migrate import migrate_cassandra
 
     assert (
-        migrate_cassandra(session, services.cassandra_keyspace, replication_factor=1, echo=lambda _: None)
+        migrate_cassandra(
+            session,
+            services.cassandra_keyspace,
+            replication=services.cassandra_replication_map(),
+            echo=lambda _: None,
+        )
         == []
     )
 
@@ -134,7 +139,9 @@ def sync_log(session: Any, services: Settings) -> Iterator[Any]:
 
     keyspace = f"{services.cassandra_keyspace}_synclog"
     session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
-    migrate_cassandra(session, keyspace, replication_factor=1, echo=lambda _: None)
+    migrate_cassandra(
+        session, keyspace, replication=services.cassandra_replication_map(), echo=lambda _: None
+    )
     log = CassandraSyncLog(Cql(session, keyspace))
     log.prepare()
     yield log

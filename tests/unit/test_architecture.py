@@ -53,3 +53,8 @@ def test_archive_depends_only_on_events(path: Path) -> None:
     assert not names & {"commands", "projections", "streams", "query_api", "tidings"}
     if path.name not in ARCHIVE_ADAPTERS:
         assert not names & FORBIDDEN
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "streams").glob("*.py")), ids=lambda p: p.name)
+def test_streams_do_not_import_the_shell(path: Path) -> None:
+    assert "tidings" not in _imports(path)

@@ -1,0 +1,141 @@
+"""Replication is configuration: the Kafka topics' replication factor and min.insync.replicas,
+and the Cassandra keyspace's replication map, come from settings (defaults: one node)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka.errors import InvalidReplicationFactorError, TopicAlreadyExistsError
+from pydantic import ValidationError
+
+from projections.migrate import migrate_cassandra
+from projections.schema import replication_literal, same_replication
+from tidings.migrate import create_log_topics, new_topic
+from tidings.settings import Settings
+
+NTS = '{"class": "NetworkTopologyStrategy", "dc1": 3, "dc2": 2}'
+
+
+def test_defaults_are_what_one_node_needs() -> None:
+    settings = Settings()
+    assert (settings.kafka_replication, settings.kafka_min_insync_replicas) == (1, 1)
+    assert settings.cassandra_replication_map() == {"class": "SimpleStrategy", "replication_factor": 1}
+
+
+def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIDINGS_KAFKA_REPLICATION", "3")
+    monkeypatch.setenv("TIDINGS_KAFKA_MIN_INSYNC_REPLICAS", "2")
+    monkeypatch.setenv("TIDINGS_CASSANDRA_REPLICATION", NTS)
+    settings = Settings()
+    assert (settings.kafka_replication, settings.kafka_min_insync_replicas) == (3, 2)
+    assert settings.cassandra_replication_map() == {"class": "NetworkTopologyStrategy", "dc1": 3, "dc2": 2}
+
+
+def test_the_replication_factor_setting_still_works() -> None:
+    assert Settings(cassandra_replication_factor=3).cassandra_replication_map() == {
+        "class": "SimpleStrategy",
+        "replication_factor": 3,
+    }
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"class": "LocalStrategy"},
+        {"class": "NetworkTopologyStrategy"},
+        {"class": "NetworkTopologyStrategy", "dc1": 0},
+        {"class": "NetworkTopologyStrategy", "dc1": "three"},
+        {"class": "SimpleStrategy", "replication_factor": 1, "dc1": 3},
+        {"class": "NetworkTopologyStrategy", "dc1': 1}; DROP KEYSPACE tidings; --": 1},
+        {"replication_factor": 1},
+    ],
+)
+def test_a_replication_map_cassandra_would_refuse_is_refused_at_start(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        Settings(cassandra_replication=bad)
+
+
+def test_min_insync_above_the_replication_is_refused() -> None:
+    with pytest.raises(ValidationError, match="no acks=all write"):
+        Settings(kafka_replication=1, kafka_min_insync_replicas=2)
+
+
+def test_topics_are_made_as_the_settings_say() -> None:
+    topic = new_topic(Settings(kafka_replication=3, kafka_min_insync_replicas=2), "p.conversation-events")
+    assert (topic.name, topic.num_partitions, topic.replication_factor) == ("p.conversation-events", 12, 3)
+    assert topic.topic_configs == {
+        "cleanup.policy": "delete",
+        "retention.ms": "-1",
+        "min.insync.replicas": "2",
+    }
+    assert new_topic(Settings(), "t", 3).replication_factor == 1
+    assert new_topic(Settings(), "t", 3).topic_configs["min.insync.replicas"] == "1"
+
+
+class _Admin:
+    def __init__(self, *errors: tuple[str, int, str]) -> None:
+        self.errors = list(errors)
+        self.created: list[Any] = []
+
+    async def create_topics(self, topics: list[Any]) -> Any:
+        self.created += topics
+        return SimpleNamespace(topic_errors=self.errors)
+
+
+async def test_a_topic_the_broker_refuses_is_an_error_not_silence() -> None:
+    # aiokafka returns the broker's per-topic errors; e.g. 3 replicas on a one-broker cluster.
+    refused = _Admin(("t", InvalidReplicationFactorError.errno, "larger than available brokers: 1"))
+    with pytest.raises(InvalidReplicationFactorError, match="cannot create topic t"):
+        await create_log_topics(refused, [new_topic(Settings(), "t")])  # type: ignore[arg-type]
+    # One that a concurrent migrate created first is fine.
+    await create_log_topics(_Admin(("t", TopicAlreadyExistsError.errno, "")), [new_topic(Settings(), "t")])  # type: ignore[arg-type]
+
+
+def test_cql_of_a_replication_map() -> None:
+    assert replication_literal(Settings().cassandra_replication_map()) == (
+        "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+    )
+    nts = Settings(cassandra_replication={"class": "NetworkTopologyStrategy", "dc1": "3", "dc2": 2})
+    assert replication_literal(nts.cassandra_replication_map()) == (
+        "{'class': 'NetworkTopologyStrategy', 'dc1': 3, 'dc2': 2}"
+    )
+    # As system_schema.keyspaces shows one: full class name, text values.
+    shown = {"class": "org.apache.cassandra.locator.NetworkTopologyStrategy", "dc1": "3", "dc2": "2"}
+    assert same_replication(shown, nts.cassandra_replication_map())
+    assert not same_replication(shown, {"class": "NetworkTopologyStrategy", "dc1": 3})
+
+
+class _Session:
+    """Records statements; the keyspace shows ``replication`` and has every migration applied."""
+
+    def __init__(self, replication: dict[str, str]) -> None:
+        self.statements: list[str] = []
+        self.replication = replication
+
+    def execute(self, cql: str, params: Any = None, timeout: float = 0) -> Any:
+        from projections.schema import MIGRATIONS
+
+        self.statements.append(cql)
+        if "system_schema.keyspaces" in cql:
+            return SimpleNamespace(one=lambda: SimpleNamespace(replication=self.replication))
+        if "schema_migrations" in cql and cql.startswith("SELECT"):
+            return [SimpleNamespace(version=m.version) for m in MIGRATIONS]
+        return []
+
+
+def test_the_keyspace_is_created_with_the_settings_map_and_a_different_one_is_reported() -> None:
+    wanted = Settings(cassandra_replication={"class": "NetworkTopologyStrategy", "datacenter1": 3})
+    same = _Session({"class": "org.apache.cassandra.locator.NetworkTopologyStrategy", "datacenter1": "3"})
+    said: list[str] = []
+    migrate_cassandra(same, "ks", replication=wanted.cassandra_replication_map(), echo=said.append)  # type: ignore[arg-type]
+    assert same.statements[0] == (
+        "CREATE KEYSPACE IF NOT EXISTS ks WITH replication = "
+        "{'class': 'NetworkTopologyStrategy', 'datacenter1': 3}"
+    )
+    assert said == []
+    other = _Session({"class": "org.apache.cassandra.locator.SimpleStrategy", "replication_factor": "1"})
+    migrate_cassandra(other, "ks", replication=wanted.cassandra_replication_map(), echo=said.append)  # type: ignore[arg-type]
+    assert len(said) == 1 and "WARNING keyspace ks" in said[0] and "ALTER KEYSPACE ks" in said[0]
+    assert not any(s.startswith("ALTER") for s in other.statements)  # an operator's step
