@@ -125,6 +125,10 @@ class Settings(BaseSettings):
     # any. JSON in the environment: TIDINGS_ALLOWED_ORIGINS='["https://chat.example"]'.
     allowed_origins: list[str] = []
 
+    # Web client (query_api.web): `POST /v1/dev/token` hands a token to anyone who names a user.
+    # For local development only (`tidings up` turns it on); never in production.
+    dev_login: bool = False
+
     @property
     def kafka_host(self) -> str:
         return self.kafka_bootstrap.split(",")[0].rsplit(":", 1)[0]
