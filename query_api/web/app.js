@@ -115,7 +115,7 @@ class Chat {
     this.conn = new Connection(session.token, {
       onFrame: (frame) => this.onFrame(frame),
       onReady: () => this.onReady(),
-      onState: (state, delay) => this.onConnectionState(state, delay),
+      onState: (state, delay, reason) => this.onConnectionState(state, delay, reason),
     });
     this.listeners = [];
   }
@@ -185,14 +185,21 @@ class Chat {
 
   // ---------------------------------------------------------- connection
 
-  onConnectionState(state, delay) {
+  onConnectionState(state, delay, reason) {
+    const seconds = Math.ceil((delay || 0) / 1000);
+    const why = reason === "server" ? "The server is restarting" : "Connection lost";
     const text = {
       connecting: "Connecting…",
       online: "Connected",
-      reconnecting: `Connection lost: reconnecting in ${Math.ceil((delay || 0) / 1000)} s…`,
+      reconnecting: `${why}: reconnecting in ${seconds} s…`,
     }[state];
     $("connection").textContent = text;
     $("connection").dataset.state = state;
+    if (reason === "server") {
+      // how many times a draining server asked us to come back (shown to tests, not people)
+      const count = Number($("connection").dataset.serverReconnects || 0) + 1;
+      $("connection").dataset.serverReconnects = String(count);
+    }
   }
 
   async onReady() {

@@ -78,10 +78,11 @@ export class Connection {
       this.clearTimers();
       this.ready = false;
       if (this.stopped) return;
-      const delay = this.serverDelay ?? backoffDelay(this.attempt);
+      const asked = this.serverDelay !== null; // a draining gateway said when to come back
+      const delay = asked ? this.serverDelay : backoffDelay(this.attempt);
       this.serverDelay = null;
       this.attempt += 1;
-      this.onState("reconnecting", delay);
+      this.onState("reconnecting", delay, asked ? "server" : "lost");
       this.timers.push(setTimeout(() => this.open(), delay));
     };
   }

@@ -25,6 +25,11 @@ def web(system: System, tmp_path: Path) -> Iterator[WebGateway]:
         gateway.stop()
 
 
+def named(name: str) -> str:
+    """A fresh user id that reads well in screenshots."""
+    return f"{name}-{user()[1:7]}"
+
+
 def dm(a: str, b: str) -> str:
     return f"dm:{min(a, b)}:{max(a, b)}"
 
@@ -32,7 +37,7 @@ def dm(a: str, b: str) -> str:
 def test_two_browsers_chat_ticks_typing_presence_reload_and_reconnect(
     system: System, web: WebGateway, tmp_path: Path
 ) -> None:
-    alice, bob = user(), user()
+    alice, bob = named("alice"), named("bob")
     cid = dm(alice, bob)
     shots = screenshot_dirs(tmp_path)
     with browser() as b:
@@ -115,6 +120,16 @@ def test_two_browsers_chat_ticks_typing_presence_reload_and_reconnect(
         bodies = [m["body"] for m in page["messages"]]
         assert bodies.count("Sent while the gateway was down") == 1, bodies
 
+        # A draining gateway (SIGTERM) says when to come back: the client follows its
+        # `reconnect` frame rather than its own backoff, and catches up once it is back.
+        web.stop()
+        expect(a.page.locator("#connection")).to_have_attribute("data-server-reconnects", "1")
+        web.start()
+        a.expect_connected(timeout_ms=60_000)
+        bb.expect_connected(timeout_ms=60_000)
+        bb.type_and_send("After the restart")
+        expect(a.message("After the restart")).to_have_count(1)
+
         # Bob leaves: Alice sees him go offline with a last-seen time.
         bb.close()
         expect(a.page.locator("#presence")).to_have_text(re.compile(r"^last seen \d"), timeout=30_000)
@@ -126,7 +141,7 @@ def test_two_browsers_chat_ticks_typing_presence_reload_and_reconnect(
 
 
 def test_history_paging_and_groups(system: System, web: WebGateway, tmp_path: Path) -> None:
-    alice, bob, carol = user(), user(), user()
+    alice, bob, carol = named("alice"), named("bob"), named("carol")
     cid = dm(alice, bob)
     for i in range(60):
         status, _ = system.request(
