@@ -45,6 +45,14 @@ def test_two_browsers_chat_ticks_typing_presence_reload_and_reconnect(
         a.page.goto("/")
         expect(a.page.get_by_role("heading", name="Sign in")).to_be_visible()
         a.shot("1-sign-in")
+        assert a.audit() == []
+        # the audit does see a pale text and an unlabelled field
+        a.page.evaluate(
+            """() => { const p = document.createElement("p"); p.textContent = "pale"; p.style.color = "#bbb";
+                const i = document.createElement("input"); document.getElementById("login").append(p, i); }"""
+        )
+        assert [p.split(":")[0] for p in a.audit()] == ["no label", "contrast 1.92"]
+        a.page.reload()
         a.sign_in(alice)
         bb.sign_in(bob)
 
@@ -77,6 +85,7 @@ def test_two_browsers_chat_ticks_typing_presence_reload_and_reconnect(
         bb.page.get_by_label("Message", exact=True).press_sequentially("On my w", delay=30)
         expect(a.page.locator("#typing")).to_have_text(f"{bob} is typing…")
         a.shot("3-conversation-typing")
+        assert a.audit() == [] and bb.audit() == []
         bb.page.get_by_label("Message", exact=True).press_sequentially("ay", delay=30)
         bb.page.get_by_label("Message", exact=True).press("Enter")
         expect(a.message("On my way")).to_have_count(1)
@@ -190,6 +199,7 @@ def test_history_paging_and_groups(system: System, web: WebGateway, tmp_path: Pa
         expect(bb.message("Noodles at noon?")).to_have_count(1)
         expect(bb.message("Noodles at noon?").locator(".sender")).to_have_text(alice)
         bb.shot("6-group")
+        assert bb.audit() == []
 
         # Bob leaves: it is gone from his inbox, and Alice's count drops.
         bb.page.get_by_role("button", name="Leave group").click()

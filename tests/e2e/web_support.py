@@ -84,6 +84,9 @@ def browser() -> Iterator[Browser]:
             b.close()
 
 
+A11Y_AUDIT = (Path(__file__).parent / "a11y_audit.js").read_text()
+
+
 class Tab:
     """One user's browser context and page; console errors and CSP reports are collected."""
 
@@ -127,6 +130,11 @@ class Tab:
 
     def message(self, text: str):  # type: ignore[no-untyped-def]
         return self.page.locator("#messages li.message", has_text=text)
+
+    def audit(self) -> list[str]:
+        """Accessibility problems of what the page shows now (labels, contrast)."""
+        problems: list[str] = self.page.evaluate(A11Y_AUDIT)
+        return problems
 
     def shot(self, name: str) -> None:
         path = self.shots[0] / f"{name}.png"
