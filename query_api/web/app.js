@@ -105,6 +105,7 @@ class Chat {
   constructor(session) {
     this.me = session.user_id;
     this.api = new Api(session.token);
+    this.expiresMs = tokenClaims(session.token).exp * 1000;
     this.store = new Store(this.me);
     this.open = null;
     this.cursor = null; // in memory: a reload starts from the starting state again
@@ -186,6 +187,10 @@ class Chat {
   // ---------------------------------------------------------- connection
 
   onConnectionState(state, delay, reason) {
+    if (state === "reconnecting" && Date.now() >= this.expiresMs) {
+      end("Your session has ended: sign in again."); // the gateway refuses an expired token
+      return;
+    }
     const seconds = Math.ceil((delay || 0) / 1000);
     const why = reason === "server" ? "The server is restarting" : "Connection lost";
     const text = {

@@ -4,6 +4,7 @@ the running system (the gateway serving the page at ``/`` with the development s
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -239,4 +240,23 @@ def test_a_token_signs_in_when_the_development_sign_in_is_off(system: System, tm
         assert tab.page.evaluate("Object.keys(localStorage).length") == 0
         # the expected 404 of the sign-in attempt is the one console error
         assert all("404" in e for e in tab.errors), tab.errors
+        tab.close()
+
+
+def test_an_expired_session_goes_back_to_sign_in(system: System, web: WebGateway, tmp_path: Path) -> None:
+    """A connection lost after the token expired does not retry for ever: the page asks to sign
+    in again (the gateway would refuse the token)."""
+    alice = named("alice")
+    with browser() as b:
+        tab = Tab(b, web.http, screenshot_dirs(tmp_path))
+        tab.page.goto("/")
+        tab.page.get_by_label(re.compile(r"^Token")).fill(system.token(alice, ttl_s=4))
+        tab.page.get_by_role("button", name="Use token").click()
+        tab.expect_connected()
+        time.sleep(4.5)
+        web.kill()
+        expect(tab.page.locator("#login")).to_be_visible(timeout=15_000)
+        expect(tab.page.locator("#login-error")).to_have_text("Your session has ended: sign in again.")
+        assert tab.page.evaluate("sessionStorage.length") == 0
+        web.start()  # for the fixture's stop
         tab.close()
