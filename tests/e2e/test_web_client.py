@@ -238,6 +238,15 @@ def test_a_token_signs_in_when_the_development_sign_in_is_off(system: System, tm
         # the token is kept for this tab only, never in the address
         assert "token" not in tab.page.url
         assert tab.page.evaluate("Object.keys(localStorage).length") == 0
+        # reconnect delays: exponential from 1 s to 30 s, with jitter (half to all of the step)
+        delays = tab.page.evaluate(
+            "import('/web/socket.js').then(m => [...Array(12).keys()].map(a => "
+            "[...Array(200)].map(() => m.backoffDelay(a))))"
+        )
+        for attempt, samples in enumerate(delays):
+            step = min(30_000, 1000 * 2**attempt)
+            assert step / 2 <= min(samples) and max(samples) <= step, (attempt, min(samples), max(samples))
+            assert max(samples) - min(samples) > step / 4  # jittered, not one fixed delay
         # the expected 404 of the sign-in attempt is the one console error
         assert all("404" in e for e in tab.errors), tab.errors
         tab.close()
