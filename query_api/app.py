@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from sanic import HTTPResponse, Request, Sanic
 
 from events.errors import Unavailable
-from query_api import errors, http_api, messages_api, ops, sync_api, users_api, ws
+from query_api import errors, http_api, messages_api, openapi, ops, sync_api, users_api, web, ws
 from query_api.auth import bearer_token, verify_token
 from query_api.deps import Dependencies, build_dependencies
 from query_api.drain import drain as hand_over
@@ -20,7 +20,7 @@ from tidings.gc_tuning import tune_for_server
 from tidings.settings import Settings
 
 Builder = Callable[[Settings], Awaitable[Dependencies]]
-_PUBLIC = frozenset({"/healthz", "/readyz", "/metrics"})
+_PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", openapi.PATH})
 
 
 def create_app(settings: Settings, *, build: Builder = build_dependencies, name: str = "tidings") -> Sanic:
@@ -39,10 +39,12 @@ def create_app(settings: Settings, *, build: Builder = build_dependencies, name:
     app.blueprint(users_api.bp)
     app.blueprint(sync_api.bp)
     app.blueprint(ws.bp)
+    app.blueprint(openapi.bp)
+    web.install(app, settings)
 
     @app.on_request
     async def authenticate(request: Request) -> HTTPResponse | None:
-        if request.path in _PUBLIC:
+        if request.path in _PUBLIC or web.is_public(request.path):
             return None
         # Runs before the WebSocket upgrade, so a bad token is a plain HTTP 401.
         token = bearer_token(request.headers.get("authorization"), request.args.get("token"))

@@ -26,6 +26,8 @@ from projections.inbox import inbox_page, one_conversation
 from query_api.bodies import Body, int_arg, parse_body
 from query_api.deps import Dependencies
 from query_api.errors import json_response
+from query_api.openapi import Query, documented
+from query_api.schemas import AddedMembers, ConversationAnswer, Inbox, MemberAnswer, MembersPage
 
 bp = Blueprint("conversations", url_prefix="/v1/conversations")
 
@@ -86,6 +88,12 @@ async def _view(deps: Dependencies, user_id: str, conversation_id: str) -> dict[
 
 
 @bp.post("")
+@documented(
+    "create a group (201), or open the direct conversation with one user (200)",
+    {200: ConversationAnswer, 201: ConversationAnswer},
+    body=CreateConversation,
+    errors=(400, 403, 404, 413, 429, 503),
+)
 async def create(request: Request) -> HTTPResponse:
     deps: Dependencies = request.app.ctx.deps
     me = request.ctx.principal.user_id
@@ -114,6 +122,15 @@ async def create(request: Request) -> HTTPResponse:
 
 
 @bp.get("")
+@documented(
+    "the caller's inbox, most recent activity first",
+    {200: Inbox},
+    query=(
+        Query("limit", "1..100, default 50", "integer"),
+        Query("before", "the `next` of the previous page"),
+    ),
+    errors=(400, 503),
+)
 async def inbox(request: Request) -> HTTPResponse:
     deps: Dependencies = request.app.ctx.deps
     limit = int_arg(request, "limit", INBOX_PAGE, low=1, high=INBOX_MAX)
@@ -128,12 +145,14 @@ async def inbox(request: Request) -> HTTPResponse:
 
 
 @bp.get("/<conversation_id:str>")
+@documented("one conversation, for members", {200: ConversationAnswer})
 async def show(request: Request, conversation_id: str) -> HTTPResponse:
     deps: Dependencies = request.app.ctx.deps
     return json_response({"conversation": await _view(deps, request.ctx.principal.user_id, conversation_id)})
 
 
 @bp.patch("/<conversation_id:str>")
+@documented("rename a group (owner or admins)", {200: ConversationAnswer}, body=TitleBody)
 async def rename(request: Request, conversation_id: str) -> HTTPResponse:
     deps: Dependencies = request.app.ctx.deps
     me = request.ctx.principal.user_id
@@ -143,6 +162,14 @@ async def rename(request: Request, conversation_id: str) -> HTTPResponse:
 
 
 @bp.get("/<conversation_id:str>/members")
+@documented(
+    "members, by user id",
+    {200: MembersPage},
+    query=(
+        Query("after", "the `next` of the previous page"),
+        Query("limit", "1..1000, default 500", "integer"),
+    ),
+)
 async def members(request: Request, conversation_id: str) -> HTTPResponse:
     deps: Dependencies = request.app.ctx.deps
     info, _ = await require_member(deps.directory, conversation_id, request.ctx.principal.user_id)
@@ -162,6 +189,12 @@ async def members(request: Request, conversation_id: str) -> HTTPResponse:
 
 
 @bp.post("/<conversation_id:str>/members")
+@documented(
+    "add members (owner or admins)",
+    {200: AddedMembers},
+    body=AddMembersBody,
+    errors=(400, 403, 404, 413, 503),
+)
 async def add_members(request: Request, conversation_id: str) -> HTTPResponse:
     deps: Dependencies = request.app.ctx.deps
     body = parse_body(request, AddMembersBody)
@@ -178,6 +211,9 @@ async def add_members(request: Request, conversation_id: str) -> HTTPResponse:
 
 
 @bp.delete("/<conversation_id:str>/members/<user_id:str>")
+@documented(
+    "leave (yourself) or remove a member (owner or admins)", {204: None}, errors=(400, 403, 404, 409, 503)
+)
 async def remove_member(request: Request, conversation_id: str, user_id: str) -> HTTPResponse:
     deps: Dependencies = request.app.ctx.deps
     await _change(
@@ -190,6 +226,9 @@ async def remove_member(request: Request, conversation_id: str, user_id: str) ->
 
 
 @bp.put("/<conversation_id:str>/members/<user_id:str>")
+@documented(
+    "change a member's role (owner)", {200: MemberAnswer}, body=RoleBody, errors=(400, 403, 404, 409, 503)
+)
 async def set_role(request: Request, conversation_id: str, user_id: str) -> HTTPResponse:
     deps: Dependencies = request.app.ctx.deps
     body = parse_body(request, RoleBody)

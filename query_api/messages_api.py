@@ -15,6 +15,8 @@ from projections.history import history_page
 from query_api.bodies import Body, int_arg, message_id_arg, parse_body
 from query_api.deps import Dependencies
 from query_api.errors import json_response
+from query_api.openapi import Query, documented
+from query_api.schemas import HistoryPage, ReceiptsPage, SendAccepted
 from tidings import telemetry
 
 bp = Blueprint("messages", url_prefix="/v1/conversations")
@@ -32,6 +34,12 @@ class PostMessage(Body):
 
 
 @bp.post("/<conversation_id:str>/messages")
+@documented(
+    "send a message; 202 once it is durably in the log (idempotent by client_msg_id)",
+    {202: SendAccepted},
+    body=PostMessage,
+    errors=(400, 403, 404, 409, 413, 429, 503),
+)
 async def post_message(request: Request, conversation_id: str) -> HTTPResponse:
     deps: Dependencies = request.app.ctx.deps
     principal = request.ctx.principal
@@ -45,6 +53,15 @@ async def post_message(request: Request, conversation_id: str) -> HTTPResponse:
 
 
 @bp.get("/<conversation_id:str>/messages")
+@documented(
+    "a page of history, ascending by message_id",
+    {200: HistoryPage},
+    query=(
+        Query("before", "the newest `limit` messages older than this message_id"),
+        Query("after", "the oldest `limit` messages newer than this message_id"),
+        Query("limit", "1..100, default 50", "integer"),
+    ),
+)
 async def list_messages(request: Request, conversation_id: str) -> HTTPResponse:
     deps: Dependencies = request.app.ctx.deps
     await member_role(deps.directory, conversation_id, request.ctx.principal.user_id)
@@ -71,6 +88,7 @@ class ReceiptBody(Body):
 
 
 @bp.post("/<conversation_id:str>/receipts")
+@documented("move the caller's delivered or read watermark forward", {202: None}, body=ReceiptBody)
 async def post_receipt(request: Request, conversation_id: str) -> HTTPResponse:
     deps: Dependencies = request.app.ctx.deps
     principal = request.ctx.principal
@@ -80,6 +98,14 @@ async def post_receipt(request: Request, conversation_id: str) -> HTTPResponse:
 
 
 @bp.get("/<conversation_id:str>/receipts")
+@documented(
+    "each member's watermarks, by user id",
+    {200: ReceiptsPage},
+    query=(
+        Query("after", "the `next` of the previous page"),
+        Query("limit", "1..1000, default 500", "integer"),
+    ),
+)
 async def list_receipts(request: Request, conversation_id: str) -> HTTPResponse:
     """Every member's watermarks that exist, by user id, paged like the member list."""
     deps: Dependencies = request.app.ctx.deps

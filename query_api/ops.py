@@ -11,16 +11,26 @@ from sanic.response import raw
 
 from query_api.deps import Dependencies
 from query_api.errors import json_response
+from query_api.openapi import documented
+from query_api.schemas import Health, Readiness
 
 bp = Blueprint("ops")
 
 
 @bp.get("/healthz")
+@documented("liveness", {200: Health}, errors=(), public=True, tag="ops")
 async def healthz(request: Request) -> HTTPResponse:
     return json_response({"status": "ok"})
 
 
 @bp.get("/readyz")
+@documented(
+    "readiness: Kafka, Cassandra and Redis reachable (503 when not, or draining)",
+    {200: Readiness, 503: Readiness},
+    errors=(),
+    public=True,
+    tag="ops",
+)
 async def readyz(request: Request) -> HTTPResponse:
     deps: Dependencies = request.app.ctx.deps
     checks = await deps.readiness()
@@ -29,6 +39,9 @@ async def readyz(request: Request) -> HTTPResponse:
 
 
 @bp.get("/metrics")
+@documented(
+    "Prometheus metrics", {200: ("text/plain", "Prometheus text format")}, errors=(), public=True, tag="ops"
+)
 async def metrics(request: Request) -> HTTPResponse:
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         # Several gateway workers (tidings.gateway): sum every process's metric files.

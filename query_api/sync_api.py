@@ -10,6 +10,8 @@ from projections.sync import sync_since, sync_start
 from query_api.bodies import int_arg
 from query_api.deps import Dependencies
 from query_api.errors import json_response
+from query_api.openapi import Query, documented
+from query_api.schemas import SyncPage
 
 bp = Blueprint("sync", url_prefix="/v1")
 
@@ -19,6 +21,15 @@ ALL = 1_000_000
 
 
 @bp.get("/sync")
+@documented(
+    "this device's starting state (no `since`), or what happened since a cursor",
+    {200: SyncPage},
+    query=(
+        Query("since", "the `cursor` of the previous sync"),
+        Query("limit", "events per page, 1..1000", "integer"),
+    ),
+    errors=(400, 503),
+)
 async def sync(request: Request) -> HTTPResponse:
     deps: Dependencies = request.app.ctx.deps
     me = request.ctx.principal.user_id

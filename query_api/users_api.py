@@ -9,11 +9,14 @@ from events.errors import Forbidden, Invalid
 from projections.wire import presence_object
 from query_api.deps import Dependencies
 from query_api.errors import json_response
+from query_api.openapi import documented
+from query_api.schemas import Presence
 
 bp = Blueprint("users", url_prefix="/v1/users")
 
 
 @bp.get("/<user_id:str>/presence")
+@documented("a user's presence, for users who share a conversation", {200: Presence}, errors=(400, 403, 503))
 async def presence(request: Request, user_id: str) -> HTTPResponse:
     deps: Dependencies = request.app.ctx.deps
     if not is_valid_user_id(user_id):

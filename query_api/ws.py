@@ -36,6 +36,7 @@ from query_api.frames import (
 )
 from query_api.lean_ws import LeanWebsocket
 from query_api.metrics import FRAMES_IN, FRAMES_OUT, SEND_SECONDS, SENDS
+from query_api.openapi import Query, documented
 from tidings import telemetry
 
 bp = Blueprint("ws", url_prefix="/v1")
@@ -45,6 +46,13 @@ MEMBERSHIP_TTL_S = 30.0
 
 
 @bp.websocket("/ws")
+@documented(
+    "the WebSocket (RFC 6455 upgrade); its frames are in docs/protocol.md",
+    {101: None},
+    query=(Query("token", "the token, for browsers, which cannot set headers on a WebSocket"),),
+    errors=(403, 429, 503),
+    tag="websocket",
+)
 async def gateway(request: Request, ws: Any) -> None:
     if not isinstance(ws, LeanWebsocket):
         raise TypeError("the gateway serves WebSockets with query_api.lean_ws.LeanWebSocketProtocol")

@@ -120,6 +120,8 @@ def up() -> None:
     try:
         asyncio.run(run_migrations(settings))
         env = {**os.environ, "TIDINGS_AUTH_SECRET": settings.resolved_auth_secret()}
+        # The web client's development sign-in (query_api.web): local use only, never production.
+        env.setdefault("TIDINGS_DEV_LOGIN", "true")
         metrics_port = settings.worker_web_port
         extra = {
             "deliver": {"TIDINGS_WORKER_WEB_PORT": str(metrics_port)},
@@ -138,6 +140,7 @@ def up() -> None:
             f"\nTidings is up in {time.monotonic() - started_at:.1f}s\n"
             f"  WebSocket  ws://{settings.http_host}:{settings.http_port}/v1/ws?token=<token>\n"
             f"  HTTP       {url}/v1/...   metrics {url}/metrics\n"
+            f"  web client {url}/   API description {url}/v1/openapi.json\n"
             f"  a token    python3 -m tidings token alice\n"
             "Ctrl-C stops everything this command started."
         )
@@ -169,7 +172,7 @@ def test(ctx: typer.Context) -> None:
             typer.echo(f"{check[0]} failed", err=True)
             raise typer.Exit(1)
     settings = _settings()
-    services.ensure_system_packages()
+    services.ensure_system_packages(browser=True)  # the web client's tests need chromium
     ours = [s.name for s in services.up(settings) if s.started_by_us]
     code = 1
     try:

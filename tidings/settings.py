@@ -158,6 +158,10 @@ class Settings(BaseSettings):
     # any. JSON in the environment: TIDINGS_ALLOWED_ORIGINS='["https://chat.example"]'.
     allowed_origins: list[str] = []
 
+    # Web client (query_api.web): `POST /v1/dev/token` hands a token to anyone who names a user.
+    # For local development only (`tidings up` turns it on); never in production.
+    dev_login: bool = False
+
     @model_validator(mode="after")
     def _check_replication(self) -> Settings:
         if self.kafka_min_insync_replicas > self.kafka_replication:

@@ -1,4 +1,5 @@
-"""Debian packages the launcher needs: a JDK 17, Maven and redis-server."""
+"""Debian packages the launcher needs: a JDK 17, Maven and redis-server; and for the test suite,
+Debian's chromium (the web client's browser tests drive it: never a downloaded browser)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import subprocess
 from tidings.services._common import Echo, ServiceError, java17
 
 
-def missing_packages() -> list[str]:
-    """Debian package names for whatever is not installed yet."""
+def missing_packages(*, browser: bool = False) -> list[str]:
+    """Debian package names for whatever is not installed yet (``browser``: chromium too)."""
     missing = []
     if java17() is None:  # any other JDK on PATH will not do for Cassandra 5.0
         missing.append("openjdk-17-jre-headless")
@@ -19,12 +20,14 @@ def missing_packages() -> list[str]:
         missing.append("maven")
     if shutil.which("redis-server") is None:
         missing.append("redis-server")
+    if browser and shutil.which("chromium") is None:
+        missing.append("chromium")
     return missing
 
 
-def ensure_system_packages(*, echo: Echo = print) -> None:
+def ensure_system_packages(*, echo: Echo = print, browser: bool = False) -> None:
     """Install missing packages with apt-get when root; otherwise exit saying what to run."""
-    missing = missing_packages()
+    missing = missing_packages(browser=browser)
     if not missing:
         return
     install = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
@@ -39,6 +42,6 @@ def ensure_system_packages(*, echo: Echo = print) -> None:
         result = subprocess.run(argv, env=env, check=False)
         if result.returncode != 0:
             raise ServiceError(f"`{shlex.join(argv)}` failed with exit code {result.returncode}")
-    still = missing_packages()
+    still = missing_packages(browser=browser)
     if still:
         raise ServiceError(f"still missing after apt-get install: {', '.join(still)}")

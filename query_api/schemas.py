@@ -1,0 +1,168 @@
+"""The JSON the HTTP API answers, as pydantic models: the source of ``/v1/openapi.json``.
+
+Handlers build their answers as plain dicts (serialized once with orjson, on the hot path); these
+models say what those dicts are. ``tests/e2e/test_openapi.py`` validates real answers of the
+running system against the document made from them, so a handler and its model cannot drift
+apart unnoticed. ``extra="forbid"``: a field a handler adds must be added here too.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from events import MessageKind, Role
+from events.catalogue import MediaRef
+
+MESSAGE_ID = r"^[0-9]{1,19}$"
+
+
+class Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ErrorDetail(Answer):
+    code: Literal[
+        "invalid",
+        "unauthorized",
+        "forbidden",
+        "not_found",
+        "conflict",
+        "too_large",
+        "rate_limited",
+        "unavailable",
+        "internal",
+    ]
+    message: str
+
+
+class ErrorAnswer(Answer):
+    """Every HTTP error: ``{"error": {"code", "message"}}``."""
+
+    error: ErrorDetail
+
+
+class Message(Answer):
+    """A message. ``message_id`` is a Snowflake as a decimal string (ordered as an integer)."""
+
+    message_id: str = Field(pattern=MESSAGE_ID)
+    conversation_id: str
+    sender_id: str
+    client_msg_id: str
+    kind: MessageKind
+    body: str
+    media: MediaRef | None
+    ts: int
+
+
+class LastMessage(Answer):
+    message_id: str = Field(pattern=MESSAGE_ID)
+    sender_id: str
+    preview: str = Field(description="the first 100 characters of the body")
+    ts: int
+
+
+class Conversation(Answer):
+    """A conversation as one user sees it (in the inbox)."""
+
+    conversation_id: str
+    kind: Literal["direct", "group"]
+    title: str | None
+    member_count: int
+    last_message: LastMessage | None
+    unread_count: int = Field(description="counted up to 100")
+    last_activity_ts: int | None
+
+
+class ConversationAnswer(Answer):
+    conversation: Conversation
+
+
+class Inbox(Answer):
+    conversations: list[Conversation]
+    next: str | None = Field(description="pass as `before` for the next page; null at the end")
+
+
+class MemberRole(Answer):
+    user_id: str
+    role: Role
+
+
+class MembersPage(Answer):
+    members: list[MemberRole]
+    next: str | None = Field(description="pass as `after` for the next page; null at the end")
+
+
+class AddedMembers(Answer):
+    members: list[MemberRole] = Field(description="those added (not those already members)")
+
+
+class MemberAnswer(Answer):
+    member: MemberRole
+
+
+class SendAccepted(Answer):
+    message_id: str = Field(pattern=MESSAGE_ID)
+    conversation_id: str
+    ts: int
+
+
+class HistoryPage(Answer):
+    messages: list[Message] = Field(description="ascending by message_id")
+    has_more: bool
+
+
+class Watermarks(Answer):
+    user_id: str
+    delivered: str | None = Field(pattern=MESSAGE_ID)
+    read: str | None = Field(pattern=MESSAGE_ID)
+
+
+class ReceiptsPage(Answer):
+    receipts: list[Watermarks]
+    next: str | None
+
+
+class Presence(Answer):
+    user_id: str
+    state: Literal["online", "away", "offline"]
+    last_seen: int | None
+
+
+class Receipt(Answer):
+    conversation_id: str
+    user_id: str
+    message_id: str = Field(pattern=MESSAGE_ID)
+    status: Literal["delivered", "read"]
+
+
+class ConversationChange(Answer):
+    event: Literal["added", "removed", "updated"]
+    conversation: Conversation
+
+
+class SyncPage(Answer):
+    messages: list[Message]
+    receipts: list[Receipt]
+    conversations: list[ConversationChange]
+    cursor: str
+    has_more: bool
+
+
+class Health(Answer):
+    status: Literal["ok"]
+
+
+class Readiness(Answer):
+    ready: bool
+    checks: dict[str, str]
+
+
+class DevToken(Answer):
+    """A development token (only when ``TIDINGS_DEV_LOGIN`` is on)."""
+
+    token: str
+    user_id: str
+    device_id: str
+    expires_ts: int

@@ -1,0 +1,184 @@
+"""``/v1/openapi.json`` of the running gateway: public, the document of the app it runs, and
+every HTTP route's real answers (successes and errors) valid against it."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+import uuid
+from typing import Any
+
+import orjson
+import pytest
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from query_api.app import create_app
+from query_api.openapi import build_document
+from tests.e2e.conftest import System, user
+
+BASE = "urn:tidings-openapi"
+NOT_JSON = {"/metrics", "/", "/web/{__file_uri__}"}
+
+
+class Checker:
+    def __init__(self, system: System, doc: dict[str, Any]) -> None:
+        self.system = system
+        self.doc = doc
+        self.registry = Registry().with_resource(BASE, Resource.from_contents(doc, DRAFT202012))
+        self.seen: set[tuple[str, str]] = set()
+
+    def call(
+        self,
+        method: str,
+        template: str,
+        *,
+        who: str | None = None,
+        body: Any = None,
+        query: str = "",
+        **params: str,
+    ) -> tuple[int, Any]:
+        """Calls the route and checks the answer against the document's answer for its status."""
+        path = template.format(**params) + query
+        if template in NOT_JSON:
+            status, payload, ctype = self._raw(method, path, who)
+            if ctype.startswith("application/json"):
+                payload = orjson.loads(payload)
+        else:
+            status, payload = self.system.request(method, path, user=who, body=body)
+            ctype = "application/json"
+        operation = self.doc["paths"][template][method.lower()]
+        answer = operation["responses"].get(str(status))
+        assert answer is not None, f"{method} {template} answered {status}, which the document does not list"
+        self.seen.add((method.lower(), template))
+        content = answer.get("content")
+        if payload is None or not ctype.startswith("application/json"):
+            assert content is None or ctype.split(";")[0] in content or template in NOT_JSON
+            return status, payload
+        assert content and "application/json" in content, f"{method} {template} {status}: body not documented"
+        schema = content["application/json"]["schema"]
+        if "$ref" in schema:
+            schema = {"$ref": BASE + schema["$ref"]}
+        errors = list(Draft202012Validator(schema, registry=self.registry).iter_errors(payload))
+        assert not errors, f"{method} {template} {status}: {[e.message for e in errors]} in {payload}"
+        return status, payload
+
+    def _raw(self, method: str, path: str, who: str | None) -> tuple[int, bytes, str]:
+        req = urllib.request.Request(f"{self.system.http}{path}", method=method)
+        if who:
+            req.add_header("Authorization", f"Bearer {self.system.token(who)}")
+        try:
+            with urllib.request.urlopen(req, timeout=15) as r:
+                return r.status, r.read(), r.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as err:
+            return err.code, err.read(), err.headers.get("Content-Type", "")
+
+
+@pytest.fixture
+def doc(system: System) -> dict[str, Any]:
+    status, document = system.request("GET", "/v1/openapi.json")  # no token: public
+    assert status == 200
+    return document
+
+
+def test_the_served_document_is_the_running_apps(system: System, doc: dict[str, Any]) -> None:
+    validate(doc)
+    own = orjson.loads(orjson.dumps(build_document(create_app(system.settings, name="openapi_e2e"))))
+    assert doc == own
+
+
+def test_real_answers_match_the_document(system: System, doc: dict[str, Any]) -> None:
+    c = Checker(system, doc)
+    alice, bob, carol, stranger = user(), user(), user(), user()
+    dm = f"dm:{min(alice, bob)}:{max(alice, bob)}"
+    conv, members, messages = (
+        "/v1/conversations/{conversation_id}",
+        "/v1/conversations/{conversation_id}/members",
+        "/v1/conversations/{conversation_id}/messages",
+    )
+
+    c.call("GET", "/healthz")
+    c.call("GET", "/readyz")
+    c.call("GET", "/metrics")
+    c.call("GET", "/v1/openapi.json")
+    c.call("GET", "/")
+    c.call("HEAD", "/")
+    c.call("GET", "/web/{__file_uri__}", __file_uri__="app.js")
+    c.call("HEAD", "/web/{__file_uri__}", __file_uri__="style.css")
+    c.call("GET", "/web/{__file_uri__}", __file_uri__="nothing-here.js")  # 404
+
+    c.call("POST", "/v1/conversations", who=alice, body={"kind": "direct", "members": [bob]})
+    status, created = c.call(
+        "POST", "/v1/conversations", who=alice, body={"kind": "group", "title": "Docs", "members": [bob]}
+    )
+    assert status == 201
+    gid = created["conversation"]["conversation_id"]
+    c.call("POST", "/v1/conversations", who=alice, body={"kind": "group"})  # 400
+    c.call("POST", "/v1/conversations", body={"kind": "direct", "members": [bob]})  # 401
+
+    status, sent = c.call(
+        "POST",
+        messages,
+        conversation_id=dm,
+        who=alice,
+        body={"client_msg_id": uuid.uuid4().hex, "body": "Hi"},
+    )
+    assert status == 202
+    c.call(
+        "POST",
+        messages,
+        conversation_id=gid,
+        who=bob,
+        body={"client_msg_id": uuid.uuid4().hex, "body": "Hey"},
+    )
+    c.call(
+        "POST", messages, conversation_id=gid, who=stranger, body={"client_msg_id": "x", "body": "no"}
+    )  # 403
+    c.call(
+        "POST", messages, conversation_id=dm, who=alice, body={"client_msg_id": "y", "body": "x" * 4001}
+    )  # 413
+    c.call("GET", messages, conversation_id=dm, who=bob, query="?limit=10")
+    c.call("GET", messages, conversation_id="g:1", who=bob)  # 404
+
+    c.call("GET", "/v1/conversations", who=alice)
+    c.call("GET", conv, conversation_id=gid, who=bob)
+    c.call("PATCH", conv, conversation_id=gid, who=alice, body={"title": "Docs 2"})
+    c.call("GET", members, conversation_id=gid, who=alice)
+    c.call("POST", members, conversation_id=gid, who=alice, body={"user_ids": [carol]})
+    c.call(
+        "PUT", members + "/{user_id}", conversation_id=gid, user_id=carol, who=alice, body={"role": "admin"}
+    )
+    c.call("DELETE", members + "/{user_id}", conversation_id=gid, user_id=carol, who=carol)
+    c.call("DELETE", members + "/{user_id}", conversation_id=gid, user_id=alice, who=alice)  # 409: the owner
+
+    receipts = "/v1/conversations/{conversation_id}/receipts"
+    c.call(
+        "POST",
+        receipts,
+        conversation_id=dm,
+        who=bob,
+        body={"message_id": sent["message_id"], "status": "read"},
+    )
+    c.call("GET", receipts, conversation_id=dm, who=alice)
+
+    c.call("GET", "/v1/users/{user_id}/presence", user_id=bob, who=alice)
+    c.call("GET", "/v1/users/{user_id}/presence", user_id=stranger, who=alice)  # 403
+
+    status, start = c.call("GET", "/v1/sync", who=bob)
+    assert start["messages"] and start["conversations"]
+    c.call(
+        "POST",
+        messages,
+        conversation_id=dm,
+        who=alice,
+        body={"client_msg_id": uuid.uuid4().hex, "body": "Later"},
+    )
+    c.call("GET", "/v1/sync", who=bob, query=f"?since={start['cursor']}")
+    c.call("GET", "/v1/sync", who=bob, query="?since=nonsense")  # 400
+
+    # Every documented operation was called, but the WebSocket upgrade (tests/e2e/test_socket_path.py).
+    documented = {(m, p) for p, item in doc["paths"].items() for m in item}
+    assert documented - c.seen == {("get", "/v1/ws")}
+    assert not any(re.search(r"[<>]", p) for p in doc["paths"])

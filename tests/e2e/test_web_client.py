@@ -1,0 +1,271 @@
+"""The web client in a real headless Chromium: two browser contexts as two users chat against
+the running system (the gateway serving the page at ``/`` with the development sign-in on)."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.e2e.conftest import System, user
+from tests.e2e.web_support import Tab, WebGateway, browser, screenshot_dirs
+
+
+@pytest.fixture
+def web(system: System, tmp_path: Path) -> Iterator[WebGateway]:
+    gateway = WebGateway(system, tmp_path)
+    gateway.start()
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+def named(name: str) -> str:
+    """A fresh user id that reads well in screenshots."""
+    return f"{name}-{user()[1:7]}"
+
+
+def dm(a: str, b: str) -> str:
+    return f"dm:{min(a, b)}:{max(a, b)}"
+
+
+def test_two_browsers_chat_ticks_typing_presence_reload_and_reconnect(
+    system: System, web: WebGateway, tmp_path: Path
+) -> None:
+    alice, bob = named("alice"), named("bob")
+    cid = dm(alice, bob)
+    shots = screenshot_dirs(tmp_path)
+    with browser() as b:
+        a, bb = Tab(b, web.http, shots), Tab(b, web.http, shots)
+        a.page.goto("/")
+        expect(a.page.get_by_role("heading", name="Sign in")).to_be_visible()
+        a.shot("1-sign-in")
+        assert a.audit() == []
+        # the audit does see a pale text and an unlabelled field
+        a.page.evaluate(
+            """() => { const p = document.createElement("p"); p.textContent = "pale"; p.style.color = "#bbb";
+                const i = document.createElement("input"); document.getElementById("login").append(p, i); }"""
+        )
+        assert [p.split(":")[0] for p in a.audit()] == ["no label", "contrast 1.92"]
+        a.page.reload()
+        a.sign_in(alice)
+        bb.sign_in(bob)
+
+        # A message typed in one browser appears in the other, with an optimistic display first.
+        a.open_direct(bob)
+        a.type_and_send("Hello Bob!")
+        mine = a.message("Hello Bob!")
+        expect(mine).to_have_count(1)
+        expect(mine).to_have_attribute("data-message-id", re.compile(r"^\d+$"))  # acknowledged
+
+        # Bob's inbox: the conversation, its preview and one unread; Alice's tick: delivered.
+        row = bb.page.locator(f'#inbox li[data-conversation-id="{cid}"]')
+        expect(row).to_have_attribute("data-unread", "1")
+        expect(row).to_contain_text("Hello Bob!")
+        expect(row.get_by_label("1 unread")).to_be_visible()
+        expect(mine).to_have_attribute("data-status", "delivered")
+        bb.shot("2-inbox-unread")
+
+        # Bob opens it: the message is there, his unread count clears, Alice's tick turns read.
+        bb.open_conversation(cid)
+        expect(bb.message("Hello Bob!")).to_have_count(1)
+        expect(row).to_have_attribute("data-unread", "0")
+        expect(mine).to_have_attribute("data-status", "read")
+        expect(mine.locator(".ticks")).to_have_text("✓✓")
+
+        # Presence: Alice sees Bob online.
+        expect(a.page.locator("#presence")).to_have_text("online")
+
+        # Typing shows on the other side, and stops when the message is sent.
+        bb.page.get_by_label("Message", exact=True).press_sequentially("On my w", delay=30)
+        expect(a.page.locator("#typing")).to_have_text(f"{bob} is typing…")
+        a.shot("3-conversation-typing")
+        assert a.audit() == [] and bb.audit() == []
+        bb.page.get_by_label("Message", exact=True).press_sequentially("ay", delay=30)
+        bb.page.get_by_label("Message", exact=True).press("Enter")
+        expect(a.message("On my way")).to_have_count(1)
+        expect(a.page.locator("#typing")).to_have_text("")
+        expect(bb.message("On my way")).to_have_attribute("data-status", "read")  # Alice has it open
+
+        # A reload keeps the session (sessionStorage) and the history.
+        a.page.reload()
+        a.expect_connected()
+        a.open_conversation(cid)
+        expect(a.message("Hello Bob!")).to_have_count(1)
+        expect(a.message("On my way")).to_have_count(1)
+        expect(a.message("Hello Bob!")).to_have_attribute("data-status", "read")
+
+        # A dropped connection (the gateway killed) reconnects; what was sent meanwhile arrives
+        # exactly once: Bob's send waits in his outbox, and a message sent through another
+        # gateway comes to Alice by sync.
+        web.kill()
+        expect(a.page.locator("#connection")).to_have_attribute("data-state", "reconnecting")
+        expect(a.page.locator("#connection")).to_contain_text("reconnecting in")
+        a.shot("4-reconnecting")
+        bb.type_and_send("Sent while the gateway was down")
+        expect(bb.message("Sent while the gateway was down")).to_have_attribute("data-status", "sending")
+        status, _ = system.request(
+            "POST",
+            f"/v1/conversations/{cid}/messages",
+            user=bob,
+            body={"client_msg_id": uuid.uuid4().hex, "body": "Through the other gateway"},
+        )
+        assert status == 202
+        web.start()
+        a.expect_connected(timeout_ms=60_000)
+        bb.expect_connected(timeout_ms=60_000)
+        expect(a.message("Sent while the gateway was down")).to_have_count(1)
+        expect(a.message("Through the other gateway")).to_have_count(1)
+        expect(bb.message("Sent while the gateway was down")).to_have_count(1)
+        expect(bb.message("Sent while the gateway was down")).to_have_attribute("data-status", "read")
+        # the outbox resent with the same client_msg_id: the server holds one message
+        status, page = system.request("GET", f"/v1/conversations/{cid}/messages", user=alice)
+        assert status == 200
+        bodies = [m["body"] for m in page["messages"]]
+        assert bodies.count("Sent while the gateway was down") == 1, bodies
+
+        # A draining gateway (SIGTERM) says when to come back: the client follows its
+        # `reconnect` frame rather than its own backoff, and catches up once it is back.
+        web.stop()
+        expect(a.page.locator("#connection")).to_have_attribute("data-server-reconnects", "1")
+        web.start()
+        a.expect_connected(timeout_ms=60_000)
+        bb.expect_connected(timeout_ms=60_000)
+        bb.type_and_send("After the restart")
+        expect(a.message("After the restart")).to_have_count(1)
+
+        # Bob leaves: Alice sees him go offline with a last-seen time.
+        bb.close()
+        expect(a.page.locator("#presence")).to_have_text(re.compile(r"^last seen \d"), timeout=30_000)
+        a.shot("5-last-seen")
+
+        assert a.errors == [], a.errors
+        assert bb.errors == [], bb.errors
+        a.close()
+
+
+def test_history_paging_and_groups(system: System, web: WebGateway, tmp_path: Path) -> None:
+    alice, bob, carol = named("alice"), named("bob"), named("carol")
+    cid = dm(alice, bob)
+    for i in range(60):
+        status, _ = system.request(
+            "POST",
+            f"/v1/conversations/{cid}/messages",
+            user=bob,
+            body={"client_msg_id": f"seed-{i}", "body": f"seed message {i:02d}"},
+        )
+        assert status == 202
+    shots = screenshot_dirs(tmp_path)
+    with browser() as b:
+        a, bb = Tab(b, web.http, shots), Tab(b, web.http, shots)
+        a.sign_in(alice)
+        bb.sign_in(bob)
+
+        # Inbox from the starting sync: 60 unread; the conversation shows the newest 50 first.
+        row = a.page.locator(f'#inbox li[data-conversation-id="{cid}"]')
+        expect(row).to_have_attribute("data-unread", "60")
+        a.open_conversation(cid)
+        expect(a.page.locator("#messages li.message")).to_have_count(50)
+        expect(a.message("seed message 00")).to_have_count(0)
+        a.page.get_by_role("button", name="Load older messages").click()
+        expect(a.page.locator("#messages li.message")).to_have_count(60)
+        expect(a.page.locator("#messages li.message").first).to_contain_text("seed message 00")
+        expect(a.page.get_by_role("button", name="Load older messages")).to_be_hidden()
+
+        # Groups: create with a member; the member's inbox gets it at once.
+        a.page.get_by_text("New group").click()
+        a.page.get_by_label("Group title").fill("Lunch plans")
+        a.page.get_by_label("Members (user ids, separated by spaces or commas)").fill(bob)
+        a.page.get_by_role("button", name="Create group").click()
+        expect(a.page.locator("#conversation-title")).to_have_text("Lunch plans")
+        expect(a.page.locator("#presence")).to_have_text("2 members")
+        group_row = bb.page.locator("#inbox li", has_text="Lunch plans")
+        expect(group_row).to_have_count(1)
+        gid = group_row.get_attribute("data-conversation-id")
+        assert gid and gid.startswith("g:")
+
+        # Add a member through the form; the count follows on both sides.
+        a.page.get_by_label("Add member").fill(carol)
+        a.page.get_by_role("button", name="Add", exact=True).click()
+        expect(a.page.locator("#notice")).to_have_text(f"Added {carol}.")
+        expect(a.page.locator("#presence")).to_have_text("3 members")
+        a.type_and_send("Noodles at noon?")
+        bb.open_conversation(gid)
+        expect(bb.message("Noodles at noon?")).to_have_count(1)
+        expect(bb.message("Noodles at noon?").locator(".sender")).to_have_text(alice)
+        bb.shot("6-group")
+        assert bb.audit() == []
+
+        # Bob leaves: it is gone from his inbox, and Alice's count drops.
+        bb.page.get_by_role("button", name="Leave group").click()
+        expect(group_row).to_have_count(0)
+        expect(bb.page.locator("#empty")).to_be_visible()
+        expect(a.page.locator("#presence")).to_have_text("2 members")
+        status, _ = system.request("GET", f"/v1/conversations/{gid}/messages", user=bob)
+        assert status == 403
+
+        # The owner cannot leave before handing over: the refusal is shown, nothing changes.
+        a.page.get_by_role("button", name="Leave group").click()
+        expect(a.page.locator("#notice")).to_contain_text("owner")
+        expect(a.page.locator("#conversation-title")).to_have_text("Lunch plans")
+
+        assert [e for e in a.errors if "409 (Conflict)" not in e] == [], a.errors  # the refused leave
+        assert bb.errors == [], bb.errors
+        a.close()
+        bb.close()
+
+
+def test_a_token_signs_in_when_the_development_sign_in_is_off(system: System, tmp_path: Path) -> None:
+    """The system's own gateway has TIDINGS_DEV_LOGIN off: the page says so, and a token from
+    `tidings token` signs in instead."""
+    alice = user()
+    with browser() as b:
+        tab = Tab(b, system.http, screenshot_dirs(tmp_path))
+        tab.page.goto("/")
+        tab.page.get_by_label("User id", exact=True).fill(alice)
+        tab.page.get_by_role("button", name="Sign in").click()
+        expect(tab.page.locator("#login-error")).to_contain_text("Development sign-in is off")
+        tab.page.get_by_label(re.compile(r"^Token")).fill(system.token(alice, "laptop"))
+        tab.page.get_by_role("button", name="Use token").click()
+        tab.expect_connected()
+        expect(tab.page.locator("#me")).to_have_text(alice)
+        # the token is kept for this tab only, never in the address
+        assert "token" not in tab.page.url
+        assert tab.page.evaluate("Object.keys(localStorage).length") == 0
+        # reconnect delays: exponential from 1 s to 30 s, with jitter (half to all of the step)
+        delays = tab.page.evaluate(
+            "import('/web/socket.js').then(m => [...Array(12).keys()].map(a => "
+            "[...Array(200)].map(() => m.backoffDelay(a))))"
+        )
+        for attempt, samples in enumerate(delays):
+            step = min(30_000, 1000 * 2**attempt)
+            assert step / 2 <= min(samples) and max(samples) <= step, (attempt, min(samples), max(samples))
+            assert max(samples) - min(samples) > step / 4  # jittered, not one fixed delay
+        # the expected 404 of the sign-in attempt is the one console error
+        assert all("404" in e for e in tab.errors), tab.errors
+        tab.close()
+
+
+def test_an_expired_session_goes_back_to_sign_in(system: System, web: WebGateway, tmp_path: Path) -> None:
+    """A connection lost after the token expired does not retry for ever: the page asks to sign
+    in again (the gateway would refuse the token)."""
+    alice = named("alice")
+    with browser() as b:
+        tab = Tab(b, web.http, screenshot_dirs(tmp_path))
+        tab.page.goto("/")
+        tab.page.get_by_label(re.compile(r"^Token")).fill(system.token(alice, ttl_s=4))
+        tab.page.get_by_role("button", name="Use token").click()
+        tab.expect_connected()
+        time.sleep(4.5)
+        web.kill()
+        expect(tab.page.locator("#login")).to_be_visible(timeout=15_000)
+        expect(tab.page.locator("#login-error")).to_have_text("Your session has ended: sign in again.")
+        assert tab.page.evaluate("sessionStorage.length") == 0
+        web.start()  # for the fixture's stop
+        tab.close()
