@@ -176,7 +176,7 @@ class ThumbnailMade(_Event):
     v: Literal[1] = 1
     media_id: str
     thumbnail_key: str | None
-    shared_key: str
+    shared_key: str | None  # None: the location could not be removed, so only the uploader reads it
     location_removed: bool = False
     ts: int
 

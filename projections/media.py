@@ -10,9 +10,9 @@ redeliveries, the gateway's write-through and a replay from the log all end in t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import singledispatch
 
+from commands.media import MediaRow
 from events import ChatEvent, MediaDeleted, MediaStored, MessageSent, ThumbnailMade
 from projections.cql import Cql
 from projections.membership import Statement
@@ -35,57 +35,6 @@ _SELECT = (
 )
 _SELECT_ACCESS = "SELECT conversation_id FROM {ks}.media_access WHERE media_id = ?"
 _SELECT_ALL = "SELECT media_id, created_ts, deleted FROM {ks}.media"
-
-
-@dataclass(frozen=True)
-class MediaRow:
-    """One upload as the read model knows it."""
-
-    media_id: str
-    uploader_id: str
-    object_key: str
-    content_type: str
-    size: int
-    sha256: str
-    width: int | None
-    height: int | None
-    created_ts: int
-    processed: bool = False
-    thumbnail_key: str | None = None
-    shared_key: str | None = None
-    location_removed: bool = False
-    deleted: bool = False
-
-    @property
-    def is_image(self) -> bool:
-        return self.content_type.startswith("image/")
-
-    def public(self) -> dict[str, object]:
-        """The protocol's media object."""
-        out: dict[str, object] = {
-            "media_id": self.media_id,
-            "content_type": self.content_type,
-            "size": self.size,
-            "sha256": self.sha256,
-            "thumbnail": self.thumbnail_key is not None,
-        }
-        if self.width is not None and self.height is not None:
-            out["width"], out["height"] = self.width, self.height
-        return out
-
-
-def stored_row(event: MediaStored) -> MediaRow:
-    return MediaRow(
-        media_id=event.media_id,
-        uploader_id=event.uploader_id,
-        object_key=event.object_key,
-        content_type=event.content_type,
-        size=event.size,
-        sha256=event.sha256,
-        width=event.width,
-        height=event.height,
-        created_ts=event.ts,
-    )
 
 
 @singledispatch
@@ -156,6 +105,10 @@ class CassandraMedia:
             location_removed=bool(r.location_removed),
             deleted=bool(r.deleted),
         )
+
+    async def grant(self, media_id: str, conversation_id: str, message_id: int) -> None:
+        """The access row a ``MessageSent`` carrying the media writes, written through."""
+        await self._cql.execute(_ACCESS, (media_id, conversation_id, message_id))
 
     async def conversations_of(self, media_id: str) -> list[str]:
         """The conversations a message carrying ``media_id`` was sent to."""

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from sanic import HTTPResponse, Request, Sanic
 
-from query_api import errors, http_api, messages_api, ops, sync_api, users_api, ws
+from query_api import errors, http_api, media_api, messages_api, ops, sync_api, users_api, ws
 from query_api.auth import bearer_token, verify_token
 from query_api.deps import Dependencies, build_dependencies
 from query_api.limits import WS_PATH, guard_upgrade
@@ -37,6 +37,7 @@ def create_app(settings: Settings, *, build: Builder = build_dependencies, name:
     app.blueprint(users_api.bp)
     app.blueprint(sync_api.bp)
     app.blueprint(ws.bp)
+    app.blueprint(media_api.bp)
 
     @app.on_request
     async def authenticate(request: Request) -> HTTPResponse | None:

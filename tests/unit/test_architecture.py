@@ -13,6 +13,7 @@ DOMAIN = [
     ROOT / "commands" / "handlers.py",
     ROOT / "commands" / "ports.py",
     ROOT / "commands" / "memory.py",
+    ROOT / "commands" / "media.py",
     ROOT / "projections" / "wire.py",
     ROOT / "projections" / "delivery.py",
     ROOT / "projections" / "history.py",
