@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from functools import singledispatch
 
 from commands.media import MediaRow
+from commands.media_gc import MediaListing
 from events import ChatEvent, MediaDeleted, MediaStored, MessageSent, ThumbnailMade
 from projections.cql import Cql
 from projections.membership import Statement
@@ -34,7 +35,7 @@ _SELECT = (
     " processed, thumbnail_key, shared_key, location_removed, deleted FROM {ks}.media WHERE media_id = ?"
 )
 _SELECT_ACCESS = "SELECT conversation_id FROM {ks}.media_access WHERE media_id = ?"
-_SELECT_ALL = "SELECT media_id, created_ts, deleted FROM {ks}.media"
+_SELECT_ALL = "SELECT media_id, created_ts, deleted, object_key, thumbnail_key, shared_key FROM {ks}.media"
 
 
 @singledispatch
@@ -79,9 +80,13 @@ class CassandraMedia:
             self._cql.prepare(cql)
 
     async def apply(self, events: Sequence[ChatEvent]) -> None:
-        writes = list(dict.fromkeys(s for event in events for s in statements(event)))
+        writes = await self.writes(events)
         if writes:
             await self._cql.execute_all(writes)
+
+    async def writes(self, events: Sequence[ChatEvent]) -> list[Statement]:
+        """The upserts ``events`` cause, deduplicated (``streams.combined``)."""
+        return list(dict.fromkeys(s for event in events for s in statements(event)))
 
     async def get(self, media_id: str) -> MediaRow | None:
         """The row of ``media_id``, deleted ones included (``deleted`` says so)."""
@@ -115,7 +120,15 @@ class CassandraMedia:
         rows = await self._cql.execute(_SELECT_ACCESS, (media_id,))
         return [r.conversation_id for r in rows]
 
-    async def all_media(self) -> list[tuple[str, int, bool]]:
-        """``(media_id, created_ts, deleted)`` of every row: a full scan, for the orphan job only."""
+    async def all_media(self) -> list[MediaListing]:
+        """Every row, briefly: a full scan, for the orphan job only."""
         rows = await self._cql.execute_paged(_SELECT_ALL)
-        return [(r.media_id, r.created_ts, bool(r.deleted)) for r in rows]
+        return [
+            MediaListing(
+                r.media_id,
+                r.created_ts,
+                bool(r.deleted),
+                tuple(k for k in (r.object_key, r.thumbnail_key, r.shared_key) if k),
+            )
+            for r in rows
+        ]

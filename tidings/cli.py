@@ -15,6 +15,7 @@ import typer
 
 from tidings.archive_cli import archive_app, replay_app, verify_cmd
 from tidings.keyspaces import with_active_keyspace
+from tidings.media_cli import media_app
 from tidings.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Tidings: event-sourced chat backend.")
@@ -22,6 +23,7 @@ services_app = typer.Typer(no_args_is_help=True, help="Local Kafka, Cassandra an
 app.add_typer(services_app, name="services")
 app.add_typer(archive_app, name="archive")
 app.add_typer(replay_app, name="replay")
+app.add_typer(media_app, name="media")
 app.command("verify")(verify_cmd)
 
 ROOT = Path(__file__).resolve().parent.parent

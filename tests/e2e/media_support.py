@@ -6,57 +6,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import http.client
-import io
 import socket
-import struct
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import zlib
 from typing import Any
 
 import orjson
-from PIL import Image
 
 from tests.e2e.conftest import System
+from tests.media_images import GPS, has_gps, jpeg, png, png_bomb
 from tidings.media_store import open_store
 from tidings.settings import Settings
-
-GPS = {1: "N", 2: (52.0, 31.0, 12.5), 3: "E", 4: (13.0, 24.0, 1.0)}
-
-
-def jpeg(width: int = 400, height: int = 200, *, gps: bool = True, orientation: int = 6) -> bytes:
-    """A JPEG with EXIF orientation (6: shown turned 90° clockwise) and GPS coordinates."""
-    im = Image.new("RGB", (width, height), (200, 30, 30))
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    if gps:
-        exif.get_ifd(0x8825).update(GPS)
-    out = io.BytesIO()
-    im.save(out, format="JPEG", exif=exif.tobytes(), quality=90)
-    return out.getvalue()
-
-
-def png(width: int = 64, height: int = 48) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (width, height), (10, 200, 10)).save(out, format="PNG")
-    return out.getvalue()
-
-
-def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
-    """A tiny PNG whose header claims ``width`` x ``height`` pixels (10 gigapixels)."""
-    data = bytearray(png(1, 1))
-    ihdr = 8 + 8  # signature, then length + "IHDR"
-    data[ihdr : ihdr + 8] = struct.pack(">II", width, height)
-    crc = zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13]))
-    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", crc)
-    return bytes(data)
-
-
-def has_gps(data: bytes) -> bool:
-    with Image.open(io.BytesIO(data)) as im:
-        return bool(im.getexif().get_ifd(0x8825))
 
 
 def sha256(data: bytes) -> str:
@@ -160,3 +122,6 @@ def stored_keys(settings: Settings) -> set[str]:
             return found | {f"multipart:{u['Key']}" for u in uploads.get("Uploads", [])}
 
     return asyncio.run(listing())
+
+
+__all__ = ["GPS", "has_gps", "jpeg", "png", "png_bomb"]

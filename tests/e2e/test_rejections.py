@@ -164,7 +164,8 @@ def test_unknown_route_is_404_json_and_ops_endpoints_answer(system: System) -> N
     assert status == 404 and payload["error"]["code"] == "not_found"
     assert system.request("GET", "/healthz")[0] == 200
     status, ready = system.request("GET", "/readyz")
-    assert status == 200 and ready["checks"] == {"kafka": "ok", "cassandra": "ok", "redis": "ok"}
+    assert status == 200
+    assert ready["checks"] == {"kafka": "ok", "cassandra": "ok", "redis": "ok", "s3": "ok"}
 
 
 async def test_metrics_count_traffic(system: System) -> None:
