@@ -31,15 +31,25 @@ def _missing(exc: ClientError) -> bool:
 
 
 class S3ObjectStore:
-    def __init__(self, client: Any, bucket: str) -> None:
+    def __init__(self, client: Any, bucket: str, *, presigner: Any = None) -> None:
         self._client = client
+        # Presigned URLs sign the host: when clients reach the store by another address than
+        # the gateway does (containers), they are signed by a client of that address.
+        self._presigner = presigner if presigner is not None else client
         self.bucket = bucket
 
     @classmethod
     async def open(
-        cls, *, endpoint: str, region: str, access_key: str, secret_key: str, bucket: str
+        cls,
+        *,
+        endpoint: str,
+        region: str,
+        access_key: str,
+        secret_key: str,
+        bucket: str,
+        public_endpoint: str | None = None,
     ) -> tuple[S3ObjectStore, contextlib.AsyncExitStack]:
-        """A store and the exit stack that closes its client."""
+        """A store and the exit stack that closes its client(s)."""
         stack = contextlib.AsyncExitStack()
         config = AioConfig(
             signature_version="s3v4",
@@ -53,17 +63,22 @@ class S3ObjectStore:
             read_timeout=60,
             max_pool_connections=50,
         )
-        client = await stack.enter_async_context(
-            get_session().create_client(
-                "s3",
-                endpoint_url=endpoint,
-                region_name=region,
-                aws_access_key_id=access_key,
-                aws_secret_access_key=secret_key,
-                config=config,
+        session = get_session()
+        clients = []
+        for url in (endpoint, public_endpoint) if public_endpoint else (endpoint,):
+            clients.append(
+                await stack.enter_async_context(
+                    session.create_client(
+                        "s3",
+                        endpoint_url=url,
+                        region_name=region,
+                        aws_access_key_id=access_key,
+                        aws_secret_access_key=secret_key,
+                        config=config,
+                    )
+                )
             )
-        )
-        return cls(client, bucket), stack
+        return cls(clients[0], bucket, presigner=clients[-1]), stack
 
     async def ensure_bucket(self) -> bool:
         """Create the bucket unless it exists; True when this call created it."""
@@ -200,11 +215,11 @@ class S3ObjectStore:
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if content_type is not None:
             params["ResponseContentType"] = content_type
-        url: str = await self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl_s)
+        url: str = await self._presigner.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl_s)
         return url
 
     async def presign_put(self, key: str, content_type: str, ttl_s: int) -> str:
-        url: str = await self._client.generate_presigned_url(
+        url: str = await self._presigner.generate_presigned_url(
             "put_object",
             Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type},
             ExpiresIn=ttl_s,

@@ -17,6 +17,7 @@ async def open_store(settings: Settings) -> tuple[S3ObjectStore, contextlib.Asyn
         access_key=settings.s3_access_key,
         secret_key=settings.s3_secret_key.get_secret_value(),
         bucket=settings.s3_bucket,
+        public_endpoint=settings.s3_public_endpoint,
     )
 
 

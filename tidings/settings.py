@@ -123,8 +123,11 @@ class Settings(BaseSettings):
     # any S3 or R2 endpoint in production). Development credentials; set real ones in production.
     s3_host: str = "127.0.0.1"
     s3_port: int = 19070
-    # The endpoint clients and the gateway use; default http://<s3_host>:<s3_port>.
+    # The endpoint the gateway and workers use; default http://<s3_host>:<s3_port>.
     s3_endpoint: str | None = None
+    # The endpoint clients reach the store by, when it differs (containers): presigned URLs are
+    # signed for it. Default: s3_endpoint.
+    s3_public_endpoint: str | None = None
     s3_region: str = "us-east-1"
     s3_access_key: str = "tidings-dev"
     s3_secret_key: SecretStr = SecretStr("tidings-dev-secret-key-change-me")

@@ -105,3 +105,23 @@ async def test_keys_lists_what_is_stored(store: S3ObjectStore) -> None:
     await store.put_bytes(key, b"x", "text/plain")
     listed = {k: ts async for k, ts in store.keys(key)}
     assert set(listed) == {key} and listed[key] > 0
+
+
+async def test_presigned_urls_are_signed_for_the_public_endpoint(services: Settings) -> None:
+    public = f"http://localhost:{services.s3_port}"
+    store, stack = await S3ObjectStore.open(
+        endpoint=services.s3_endpoint_url,
+        region=services.s3_region,
+        access_key=services.s3_access_key,
+        secret_key=services.s3_secret_key.get_secret_value(),
+        bucket=services.s3_bucket,
+        public_endpoint=public,
+    )
+    async with stack:
+        key = _key()
+        await store.put_bytes(key, b"via the public name", "text/plain")
+        url = await store.presign_get(key, 60)
+        assert url.startswith(public + "/")
+        assert _http(url) == 200
+        # Signed for that host only: the same URL by another name is refused by the store.
+        assert _http(url.replace("localhost", "127.0.0.1", 1)) == 403
