@@ -38,26 +38,38 @@ DAILY_BYTES = 600_000
 
 
 @pytest.fixture(scope="module")
-def small(system: System, services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    """A second gateway with small media limits (the session's workers do the rest)."""
-    gateway = System(
-        services,
-        tmp_path_factory.mktemp("media-small"),
-        env={
-            "TIDINGS_MEDIA_MAX_DIRECT_BYTES": str(SMALL_LIMIT),
-            "TIDINGS_MEDIA_MAX_UPLOAD_BYTES": str(SMALL_LIMIT),
-            "TIDINGS_MEDIA_DAILY_BYTES": str(DAILY_BYTES),
-            "TIDINGS_RATE_MEDIA_PER_S": "0.01",
-            "TIDINGS_RATE_MEDIA_BURST": "8",
-        },
-    )
-    gateway.env["TIDINGS_AUTH_SECRET"] = services.resolved_auth_secret()
-    gateway.start("gateway")
+def smalls(
+    system: System, services: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[System, System]]:
+    """Two more gateways with small media limits (the session's workers do the rest)."""
+    gateways = []
+    for name in ("media-small", "media-small2"):
+        gateway = System(
+            services,
+            tmp_path_factory.mktemp(name),
+            env={
+                "TIDINGS_MEDIA_MAX_DIRECT_BYTES": str(SMALL_LIMIT),
+                "TIDINGS_MEDIA_MAX_UPLOAD_BYTES": str(SMALL_LIMIT),
+                "TIDINGS_MEDIA_DAILY_BYTES": str(DAILY_BYTES),
+                "TIDINGS_RATE_MEDIA_PER_S": "0.01",
+                "TIDINGS_RATE_MEDIA_BURST": "8",
+            },
+        )
+        gateway.env["TIDINGS_AUTH_SECRET"] = services.resolved_auth_secret()
+        gateway.start("gateway")
+        gateways.append(gateway)
     try:
-        gateway.wait_ready()
-        yield gateway
+        for gateway in gateways:
+            gateway.wait_ready()
+        yield gateways[0], gateways[1]
     finally:
-        gateway.stop()
+        for gateway in gateways:
+            gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def small(smalls: tuple[System, System]) -> System:
+    return smalls[0]
 
 
 def test_a_photo_sent_in_a_group_reaches_members_who_download_it_a_stranger_cannot(system: System) -> None:
@@ -137,6 +149,28 @@ def test_sending_media_only_by_the_uploader_and_of_the_right_type(system: System
     assert send(a, "file", uuid.uuid4().hex) == 404
     assert call(system, "GET", f"/v1/media/{pdf['media_id']}", user=b)[0] == 403  # not sent yet
     assert send(a, "file", pdf["media_id"]) == 202
+
+    async def over_websocket() -> dict[str, object]:
+        async with system.connect(a) as client:
+            await client.send(
+                {
+                    "type": "send",
+                    "ref": "w1",
+                    "client_msg_id": uuid.uuid4().hex,
+                    "conversation_id": cid,
+                    "kind": "file",
+                    "body": "again",
+                    "media_id": pdf["media_id"],
+                }
+            )
+            await client.expect("ack", ref="w1")
+            while True:  # the HTTP send's frame may come first
+                message: dict[str, object] = (await client.expect("message"))["message"]
+                if message["body"] == "again":
+                    return message
+
+    message = asyncio.run(over_websocket())
+    assert message["kind"] == "file" and message["media"]["media_id"] == pdf["media_id"]  # type: ignore[index]
     status, _, data = download(system, b, f"/v1/media/{pdf['media_id']}")
     assert status == 302 and data == b"%PDF-1.4 not much of a pdf"
     assert call(system, "GET", f"/v1/media/{pdf['media_id']}/thumbnail", user=b)[0] == 404
@@ -248,18 +282,49 @@ def test_presigned_upload_complete_and_mismatches(system: System, services: Sett
     assert fetch(str(short["upload_url"]), "PUT", data[:-5], headers)[0] == 200
     assert call(system, "POST", f"/v1/media/{short['media_id']}/complete", user=u)[0] == 409
     assert stored_keys(services) == before
+    # An image checked at complete too: a decompression bomb's header is 400, and discarded.
+    bomb = png_bomb()
+    status, _, started = call(
+        system,
+        "POST",
+        "/v1/media/uploads",
+        user=u,
+        body=orjson.dumps({"content_type": "image/png", "size": len(bomb), "sha256": sha256(bomb)}),
+    )
+    assert status == 201, started
+    assert fetch(started["upload_url"], "PUT", bomb, {"Content-Type": "image/png"})[0] == 200
+    status, _, body = call(system, "POST", f"/v1/media/{started['media_id']}/complete", user=u)
+    assert status == 400 and "pixels" in body["error"]["message"]
+    assert stored_keys(services) == before
 
 
-def test_upload_rate_and_daily_bytes_are_limited(small: System) -> None:
+def test_upload_rate_and_daily_bytes_are_limited_across_gateways(smalls: tuple[System, System]) -> None:
+    one, two = smalls
     u = user()
     blob = b"z" * 250_000
-    assert upload(small, u, blob, "application/octet-stream")[0] == 201
-    assert upload(small, u, blob, "application/octet-stream")[0] == 201
-    status, headers, body = call(
-        small, "POST", "/v1/media", user=u, body=blob, headers={"Content-Type": "application/octet-stream"}
+    assert upload(one, u, blob, "application/octet-stream")[0] == 201
+    assert upload(two, u, blob, "application/octet-stream")[0] == 201
+    # 500,000 bytes today of 600,000: another 250,000 is refused, on either gateway.
+    for gateway in (one, two):
+        status, headers, body = call(
+            gateway,
+            "POST",
+            "/v1/media",
+            user=u,
+            body=blob,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert status == 429 and body["error"]["code"] == "rate_limited", body
+        assert int(headers["retry-after"]) >= 1
+    status, _, body = call(
+        two,
+        "POST",
+        "/v1/media/uploads",
+        user=u,
+        body=orjson.dumps({"content_type": "application/zip", "size": 200_000, "sha256": sha256(b"x")}),
     )
-    assert status == 429 and body["error"]["code"] == "rate_limited" and int(headers["retry-after"]) >= 1
-    # The rate: a burst of 8 uploads, then 429 whatever their size.
+    assert status == 429, body
+    # The rate: a burst of 8 uploads between both gateways, then 429 whatever their size.
     v = user()
-    codes = [upload(small, v, b"tiny", "text/plain")[0] for _ in range(10)]
+    codes = [upload((one, two)[i % 2], v, b"tiny", "text/plain")[0] for i in range(10)]
     assert codes[:8] == [201] * 8 and codes[8:] == [429, 429]
