@@ -1,5 +1,5 @@
-"""The media worker's stage: thumbnails and location-free copies of stored images, off the
-request path.
+"""The media worker's stage: thumbnails and location-free copies of stored images (and
+thumbnails of videos' first frames), off the request path.
 
 For each ``MediaStored`` image it reads the object, makes a WebP thumbnail (longest side
 ``longest_side``, EXIF orientation applied), and, when the image's EXIF carries GPS data, a copy
@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from commands.images import ImageRefused, has_location, thumbnail, without_location
 from commands.media import MediaIndex, ObjectStore, new_object_key
+from commands.videos import VideoThumbnails
 from events import ChatEvent, MediaStored, ThumbnailMade
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class Thumbnailer:
         longest_side: int,
         max_pixels: int,
         max_bytes: int,
+        videos: VideoThumbnails | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -46,12 +48,17 @@ class Thumbnailer:
         self._longest_side = longest_side
         self._max_pixels = max_pixels
         self._max_bytes = max_bytes
+        self._videos = videos
         self._clock = clock
 
     async def apply(self, events: Sequence[ChatEvent]) -> None:
         for event in events:
-            if isinstance(event, MediaStored) and event.content_type.startswith("image/"):
+            if not isinstance(event, MediaStored):
+                continue
+            if event.content_type.startswith("image/"):
                 await self.process(event)
+            elif event.content_type.startswith("video/") and self._videos is not None:
+                await self.process_video(event, self._videos)
 
     async def process(self, event: MediaStored) -> ThumbnailMade | None:
         """Make what ``event``'s image needs and append ``ThumbnailMade``; None when skipped."""
@@ -93,6 +100,36 @@ class Thumbnailer:
             thumbnail_key=thumb_key,
             shared_key=shared,
             location_removed=removed,
+            ts=int(self._clock() * 1000),
+        )
+        await self._append(made)
+        return made
+
+    async def process_video(self, event: MediaStored, videos: VideoThumbnails) -> ThumbnailMade | None:
+        """A thumbnail of the video's first frame, when one can be read; the video itself is
+        shared as uploaded."""
+        row = await self._index.get(event.media_id)
+        if row is not None and (row.processed or row.deleted):
+            return None
+        store = await self._store()
+        thumb_key = None
+        if event.size <= self._max_bytes:
+            data = await store.read(event.object_key)
+            if data is None:
+                log.warning("media %s: object gone before it was processed", event.media_id)
+                return None
+            try:
+                thumb = await videos.make(data)
+            except ImageRefused as exc:
+                log.warning("media %s: no video thumbnail (%s)", event.media_id, exc)
+            else:
+                thumb_key = new_object_key("t")
+                await store.put_bytes(thumb_key, thumb, "image/webp")
+        made = ThumbnailMade(
+            media_id=event.media_id,
+            thumbnail_key=thumb_key,
+            shared_key=event.object_key,
+            location_removed=False,
             ts=int(self._clock() * 1000),
         )
         await self._append(made)

@@ -42,3 +42,20 @@ def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
 def has_gps(data: bytes) -> bool:
     with Image.open(io.BytesIO(data)) as im:
         return bool(im.getexif().get_ifd(0x8825))
+
+
+def mp4(width: int = 640, height: int = 360, frames: int = 5) -> bytes:
+    """A short H.264 MP4 (red frames), made with PyAV's bundled FFmpeg."""
+    import av
+
+    out = io.BytesIO()
+    with av.open(out, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for _ in range(frames):
+            frame = av.VideoFrame.from_image(Image.new("RGB", (width, height), (200, 20, 20)))
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return out.getvalue()

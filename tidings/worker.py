@@ -11,6 +11,7 @@ import uvloop
 from prometheus_client import start_http_server
 
 from commands.media import ObjectStore
+from commands.videos import VideoThumbnails
 from events import Topics
 from projections.cql import Cql, connect_to
 from projections.media import CassandraMedia
@@ -112,6 +113,9 @@ def media_roles(cql: Cql, settings: Settings) -> tuple[list[Stage], list[Callabl
             longest_side=settings.media_thumbnail_px,
             max_pixels=settings.media_max_pixels,
             max_bytes=settings.media_max_direct_bytes * 2,
+            videos=VideoThumbnails(
+                longest_side=settings.media_thumbnail_px, max_pixels=settings.media_max_pixels
+            ),
         )
 
     return [index], [thumbnailer]

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from tests.e2e.conftest import System
-from tests.media_images import GPS, has_gps, jpeg, png, png_bomb
+from tests.media_images import GPS, has_gps, jpeg, mp4, png, png_bomb
 from tidings.media_store import open_store
 from tidings.settings import Settings
 
@@ -124,4 +124,4 @@ def stored_keys(settings: Settings) -> set[str]:
     return asyncio.run(listing())
 
 
-__all__ = ["GPS", "has_gps", "jpeg", "png", "png_bomb"]
+__all__ = ["GPS", "has_gps", "jpeg", "mp4", "png", "png_bomb"]

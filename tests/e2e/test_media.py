@@ -22,6 +22,7 @@ from tests.e2e.media_support import (
     fetch,
     has_gps,
     jpeg,
+    mp4,
     png,
     png_bomb,
     raw_request,
@@ -174,6 +175,25 @@ def test_sending_media_only_by_the_uploader_and_of_the_right_type(system: System
     status, _, data = download(system, b, f"/v1/media/{pdf['media_id']}")
     assert status == 302 and data == b"%PDF-1.4 not much of a pdf"
     assert call(system, "GET", f"/v1/media/{pdf['media_id']}/thumbnail", user=b)[0] == 404
+
+
+def test_a_video_gets_a_thumbnail_of_its_first_frame(system: System) -> None:
+    a, b = user(), user()
+    cid = f"dm:{min(a, b)}:{max(a, b)}"
+    clip = mp4()
+    status, video = upload(system, a, clip, "video/mp4")
+    assert status == 201 and video["size"] == len(clip) and "width" not in video
+    body = {"client_msg_id": "v1", "kind": "image", "body": "", "media_id": video["media_id"]}
+    assert system.request("POST", f"/v1/conversations/{cid}/messages", user=a, body=body)[0] == 400
+    body["kind"] = "video"
+    assert system.request("POST", f"/v1/conversations/{cid}/messages", user=a, body=body)[0] == 202
+
+    status, _, thumb = download(system, b, f"/v1/media/{video['media_id']}/thumbnail")
+    assert status == 302
+    with Image.open(io.BytesIO(thumb)) as im:
+        assert im.format == "WEBP" and im.size == (320, 180)
+    status, _, data = download(system, b, f"/v1/media/{video['media_id']}")
+    assert status == 302 and data == clip
 
 
 def test_bad_uploads_are_refused_and_leave_nothing(system: System, services: Settings) -> None:

@@ -10,15 +10,16 @@ from collections.abc import AsyncIterator
 import pytest
 from PIL import Image
 
-from commands.images import has_location, thumbnail, without_location
+from commands.images import ImageRefused, has_location, thumbnail, without_location
 from commands.media import MediaPolicy, MediaService
 from commands.media_gc import collect_orphans
 from commands.media_memory import MemoryByteQuota, MemoryMediaIndex, MemoryObjectStore, MemoryPendingUploads
 from commands.memory import MemoryDirectory, MemoryEventLog
+from commands.videos import VideoThumbnails, video_thumbnail
 from events import MediaDeleted, MediaStored, ThumbnailMade
 from events.errors import Conflict, Forbidden, Invalid, NotFound, RateLimited, TooLarge
 from streams.media import Thumbnailer
-from tests.media_images import jpeg, png, png_bomb
+from tests.media_images import jpeg, mp4, png, png_bomb
 
 pytestmark = pytest.mark.unit
 
@@ -256,6 +257,46 @@ async def test_thumbnailer_makes_thumbnail_and_clean_copy_and_survives_a_bomb() 
     count = len(log.events)
     await stage.apply([photo, plain])
     assert len(log.events) == count
+
+
+def test_video_thumbnail_is_the_first_frame_within_320_px() -> None:
+    thumb = video_thumbnail(mp4(), longest_side=320, max_pixels=10**8)
+    with Image.open(io.BytesIO(thumb)) as im:
+        assert im.format == "WEBP" and im.size == (320, 180)
+        red, green, _ = im.convert("RGB").getpixel((10, 10))  # type: ignore[misc]
+        assert red > 150 and green < 60
+    with pytest.raises(ImageRefused):
+        video_thumbnail(b"not a video" * 100, longest_side=320, max_pixels=10**8)
+    with pytest.raises(ImageRefused):  # frame size checked before decoding
+        video_thumbnail(mp4(), longest_side=320, max_pixels=640 * 360 - 1)
+
+
+async def test_thumbnailer_thumbnails_videos_in_a_process_of_its_own() -> None:
+    store, index, log = MemoryObjectStore(), MemoryMediaIndex(), MemoryEventLog()
+    videos = VideoThumbnails(longest_side=320, max_pixels=10**8)
+    stage = Thumbnailer(
+        _returns(store), index, log.append, longest_side=320, max_pixels=10**8, max_bytes=10**7, videos=videos
+    )
+    try:
+        for media_id, data in (("v", mp4()), ("x", b"junk" * 100)):
+            store.objects[f"o/{media_id}"] = (data, "video/mp4")
+            event = MediaStored(
+                media_id=media_id,
+                uploader_id="a",
+                object_key=f"o/{media_id}",
+                content_type="video/mp4",
+                size=len(data),
+                sha256="0" * 64,
+                ts=1,
+            )
+            await stage.apply([event])
+    finally:
+        videos.close()
+    made = {e.media_id: e for e in log.events if isinstance(e, ThumbnailMade)}
+    assert made["v"].thumbnail_key is not None and made["v"].shared_key == "o/v"
+    with Image.open(io.BytesIO(store.objects[made["v"].thumbnail_key][0])) as im:
+        assert im.size == (320, 180)
+    assert made["x"].thumbnail_key is None and made["x"].shared_key == "o/x"  # refused, not crashed
 
 
 async def test_orphan_job_deletes_only_old_unsent_media_and_stray_objects() -> None:
