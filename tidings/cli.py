@@ -140,6 +140,7 @@ def up() -> None:
             f"\nTidings is up in {time.monotonic() - started_at:.1f}s\n"
             f"  WebSocket  ws://{settings.http_host}:{settings.http_port}/v1/ws?token=<token>\n"
             f"  HTTP       {url}/v1/...   metrics {url}/metrics\n"
+            f"  media      {settings.s3_endpoint_url}/{settings.s3_bucket} (S3; docs/media.md)\n"
             f"  a token    python3 -m tidings token alice\n"
             "Ctrl-C stops everything this command started."
         )
