@@ -32,7 +32,9 @@ class ObjectStore(Protocol):
     def chunks(self, key: str) -> AsyncIterator[bytes]: ...
     async def delete(self, key: str) -> None: ...
     async def presign_get(self, key: str, ttl_s: int, *, content_type: str | None = None) -> str: ...
-    async def presign_put(self, key: str, content_type: str, ttl_s: int) -> str: ...
+    async def presign_put(
+        self, key: str, content_type: str, ttl_s: int, *, size: int | None = None
+    ) -> str: ...
 
 
 class MediaIndex(Protocol):
@@ -234,7 +236,7 @@ class MediaService:
             sha256=digest,
             expires_ts=self._now_ms() + ttl * 1000,
         )
-        url = await self.store.presign_put(upload.object_key, ctype, ttl)
+        url = await self.store.presign_put(upload.object_key, ctype, ttl, size=size)
         # Kept past the URL's life, so that a PUT begun just before expiry can still complete.
         await self.pending.put(upload, ttl * 2)
         return {"media_id": upload.media_id, "upload_url": url, "expires_ts": upload.expires_ts}

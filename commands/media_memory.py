@@ -51,8 +51,8 @@ class MemoryObjectStore:
     async def presign_get(self, key: str, ttl_s: int, *, content_type: str | None = None) -> str:
         return f"memory://{key}?get&ttl={ttl_s}"
 
-    async def presign_put(self, key: str, content_type: str, ttl_s: int) -> str:
-        return f"memory://{key}?put&ttl={ttl_s}"
+    async def presign_put(self, key: str, content_type: str, ttl_s: int, *, size: int | None = None) -> str:
+        return f"memory://{key}?put&ttl={ttl_s}&size={size}"
 
 
 class MemoryMediaIndex:

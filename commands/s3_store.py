@@ -218,10 +218,11 @@ class S3ObjectStore:
         url: str = await self._presigner.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl_s)
         return url
 
-    async def presign_put(self, key: str, content_type: str, ttl_s: int) -> str:
-        url: str = await self._presigner.generate_presigned_url(
-            "put_object",
-            Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type},
-            ExpiresIn=ttl_s,
-        )
+    async def presign_put(self, key: str, content_type: str, ttl_s: int, *, size: int | None = None) -> str:
+        """A presigned PUT of ``key``; its ``Content-Type`` (and ``Content-Length``, when
+        ``size`` is given) are signed, so the store refuses a PUT with any other."""
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "ContentType": content_type}
+        if size is not None:
+            params["ContentLength"] = size
+        url: str = await self._presigner.generate_presigned_url("put_object", Params=params, ExpiresIn=ttl_s)
         return url

@@ -90,11 +90,13 @@ async def test_the_store_itself_refuses_tampered_and_expired_presigned_urls(stor
     assert _http(short) in (400, 403)
 
 
-async def test_presigned_put_takes_only_the_signed_content_type(store: S3ObjectStore) -> None:
+async def test_presigned_put_takes_only_the_signed_content_type_and_length(store: S3ObjectStore) -> None:
     key = _key()
-    url = await store.presign_put(key, "image/png", 60)
+    url = await store.presign_put(key, "image/png", 60, size=4)
 
     assert _http(url, "PUT", b"png?", {"Content-Type": "image/gif"}) == 403
+    assert _http(url, "PUT", b"png!!", {"Content-Type": "image/png"}) == 403  # one byte more
+    assert _http(url, "PUT", b"png", {"Content-Type": "image/png"}) == 403  # one less
     assert await store.size(key) is None
     assert _http(url, "PUT", b"png!", {"Content-Type": "image/png"}) == 200
     assert await store.read(key) == b"png!"
