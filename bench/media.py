@@ -3,6 +3,8 @@ store (versitygw), over the client protocol.
 
 - direct uploads (``POST /v1/media``) of 100 KB and 5 MB files, ``--concurrency`` at a time:
   uploads/s and MB/s;
+- four direct uploads of 25 MB at once, the gateway's RSS sampled every 50 ms (each upload holds
+  at most one 5 MiB part and the 1 MiB head of an image);
 - a presigned upload of ``--big-mb`` (1024: 1 GB): the client PUTs to the store, then
   ``complete`` makes the gateway read the object back through sha256; the gateway's RSS (all of
   its processes) is sampled every 100 ms from before the PUT to the end of ``complete`` and must
@@ -113,6 +115,35 @@ async def uploads(client: Client, size: int, count: int, concurrency: int) -> di
     await asyncio.gather(*(one_lane() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
     return {"uploads_per_s": count / elapsed, "mb_per_s": count * size / MB / elapsed, "seconds": elapsed}
+
+
+async def direct_rss(client: Client, gateway_pid: int | None, size: int, count: int) -> dict[str, float]:
+    """``count`` direct uploads of ``size`` bytes at once, the gateway's RSS sampled meanwhile."""
+    data = os.urandom(size)
+    user = f"br{uuid.uuid4().hex[:8]}"
+    samples: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append(gateway_rss(gateway_pid))
+            time.sleep(0.05)
+
+    baseline = gateway_rss(gateway_pid)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client.upload(user, data, "application/octet-stream") for _ in range(count)))
+    elapsed = time.perf_counter() - t0
+    stop.set()
+    sampler.join()
+    return {
+        "seconds": elapsed,
+        "mb_per_s": count * size / MB / elapsed,
+        "rss_before_mb": baseline / MB,
+        "rss_peak_mb": max(samples) / MB,
+        "rss_growth_mb": (max(samples) - baseline) / MB,
+    }
 
 
 async def big_presigned(client: Client, size_mb: int, gateway_pid: int | None) -> dict[str, float]:
@@ -240,6 +271,8 @@ async def run(args: argparse.Namespace, base: str, secret: str, gateway_pid: int
         print("download 100 KB:", results["download_100kb"], flush=True)
         results["thumbnails"] = await thumbnails(client, args.photos)
         print("thumbnails:", fmt(results["thumbnails"]), flush=True)
+        results["direct_25mb_x4"] = await direct_rss(client, gateway_pid, 25 * MB, 4)
+        print("direct 4 x 25 MB at once:", fmt(results["direct_25mb_x4"]), flush=True)
         results["presigned_big"] = await big_presigned(client, args.big_mb, gateway_pid)
         print(f"presigned {args.big_mb} MB:", fmt(results["presigned_big"]), flush=True)
         return results
