@@ -51,28 +51,36 @@ def video_thumbnail(data: bytes, *, longest_side: int, max_pixels: int) -> bytes
 
 class VideoThumbnails:
     """``video_thumbnail`` in one spawned worker process, started on first use and started
-    again if a video crashed it."""
+    again if a video crashed it or took longer than ``timeout_s`` (the process is killed)."""
 
-    def __init__(self, *, longest_side: int, max_pixels: int) -> None:
+    def __init__(self, *, longest_side: int, max_pixels: int, timeout_s: float = 30.0) -> None:
         self._longest_side = longest_side
         self._max_pixels = max_pixels
+        self._timeout_s = timeout_s
         self._pool: ProcessPoolExecutor | None = None
 
     async def make(self, data: bytes) -> bytes:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
         loop = asyncio.get_running_loop()
+        call = loop.run_in_executor(self._pool, _thumbnail_call, data, self._longest_side, self._max_pixels)
         try:
-            return await loop.run_in_executor(
-                self._pool,
-                _thumbnail_call,
-                data,
-                self._longest_side,
-                self._max_pixels,
-            )
+            return await asyncio.wait_for(call, self._timeout_s)
         except BrokenProcessPool as exc:
             self._pool = None
             raise ImageRefused(f"the decoder process died on this video ({exc})") from exc
+        except TimeoutError as exc:
+            self._kill()
+            raise ImageRefused(f"no frame within {self._timeout_s:.0f} s; decoder process killed") from exc
+
+    def _kill(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        # ProcessPoolExecutor has no public way to stop a busy worker before Python 3.14.
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -299,6 +299,20 @@ async def test_thumbnailer_thumbnails_videos_in_a_process_of_its_own() -> None:
     assert made["x"].thumbnail_key is None and made["x"].shared_key == "o/x"  # refused, not crashed
 
 
+async def test_a_video_that_takes_too_long_is_refused_and_the_decoder_replaced() -> None:
+    clip = mp4()
+    videos = VideoThumbnails(longest_side=320, max_pixels=10**8, timeout_s=0.001)
+    try:
+        with pytest.raises(ImageRefused, match="killed"):
+            await videos.make(clip)  # not even the process starts that fast
+        videos._timeout_s = 60
+        thumb = await videos.make(clip)  # a fresh process
+        with Image.open(io.BytesIO(thumb)) as im:
+            assert im.size == (320, 180)
+    finally:
+        videos.close()
+
+
 async def test_orphan_job_deletes_only_old_unsent_media_and_stray_objects() -> None:
     store, index, log = MemoryObjectStore(), MemoryMediaIndex(), MemoryEventLog()
     day = 86_400_000
