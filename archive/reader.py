@@ -30,6 +30,20 @@ _RETRIES = 20
 _COLUMNS = "message_id, sender_id, client_msg_id, kind, body, media, epoch_ms(ts) AS ts"
 
 
+# Messages with their media, one row per message carrying media: the media reference each
+# archived message keeps (its `media` JSON), as columns to join and group by.
+MESSAGE_MEDIA = """
+SELECT conversation_id, message_id, sender_id, kind, ts, day,
+       json_extract_string(media, '$.media_id') AS media_id,
+       json_extract_string(media, '$.content_type') AS content_type,
+       CAST(json_extract(media, '$.size') AS BIGINT) AS size,
+       json_extract_string(media, '$.sha256') AS sha256,
+       CAST(json_extract(media, '$.width') AS INTEGER) AS width,
+       CAST(json_extract(media, '$.height') AS INTEGER) AS height
+FROM messages WHERE media IS NOT NULL
+"""
+
+
 def _literal_list(paths: list[str]) -> str:
     return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
 
@@ -115,6 +129,7 @@ class ArchiveReader:
         cur = self._db.cursor()
         for table in TABLES:
             cur.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS {self.view_sql(manifest, table)}")
+        cur.execute(f"CREATE OR REPLACE TEMP VIEW message_media AS {MESSAGE_MEDIA}")
         return cur
 
     def sql(self, query: str) -> pa.Table:

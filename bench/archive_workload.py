@@ -12,11 +12,14 @@ from aiokafka import AIOKafkaProducer
 from events import (
     ChatEvent,
     GroupCreated,
+    MediaDeleted,
+    MediaStored,
     Member,
     MembersAdded,
     MessageSent,
     PresenceChanged,
     ReceiptRecorded,
+    ThumbnailMade,
     direct_conversation_id,
     encode_event,
     partition_key,
@@ -115,7 +118,11 @@ def synthetic_events(
 
 
 def _key(event: ChatEvent) -> str:
-    return event.user_id if isinstance(event, PresenceChanged) else event.conversation_id
+    if isinstance(event, PresenceChanged):
+        return event.user_id
+    if isinstance(event, MediaStored | ThumbnailMade | MediaDeleted):
+        return event.media_id
+    return event.conversation_id
 
 
 async def produce(bootstrap: str, topic: str, events: Iterator[ChatEvent] | list[ChatEvent]) -> int:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from commands.membership import member_role
 from commands.model import Limits, SendMessage, decide_send
 from commands.ports import Directory, EventLog, IdempotencyStore, IdGenerator, SendRecord
-from events import MessageSent, snowflake_ts
+from events import MediaRef, MessageSent, snowflake_ts
 from events.errors import Conflict, Unavailable
 
 log_ = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ async def send_message(
     ids: IdGenerator,
     limits: Limits,
     directory: Directory,
+    media: MediaRef | None = None,
 ) -> SendResult:
     """Append a ``MessageSent``, at most once per ``(sender, client_msg_id)``.
 
@@ -41,7 +42,7 @@ async def send_message(
     """
     await member_role(directory, cmd.conversation_id, cmd.sender_id)
     message_id = ids.next_id()
-    event = decide_send(cmd, message_id=message_id, ts=snowflake_ts(message_id), limits=limits)
+    event = decide_send(cmd, message_id=message_id, ts=snowflake_ts(message_id), limits=limits, media=media)
     existing = await idempotency.claim(cmd.sender_id, cmd.client_msg_id, SendRecord(event, False))
     if existing is not None:
         prior = existing.event

@@ -12,7 +12,16 @@ from contextlib import AbstractContextManager
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from events import ChatEvent, PresenceChanged, Topics, encode_event, partition_key
+from events import (
+    ChatEvent,
+    MediaDeleted,
+    MediaStored,
+    PresenceChanged,
+    ThumbnailMade,
+    Topics,
+    encode_event,
+    partition_key,
+)
 from events.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -79,6 +88,8 @@ class KafkaEventLog:
     async def append(self, event: ChatEvent) -> None:
         if isinstance(event, PresenceChanged):
             topic, key = self._topics.presence_events, event.user_id
+        elif isinstance(event, MediaStored | ThumbnailMade | MediaDeleted):
+            topic, key = self._topics.media_events, event.media_id
         else:
             topic, key = self._topics.conversation_events, event.conversation_id
         producer = self._producer

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from events import MessageKind, MessageSent
+from events import MediaRef, MessageKind, MessageSent
 from events.errors import Invalid, NotFound, TooLarge
 
 
@@ -29,8 +29,11 @@ class SendMessage(BaseModel):
     media_id: str | None = None
 
 
-def decide_send(cmd: SendMessage, *, message_id: int, ts: int, limits: Limits) -> MessageSent:
-    """Validate a send by a member; return the event it produces."""
+def decide_send(
+    cmd: SendMessage, *, message_id: int, ts: int, limits: Limits, media: MediaRef | None = None
+) -> MessageSent:
+    """Validate a send by a member; return the event it produces. ``media`` is what the media
+    read model says of ``cmd.media_id`` (None when it knows no such media)."""
     if len(cmd.body) > limits.max_body_chars:
         raise TooLarge(f"body exceeds {limits.max_body_chars} characters")
     if cmd.kind == "text":
@@ -39,10 +42,10 @@ def decide_send(cmd: SendMessage, *, message_id: int, ts: int, limits: Limits) -
         if not cmd.body.strip():
             raise Invalid("a text message needs a non-empty body")
     else:
-        # Media messages need the media store, which is not built yet: no media_id can exist.
         if not cmd.media_id:
             raise Invalid(f"a {cmd.kind} message needs a media_id")
-        raise NotFound(f"no media {cmd.media_id!r}")
+        if media is None or media.media_id != cmd.media_id:
+            raise NotFound(f"no media {cmd.media_id!r}")
     return MessageSent(
         conversation_id=cmd.conversation_id,
         message_id=message_id,
@@ -51,6 +54,6 @@ def decide_send(cmd: SendMessage, *, message_id: int, ts: int, limits: Limits) -
         client_msg_id=cmd.client_msg_id,
         kind=cmd.kind,
         body=cmd.body,
-        media=None,
+        media=media if cmd.kind != "text" else None,
         ts=ts,
     )

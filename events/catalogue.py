@@ -22,11 +22,17 @@ class _Event(BaseModel):
 
 
 class MediaRef(BaseModel):
+    """The media a message carries, as the media read model knew it when the message was sent
+    (``sha256``, ``width`` and ``height`` are absent from events written before media existed)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     media_id: str
     content_type: str
     size: int
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
 
 
 class MessageSent(_Event):
@@ -157,13 +163,58 @@ class PresenceChanged(_Event):
     at: int
 
 
+class MediaStored(_Event):
+    """An upload's bytes are in the object store under ``object_key`` (random, unrelated to
+    ``media_id``), their size and sha256 checked. Keyed by ``media_id`` on the media topic."""
+
+    type: Literal["media.stored"] = "media.stored"
+    v: Literal[1] = 1
+    media_id: str
+    uploader_id: str
+    object_key: str
+    content_type: str
+    size: int
+    sha256: str
+    width: int | None = None
+    height: int | None = None
+    ts: int
+
+
+class ThumbnailMade(_Event):
+    """The media worker looked at a stored image (or video): ``thumbnail_key`` is its WebP
+    thumbnail, or None when none could be made (not decodable, too many pixels, a video without a
+    readable frame); ``shared_key`` is the object other members download: the original, or a copy
+    with the location metadata (EXIF GPS) removed."""
+
+    type: Literal["media.thumbnail_made"] = "media.thumbnail_made"
+    v: Literal[1] = 1
+    media_id: str
+    thumbnail_key: str | None
+    shared_key: str | None  # None: the location could not be removed, so only the uploader reads it
+    location_removed: bool = False
+    ts: int
+
+
+class MediaDeleted(_Event):
+    """The orphan job removed media that was uploaded and never sent, objects included."""
+
+    type: Literal["media.deleted"] = "media.deleted"
+    v: Literal[1] = 1
+    media_id: str
+    reason: str
+    ts: int
+
+
+MediaEvent = MediaStored | ThumbnailMade | MediaDeleted
+
 GroupEvent = (
     GroupCreated | MembersAdded | MemberRemoved | MemberRoleChanged | OwnershipTransferred | GroupRenamed
 )
 
 # The union of every event, told apart by ``type``.
 ChatEvent = Annotated[
-    MessageSent | ReceiptRecorded | GroupEvent | DirectOpened | PresenceChanged, Field(discriminator="type")
+    MessageSent | ReceiptRecorded | GroupEvent | DirectOpened | PresenceChanged | MediaEvent,
+    Field(discriminator="type"),
 ]
 
 _adapter: TypeAdapter[ChatEvent] = TypeAdapter(ChatEvent)

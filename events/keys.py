@@ -72,3 +72,13 @@ def presence_live() -> str:
 def presence_channel(user_id: str) -> str:
     """Pub/sub channel of a user's presence changes, subscribed by gateways with a watcher."""
     return f"deliver:presence:{user_id}"
+
+
+def media_upload(media_id: str) -> str:
+    """A presigned upload handed out and not completed yet (JSON, expires with the URL)."""
+    return f"media:upload:{media_id}"
+
+
+def media_bytes(user_id: str, day: int) -> str:
+    """Bytes a user uploaded on one UTC day (days since the epoch), shared by every gateway."""
+    return f"media:bytes:{user_id}:{day}"

@@ -24,6 +24,11 @@ class Topics:
         return f"{self.prefix}presence-events"
 
     @property
+    def media_events(self) -> str:
+        """Uploads, thumbnails and deletions of media; key ``media_id``; never compacted."""
+        return f"{self.prefix}media-events"
+
+    @property
     def notifications(self) -> str:
         return f"{self.prefix}notifications"
 
@@ -38,6 +43,7 @@ class Topics:
             self.presence_events,
             self.notifications,
             self.dead_letters,
+            self.media_events,
         )
 
 

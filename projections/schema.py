@@ -129,6 +129,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        7,
+        "media",
+        (
+            # One row per upload (projections/media.py): where its bytes are, what they are, its
+            # thumbnail and the copy other members download. `deleted` rows stay as tombstones.
+            """CREATE TABLE IF NOT EXISTS {ks}.media (
+                media_id text PRIMARY KEY, uploader_id text, object_key text, content_type text,
+                size bigint, sha256 text, width int, height int, created_ts bigint,
+                processed boolean, thumbnail_key text, shared_key text, location_removed boolean,
+                deleted boolean
+            )""",
+            # The access read model: the conversations a message carrying the media was sent
+            # to (from MessageSent), so their members may read it.
+            """CREATE TABLE IF NOT EXISTS {ks}.media_access (
+                media_id text, conversation_id text, message_id bigint,
+                PRIMARY KEY (media_id, conversation_id)
+            )""",
+        ),
+    ),
 )
 
 BOOTSTRAP = (

@@ -36,11 +36,14 @@ from events import (
     ChatEvent,
     GroupCreated,
     GroupEvent,
+    MediaDeleted,
+    MediaStored,
     MemberRemoved,
     MembersAdded,
     MessageSent,
     PresenceChanged,
     ReceiptRecorded,
+    ThumbnailMade,
     decode_event,
     dm_members,
     encode_event,
@@ -149,7 +152,8 @@ class CassandraSyncLog:
         heads: dict[str, int] = {}
         buckets: set[tuple[str, int]] = set()
         for partition, offset, event in events:
-            if isinstance(event, PresenceChanged):
+            # Media events have a topic of their own and no conversation.
+            if isinstance(event, PresenceChanged | MediaStored | ThumbnailMade | MediaDeleted):
                 continue
             cid = event.conversation_id
             heads[cid] = max(heads.get(cid, -1), offset)

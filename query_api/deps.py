@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from commands import EventLog, IdempotencyStore, IdGenerator, Limits, SendMessage, SendResult, send_message
 from commands.direct import DirectChats
+from commands.media import MediaService
 from commands.ports import Directory, Locks
 from commands.presence import PresenceStore, PresenceView
 from commands.receipts import RecordReceipt, Watermarks, record_receipt
@@ -77,6 +78,7 @@ class Dependencies:
     closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
     cold: ColdTier | None = None  # the Parquet archive, when there is one
     limiter: RateLimiter = field(default_factory=NoLimits)
+    media: MediaService | None = None  # uploads and downloads (the object store)
     direct_chats: DirectChats = field(init=False)
 
     def __post_init__(self) -> None:
@@ -93,6 +95,9 @@ class Dependencies:
             conversation_id=conversation_id,
             **request.model_dump(include={"client_msg_id", "kind", "body", "media_id"}),
         )
+        service, media = self.media, None
+        if service is not None and cmd.kind != "text":
+            media = await service.for_send(user_id, cmd.media_id, cmd.kind)
         result = await send_message(
             cmd,
             log=self.log,
@@ -100,7 +105,10 @@ class Dependencies:
             ids=self.ids,
             limits=self.limits,
             directory=self.directory,
+            media=media,
         )
+        if service is not None and media is not None:
+            await service.sent(media, result.conversation_id, result.message_id)
         # Before the ack: the two users of a direct chat share it from its first message on.
         await self.direct_chats.sent(result.event)
         return result
@@ -182,8 +190,10 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     from archive.reader import ArchiveReader
     from archive.sync_source import ArchivedLog
     from commands.kafka_log import KafkaEventLog
+    from commands.media import MediaPolicy
     from commands.redis_idempotency import RedisIdempotencyStore
     from commands.redis_locks import RedisLocks
+    from commands.redis_media import RedisByteQuota, RedisPendingUploads
     from commands.redis_presence import RedisPresence
     from commands.worker_ids import LeasedSnowflake, WorkerIdLease
     from events import Topics
@@ -191,6 +201,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     from projections.cql import Cql, connect_to
     from projections.delivery import GROUP_SHARDS
     from projections.inbox import one_conversation
+    from projections.media import CassandraMedia
     from projections.membership import CassandraMembership
     from projections.messages import CassandraMessages, count_unread
     from projections.presence import CassandraPresence
@@ -201,6 +212,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     from query_api.limits import RedisRateLimiter, limits_from
     from query_api.metrics import DELIVERY_FAILURES
     from tidings import telemetry
+    from tidings.media_store import open_store
 
     redis = make_redis(settings.redis_host, settings.redis_port, settings.redis_db)
     closers: list[Callable[[], Awaitable[Any]]] = [redis.aclose]
@@ -284,6 +296,30 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     async def redis_probe() -> None:
         await redis.ping()
 
+    store, store_stack = await open_store(settings)
+    closers.append(store_stack.aclose)
+    media_index = CassandraMedia(cql)
+    await loop.run_in_executor(None, media_index.prepare)
+    media = MediaService(
+        store=store,
+        index=media_index,
+        log=event_log,
+        directory=membership,
+        pending=RedisPendingUploads(redis),
+        quota=RedisByteQuota(redis),
+        policy=MediaPolicy(
+            allowed_types=frozenset(settings.media_allowed_types),
+            max_direct_bytes=settings.media_max_direct_bytes,
+            max_upload_bytes=settings.media_max_upload_bytes,
+            max_pixels=settings.media_max_pixels,
+            url_ttl_s=settings.media_url_ttl_s,
+            daily_bytes=settings.media_daily_bytes,
+        ),
+    )
+
+    async def s3_probe() -> None:
+        await store.size("readyz-probe")
+
     return Dependencies(
         settings=settings,
         secret=settings.resolved_auth_secret(),
@@ -316,8 +352,9 @@ async def build_dependencies(settings: Settings) -> Dependencies:
             cold=ArchivedLog(archive),
         ),
         publish=publish,
-        probes={"kafka": kafka_probe, "cassandra": cassandra_probe, "redis": redis_probe},
+        probes={"kafka": kafka_probe, "cassandra": cassandra_probe, "redis": redis_probe, "s3": s3_probe},
         closers=closers,
         cold=archive,
         limiter=RedisRateLimiter(redis, limits_from(settings)),
+        media=media,
     )

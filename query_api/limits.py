@@ -29,7 +29,7 @@ from tidings.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["send", "typing", "presence", "connect"]
+Kind = Literal["send", "typing", "presence", "connect", "media"]
 
 
 def limits_from(settings: Settings) -> dict[str, tuple[float, int]]:
@@ -39,6 +39,7 @@ def limits_from(settings: Settings) -> dict[str, tuple[float, int]]:
         "typing": (settings.rate_typing_per_s, settings.rate_typing_burst),
         "presence": (settings.rate_presence_per_s, settings.rate_presence_burst),
         "connect": (settings.rate_connect_per_s, settings.rate_connect_burst),
+        "media": (settings.rate_media_per_s, settings.rate_media_burst),
     }
 
 

@@ -159,6 +159,26 @@ class Readiness(Answer):
     checks: dict[str, str]
 
 
+class MediaObject(Answer):
+    """A stored media object (protocol v1.1, Media); ``width``/``height`` for images only."""
+
+    media_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    content_type: str
+    size: int
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    width: int | None = None
+    height: int | None = None
+    thumbnail: bool
+
+
+class UploadStarted(Answer):
+    """Where to PUT the bytes of a large upload, and until when (ms since the epoch)."""
+
+    media_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    upload_url: str
+    expires_ts: int
+
+
 class DevToken(Answer):
     """A development token (only when ``TIDINGS_DEV_LOGIN`` is on)."""
 

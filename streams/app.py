@@ -3,13 +3,15 @@ stores and passes them in; nothing here connects at import time."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import faust
 
-from events import Topics
+from events import ChatEvent, MediaDeleted, MediaStored, ThumbnailMade, Topics, encode_event, partition_key
 from streams.metrics import BATCH_EVENTS, DEAD_LETTERS, export_lag
 from streams.projector import PositionedStage, Projector, Record, Stage, Tracer
+
+Append = Callable[[ChatEvent], Awaitable[None]]
 
 
 class FaustDeadLetters:
@@ -47,6 +49,8 @@ def create_app(
     tracer: Tracer | None = None,
     lag_interval_s: float = 0.0,
     replication: int = 1,
+    media_stages: Sequence[Stage] = (),
+    media_workers: Sequence[Callable[[Append], Stage]] = (),
 ) -> faust.App:
     app = faust.App(
         app_id,
@@ -82,6 +86,20 @@ def create_app(
         presence = app.topic(topics.presence_events, key_type=bytes, value_type=bytes, partitions=partitions)
         _agent(app, presence, projector(presence_stages), "presence", batch_size, batch_window_s)
         watched.append(topics.presence_events)
+    if media_stages or media_workers:
+        media = app.topic(topics.media_events, key_type=bytes, value_type=bytes, partitions=partitions)
+
+        async def append(event: ChatEvent) -> None:
+            # Awaited like a dead letter: Faust flushes it before the source offset is committed.
+            assert isinstance(event, MediaStored | ThumbnailMade | MediaDeleted)
+            await media.send(key=partition_key(event.media_id), value=encode_event(event))
+
+        if media_stages:
+            _agent(app, media, projector(media_stages), "media", batch_size, batch_window_s)
+        # Its own agent, so slow image work never holds up the media read model.
+        for make in media_workers:
+            worker = make(append)
+            _agent(app, media, projector([worker]), worker.name, 1, batch_window_s)
     if lag_interval_s > 0:
         for topic in watched:
             _lag_task(app, bootstrap, app_id, topic, partitions, lag_interval_s)

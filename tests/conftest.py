@@ -23,6 +23,8 @@ TEST_ENV = {
     "TIDINGS_WORKER_APP_ID": f"tidings-{NAMESPACE}-projector",
     "TIDINGS_REDIS_DB": os.environ.get("TIDINGS_TEST_REDIS_DB", "1"),
     "TIDINGS_AUTH_SECRET": os.environ.get("TIDINGS_TEST_AUTH_SECRET", secrets.token_urlsafe(32)),
+    # S3 bucket names: lowercase letters, digits and hyphens.
+    "TIDINGS_S3_BUCKET": "tidings-test-" + "".join(c if c.isalnum() else "-" for c in NAMESPACE.lower()),
 }
 os.environ.update(TEST_ENV)
 

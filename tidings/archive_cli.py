@@ -186,7 +186,8 @@ def archive_sql(
         Path | None, typer.Option(help="the archive folder (default TIDINGS_ARCHIVE_DIR)")
     ] = None,
 ) -> None:
-    """Run SQL over the archive (views messages, membership, receipts, unreadable). Needs
+    """Run SQL over the archive (views messages, membership, receipts, unreadable, and
+    message_media: messages with their media). Needs
     no Tidings service."""
     import duckdb
     import pyarrow.csv as pcsv

@@ -34,6 +34,7 @@ from archive.replay_source import count
 from events import Topics
 from projections.archived import delete_archived, delete_archived_log, drop_empty_buckets
 from projections.cql import Cql, connect_to
+from projections.media import NAME as MEDIA
 from projections.membership import CassandraMembership
 from projections.messages import bucket_of
 from projections.migrate import migrate_cassandra
@@ -41,7 +42,7 @@ from projections.presence import CassandraPresence
 from projections.roster import Roster
 from projections.sync import BUCKET_BITS as SYNC_BUCKET_BITS
 from streams.offsets import committed_offsets
-from streams.projector import Projector
+from streams.projector import PositionedStage, Projector, Stage
 from tidings.keyspaces import write_pointer
 from tidings.replay_partitions import (
     CountedDeadLetters,
@@ -283,6 +284,7 @@ async def replay(
             state.shadowed += r.shadowed
         if rebuild_presence:
             state.from_log += await _replay_presence(settings, presence, progress)
+        state.from_log += await _replay_media(settings, stages, progress)
         state.statements += cql.statements_sent
         state.requests += cql.requests_sent
         state.shadowed += cql.statements_shadowed
@@ -322,8 +324,24 @@ async def _in_processes(jobs: list[PartitionJob], progress: Progress) -> list[Pa
 async def _replay_presence(settings: Settings, presence: CassandraPresence, progress: Progress) -> int:
     """Presence has a topic of its own, never archived: all of it, from the start (its events
     are transitions only, and the newest wins, so replaying it again changes nothing)."""
-    topic = Topics(settings.topic_prefix).presence_events
-    projector = Projector([presence], CountedDeadLetters())
+    return await _replay_topic(settings, Topics(settings.topic_prefix).presence_events, presence, progress)
+
+
+async def _replay_media(
+    settings: Settings, stages: Sequence[Stage | PositionedStage], progress: Progress
+) -> int:
+    """Media events have a topic of their own, never archived (one event per upload): all of
+    it, from the start, into the media read model (its upserts are idempotent)."""
+    media = [s for s in stages if s.name == MEDIA]
+    if not media:
+        return 0
+    return await _replay_topic(settings, Topics(settings.topic_prefix).media_events, media[0], progress)
+
+
+async def _replay_topic(
+    settings: Settings, topic: str, stage: Stage | PositionedStage, progress: Progress
+) -> int:
+    projector = Projector([stage], CountedDeadLetters())
     applied = 0
     async with KafkaLogSource(settings.kafka_bootstrap, topic, settings.topic_partitions) as source:
         ends = await source.end_offsets()
@@ -422,6 +440,7 @@ async def switch(settings: Settings, rebuilt: str) -> tuple[int, Path]:
         presence = CassandraPresence(cql)
         presence.prepare()
         applied += await _replay_presence(settings, presence, Progress())
+        applied += await _replay_media(settings, stages, Progress())
         state.ends = ends
         write_atomic(
             _state_path(settings, rebuilt),

@@ -15,6 +15,7 @@ import typer
 
 from tidings.archive_cli import archive_app, replay_app, verify_cmd
 from tidings.keyspaces import with_active_keyspace
+from tidings.media_cli import media_app
 from tidings.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Tidings: event-sourced chat backend.")
@@ -22,6 +23,7 @@ services_app = typer.Typer(no_args_is_help=True, help="Local Kafka, Cassandra an
 app.add_typer(services_app, name="services")
 app.add_typer(archive_app, name="archive")
 app.add_typer(replay_app, name="replay")
+app.add_typer(media_app, name="media")
 app.command("verify")(verify_cmd)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,6 +143,7 @@ def up() -> None:
             f"  WebSocket  ws://{settings.http_host}:{settings.http_port}/v1/ws?token=<token>\n"
             f"  HTTP       {url}/v1/...   metrics {url}/metrics\n"
             f"  web client {url}/   API description {url}/v1/openapi.json\n"
+            f"  media      {settings.s3_endpoint_url}/{settings.s3_bucket} (S3; docs/media.md)\n"
             f"  a token    python3 -m tidings token alice\n"
             "Ctrl-C stops everything this command started."
         )

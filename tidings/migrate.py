@@ -14,6 +14,7 @@ from aiokafka.errors import TopicAlreadyExistsError, for_code
 from events import Topics
 from projections.cql import connect_to
 from projections.migrate import migrate_cassandra
+from tidings.media_store import ensure_bucket
 from tidings.settings import Settings
 
 # The event log is the truth: never compacted, kept until the archive's watermark says otherwise.
@@ -139,4 +140,5 @@ def migrate_cassandra_from_settings(settings: Settings, *, echo: Callable[[str],
 async def migrate(settings: Settings, *, echo: Callable[[str], None] = print) -> None:
     await create_topics(settings, echo=echo)
     migrate_cassandra_from_settings(settings, echo=echo)
+    await ensure_bucket(settings, echo=echo)
     echo("migrations: up to date")

@@ -162,6 +162,48 @@ class Settings(BaseSettings):
     # For local development only (`tidings up` turns it on); never in production.
     dev_login: bool = False
 
+    # Media: an S3-compatible object store (the launcher's versitygw on loopback by default;
+    # any S3 or R2 endpoint in production). Development credentials; set real ones in production.
+    s3_host: str = "127.0.0.1"
+    s3_port: int = 19070
+    # The endpoint the gateway and workers use; default http://<s3_host>:<s3_port>.
+    s3_endpoint: str | None = None
+    # The endpoint clients reach the store by, when it differs (containers): presigned URLs are
+    # signed for it. Default: s3_endpoint.
+    s3_public_endpoint: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key: str = "tidings-dev"
+    s3_secret_key: SecretStr = SecretStr("tidings-dev-secret-key-change-me")
+    s3_bucket: str = "tidings-media"
+    # Size limits: a direct upload streams through the gateway; a presigned one goes to the store.
+    media_max_direct_bytes: int = 25 * 1024 * 1024
+    media_max_upload_bytes: int = 2 * 1024 * 1024 * 1024
+    # How long a presigned download or upload URL lives (the protocol: <= 15 min to download).
+    media_url_ttl_s: int = 900
+    media_allowed_types: list[str] = [
+        "image/jpeg",
+        "image/png",
+        "image/webp",
+        "image/gif",
+        "video/mp4",
+        "video/webm",
+        "audio/mpeg",
+        "audio/ogg",
+        "application/pdf",
+        "text/plain",
+        "application/octet-stream",
+        "application/zip",
+    ]
+    # Images larger than this many pixels are refused (decompression bombs).
+    media_max_pixels: int = 50_000_000
+    media_thumbnail_px: int = 320
+    # Uploads per user: a rate (token bucket) and bytes per UTC day, shared by every gateway.
+    rate_media_per_s: float = 2.0
+    rate_media_burst: int = 20
+    media_daily_bytes: int = 2 * 1024 * 1024 * 1024
+    # Uploaded but never sent for this long: deleted by `tidings media gc-orphans`.
+    media_orphan_age_s: int = 24 * 3600
+
     @model_validator(mode="after")
     def _check_replication(self) -> Settings:
         if self.kafka_min_insync_replicas > self.kafka_replication:
@@ -190,6 +232,10 @@ class Settings(BaseSettings):
     @property
     def archive_root(self) -> Path:
         return self.archive_dir if self.archive_dir is not None else self.state_dir / "archive"
+
+    @property
+    def s3_endpoint_url(self) -> str:
+        return self.s3_endpoint or f"http://{self.s3_host}:{self.s3_port}"
 
     @property
     def redis_url(self) -> str:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import faust
 import uvloop
 from prometheus_client import start_http_server
 
+from commands.media import ObjectStore
+from commands.videos import VideoThumbnails
 from events import Topics
 from projections.cql import Cql, connect_to
+from projections.media import CassandraMedia
 from projections.membership import CassandraMembership
 from projections.messages import CassandraMessages
 from projections.presence import CassandraPresence, PresencePushes
@@ -19,11 +23,13 @@ from projections.recent import RedisRecent
 from projections.redis_client import make_redis
 from projections.roster import Roster
 from projections.sync import CassandraSyncLog
-from streams.app import create_app
+from streams.app import Append, create_app
+from streams.media import Thumbnailer
 from streams.metrics import observe_applied, observe_unavailable
 from streams.projector import PositionedStage, Stage
 from tidings import telemetry
 from tidings.gc_tuning import tune_for_server
+from tidings.media_store import open_store
 from tidings.settings import Settings
 
 
@@ -35,9 +41,11 @@ def persist_stages(cql: Cql, settings: Settings, roster: Roster) -> list[Stage |
     receipts = CassandraReceipts(cql)
     messages = CassandraMessages(cql, settings.message_bucket_ms)
     sync_log = CassandraSyncLog(cql)
-    for stage in (membership, receipts, messages, sync_log):
+    # Media access rows come from MessageSent (the media table itself from the media topic).
+    media = CassandraMedia(cql)
+    for stage in (membership, receipts, messages, media, sync_log):
         stage.prepare()
-    return [membership, receipts, messages, sync_log]
+    return [membership, receipts, messages, media, sync_log]
 
 
 def build_worker_app(settings: Settings) -> faust.App:
@@ -58,6 +66,7 @@ def build_worker_app(settings: Settings) -> faust.App:
         "persist": (persist, [presence]),
     }
     stages, presence_stages = by_role[role]
+    media_stages, media_workers = media_roles(cql, settings) if role in ("all", "persist") else ([], [])
     tracing = telemetry.configure(settings, f"tidings-worker-{role}")
     return create_app(
         app_id=settings.worker_app_id if role == "all" else f"{settings.worker_app_id}-{role}",
@@ -79,7 +88,38 @@ def build_worker_app(settings: Settings) -> faust.App:
         tracer=telemetry.RecordTracer(role) if tracing else None,
         lag_interval_s=settings.lag_interval_s,
         replication=settings.kafka_replication,
+        media_stages=media_stages,
+        media_workers=media_workers,
     )
+
+
+def media_roles(cql: Cql, settings: Settings) -> tuple[list[Stage], list[Callable[[Append], Stage]]]:
+    """The media read model's stage, and the thumbnail maker (it appends ``ThumbnailMade``)."""
+    index = CassandraMedia(cql)
+    index.prepare()
+    opened: list[ObjectStore] = []
+
+    async def store() -> ObjectStore:
+        # Opened on first use, in Faust's event loop; closed with the process.
+        if not opened:
+            s3, _stack = await open_store(settings)
+            opened.append(s3)
+        return opened[0]
+
+    def thumbnailer(append: Append) -> Stage:
+        return Thumbnailer(
+            store,
+            index,
+            append,
+            longest_side=settings.media_thumbnail_px,
+            max_pixels=settings.media_max_pixels,
+            max_bytes=settings.media_max_direct_bytes * 2,
+            videos=VideoThumbnails(
+                longest_side=settings.media_thumbnail_px, max_pixels=settings.media_max_pixels
+            ),
+        )
+
+    return [index], [thumbnailer]
 
 
 def run_worker(settings: Settings) -> None:

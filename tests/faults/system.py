@@ -23,6 +23,7 @@ FAULT_ENV = {
     "TIDINGS_CASSANDRA_PORT": "29042",
     "TIDINGS_CASSANDRA_STORAGE_PORT": "27000",
     "TIDINGS_REDIS_PORT": "26379",
+    "TIDINGS_S3_PORT": "29070",
 }
 
 
@@ -40,6 +41,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "TIDINGS_CASSANDRA_PORT": str(settings.cassandra_port),
         "TIDINGS_CASSANDRA_STORAGE_PORT": str(settings.cassandra_storage_port),
         "TIDINGS_REDIS_PORT": str(settings.redis_port),
+        "TIDINGS_S3_PORT": str(settings.s3_port),
     }
 
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,15 +75,18 @@ class Log:
         return summary
 
 
-def make_log(services: Settings, *, old: int, recent: int, seed: int = 1) -> Iterator[Log]:
+def make_log(
+    services: Settings, *, old: int, recent: int, seed: int = 1, extra: Sequence[ChatEvent] = ()
+) -> Iterator[Log]:
     """A fresh topic with ``old`` events 200 to 190 days old and ``recent`` from the last day;
-    the cutoff (90 days) lies between them. Deleted afterwards."""
+    the cutoff (90 days) lies between them; ``extra`` events between the two. Deleted afterwards."""
     prefix = f"{services.topic_prefix}t{uuid.uuid4().hex[:8]}."
     settings = services.model_copy(update={"topic_prefix": prefix, "topic_partitions": PARTITIONS})
     now = int(time.time() * 1000)
     events = list(
         synthetic_events(old, start_ms=now - 200 * DAY_MS, span_ms=10 * DAY_MS, conversations=60, seed=seed)
     )
+    events += list(extra)  # in the log before the recent ones (the job stops at the first of those)
     events += list(
         synthetic_events(recent, start_ms=now - DAY_MS, span_ms=DAY_MS // 2, conversations=20, seed=seed + 1)
     )

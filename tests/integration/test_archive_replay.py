@@ -19,8 +19,20 @@ from archive.kafka_source import KafkaLogSource
 from archive.manifest import load
 from bench.archive_workload import produce, synthetic_events
 from commands.kafka_log import KafkaEventLog
-from events import ChatEvent, MessageSent, PresenceChanged, Topics
+from events import (
+    ChatEvent,
+    MediaRef,
+    MediaStored,
+    MessageSent,
+    PresenceChanged,
+    ThumbnailMade,
+    Topics,
+    direct_conversation_id,
+    snowflake_ts,
+)
+from events.ids import Snowflake
 from projections.cql import Cql, connect_to
+from projections.media import CassandraMedia
 from projections.membership import CassandraMembership
 from projections.messages import CassandraMessages
 from projections.migrate import migrate_cassandra
@@ -52,7 +64,11 @@ def replay_settings(services: Settings, tmp_path: Path) -> Iterator[Settings]:
         }
     )
     topic = Topics(settings.topic_prefix).conversation_events
-    topics = [topic, Topics(settings.topic_prefix).presence_events]
+    topics = [
+        topic,
+        Topics(settings.topic_prefix).presence_events,
+        Topics(settings.topic_prefix).media_events,
+    ]
     cluster, session = connect_to(settings)
     migrate_cassandra(
         session,
@@ -184,6 +200,66 @@ async def _presence_live(settings: Settings, cql: Cql) -> int:
     return len(events)
 
 
+async def _media_live(settings: Settings, cql: Cql) -> tuple[list[ChatEvent], int]:
+    """Uploads on the media topic, projected live, and messages carrying them (returned, for the
+    conversation topic); returns them and how many media events there are."""
+    ids = Snowflake(77)
+    uploaded: list[ChatEvent] = []
+    messages: list[ChatEvent] = []
+    for i in range(6):
+        media_id = uuid.uuid4().hex
+        uploader, peer = f"mu{i % 3}", f"mv{i % 2}"
+        uploaded.append(
+            MediaStored(
+                media_id=media_id,
+                uploader_id=uploader,
+                object_key=f"o/{uuid.uuid4().hex}",
+                content_type="image/png",
+                size=100 + i,
+                sha256="ab" * 32,
+                width=10,
+                height=20,
+                ts=1000 + i,
+            )
+        )
+        if i % 2 == 0:
+            uploaded.append(
+                ThumbnailMade(
+                    media_id=media_id,
+                    thumbnail_key=f"t/{i}",
+                    shared_key=f"s/{i}",
+                    location_removed=True,
+                    ts=2000,
+                )
+            )
+        mid = ids.next_id()
+        messages.append(
+            MessageSent(
+                conversation_id=direct_conversation_id(uploader, peer),
+                message_id=mid,
+                sender_id=uploader,
+                sender_device="d",
+                client_msg_id=f"m{mid}",
+                kind="image",
+                body="",
+                media=MediaRef(media_id=media_id, content_type="image/png", size=100 + i, sha256="ab" * 32),
+                ts=snowflake_ts(mid),
+            )
+        )
+    producer = KafkaEventLog.producer(settings.kafka_bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        log = KafkaEventLog(producer, Topics(settings.topic_prefix))
+        for event in uploaded:
+            await log.append(event)
+    finally:
+        await producer.stop()
+    live = CassandraMedia(cql)
+    live.prepare()
+    await live.apply(uploaded)
+    return messages, len(uploaded)
+
+
 async def test_replay_rebuilds_every_read_model_equal_to_live(replay_settings: Settings) -> None:
     settings = replay_settings
     topic = Topics(settings.topic_prefix).conversation_events
@@ -217,14 +293,15 @@ async def test_replay_rebuilds_every_read_model_equal_to_live(replay_settings: S
             starts = await source.beginning_offsets()
         assert starts == {0: behind, **{p: watermarks[p] for p in range(1, PARTITIONS)}}
 
-        # Phase B: only in the log.
-        phase_b = await _events(2)
+        # Phase B: only in the log, with uploads on the media topic and messages carrying them.
+        media_messages, media = await _media_live(settings, Cql(session, settings.cassandra_keyspace))
+        phase_b = await _events(2) + media_messages
         await produce(settings.kafka_bootstrap, topic, phase_b)
         await live.catch_up()
         presence = await _presence_live(settings, Cql(session, settings.cassandra_keyspace))
 
         state = await replay(settings)
-        assert (state.archived, state.from_log) == (len(phase_a), len(phase_b) + presence)
+        assert (state.archived, state.from_log) == (len(phase_a), len(phase_b) + presence + media)
         assert state.keyspace == f"{settings.cassandra_keyspace}_r1"
         diffs = verify(settings, settings.cassandra_keyspace, state.keyspace)
         assert {d.table for d in diffs} >= {
@@ -239,6 +316,8 @@ async def test_replay_rebuilds_every_read_model_equal_to_live(replay_settings: S
             "conversation_heads",
             "user_log",
             "sync_watermarks",
+            "media",
+            "media_access",
         }
         assert all(d.rebuilt_rows > 0 for d in diffs), diffs
         assert [d for d in diffs if not d.equal] == []
@@ -263,7 +342,8 @@ async def test_replay_rebuilds_every_read_model_equal_to_live(replay_settings: S
         phase_c = await _events(3)
         await produce(settings.kafka_bootstrap, topic, phase_c)
         applied, _ = await switch(settings, state.keyspace)
-        assert applied == len(phase_c) + presence  # the catch-up, and the presence topic again
+        # The catch-up, and the presence and media topics again.
+        assert applied == len(phase_c) + presence + media
         assert active_keyspace(settings) == state.keyspace
         last = [e for e in phase_c if isinstance(e, MessageSent)][-1]
         rebuilt = CassandraMessages(Cql(session, state.keyspace), settings.message_bucket_ms)

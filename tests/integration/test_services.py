@@ -144,6 +144,21 @@ def test_pid_file_of_a_dead_process_is_cleaned_and_redis_started(
     assert pid_file.read_text().strip() == str(started.pid)
 
 
+def test_s3_store_starts_on_loopback_answers_s3_and_stops(tmp_path: Path) -> None:
+    from tidings.services.versitygw import s3_answering
+
+    settings = Settings(state_dir=tmp_path / "state", s3_port=_free_port())
+    try:
+        (started,) = up(settings, only=["s3"], echo=_quiet)
+        assert started.started_by_us and started.pid is not None
+        assert s3_answering("127.0.0.1", settings.s3_port)
+        assert (settings.state_dir / "s3" / "data").is_dir()
+    finally:
+        (stopped,) = down(settings, only=["s3"], echo=_quiet)
+    assert not stopped.running and not _alive(started.pid)
+    assert not s3_answering("127.0.0.1", settings.s3_port)
+
+
 def test_port_taken_by_a_stranger_is_a_clear_error(tmp_path: Path) -> None:
     with socket.socket() as stranger:
         stranger.bind(("127.0.0.1", 0))

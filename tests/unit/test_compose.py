@@ -137,6 +137,6 @@ def test_every_tidings_variable_is_a_setting(monkeypatch: pytest.MonkeyPatch) ->
 def test_docker_md_names_the_services_of_compose() -> None:
     text = (ROOT / "docs" / "docker.md").read_text()
     table = text.split("## What runs", 1)[1].split("\n## ", 1)[0]
-    listed = set(re.findall(r"^\| `([a-z]+)` \|", table, flags=re.M))
+    listed = set(re.findall(r"^\| `([a-z0-9-]+)` \|", table, flags=re.M))
     assert listed == set(_services())
     assert "no persistence" not in table

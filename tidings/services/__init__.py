@@ -1,7 +1,8 @@
-"""Local Kafka, Cassandra and Redis for development and tests, without Docker.
+"""Local Kafka, Cassandra, Redis and the S3 media store for development and tests, without Docker.
 
 Kafka 4.2.1 (KRaft) and Cassandra 5.0.8 run from Maven Central jars on OpenJDK 17; Redis is
-Debian's ``redis-server``. Everything a server writes (data, logs, generated configs, pid files)
+Debian's ``redis-server``; the S3 store is versitygw, built with ``go install`` into the cache
+(``versitygw.py``). Everything a server writes (data, logs, generated configs, pid files)
 lives under ``settings.state_dir / <service>``; jars are cached in ``settings.cache_dir / "jars"``.
 ``down`` stops only processes whose pid file is ours and whose /proc entry still names our
 state folder; nothing is ever killed by name.
@@ -50,12 +51,13 @@ from tidings.services._system import ensure_system_packages
 from tidings.services.cassandra import Cassandra
 from tidings.services.kafka import Kafka
 from tidings.services.redis import Redis
+from tidings.services.versitygw import S3Store
 from tidings.settings import Settings
 
 __all__ = ["SERVICES", "ServiceError", "ServiceStatus", "down", "ensure_system_packages", "status", "up"]
 
-SERVICES = ("kafka", "cassandra", "redis")
-_TYPES: dict[str, type[Service]] = {"kafka": Kafka, "cassandra": Cassandra, "redis": Redis}
+SERVICES = ("kafka", "cassandra", "redis", "s3")
+_TYPES: dict[str, type[Service]] = {"kafka": Kafka, "cassandra": Cassandra, "redis": Redis, "s3": S3Store}
 
 
 def _select(settings: Settings, only: Sequence[str] | None) -> list[Service]:
