@@ -35,7 +35,12 @@ def gc_settings(services: Settings) -> Iterator[Settings]:
     )
     cluster, session = connect_to(settings)
     session.execute(f"DROP KEYSPACE IF EXISTS {settings.cassandra_keyspace}", timeout=120)
-    migrate_cassandra(session, settings.cassandra_keyspace, replication_factor=1, echo=lambda _: None)
+    migrate_cassandra(
+        session,
+        settings.cassandra_keyspace,
+        replication=settings.cassandra_replication_map(),
+        echo=lambda _: None,
+    )
     cluster.shutdown()
     yield settings
 
