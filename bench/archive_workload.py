@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from aiokafka import AIOKafkaProducer
 
 from events import (
+    USER_EVENTS,
     ChatEvent,
     GroupCreated,
     Member,
@@ -115,7 +116,7 @@ def synthetic_events(
 
 
 def _key(event: ChatEvent) -> str:
-    return event.user_id if isinstance(event, PresenceChanged) else event.conversation_id
+    return event.user_id if isinstance(event, (PresenceChanged, *USER_EVENTS)) else event.conversation_id
 
 
 async def produce(bootstrap: str, topic: str, events: Iterator[ChatEvent] | list[ChatEvent]) -> int:

@@ -12,7 +12,14 @@ from contextlib import AbstractContextManager
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from events import ChatEvent, PresenceChanged, Topics, encode_event, partition_key
+from events import (
+    USER_EVENTS,
+    ChatEvent,
+    PresenceChanged,
+    Topics,
+    encode_event,
+    partition_key,
+)
 from events.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -79,6 +86,8 @@ class KafkaEventLog:
     async def append(self, event: ChatEvent) -> None:
         if isinstance(event, PresenceChanged):
             topic, key = self._topics.presence_events, event.user_id
+        elif isinstance(event, USER_EVENTS):
+            topic, key = self._topics.user_events, event.user_id
         else:
             topic, key = self._topics.conversation_events, event.conversation_id
         producer = self._producer

@@ -6,7 +6,9 @@ Kafka. Everything else in Tidings (read models, caches, the archive) is derived 
 
 from events import errors, keys
 from events.catalogue import (
+    USER_EVENTS,
     ChatEvent,
+    ConversationMuted,
     DirectOpened,
     GroupCreated,
     GroupEvent,
@@ -21,8 +23,12 @@ from events.catalogue import (
     OwnershipTransferred,
     PresenceChanged,
     PresenceState,
+    PushProvider,
+    PushRegistered,
+    PushUnregistered,
     ReceiptRecorded,
     Role,
+    UserEvent,
     decode_event,
     encode_event,
 )
@@ -37,7 +43,9 @@ from events.topics import Topics, partition_key
 
 __all__ = [
     "DM_PREFIX",
+    "USER_EVENTS",
     "ChatEvent",
+    "ConversationMuted",
     "DirectOpened",
     "GroupCreated",
     "GroupEvent",
@@ -52,11 +60,15 @@ __all__ = [
     "OwnershipTransferred",
     "PresenceChanged",
     "PresenceState",
+    "PushProvider",
+    "PushRegistered",
+    "PushUnregistered",
     "ReceiptRecorded",
     "Role",
     "Snowflake",
     "SnowflakeClockError",
     "Topics",
+    "UserEvent",
     "decode_event",
     "direct_conversation_id",
     "dm_members",

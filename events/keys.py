@@ -72,3 +72,9 @@ def presence_live() -> str:
 def presence_channel(user_id: str) -> str:
     """Pub/sub channel of a user's presence changes, subscribed by gateways with a watcher."""
     return f"deliver:presence:{user_id}"
+
+
+def push_sent(user_id: str, device_id: str) -> str:
+    """Sorted set of the message ids already notified to a device (scored by message time): a
+    notification job read again after a crash is not notified twice."""
+    return f"push:sent:{{{user_id}}}:{device_id}"

@@ -24,6 +24,11 @@ class Topics:
         return f"{self.prefix}presence-events"
 
     @property
+    def user_events(self) -> str:
+        """Each user's own settings (push registrations, mutes); key ``user_id``."""
+        return f"{self.prefix}user-events"
+
+    @property
     def notifications(self) -> str:
         return f"{self.prefix}notifications"
 
@@ -37,6 +42,7 @@ class Topics:
             self.conversation_events,
             self.presence_events,
             self.notifications,
+            self.user_events,
             self.dead_letters,
         )
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from events import (
+    USER_EVENTS,
     ChatEvent,
     GroupCreated,
     GroupEvent,
@@ -149,7 +150,7 @@ class CassandraSyncLog:
         heads: dict[str, int] = {}
         buckets: set[tuple[str, int]] = set()
         for partition, offset, event in events:
-            if isinstance(event, PresenceChanged):
+            if isinstance(event, (PresenceChanged, *USER_EVENTS)):
                 continue
             cid = event.conversation_id
             heads[cid] = max(heads.get(cid, -1), offset)

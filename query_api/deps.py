@@ -15,6 +15,7 @@ from commands import EventLog, IdempotencyStore, IdGenerator, Limits, SendMessag
 from commands.direct import DirectChats
 from commands.ports import Directory, Locks
 from commands.presence import PresenceStore, PresenceView
+from commands.push import PushSettingsWriter
 from commands.receipts import RecordReceipt, Watermarks, record_receipt
 from events import Role
 from projections.delivery import Push
@@ -77,6 +78,8 @@ class Dependencies:
     closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
     cold: ColdTier | None = None  # the Parquet archive, when there is one
     limiter: RateLimiter = field(default_factory=NoLimits)
+    # push registrations and mutes (write-through); None: the push routes answer 404
+    push: PushSettingsWriter | None = None
     direct_chats: DirectChats = field(init=False)
 
     def __post_init__(self) -> None:
@@ -194,6 +197,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     from projections.membership import CassandraMembership
     from projections.messages import CassandraMessages, count_unread
     from projections.presence import CassandraPresence
+    from projections.push import CassandraPushSettings
     from projections.receipts import CassandraReceipts
     from projections.recent import RedisRecent
     from projections.redis_client import make_redis
@@ -234,6 +238,8 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     await loop.run_in_executor(None, sync_log.prepare)
     presence_records = CassandraPresence(cql)
     await loop.run_in_executor(None, presence_records.prepare)
+    push_settings = CassandraPushSettings(cql)
+    await loop.run_in_executor(None, push_settings.prepare)
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     closers.append(pubsub.aclose)
     hub = Hub(pubsub, membership.groups_of, shards=GROUP_SHARDS)
@@ -320,4 +326,5 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         closers=closers,
         cold=archive,
         limiter=RedisRateLimiter(redis, limits_from(settings)),
+        push=push_settings,
     )

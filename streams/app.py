@@ -39,6 +39,7 @@ def create_app(
     stages: Sequence[Stage | PositionedStage],
     batch_size: int,
     presence_stages: Sequence[Stage] = (),
+    user_stages: Sequence[Stage] = (),
     batch_window_s: float,
     session_timeout_s: float,
     offset_reset: str = "earliest",
@@ -79,6 +80,10 @@ def create_app(
         presence = app.topic(topics.presence_events, key_type=bytes, value_type=bytes, partitions=partitions)
         _agent(app, presence, projector(presence_stages), "presence", batch_size, batch_window_s)
         watched.append(topics.presence_events)
+    if user_stages:
+        users = app.topic(topics.user_events, key_type=bytes, value_type=bytes, partitions=partitions)
+        _agent(app, users, projector(user_stages), "user-settings", batch_size, batch_window_s)
+        watched.append(topics.user_events)
     if lag_interval_s > 0:
         for topic in watched:
             _lag_task(app, bootstrap, app_id, topic, partitions, lag_interval_s)

@@ -5,6 +5,7 @@ Nothing here connects to anything; composition roots take a ``Settings`` and bui
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -75,7 +76,7 @@ class Settings(BaseSettings):
     worker_app_id: str = "tidings-projector"
     # "deliver": hot cache and pushes; "persist": Cassandra read models; "all": both in one
     # process. Each role is its own consumer group, so pushes never wait for Cassandra.
-    worker_role: Literal["all", "deliver", "persist"] = "all"
+    worker_role: Literal["all", "deliver", "persist", "notify"] = "all"
     worker_web_port: int = 6066
     worker_batch_size: int = 500
     worker_batch_window_s: float = 0.005
@@ -125,6 +126,24 @@ class Settings(BaseSettings):
     # any. JSON in the environment: TIDINGS_ALLOWED_ORIGINS='["https://chat.example"]'.
     allowed_origins: list[str] = []
 
+    # Push notifications to offline devices (the `notify` worker role; docs/push.md). Webhook
+    # bodies are signed with this secret (HMAC-SHA256); unset: a development secret in the
+    # state folder. Registrations may point only at the hosts listed (comma-separated).
+    push_webhook_secret: SecretStr | None = None
+    push_webhook_hosts: str = "127.0.0.1,localhost"
+    push_webpush_hosts: str = (
+        "fcm.googleapis.com,updates.push.services.mozilla.com,web.push.apple.com,"
+        "wns2-par02p.notify.windows.com"
+    )
+    # Messages to one device within this window go in one notification.
+    push_window_s: float = 2.0
+    # One delivery attempt's limit; failed deliveries are retried with backoff (doubling up to
+    # push_max_backoff_s) for push_retry_for_s, then dead-lettered.
+    push_timeout_s: float = 5.0
+    push_retry_for_s: float = 600.0
+    push_first_backoff_s: float = 1.0
+    push_max_backoff_s: float = 60.0
+
     @property
     def kafka_host(self) -> str:
         return self.kafka_bootstrap.split(",")[0].rsplit(":", 1)[0]
@@ -151,3 +170,27 @@ class Settings(BaseSettings):
             path.write_text(secrets.token_urlsafe(32))
             path.chmod(0o600)
         return path.read_text().strip()
+
+    def resolved_push_webhook_secret(self) -> str:
+        """The webhook signing secret: ``TIDINGS_PUSH_WEBHOOK_SECRET``, else a development
+        secret in the state folder (so tests and local receivers can check signatures)."""
+        if self.push_webhook_secret is not None:
+            return self.push_webhook_secret.get_secret_value()
+        path = self.state_dir / "push-webhook-secret"
+        if not path.exists():
+            # Made whole beside it, then linked into place: of processes starting together,
+            # the first link wins and every one reads the same secret.
+            path.parent.mkdir(parents=True, exist_ok=True)
+            draft = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+            draft.write_text(secrets.token_urlsafe(32))
+            draft.chmod(0o600)
+            try:
+                os.link(draft, path)
+            except FileExistsError:
+                pass
+            finally:
+                draft.unlink()
+        return path.read_text().strip()
+
+    def hosts(self, listed: str) -> list[str]:
+        return [h.strip().lower() for h in listed.split(",") if h.strip()]

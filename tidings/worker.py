@@ -14,6 +14,7 @@ from projections.cql import Cql, connect_to
 from projections.membership import CassandraMembership
 from projections.messages import CassandraMessages
 from projections.presence import CassandraPresence, PresencePushes
+from projections.push import CassandraPushSettings
 from projections.receipts import CassandraReceipts
 from projections.recent import RedisRecent
 from projections.redis_client import make_redis
@@ -41,6 +42,10 @@ def persist_stages(cql: Cql, settings: Settings, roster: Roster) -> list[Stage |
 
 
 def build_worker_app(settings: Settings) -> faust.App:
+    if settings.worker_role == "notify":
+        from tidings.notify_worker import build_notify_app
+
+        return build_notify_app(settings)
     _, session = connect_to(settings)
     cql = Cql(session, settings.cassandra_keyspace)
     roster = Roster(CassandraMembership(cql).load_roster, threshold=settings.fanout_threshold)
@@ -51,13 +56,17 @@ def build_worker_app(settings: Settings) -> faust.App:
     persist = persist_stages(cql, settings, roster)
     presence = CassandraPresence(cql)
     presence.prepare()
+    push_settings = CassandraPushSettings(cql)
+    push_settings.prepare()
     role = settings.worker_role
-    by_role: dict[str, tuple[list[Stage | PositionedStage], list[Stage]]] = {
+    by_role: dict[str, tuple[list[Stage | PositionedStage], list[Stage]]] = {  # notify: above
         "all": ([*deliver, *persist], [PresencePushes(redis), presence]),
         "deliver": (list(deliver), [PresencePushes(redis)]),
         "persist": (persist, [presence]),
     }
     stages, presence_stages = by_role[role]
+    # Push registrations and mutes are read models like the others.
+    user_stages: list[Stage] = [push_settings] if role in ("all", "persist") else []
     tracing = telemetry.configure(settings, f"tidings-worker-{role}")
     return create_app(
         app_id=settings.worker_app_id if role == "all" else f"{settings.worker_app_id}-{role}",
@@ -69,6 +78,7 @@ def build_worker_app(settings: Settings) -> faust.App:
         partitions=settings.topic_partitions,
         stages=stages,
         presence_stages=presence_stages,
+        user_stages=user_stages,
         batch_size=settings.worker_batch_size,
         batch_window_s=(
             settings.worker_persist_batch_window_s if role == "persist" else settings.worker_batch_window_s

@@ -1,0 +1,109 @@
+"""Push registrations (``/v1/devices/{device_id}/push``) and per-conversation settings
+(``/v1/conversations/{cid}/settings``): see docs/push.md."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from pydantic import Field, StrictBool
+from sanic import Blueprint, HTTPResponse, Request
+from sanic.response import empty
+
+from commands.membership import require_member
+from commands.push import (
+    AllowedHosts,
+    PushSettingsWriter,
+    RegisterPush,
+    register_push,
+    set_muted,
+    unregister_push,
+)
+from events.errors import NotFound
+from query_api.bodies import Body, parse_body
+from query_api.deps import Dependencies
+from query_api.errors import json_response
+
+bp = Blueprint("push")
+
+
+class WebPushKeys(Body):
+    p256dh: str = Field(max_length=200)
+    auth: str = Field(max_length=100)
+
+
+class PushBody(Body):
+    provider: Literal["webpush", "fcm", "apns", "webhook"]
+    endpoint: str | None = Field(default=None, max_length=4096)
+    token: str | None = Field(default=None, max_length=4096)
+    keys: WebPushKeys | None = None
+
+
+class SettingsBody(Body):
+    muted: StrictBool
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _push(deps: Dependencies) -> tuple[PushSettingsWriter, AllowedHosts]:
+    if deps.push is None:
+        raise NotFound("push notifications are not configured on this server")
+    settings = deps.settings
+    return deps.push, AllowedHosts(
+        webhook=settings.hosts(settings.push_webhook_hosts),
+        webpush=settings.hosts(settings.push_webpush_hosts),
+    )
+
+
+@bp.put("/v1/devices/<device_id:str>/push")
+async def register(request: Request, device_id: str) -> HTTPResponse:
+    deps: Dependencies = request.app.ctx.deps
+    store, hosts = _push(deps)
+    principal = request.ctx.principal
+    body = parse_body(request, PushBody)
+    event = await register_push(
+        RegisterPush(
+            user_id=principal.user_id,
+            token_device_id=principal.device_id,
+            device_id=device_id,
+            provider=body.provider,
+            endpoint=body.endpoint,
+            token=body.token,
+            p256dh=body.keys.p256dh if body.keys else None,
+            auth=body.keys.auth if body.keys else None,
+        ),
+        log=deps.log,
+        store=store,
+        hosts=hosts,
+        clock=_now_ms,
+    )
+    return json_response({"device_id": event.device_id, "provider": event.provider})
+
+
+@bp.delete("/v1/devices/<device_id:str>/push")
+async def unregister(request: Request, device_id: str) -> HTTPResponse:
+    deps: Dependencies = request.app.ctx.deps
+    store, _ = _push(deps)
+    principal = request.ctx.principal
+    await unregister_push(
+        principal.user_id,
+        principal.device_id,
+        device_id,
+        log=deps.log,
+        store=store,
+        clock=_now_ms,
+    )
+    return empty(status=204)
+
+
+@bp.put("/v1/conversations/<conversation_id:str>/settings")
+async def conversation_settings(request: Request, conversation_id: str) -> HTTPResponse:
+    deps: Dependencies = request.app.ctx.deps
+    store, _ = _push(deps)
+    me = request.ctx.principal.user_id
+    body = parse_body(request, SettingsBody)
+    await require_member(deps.directory, conversation_id, me)
+    await set_muted(me, conversation_id, body.muted, log=deps.log, store=store, clock=_now_ms)
+    return json_response({"conversation_id": conversation_id, "muted": body.muted})

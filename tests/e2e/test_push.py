@@ -1,0 +1,199 @@
+"""Push notifications to offline devices, over the running system (gateway, workers with the
+notify role) and a real webhook receiver: registration rules, one coalesced notification per
+burst, online devices get frames instead, mutes, priority, badge, retries and 410."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Iterator
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from events import direct_conversation_id
+from tests.e2e.conftest import System, user
+from tests.e2e.push_receiver import Receiver, signature_ok
+
+# The window is 2 s (the default), plus the sender's grace and the way through the log.
+QUIET_S = 4.0
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def register(system: System, who: str, device: str, body: dict[str, object]) -> tuple[int, object]:
+    return system.request("PUT", f"/v1/devices/{device}/push", token=system.token(who, device), body=body)
+
+
+def webhook(system: System, receiver: Receiver, who: str, device: str, kind: str = "ok") -> str:
+    name = f"{who}-{device}"
+    status, payload = register(
+        system, who, device, {"provider": "webhook", "endpoint": receiver.url(kind, name)}
+    )
+    assert status == 200, payload
+    assert payload == {"device_id": device, "provider": "webhook"}
+    return name
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def test_registration_and_settings_rules(system: System) -> None:
+    me, other = user(), user()
+    ok = {"provider": "webhook", "endpoint": "http://127.0.0.1:9/hook"}
+    assert register(system, me, "phone", ok)[0] == 200
+    # another device's id
+    status, payload = system.request(
+        "PUT", "/v1/devices/tablet/push", token=system.token(me, "phone"), body=ok
+    )
+    assert status == 403 and payload["error"]["code"] == "forbidden"
+    point = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    )
+    for body in (
+        {"provider": "webhook", "endpoint": "http://10.1.2.3/hook"},  # host not allowed
+        {"provider": "webhook", "endpoint": "http://169.254.169.254/latest/meta-data"},
+        {"provider": "webhook", "endpoint": "gopher://127.0.0.1/x"},
+        {"provider": "webhook"},
+        {"provider": "carrier-pigeon", "endpoint": "http://127.0.0.1/x"},
+        {
+            "provider": "webpush",
+            "endpoint": "https://fcm.googleapis.com/x",
+            "keys": {"p256dh": "AAAA", "auth": "x"},
+        },
+        {
+            "provider": "webpush",
+            "endpoint": "https://10.0.0.1/x",
+            "keys": {"p256dh": _b64(point), "auth": _b64(b"a" * 16)},
+        },
+        {"provider": "fcm", "token": "no"},
+        {"provider": "apns", "token": "not-hex" * 10},
+    ):
+        status, payload = register(system, me, "phone", body)
+        assert status == 400 and payload["error"]["code"] == "invalid", (body, payload)
+    good_webpush = {
+        "provider": "webpush",
+        "endpoint": "https://fcm.googleapis.com/fcm/send/abc",
+        "keys": {"p256dh": _b64(point), "auth": _b64(b"a" * 16)},
+    }
+    assert register(system, me, "laptop", good_webpush) == (
+        200,
+        {"device_id": "laptop", "provider": "webpush"},
+    )
+    status, _ = system.request("DELETE", "/v1/devices/phone/push", token=system.token(me, "phone"))
+    assert status == 204
+    status, _ = system.request("DELETE", "/v1/devices/phone/push", token=system.token(me, "tablet"))
+    assert status == 403
+    cid = direct_conversation_id(me, other)
+    path = f"/v1/conversations/{cid}/settings"
+    assert system.request("PUT", path, user=me, body={"muted": True}) == (
+        200,
+        {"conversation_id": cid, "muted": True},
+    )
+    assert system.request("PUT", path, user=me, body={"muted": "yes"})[0] == 400
+    stranger = system.request("PUT", path, user=user(), body={"muted": True})
+    assert stranger[0] == 403
+    unknown = system.request("PUT", "/v1/conversations/g:12345/settings", user=me, body={"muted": True})
+    assert unknown[0] == 404
+
+
+async def test_offline_device_gets_one_coalesced_notification(system: System, receiver: Receiver) -> None:
+    alice, bob = user(), user()
+    cid = direct_conversation_id(alice, bob)
+    name = webhook(system, receiver, bob, "phone")
+    async with system.connect(alice) as a:
+        acks = [await a.send_message(cid, f"burst {i}") for i in range(5)]
+    [post] = await asyncio.to_thread(receiver.wait, "ok", name)
+    await asyncio.sleep(QUIET_S)
+    assert len(receiver.to("ok", name)) == 1, "a burst is one notification"
+    assert signature_ok(system.settings.resolved_push_webhook_secret(), post)
+    note = post.json
+    assert note["user_id"] == bob and note["device_id"] == "phone"
+    assert note["priority"] == "high"  # a direct conversation
+    assert note["badge"] == 5
+    assert note["conversations"] == [
+        {
+            "conversation_id": cid,
+            "count": 5,
+            "last_message_id": acks[-1]["message_id"],
+            "sender_id": alice,
+            "preview": "burst 4",
+        }
+    ]
+    assert len(note["notification_id"]) == 32
+
+
+async def test_online_device_gets_frames_not_notifications(system: System, receiver: Receiver) -> None:
+    alice, bob = user(), user()
+    cid = direct_conversation_id(alice, bob)
+    phone = webhook(system, receiver, bob, "phone")
+    tablet = webhook(system, receiver, bob, "tablet")
+    own = webhook(system, receiver, alice, "laptop")  # the sender's own other device
+    async with system.connect(bob, "phone") as b, system.connect(alice) as a:
+        await asyncio.sleep(0.5)  # the socket is in the presence store (the next sweep)
+        ack = await a.send_message(cid, "are you there?")
+        frame = await b.expect("message")
+        assert frame["message"]["message_id"] == ack["message_id"]
+        [post] = await asyncio.to_thread(receiver.wait, "ok", tablet)  # the offline device
+        assert post.json["conversations"][0]["last_message_id"] == ack["message_id"]
+        await asyncio.sleep(QUIET_S)
+    assert receiver.to("ok", phone) == [], "a device with an open socket gets no notification"
+    assert receiver.to("ok", own) == [], "nobody is notified of their own message"
+
+
+async def test_mute_and_group_priority(system: System, receiver: Receiver) -> None:
+    alice, bob, carol = user(), user(), user()
+    status, payload = system.request(
+        "POST", "/v1/conversations", user=alice, body={"kind": "group", "title": "T", "members": [bob, carol]}
+    )
+    assert status == 201
+    gid = payload["conversation"]["conversation_id"]
+    to_bob = webhook(system, receiver, bob, "phone")
+    to_carol = webhook(system, receiver, carol, "phone")
+    assert (
+        system.request("PUT", f"/v1/conversations/{gid}/settings", user=carol, body={"muted": True})[0] == 200
+    )
+    async with system.connect(alice) as a:
+        await a.send_message(gid, "x" * 150)
+        [post] = await asyncio.to_thread(receiver.wait, "ok", to_bob)
+        assert post.json["priority"] == "normal"
+        assert post.json["conversations"][0]["preview"] == "x" * 100
+        await asyncio.sleep(QUIET_S)
+        assert receiver.to("ok", to_carol) == [], "muted"
+        assert (
+            system.request("PUT", f"/v1/conversations/{gid}/settings", user=carol, body={"muted": False})[0]
+            == 200
+        )
+        await a.send_message(gid, "again")
+        [post] = await asyncio.to_thread(receiver.wait, "ok", to_carol)
+        assert post.json["conversations"][0]["preview"] == "again"
+
+
+async def test_gone_ends_the_registration_and_failures_are_retried(
+    system: System, receiver: Receiver
+) -> None:
+    alice, bob, carol = user(), user(), user()
+    gone = webhook(system, receiver, bob, "phone", kind="gone")
+    flaky = webhook(system, receiver, carol, "phone", kind="flaky")
+    async with system.connect(alice) as a:
+        await a.send_message(direct_conversation_id(alice, bob), "one")
+        await a.send_message(direct_conversation_id(alice, carol), "one")
+        await asyncio.to_thread(receiver.wait, "gone", gone)
+        # 500 first, then retried after the first backoff with the same notification id
+        first, second = await asyncio.to_thread(receiver.wait, "flaky", flaky, 2)
+        assert first.json["notification_id"] == second.json["notification_id"]
+        assert first.json == second.json
+        await asyncio.sleep(1.0)  # the unregistration is in the read model (write-through)
+        await a.send_message(direct_conversation_id(alice, bob), "two")
+        await asyncio.sleep(QUIET_S)
+    assert len(receiver.to("gone", gone)) == 1, "a 410 ends the registration"
+    assert len(receiver.to("flaky", flaky)) == 2
