@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from typing import Literal
 
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
 from pydantic import Field, StrictBool
 from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import empty
@@ -107,3 +109,17 @@ async def conversation_settings(request: Request, conversation_id: str) -> HTTPR
     await require_member(deps.directory, conversation_id, me)
     await set_muted(me, conversation_id, body.muted, log=deps.log, store=store, clock=_now_ms)
     return json_response({"conversation_id": conversation_id, "muted": body.muted})
+
+
+@bp.get("/v1/push/webpush-key")
+async def webpush_key(request: Request) -> HTTPResponse:
+    """The VAPID public key a browser passes to ``pushManager.subscribe`` as its
+    ``applicationServerKey`` (unpadded base64url of the uncompressed P-256 point)."""
+    deps: Dependencies = request.app.ctx.deps
+    _push(deps)
+    key = getattr(request.app.ctx, "vapid_public_key", None)
+    if key is None:
+        private = load_pem_private_key(deps.settings.resolved_vapid_private_pem(), password=None)
+        point = private.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+        key = request.app.ctx.vapid_public_key = base64.urlsafe_b64encode(point).rstrip(b"=").decode()
+    return json_response({"public_key": key})

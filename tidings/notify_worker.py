@@ -25,7 +25,7 @@ from streams.metrics import observe_applied, observe_unavailable
 from streams.notify import Notifier
 from streams.push_metrics import PUSH_JOBS
 from streams.push_model import Job
-from streams.push_providers import Provider, WebhookProvider
+from streams.push_providers import Provider, WebhookProvider, WebPushProvider
 from streams.push_redis import RedisOnlineDevices, RedisSentLog
 from streams.push_sender import Sender
 from tidings.settings import Settings
@@ -106,6 +106,13 @@ def build_notify_app(settings: Settings) -> faust.App:
     providers: dict[str, Provider] = {
         "webhook": WebhookProvider(
             client, settings.resolved_push_webhook_secret(), settings.hosts(settings.push_webhook_hosts)
+        ),
+        "webpush": WebPushProvider(
+            client,
+            settings.resolved_vapid_private_pem(),
+            settings.push_vapid_subject,
+            settings.hosts(settings.push_webpush_hosts),
+            ttl_s=settings.push_webpush_ttl_s,
         ),
     }
 

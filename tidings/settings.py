@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -135,6 +136,12 @@ class Settings(BaseSettings):
         "fcm.googleapis.com,updates.push.services.mozilla.com,web.push.apple.com,"
         "wns2-par02p.notify.windows.com"
     )
+    # Web Push (RFC 8292) VAPID: the server's P-256 key (PEM; unset: one generated into the state
+    # folder) and the contact the push services see in each token.
+    push_vapid_private_key: SecretStr | None = None
+    push_vapid_subject: str = "mailto:push@tidings.invalid"
+    # How long a push service keeps an undelivered Web Push notification (its TTL header).
+    push_webpush_ttl_s: int = 24 * 3600
     # Messages to one device within this window go in one notification.
     push_window_s: float = 2.0
     # One delivery attempt's limit; failed deliveries are retried with backoff (doubling up to
@@ -176,13 +183,33 @@ class Settings(BaseSettings):
         secret in the state folder (so tests and local receivers can check signatures)."""
         if self.push_webhook_secret is not None:
             return self.push_webhook_secret.get_secret_value()
-        path = self.state_dir / "push-webhook-secret"
+        return self._state_secret("push-webhook-secret", lambda: secrets.token_urlsafe(32))
+
+    def resolved_vapid_private_pem(self) -> bytes:
+        """The VAPID key: ``TIDINGS_PUSH_VAPID_PRIVATE_KEY``, else a development key in the
+        state folder (the gateway hands its public half to web clients)."""
+        if self.push_vapid_private_key is not None:
+            return self.push_vapid_private_key.get_secret_value().encode()
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        def new_key() -> str:
+            key = ec.generate_private_key(ec.SECP256R1())
+            return key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ).decode()
+
+        return self._state_secret("vapid-private.pem", new_key).encode()
+
+    def _state_secret(self, name: str, make: Callable[[], str]) -> str:
+        """A development secret kept in the state folder, made once. Made whole beside it,
+        then linked into place: of processes starting together, the first link wins and
+        every one reads the same secret."""
+        path = self.state_dir / name
         if not path.exists():
-            # Made whole beside it, then linked into place: of processes starting together,
-            # the first link wins and every one reads the same secret.
             path.parent.mkdir(parents=True, exist_ok=True)
             draft = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-            draft.write_text(secrets.token_urlsafe(32))
+            draft.write_text(make())
             draft.chmod(0o600)
             try:
                 os.link(draft, path)

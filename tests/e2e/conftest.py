@@ -56,6 +56,8 @@ class System:
             "TIDINGS_IDLE_CLOSE_S": str(IDLE_CLOSE_S),
             "TIDINGS_PRESENCE_SWEEP_S": "0.25",
             "TIDINGS_ARCHIVE_DIR": str(logs / "archive"),
+            # The push tests play the Web Push service on this host (tests/e2e/test_push.py).
+            "TIDINGS_PUSH_WEBPUSH_HOSTS": "127.0.0.1",
             **(env or {}),
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}

@@ -38,10 +38,14 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 post = Post(self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time())
+                try:
+                    ident = str(post.json.get("notification_id"))
+                except orjson.JSONDecodeError:
+                    ident = hashlib.sha256(body).hexdigest()  # encrypted (Web Push)
                 with receiver._lock:
                     receiver.posts.append(post)
-                    first = post.json.get("notification_id") not in receiver._seen
-                    receiver._seen.add(post.json.get("notification_id"))
+                    first = ident not in receiver._seen
+                    receiver._seen.add(ident)
                 kind = self.path.split("/")[1]
                 status = {"ok": 200, "gone": 410, "fail": 500}.get(kind, 200)
                 if kind == "flaky":

@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import time
 from collections.abc import Iterator
 
+import http_ece
+import jwt
+import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -82,7 +87,7 @@ def test_registration_and_settings_rules(system: System) -> None:
         assert status == 400 and payload["error"]["code"] == "invalid", (body, payload)
     good_webpush = {
         "provider": "webpush",
-        "endpoint": "https://fcm.googleapis.com/fcm/send/abc",
+        "endpoint": "http://127.0.0.1:9/push/abc",  # the e2e system allows the test's push service
         "keys": {"p256dh": _b64(point), "auth": _b64(b"a" * 16)},
     }
     assert register(system, me, "laptop", good_webpush) == (
@@ -197,3 +202,49 @@ async def test_gone_ends_the_registration_and_failures_are_retried(
         await asyncio.sleep(QUIET_S)
     assert len(receiver.to("gone", gone)) == 1, "a 410 ends the registration"
     assert len(receiver.to("flaky", flaky)) == 2
+
+
+async def test_web_push_round_trip(system: System, receiver: Receiver) -> None:
+    """The test is the push service and the browser: it holds the subscription's P-256 key and
+    auth secret, checks the VAPID token (RFC 8292) and decrypts the aes128gcm payload."""
+    alice, bob = user(), user()
+    browser = ec.generate_private_key(ec.SECP256R1())
+    point = browser.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    secret = os.urandom(16)
+    status, key = system.request("GET", "/v1/push/webpush-key", user=bob)
+    assert status == 200
+    name = f"wp-{bob}"
+    subscription = {
+        "provider": "webpush",
+        "endpoint": receiver.url("ok", name),
+        "keys": {"p256dh": _b64(point), "auth": _b64(secret)},
+    }
+    assert register(system, bob, "browser", subscription) == (
+        200,
+        {"device_id": "browser", "provider": "webpush"},
+    )
+    cid = direct_conversation_id(alice, bob)
+    async with system.connect(alice) as a:
+        acks = [await a.send_message(cid, f"hello {i}") for i in range(2)]
+    [post] = await asyncio.to_thread(receiver.wait, "ok", name)
+    assert post.headers["content-encoding"] == "aes128gcm"
+    assert post.headers["urgency"] == "high"
+    assert int(post.headers["ttl"]) > 0
+    scheme, _, params = post.headers["authorization"].partition(" ")
+    assert scheme == "vapid"
+    fields = dict(p.split("=", 1) for p in params.split(","))
+    assert fields["k"] == key["public_key"]
+    vapid_key = ec.EllipticCurvePublicKey.from_encoded_point(
+        ec.SECP256R1(), base64.urlsafe_b64decode(fields["k"] + "=" * (-len(fields["k"]) % 4))
+    )
+    claims = jwt.decode(
+        fields["t"], vapid_key, algorithms=["ES256"], audience=f"http://127.0.0.1:{receiver.port}"
+    )
+    assert claims["sub"].startswith("mailto:") and time.time() < claims["exp"] <= time.time() + 24 * 3600
+    note = orjson.loads(
+        http_ece.decrypt(post.body, private_key=browser, auth_secret=secret, version="aes128gcm")
+    )
+    assert note["user_id"] == bob and note["device_id"] == "browser" and note["priority"] == "high"
+    assert note["conversations"][0]["count"] == 2
+    assert note["conversations"][0]["last_message_id"] == acks[-1]["message_id"]
+    assert note["conversations"][0]["preview"] == "hello 1"
