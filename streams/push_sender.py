@@ -326,6 +326,7 @@ class Sender:
 
         await self._durably(send)
         PUSH_DEAD.labels(provider).inc()
+        log.warning("push sender: dead-lettered (%s): %s", provider, error)
 
     async def _durably(self, call: Callable[[], Awaitable[Any]]) -> Any:
         """``call()`` until it does not raise ``Unavailable`` (a backing service is down: the

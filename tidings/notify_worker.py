@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import faust
 import httpx
+import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
@@ -24,6 +25,7 @@ from streams.app import create_app
 from streams.metrics import observe_applied, observe_unavailable
 from streams.notify import Notifier
 from streams.push_metrics import PUSH_JOBS
+from streams.push_mobile import ApnsProvider, FcmProvider, apns_client
 from streams.push_model import Job
 from streams.push_providers import Provider, WebhookProvider, WebPushProvider
 from streams.push_redis import RedisOnlineDevices, RedisSentLog
@@ -64,6 +66,37 @@ class LazyEventLog:
 
     async def append(self, event: ChatEvent) -> None:
         await KafkaEventLog(await self._producer(), self._topics).append(event)
+
+
+def mobile_providers(settings: Settings) -> dict[str, Provider]:
+    """FCM and APNs, each when its credentials are set."""
+    out: dict[str, Provider] = {}
+    if settings.push_fcm_credentials_file is not None:
+        account = orjson.loads(settings.push_fcm_credentials_file.read_bytes())
+        out["fcm"] = FcmProvider(
+            httpx.AsyncClient(timeout=settings.push_timeout_s, follow_redirects=False),
+            account,
+            project_id=settings.push_fcm_project_id or str(account["project_id"]),
+            base_url=settings.push_fcm_base_url,
+        )
+    if settings.push_apns_key_file is not None:
+        missing = [
+            name
+            for name in ("push_apns_key_id", "push_apns_team_id", "push_apns_topic")
+            if not getattr(settings, name)
+        ]
+        if missing:
+            raise SystemExit(f"APNs needs TIDINGS_{', TIDINGS_'.join(m.upper() for m in missing)}")
+        out["apns"] = ApnsProvider(
+            apns_client(settings.push_apns_base_url, settings.push_timeout_s),
+            key_pem=settings.push_apns_key_file.read_bytes(),
+            key_id=str(settings.push_apns_key_id),
+            team_id=str(settings.push_apns_team_id),
+            topic=str(settings.push_apns_topic),
+            base_url=settings.push_apns_base_url,
+            expiration_s=settings.push_apns_expiration_s,
+        )
+    return out
 
 
 def build_notify_app(settings: Settings) -> faust.App:
@@ -116,6 +149,7 @@ def build_notify_app(settings: Settings) -> faust.App:
         ),
     }
 
+    providers.update(mobile_providers(settings))
     app_id = f"{settings.worker_app_id}-notify"
     sender = Sender(
         bootstrap=settings.kafka_bootstrap,

@@ -142,6 +142,18 @@ class Settings(BaseSettings):
     push_vapid_subject: str = "mailto:push@tidings.invalid"
     # How long a push service keeps an undelivered Web Push notification (its TTL header).
     push_webpush_ttl_s: int = 24 * 3600
+    # FCM (HTTP v1): a service account's JSON key file; unset: FCM registrations are accepted
+    # and their notifications dead-lettered. The project defaults to the key's project_id.
+    push_fcm_credentials_file: Path | None = None
+    push_fcm_project_id: str | None = None
+    push_fcm_base_url: str = "https://fcm.googleapis.com"
+    # APNs (token auth): the .p8 key, its key id, the team id and the app's bundle id (topic).
+    push_apns_key_file: Path | None = None
+    push_apns_key_id: str | None = None
+    push_apns_team_id: str | None = None
+    push_apns_topic: str | None = None
+    push_apns_base_url: str = "https://api.push.apple.com"
+    push_apns_expiration_s: int = 24 * 3600
     # Messages to one device within this window go in one notification.
     push_window_s: float = 2.0
     # One delivery attempt's limit; failed deliveries are retried with backoff (doubling up to

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import secrets
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 
 import http_ece
 import jwt
@@ -19,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from events import direct_conversation_id
 from tests.e2e.conftest import System, user
+from tests.e2e.push_fakes import FakeApns, FakeFcm, Recorded
 from tests.e2e.push_receiver import Receiver, signature_ok
 
 # The window is 2 s (the default), plus the sender's grace and the way through the log.
@@ -248,3 +251,78 @@ async def test_web_push_round_trip(system: System, receiver: Receiver) -> None:
     assert note["conversations"][0]["count"] == 2
     assert note["conversations"][0]["last_message_id"] == acks[-1]["message_id"]
     assert note["conversations"][0]["preview"] == "hello 1"
+
+
+@pytest.fixture(scope="module")
+def mobile(system: System) -> Iterator[tuple[FakeFcm, FakeApns]]:
+    fcm, apns = FakeFcm(system.push_fakes), FakeApns(system.push_fakes)
+    yield fcm, apns
+    fcm.close()
+    apns.close()
+
+
+def _wait(records: list[Recorded], match: Callable[[Recorded], bool], count: int = 1) -> list[Recorded]:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        got = [r for r in list(records) if match(r)]
+        if len(got) >= count:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} matching requests: {records}")
+
+
+async def test_fcm_and_apns_requests_are_well_formed(
+    system: System, mobile: tuple[FakeFcm, FakeApns]
+) -> None:
+    fcm, apns = mobile
+    alice, bob, carol = user(), user(), user()
+    android = f"tok:{uuid.uuid4().hex}"
+    iphone = "ab" + secrets.token_hex(31)
+    assert register(system, bob, "android", {"provider": "fcm", "token": android})[0] == 200
+    assert register(system, carol, "iphone", {"provider": "apns", "token": iphone})[0] == 200
+    status, created = system.request(
+        "POST", "/v1/conversations", user=alice, body={"kind": "group", "title": "T", "members": [carol]}
+    )
+    assert status == 201
+    gid = created["conversation"]["conversation_id"]
+    async with system.connect(alice) as a:
+        ack = await a.send_message(direct_conversation_id(alice, bob), "hi bob")
+        [sent] = await asyncio.to_thread(_wait, fcm.sends, lambda r: r.body["token"] == android)
+        note = orjson.loads(sent.body["data"]["tidings"])
+        assert sent.body["android"]["priority"] == "HIGH"
+        assert note["user_id"] == bob and note["conversations"][0]["last_message_id"] == ack["message_id"]
+        await a.send_message(gid, "hi group")
+        [grouped] = await asyncio.to_thread(_wait, apns.sends, lambda r: r.headers[":path"].endswith(iphone))
+        assert grouped.headers["apns-priority"] == "5"
+        assert grouped.body["tidings"]["conversations"][0]["preview"] == "hi group"
+        assert grouped.body["aps"]["badge"] == 1
+        await a.send_message(direct_conversation_id(alice, carol), "hi carol")
+        _, direct = await asyncio.to_thread(
+            _wait, apns.sends, lambda r: r.headers[":path"].endswith(iphone), 2
+        )
+        assert direct.headers["apns-priority"] == "10"
+        assert direct.headers["apns-collapse-id"] != grouped.headers["apns-collapse-id"]
+        assert direct.body["aps"]["badge"] == 2
+    assert fcm.problems == [] and apns.problems == []
+
+
+async def test_fcm_404_and_apns_410_end_registrations(
+    system: System, mobile: tuple[FakeFcm, FakeApns]
+) -> None:
+    fcm, apns = mobile
+    alice, bob, carol = user(), user(), user()
+    android = f"gone{uuid.uuid4().hex}"
+    iphone = "dead" + secrets.token_hex(30)
+    assert register(system, bob, "android", {"provider": "fcm", "token": android})[0] == 200
+    assert register(system, carol, "iphone", {"provider": "apns", "token": iphone})[0] == 200
+    async with system.connect(alice) as a:
+        await a.send_message(direct_conversation_id(alice, bob), "one")
+        await a.send_message(direct_conversation_id(alice, carol), "one")
+        await asyncio.to_thread(_wait, fcm.sends, lambda r: r.body["token"] == android)
+        await asyncio.to_thread(_wait, apns.sends, lambda r: r.headers[":path"].endswith(iphone))
+        await asyncio.sleep(1.0)
+        await a.send_message(direct_conversation_id(alice, bob), "two")
+        await a.send_message(direct_conversation_id(alice, carol), "two")
+        await asyncio.sleep(QUIET_S)
+    assert len([r for r in fcm.sends if r.body["token"] == android]) == 1
+    assert len([r for r in apns.sends if r.headers[":path"].endswith(iphone)]) == 1
