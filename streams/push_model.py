@@ -182,9 +182,11 @@ class Coalescer:
     def __len__(self) -> int:
         return len(self._open) + len(self._closed)
 
-    def drop(self, keep: Callable[[Window], bool]) -> None:
-        """Forget the windows ``keep`` refuses (a rebalance: the new owner of their partition
-        reads their jobs again from the committed offset)."""
+    def drop(self, keep: Callable[[Window], bool]) -> list[Window]:
+        """Forget (and return) the windows ``keep`` refuses (a rebalance: the new owner of
+        their partition reads their jobs again from the committed offset)."""
+        dropped = [w for w in self._closed if not keep(w)]
         self._closed = [w for w in self._closed if keep(w)]
         for key in [k for k, w in self._open.items() if not keep(w)]:
-            del self._open[key]
+            dropped.append(self._open.pop(key))
+        return dropped

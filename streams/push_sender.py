@@ -95,6 +95,7 @@ class Sender:
         self._badge = badge
         self._providers = providers
         self._sent = sent
+        self._window_ms = window_ms
         self._coalescer = Coalescer(window_ms)
         self._retry_for_ms = retry_for_ms
         self._first_backoff_ms = first_backoff_ms
@@ -107,9 +108,16 @@ class Sender:
         self._next: dict[int, int] = {}
         self._committed: dict[int, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # message ids in windows (open, closed or being delivered), per device, until the sent
+        # log has them
+        self._taken: dict[tuple[str, str], set[int]] = {}
 
     # -- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
+        """Until cancelled; raises what the consumer raises (the caller starts it again: it
+        then reads from the committed offsets, as after a crash)."""
+        self._coalescer = Coalescer(self._window_ms)
+        self._retries, self._held, self._next, self._committed, self._taken = [], {}, {}, {}, {}
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap,
             group_id=self._group_id,
@@ -149,11 +157,16 @@ class Sender:
             self._hold(mark)
             self._retries.append((item, mark))
             return
+        if item.message_id in self._taken.get((item.user_id, item.device_id), ()):
+            # The notifier appended it twice (a crash): its first job is in a window already
+            # (open, closed, or being delivered), maybe one before the device's open window.
+            return
         done = await self._durably(lambda: self._sent.sent(item.user_id, item.device_id, [item.message_id]))
         if item.message_id in done:
             return  # delivered before a crash or a rebalance
         self._hold(mark)
         self._coalescer.add(item, mark)
+        self._taken.setdefault((item.user_id, item.device_id), set()).add(item.message_id)
 
     def _hold(self, mark: Mark) -> None:
         self._held.setdefault(mark[0], Counter())[mark[1]] += 1
@@ -205,7 +218,8 @@ class Sender:
 
     def forget(self, partitions: set[int]) -> None:
         """Partitions revoked: their held records are read again by their new owner."""
-        self._coalescer.drop(lambda w: w.marks[0][0] not in partitions)
+        for window in self._coalescer.drop(lambda w: w.marks[0][0] not in partitions):
+            self._landed(window)  # not delivered here: its new owner reads its jobs again
         self._retries = [(r, m) for r, m in self._retries if m[0] not in partitions]
         for partition in partitions:
             self._held.pop(partition, None)
@@ -230,10 +244,19 @@ class Sender:
             await self._durably(
                 lambda: self._sent.record(window.user_id, window.device_id, messages, self._clock())
             )
+            self._landed(window)
             self._release(window.marks)
         except Exception:
             # Only a bug gets here: the records stay held, so a restart delivers them.
             log.exception("push sender: window of %s/%s", window.user_id, window.device_id)
+
+    def _landed(self, window: Window) -> None:
+        key = (window.user_id, window.device_id)
+        taken = self._taken.get(key)
+        if taken is not None:
+            taken.difference_update(j.message_id for j in window.jobs)
+            if not taken:
+                del self._taken[key]
 
     async def _deliver_retry(self, retry: Retry, mark: Mark) -> None:
         try:

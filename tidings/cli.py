@@ -87,8 +87,8 @@ def worker(
 
     settings = _settings()
     if role:
-        if role not in ("all", "deliver", "persist", "notify"):
-            raise typer.BadParameter("role is all, deliver, persist or notify")
+        if role not in ("all", "deliver", "persist", "notify", "push"):
+            raise typer.BadParameter("role is all, deliver, persist, notify or push")
         settings = settings.model_copy(update={"worker_role": role})
     run_worker(settings)
 
@@ -128,6 +128,7 @@ def up() -> None:
             "deliver": {"TIDINGS_WORKER_WEB_PORT": str(metrics_port)},
             "persist": {"TIDINGS_WORKER_WEB_PORT": str(metrics_port + 1)},
             "notify": {"TIDINGS_WORKER_WEB_PORT": str(metrics_port + 2)},
+            "push": {"TIDINGS_WORKER_WEB_PORT": str(metrics_port + 3)},
             "gateway": {},
         }
         started = {name: processes.spawn(name, {**env, **more}) for name, more in extra.items()}

@@ -1,16 +1,23 @@
-"""Composition root of ``tidings worker --role notify``: the notifier agent over the
-conversation events and the push sender over the notifications topic (docs/push.md)."""
+"""Composition roots of ``tidings worker --role notify`` (the notifier agent over the
+conversation events) and ``--role push`` (the sender over the notifications topic); two
+processes, so each can be scaled, stopped and killed on its own (docs/push.md)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import signal
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import faust
 import httpx
 import orjson
+import uvloop
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from redis.asyncio import Redis
 
 from commands.kafka_log import KafkaEventLog
 from events import ChatEvent, Topics, partition_key
@@ -31,6 +38,8 @@ from streams.push_providers import Provider, WebhookProvider, WebPushProvider
 from streams.push_redis import RedisOnlineDevices, RedisSentLog
 from streams.push_sender import Sender
 from tidings.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # Inbox rows read to count a badge (the user's total unread, each conversation capped).
 BADGE_CONVERSATIONS = 500
@@ -99,7 +108,17 @@ def mobile_providers(settings: Settings) -> dict[str, Provider]:
     return out
 
 
-def build_notify_app(settings: Settings) -> faust.App:
+@dataclass
+class _Stores:
+    cql: Cql
+    membership: CassandraMembership
+    push_settings: CassandraPushSettings
+    redis: Redis
+    topics: Topics
+    producer: LazyProducer
+
+
+def _stores(settings: Settings) -> _Stores:
     _, session = connect_to(settings)
     cql = Cql(session, settings.cassandra_keyspace)
     membership = CassandraMembership(cql)
@@ -107,8 +126,15 @@ def build_notify_app(settings: Settings) -> faust.App:
     push_settings = CassandraPushSettings(cql)
     push_settings.prepare()
     redis = make_redis(settings.redis_host, settings.redis_port, settings.redis_db)
-    topics = Topics(settings.topic_prefix)
-    producer = LazyProducer(settings)
+    return _Stores(
+        cql, membership, push_settings, redis, Topics(settings.topic_prefix), LazyProducer(settings)
+    )
+
+
+def build_notify_app(settings: Settings) -> faust.App:
+    """The notifier: a Faust agent over the conversation events appending notification jobs."""
+    stores = _stores(settings)
+    topics, producer = stores.topics, stores.producer
 
     async def emit(jobs: Sequence[Job]) -> None:
         out = await producer()
@@ -122,7 +148,34 @@ def build_notify_app(settings: Settings) -> faust.App:
             raise Unavailable("the notifications topic did not take the jobs") from exc
         PUSH_JOBS.inc(len(jobs))
 
-    notifier = Notifier(members=membership, push=push_settings, online=RedisOnlineDevices(redis), emit=emit)
+    notifier = Notifier(
+        members=stores.membership,
+        push=stores.push_settings,
+        online=RedisOnlineDevices(stores.redis),
+        emit=emit,
+    )
+    return create_app(
+        app_id=f"{settings.worker_app_id}-notify",
+        # Like delivery: a new notify group starts at the end of the log, so an old message
+        # never becomes a new notification.
+        offset_reset="latest",
+        bootstrap=settings.kafka_bootstrap,
+        topics=topics,
+        partitions=settings.topic_partitions,
+        stages=[notifier],
+        batch_size=settings.worker_batch_size,
+        batch_window_s=settings.worker_batch_window_s,
+        session_timeout_s=settings.worker_session_timeout_s,
+        on_applied=observe_applied,
+        on_unavailable=observe_unavailable,
+        lag_interval_s=settings.lag_interval_s,
+    )
+
+
+def build_sender(settings: Settings) -> Sender:
+    """The sender (role ``push``): coalesces the jobs and delivers through the providers."""
+    stores = _stores(settings)
+    cql, membership = stores.cql, stores.membership
 
     async def unread(conversation_id: str, *, after: int, reader: str, cap: int) -> int:
         return await count_unread(
@@ -147,46 +200,47 @@ def build_notify_app(settings: Settings) -> faust.App:
             settings.hosts(settings.push_webpush_hosts),
             ttl_s=settings.push_webpush_ttl_s,
         ),
+        **mobile_providers(settings),
     }
-
-    providers.update(mobile_providers(settings))
-    app_id = f"{settings.worker_app_id}-notify"
-    sender = Sender(
+    return Sender(
         bootstrap=settings.kafka_bootstrap,
-        group_id=f"{app_id}-sender",
-        topics=topics,
-        producer=producer,
-        event_log=LazyEventLog(producer, topics),
-        registrations=push_settings,
-        write_through=push_settings,
+        group_id=f"{settings.worker_app_id}-push",
+        topics=stores.topics,
+        producer=stores.producer,
+        event_log=LazyEventLog(stores.producer, stores.topics),
+        registrations=stores.push_settings,
+        write_through=stores.push_settings,
         badge=badge,
         providers=providers,
-        sent=RedisSentLog(redis),
+        sent=RedisSentLog(stores.redis),
         window_ms=int(settings.push_window_s * 1000),
         retry_for_ms=int(settings.push_retry_for_s * 1000),
         first_backoff_ms=int(settings.push_first_backoff_s * 1000),
         max_backoff_ms=int(settings.push_max_backoff_s * 1000),
         delivery_timeout_s=settings.push_timeout_s * 2,
     )
-    app = create_app(
-        app_id=app_id,
-        # Like delivery: a new notify group starts at the end of the log, so an old message
-        # never becomes a new notification.
-        offset_reset="latest",
-        bootstrap=settings.kafka_bootstrap,
-        topics=topics,
-        partitions=settings.topic_partitions,
-        stages=[notifier],
-        batch_size=settings.worker_batch_size,
-        batch_window_s=settings.worker_batch_window_s,
-        session_timeout_s=settings.worker_session_timeout_s,
-        on_applied=observe_applied,
-        on_unavailable=observe_unavailable,
-        lag_interval_s=settings.lag_interval_s,
-    )
 
-    @app.task
-    async def push_sender() -> None:
-        await sender.run()
 
-    return app
+def run_sender(settings: Settings) -> None:
+    """``tidings worker --role push``: the sender until SIGTERM/SIGINT, then a last commit."""
+    sender = build_sender(settings)
+
+    async def forever() -> None:
+        while True:
+            try:
+                await sender.run()
+            except (KafkaError, OSError) as exc:
+                # Kafka unreachable or the group in trouble: held jobs were not committed, so
+                # a new run reads them again.
+                log.warning("push sender stopped (%r); starting again in 2 s", exc)
+                await asyncio.sleep(2)
+
+    async def main() -> None:
+        task = asyncio.create_task(forever())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    uvloop.run(main())

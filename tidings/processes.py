@@ -23,6 +23,7 @@ ROLES: dict[str, list[str]] = {
     "deliver": ["worker", "--role", "deliver"],
     "persist": ["worker", "--role", "persist"],
     "notify": ["worker", "--role", "notify"],
+    "push": ["worker", "--role", "push"],
     "gateway": ["gateway"],
 }
 

@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     worker_app_id: str = "tidings-projector"
     # "deliver": hot cache and pushes; "persist": Cassandra read models; "all": both in one
     # process. Each role is its own consumer group, so pushes never wait for Cassandra.
-    worker_role: Literal["all", "deliver", "persist", "notify"] = "all"
+    worker_role: Literal["all", "deliver", "persist", "notify", "push"] = "all"
     worker_web_port: int = 6066
     worker_batch_size: int = 500
     worker_batch_window_s: float = 0.005

@@ -95,8 +95,19 @@ def run_worker(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Faust builds its loop from the policy; uvloop's is cheaper per wake-up and per I/O.
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    if settings.worker_role == "push":
+        from tidings.notify_worker import run_sender
+
+        _serve_metrics(settings)
+        run_sender(settings)
+        return
     app = build_worker_app(settings)
     tune_for_server()
+    _serve_metrics(settings)
+    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+
+
+def _serve_metrics(settings: Settings) -> None:
     try:
         start_http_server(settings.worker_web_port, addr="127.0.0.1")
     except OSError as exc:
@@ -104,4 +115,3 @@ def run_worker(settings: Settings) -> None:
         logging.getLogger(__name__).warning(
             "metrics not served: port %s: %s (set TIDINGS_WORKER_WEB_PORT)", settings.worker_web_port, exc
         )
-    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from events import direct_conversation_id
 from tests.e2e.conftest import System, user
 from tests.e2e.push_fakes import FakeApns, FakeFcm, Recorded
+from tests.e2e.push_load import kill_notify_under_load
 from tests.e2e.push_receiver import Receiver, signature_ok
 
 # The window is 2 s (the default), plus the sender's grace and the way through the log.
@@ -326,3 +327,14 @@ async def test_fcm_404_and_apns_410_end_registrations(
         await asyncio.sleep(QUIET_S)
     assert len([r for r in fcm.sends if r.body["token"] == android]) == 1
     assert len([r for r in apns.sends if r.headers[":path"].endswith(iphone)]) == 1
+
+
+async def test_kill_9_of_the_notify_worker_loses_no_notification(system: System, receiver: Receiver) -> None:
+    """The sender, then the notifier, then the sender again killed -9 under load and started
+    again."""
+    report = await kill_notify_under_load(
+        system, receiver, kills=((3.0, "push"), (7.0, "notify"), (10.0, "push"))
+    )
+    print(report.line())
+    assert report.acked > 0 and not report.problems, "\n".join([report.line(), *report.problems])
+    assert report.notifications < report.acked, "messages were coalesced"

@@ -4,6 +4,7 @@ delivery outcome (fakes for Kafka, Redis and the receiver)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -189,3 +190,24 @@ async def test_outcomes_end_registrations_append_retries_and_dead_letter() -> No
     producer.sent.clear()
     await sender("failed", producer, log, 1000)._attempt(REG, payload, attempt=0, first_ts=1000)
     assert [t for t, *_ in producer.sent] == ["t.dead-letters"]
+
+
+class FakeSent:
+    def __init__(self) -> None:
+        self.recorded: set[int] = set()
+
+    async def sent(self, user_id: str, device_id: str, message_ids: Sequence[int]) -> set[int]:
+        return {m for m in message_ids if m in self.recorded}
+
+
+async def test_a_replayed_job_of_a_closed_window_is_not_counted_again() -> None:
+    """The notifier, restarted, appends jobs again; one whose window the sender has closed
+    (not yet delivered) must not land in the device's next window."""
+    s = sender("ok", FakeProducer(), FakeLog(), 0)
+    s._sent = FakeSent()  # type: ignore[assignment]
+    records = [job(1, 0), job(2, 500), job(3, 2500), job(2, 500), job(1, 0)]  # the last two: replayed
+    for offset, j in enumerate(records):
+        await s._take(0, SimpleNamespace(offset=offset, key=b"b", value=j.encode()))  # type: ignore[arg-type]
+    windows = s._coalescer.due(10**9)
+    assert [[j.message_id for j in w.jobs] for w in windows] == [[1, 2], [3]]
+    assert s._held[0] == {0: 1, 1: 1, 2: 1}  # the replayed records are not held
