@@ -9,6 +9,7 @@ write-through lost to a Cassandra outage is made good.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ STATEMENTS = (_REGISTER, _UNREGISTER, _MUTE, _SELECT_USERS, _SELECT_DEVICE, _SEL
 
 # Users per IN query: Cassandra fans one query out per partition key.
 _USERS_PER_QUERY = 100
+_QUERIES_IN_FLIGHT = 8
 
 
 @dataclass(frozen=True)
@@ -129,13 +131,19 @@ class CassandraPushSettings:
         await self._cql.execute_all(work)
 
     async def registrations(self, user_ids: Sequence[str]) -> list[Registration]:
-        """Every registered device of ``user_ids``."""
+        """Every registered device of ``user_ids``: 100 users per query, at most 8 queries at
+        once (a large group's members)."""
         users = list(dict.fromkeys(user_ids))
-        out: list[Registration] = []
-        for first in range(0, len(users), _USERS_PER_QUERY):
-            rows = await self._cql.execute_paged(_SELECT_USERS, (users[first : first + _USERS_PER_QUERY],))
-            out += [_registration(r) for r in rows]
-        return out
+        slots = asyncio.Semaphore(_QUERIES_IN_FLIGHT)
+
+        async def chunk(first: int) -> list[Any]:
+            async with slots:
+                return await self._cql.execute_paged(
+                    _SELECT_USERS, (users[first : first + _USERS_PER_QUERY],)
+                )
+
+        pages = await asyncio.gather(*(chunk(f) for f in range(0, len(users), _USERS_PER_QUERY)))
+        return [_registration(r) for rows in pages for r in rows]
 
     async def registration(self, user_id: str, device_id: str) -> Registration | None:
         rows = await self._cql.execute(_SELECT_DEVICE, (user_id, device_id))

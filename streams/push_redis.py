@@ -54,17 +54,29 @@ class RedisSentLog:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
 
-    async def sent(self, user_id: str, device_id: str, message_ids: Sequence[int]) -> set[int]:
-        """Those of ``message_ids`` already notified to the device."""
-        if not message_ids:
+    async def sent_many(self, wanted: Sequence[tuple[str, str, int]]) -> set[tuple[str, str, int]]:
+        """Those ``(user_id, device_id, message_id)`` already notified, in one round trip."""
+        by_device: dict[tuple[str, str], list[int]] = {}
+        for user_id, device_id, message_id in wanted:
+            by_device.setdefault((user_id, device_id), []).append(message_id)
+        if not by_device:
             return set()
+        devices = list(by_device)
         try:
-            scores = await self._redis.zmscore(
-                keys.push_sent(user_id, device_id), [str(m) for m in message_ids]
-            )
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for user_id, device_id in devices:
+                    pipe.zmscore(
+                        keys.push_sent(user_id, device_id), [str(m) for m in by_device[(user_id, device_id)]]
+                    )
+                replies = await pipe.execute()
         except RedisError as exc:
             raise Unavailable("push state unavailable") from exc
-        return {m for m, score in zip(message_ids, scores, strict=True) if score is not None}
+        out = set()
+        for (user_id, device_id), scores in zip(devices, replies, strict=True):
+            for message_id, score in zip(by_device[(user_id, device_id)], scores, strict=True):
+                if score is not None:
+                    out.add((user_id, device_id, message_id))
+        return out
 
     async def record(
         self, user_id: str, device_id: str, messages: Sequence[tuple[int, int]], now_ms: int

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -44,7 +44,7 @@ from streams.push_metrics import (
     PUSH_SENT,
     PUSH_UNREGISTERED,
 )
-from streams.push_model import Coalescer, Retry, Window, decode_record
+from streams.push_model import Coalescer, Job, Retry, Window, decode_record
 from streams.push_providers import Delivery, Provider
 from streams.push_redis import RedisSentLog
 
@@ -132,8 +132,7 @@ class Sender:
             while True:
                 batches = await consumer.getmany(timeout_ms=100, max_records=1000)
                 for tp, records in batches.items():
-                    for record in records:
-                        await self._take(tp.partition, record)
+                    await self._take(tp.partition, records)
                 self._start_due()
                 if time.monotonic() - last_commit >= 1.0:
                     await self.commit(consumer)
@@ -145,28 +144,39 @@ class Sender:
                 task.cancel()
             await consumer.stop()
 
-    async def _take(self, partition: int, record: ConsumerRecord[bytes, bytes]) -> None:
-        self._next[partition] = record.offset + 1
-        try:
-            item = decode_record(record.value or b"")
-        except (ValueError, KeyError, TypeError) as exc:
-            await self._dead_letter(record.key, record.value or b"", f"undecodable: {exc!r}", "unknown")
+    async def _take(self, partition: int, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
+        """Hold a partition's batch of records: retries wait for their time, jobs go to their
+        device's window unless their message was already notified (one Redis round trip for
+        the whole batch)."""
+        jobs: list[tuple[Job, Mark]] = []
+        for record in records:
+            self._next[partition] = record.offset + 1
+            try:
+                item = decode_record(record.value or b"")
+            except (ValueError, KeyError, TypeError) as exc:
+                await self._dead_letter(record.key, record.value or b"", f"undecodable: {exc!r}", "unknown")
+                continue
+            mark = (partition, record.offset)
+            if isinstance(item, Retry):
+                self._hold(mark)
+                self._retries.append((item, mark))
+            else:
+                jobs.append((item, mark))
+        if not jobs:
             return
-        mark = (partition, record.offset)
-        if isinstance(item, Retry):
+        wanted = [(j.user_id, j.device_id, j.message_id) for j, _ in jobs]
+        done = await self._durably(lambda: self._sent.sent_many(wanted))
+        for job, mark in jobs:
+            key = (job.user_id, job.device_id)
+            if job.message_id in self._taken.get(key, ()):
+                # The notifier appended it twice (a crash): its first job is in a window already
+                # (open, closed, or being delivered), maybe one before the device's open window.
+                continue
+            if (job.user_id, job.device_id, job.message_id) in done:
+                continue  # delivered before a crash or a rebalance
             self._hold(mark)
-            self._retries.append((item, mark))
-            return
-        if item.message_id in self._taken.get((item.user_id, item.device_id), ()):
-            # The notifier appended it twice (a crash): its first job is in a window already
-            # (open, closed, or being delivered), maybe one before the device's open window.
-            return
-        done = await self._durably(lambda: self._sent.sent(item.user_id, item.device_id, [item.message_id]))
-        if item.message_id in done:
-            return  # delivered before a crash or a rebalance
-        self._hold(mark)
-        self._coalescer.add(item, mark)
-        self._taken.setdefault((item.user_id, item.device_id), set()).add(item.message_id)
+            self._coalescer.add(job, mark)
+            self._taken.setdefault(key, set()).add(job.message_id)
 
     def _hold(self, mark: Mark) -> None:
         self._held.setdefault(mark[0], Counter())[mark[1]] += 1
@@ -192,7 +202,13 @@ class Sender:
                     self._spawn(self._deliver_retry(retry, mark))
 
     def _spawn(self, work: Awaitable[None]) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(work)
+        async def bounded() -> None:
+            # The whole delivery (its reads, the POST, the sent log) holds a slot: 10,000
+            # windows due at once (a large group) must not all read Cassandra at once.
+            async with self._slots:
+                await work
+
+        task: asyncio.Task[None] = asyncio.ensure_future(bounded())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -281,13 +297,10 @@ class Sender:
                 registration.user_id.encode(), orjson.dumps(payload), f"provider {name} not configured", name
             )
             return
-        async with self._slots:
-            try:
-                delivery = await asyncio.wait_for(
-                    provider.send(registration, payload), self._delivery_timeout_s
-                )
-            except TimeoutError:
-                delivery = Delivery("retry", "no answer within the delivery timeout")
+        try:
+            delivery = await asyncio.wait_for(provider.send(registration, payload), self._delivery_timeout_s)
+        except TimeoutError:
+            delivery = Delivery("retry", "no answer within the delivery timeout")
         if delivery.outcome == "ok":
             PUSH_SENT.labels(name).inc()
             return

@@ -65,6 +65,10 @@ class LazyProducer:
                 self._producer = producer
             return self._producer
 
+    async def close(self) -> None:
+        if self._producer is not None:
+            await asyncio.wait_for(self._producer.stop(), 10)
+
 
 class LazyEventLog:
     """Appends (``PushUnregistered`` when a receiver answers 404/410) on the lazy producer."""
@@ -172,8 +176,9 @@ def build_notify_app(settings: Settings) -> faust.App:
     )
 
 
-def build_sender(settings: Settings) -> Sender:
-    """The sender (role ``push``): coalesces the jobs and delivers through the providers."""
+def build_sender(settings: Settings) -> tuple[Sender, LazyProducer]:
+    """The sender (role ``push``): coalesces the jobs and delivers through the providers; and
+    its producer, to close."""
     stores = _stores(settings)
     cql, membership = stores.cql, stores.membership
 
@@ -202,7 +207,7 @@ def build_sender(settings: Settings) -> Sender:
         ),
         **mobile_providers(settings),
     }
-    return Sender(
+    sender = Sender(
         bootstrap=settings.kafka_bootstrap,
         group_id=f"{settings.worker_app_id}-push",
         topics=stores.topics,
@@ -218,12 +223,14 @@ def build_sender(settings: Settings) -> Sender:
         first_backoff_ms=int(settings.push_first_backoff_s * 1000),
         max_backoff_ms=int(settings.push_max_backoff_s * 1000),
         delivery_timeout_s=settings.push_timeout_s * 2,
+        max_in_flight=settings.push_max_in_flight,
     )
+    return sender, stores.producer
 
 
 def run_sender(settings: Settings) -> None:
     """``tidings worker --role push``: the sender until SIGTERM/SIGINT, then a last commit."""
-    sender = build_sender(settings)
+    sender, producer = build_sender(settings)
 
     async def forever() -> None:
         while True:
@@ -242,5 +249,7 @@ def run_sender(settings: Settings) -> None:
             loop.add_signal_handler(sig, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        with contextlib.suppress(Exception):
+            await producer.close()
 
     uvloop.run(main())

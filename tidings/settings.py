@@ -162,6 +162,8 @@ class Settings(BaseSettings):
     push_retry_for_s: float = 600.0
     push_first_backoff_s: float = 1.0
     push_max_backoff_s: float = 60.0
+    # Deliveries at once per sender process (each reads Cassandra, POSTs and writes Redis).
+    push_max_in_flight: int = 256
 
     @property
     def kafka_host(self) -> str:

@@ -1,6 +1,6 @@
 """A real HTTP server the tests register as webhook endpoints: it records every POST and
 answers by path (``/ok/...`` 200, ``/gone/...`` 410, ``/fail/...`` 500, ``/flaky/...`` 500 to
-the first POST of each notification and 200 after, ``/hang/...`` after 30 s)."""
+the first POST of each notification and 200 after, ``/hang/...`` after 8 s, past the sender's 5 s timeout)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class Receiver:
                 if kind == "flaky":
                     status = 500 if first else 200
                 if kind == "hang":
-                    time.sleep(30)
+                    time.sleep(8)
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -61,6 +61,7 @@ class Receiver:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        self._server.block_on_close = False  # a hanging answer must not hold the teardown
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

@@ -329,6 +329,23 @@ async def test_fcm_404_and_apns_410_end_registrations(
     assert len([r for r in apns.sends if r.headers[":path"].endswith(iphone)]) == 1
 
 
+async def test_a_hanging_receiver_holds_no_other_device(system: System, receiver: Receiver) -> None:
+    alice, bob, carol = user(), user(), user()
+    hang = webhook(system, receiver, bob, "phone", kind="hang")
+    ok = webhook(system, receiver, carol, "phone")
+    async with system.connect(alice) as a:
+        await a.send_message(direct_conversation_id(alice, bob), "into the void")
+        await asyncio.to_thread(receiver.wait, "hang", hang)  # the sender is waiting on it now
+        sent = time.time()
+        await a.send_message(direct_conversation_id(alice, carol), "still here")
+        [post] = await asyncio.to_thread(receiver.wait, "ok", ok)
+    # the window (2 s) and the way through the log, not the hanging receiver's 5 s timeout
+    assert post.at - sent < 4.5, post.at - sent
+    # the hanging one is tried again after its timeout and the first backoff, same id
+    first, second = await asyncio.to_thread(receiver.wait, "hang", hang, 2, 20)
+    assert first.json["notification_id"] == second.json["notification_id"]
+
+
 async def test_kill_9_of_the_notify_worker_loses_no_notification(system: System, receiver: Receiver) -> None:
     """The sender, then the notifier, then the sender again killed -9 under load and started
     again."""

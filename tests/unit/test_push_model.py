@@ -196,8 +196,8 @@ class FakeSent:
     def __init__(self) -> None:
         self.recorded: set[int] = set()
 
-    async def sent(self, user_id: str, device_id: str, message_ids: Sequence[int]) -> set[int]:
-        return {m for m in message_ids if m in self.recorded}
+    async def sent_many(self, wanted: Sequence[tuple[str, str, int]]) -> set[tuple[str, str, int]]:
+        return {w for w in wanted if w[2] in self.recorded}
 
 
 async def test_a_replayed_job_of_a_closed_window_is_not_counted_again() -> None:
@@ -206,8 +206,12 @@ async def test_a_replayed_job_of_a_closed_window_is_not_counted_again() -> None:
     s = sender("ok", FakeProducer(), FakeLog(), 0)
     s._sent = FakeSent()  # type: ignore[assignment]
     records = [job(1, 0), job(2, 500), job(3, 2500), job(2, 500), job(1, 0)]  # the last two: replayed
-    for offset, j in enumerate(records):
-        await s._take(0, SimpleNamespace(offset=offset, key=b"b", value=j.encode()))  # type: ignore[arg-type]
+    await s._take(
+        0, [SimpleNamespace(offset=o, key=b"b", value=j.encode()) for o, j in enumerate(records[:3])]
+    )  # type: ignore[misc]
+    await s._take(
+        0, [SimpleNamespace(offset=o + 3, key=b"b", value=j.encode()) for o, j in enumerate(records[3:])]
+    )  # type: ignore[misc]
     windows = s._coalescer.due(10**9)
     assert [[j.message_id for j in w.jobs] for w in windows] == [[1, 2], [3]]
     assert s._held[0] == {0: 1, 1: 1, 2: 1}  # the replayed records are not held
