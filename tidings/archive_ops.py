@@ -38,9 +38,10 @@ from projections.membership import CassandraMembership
 from projections.messages import bucket_of
 from projections.migrate import migrate_cassandra
 from projections.presence import CassandraPresence
+from projections.push import CassandraPushSettings
 from projections.roster import Roster
 from projections.sync import BUCKET_BITS as SYNC_BUCKET_BITS
-from streams.projector import Projector
+from streams.projector import Projector, Stage
 from tidings.keyspaces import write_pointer
 from tidings.replay_partitions import (
     CountedDeadLetters,
@@ -270,8 +271,11 @@ async def replay(
         stages = await loop.run_in_executor(None, persist_stages, cql, settings, roster)
         presence = CassandraPresence(cql)
         await loop.run_in_executor(None, presence.prepare)
-        names = [s.name for s in stages] + [presence.name]
+        push_settings = CassandraPushSettings(cql)
+        await loop.run_in_executor(None, push_settings.prepare)
+        names = [s.name for s in stages] + [presence.name, push_settings.name]
         rebuild_presence = not projections or presence.name in projections
+        rebuild_push = not projections or push_settings.name in projections
         if projections:
             unknown = set(projections) - set(names)
             if unknown:
@@ -316,6 +320,8 @@ async def replay(
             state.shadowed += r.shadowed
         if rebuild_presence:
             state.from_log += await _replay_presence(settings, presence, progress)
+        if rebuild_push:
+            state.from_log += await _replay_user_events(settings, push_settings, progress)
         state.statements += cql.statements_sent
         state.requests += cql.requests_sent
         state.shadowed += cql.statements_shadowed
@@ -355,8 +361,17 @@ async def _in_processes(jobs: list[PartitionJob], progress: Progress) -> list[Pa
 async def _replay_presence(settings: Settings, presence: CassandraPresence, progress: Progress) -> int:
     """Presence has a topic of its own, never archived: all of it, from the start (its events
     are transitions only, and the newest wins, so replaying it again changes nothing)."""
-    topic = Topics(settings.topic_prefix).presence_events
-    projector = Projector([presence], CountedDeadLetters())
+    return await _replay_topic(settings, Topics(settings.topic_prefix).presence_events, presence, progress)
+
+
+async def _replay_user_events(settings: Settings, push: CassandraPushSettings, progress: Progress) -> int:
+    """Push registrations and mutes, from the user-events topic (never archived), all of it:
+    each write carries its event's time, so applying it again changes nothing."""
+    return await _replay_topic(settings, Topics(settings.topic_prefix).user_events, push, progress)
+
+
+async def _replay_topic(settings: Settings, topic: str, stage: Stage, progress: Progress) -> int:
+    projector = Projector([stage], CountedDeadLetters())
     applied = 0
     async with KafkaLogSource(settings.kafka_bootstrap, topic, settings.topic_partitions) as source:
         ends = await source.end_offsets()
@@ -455,6 +470,9 @@ async def switch(settings: Settings, rebuilt: str) -> tuple[int, Path]:
         presence = CassandraPresence(cql)
         presence.prepare()
         applied += await _replay_presence(settings, presence, Progress())
+        push_settings = CassandraPushSettings(cql)
+        push_settings.prepare()
+        applied += await _replay_user_events(settings, push_settings, Progress())
         state.ends = ends
         write_atomic(
             _state_path(settings, rebuilt),

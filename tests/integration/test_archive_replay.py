@@ -19,12 +19,21 @@ from archive.kafka_source import KafkaLogSource
 from archive.manifest import load
 from bench.archive_workload import produce, synthetic_events
 from commands.kafka_log import KafkaEventLog
-from events import ChatEvent, MessageSent, PresenceChanged, Topics
+from events import (
+    ChatEvent,
+    ConversationMuted,
+    MessageSent,
+    PresenceChanged,
+    PushRegistered,
+    PushUnregistered,
+    Topics,
+)
 from projections.cql import Cql, connect_to
 from projections.membership import CassandraMembership
 from projections.messages import CassandraMessages
 from projections.migrate import migrate_cassandra
 from projections.presence import CassandraPresence
+from projections.push import CassandraPushSettings
 from projections.roster import Roster
 from streams.projector import Projector, Record
 from tests.integration.test_rebuild_equals_incremental import scenario
@@ -50,7 +59,7 @@ def replay_settings(services: Settings, tmp_path: Path) -> Iterator[Settings]:
         }
     )
     topic = Topics(settings.topic_prefix).conversation_events
-    topics = [topic, Topics(settings.topic_prefix).presence_events]
+    topics = [topic, Topics(settings.topic_prefix).presence_events, Topics(settings.topic_prefix).user_events]
     cluster, session = connect_to(settings)
     migrate_cassandra(session, settings.cassandra_keyspace, replication_factor=1, echo=lambda _: None)
 
@@ -177,6 +186,48 @@ async def _presence_live(settings: Settings, cql: Cql) -> int:
     return len(events)
 
 
+async def _user_events_live(settings: Settings, cql: Cql) -> int:
+    """Push registrations, their ends and mutes on the user-events topic, projected live (as
+    the gateway writes them through); returns how many."""
+    events: list[ChatEvent] = []
+    for i in range(12):
+        user = f"q{i % 4}"
+        events.append(
+            PushRegistered(
+                user_id=user,
+                device_id=f"d{i % 3}",
+                provider="webhook",
+                endpoint=f"http://127.0.0.1/{i}",
+                ts=1000 + i,
+            )
+        )
+        if i % 5 == 0:
+            events.append(
+                PushUnregistered(user_id=user, device_id=f"d{i % 3}", reason="deleted", ts=1000 + i + 1)
+            )
+        if i % 4 == 1:  # a 410 for an older registration: the newer one stays
+            events.append(
+                PushUnregistered(
+                    user_id=user, device_id=f"d{i % 3}", reason="gone", registered_ts=999, ts=5000 + i
+                )
+            )
+        events.append(
+            ConversationMuted(user_id=user, conversation_id=f"g:{i % 2}", muted=i % 3 != 0, ts=1000 + i)
+        )
+    producer = KafkaEventLog.producer(settings.kafka_bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        log = KafkaEventLog(producer, Topics(settings.topic_prefix))
+        for event in events:
+            await log.append(event)
+    finally:
+        await producer.stop()
+    live = CassandraPushSettings(cql)
+    live.prepare()
+    await live.apply(events)
+    return len(events)
+
+
 async def test_replay_rebuilds_every_read_model_equal_to_live(replay_settings: Settings) -> None:
     settings = replay_settings
     topic = Topics(settings.topic_prefix).conversation_events
@@ -215,6 +266,7 @@ async def test_replay_rebuilds_every_read_model_equal_to_live(replay_settings: S
         await produce(settings.kafka_bootstrap, topic, phase_b)
         await live.catch_up()
         presence = await _presence_live(settings, Cql(session, settings.cassandra_keyspace))
+        presence += await _user_events_live(settings, Cql(session, settings.cassandra_keyspace))
 
         state = await replay(settings)
         assert (state.archived, state.from_log) == (len(phase_a), len(phase_b) + presence)
@@ -232,6 +284,8 @@ async def test_replay_rebuilds_every_read_model_equal_to_live(replay_settings: S
             "conversation_heads",
             "user_log",
             "sync_watermarks",
+            "push_registrations",
+            "conversation_mutes",
         }
         assert all(d.rebuilt_rows > 0 for d in diffs), diffs
         assert [d for d in diffs if not d.equal] == []
