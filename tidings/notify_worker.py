@@ -230,6 +230,8 @@ def build_sender(settings: Settings) -> tuple[Sender, LazyProducer]:
 
 def run_sender(settings: Settings) -> None:
     """``tidings worker --role push``: the sender until SIGTERM/SIGINT, then a last commit."""
+    # httpx logs every request at INFO: a line per notification, with its endpoint.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     sender, producer = build_sender(settings)
 
     async def forever() -> None:
