@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from aiokafka import AIOKafkaProducer
 
 from events import (
+    USER_EVENTS,
     ChatEvent,
     GroupCreated,
     MediaDeleted,
@@ -118,7 +119,7 @@ def synthetic_events(
 
 
 def _key(event: ChatEvent) -> str:
-    if isinstance(event, PresenceChanged):
+    if isinstance(event, (PresenceChanged, *USER_EVENTS)):
         return event.user_id
     if isinstance(event, MediaStored | ThumbnailMade | MediaDeleted):
         return event.media_id

@@ -61,7 +61,7 @@ class BenchSystem:
         for name in processes.ROLES:
             if only is not None and name != only:
                 continue
-            env = self._env(TIDINGS_WORKER_WEB_PORT=ports[name])
+            env = self._env(TIDINGS_WORKER_WEB_PORT=ports.get(name, "0"))
             self.procs[name] = processes.spawn(name, env, log=self.logs / f"{name}.log")
 
     def restart_gateway(self) -> None:

@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from events import (
+    USER_EVENTS,
     ChatEvent,
     MediaDeleted,
     MediaStored,
@@ -90,6 +91,8 @@ class KafkaEventLog:
             topic, key = self._topics.presence_events, event.user_id
         elif isinstance(event, MediaStored | ThumbnailMade | MediaDeleted):
             topic, key = self._topics.media_events, event.media_id
+        elif isinstance(event, USER_EVENTS):
+            topic, key = self._topics.user_events, event.user_id
         else:
             topic, key = self._topics.conversation_events, event.conversation_id
         producer = self._producer

@@ -6,7 +6,9 @@ Kafka. Everything else in Tidings (read models, caches, the archive) is derived 
 
 from events import errors, keys
 from events.catalogue import (
+    USER_EVENTS,
     ChatEvent,
+    ConversationMuted,
     DirectOpened,
     GroupCreated,
     GroupEvent,
@@ -24,9 +26,13 @@ from events.catalogue import (
     OwnershipTransferred,
     PresenceChanged,
     PresenceState,
+    PushProvider,
+    PushRegistered,
+    PushUnregistered,
     ReceiptRecorded,
     Role,
     ThumbnailMade,
+    UserEvent,
     decode_event,
     encode_event,
 )
@@ -41,7 +47,9 @@ from events.topics import Topics, partition_key
 
 __all__ = [
     "DM_PREFIX",
+    "USER_EVENTS",
     "ChatEvent",
+    "ConversationMuted",
     "DirectOpened",
     "GroupCreated",
     "GroupEvent",
@@ -59,12 +67,16 @@ __all__ = [
     "OwnershipTransferred",
     "PresenceChanged",
     "PresenceState",
+    "PushProvider",
+    "PushRegistered",
+    "PushUnregistered",
     "ReceiptRecorded",
     "Role",
     "Snowflake",
     "SnowflakeClockError",
     "ThumbnailMade",
     "Topics",
+    "UserEvent",
     "decode_event",
     "direct_conversation_id",
     "dm_members",

@@ -207,13 +207,67 @@ class MediaDeleted(_Event):
 
 MediaEvent = MediaStored | ThumbnailMade | MediaDeleted
 
+
+PushProvider = Literal["webpush", "fcm", "apns", "webhook"]
+
+
+class _UserEvent(_Event):
+    """A change to one user's own settings; on the user-events topic, keyed by ``user_id``.
+    ``ts`` (ms) orders one user's changes: read models write with it as the write time."""
+
+    user_id: str
+    ts: int
+
+
+class PushRegistered(_UserEvent):
+    """Where ``device_id``'s offline notifications go from now on (replaces an older one).
+    ``endpoint`` for webpush and webhook, ``token`` for fcm and apns, ``p256dh`` and ``auth``
+    (unpadded base64url) for webpush."""
+
+    type: Literal["push.registered"] = "push.registered"
+    v: Literal[1] = 1
+    device_id: str
+    provider: PushProvider
+    endpoint: str | None = None
+    token: str | None = None
+    p256dh: str | None = None
+    auth: str | None = None
+
+
+class PushUnregistered(_UserEvent):
+    """No more notifications to ``device_id``: the user asked (``deleted``), or the receiver
+    answered 404/410 (``gone``)."""
+
+    type: Literal["push.unregistered"] = "push.unregistered"
+    v: Literal[1] = 1
+    device_id: str
+    reason: Literal["deleted", "gone"]
+    # For ``gone``: the ``ts`` of the registration the receiver refused. Only that one (and
+    # older) ends: a registration made meanwhile stays.
+    registered_ts: int | None = None
+
+
+class ConversationMuted(_UserEvent):
+    """The user muted (or unmuted) a conversation's notifications."""
+
+    type: Literal["conversation.muted"] = "conversation.muted"
+    v: Literal[1] = 1
+    conversation_id: str
+    muted: bool
+
+
+UserEvent = PushRegistered | PushUnregistered | ConversationMuted
+# For isinstance: events of the user-events topic, never of a conversation's log.
+USER_EVENTS = (PushRegistered, PushUnregistered, ConversationMuted)
+
+
 GroupEvent = (
     GroupCreated | MembersAdded | MemberRemoved | MemberRoleChanged | OwnershipTransferred | GroupRenamed
 )
 
 # The union of every event, told apart by ``type``.
 ChatEvent = Annotated[
-    MessageSent | ReceiptRecorded | GroupEvent | DirectOpened | PresenceChanged | MediaEvent,
+    MessageSent | ReceiptRecorded | GroupEvent | DirectOpened | PresenceChanged | MediaEvent | UserEvent,
     Field(discriminator="type"),
 ]
 

@@ -82,3 +82,9 @@ def media_upload(media_id: str) -> str:
 def media_bytes(user_id: str, day: int) -> str:
     """Bytes a user uploaded on one UTC day (days since the epoch), shared by every gateway."""
     return f"media:bytes:{user_id}:{day}"
+
+
+def push_sent(user_id: str, device_id: str) -> str:
+    """Sorted set of the message ids already notified to a device (scored by message time): a
+    notification job read again after a crash is not notified twice."""
+    return f"push:sent:{{{user_id}}}:{device_id}"

@@ -29,6 +29,11 @@ class Topics:
         return f"{self.prefix}media-events"
 
     @property
+    def user_events(self) -> str:
+        """Each user's own settings (push registrations, mutes); key ``user_id``."""
+        return f"{self.prefix}user-events"
+
+    @property
     def notifications(self) -> str:
         return f"{self.prefix}notifications"
 
@@ -42,6 +47,7 @@ class Topics:
             self.conversation_events,
             self.presence_events,
             self.notifications,
+            self.user_events,
             self.dead_letters,
             self.media_events,
         )

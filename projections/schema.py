@@ -149,6 +149,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        8,
+        "push registrations and mutes",
+        (
+            # Where each device's offline notifications go (one row per device), from the
+            # user-events topic; written and deleted USING TIMESTAMP of the event (µs), so the
+            # newest change wins whatever the order of arrival.
+            """CREATE TABLE IF NOT EXISTS {ks}.push_registrations (
+                user_id text, device_id text, provider text, endpoint text, device_token text,
+                p256dh text, auth text, registered_ts bigint,
+                PRIMARY KEY (user_id, device_id)
+            )""",
+            # Mutes by conversation, so the notifier reads a conversation's muted members in one
+            # query; same write-time rule.
+            """CREATE TABLE IF NOT EXISTS {ks}.conversation_mutes (
+                conversation_id text, user_id text, muted boolean,
+                PRIMARY KEY (conversation_id, user_id)
+            )""",
+        ),
+    ),
 )
 
 BOOTSTRAP = (

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from events import (
+    USER_EVENTS,
     ChatEvent,
     GroupCreated,
     GroupEvent,
@@ -152,8 +153,8 @@ class CassandraSyncLog:
         heads: dict[str, int] = {}
         buckets: set[tuple[str, int]] = set()
         for partition, offset, event in events:
-            # Media events have a topic of their own and no conversation.
-            if isinstance(event, PresenceChanged | MediaStored | ThumbnailMade | MediaDeleted):
+            # Media and user events have topics of their own and no conversation.
+            if isinstance(event, (PresenceChanged, MediaStored, ThumbnailMade, MediaDeleted, *USER_EVENTS)):
                 continue
             cid = event.conversation_id
             heads[cid] = max(heads.get(cid, -1), offset)

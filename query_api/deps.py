@@ -16,6 +16,7 @@ from commands.direct import DirectChats
 from commands.media import MediaService
 from commands.ports import Directory, Locks
 from commands.presence import PresenceStore, PresenceView
+from commands.push import PushSettingsWriter
 from commands.receipts import RecordReceipt, Watermarks, record_receipt
 from events import Role
 from projections.delivery import Push
@@ -79,6 +80,8 @@ class Dependencies:
     cold: ColdTier | None = None  # the Parquet archive, when there is one
     limiter: RateLimiter = field(default_factory=NoLimits)
     media: MediaService | None = None  # uploads and downloads (the object store)
+    # push registrations and mutes (write-through); None: the push routes answer 404
+    push: PushSettingsWriter | None = None
     direct_chats: DirectChats = field(init=False)
 
     def __post_init__(self) -> None:
@@ -205,6 +208,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     from projections.membership import CassandraMembership
     from projections.messages import CassandraMessages, count_unread
     from projections.presence import CassandraPresence
+    from projections.push import CassandraPushSettings
     from projections.receipts import CassandraReceipts
     from projections.recent import RedisRecent
     from projections.redis_client import make_redis
@@ -246,6 +250,8 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     await loop.run_in_executor(None, sync_log.prepare)
     presence_records = CassandraPresence(cql)
     await loop.run_in_executor(None, presence_records.prepare)
+    push_settings = CassandraPushSettings(cql)
+    await loop.run_in_executor(None, push_settings.prepare)
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     closers.append(pubsub.aclose)
     hub = Hub(pubsub, membership.groups_of, shards=GROUP_SHARDS)
@@ -357,4 +363,5 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         cold=archive,
         limiter=RedisRateLimiter(redis, limits_from(settings)),
         media=media,
+        push=push_settings,
     )

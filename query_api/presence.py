@@ -59,7 +59,7 @@ class PresenceTracker:
 
     async def connected(self, conn: Connection) -> None:
         """The socket is open: its user is online (unless another socket says away)."""
-        conn.presence_id = f"{self._prefix}:{next(self._ids)}"
+        conn.presence_id = f"{conn.device_id}:{self._prefix}:{next(self._ids)}"  # device first: see push
         conn.heard = conn.reported = conn.active = self._clock()
         self._conns.add(conn)
         await self._set([conn])

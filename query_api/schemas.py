@@ -179,6 +179,24 @@ class UploadStarted(Answer):
     expires_ts: int
 
 
+class PushRegistration(Answer):
+    """A device's push registration, as stored (protocol v1.1, Push notifications)."""
+
+    device_id: str
+    provider: Literal["webpush", "fcm", "apns", "webhook"]
+
+
+class ConversationSettings(Answer):
+    conversation_id: str
+    muted: bool
+
+
+class WebPushKey(Answer):
+    """The VAPID public key for ``pushManager.subscribe`` (unpadded base64url, uncompressed P-256)."""
+
+    public_key: str
+
+
 class DevToken(Answer):
     """A development token (only when ``TIDINGS_DEV_LOGIN`` is on)."""
 

@@ -41,6 +41,7 @@ def create_app(
     stages: Sequence[Stage | PositionedStage],
     batch_size: int,
     presence_stages: Sequence[Stage] = (),
+    user_stages: Sequence[Stage] = (),
     batch_window_s: float,
     session_timeout_s: float,
     offset_reset: str = "earliest",
@@ -96,10 +97,15 @@ def create_app(
 
         if media_stages:
             _agent(app, media, projector(media_stages), "media", batch_size, batch_window_s)
+            watched.append(topics.media_events)
         # Its own agent, so slow image work never holds up the media read model.
         for make in media_workers:
             worker = make(append)
             _agent(app, media, projector([worker]), worker.name, 1, batch_window_s)
+    if user_stages:
+        users = app.topic(topics.user_events, key_type=bytes, value_type=bytes, partitions=partitions)
+        _agent(app, users, projector(user_stages), "user-settings", batch_size, batch_window_s)
+        watched.append(topics.user_events)
     if lag_interval_s > 0:
         for topic in watched:
             _lag_task(app, bootstrap, app_id, topic, partitions, lag_interval_s)

@@ -39,6 +39,7 @@ from projections.membership import CassandraMembership
 from projections.messages import bucket_of
 from projections.migrate import migrate_cassandra
 from projections.presence import CassandraPresence
+from projections.push import CassandraPushSettings
 from projections.roster import Roster
 from projections.sync import BUCKET_BITS as SYNC_BUCKET_BITS
 from streams.offsets import committed_offsets
@@ -238,8 +239,11 @@ async def replay(
         stages = await loop.run_in_executor(None, persist_stages, cql, settings, roster)
         presence = CassandraPresence(cql)
         await loop.run_in_executor(None, presence.prepare)
-        names = [s.name for s in stages] + [presence.name]
+        push_settings = CassandraPushSettings(cql)
+        await loop.run_in_executor(None, push_settings.prepare)
+        names = [s.name for s in stages] + [presence.name, push_settings.name]
         rebuild_presence = not projections or presence.name in projections
+        rebuild_push = not projections or push_settings.name in projections
         if projections:
             unknown = set(projections) - set(names)
             if unknown:
@@ -285,6 +289,8 @@ async def replay(
         if rebuild_presence:
             state.from_log += await _replay_presence(settings, presence, progress)
         state.from_log += await _replay_media(settings, stages, progress)
+        if rebuild_push:
+            state.from_log += await _replay_user_events(settings, push_settings, progress)
         state.statements += cql.statements_sent
         state.requests += cql.requests_sent
         state.shadowed += cql.statements_shadowed
@@ -336,6 +342,12 @@ async def _replay_media(
     if not media:
         return 0
     return await _replay_topic(settings, Topics(settings.topic_prefix).media_events, media[0], progress)
+
+
+async def _replay_user_events(settings: Settings, push: CassandraPushSettings, progress: Progress) -> int:
+    """Push registrations and mutes, from the user-events topic (never archived), all of it:
+    each write carries its event's time, so applying it again changes nothing."""
+    return await _replay_topic(settings, Topics(settings.topic_prefix).user_events, push, progress)
 
 
 async def _replay_topic(
@@ -441,6 +453,9 @@ async def switch(settings: Settings, rebuilt: str) -> tuple[int, Path]:
         presence.prepare()
         applied += await _replay_presence(settings, presence, Progress())
         applied += await _replay_media(settings, stages, Progress())
+        push_settings = CassandraPushSettings(cql)
+        push_settings.prepare()
+        applied += await _replay_user_events(settings, push_settings, Progress())
         state.ends = ends
         write_atomic(
             _state_path(settings, rebuilt),

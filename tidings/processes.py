@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ROLES: dict[str, list[str]] = {
     "deliver": ["worker", "--role", "deliver"],
     "persist": ["worker", "--role", "persist"],
+    "notify": ["worker", "--role", "notify"],
+    "push": ["worker", "--role", "push"],
     "gateway": ["gateway"],
 }
 

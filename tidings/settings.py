@@ -5,9 +5,10 @@ Nothing here connects to anything; composition roots take a ``Settings`` and bui
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -108,7 +109,7 @@ class Settings(BaseSettings):
     worker_app_id: str = "tidings-projector"
     # "deliver": hot cache and pushes; "persist": Cassandra read models; "all": both in one
     # process. Each role is its own consumer group, so pushes never wait for Cassandra.
-    worker_role: Literal["all", "deliver", "persist"] = "all"
+    worker_role: Literal["all", "deliver", "persist", "notify", "push"] = "all"
     worker_web_port: int = 6066
     worker_batch_size: int = 500
     worker_batch_window_s: float = 0.005
@@ -204,6 +205,44 @@ class Settings(BaseSettings):
     # Uploaded but never sent for this long: deleted by `tidings media gc-orphans`.
     media_orphan_age_s: int = 24 * 3600
 
+    # Push notifications to offline devices (the `notify` worker role; docs/push.md). Webhook
+    # bodies are signed with this secret (HMAC-SHA256); unset: a development secret in the
+    # state folder. Registrations may point only at the hosts listed (comma-separated).
+    push_webhook_secret: SecretStr | None = None
+    push_webhook_hosts: str = "127.0.0.1,localhost"
+    push_webpush_hosts: str = (
+        "fcm.googleapis.com,updates.push.services.mozilla.com,web.push.apple.com,"
+        "wns2-par02p.notify.windows.com"
+    )
+    # Web Push (RFC 8292) VAPID: the server's P-256 key (PEM; unset: one generated into the state
+    # folder) and the contact the push services see in each token.
+    push_vapid_private_key: SecretStr | None = None
+    push_vapid_subject: str = "mailto:push@tidings.invalid"
+    # How long a push service keeps an undelivered Web Push notification (its TTL header).
+    push_webpush_ttl_s: int = 24 * 3600
+    # FCM (HTTP v1): a service account's JSON key file; unset: FCM registrations are accepted
+    # and their notifications dead-lettered. The project defaults to the key's project_id.
+    push_fcm_credentials_file: Path | None = None
+    push_fcm_project_id: str | None = None
+    push_fcm_base_url: str = "https://fcm.googleapis.com"
+    # APNs (token auth): the .p8 key, its key id, the team id and the app's bundle id (topic).
+    push_apns_key_file: Path | None = None
+    push_apns_key_id: str | None = None
+    push_apns_team_id: str | None = None
+    push_apns_topic: str | None = None
+    push_apns_base_url: str = "https://api.push.apple.com"
+    push_apns_expiration_s: int = 24 * 3600
+    # Messages to one device within this window go in one notification.
+    push_window_s: float = 2.0
+    # One delivery attempt's limit; failed deliveries are retried with backoff (doubling up to
+    # push_max_backoff_s) for push_retry_for_s, then dead-lettered.
+    push_timeout_s: float = 5.0
+    push_retry_for_s: float = 600.0
+    push_first_backoff_s: float = 1.0
+    push_max_backoff_s: float = 60.0
+    # Deliveries at once per sender process (each reads Cassandra, POSTs and writes Redis).
+    push_max_in_flight: int = 256
+
     @model_validator(mode="after")
     def _check_replication(self) -> Settings:
         if self.kafka_min_insync_replicas > self.kafka_replication:
@@ -251,3 +290,47 @@ class Settings(BaseSettings):
             path.write_text(secrets.token_urlsafe(32))
             path.chmod(0o600)
         return path.read_text().strip()
+
+    def resolved_push_webhook_secret(self) -> str:
+        """The webhook signing secret: ``TIDINGS_PUSH_WEBHOOK_SECRET``, else a development
+        secret in the state folder (so tests and local receivers can check signatures)."""
+        if self.push_webhook_secret is not None:
+            return self.push_webhook_secret.get_secret_value()
+        return self._state_secret("push-webhook-secret", lambda: secrets.token_urlsafe(32))
+
+    def resolved_vapid_private_pem(self) -> bytes:
+        """The VAPID key: ``TIDINGS_PUSH_VAPID_PRIVATE_KEY``, else a development key in the
+        state folder (the gateway hands its public half to web clients)."""
+        if self.push_vapid_private_key is not None:
+            return self.push_vapid_private_key.get_secret_value().encode()
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        def new_key() -> str:
+            key = ec.generate_private_key(ec.SECP256R1())
+            return key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ).decode()
+
+        return self._state_secret("vapid-private.pem", new_key).encode()
+
+    def _state_secret(self, name: str, make: Callable[[], str]) -> str:
+        """A development secret kept in the state folder, made once. Made whole beside it,
+        then linked into place: of processes starting together, the first link wins and
+        every one reads the same secret."""
+        path = self.state_dir / name
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            draft = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+            draft.write_text(make())
+            draft.chmod(0o600)
+            try:
+                os.link(draft, path)
+            except FileExistsError:
+                pass
+            finally:
+                draft.unlink()
+        return path.read_text().strip()
+
+    def hosts(self, listed: str) -> list[str]:
+        return [h.strip().lower() for h in listed.split(",") if h.strip()]

@@ -18,6 +18,7 @@ from projections.media import CassandraMedia
 from projections.membership import CassandraMembership
 from projections.messages import CassandraMessages
 from projections.presence import CassandraPresence, PresencePushes
+from projections.push import CassandraPushSettings
 from projections.receipts import CassandraReceipts
 from projections.recent import RedisRecent
 from projections.redis_client import make_redis
@@ -49,6 +50,10 @@ def persist_stages(cql: Cql, settings: Settings, roster: Roster) -> list[Stage |
 
 
 def build_worker_app(settings: Settings) -> faust.App:
+    if settings.worker_role == "notify":
+        from tidings.notify_worker import build_notify_app
+
+        return build_notify_app(settings)
     _, session = connect_to(settings)
     cql = Cql(session, settings.cassandra_keyspace)
     roster = Roster(CassandraMembership(cql).load_roster, threshold=settings.fanout_threshold)
@@ -59,14 +64,18 @@ def build_worker_app(settings: Settings) -> faust.App:
     persist = persist_stages(cql, settings, roster)
     presence = CassandraPresence(cql)
     presence.prepare()
+    push_settings = CassandraPushSettings(cql)
+    push_settings.prepare()
     role = settings.worker_role
-    by_role: dict[str, tuple[list[Stage | PositionedStage], list[Stage]]] = {
+    by_role: dict[str, tuple[list[Stage | PositionedStage], list[Stage]]] = {  # notify: above
         "all": ([*deliver, *persist], [PresencePushes(redis), presence]),
         "deliver": (list(deliver), [PresencePushes(redis)]),
         "persist": (persist, [presence]),
     }
     stages, presence_stages = by_role[role]
     media_stages, media_workers = media_roles(cql, settings) if role in ("all", "persist") else ([], [])
+    # Push registrations and mutes are read models like the others.
+    user_stages: list[Stage] = [push_settings] if role in ("all", "persist") else []
     tracing = telemetry.configure(settings, f"tidings-worker-{role}")
     return create_app(
         app_id=settings.worker_app_id if role == "all" else f"{settings.worker_app_id}-{role}",
@@ -78,6 +87,7 @@ def build_worker_app(settings: Settings) -> faust.App:
         partitions=settings.topic_partitions,
         stages=stages,
         presence_stages=presence_stages,
+        user_stages=user_stages,
         batch_size=settings.worker_batch_size,
         batch_window_s=(
             settings.worker_persist_batch_window_s if role == "persist" else settings.worker_batch_window_s
@@ -126,8 +136,19 @@ def run_worker(settings: Settings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Faust builds its loop from the policy; uvloop's is cheaper per wake-up and per I/O.
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    if settings.worker_role == "push":
+        from tidings.notify_worker import run_sender
+
+        _serve_metrics(settings)
+        run_sender(settings)
+        return
     app = build_worker_app(settings)
     tune_for_server()
+    _serve_metrics(settings)
+    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+
+
+def _serve_metrics(settings: Settings) -> None:
     try:
         start_http_server(settings.worker_web_port, addr="127.0.0.1")
     except OSError as exc:
@@ -135,4 +156,3 @@ def run_worker(settings: Settings) -> None:
         logging.getLogger(__name__).warning(
             "metrics not served: port %s: %s (set TIDINGS_WORKER_WEB_PORT)", settings.worker_web_port, exc
         )
-    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()

@@ -22,6 +22,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from query_api.auth import issue_token
+from tests.e2e import push_fakes
 from tidings import processes
 from tidings.settings import Settings
 
@@ -41,6 +42,8 @@ class System:
         self.port = _free_port()
         self.settings = settings
         self.logs = logs
+        # FCM and APNs point at the local fakes of tests/e2e/push_fakes.py (started by the tests).
+        self.push_fakes = push_fakes.prepare(logs / "push-fakes")
         self.env = {
             **os.environ,
             "TIDINGS_HTTP_PORT": str(self.port),
@@ -56,6 +59,9 @@ class System:
             "TIDINGS_IDLE_CLOSE_S": str(IDLE_CLOSE_S),
             "TIDINGS_PRESENCE_SWEEP_S": "0.25",
             "TIDINGS_ARCHIVE_DIR": str(logs / "archive"),
+            # The push tests play the Web Push service on this host (tests/e2e/test_push.py).
+            "TIDINGS_PUSH_WEBPUSH_HOSTS": "127.0.0.1",
+            **self.push_fakes.env,
             **(env or {}),
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}

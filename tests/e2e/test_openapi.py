@@ -225,6 +225,17 @@ def test_real_answers_match_the_document(system: System, doc: dict[str, Any]) ->
     c.call_raw("GET", one, who=stranger, media_id=stored["media_id"])  # 403
     c.call_raw("GET", one + "/thumbnail", who=alice, media_id=stored["media_id"])  # 302, or 404 until made
 
+    device = "/v1/devices/{device_id}/push"
+    hook = {"provider": "webhook", "endpoint": "http://127.0.0.1:9/hook"}
+    assert c.call("PUT", device, device_id="default", who=alice, body=hook)[0] == 200
+    c.call("PUT", device, device_id="another", who=alice, body=hook)  # 403: not the token's device
+    c.call("PUT", device, device_id="default", who=alice, body={"provider": "carrier-pigeon"})  # 400
+    assert c.call("DELETE", device, device_id="default", who=alice)[0] == 204
+    settings = "/v1/conversations/{conversation_id}/settings"
+    c.call("PUT", settings, conversation_id=dm, who=bob, body={"muted": True})
+    c.call("PUT", settings, conversation_id=gid, who=stranger, body={"muted": True})  # 403
+    c.call("GET", "/v1/push/webpush-key", who=alice)
+
     # Every documented operation was called, but the WebSocket upgrade (tests/e2e/test_socket_path.py).
     documented = {(m, p) for p, item in doc["paths"].items() for m in item}
     assert documented - c.seen == {("get", "/v1/ws")}

@@ -196,9 +196,6 @@ async def test_metrics_count_traffic(system: System) -> None:
 # implements"). The protocol says they answer 404 `not_found`, never a fake success: a client
 # can tell "not here yet" from anything else. A route leaves this list when it is built.
 V11_NOT_BUILT = [
-    ("PUT", "/v1/devices/default/push", b'{"provider": "webhook", "endpoint": "http://127.0.0.1/x"}'),
-    ("DELETE", "/v1/devices/default/push", None),
-    ("PUT", "/v1/conversations/dm:a:b/settings", b'{"muted": true}'),
     ("PUT", "/v1/keys/device", b'{"identity_key": "a", "signing_key": "b", "signature": "c"}'),
     ("DELETE", "/v1/keys/device", None),
     ("POST", "/v1/keys/one-time", b'{"keys": []}'),

@@ -49,7 +49,7 @@ class FaultSystem(System):
     """``System`` with several gateways (``gateway``, ``gateway2``) and extra workers
     (``deliver2``, ``persist2``), each a process that can be killed and started again."""
 
-    STARTED = ("deliver", "persist", "gateway", "gateway2")
+    STARTED = ("deliver", "persist", "notify", "push", "gateway", "gateway2")
 
     def __init__(self, settings: Settings, logs: Path, *, fanout_threshold: int) -> None:
         super().__init__(settings, logs)

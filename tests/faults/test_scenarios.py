@@ -16,6 +16,8 @@ from collections.abc import Callable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from events import Topics
+from tests.e2e.push_load import kill_notify_under_load
+from tests.e2e.push_receiver import Receiver
 from tests.faults.load import Load, Report
 from tests.faults.system import FaultSystem
 from tidings import services as launcher
@@ -186,3 +188,24 @@ async def _dead_letters_with(bootstrap: str, topic: str, marker: str) -> list[di
     finally:
         await consumer.stop()
     return found
+
+
+async def test_push_notify_and_sender_kill_9(fault_system: FaultSystem, record: Record) -> None:
+    """Offline devices with webhooks under load; the sender, the notifier, then both are killed
+    -9 and started again: every acknowledged message is in exactly one notification id, and a
+    notification delivered twice carries the same id and messages (tests/e2e/push_load.py)."""
+    receiver = Receiver()
+    try:
+        report = await kill_notify_under_load(
+            fault_system,
+            receiver,
+            receivers=30,
+            per_receiver=20,
+            send_s=30,
+            kills=((5.0, "push"), (12.0, "notify"), (20.0, "push"), (20.5, "notify")),
+            settle_s=90,
+        )
+    finally:
+        receiver.close()
+    print(report.line())
+    assert report.acked > 0 and not report.problems, "\n".join([report.line(), *report.problems])

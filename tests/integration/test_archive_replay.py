@@ -21,10 +21,13 @@ from bench.archive_workload import produce, synthetic_events
 from commands.kafka_log import KafkaEventLog
 from events import (
     ChatEvent,
+    ConversationMuted,
     MediaRef,
     MediaStored,
     MessageSent,
     PresenceChanged,
+    PushRegistered,
+    PushUnregistered,
     ThumbnailMade,
     Topics,
     direct_conversation_id,
@@ -37,6 +40,7 @@ from projections.membership import CassandraMembership
 from projections.messages import CassandraMessages
 from projections.migrate import migrate_cassandra
 from projections.presence import CassandraPresence
+from projections.push import CassandraPushSettings
 from projections.roster import Roster
 from streams.offsets import committed_offsets
 from streams.projector import Projector, Record
@@ -68,6 +72,7 @@ def replay_settings(services: Settings, tmp_path: Path) -> Iterator[Settings]:
         topic,
         Topics(settings.topic_prefix).presence_events,
         Topics(settings.topic_prefix).media_events,
+        Topics(settings.topic_prefix).user_events,
     ]
     cluster, session = connect_to(settings)
     migrate_cassandra(
@@ -260,6 +265,48 @@ async def _media_live(settings: Settings, cql: Cql) -> tuple[list[ChatEvent], in
     return messages, len(uploaded)
 
 
+async def _user_events_live(settings: Settings, cql: Cql) -> int:
+    """Push registrations, their ends and mutes on the user-events topic, projected live (as
+    the gateway writes them through); returns how many."""
+    events: list[ChatEvent] = []
+    for i in range(12):
+        user = f"q{i % 4}"
+        events.append(
+            PushRegistered(
+                user_id=user,
+                device_id=f"d{i % 3}",
+                provider="webhook",
+                endpoint=f"http://127.0.0.1/{i}",
+                ts=1000 + i,
+            )
+        )
+        if i % 5 == 0:
+            events.append(
+                PushUnregistered(user_id=user, device_id=f"d{i % 3}", reason="deleted", ts=1000 + i + 1)
+            )
+        if i % 4 == 1:  # a 410 for an older registration: the newer one stays
+            events.append(
+                PushUnregistered(
+                    user_id=user, device_id=f"d{i % 3}", reason="gone", registered_ts=999, ts=5000 + i
+                )
+            )
+        events.append(
+            ConversationMuted(user_id=user, conversation_id=f"g:{i % 2}", muted=i % 3 != 0, ts=1000 + i)
+        )
+    producer = KafkaEventLog.producer(settings.kafka_bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        log = KafkaEventLog(producer, Topics(settings.topic_prefix))
+        for event in events:
+            await log.append(event)
+    finally:
+        await producer.stop()
+    live = CassandraPushSettings(cql)
+    live.prepare()
+    await live.apply(events)
+    return len(events)
+
+
 async def test_replay_rebuilds_every_read_model_equal_to_live(replay_settings: Settings) -> None:
     settings = replay_settings
     topic = Topics(settings.topic_prefix).conversation_events
@@ -299,6 +346,7 @@ async def test_replay_rebuilds_every_read_model_equal_to_live(replay_settings: S
         await produce(settings.kafka_bootstrap, topic, phase_b)
         await live.catch_up()
         presence = await _presence_live(settings, Cql(session, settings.cassandra_keyspace))
+        presence += await _user_events_live(settings, Cql(session, settings.cassandra_keyspace))
 
         state = await replay(settings)
         assert (state.archived, state.from_log) == (len(phase_a), len(phase_b) + presence + media)
@@ -318,6 +366,8 @@ async def test_replay_rebuilds_every_read_model_equal_to_live(replay_settings: S
             "sync_watermarks",
             "media",
             "media_access",
+            "push_registrations",
+            "conversation_mutes",
         }
         assert all(d.rebuilt_rows > 0 for d in diffs), diffs
         assert [d for d in diffs if not d.equal] == []

@@ -8,13 +8,14 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from query_api import metrics as gateway_metrics
 from streams import metrics as worker_metrics
+from streams import push_metrics
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json"
 
 
 def _metric_names() -> set[str]:
     names = set()
-    for module in (gateway_metrics, worker_metrics):
+    for module in (gateway_metrics, worker_metrics, push_metrics):
         for value in vars(module).values():
             if isinstance(value, (Counter, Gauge, Histogram)):
                 names.add(value._name)
