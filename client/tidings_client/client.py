@@ -558,7 +558,7 @@ class TidingsClient:
         }
         entry = _Outgoing(cmid, frame, asyncio.get_running_loop().create_future())
         self._outbox[cmid] = entry
-        self._stop_typing_local(conversation_id)
+        await self.stop_typing(conversation_id)  # a sent message ends the typing
         if self._ws is not None and self._ready.is_set():
             await self._transmit(self._ws, entry)
         try:
