@@ -156,6 +156,9 @@ class TidingsClient:
     miss nothing, and it drops messages it already yielded (by ``message_id``). ``send()`` goes
     through an outbox: unacknowledged sends are sent again, with the same ``client_msg_id``, on
     the next connection.
+
+    ``user_id`` and ``device_id`` are the token's ``sub`` and ``dev`` claims. ``connector`` and
+    ``http_transport`` replace the WebSocket and HTTP transports (for tests).
     """
 
     def __init__(
