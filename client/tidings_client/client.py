@@ -18,7 +18,7 @@ from urllib.parse import quote
 import httpx
 
 from tidings_client.backoff import Backoff
-from tidings_client.errors import ClientClosed, TidingsError, Unavailable, error_for
+from tidings_client.errors import ClientClosed, TidingsError, Unauthorized, Unavailable, error_for
 from tidings_client.models import (
     ConnectionState,
     Conversation,
@@ -386,6 +386,9 @@ class TidingsClient:
                 self._next_url()
             else:
                 code, reason = await self._serve(ws, url)
+                if self._fatal is not None:
+                    self._emit(ConnectionState("disconnected", url, code=code, reason=reason))
+                    return
                 if self._reconnect_after is not None:
                     delay = self._reconnect_after
                     reason = "reconnect frame"
@@ -411,6 +414,7 @@ class TidingsClient:
         try:
             # Pushes start once the gateway registered the socket: its first reply says so.
             await self._roundtrip(ws, self.heartbeat_s)
+            heart = asyncio.create_task(self._heartbeat(ws))  # also while the resume runs
             await self._restore_state(ws)
             self._resuming = True
             try:
@@ -422,13 +426,22 @@ class TidingsClient:
             self._ready.set()
             self.backoff.reset()
             self._emit(ConnectionState("connected", url))
-            heart = asyncio.create_task(self._heartbeat(ws))
             resync = asyncio.create_task(self._resync(ws))
             await self._flush_outbox()
             await reader
         except TransportClosed as exc:
             code, reason = exc.code, f"closed {exc.code}"
+        except Unauthorized as exc:
+            # The token expired or was revoked while connected (the resume sync said so).
+            self._fatal = exc
+            self._wakeup.set()
+            self._fail_outbox(exc)
+            reason = f"refused: {exc.code}"
         except (TimeoutError, TidingsError, httpx.HTTPError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            # A bug here must not end the connection loop: say so loudly, then reconnect.
+            log.exception("the connection failed unexpectedly")
             reason = f"{type(exc).__name__}: {exc}"
         finally:
             self._ready.clear()
@@ -460,8 +473,12 @@ class TidingsClient:
             except ValueError:
                 log.warning("a frame that is not JSON: %.200s", text)
                 continue
-            if isinstance(frame, dict):
+            if not isinstance(frame, dict):
+                continue
+            try:
                 self._on_frame(frame)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("a malformed %s frame was ignored (%r): %.200s", frame.get("type"), exc, text)
 
     async def _roundtrip(self, ws: Transport, timeout: float) -> None:  # noqa: ASYNC109
         """A ``ping`` and its ``pong`` (``TimeoutError`` without one)."""

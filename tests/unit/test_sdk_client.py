@@ -386,3 +386,41 @@ async def test_the_file_cursor_store_keeps_the_cursor_across_runs(tmp_path: Path
     assert await store.load() is None
     await store.save("1.abc")
     assert await FileCursorStore(tmp_path / "device" / "cursor").load() == "1.abc"
+
+
+async def test_a_malformed_frame_is_logged_and_the_connection_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = FakeServer()
+    async with server.client() as client:
+        stream = client.events(MessageEvent)
+        with caplog.at_level(logging.WARNING, logger="tidings_client"):
+            server.socket.push({"type": "typing", "conversation_id": CID})  # no user_id, no state
+            server.socket.push({"type": "message", "message": {"body": "no ids"}})
+            server.socket.push({"type": "message", "message": message(9)})
+            assert (await stream.next(timeout=5)).message.message_id == "9"
+        assert caplog.text.count("malformed") == 2
+        assert len(server.sockets) == 1 and client.connected
+
+
+async def test_a_token_refused_by_the_resume_sync_stops_the_client() -> None:
+    server = FakeServer()
+    async with server.client() as client:
+        original = server.http
+
+        async def expired(request: httpx.Request) -> httpx.Response:
+            if request.url.path == "/v1/sync":
+                return httpx.Response(401, json={"error": {"code": "unauthorized", "message": "expired"}})
+            return await original(request)
+
+        await client._http.aclose()
+        client._http = httpx.AsyncClient(transport=httpx.MockTransport(expired))
+        server.ack = False
+        pending = asyncio.create_task(client.send(CID, "never"))
+        await until(lambda: any(f["type"] == "send" for f in server.socket.frames))
+        server.socket.drop(1012)
+        with pytest.raises(Unauthorized):
+            await asyncio.wait_for(pending, 5)
+        with pytest.raises(Unauthorized):
+            await client.wait_connected()
+        assert len(server.sockets) == 2  # it tried once more, and stopped
