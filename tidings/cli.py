@@ -114,7 +114,10 @@ def chat(
     url: Annotated[str, typer.Option(help="gateway base URL (default: this machine's gateway)")] = "",
 ) -> None:
     """A small terminal chat as USER on the Python SDK (client/): try it in two terminals."""
-    from tidings_client.chat import run_chat
+    try:
+        from tidings_client.chat import run_chat
+    except ImportError as exc:  # an image built without the SDK
+        raise typer.BadParameter("the Python SDK is not installed here: pip install ./client") from exc
 
     from query_api.auth import issue_token
 
