@@ -342,8 +342,16 @@ class TidingsClient:
         task.add_done_callback(self._tasks.discard)
 
     def _emit_messages(self, messages: Iterable[Message]) -> None:
-        """New ones only, ascending by ``message_id`` (so per conversation too)."""
+        """New ones only, ascending by ``message_id`` (so per conversation too). A message of
+        this client's own outbox that comes back before its ack (pushed to this device, or
+        found by a sync) is in the log: it answers that ``send()`` and is not an event."""
         for message in sorted(messages, key=lambda m: m.order_key):
+            if message.sender_id == self.user_id and message.client_msg_id in self._outbox:
+                entry = self._outbox.pop(message.client_msg_id)
+                self._seen.add(message.message_id)
+                if not entry.future.done():
+                    entry.future.set_result(message)
+                continue
             if self._seen.add(message.message_id):
                 self._emit(MessageEvent(message))
 

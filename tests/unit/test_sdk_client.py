@@ -425,3 +425,21 @@ async def test_a_token_refused_by_the_resume_sync_stops_the_client() -> None:
         with pytest.raises(Unauthorized):
             await client.wait_connected()
         assert len(server.sockets) == 2  # it tried once more, and stopped
+
+
+async def test_a_copy_of_a_pending_send_answers_it_and_is_not_an_event() -> None:
+    server = FakeServer()
+    server.ack = False
+    async with server.client() as client:
+        seen: list[str] = []
+        client.on(MessageEvent)(lambda e: seen.append(e.message.message_id))
+        sending = asyncio.create_task(client.send(CID, "mine", client_msg_id="own-1"))
+        await until(lambda: any(f["type"] == "send" for f in server.socket.frames))
+        # This server pushes a message to the sender's own device too, here before the ack.
+        own = {**message(77, sender="alice"), "client_msg_id": "own-1", "body": "mine"}
+        server.socket.push({"type": "message", "message": own})
+        sent = await asyncio.wait_for(sending, 5)
+        assert (sent.message_id, client.pending) == ("77", [])
+        server.socket.push({"type": "message", "message": own})  # again: a duplicate
+        server.socket.push({"type": "message", "message": message(78)})
+        await until(lambda: seen == ["78"])
