@@ -415,6 +415,7 @@ class TidingsClient:
         self._connection += 1
         self._reconnect_after = None
         reader = asyncio.create_task(self._read(ws))
+        reader.add_done_callback(self._reader_ended)
         heart: asyncio.Task[None] | None = None
         resync: asyncio.Task[None] | None = None
         code: int | None = None
@@ -472,6 +473,14 @@ class TidingsClient:
             self._pongs.clear()
             self._refs.clear()
         return code, reason
+
+    def _reader_ended(self, reader: asyncio.Task[None]) -> None:
+        """A closed socket answers the pings waiting on it at once (not after heartbeat_s)."""
+        error = None if reader.cancelled() else reader.exception()
+        closed = error if isinstance(error, TransportClosed) else TransportClosed(None, "reader ended")
+        for future in self._pongs.values():
+            if not future.done():
+                future.set_exception(closed)
 
     async def _read(self, ws: Transport) -> None:
         while True:

@@ -443,3 +443,16 @@ async def test_a_copy_of_a_pending_send_answers_it_and_is_not_an_event() -> None
         server.socket.push({"type": "message", "message": own})  # again: a duplicate
         server.socket.push({"type": "message", "message": message(78)})
         await until(lambda: seen == ["78"])
+
+
+async def test_a_socket_closed_before_its_first_pong_is_retried_at_once() -> None:
+    server = FakeServer()
+    server.pong = False
+    client = server.client(heartbeat_s=30)
+    connecting = asyncio.create_task(client.connect(timeout=5))
+    await until(lambda: bool(server.sockets))
+    server.pong = True
+    server.socket.drop(1013)  # e.g. deliveries unavailable: closed right after the upgrade
+    await asyncio.wait_for(connecting, 2)  # not after the 30 s heartbeat
+    assert len(server.sockets) == 2 and client.connected
+    await client.close()
