@@ -260,7 +260,8 @@ async def test_kill_9_of_the_gateway_mid_conversation_loses_and_duplicates_nothi
             counts = Counter(inbox.ids(cid))
             assert set(counts) - {m.message_id for m in from_bob} == set(acked)
             assert max(counts.values()) == 1, [mid for mid, n in counts.items() if n > 1]
-            assert inbox.ids(cid) == sorted(inbox.ids(cid), key=int)
+            # Not asserted: the order across the kill. A message pushed before the new socket was
+            # registered is found by a follow-up sync after newer live pushes (docs/sdk.md).
             assert Counter(alice_inbox.ids(cid)) == Counter(m.message_id for m in from_bob)
             status, page = system.request("GET", f"/v1/conversations/{cid}/messages?limit=100", user=alice)
             assert status == 200
