@@ -45,13 +45,15 @@ def _make_venv() -> None:
 
 
 def _install() -> None:
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    # The project and its Python SDK (client/, used by the tests and `tidings chat`).
+    manifests = [ROOT / "pyproject.toml", ROOT / "client" / "pyproject.toml"]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in manifests if p.exists())).hexdigest()
     if STAMP.exists() and STAMP.read_text() == digest:
         return
     _say("installing Python dependencies into .venv (once per pyproject.toml change)")
     pip = [str(PYTHON), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     subprocess.run([*pip, "--upgrade", "pip"], check=True)
-    subprocess.run([*pip, "-e", f"{ROOT}[dev]"], check=True)
+    subprocess.run([*pip, "-e", f"{ROOT}[dev]", "-e", str(ROOT / "client")], check=True)
     STAMP.write_text(digest)
 
 

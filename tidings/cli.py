@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -108,6 +109,28 @@ def token(
         typer.echo(issue_token(_settings().resolved_auth_secret(), user, device_id=device, ttl_s=ttl))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+
+
+@app.command()
+def chat(
+    user: str,
+    to: Annotated[str, typer.Option(help="start in the direct conversation with this user")] = "",
+    device: Annotated[str, typer.Option(help="device id (claim dev)")] = "chat",
+    url: Annotated[str, typer.Option(help="gateway base URL (default: this machine's gateway)")] = "",
+) -> None:
+    """A small terminal chat as USER on the Python SDK (client/): try it in two terminals."""
+    try:
+        from tidings_client.chat import run_chat
+    except ImportError as exc:  # an image built without the SDK
+        raise typer.BadParameter("the Python SDK is not installed here: pip install ./client") from exc
+
+    from query_api.auth import issue_token
+
+    settings = _settings()
+    token = issue_token(settings.resolved_auth_secret(), user, device_id=device, ttl_s=24 * 3600)
+    base = url or f"http://{settings.http_host}:{settings.http_port}"
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_chat(base, token, to=to or None))
 
 
 @app.command()

@@ -1,0 +1,76 @@
+"""The Python SDK of Tidings: ``TidingsClient`` and the typed objects and errors it uses.
+
+Quick start and concepts: ``docs/sdk.md``."""
+
+from tidings_client.backoff import Backoff
+from tidings_client.client import EventStream, TidingsClient, direct_conversation_id, token_claims
+from tidings_client.errors import (
+    ClientClosed,
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    ServerError,
+    TidingsError,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+)
+from tidings_client.models import (
+    ConnectionState,
+    Conversation,
+    ConversationChange,
+    ErrorEvent,
+    Event,
+    HistoryPage,
+    LastMessage,
+    Media,
+    Member,
+    Message,
+    MessageEvent,
+    Page,
+    Presence,
+    Receipt,
+    Typing,
+    Watermarks,
+)
+from tidings_client.store import CursorStore, FileCursorStore, MemoryCursorStore
+
+__all__ = [
+    "Backoff",
+    "ClientClosed",
+    "Conflict",
+    "ConnectionState",
+    "Conversation",
+    "ConversationChange",
+    "CursorStore",
+    "ErrorEvent",
+    "Event",
+    "EventStream",
+    "FileCursorStore",
+    "Forbidden",
+    "HistoryPage",
+    "InvalidRequest",
+    "LastMessage",
+    "Media",
+    "Member",
+    "MemoryCursorStore",
+    "Message",
+    "MessageEvent",
+    "NotFound",
+    "Page",
+    "Presence",
+    "RateLimited",
+    "Receipt",
+    "ServerError",
+    "TidingsClient",
+    "TidingsError",
+    "TooLarge",
+    "Typing",
+    "Unauthorized",
+    "Unavailable",
+    "Watermarks",
+    "direct_conversation_id",
+    "token_claims",
+]

@@ -1,0 +1,966 @@
+"""``TidingsClient``: one device of one user, over the WebSocket and the HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import inspect
+import json
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+from urllib.parse import quote
+
+import httpx
+
+from tidings_client.backoff import Backoff
+from tidings_client.errors import ClientClosed, TidingsError, Unauthorized, Unavailable, error_for
+from tidings_client.models import (
+    ConnectionState,
+    Conversation,
+    ConversationChange,
+    ErrorEvent,
+    Event,
+    HistoryPage,
+    Member,
+    Message,
+    MessageEvent,
+    Page,
+    Presence,
+    Receipt,
+    Typing,
+    Watermarks,
+)
+from tidings_client.store import CursorStore, MemoryCursorStore
+from tidings_client.transport import (
+    Connector,
+    HandshakeRejected,
+    Transport,
+    TransportClosed,
+    websockets_connect,
+)
+
+log = logging.getLogger("tidings_client")
+
+E = TypeVar("E")
+Callback = Callable[[Any], Awaitable[None] | None]
+
+_CLOSED = object()
+_ALL_EVENTS: tuple[type, ...] = (
+    MessageEvent,
+    Receipt,
+    Typing,
+    Presence,
+    ConversationChange,
+    ConnectionState,
+    ErrorEvent,
+)
+
+
+def direct_conversation_id(a: str, b: str) -> str:
+    """The id of the direct conversation of ``a`` and ``b``: ``dm:`` and the two ids in byte order."""
+    first, second = sorted((a, b), key=lambda s: s.encode())
+    return f"dm:{first}:{second}"
+
+
+def token_claims(token: str) -> dict[str, Any]:
+    """The claims of a JWT, read without checking its signature (the server checks it)."""
+    try:
+        payload = token.split(".")[1]
+        return cast(dict[str, Any], json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+    except (IndexError, ValueError) as exc:
+        raise ValueError("the token is not a JWT") from exc
+
+
+class _Seen:
+    """The message ids already handed to the app (the newest ``capacity`` of them)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, message_id: str) -> bool:
+        """True if ``message_id`` is new (and now remembered)."""
+        if message_id in self._ids:
+            return False
+        self._ids[message_id] = None
+        if len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+        return True
+
+    def __contains__(self, message_id: object) -> bool:
+        return message_id in self._ids
+
+
+@dataclass
+class _Outgoing:
+    client_msg_id: str
+    frame: dict[str, Any]
+    future: asyncio.Future[Message]
+    sent_on: int = -1  # the connection number it was last sent on
+    attempts: int = 0
+
+
+class EventStream(AsyncIterator[E]):
+    """Events of the chosen types, from the moment the stream was made until ``close()`` or the
+    client closes. An async iterator; ``await stream.next(timeout)`` for one event."""
+
+    def __init__(self, client: TidingsClient, types: tuple[type, ...]) -> None:
+        self._client = client
+        self._types = types
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        client._streams.add(self)
+
+    def _offer(self, event: object) -> None:
+        if event is _CLOSED or isinstance(event, self._types):
+            self._queue.put_nowait(event)
+
+    def __aiter__(self) -> EventStream[E]:
+        return self
+
+    async def __anext__(self) -> E:
+        item = await self._queue.get()
+        if item is _CLOSED:
+            self._queue.put_nowait(_CLOSED)
+            raise StopAsyncIteration
+        return cast(E, item)
+
+    async def next(self, timeout: float | None = None) -> E:  # noqa: ASYNC109 - a convenience
+        """The next event; ``TimeoutError`` after ``timeout`` seconds, ``ClientClosed`` at the end."""
+        try:
+            return await asyncio.wait_for(self.__anext__(), timeout)
+        except StopAsyncIteration:
+            raise ClientClosed("the client is closed") from None
+
+    def close(self) -> None:
+        """Stop receiving events into this stream."""
+        self._client._streams.discard(self)
+        self._queue.put_nowait(_CLOSED)
+
+
+class TidingsClient:
+    """One device of one user.
+
+    ``url`` is the gateway's base URL (``http://host:8787``), or several: on a failure or a
+    ``reconnect`` frame the client moves to the next. ``token`` is the device's JWT (or a function
+    returning a fresh one, called at each connection).
+
+    The client keeps one WebSocket open: it sends a ``ping`` every ``heartbeat_s`` and treats a
+    missing ``pong`` as a dead connection; it reconnects after losing it (``Backoff``: 1 s
+    doubling to 30 s, full jitter; a ``reconnect`` frame's ``after_ms`` instead); after each
+    (re)connection it syncs from the stored cursor (``cursor_store``), so the events it yields
+    miss nothing, and it drops messages it already yielded (by ``message_id``). ``send()`` goes
+    through an outbox: unacknowledged sends are sent again, with the same ``client_msg_id``, on
+    the next connection.
+
+    ``user_id`` and ``device_id`` are the token's ``sub`` and ``dev`` claims. ``connector`` and
+    ``http_transport`` replace the WebSocket and HTTP transports (for tests).
+    """
+
+    def __init__(
+        self,
+        url: str | Sequence[str],
+        token: str | Callable[[], str],
+        *,
+        cursor_store: CursorStore | None = None,
+        heartbeat_s: float = 30.0,
+        backoff: Backoff | None = None,
+        typing_refresh_s: float = 3.0,
+        typing_idle_s: float = 5.0,
+        unavailable_retry_s: float = 1.0,
+        resync_after_s: Sequence[float] = (1.0, 5.0),
+        http_timeout_s: float = 15.0,
+        seen_capacity: int = 100_000,
+        connector: Connector | None = None,
+        http_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls:
+            raise ValueError("at least one URL")
+        self.urls = [u.rstrip("/") for u in urls]
+        self._url_index = 0
+        self._token = token
+        claims = token_claims(self.token)
+        self.user_id: str = str(claims["sub"])
+        """The user of the token (claim ``sub``)."""
+        self.device_id: str = str(claims.get("dev") or "default")
+        """The device of the token (claim ``dev``)."""
+        self.cursor_store: CursorStore = cursor_store or MemoryCursorStore()
+        self.heartbeat_s = heartbeat_s
+        self.backoff = backoff or Backoff()
+        self.typing_refresh_s = typing_refresh_s
+        self.typing_idle_s = typing_idle_s
+        self.unavailable_retry_s = unavailable_retry_s
+        self.resync_after_s = tuple(resync_after_s)
+        self._connector: Connector = connector or websockets_connect
+        self._http = httpx.AsyncClient(timeout=http_timeout_s, transport=http_transport)
+        self._seen = _Seen(seen_capacity)
+        self._outbox: OrderedDict[str, _Outgoing] = OrderedDict()
+        self._refs: dict[str, str] = {}  # ref of a send frame -> client_msg_id
+        self._pongs: dict[str, asyncio.Future[None]] = {}
+        self._streams: set[EventStream[Any]] = set()
+        self._callbacks: list[tuple[tuple[type, ...], Callback]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ws: Transport | None = None
+        self._connection = 0
+        self._ready = asyncio.Event()
+        self._resuming = False
+        self._held: list[Message] = []
+        self._reconnect_after: float | None = None
+        self._fatal: TidingsError | None = None
+        self._closing = False
+        self._runner: asyncio.Task[None] | None = None
+        self._wakeup = asyncio.Event()
+        self._view: str | None = None
+        self._watch: list[str] | None = None
+        self._presence: str | None = None
+        self._typing: dict[str, tuple[float, asyncio.TimerHandle]] = {}
+        self._sync_lock = asyncio.Lock()
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def token(self) -> str:
+        """The current token."""
+        return self._token() if callable(self._token) else self._token
+
+    @property
+    def url(self) -> str:
+        """The gateway base URL in use."""
+        return self.urls[self._url_index]
+
+    @property
+    def connected(self) -> bool:
+        """True while the WebSocket is open and resumed."""
+        return self._ready.is_set()
+
+    async def __aenter__(self) -> TidingsClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self, timeout: float | None = 30.0) -> None:  # noqa: ASYNC109
+        """Start the connection and wait until it is open and resumed (the first sync done).
+        Raises ``Unauthorized``/``Forbidden`` if the gateway refuses the token, ``Unavailable``
+        if no gateway answered within ``timeout`` seconds (the client is then closed)."""
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._run(), name="tidings-client")
+        try:
+            await asyncio.wait_for(self.wait_connected(), timeout)
+        except TimeoutError:
+            await self.close()
+            raise Unavailable(f"no gateway answered within {timeout}s: {', '.join(self.urls)}") from None
+        except TidingsError:
+            await self.close()
+            raise
+
+    async def wait_connected(self) -> None:
+        """Until the connection is open and resumed (raises the error that stopped the client)."""
+        while not self._ready.is_set():
+            if self._fatal is not None:
+                raise self._fatal
+            if self._closing:
+                raise ClientClosed("the client is closed")
+            waiter = asyncio.create_task(self._ready.wait())
+            stopper = asyncio.create_task(self._wakeup.wait())
+            try:
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                stopper.cancel()
+            self._wakeup.clear()
+            if self._fatal is not None:
+                raise self._fatal
+
+    async def close(self) -> None:
+        """Close the connection; pending ``send()`` calls raise ``ClientClosed``."""
+        if self._closing:
+            return
+        self._closing = True
+        self._wakeup.set()
+        for _, handle in self._typing.values():
+            handle.cancel()
+        self._typing.clear()
+        ws = self._ws
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await ws.close()
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        for entry in self._outbox.values():
+            if not entry.future.done():
+                entry.future.set_exception(ClientClosed("the client closed before the send was acknowledged"))
+        self._outbox.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        for stream in list(self._streams):
+            stream.close()
+        await self._http.aclose()
+
+    # ---- events ---------------------------------------------------------------------------
+
+    def events(self, *types: type[E]) -> EventStream[E]:
+        """A stream of the events of ``types`` (all events without types) from now on, e.g.
+        ``async for event in client.events(MessageEvent): ...``."""
+        return EventStream(self, types or _ALL_EVENTS)
+
+    def on(self, *types: type[E]) -> Callable[[Callable[[E], Awaitable[None] | None]], Callable[[E], Any]]:
+        """A decorator registering a callback (plain or ``async``) for events of ``types``:
+        ``@client.on(MessageEvent)``. Callbacks run in the order events arrive; an async one
+        runs as its own task. An exception in a callback is logged, never hides an event."""
+
+        def register(callback: Callable[[E], Awaitable[None] | None]) -> Callable[[E], Any]:
+            self._callbacks.append((types or _ALL_EVENTS, callback))
+            return callback
+
+        return register
+
+    def _emit(self, event: Event) -> None:
+        for stream in list(self._streams):
+            stream._offer(event)
+        for types, callback in list(self._callbacks):
+            if isinstance(event, types):
+                try:
+                    result = callback(event)
+                except Exception:
+                    log.exception("a callback for %s failed", type(event).__name__)
+                    continue
+                if inspect.isawaitable(result):
+                    self._spawn(_log_failure(result, type(event).__name__))
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _emit_messages(self, messages: Iterable[Message]) -> None:
+        """New ones only, ascending by ``message_id`` (so per conversation too). A message of
+        this client's own outbox that comes back before its ack (pushed to this device, or
+        found by a sync) is in the log: it answers that ``send()`` and is not an event."""
+        for message in sorted(messages, key=lambda m: m.order_key):
+            if message.sender_id == self.user_id and message.client_msg_id in self._outbox:
+                entry = self._outbox.pop(message.client_msg_id)
+                self._seen.add(message.message_id)
+                if not entry.future.done():
+                    entry.future.set_result(message)
+                continue
+            if self._seen.add(message.message_id):
+                self._emit(MessageEvent(message))
+
+    # ---- the connection ---------------------------------------------------------------------
+
+    def _ws_url(self) -> str:
+        base = self.url
+        if base.startswith("https://"):
+            base = "wss://" + base[len("https://") :]
+        elif base.startswith("http://"):
+            base = "ws://" + base[len("http://") :]
+        return base + "/v1/ws"
+
+    def _next_url(self) -> None:
+        self._url_index = (self._url_index + 1) % len(self.urls)
+
+    async def _run(self) -> None:
+        while not self._closing:
+            delay: float | None = None
+            url = self.url
+            code: int | None = None
+            reason = ""
+            try:
+                ws = await self._connector(self._ws_url(), {"Authorization": f"Bearer {self.token}"})
+            except HandshakeRejected as exc:
+                error = _http_error(exc.status, exc.headers, exc.body)
+                if exc.status in (401, 403):
+                    self._fatal = error
+                    self._wakeup.set()
+                    self._fail_outbox(error)
+                    self._emit(ConnectionState("disconnected", url, reason=f"refused: {error.code}"))
+                    return
+                retry_after = getattr(error, "retry_after", None)
+                delay = retry_after if retry_after is not None else None
+                reason = f"upgrade refused: HTTP {exc.status}"
+                self._next_url()
+            except (OSError, TimeoutError, TransportClosed, Exception) as exc:  # noqa: BLE001
+                # Any failure to open (refused, reset, DNS, a bad handshake): try again later.
+                reason = f"connect failed: {type(exc).__name__}"
+                self._next_url()
+            else:
+                code, reason = await self._serve(ws, url)
+                if self._fatal is not None:
+                    self._emit(ConnectionState("disconnected", url, code=code, reason=reason))
+                    return
+                if self._reconnect_after is not None:
+                    delay = self._reconnect_after
+                    reason = "reconnect frame"
+                    self._next_url()
+            if self._closing:
+                return
+            if delay is None:
+                delay = self.backoff.next_delay()
+            self._emit(ConnectionState("disconnected", url, code=code, reason=reason, retry_in_s=delay))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), delay)
+
+    async def _serve(self, ws: Transport, url: str) -> tuple[int | None, str]:
+        """Run one connection until it closes; its close code and why."""
+        self._ws = ws
+        self._connection += 1
+        self._reconnect_after = None
+        reader = asyncio.create_task(self._read(ws))
+        reader.add_done_callback(self._reader_ended)
+        heart: asyncio.Task[None] | None = None
+        resync: asyncio.Task[None] | None = None
+        code: int | None = None
+        reason = "closed"
+        try:
+            # Pushes start once the gateway registered the socket: its first reply says so.
+            await self._roundtrip(ws, self.heartbeat_s)
+            heart = asyncio.create_task(self._heartbeat(ws))  # also while the resume runs
+            await self._restore_state(ws)
+            self._resuming = True
+            try:
+                await self.sync()
+            finally:
+                self._resuming = False
+                held, self._held = self._held, []
+                self._emit_messages(held)
+            self._ready.set()
+            self.backoff.reset()
+            self._emit(ConnectionState("connected", url))
+            resync = asyncio.create_task(self._resync(ws))
+            await self._flush_outbox()
+            await reader
+        except TransportClosed as exc:
+            code, reason = exc.code, f"closed {exc.code}"
+        except Unauthorized as exc:
+            # The token expired or was revoked while connected (the resume sync said so).
+            self._fatal = exc
+            self._wakeup.set()
+            self._fail_outbox(exc)
+            reason = f"refused: {exc.code}"
+        except (TimeoutError, TidingsError, httpx.HTTPError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            # A bug here must not end the connection loop: say so loudly, then reconnect.
+            log.exception("the connection failed unexpectedly")
+            reason = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._ready.clear()
+            self._ws = None
+            for task in (heart, resync):
+                if task is not None:
+                    task.cancel()
+            if not reader.done():
+                with contextlib.suppress(Exception):
+                    await ws.close()
+                reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+            if reader.done() and not reader.cancelled() and isinstance(reader.exception(), TransportClosed):
+                closed = cast(TransportClosed, reader.exception())
+                code, reason = closed.code, reason if reason != "closed" else f"closed {closed.code}"
+            for future in self._pongs.values():
+                if not future.done():
+                    future.cancel()
+            self._pongs.clear()
+            self._refs.clear()
+        return code, reason
+
+    def _reader_ended(self, reader: asyncio.Task[None]) -> None:
+        """A closed socket answers the pings waiting on it at once (not after heartbeat_s)."""
+        error = None if reader.cancelled() else reader.exception()
+        closed = error if isinstance(error, TransportClosed) else TransportClosed(None, "reader ended")
+        for future in self._pongs.values():
+            if not future.done():
+                future.set_exception(closed)
+
+    async def _read(self, ws: Transport) -> None:
+        while True:
+            text = await ws.recv()
+            try:
+                frame = json.loads(text)
+            except ValueError:
+                log.warning("a frame that is not JSON: %.200s", text)
+                continue
+            if not isinstance(frame, dict):
+                continue
+            try:
+                self._on_frame(frame)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("a malformed %s frame was ignored (%r): %.200s", frame.get("type"), exc, text)
+
+    async def _roundtrip(self, ws: Transport, timeout: float) -> None:  # noqa: ASYNC109
+        """A ``ping`` and its ``pong`` (``TimeoutError`` without one)."""
+        ref = f"p{uuid.uuid4().hex[:12]}"
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pongs[ref] = future
+        try:
+            await ws.send(json.dumps({"type": "ping", "ref": ref}))
+            await asyncio.wait_for(future, timeout)
+        finally:
+            self._pongs.pop(ref, None)
+
+    async def _heartbeat(self, ws: Transport) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            try:
+                await self._roundtrip(ws, self.heartbeat_s)
+            except (TimeoutError, asyncio.CancelledError, TransportClosed):
+                log.info("no pong within %.1fs: closing the connection", self.heartbeat_s)
+                await ws.close()
+                return
+
+    async def _resync(self, ws: Transport) -> None:
+        """Sync again shortly after a resume: a message pushed before this socket was registered
+        and not yet applied by the read model behind ``/v1/sync`` is found by a later sync."""
+        waited = 0.0
+        for at in self.resync_after_s:
+            await asyncio.sleep(max(0.0, at - waited))
+            waited = at
+            if self._ws is not ws:
+                return
+            try:
+                await self.sync()
+            except (TidingsError, httpx.HTTPError) as exc:
+                log.warning("follow-up sync failed: %s", exc)
+
+    async def _restore_state(self, ws: Transport) -> None:
+        """What lives with a socket (view, watch list, presence) is sent again on a new one."""
+        if self._presence is not None:
+            await ws.send(json.dumps({"type": "presence", "state": self._presence}))
+        if self._view is not None:
+            await ws.send(json.dumps({"type": "view", "conversation_id": self._view}))
+        if self._watch is not None:
+            await ws.send(json.dumps({"type": "watch", "user_ids": self._watch}))
+
+    def _on_frame(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        if kind == "message" and isinstance(frame.get("message"), dict):
+            message = Message.from_json(frame["message"])
+            if self._resuming:
+                self._held.append(message)
+            else:
+                self._emit_messages([message])
+        elif kind == "ack":
+            self._on_ack(frame)
+        elif kind == "pong":
+            future = self._pongs.get(str(frame.get("ref")))
+            if future is not None and not future.done():
+                future.set_result(None)
+        elif kind == "error":
+            self._on_error(frame)
+        elif kind == "receipt":
+            self._emit(Receipt.from_json(frame))
+        elif kind == "typing":
+            self._emit(Typing(str(frame["conversation_id"]), str(frame["user_id"]), str(frame["state"])))
+        elif kind == "presence":
+            self._emit(Presence.from_json(frame))
+        elif kind == "conversation":
+            self._emit(ConversationChange(str(frame["event"]), Conversation.from_json(frame["conversation"])))
+        elif kind == "reconnect":
+            self._reconnect_after = max(0.0, float(frame.get("after_ms") or 0) / 1000)
+        else:
+            log.debug("frame of unknown type ignored: %s", kind)
+
+    # ---- sending --------------------------------------------------------------------------
+
+    async def send(self, conversation_id: str, body: str, *, client_msg_id: str | None = None) -> Message:
+        """Send a text message; returns it once acknowledged (durably in the log).
+
+        The send waits in the outbox while the client is disconnected and is sent again with the
+        same ``client_msg_id`` on every new connection until acknowledged, so it is stored once.
+        A refusal raises the typed error (``Forbidden``, ``InvalidRequest``, ``TooLarge``,
+        ``RateLimited`` with ``retry_after``, ``Conflict``); ``unavailable`` is retried every
+        ``unavailable_retry_s``. Cancelling the call (e.g. ``asyncio.wait_for``) takes it out of
+        the outbox: it may or may not have been stored."""
+        if self._closing:
+            raise ClientClosed("the client is closed")
+        if self._fatal is not None:
+            raise self._fatal
+        cmid = client_msg_id or uuid.uuid4().hex
+        frame = {
+            "type": "send",
+            "client_msg_id": cmid,
+            "conversation_id": conversation_id,
+            "kind": "text",
+            "body": body,
+        }
+        entry = _Outgoing(cmid, frame, asyncio.get_running_loop().create_future())
+        self._outbox[cmid] = entry
+        await self.stop_typing(conversation_id)  # a sent message ends the typing
+        if self._ws is not None and self._ready.is_set():
+            await self._transmit(self._ws, entry)
+        try:
+            return await asyncio.shield(entry.future)
+        except asyncio.CancelledError:
+            self._outbox.pop(cmid, None)
+            raise
+
+    @property
+    def pending(self) -> list[str]:
+        """``client_msg_id`` of the sends not yet acknowledged, oldest first."""
+        return list(self._outbox)
+
+    async def _transmit(self, ws: Transport, entry: _Outgoing) -> None:
+        if entry.sent_on == self._connection or entry.future.done():
+            return
+        entry.sent_on = self._connection
+        entry.attempts += 1
+        ref = f"s{uuid.uuid4().hex[:12]}"
+        self._refs[ref] = entry.client_msg_id
+        # If the socket is gone it stays in the outbox and goes again on the next connection.
+        with contextlib.suppress(TransportClosed):
+            await ws.send(json.dumps({**entry.frame, "ref": ref}))
+
+    async def _flush_outbox(self) -> None:
+        ws = self._ws
+        for entry in list(self._outbox.values()):
+            if ws is None or ws is not self._ws:
+                return
+            await self._transmit(ws, entry)
+
+    def _on_ack(self, frame: dict[str, Any]) -> None:
+        self._refs.pop(str(frame.get("ref")), None)
+        entry = self._outbox.pop(str(frame.get("client_msg_id")), None)
+        if entry is None:
+            return
+        message = Message(
+            message_id=str(frame["message_id"]),
+            conversation_id=str(frame.get("conversation_id") or entry.frame["conversation_id"]),
+            sender_id=self.user_id,
+            client_msg_id=entry.client_msg_id,
+            kind=str(entry.frame["kind"]),
+            body=entry.frame.get("body"),
+            ts=int(frame.get("ts") or 0),
+        )
+        # The app has it from send(): a push of it to this device is not an event.
+        self._seen.add(message.message_id)
+        if not entry.future.done():
+            entry.future.set_result(message)
+
+    def _on_error(self, frame: dict[str, Any]) -> None:
+        ref = frame.get("ref")
+        code = str(frame.get("code") or "internal")
+        text = str(frame.get("message") or "")
+        cmid = self._refs.pop(ref, None) if isinstance(ref, str) else None
+        entry = self._outbox.get(cmid) if cmid is not None else None
+        if entry is None:
+            if isinstance(ref, str) and ref in self._pongs:
+                return
+            extra = {k: v for k, v in frame.items() if k not in ("type", "code", "message", "ref")}
+            self._emit(ErrorEvent(code, text, ref if isinstance(ref, str) else None, extra))
+            return
+        if code == "unavailable":
+            # Nothing was accepted: the same client_msg_id goes again shortly.
+            entry.sent_on = -1
+            asyncio.get_running_loop().call_later(self.unavailable_retry_s, self._retry_soon)
+            return
+        self._outbox.pop(entry.client_msg_id, None)
+        retry_after = frame.get("retry_after")
+        error = error_for(code, text, retry_after=float(retry_after) if retry_after is not None else None)
+        if not entry.future.done():
+            entry.future.set_exception(error)
+
+    def _retry_soon(self) -> None:
+        if self._ready.is_set() and not self._closing:
+            self._spawn(self._flush_outbox())
+
+    def _fail_outbox(self, error: TidingsError) -> None:
+        for entry in self._outbox.values():
+            if not entry.future.done():
+                entry.future.set_exception(error)
+        self._outbox.clear()
+
+    async def _frame(self, frame: dict[str, Any]) -> bool:
+        """Send a fire-and-forget frame if connected; whether it went."""
+        ws = self._ws
+        if ws is None or not self._ready.is_set():
+            return False
+        try:
+            await ws.send(json.dumps(frame))
+        except TransportClosed:
+            return False
+        return True
+
+    # ---- typing, view, presence, watch (WebSocket) ----------------------------------------------
+
+    async def view(self, conversation_id: str | None) -> None:
+        """Show ``conversation_id`` on this device (``None``: none): typing there reaches it.
+        Kept and sent again after a reconnect."""
+        self._view = conversation_id
+        await self._frame({"type": "view", "conversation_id": conversation_id})
+
+    async def watch(self, user_ids: Sequence[str]) -> None:
+        """Receive ``Presence`` events for these users (≤ 500; replaces the list; ``[]`` stops).
+        Their current state comes first. Kept and sent again after a reconnect."""
+        self._watch = list(user_ids)
+        await self._frame({"type": "watch", "user_ids": self._watch})
+
+    async def set_presence(self, state: str) -> None:
+        """``online`` or ``away`` for this device (going offline is closing the client)."""
+        if state not in ("online", "away"):
+            raise ValueError("state is 'online' or 'away'")
+        self._presence = state
+        await self._frame({"type": "presence", "state": state})
+
+    async def typing(self, conversation_id: str) -> None:
+        """Say the user is typing; call on every keystroke. A ``start`` goes at most every
+        ``typing_refresh_s``; ``stop`` goes by itself ``typing_idle_s`` after the last call, or
+        when a message is sent to the conversation. Dropped while disconnected (never stored)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        previous = self._typing.pop(conversation_id, None)
+        last_start = None
+        if previous is not None:
+            last_start, handle = previous
+            handle.cancel()
+        if last_start is None or now - last_start >= self.typing_refresh_s:
+            await self._frame({"type": "typing", "conversation_id": conversation_id, "state": "start"})
+            last_start = now
+        handle = loop.call_later(self.typing_idle_s, lambda: self._spawn(self.stop_typing(conversation_id)))
+        self._typing[conversation_id] = (last_start, handle)
+
+    async def stop_typing(self, conversation_id: str) -> None:
+        """Say the user stopped typing (if a ``start`` was sent)."""
+        if self._stop_typing_local(conversation_id):
+            await self._frame({"type": "typing", "conversation_id": conversation_id, "state": "stop"})
+
+    def _stop_typing_local(self, conversation_id: str) -> bool:
+        previous = self._typing.pop(conversation_id, None)
+        if previous is None:
+            return False
+        previous[1].cancel()
+        return True
+
+    # ---- sync ---------------------------------------------------------------------------------
+
+    async def sync(self) -> None:
+        """Read what this device missed since the stored cursor (every page), hand it to the
+        app as events and store the new cursor. The client does this after every connection."""
+        async with self._sync_lock:
+            cursor = await self.cursor_store.load()
+            while True:
+                data = await self._request("GET", "/v1/sync", params={"since": cursor} if cursor else None)
+                for change in data.get("conversations") or []:
+                    self._emit(
+                        ConversationChange(
+                            str(change["event"]), Conversation.from_json(change["conversation"])
+                        )
+                    )
+                # During a resume, pushes received meanwhile are held back and handed over after
+                # the last page (they are newer than what the pages hold, or duplicates).
+                self._emit_messages(Message.from_json(m) for m in data.get("messages") or [])
+                for receipt in data.get("receipts") or []:
+                    self._emit(Receipt.from_json(receipt))
+                cursor = str(data["cursor"])
+                await self.cursor_store.save(cursor)
+                if not data.get("has_more"):
+                    return
+
+    # ---- HTTP ---------------------------------------------------------------------------------
+
+    async def _request(
+        self, method: str, path: str, *, params: dict[str, Any] | None = None, json_body: Any = None
+    ) -> Any:
+        """One HTTP call (tried on each URL in turn when one cannot be reached); the JSON answer,
+        or the typed error."""
+        last: Exception | None = None
+        for _ in range(len(self.urls)):
+            clean = {k: v for k, v in (params or {}).items() if v is not None}
+            try:
+                response = await self._http.request(
+                    method,
+                    self.url + path,
+                    params=clean or None,
+                    json=json_body,
+                    headers={"Authorization": f"Bearer {self.token}"},
+                )
+            except httpx.TransportError as exc:
+                last = exc
+                self._next_url()
+                continue
+            if response.status_code >= 400:
+                raise _http_error(response.status_code, response.headers, response.content)
+            if response.status_code == 204 or not response.content:
+                return None
+            return response.json()
+        raise Unavailable(f"no gateway answered: {last}") from last
+
+    async def open_direct(self, user_id: str) -> Conversation:
+        """The direct conversation with ``user_id`` (idempotent; lists it in your inbox)."""
+        data = await self._request(
+            "POST", "/v1/conversations", json_body={"kind": "direct", "members": [user_id]}
+        )
+        return Conversation.from_json(data["conversation"])
+
+    async def create_group(self, title: str, members: Sequence[str] = ()) -> Conversation:
+        """A new group with you as its owner and ``members`` in it."""
+        data = await self._request(
+            "POST", "/v1/conversations", json_body={"kind": "group", "title": title, "members": list(members)}
+        )
+        return Conversation.from_json(data["conversation"])
+
+    async def conversation(self, conversation_id: str) -> Conversation:
+        """One conversation (members only)."""
+        data = await self._request("GET", f"/v1/conversations/{_seg(conversation_id)}")
+        return Conversation.from_json(data.get("conversation", data))
+
+    async def conversations(self, *, limit: int = 50, before: str | None = None) -> Page[Conversation]:
+        """A page of the inbox, most recent activity first."""
+        data = await self._request("GET", "/v1/conversations", params={"limit": limit, "before": before})
+        return Page([Conversation.from_json(c) for c in data["conversations"]], data.get("next"))
+
+    async def iter_conversations(self, *, page_size: int = 50) -> AsyncIterator[Conversation]:
+        """The whole inbox, page after page."""
+        before: str | None = None
+        while True:
+            page = await self.conversations(limit=page_size, before=before)
+            for conversation in page.items:
+                yield conversation
+            if page.next is None:
+                return
+            before = page.next
+
+    async def rename(self, conversation_id: str, title: str) -> Conversation:
+        """Rename a group (owner or admins)."""
+        data = await self._request(
+            "PATCH", f"/v1/conversations/{_seg(conversation_id)}", json_body={"title": title}
+        )
+        return Conversation.from_json(data["conversation"])
+
+    async def members(
+        self, conversation_id: str, *, after: str | None = None, limit: int = 500
+    ) -> Page[Member]:
+        """A page of members in user-id order."""
+        data = await self._request(
+            "GET",
+            f"/v1/conversations/{_seg(conversation_id)}/members",
+            params={"after": after, "limit": limit},
+        )
+        return Page([Member.from_json(m) for m in data["members"]], data.get("next"))
+
+    async def iter_members(self, conversation_id: str, *, page_size: int = 500) -> AsyncIterator[Member]:
+        """Every member, page after page."""
+        after: str | None = None
+        while True:
+            page = await self.members(conversation_id, after=after, limit=page_size)
+            for member in page.items:
+                yield member
+            if page.next is None:
+                return
+            after = page.next
+
+    async def add_members(self, conversation_id: str, user_ids: Sequence[str]) -> list[Member]:
+        """Add users to a group (owner or admins); the members actually added."""
+        data = await self._request(
+            "POST",
+            f"/v1/conversations/{_seg(conversation_id)}/members",
+            json_body={"user_ids": list(user_ids)},
+        )
+        return [Member.from_json(m) for m in data["members"]]
+
+    async def remove_member(self, conversation_id: str, user_id: str) -> None:
+        """Remove a member (owner or admins)."""
+        await self._request("DELETE", f"/v1/conversations/{_seg(conversation_id)}/members/{_seg(user_id)}")
+
+    async def leave(self, conversation_id: str) -> None:
+        """Leave a group (the owner hands ownership over first: ``Conflict`` otherwise)."""
+        await self.remove_member(conversation_id, self.user_id)
+
+    async def set_role(self, conversation_id: str, user_id: str, role: str) -> Member:
+        """Make a member ``owner``, ``admin`` or ``member`` (the owner only)."""
+        data = await self._request(
+            "PUT",
+            f"/v1/conversations/{_seg(conversation_id)}/members/{_seg(user_id)}",
+            json_body={"role": role},
+        )
+        return Member.from_json(data["member"])
+
+    async def history(
+        self, conversation_id: str, *, before: str | None = None, after: str | None = None, limit: int = 50
+    ) -> HistoryPage:
+        """A page of history, ascending: the newest ``limit`` (older than ``before`` if given), or
+        the oldest ``limit`` newer than ``after``."""
+        data = await self._request(
+            "GET",
+            f"/v1/conversations/{_seg(conversation_id)}/messages",
+            params={"before": before, "after": after, "limit": limit},
+        )
+        return HistoryPage([Message.from_json(m) for m in data["messages"]], bool(data["has_more"]))
+
+    async def iter_history(self, conversation_id: str, *, page_size: int = 50) -> AsyncIterator[Message]:
+        """The whole history, newest first, paging back to the first message ever sent."""
+        before: str | None = None
+        while True:
+            page = await self.history(conversation_id, before=before, limit=page_size)
+            for message in reversed(page.messages):
+                yield message
+            if not page.has_more or not page.messages:
+                return
+            before = page.messages[0].message_id
+
+    async def mark_read(self, conversation_id: str, message_id: str) -> None:
+        """Move your ``read`` watermark to ``message_id`` (never back; implies delivered)."""
+        await self._receipt(conversation_id, message_id, "read")
+
+    async def mark_delivered(self, conversation_id: str, message_id: str) -> None:
+        """Move your ``delivered`` watermark to ``message_id`` (never back)."""
+        await self._receipt(conversation_id, message_id, "delivered")
+
+    async def _receipt(self, conversation_id: str, message_id: str, status: str) -> None:
+        await self._request(
+            "POST",
+            f"/v1/conversations/{_seg(conversation_id)}/receipts",
+            json_body={"message_id": message_id, "status": status},
+        )
+
+    async def receipts(self, conversation_id: str) -> list[Watermarks]:
+        """Each member's ``delivered`` and ``read`` watermarks (every page)."""
+        out: list[Watermarks] = []
+        after: str | None = None
+        while True:
+            data = await self._request(
+                "GET", f"/v1/conversations/{_seg(conversation_id)}/receipts", params={"after": after}
+            )
+            out += [Watermarks.from_json(r) for r in data["receipts"]]
+            after = data.get("next")
+            if not after:
+                return out
+
+    async def presence(self, user_id: str) -> Presence:
+        """A user's presence (someone you share a conversation with, or yourself)."""
+        return Presence.from_json(await self._request("GET", f"/v1/users/{_seg(user_id)}/presence"))
+
+
+def _seg(value: str) -> str:
+    return quote(value, safe=":@")
+
+
+def _http_error(status: int, headers: Any, body: bytes) -> TidingsError:
+    code, message = None, ""
+    try:
+        error = json.loads(body)["error"]
+        code, message = error.get("code"), str(error.get("message") or "")
+    except (ValueError, KeyError, TypeError):
+        message = body[:200].decode("utf-8", errors="replace")
+    retry_after = None
+    raw = next((v for k, v in dict(headers or {}).items() if str(k).lower() == "retry-after"), None)
+    if raw is not None:
+        with contextlib.suppress(ValueError):
+            retry_after = float(raw)
+    return error_for(code, message, status=status, retry_after=retry_after)
+
+
+async def _log_failure(awaitable: Awaitable[Any], what: str) -> None:
+    try:
+        await awaitable
+    except Exception:
+        log.exception("a callback for %s failed", what)

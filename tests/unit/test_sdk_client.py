@@ -1,0 +1,458 @@
+"""The Python SDK's own logic against a fake server (a fake WebSocket and httpx's MockTransport):
+backoff and jitter, dedup and order across a resume, the outbox's resends, reconnect frames,
+heartbeats, typed errors, typing's auto-stop, callbacks and the cursor stores."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tidings_client import (
+    Backoff,
+    ConnectionState,
+    FileCursorStore,
+    Forbidden,
+    MemoryCursorStore,
+    Message,
+    MessageEvent,
+    RateLimited,
+    TidingsClient,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+)
+from tidings_client.errors import error_for
+from tidings_client.transport import HandshakeRejected, Transport, TransportClosed
+
+ALICE = "eyJhbGciOiJIUzI1NiJ9." + "eyJzdWIiOiJhbGljZSIsImRldiI6InBob25lIiwiZXhwIjo5OTk5OTk5OTk5fQ" + ".sig"
+CID = "dm:alice:bob"
+
+
+def message(mid: int, cid: str = CID, sender: str = "bob") -> dict[str, Any]:
+    return {
+        "message_id": str(mid),
+        "conversation_id": cid,
+        "sender_id": sender,
+        "client_msg_id": f"c{mid}",
+        "kind": "text",
+        "body": f"m{mid}",
+        "media": None,
+        "ts": mid,
+    }
+
+
+class FakeSocket:
+    def __init__(self, server: FakeServer, url: str) -> None:
+        self.server, self.url = server, url
+        self.queue: asyncio.Queue[str | TransportClosed] = asyncio.Queue()
+        self.frames: list[dict[str, Any]] = []
+        self.closed = False
+
+    def push(self, frame: dict[str, Any]) -> None:
+        self.queue.put_nowait(json.dumps(frame))
+
+    def drop(self, code: int | None) -> None:
+        self.closed = True
+        self.queue.put_nowait(TransportClosed(code, "fake close"))
+
+    async def send(self, text: str) -> None:
+        if self.closed:
+            raise TransportClosed(None, "gone")
+        frame = json.loads(text)
+        self.frames.append(frame)
+        self.server.on_frame(self, frame)
+
+    async def recv(self) -> str:
+        item = await self.queue.get()
+        if isinstance(item, TransportClosed):
+            self.queue.put_nowait(item)
+            raise item
+        return item
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.drop(1000)
+
+
+class FakeServer:
+    """Speaks enough of the protocol: pong, ack (idempotent by client_msg_id), /v1/sync pages."""
+
+    def __init__(self) -> None:
+        self.sockets: list[FakeSocket] = []
+        self.pong = True
+        self.ack = True
+        self.stored: dict[str, str] = {}  # client_msg_id -> message_id
+        self.refuse: Callable[[dict[str, Any]], dict[str, Any] | None] = lambda frame: None
+        self.reject_upgrade: HandshakeRejected | None = None
+        self.sync_pages: list[dict[str, Any]] = []
+        self.sync_calls: list[str | None] = []
+        self.on_sync: Callable[[], None] = lambda: None
+        self.next_id = 1000
+
+    @property
+    def socket(self) -> FakeSocket:
+        return self.sockets[-1]
+
+    async def connect(self, url: str, headers: Mapping[str, str]) -> Transport:
+        assert headers["Authorization"] == f"Bearer {ALICE}"
+        if self.reject_upgrade is not None:
+            raise self.reject_upgrade
+        sock = FakeSocket(self, url)
+        self.sockets.append(sock)
+        return sock
+
+    def on_frame(self, sock: FakeSocket, frame: dict[str, Any]) -> None:
+        if frame["type"] == "ping" and self.pong:
+            sock.push({"type": "pong", "ref": frame.get("ref")})
+        elif frame["type"] == "send":
+            refusal = self.refuse(frame)
+            if refusal is not None:
+                sock.push({"type": "error", "ref": frame["ref"], **refusal})
+                return
+            cmid = frame["client_msg_id"]
+            if cmid not in self.stored:
+                self.next_id += 1
+                self.stored[cmid] = str(self.next_id)
+            if self.ack:
+                sock.push(
+                    {
+                        "type": "ack",
+                        "ref": frame["ref"],
+                        "client_msg_id": cmid,
+                        "message_id": self.stored[cmid],
+                        "conversation_id": frame["conversation_id"],
+                        "ts": 1,
+                    }
+                )
+
+    async def http(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/sync":
+            self.sync_calls.append(request.url.params.get("since"))
+            self.on_sync()
+            page = self.sync_pages.pop(0) if self.sync_pages else {}
+            body = {"messages": [], "receipts": [], "conversations": [], "has_more": False, **page}
+            body.setdefault("cursor", f"c{len(self.sync_calls)}")
+            return httpx.Response(200, json=body)
+        if request.url.path.endswith("/members"):
+            return httpx.Response(403, json={"error": {"code": "forbidden", "message": "not a member"}})
+        return httpx.Response(404, json={"error": {"code": "not_found", "message": "no route"}})
+
+    def client(self, urls: str | list[str] = "http://gw1", **options: Any) -> TidingsClient:
+        options.setdefault("heartbeat_s", 5.0)
+        options.setdefault("backoff", Backoff(0.01, 0.02))
+        options.setdefault("resync_after_s", ())
+        return TidingsClient(
+            urls, ALICE, connector=self.connect, http_transport=httpx.MockTransport(self.http), **options
+        )
+
+
+async def until(check: Callable[[], bool], timeout: float = 5) -> None:  # noqa: ASYNC109
+    async with asyncio.timeout(timeout):
+        while not check():  # noqa: ASYNC110 - polling a condition in a test
+            await asyncio.sleep(0.005)
+
+
+# ---- backoff ---------------------------------------------------------------------------------
+
+
+def test_backoff_doubles_from_one_second_to_a_thirty_second_cap_with_full_jitter() -> None:
+    top = Backoff(rng=lambda: 1.0)
+    assert [top.next_delay() for _ in range(8)] == [1, 2, 4, 8, 16, 30, 30, 30]
+    bottom = Backoff(rng=lambda: 0.0)
+    assert [bottom.next_delay() for _ in range(3)] == [0, 0, 0]
+    real = Backoff()
+    delays = [real.next_delay() for _ in range(200)]
+    assert all(0 <= d <= min(30, 2**i) for i, d in enumerate(delays))
+    assert len({round(d, 6) for d in delays[10:]}) > 150  # jittered, not one fixed value
+    real.reset()
+    assert real.ceiling() == 1.0
+    with pytest.raises(ValueError):
+        Backoff(0, 1)
+
+
+# ---- errors ----------------------------------------------------------------------------------
+
+
+def test_each_protocol_code_has_its_typed_error() -> None:
+    assert isinstance(error_for("forbidden", "no"), Forbidden)
+    assert isinstance(error_for(None, status=413), TooLarge)
+    limited = error_for("rate_limited", "slow down", status=429, retry_after=3)
+    assert isinstance(limited, RateLimited) and limited.retry_after == 3 and limited.status == 429
+    odd = error_for("teapot", "?")
+    assert odd.code == "teapot" and type(odd).__name__ == "ServerError"
+
+
+# ---- connection, resume, dedup and order -----------------------------------------------------
+
+
+async def test_a_resume_yields_every_message_once_in_order_and_stores_the_cursor() -> None:
+    server = FakeServer()
+    store = MemoryCursorStore("c0")
+
+    def pushes_during_sync() -> None:
+        if len(server.sync_calls) == 1:
+            server.socket.push({"type": "message", "message": message(40)})
+            server.socket.push({"type": "message", "message": message(30)})  # also in the page
+
+    server.on_sync = pushes_during_sync
+    server.sync_pages = [
+        {"messages": [message(20), message(10)], "has_more": True, "cursor": "c1"},
+        {"messages": [message(30)], "cursor": "c2"},
+    ]
+    client = server.client(cursor_store=store)
+    seen: list[str] = []
+    client.on(MessageEvent)(lambda e: seen.append(e.message.message_id))
+    async with client:
+        assert server.sync_calls == ["c0", "c1"] and store.cursor == "c2"
+        assert seen == ["10", "20", "30", "40"]
+        server.socket.push({"type": "message", "message": message(40)})
+        server.socket.push({"type": "message", "message": message(50)})
+        await until(lambda: seen[-1] == "50")
+        # A dropped connection: the next one resumes from the stored cursor.
+        server.sync_pages = [{"messages": [message(50), message(60)], "cursor": "c3"}]
+        server.socket.drop(1013)
+        await until(lambda: len(server.sockets) == 2 and client.connected)
+        assert server.sync_calls[-1] == "c2" and store.cursor == "c3"
+        assert seen == ["10", "20", "30", "40", "50", "60"]
+
+
+async def test_the_outbox_resends_unacked_sends_with_the_same_client_msg_id() -> None:
+    server = FakeServer()
+    server.ack = False
+    async with server.client() as client:
+        sending = asyncio.create_task(client.send(CID, "hi"))
+        await until(lambda: any(f["type"] == "send" for f in server.socket.frames))
+        assert client.pending == [server.socket.frames[-1]["client_msg_id"]]
+        server.ack = True
+        server.socket.drop(None)  # the ack never came: the connection died
+        sent = await asyncio.wait_for(sending, 5)
+    sends = [f for s in server.sockets for f in s.frames if f["type"] == "send"]
+    assert len(server.sockets) == 2 and len(sends) == 2
+    assert sends[0]["client_msg_id"] == sends[1]["client_msg_id"] == sent.client_msg_id
+    assert sends[0]["ref"] != sends[1]["ref"]
+    assert sent.message_id == server.stored[sent.client_msg_id] and len(server.stored) == 1
+    assert client.pending == []
+
+
+async def test_sends_made_while_disconnected_go_in_order_once_connected() -> None:
+    server = FakeServer()
+    server.pong = False  # the first connection never gets going
+    client = server.client(heartbeat_s=0.05)
+    connecting = asyncio.create_task(client.connect(timeout=5))
+    await until(lambda: bool(server.sockets))
+    sends = [asyncio.create_task(client.send(CID, f"m{i}")) for i in range(3)]
+    await asyncio.sleep(0.01)
+    server.pong = True
+    await connecting
+    results = await asyncio.gather(*sends)
+    assert [m.body for m in results] == ["m0", "m1", "m2"]
+    assert [int(m.message_id) for m in results] == sorted(int(m.message_id) for m in results)
+    await client.close()
+
+
+async def test_refusals_raise_typed_errors_and_unavailable_is_retried() -> None:
+    server = FakeServer()
+    refusals = iter(
+        [
+            {"code": "rate_limited", "message": "slow down", "retry_after": 2},
+            {"code": "forbidden", "message": "not a member"},
+            {"code": "unavailable", "message": "kafka down"},
+        ]
+    )
+    server.refuse = lambda frame: next(refusals, None)
+    async with server.client(unavailable_retry_s=0.01) as client:
+        with pytest.raises(RateLimited) as limited:
+            await client.send(CID, "a")
+        assert limited.value.retry_after == 2.0 and limited.value.code == "rate_limited"
+        with pytest.raises(Forbidden):
+            await client.send(CID, "b")
+        ok = await client.send(CID, "c", client_msg_id="retry-me")  # unavailable, then accepted
+        attempts = [f for f in server.socket.frames if f.get("client_msg_id") == "retry-me"]
+        assert len(attempts) == 2 and ok.client_msg_id == "retry-me"
+        with pytest.raises(Forbidden) as http:
+            await client.members(CID)
+        assert http.value.status == 403
+
+
+async def test_a_reconnect_frame_sets_the_wait_and_moves_to_the_next_gateway() -> None:
+    server = FakeServer()
+    async with server.client(["http://gw1", "http://gw2"]) as client:
+        states: list[ConnectionState] = []
+        client.on(ConnectionState)(states.append)
+        assert server.socket.url == "ws://gw1/v1/ws"
+        server.socket.push({"type": "reconnect", "after_ms": 300})
+        server.socket.drop(1012)
+        await until(lambda: len(server.sockets) == 2 and client.connected)
+        assert server.socket.url == "ws://gw2/v1/ws" and client.url == "http://gw2"
+        assert states[0].state == "disconnected" and states[0].code == 1012
+        assert states[0].reason == "reconnect frame" and states[0].retry_in_s == 0.3
+        assert states[1].state == "connected"
+
+
+async def test_a_missing_pong_closes_the_connection_and_the_client_reconnects() -> None:
+    server = FakeServer()
+    async with server.client(heartbeat_s=0.05) as client:
+        server.pong = False
+        await until(lambda: server.sockets[0].closed)
+        server.pong = True  # (a reconnect quicker than this line also goes unanswered: >= 2)
+        await until(lambda: len(server.sockets) >= 2 and client.connected)
+        assert client.connected and not server.socket.closed
+
+
+async def test_a_refused_token_stops_the_client_with_unauthorized() -> None:
+    server = FakeServer()
+    server.reject_upgrade = HandshakeRejected(
+        401, {}, json.dumps({"error": {"code": "unauthorized", "message": "expired"}}).encode()
+    )
+    client = server.client()
+    with pytest.raises(Unauthorized) as refused:
+        await client.connect(timeout=5)
+    assert refused.value.status == 401 and "expired" in str(refused.value)
+
+
+async def test_no_gateway_within_the_timeout_is_unavailable() -> None:
+    async def nowhere(url: str, headers: Mapping[str, str]) -> Transport:
+        raise OSError("connection refused")
+
+    client = TidingsClient("http://gw1", ALICE, connector=nowhere, backoff=Backoff(0.01, 0.02))
+    with pytest.raises(Unavailable):
+        await client.connect(timeout=0.2)
+
+
+async def test_typing_sends_one_start_then_stops_by_itself_or_on_send() -> None:
+    server = FakeServer()
+    async with server.client(typing_idle_s=0.1, typing_refresh_s=10) as client:
+        for _ in range(3):
+            await client.typing(CID)
+        await until(
+            lambda: [f["state"] for f in server.socket.frames if f["type"] == "typing"] == ["start", "stop"]
+        )
+        await client.typing(CID)
+        await client.send(CID, "done typing")
+        kinds = [(f["type"], f.get("state")) for f in server.socket.frames if f["type"] in ("typing", "send")]
+        assert kinds[-3:] == [("typing", "start"), ("typing", "stop"), ("send", None)]
+        await asyncio.sleep(0.2)
+        assert [f["state"] for f in server.socket.frames if f["type"] == "typing"] == ["start", "stop"] * 2
+
+
+async def test_view_watch_and_presence_are_sent_again_on_a_new_connection() -> None:
+    server = FakeServer()
+    async with server.client() as client:
+        await client.view(CID)
+        await client.watch(["bob"])
+        await client.set_presence("away")
+        server.socket.drop(1013)
+        await until(lambda: len(server.sockets) == 2 and client.connected)
+        again = [f["type"] for f in server.socket.frames if f["type"] != "ping"]
+        assert again == ["presence", "view", "watch"]
+
+
+async def test_callbacks_and_streams_get_events_and_a_failing_callback_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = FakeServer()
+    async with server.client() as client:
+        plain: list[Message] = []
+        awaited: list[Message] = []
+
+        def broken(event: MessageEvent) -> None:
+            raise RuntimeError("app bug")
+
+        async def slow(event: MessageEvent) -> None:
+            await asyncio.sleep(0)
+            awaited.append(event.message)
+
+        client.on(MessageEvent)(broken)
+        client.on(MessageEvent)(lambda e: plain.append(e.message))
+        client.on(MessageEvent)(slow)
+        stream = client.events(MessageEvent)
+        with caplog.at_level(logging.ERROR, logger="tidings_client"):
+            server.socket.push({"type": "message", "message": message(7)})
+            assert (await stream.next(timeout=5)).message.message_id == "7"
+            await until(lambda: len(awaited) == 1)
+        assert [m.message_id for m in plain] == ["7"]
+        assert "app bug" in caplog.text
+    with pytest.raises(StopAsyncIteration):
+        await stream.__anext__()
+
+
+async def test_the_file_cursor_store_keeps_the_cursor_across_runs(tmp_path: Path) -> None:
+    store = FileCursorStore(tmp_path / "device" / "cursor")
+    assert await store.load() is None
+    await store.save("1.abc")
+    assert await FileCursorStore(tmp_path / "device" / "cursor").load() == "1.abc"
+
+
+async def test_a_malformed_frame_is_logged_and_the_connection_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = FakeServer()
+    async with server.client() as client:
+        stream = client.events(MessageEvent)
+        with caplog.at_level(logging.WARNING, logger="tidings_client"):
+            server.socket.push({"type": "typing", "conversation_id": CID})  # no user_id, no state
+            server.socket.push({"type": "message", "message": {"body": "no ids"}})
+            server.socket.push({"type": "message", "message": message(9)})
+            assert (await stream.next(timeout=5)).message.message_id == "9"
+        assert caplog.text.count("malformed") == 2
+        assert len(server.sockets) == 1 and client.connected
+
+
+async def test_a_token_refused_by_the_resume_sync_stops_the_client() -> None:
+    server = FakeServer()
+    async with server.client() as client:
+        original = server.http
+
+        async def expired(request: httpx.Request) -> httpx.Response:
+            if request.url.path == "/v1/sync":
+                return httpx.Response(401, json={"error": {"code": "unauthorized", "message": "expired"}})
+            return await original(request)
+
+        await client._http.aclose()
+        client._http = httpx.AsyncClient(transport=httpx.MockTransport(expired))
+        server.ack = False
+        pending = asyncio.create_task(client.send(CID, "never"))
+        await until(lambda: any(f["type"] == "send" for f in server.socket.frames))
+        server.socket.drop(1012)
+        with pytest.raises(Unauthorized):
+            await asyncio.wait_for(pending, 5)
+        with pytest.raises(Unauthorized):
+            await client.wait_connected()
+        assert len(server.sockets) == 2  # it tried once more, and stopped
+
+
+async def test_a_copy_of_a_pending_send_answers_it_and_is_not_an_event() -> None:
+    server = FakeServer()
+    server.ack = False
+    async with server.client() as client:
+        seen: list[str] = []
+        client.on(MessageEvent)(lambda e: seen.append(e.message.message_id))
+        sending = asyncio.create_task(client.send(CID, "mine", client_msg_id="own-1"))
+        await until(lambda: any(f["type"] == "send" for f in server.socket.frames))
+        # This server pushes a message to the sender's own device too, here before the ack.
+        own = {**message(77, sender="alice"), "client_msg_id": "own-1", "body": "mine"}
+        server.socket.push({"type": "message", "message": own})
+        sent = await asyncio.wait_for(sending, 5)
+        assert (sent.message_id, client.pending) == ("77", [])
+        server.socket.push({"type": "message", "message": own})  # again: a duplicate
+        server.socket.push({"type": "message", "message": message(78)})
+        await until(lambda: seen == ["78"])
+
+
+async def test_a_socket_closed_before_its_first_pong_is_retried_at_once() -> None:
+    server = FakeServer()
+    server.pong = False
+    client = server.client(heartbeat_s=30)
+    connecting = asyncio.create_task(client.connect(timeout=5))
+    await until(lambda: bool(server.sockets))
+    server.pong = True
+    server.socket.drop(1013)  # e.g. deliveries unavailable: closed right after the upgrade
+    await asyncio.wait_for(connecting, 2)  # not after the 30 s heartbeat
+    assert len(server.sockets) == 2 and client.connected
+    await client.close()
