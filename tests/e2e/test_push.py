@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from events import direct_conversation_id
+from tests.e2e import media_support
 from tests.e2e.conftest import System, user
 from tests.e2e.push_fakes import FakeApns, FakeFcm, Recorded
 from tests.e2e.push_load import kill_notify_under_load
@@ -355,3 +356,27 @@ async def test_kill_9_of_the_notify_worker_loses_no_notification(system: System,
     print(report.line())
     assert report.acked > 0 and not report.problems, "\n".join([report.line(), *report.problems])
     assert report.notifications < report.acked, "messages were coalesced"
+
+
+async def test_media_messages_get_no_preview(system: System, receiver: Receiver) -> None:
+    alice, bob = user(), user()
+    cid = direct_conversation_id(alice, bob)
+    name = webhook(system, receiver, bob, "phone")
+    status, media = media_support.upload(system, alice, media_support.png(), "image/png")
+    assert status == 201, media
+    status, sent = system.request(
+        "POST",
+        f"/v1/conversations/{cid}/messages",
+        user=alice,
+        body={
+            "client_msg_id": uuid.uuid4().hex,
+            "kind": "image",
+            "media_id": media["media_id"],
+            "body": "caption",
+        },
+    )
+    assert status == 202, sent
+    [post] = await asyncio.to_thread(receiver.wait, "ok", name)
+    [conversation] = post.json["conversations"]
+    assert conversation["last_message_id"] == sent["message_id"]
+    assert conversation["preview"] is None  # not the caption, nothing of the media
