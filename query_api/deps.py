@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -21,6 +21,7 @@ from events import Role
 from projections.delivery import Push
 from projections.history import ColdTier, HotTier, WarmTier
 from projections.inbox import InboxSource, UnreadCounter
+from projections.search_query import Hit, Parsed
 from projections.sync import SyncContext
 from query_api.hub import Hub
 from query_api.limits import NoLimits, RateLimiter
@@ -47,6 +48,13 @@ class PresenceRecords(Protocol):
 class ReceiptView(Watermarks, Protocol):
     async def page(self, conversation_id: str, *, after: str, limit: int) -> list[Any]:
         """Rows with ``user_id``, ``delivered`` and ``read``, by user id after ``after``."""
+
+
+class SearchShards(Protocol):
+    def search(
+        self, parsed: Parsed, conversation_ids: Iterable[str], *, before: int | None, limit: int
+    ) -> list[Hit]:
+        """The newest ``limit`` hits older than ``before`` in ``conversation_ids`` (blocking)."""
 
 
 @dataclass
@@ -79,6 +87,7 @@ class Dependencies:
     cold: ColdTier | None = None  # the Parquet archive, when there is one
     limiter: RateLimiter = field(default_factory=NoLimits)
     media: MediaService | None = None  # uploads and downloads (the object store)
+    search: SearchShards | None = None  # the full-text index shards (GET /v1/search)
     direct_chats: DirectChats = field(init=False)
 
     def __post_init__(self) -> None:
@@ -208,6 +217,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     from projections.receipts import CassandraReceipts
     from projections.recent import RedisRecent
     from projections.redis_client import make_redis
+    from projections.search import ShardReaders
     from projections.sync import CassandraSyncLog
     from query_api.limits import RedisRateLimiter, limits_from
     from query_api.metrics import DELIVERY_FAILURES
@@ -357,4 +367,5 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         cold=archive,
         limiter=RedisRateLimiter(redis, limits_from(settings)),
         media=media,
+        search=ShardReaders(settings.search_root, Topics(settings.topic_prefix).conversation_events),
     )

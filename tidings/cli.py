@@ -79,15 +79,18 @@ def gateway() -> None:
 
 @app.command()
 def worker(
-    role: Annotated[str, typer.Option(help="all | deliver (hot cache, pushes) | persist (Cassandra)")] = "",
+    role: Annotated[
+        str,
+        typer.Option(help="all | deliver (hot cache, pushes) | persist (Cassandra) | search (index shards)"),
+    ] = "",
 ) -> None:
     """Run a Faust projector worker (TIDINGS_WORKER_ROLE, or --role)."""
     from tidings.worker import run_worker
 
     settings = _settings()
     if role:
-        if role not in ("all", "deliver", "persist"):
-            raise typer.BadParameter("role is all, deliver or persist")
+        if role not in ("all", "deliver", "persist", "search"):
+            raise typer.BadParameter("role is all, deliver, persist or search")
         settings = settings.model_copy(update={"worker_role": role})
     run_worker(settings)
 
@@ -128,6 +131,7 @@ def up() -> None:
         extra = {
             "deliver": {"TIDINGS_WORKER_WEB_PORT": str(metrics_port)},
             "persist": {"TIDINGS_WORKER_WEB_PORT": str(metrics_port + 1)},
+            "search": {"TIDINGS_WORKER_WEB_PORT": str(metrics_port + 2)},
             "gateway": {},
         }
         started = {name: processes.spawn(name, {**env, **more}) for name, more in extra.items()}

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ROLES: dict[str, list[str]] = {
     "deliver": ["worker", "--role", "deliver"],
     "persist": ["worker", "--role", "persist"],
+    "search": ["worker", "--role", "search"],
     "gateway": ["gateway"],
 }
 

@@ -22,11 +22,13 @@ from projections.receipts import CassandraReceipts
 from projections.recent import RedisRecent
 from projections.redis_client import make_redis
 from projections.roster import Roster
+from projections.search import SearchIndexer
 from projections.sync import CassandraSyncLog
 from streams.app import Append, create_app
 from streams.media import Thumbnailer
 from streams.metrics import observe_applied, observe_unavailable
 from streams.projector import PositionedStage, Stage
+from streams.search_backfill import KafkaBackfill
 from tidings import telemetry
 from tidings.gc_tuning import tune_for_server
 from tidings.media_store import open_store
@@ -49,6 +51,8 @@ def persist_stages(cql: Cql, settings: Settings, roster: Roster) -> list[Stage |
 
 
 def build_worker_app(settings: Settings) -> faust.App:
+    if settings.worker_role == "search":
+        return build_search_app(settings)
     _, session = connect_to(settings)
     cql = Cql(session, settings.cassandra_keyspace)
     roster = Roster(CassandraMembership(cql).load_roster, threshold=settings.fanout_threshold)
@@ -90,6 +94,33 @@ def build_worker_app(settings: Settings) -> faust.App:
         replication=settings.kafka_replication,
         media_stages=media_stages,
         media_workers=media_workers,
+    )
+
+
+def build_search_app(settings: Settings) -> faust.App:
+    """The ``search`` role: the conversation log into the index shards of its partitions, in a
+    consumer group of its own (so indexing never holds up delivery or Cassandra)."""
+    topics = Topics(settings.topic_prefix)
+    indexer = SearchIndexer(
+        settings.search_root,
+        topics.conversation_events,
+        KafkaBackfill(settings.kafka_bootstrap, topics.conversation_events),
+    )
+    tracing = telemetry.configure(settings, "tidings-worker-search")
+    return create_app(
+        app_id=f"{settings.worker_app_id}-search",
+        bootstrap=settings.kafka_bootstrap,
+        topics=topics,
+        partitions=settings.topic_partitions,
+        stages=[indexer],
+        batch_size=settings.worker_batch_size,
+        batch_window_s=settings.worker_batch_window_s,
+        session_timeout_s=settings.worker_session_timeout_s,
+        on_applied=observe_applied,
+        on_unavailable=observe_unavailable,
+        tracer=telemetry.RecordTracer("search") if tracing else None,
+        lag_interval_s=settings.lag_interval_s,
+        replication=settings.kafka_replication,
     )
 
 

@@ -56,6 +56,7 @@ class System:
             "TIDINGS_IDLE_CLOSE_S": str(IDLE_CLOSE_S),
             "TIDINGS_PRESENCE_SWEEP_S": "0.25",
             "TIDINGS_ARCHIVE_DIR": str(logs / "archive"),
+            "TIDINGS_SEARCH_DIR": str(logs / "search"),
             **(env or {}),
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}

@@ -225,6 +225,11 @@ def test_real_answers_match_the_document(system: System, doc: dict[str, Any]) ->
     c.call_raw("GET", one, who=stranger, media_id=stored["media_id"])  # 403
     c.call_raw("GET", one + "/thumbnail", who=alice, media_id=stored["media_id"])  # 302, or 404 until made
 
+    c.call("GET", "/v1/search", who=alice, query="?q=hi&limit=1")
+    c.call("GET", "/v1/search", who=alice, query="?q=%22unbalanced")
+    c.call("GET", "/v1/search", who=alice, query="?q=*")  # 400
+    c.call("GET", "/v1/search", who=alice, query=f"?q=hi&conversation_id={gid}-not-mine")  # 404
+
     # Every documented operation was called, but the WebSocket upgrade (tests/e2e/test_socket_path.py).
     documented = {(m, p) for p, item in doc["paths"].items() for m in item}
     assert documented - c.seen == {("get", "/v1/ws")}

@@ -21,7 +21,7 @@ from tidings.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).resolve().parent / "data"
-APP_SERVICES = ("migrate", "deliver", "persist", "gateway")
+APP_SERVICES = ("migrate", "deliver", "persist", "search", "gateway")
 BACKING_SERVICES = ("kafka", "scylla", "redis")
 
 
@@ -88,14 +88,14 @@ def test_redis_flags_match_the_launcher() -> None:
 def test_workers_run_in_the_roles_tidings_up_runs() -> None:
     services = _services()
     worker_roles = {name: argv for name, argv in ROLES.items() if argv[0] == "worker"}
-    assert set(worker_roles) == {"deliver", "persist"}
+    assert set(worker_roles) == {"deliver", "persist", "search"}
     for role, argv in worker_roles.items():
         assert services[role]["command"] == argv
     assert services["gateway"]["command"] == ROLES["gateway"]
     # No worker in role "all" (or without a role) beside them: it would project everything twice
     # under another consumer group.
     workers = [name for name, s in services.items() if s.get("command", [None])[0] == "worker"]
-    assert sorted(workers) == ["deliver", "persist"]
+    assert sorted(workers) == ["deliver", "persist", "search"]
     for name in workers:
         assert "TIDINGS_WORKER_ROLE" not in services[name]["environment"]
 
