@@ -130,7 +130,10 @@ class Shard:
             if not indexable(event):
                 continue
             assert isinstance(event, MessageSent)
-            self.writer.delete_documents_by_term("message_id", event.message_id)
+            # By query: a term from a Python int is an i64 term, which never matches this u64 field.
+            self.writer.delete_documents_by_query(
+                tantivy.Query.term_query(SCHEMA, "message_id", event.message_id)
+            )
             wire = message_object(event)
             del wire["body"]
             doc = tantivy.Document()
