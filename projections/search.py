@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -111,46 +112,66 @@ def indexable(event: ChatEvent) -> bool:
 
 
 class Shard:
-    """The writing side of one partition's index (only the ``search`` role holds one)."""
+    """The writing side of one partition's index (only the ``search`` role holds one).
+
+    ``seen`` is the last offset added, ``applied`` the last one committed (and on disk). Commits
+    are what cost (a segment each), so they are batched in time (``SearchIndexer``); the log
+    keeps what a crash loses before the next commit, and ``Backfill`` reads it again."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.index = open_index(path)
         self.writer = self.index.writer(heap_size=WRITER_HEAP, num_threads=1)
         self.applied = read_applied(path)
+        self.seen = self.applied
+        # A shard that has not committed for an interval commits its next batch at once: a quiet
+        # conversation's message is searchable as soon as it is indexed.
+        self.committed_at = float("-inf")
+        self.lock = threading.Lock()
+
+    def add(self, events: Sequence[tuple[int, ChatEvent]]) -> int:
+        """Index ``(offset, event)`` past ``seen`` (not yet committed); how many were messages."""
+        with self.lock:
+            fresh = [(offset, event) for offset, event in events if offset > self.seen]
+            added = 0
+            for _, event in fresh:
+                if not indexable(event):
+                    continue
+                assert isinstance(event, MessageSent)
+                # By query: a term from a Python int is an i64 term, never matching this u64 field.
+                self.writer.delete_documents_by_query(
+                    tantivy.Query.term_query(SCHEMA, "message_id", event.message_id)
+                )
+                wire = message_object(event)
+                del wire["body"]
+                doc = tantivy.Document()
+                doc.add_text("body", event.body)
+                doc.add_text("conversation_id", event.conversation_id)
+                doc.add_unsigned("message_id", event.message_id)
+                doc.add_bytes("message", orjson.dumps(wire))
+                self.writer.add_document(doc)
+                added += 1
+            if fresh:
+                self.seen = fresh[-1][0]
+            return added
+
+    def commit(self) -> None:
+        """Make what was added searchable and durable, then record its offset."""
+        with self.lock:
+            self.committed_at = time.monotonic()
+            if self.seen == self.applied:
+                return
+            self.writer.commit()
+            _write_applied(self.path, self.seen)
+            self.applied = self.seen
 
     def apply(self, events: Sequence[tuple[int, ChatEvent]]) -> int:
-        """Index ``(offset, event)`` past the applied offset, commit, then record the offset.
-        Returns how many messages were indexed."""
-        fresh = [(offset, event) for offset, event in events if offset > self.applied]
-        if not fresh:
-            return 0
-        added = 0
-        for _, event in fresh:
-            if not indexable(event):
-                continue
-            assert isinstance(event, MessageSent)
-            # By query: a term from a Python int is an i64 term, which never matches this u64 field.
-            self.writer.delete_documents_by_query(
-                tantivy.Query.term_query(SCHEMA, "message_id", event.message_id)
-            )
-            wire = message_object(event)
-            del wire["body"]
-            doc = tantivy.Document()
-            doc.add_text("body", event.body)
-            doc.add_text("conversation_id", event.conversation_id)
-            doc.add_unsigned("message_id", event.message_id)
-            doc.add_bytes("message", orjson.dumps(wire))
-            self.writer.add_document(doc)
-            added += 1
-        if added:
-            self.writer.commit()
-        last = fresh[-1][0]
-        _write_applied(self.path, last)
-        self.applied = last
+        added = self.add(events)
+        self.commit()
         return added
 
     def close(self) -> None:
+        self.commit()
         self.writer.wait_merging_threads()
 
 
@@ -161,16 +182,22 @@ class Backfill(Protocol):
 
 
 class SearchIndexer:
-    """The ``search`` role's stage: each partition's events into that partition's shard."""
+    """The ``search`` role's stage: each partition's events into that partition's shard,
+    committed at most every ``commit_interval_s`` per shard (and at least that often while
+    something is pending): a message is searchable within about that time."""
 
     name = NAME
 
-    def __init__(self, root: Path, topic: str, backfill: Backfill | None = None) -> None:
+    def __init__(
+        self, root: Path, topic: str, backfill: Backfill | None = None, *, commit_interval_s: float = 0.0
+    ) -> None:
         self._root = root
         self._topic = topic
         self._backfill = backfill
+        self._interval = commit_interval_s
         self._shards: dict[int, Shard] = {}
         self._lock = threading.Lock()
+        self._flusher: asyncio.Task[None] | None = None
 
     def shard(self, partition: int) -> Shard:
         with self._lock:
@@ -186,17 +213,45 @@ class SearchIndexer:
         for partition, items in by_partition.items():
             shard = await loop.run_in_executor(None, self.shard, partition)
             first = items[0][0]
-            if first > shard.applied + 1 and self._backfill is not None:
+            if first > shard.seen + 1 and self._backfill is not None:
                 log.warning(
                     "search shard %s is at offset %s, the log delivers %s: filling the gap from the log",
                     partition,
-                    shard.applied,
+                    shard.seen,
                     first,
                 )
-                items = [*await self._backfill.read(partition, shard.applied + 1, first), *items]
-            await loop.run_in_executor(None, shard.apply, items)
+                items = [*await self._backfill.read(partition, shard.seen + 1, first), *items]
+            await loop.run_in_executor(None, shard.add, items)
+        await self.commit_due()
+        if self._interval > 0 and self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_loop())
+
+    async def commit_due(self, *, everything: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        for shard in list(self._shards.values()):
+            if shard.seen != shard.applied and (everything or now - shard.committed_at >= self._interval):
+                await loop.run_in_executor(None, shard.commit)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval / 2)
+            try:
+                await self.commit_due()
+            except Exception:
+                log.exception("search shard commit failed")
+
+    def abandon(self) -> None:
+        """Drop the shards without committing (what a crash does; tests)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+        for shard in self._shards.values():
+            shard.writer.rollback()
+        self._shards.clear()
 
     def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
         for shard in self._shards.values():
             shard.close()
 

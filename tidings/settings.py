@@ -205,6 +205,9 @@ class Settings(BaseSettings):
     # Search: the index shards (default: <state_dir>/search; the search worker writes them and
     # gateways on the same host read them), and searches per user.
     search_dir: Path | None = None
+    # How often each shard commits while it has new messages: the time to searchable. A commit
+    # writes a segment; every batch committing its own costs ~8x the indexing (docs/search.md).
+    search_commit_interval_s: float = 0.5
     rate_search_per_s: float = 5.0
     rate_search_burst: int = 30
     # Uploaded but never sent for this long: deleted by `tidings media gc-orphans`.

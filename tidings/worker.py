@@ -105,6 +105,7 @@ def build_search_app(settings: Settings) -> faust.App:
         settings.search_root,
         topics.conversation_events,
         KafkaBackfill(settings.kafka_bootstrap, topics.conversation_events),
+        commit_interval_s=settings.search_commit_interval_s,
     )
     tracing = telemetry.configure(settings, "tidings-worker-search")
     return create_app(

@@ -104,3 +104,32 @@ async def test_a_shard_behind_the_log_is_filled_from_kafka(services: Settings, t
     indexer.close()
     assert found(tmp_path, word, [cid], topic) == [e.message_id for e in reversed(events)]
     assert read_applied(path) == offsets[-1]
+
+
+class LogOf:
+    """The log as the backfill reads it: ``(offset, event)`` of one partition."""
+
+    def __init__(self, events: list[tuple[int, ChatEvent]]) -> None:
+        self.events = events
+        self.reads: list[tuple[int, int]] = []
+
+    async def read(self, partition: int, start: int, end: int) -> list[tuple[int, ChatEvent]]:
+        self.reads.append((start, end))
+        return [(o, e) for o, e in self.events if start <= o < end]
+
+
+async def test_what_a_crash_loses_before_the_commit_comes_back_from_the_log(tmp_path: Path) -> None:
+    log = LogOf([(i, sent("g:1", 200 + i, f"crash number {i}")) for i in range(6)])
+    first = SearchIndexer(tmp_path, TOPIC, log, commit_interval_s=3600)
+    await first.apply_at([(0, 0, log.events[0][1])])  # the first batch commits
+    await first.apply_at([(0, o, e) for o, e in log.events[1:4]])  # these wait for the interval
+    assert read_applied(shard_path(tmp_path, TOPIC, 0)) == 0
+    assert found(tmp_path, "crash", ["g:1"]) == [200]
+    # The process dies here (no close, no commit); the consumer group had committed past
+    # offset 3, so the next process is handed offset 4 first.
+    first.abandon()
+    second = SearchIndexer(tmp_path, TOPIC, log, commit_interval_s=3600)
+    await second.apply_at([(0, o, e) for o, e in log.events[4:]])
+    second.close()
+    assert log.reads == [(1, 4)]
+    assert found(tmp_path, "crash", ["g:1"]) == [205, 204, 203, 202, 201, 200]
