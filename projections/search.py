@@ -262,9 +262,9 @@ def prefix_regex(prefix: str) -> str:
     return "".join(ch if ch.isascii() and ch.isalnum() else f"\\x{{{ord(ch):x}}}" for ch in prefix) + ".*"
 
 
-def build_query(parsed: Parsed, conversation_ids: Iterable[str], before: int | None) -> tantivy.Query:
-    """The engine query: every part of ``parsed`` must match, in one of ``conversation_ids``,
-    older than ``before``."""
+def build_query(parsed: Parsed, conversation_ids: Iterable[str] | None, before: int | None) -> tantivy.Query:
+    """The engine query: every part of ``parsed`` must match, in one of ``conversation_ids``
+    (None: any), older than ``before``."""
     Occur, Query = tantivy.Occur, tantivy.Query
     must: list[tuple[Any, tantivy.Query]] = []
     for word in parsed.words:
@@ -273,7 +273,8 @@ def build_query(parsed: Parsed, conversation_ids: Iterable[str], before: int | N
         must.append((Occur.Must, Query.phrase_query(SCHEMA, "body", list(phrase))))
     for prefix in parsed.prefixes:
         must.append((Occur.Must, Query.regex_query(SCHEMA, "body", prefix_regex(prefix))))
-    must.append((Occur.Must, Query.term_set_query(SCHEMA, "conversation_id", sorted(conversation_ids))))
+    if conversation_ids is not None:
+        must.append((Occur.Must, Query.term_set_query(SCHEMA, "conversation_id", sorted(conversation_ids))))
     if before is not None:
         must.append(
             (
@@ -333,6 +334,19 @@ class ShardReaders:
                     if path not in self._indexes and (path / "meta.json").exists():
                         self._indexes[path] = open_index(path)
             return list(self._indexes.values())
+
+    def all_ids(self, parsed: Parsed) -> set[int]:
+        """The message ids of every hit in every conversation (verify's hit sets)."""
+        query = build_query(parsed, None, None)
+        ids: set[int] = set()
+        for index in self._open():
+            index.reload()
+            searcher = index.searcher()
+            if searcher.num_docs == 0:
+                continue
+            result = searcher.search(query, searcher.num_docs, count=False, order_by_field="message_id")
+            ids.update(int(key) for key, _ in result.hits)
+        return ids
 
     def search(
         self, parsed: Parsed, conversation_ids: Iterable[str], *, before: int | None, limit: int
