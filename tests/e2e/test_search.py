@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 import uuid
 from typing import Any
 
-from tests.e2e.conftest import System, user
+from tests.e2e.conftest import Gateway, System, user
 from tests.e2e.test_groups import create_group
 
 
@@ -206,3 +208,27 @@ def test_kill_9_of_the_search_worker_under_load_loses_nothing(system: System) ->
             break
         time.sleep(0.5)
     assert found == {f"{t} load {i}" for i in range(total)}
+
+
+def test_searches_are_rate_limited_per_user(system: System) -> None:
+    gateway = Gateway(system, "search-limits", default_limits=True)
+    try:
+        me, other = user(), user()
+
+        def status(who: str) -> int:
+            request = urllib.request.Request(
+                f"{gateway.http}/v1/search?q=hello", headers={"Authorization": f"Bearer {system.token(who)}"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=15) as r:
+                    return int(r.status)
+            except urllib.error.HTTPError as err:
+                assert err.code != 429 or err.headers["Retry-After"], "429 without Retry-After"
+                return int(err.code)
+
+        # Bursts of 30 at 5/s: 40 in a row cannot all pass; another user is not held up.
+        statuses = [status(me) for _ in range(40)]
+        assert statuses.count(429) >= 1 and set(statuses) <= {200, 429}, statuses
+        assert status(other) == 200
+    finally:
+        gateway.stop()
