@@ -133,15 +133,16 @@ class Shard:
         """Index ``(offset, event)`` past ``seen`` (not yet committed); how many were messages."""
         with self.lock:
             fresh = [(offset, event) for offset, event in events if offset > self.seen]
-            added = 0
-            for _, event in fresh:
-                if not indexable(event):
-                    continue
-                assert isinstance(event, MessageSent)
-                # By query: a term from a Python int is an i64 term, never matching this u64 field.
+            # An upsert: the batch's ids are deleted (one query for the batch), then added once
+            # each (the last copy of an id wins). By query: a term made from a Python int is an
+            # i64 term, which never matches this u64 field.
+            messages = {e.message_id: e for _, e in fresh if isinstance(e, MessageSent) and indexable(e)}
+            if messages:
                 self.writer.delete_documents_by_query(
-                    tantivy.Query.term_query(SCHEMA, "message_id", event.message_id)
+                    tantivy.Query.term_set_query(SCHEMA, "message_id", list(messages))
                 )
+            added = 0
+            for event in messages.values():
                 wire = message_object(event)
                 del wire["body"]
                 doc = tantivy.Document()

@@ -69,10 +69,13 @@ async def test_restart_resumes_and_redelivery_adds_nothing(tmp_path: Path) -> No
 async def test_an_upsert_of_the_same_message_id_keeps_one(tmp_path: Path) -> None:
     indexer = SearchIndexer(tmp_path, TOPIC)
     await indexer.apply_at([(0, 0, sent("g:1", 100, "first words"))])
-    # The same message id again at a later offset (a re-send replayed from the archive).
+    # The same message id again at a later offset (a re-send replayed from the archive), and
+    # twice in one batch.
     await indexer.apply_at([(0, 1, sent("g:1", 100, "first words"))])
+    await indexer.apply_at([(0, 2, sent("g:1", 100, "first words")), (0, 3, sent("g:1", 100, "first again"))])
     indexer.close()
     assert found(tmp_path, "first", ["g:1"]) == [100]
+    assert found(tmp_path, "again", ["g:1"]) == [100]
 
 
 async def test_a_shard_behind_the_log_is_filled_from_kafka(services: Settings, tmp_path: Path) -> None:
