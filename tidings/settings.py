@@ -206,7 +206,7 @@ class Settings(BaseSettings):
     # gateways on the same host read them), and searches per user.
     search_dir: Path | None = None
     # How often each shard commits while it has new messages: the time to searchable. A commit
-    # writes a segment; every batch committing its own costs ~8x the indexing (docs/search.md).
+    # writes and fsyncs a segment (~50 ms here): one per batch is too many (docs/search.md).
     search_commit_interval_s: float = 0.5
     rate_search_per_s: float = 5.0
     rate_search_burst: int = 30
