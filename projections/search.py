@@ -35,6 +35,7 @@ import orjson
 import tantivy
 
 from events import ChatEvent, MessageSent
+from events.errors import Unavailable
 from projections.search_query import Hit, Parsed
 from projections.wire import message_object
 
@@ -203,8 +204,24 @@ class SearchIndexer:
     def shard(self, partition: int) -> Shard:
         with self._lock:
             if partition not in self._shards:
-                self._shards[partition] = Shard(shard_path(self._root, self._topic, partition))
+                path = shard_path(self._root, self._topic, partition)
+                try:
+                    self._shards[partition] = Shard(path)
+                except (OSError, ValueError) as exc:
+                    # Most often another worker on this host still holds the shard's writer
+                    # lock (a rebalance in progress): retried, never dead-lettered.
+                    raise Unavailable(f"search shard {path}: {exc}") from exc
             return self._shards[partition]
+
+    def release(self, partitions: Iterable[int]) -> None:
+        """Commit and close the shards of ``partitions`` (revoked in a rebalance), so that
+        their next owner can open their writers."""
+        for partition in partitions:
+            with self._lock:
+                shard = self._shards.pop(partition, None)
+            if shard is not None:
+                shard.close()
+                del shard.writer  # tantivy frees the writer lock when the writer is dropped
 
     async def apply_at(self, events: Sequence[tuple[int, int, ChatEvent]]) -> None:
         loop = asyncio.get_running_loop()
@@ -223,7 +240,11 @@ class SearchIndexer:
                 )
                 items = [*await self._backfill.read(partition, shard.seen + 1, first), *items]
             await loop.run_in_executor(None, shard.add, items)
-        await self.commit_due()
+        try:
+            await self.commit_due()
+        except Exception as exc:
+            # A failed commit (a full disk) is retried; the events are already added.
+            raise Unavailable(f"search commit: {exc!r}") from exc
         if self._interval > 0 and self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_loop())
 

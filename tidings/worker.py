@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import faust
 import uvloop
@@ -108,7 +109,7 @@ def build_search_app(settings: Settings) -> faust.App:
         commit_interval_s=settings.search_commit_interval_s,
     )
     tracing = telemetry.configure(settings, "tidings-worker-search")
-    return create_app(
+    app = create_app(
         app_id=f"{settings.worker_app_id}-search",
         bootstrap=settings.kafka_bootstrap,
         topics=topics,
@@ -123,6 +124,19 @@ def build_search_app(settings: Settings) -> faust.App:
         lag_interval_s=settings.lag_interval_s,
         replication=settings.kafka_replication,
     )
+
+    # Called after Faust has waited for the agent's in-flight batch: the revoked shards are
+    # committed and their writer locks freed for the next owner (another worker on this host).
+    # (A plain function returning the executor's future: mode awaits what a receiver returns.)
+    def release_shards(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> Awaitable[None]:
+        revoked = args[0] if args else kwargs.get("revoked", set())
+        mine = [tp.partition for tp in revoked if tp.topic == topics.conversation_events]
+        return asyncio.get_running_loop().run_in_executor(None, indexer.release, mine)
+
+    # mode declares handlers with mypy_extensions' NamedArg, which mypy cannot match without
+    # that plugin; the signature is the one mode calls (receiver(sender, *args, signal=...)).
+    app.on_partitions_revoked.connect(release_shards)  # type: ignore[arg-type]
+    return app
 
 
 def media_roles(cql: Cql, settings: Settings) -> tuple[list[Stage], list[Callable[[Append], Stage]]]:

@@ -5,6 +5,7 @@ a search worker killed under load."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -14,6 +15,7 @@ from typing import Any
 
 from tests.e2e.conftest import Gateway, System, user
 from tests.e2e.test_groups import create_group
+from tidings import processes
 
 
 def dm(a: str, b: str) -> str:
@@ -232,3 +234,69 @@ def test_searches_are_rate_limited_per_user(system: System) -> None:
         assert status(other) == 200
     finally:
         gateway.stop()
+
+
+def test_a_second_search_worker_takes_over_shards_and_gives_them_back(system: System) -> None:
+    """Two search workers on one host share the shard folder: a rebalance hands shards over
+    (the old owner commits and frees each writer), and nothing is lost either way."""
+    t = tag()
+    alice = user()
+    peers = [user() for _ in range(12)]  # direct conversations spread over the partitions
+
+    def send_round(label: str) -> list[str]:
+        texts = [f"{t} {label} {i}" for i in range(len(peers))]
+
+        async def go() -> None:
+            async with system.connect(alice) as client:
+                for peer, text in zip(peers, texts, strict=True):
+                    await client.send_message(dm(alice, peer), text)
+
+        asyncio.run(go())
+        return texts
+
+    def everything() -> set[str]:
+        found: set[str] = set()
+        params: dict[str, Any] = {"limit": 50}
+        while True:
+            status, answer = search(system, alice, t, **params)
+            assert status == 200, answer
+            found |= {r["message"]["body"] for r in answer["results"]}
+            if answer["next"] is None:
+                return found
+            params = {"limit": 50, "before": answer["next"]}
+
+    def all_found(expected: list[str], timeout_s: float = 60) -> set[str]:
+        deadline = time.monotonic() + timeout_s
+        found: set[str] = set()
+        while time.monotonic() < deadline:
+            found = everything()
+            if found >= set(expected):
+                break
+            time.sleep(0.3)
+        return found
+
+    def applied_by_search2() -> float:
+        url = f"http://127.0.0.1:{system.metrics_ports['search2']}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return 0.0
+        match = re.search(r'^tidings_projection_events_total\{projection="search"\} (\S+)$', text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    system.start("search2")
+    try:
+        # Until the rebalance has given search2 shards and it indexes into them.
+        first: list[str] = []
+        deadline = time.monotonic() + 60
+        while applied_by_search2() == 0 and time.monotonic() < deadline:
+            first += send_round(f"two-workers{len(first)}")
+            time.sleep(1)
+        assert applied_by_search2() > 0, "search2 never indexed anything"
+        first += send_round("two-workers-last")
+        assert all_found(first) >= set(first)
+    finally:
+        processes.stop([system.procs.pop("search2")])
+    second = send_round("one-worker")
+    assert all_found(first + second) == set(first + second)

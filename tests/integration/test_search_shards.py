@@ -7,10 +7,12 @@ import json
 import uuid
 from pathlib import Path
 
+import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
 from events import ChatEvent, MediaRef, MessageSent, Topics, encode_event
+from events.errors import Unavailable
 from projections.search import APPLIED, SearchIndexer, ShardReaders, analyze, read_applied, shard_path
 from projections.search_query import parse
 from streams.search_backfill import KafkaBackfill
@@ -136,3 +138,16 @@ async def test_what_a_crash_loses_before_the_commit_comes_back_from_the_log(tmp_
     second.close()
     assert log.reads == [(1, 4)]
     assert found(tmp_path, "crash", ["g:1"]) == [205, 204, 203, 202, 201, 200]
+
+
+async def test_a_shard_held_by_another_worker_is_unavailable_until_released(tmp_path: Path) -> None:
+    first = SearchIndexer(tmp_path, TOPIC)
+    await first.apply_at([(0, 0, sent("g:1", 300, "handover one"))])
+    second = SearchIndexer(tmp_path, TOPIC)
+    # The writer lock is held: the projector retries an Unavailable, never dead-letters it.
+    with pytest.raises(Unavailable):
+        await second.apply_at([(0, 1, sent("g:1", 301, "handover two"))])
+    first.release([0])  # the rebalance revoked it from the first worker
+    await second.apply_at([(0, 1, sent("g:1", 301, "handover two"))])
+    second.close()
+    assert found(tmp_path, "handover", ["g:1"]) == [301, 300]
