@@ -57,7 +57,13 @@ class BenchSystem:
 
     def start(self, only: str | None = None) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
-        ports = {"deliver": str(self.worker_ports[0]), "persist": str(self.worker_ports[1]), "gateway": "0"}
+        ports = {
+            "deliver": str(self.worker_ports[0]),
+            "persist": str(self.worker_ports[1]),
+            # Its metrics on any free port: the benchmarks scrape the other two.
+            "search": "0",
+            "gateway": "0",
+        }
         for name in processes.ROLES:
             if only is not None and name != only:
                 continue

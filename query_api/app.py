@@ -18,6 +18,7 @@ from query_api import (
     openapi,
     ops,
     push_api,
+    search_api,
     sync_api,
     users_api,
     web,
@@ -55,6 +56,7 @@ def create_app(settings: Settings, *, build: Builder = build_dependencies, name:
     app.blueprint(openapi.bp)
     web.install(app, settings)
     app.blueprint(media_api.bp)
+    app.blueprint(search_api.bp)
 
     @app.on_request
     async def authenticate(request: Request) -> HTTPResponse | None:

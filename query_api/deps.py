@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -22,6 +22,7 @@ from events import Role
 from projections.delivery import Push
 from projections.history import ColdTier, HotTier, WarmTier
 from projections.inbox import InboxSource, UnreadCounter
+from projections.search_query import Hit, Parsed
 from projections.sync import SyncContext
 from query_api.hub import Hub
 from query_api.limits import NoLimits, RateLimiter
@@ -48,6 +49,13 @@ class PresenceRecords(Protocol):
 class ReceiptView(Watermarks, Protocol):
     async def page(self, conversation_id: str, *, after: str, limit: int) -> list[Any]:
         """Rows with ``user_id``, ``delivered`` and ``read``, by user id after ``after``."""
+
+
+class SearchShards(Protocol):
+    def search(
+        self, parsed: Parsed, conversation_ids: Iterable[str], *, before: int | None, limit: int
+    ) -> list[Hit]:
+        """The newest ``limit`` hits older than ``before`` in ``conversation_ids`` (blocking)."""
 
 
 @dataclass
@@ -82,6 +90,7 @@ class Dependencies:
     media: MediaService | None = None  # uploads and downloads (the object store)
     # push registrations and mutes (write-through); None: the push routes answer 404
     push: PushSettingsWriter | None = None
+    search: SearchShards | None = None  # the full-text index shards (GET /v1/search)
     direct_chats: DirectChats = field(init=False)
 
     def __post_init__(self) -> None:
@@ -212,6 +221,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     from projections.receipts import CassandraReceipts
     from projections.recent import RedisRecent
     from projections.redis_client import make_redis
+    from projections.search import ShardReaders
     from projections.sync import CassandraSyncLog
     from query_api.limits import RedisRateLimiter, limits_from
     from query_api.metrics import DELIVERY_FAILURES
@@ -364,4 +374,5 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         limiter=RedisRateLimiter(redis, limits_from(settings)),
         media=media,
         push=push_settings,
+        search=ShardReaders(settings.search_root, Topics(settings.topic_prefix).conversation_events),
     )

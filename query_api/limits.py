@@ -29,7 +29,7 @@ from tidings.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["send", "typing", "presence", "connect", "media"]
+Kind = Literal["send", "typing", "presence", "connect", "media", "search"]
 
 
 def limits_from(settings: Settings) -> dict[str, tuple[float, int]]:
@@ -40,6 +40,7 @@ def limits_from(settings: Settings) -> dict[str, tuple[float, int]]:
         "presence": (settings.rate_presence_per_s, settings.rate_presence_burst),
         "connect": (settings.rate_connect_per_s, settings.rate_connect_burst),
         "media": (settings.rate_media_per_s, settings.rate_media_burst),
+        "search": (settings.rate_search_per_s, settings.rate_search_burst),
     }
 
 

@@ -204,3 +204,14 @@ class DevToken(Answer):
     user_id: str
     device_id: str
     expires_ts: int
+
+
+class SearchResult(Answer):
+    message: Message
+    # Fragments of the body with each match in <em>; the body's own text is HTML-escaped.
+    highlights: list[str]
+
+
+class SearchPage(Answer):
+    results: list[SearchResult]
+    next: str | None

@@ -261,7 +261,11 @@ replay_app = typer.Typer(
 def replay_cmd(
     ctx: typer.Context,
     projection: Annotated[
-        str, typer.Option(help="a read model name (membership, receipts, messages) or all")
+        str,
+        typer.Option(
+            help="a read model name (membership, receipts, messages), search (the index shards, "
+            "into <search dir>/rebuilt), or all"
+        ),
     ] = "all",
     processes: Annotated[
         int, typer.Option(help="replay processes; the log's partitions are shared out among them")
@@ -275,6 +279,9 @@ def replay_cmd(
     from tidings.archive_ops import replay
 
     settings = Settings()
+    if projection == "search":
+        _replay_search(settings)
+        return
     with exclusive(settings.archive_root), _progress("replaying") as progress:
         task = progress.add_task("replay", total=None, rate="-")
         started = time.monotonic()
@@ -297,6 +304,63 @@ def replay_cmd(
         f"{state.from_log:,} logged events in {state.seconds:.1f}s ({events / max(state.seconds, 1e-9):,.0f} "
         f"events/s)\nnext: tidings verify, then tidings replay switch"
     )
+
+
+def _replay_search(settings: Settings) -> None:
+    from archive.manifest import exclusive
+    from tidings.search_rebuild import rebuild_search, rebuilt_root
+
+    with exclusive(settings.archive_root), _progress("indexing") as progress:
+        task = progress.add_task("search", total=None, rate="-")
+        started = time.monotonic()
+        done = 0
+
+        def on_progress(n: int) -> None:
+            nonlocal done
+            done += n
+            rate = done / max(time.monotonic() - started, 1e-6)
+            progress.update(task, completed=done, rate=f"{rate:,.0f}")
+
+        state = asyncio.run(rebuild_search(settings, on_progress=on_progress))
+    events = state.archived + state.from_log
+    typer.echo(
+        f"rebuilt the search shards into {rebuilt_root(settings)}: {state.archived:,} archived + "
+        f"{state.from_log:,} logged events in {state.seconds:.1f}s ({events / max(state.seconds, 1e-9):,.0f} "
+        "events/s)\nnext: tidings replay search-verify, then (search worker stopped) "
+        "tidings replay search-switch"
+    )
+
+
+@replay_app.command("search-verify")
+def replay_search_verify() -> None:
+    """Compare the hit sets of a fixed query list in the live and the rebuilt search shards;
+    exit 1 on a difference."""
+    from tidings.search_rebuild import verify_search
+
+    differing = 0
+    for d in verify_search(Settings()):
+        typer.echo(
+            f"{d.q:12} live {d.live:10,} rebuilt {d.rebuilt:10,}  {'equal' if d.equal else 'DIFFERENT'}"
+        )
+        for side, ids in (("only live   ", d.only_live), ("only rebuilt", d.only_rebuilt)):
+            if ids:
+                typer.echo(f"    {side} {ids[:10]}{' ...' if len(ids) > 10 else ''}")
+        differing += not d.equal
+    typer.echo(
+        f"{differing} queries differ"
+        + (" (messages after the rebuild's end offsets may explain recent differences)" if differing else "")
+    )
+    raise typer.Exit(1 if differing else 0)
+
+
+@replay_app.command("search-switch")
+def replay_search_switch() -> None:
+    """Put the rebuilt search shards in place (stop the search worker first, start it after:
+    it resumes each shard from its rebuilt offset)."""
+    from tidings.search_rebuild import switch_search
+
+    old = switch_search(Settings())
+    typer.echo(f"the rebuilt shards are live; the old ones are in {old} (delete them when satisfied)")
 
 
 @replay_app.command("switch")

@@ -82,7 +82,10 @@ def gateway() -> None:
 def worker(
     role: Annotated[
         str,
-        typer.Option(help="all | deliver (hot cache, pushes) | persist (Cassandra) | notify (offline push)"),
+        typer.Option(
+            help="all | deliver (hot cache, pushes) | persist (Cassandra) | notify, push (offline push)"
+            " | search (index shards)"
+        ),
     ] = "",
 ) -> None:
     """Run a Faust projector worker (TIDINGS_WORKER_ROLE, or --role)."""
@@ -90,8 +93,8 @@ def worker(
 
     settings = _settings()
     if role:
-        if role not in ("all", "deliver", "persist", "notify", "push"):
-            raise typer.BadParameter("role is all, deliver, persist, notify or push")
+        if role not in ("all", "deliver", "persist", "notify", "push", "search"):
+            raise typer.BadParameter("role is all, deliver, persist, notify, push or search")
         settings = settings.model_copy(update={"worker_role": role})
     run_worker(settings)
 
@@ -156,6 +159,7 @@ def up() -> None:
             "persist": {"TIDINGS_WORKER_WEB_PORT": str(metrics_port + 1)},
             "notify": {"TIDINGS_WORKER_WEB_PORT": str(metrics_port + 2)},
             "push": {"TIDINGS_WORKER_WEB_PORT": str(metrics_port + 3)},
+            "search": {"TIDINGS_WORKER_WEB_PORT": str(metrics_port + 4)},
             "gateway": {},
         }
         started = {name: processes.spawn(name, {**env, **more}) for name, more in extra.items()}

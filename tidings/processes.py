@@ -24,6 +24,7 @@ ROLES: dict[str, list[str]] = {
     "persist": ["worker", "--role", "persist"],
     "notify": ["worker", "--role", "notify"],
     "push": ["worker", "--role", "push"],
+    "search": ["worker", "--role", "search"],
     "gateway": ["gateway"],
 }
 

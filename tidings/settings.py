@@ -109,7 +109,9 @@ class Settings(BaseSettings):
     worker_app_id: str = "tidings-projector"
     # "deliver": hot cache and pushes; "persist": Cassandra read models; "all": both in one
     # process. Each role is its own consumer group, so pushes never wait for Cassandra.
-    worker_role: Literal["all", "deliver", "persist", "notify", "push"] = "all"
+    # "notify"/"push": offline notifications (docs/push.md); "search": the full-text index shards
+    # (projections.search), each its own consumer group.
+    worker_role: Literal["all", "deliver", "persist", "notify", "push", "search"] = "all"
     worker_web_port: int = 6066
     worker_batch_size: int = 500
     worker_batch_window_s: float = 0.005
@@ -202,6 +204,14 @@ class Settings(BaseSettings):
     rate_media_per_s: float = 2.0
     rate_media_burst: int = 20
     media_daily_bytes: int = 2 * 1024 * 1024 * 1024
+    # Search: the index shards (default: <state_dir>/search; the search worker writes them and
+    # gateways on the same host read them), and searches per user.
+    search_dir: Path | None = None
+    # How often each shard commits while it has new messages: the time to searchable. A commit
+    # writes and fsyncs a segment (~50 ms here): one per batch is too many (docs/search.md).
+    search_commit_interval_s: float = 0.5
+    rate_search_per_s: float = 5.0
+    rate_search_burst: int = 30
     # Uploaded but never sent for this long: deleted by `tidings media gc-orphans`.
     media_orphan_age_s: int = 24 * 3600
 
@@ -271,6 +281,10 @@ class Settings(BaseSettings):
     @property
     def archive_root(self) -> Path:
         return self.archive_dir if self.archive_dir is not None else self.state_dir / "archive"
+
+    @property
+    def search_root(self) -> Path:
+        return self.search_dir if self.search_dir is not None else self.state_dir / "search"
 
     @property
     def s3_endpoint_url(self) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import faust
 import uvloop
@@ -23,11 +24,13 @@ from projections.receipts import CassandraReceipts
 from projections.recent import RedisRecent
 from projections.redis_client import make_redis
 from projections.roster import Roster
+from projections.search import SearchIndexer
 from projections.sync import CassandraSyncLog
 from streams.app import Append, create_app
 from streams.media import Thumbnailer
 from streams.metrics import observe_applied, observe_unavailable
 from streams.projector import PositionedStage, Stage
+from streams.search_backfill import KafkaBackfill
 from tidings import telemetry
 from tidings.gc_tuning import tune_for_server
 from tidings.media_store import open_store
@@ -50,6 +53,8 @@ def persist_stages(cql: Cql, settings: Settings, roster: Roster) -> list[Stage |
 
 
 def build_worker_app(settings: Settings) -> faust.App:
+    if settings.worker_role == "search":
+        return build_search_app(settings)
     if settings.worker_role == "notify":
         from tidings.notify_worker import build_notify_app
 
@@ -101,6 +106,47 @@ def build_worker_app(settings: Settings) -> faust.App:
         media_stages=media_stages,
         media_workers=media_workers,
     )
+
+
+def build_search_app(settings: Settings) -> faust.App:
+    """The ``search`` role: the conversation log into the index shards of its partitions, in a
+    consumer group of its own (so indexing never holds up delivery or Cassandra)."""
+    topics = Topics(settings.topic_prefix)
+    indexer = SearchIndexer(
+        settings.search_root,
+        topics.conversation_events,
+        KafkaBackfill(settings.kafka_bootstrap, topics.conversation_events),
+        commit_interval_s=settings.search_commit_interval_s,
+    )
+    tracing = telemetry.configure(settings, "tidings-worker-search")
+    app = create_app(
+        app_id=f"{settings.worker_app_id}-search",
+        bootstrap=settings.kafka_bootstrap,
+        topics=topics,
+        partitions=settings.topic_partitions,
+        stages=[indexer],
+        batch_size=settings.worker_batch_size,
+        batch_window_s=settings.worker_batch_window_s,
+        session_timeout_s=settings.worker_session_timeout_s,
+        on_applied=observe_applied,
+        on_unavailable=observe_unavailable,
+        tracer=telemetry.RecordTracer("search") if tracing else None,
+        lag_interval_s=settings.lag_interval_s,
+        replication=settings.kafka_replication,
+    )
+
+    # Called after Faust has waited for the agent's in-flight batch: the revoked shards are
+    # committed and their writer locks freed for the next owner (another worker on this host).
+    # (A plain function returning the executor's future: mode awaits what a receiver returns.)
+    def release_shards(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> Awaitable[None]:
+        revoked = args[0] if args else kwargs.get("revoked", set())
+        mine = [tp.partition for tp in revoked if tp.topic == topics.conversation_events]
+        return asyncio.get_running_loop().run_in_executor(None, indexer.release, mine)
+
+    # mode declares handlers with mypy_extensions' NamedArg, which mypy cannot match without
+    # that plugin; the signature is the one mode calls (receiver(sender, *args, signal=...)).
+    app.on_partitions_revoked.connect(release_shards)  # type: ignore[arg-type]
+    return app
 
 
 def media_roles(cql: Cql, settings: Settings) -> tuple[list[Stage], list[Callable[[Append], Stage]]]:

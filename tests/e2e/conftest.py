@@ -53,6 +53,9 @@ class System:
             # their own with the defaults (tests/e2e/test_abuse.py).
             "TIDINGS_RATE_SEND_PER_S": "10000",
             "TIDINGS_RATE_SEND_BURST": "10000",
+            # Search tests poll until a message is searchable.
+            "TIDINGS_RATE_SEARCH_PER_S": "10000",
+            "TIDINGS_RATE_SEARCH_BURST": "10000",
             # Presence timings scaled down so that lapses and silence closes happen in seconds;
             # test clients send WebSocket pings every HEARTBEAT_S.
             "TIDINGS_PRESENCE_TTL_S": str(PRESENCE_TTL_S),
@@ -62,6 +65,7 @@ class System:
             # The push tests play the Web Push service on this host (tests/e2e/test_push.py).
             "TIDINGS_PUSH_WEBPUSH_HOSTS": "127.0.0.1",
             **self.push_fakes.env,
+            "TIDINGS_SEARCH_DIR": str(logs / "search"),
             **(env or {}),
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}

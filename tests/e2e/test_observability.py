@@ -177,14 +177,22 @@ async def test_one_trace_crosses_gateway_kafka_and_workers(traced: tuple[System,
         trace_id = sends[0]["context"]["trace_id"]
         return trace_id, [s for s in spans if s["context"]["trace_id"] == trace_id]
 
-    wanted = {"gateway.send", "kafka.append", "worker.consume", "deliver.push", "project.messages"}
+    wanted = {
+        "gateway.send",
+        "kafka.append",
+        "worker.consume",
+        "deliver.push",
+        "project.messages",
+        "project.search",
+    }
 
     def complete(found: tuple[str, list[dict[str, Any]]] | None) -> bool:
-        # A parent span is written when it ends, after its children: wait for both consumes.
+        # A parent span is written when it ends, after its children: wait for the three consumes
+        # (deliver, persist and search workers).
         if found is None:
             return False
         consumes = [s for s in found[1] if s["name"] == "worker.consume"]
-        return wanted <= {s["name"] for s in found[1]} and len(consumes) >= 2
+        return wanted <= {s["name"] for s in found[1]} and len(consumes) >= 3
 
     deadline = time.monotonic() + WAIT_S
     found = trace_of_send()
@@ -208,6 +216,7 @@ async def test_one_trace_crosses_gateway_kafka_and_workers(traced: tuple[System,
     assert {c["resource"]["attributes"]["service.name"] for c in consumes} == {
         "tidings-worker-deliver",
         "tidings-worker-persist",
+        "tidings-worker-search",
     }
     (push,) = by_name["deliver.push"]
     assert push["parent_id"] in {c["context"]["span_id"] for c in consumes}

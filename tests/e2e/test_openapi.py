@@ -235,6 +235,10 @@ def test_real_answers_match_the_document(system: System, doc: dict[str, Any]) ->
     c.call("PUT", settings, conversation_id=dm, who=bob, body={"muted": True})
     c.call("PUT", settings, conversation_id=gid, who=stranger, body={"muted": True})  # 403
     c.call("GET", "/v1/push/webpush-key", who=alice)
+    c.call("GET", "/v1/search", who=alice, query="?q=hi&limit=1")
+    c.call("GET", "/v1/search", who=alice, query="?q=%22unbalanced")
+    c.call("GET", "/v1/search", who=alice, query="?q=*")  # 400
+    c.call("GET", "/v1/search", who=alice, query=f"?q=hi&conversation_id={gid}-not-mine")  # 404
 
     # Every documented operation was called, but the WebSocket upgrade (tests/e2e/test_socket_path.py).
     documented = {(m, p) for p, item in doc["paths"].items() for m in item}

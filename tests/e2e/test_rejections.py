@@ -203,7 +203,6 @@ V11_NOT_BUILT = [
     ("POST", "/v1/keys/claim", b'{"devices": []}'),
     ("GET", "/v1/keys/count", None),
     ("POST", "/v1/to-device", b'{"messages": []}'),
-    ("GET", "/v1/search?q=hello", None),
 ]
 
 

@@ -21,7 +21,7 @@ from tidings.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).resolve().parent / "data"
-APP_SERVICES = ("migrate", "deliver", "persist", "gateway")
+APP_SERVICES = ("migrate", "deliver", "persist", "search", "gateway")
 BACKING_SERVICES = ("kafka", "scylla", "redis")
 
 

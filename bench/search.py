@@ -1,0 +1,177 @@
+"""Search: index throughput, query latency, index size and rebuild time, in one process on the
+real engine (tantivy on local disk), with the search worker's own code (``SearchIndexer``) and
+the gateway's (``ShardReaders`` and the query parser).
+
+    .venv/bin/python bench/search.py --messages 1000000
+
+Messages are spread over ``--conversations`` conversations and ``--partitions`` shards as the
+log spreads them; bodies are 6..16 words drawn (Zipf-like) from a 30,000-word vocabulary with
+accents. Queries are made for a user in 100 conversations: one word, two words, a phrase, a
+prefix, each a quarter of them, newest 20 first with highlights, as ``GET /v1/search`` asks.
+The indexing figure is the search worker's part (events decoded, into the shards, committed
+every 500 events); a rebuild from the archive adds the archive's reading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import shutil
+import statistics
+import tempfile
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from events import ChatEvent, MessageSent
+from projections.search import SearchIndexer, ShardReaders, analyze
+from projections.search_query import parse
+
+TOPIC = "bench.conversation-events"
+SYLLABLES = ["ka", "ré", "mo", "li", "sa", "tü", "ne", "po", "ri", "da", "fé", "zo", "mi", "ta", "lo", "be"]
+
+
+def vocabulary(size: int, rng: random.Random) -> list[str]:
+    words: set[str] = set()
+    while len(words) < size:
+        words.add("".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4))))
+    return sorted(words)
+
+
+def messages(n: int, conversations: int, words: list[str], rng: random.Random) -> Iterator[MessageSent]:
+    # Zipf-like: word i drawn with weight 1/(i+1).
+    weights = [1 / (i + 1) for i in range(len(words))]
+    cum: list[float] = []
+    total = 0.0
+    for w in weights:
+        total += w
+        cum.append(total)
+    base = 1 << 40
+    for i in range(n):
+        length = rng.randint(6, 16)
+        body = " ".join(rng.choices(words, cum_weights=cum, k=length))
+        yield MessageSent(
+            conversation_id=f"g:{rng.randrange(conversations)}",
+            message_id=base + i,
+            sender_id="u1",
+            sender_device="d",
+            client_msg_id=str(i),
+            kind="text",
+            body=body,
+            ts=i,
+        )
+
+
+def partition_of(cid: str, partitions: int) -> int:
+    return zlib.crc32(cid.encode()) % partitions
+
+
+async def index_all(root: Path, args: argparse.Namespace, words: list[str]) -> tuple[float, int]:
+    indexer = SearchIndexer(root, TOPIC, commit_interval_s=args.commit_interval)
+    offsets = [0] * args.partitions
+    batch: list[tuple[int, int, ChatEvent]] = []
+    busy = 0.0
+    count = 0
+    for event in messages(args.messages, args.conversations, words, random.Random(7)):
+        p = partition_of(event.conversation_id, args.partitions)
+        batch.append((p, offsets[p], event))
+        offsets[p] += 1
+        if len(batch) == args.batch:
+            started = time.perf_counter()
+            await indexer.apply_at(batch)
+            busy += time.perf_counter() - started
+            count += len(batch)
+            batch = []
+    started = time.perf_counter()
+    if batch:
+        await indexer.apply_at(batch)
+        count += len(batch)
+    indexer.close()  # waits for the merges
+    busy += time.perf_counter() - started
+    return busy, count
+
+
+def size_of(root: Path) -> int:
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+
+
+def query_latency(root: Path, args: argparse.Namespace, words: list[str]) -> dict[str, float]:
+    rng = random.Random(11)
+    readers = ShardReaders(root, TOPIC)
+    mine = {f"g:{c}" for c in rng.sample(range(args.conversations), min(100, args.conversations))}
+    common, rare = words[:300], words[300:5000]
+    queries = []
+    for i in range(args.queries):
+        kind = i % 4
+        if kind == 0:
+            queries.append(rng.choice(rare))
+        elif kind == 1:
+            queries.append(f"{rng.choice(common)} {rng.choice(rare)}")
+        elif kind == 2:
+            queries.append(f'"{rng.choice(common)} {rng.choice(common)}"')
+        else:
+            queries.append(rng.choice(common)[:3] + "*")
+    for q in queries[:20]:  # warm the page cache and the readers
+        readers.search(parse(q, analyze), mine, before=None, limit=21)
+    times = []
+    hits = 0
+    for q in queries:
+        started = time.perf_counter()
+        found = readers.search(parse(q, analyze), mine, before=None, limit=21)
+        times.append((time.perf_counter() - started) * 1000)
+        hits += len(found)
+    times.sort()
+    return {
+        "p50_ms": statistics.median(times),
+        "p99_ms": times[int(len(times) * 0.99) - 1],
+        "max_ms": times[-1],
+        "mean_hits": hits / len(queries),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--conversations", type=int, default=10_000)
+    parser.add_argument("--partitions", type=int, default=12)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--commit-interval", type=float, default=0.5, help="seconds (0: every batch)")
+    parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--dir", type=Path, default=None, help="where the shards go (default: a temp dir)")
+    args = parser.parse_args()
+    root = args.dir or Path(tempfile.mkdtemp(prefix="tidings-search-bench-"))
+    words = vocabulary(30_000, random.Random(3))
+    try:
+        # The generator's own time, measured alone, is taken out of the indexing wall time (the
+        # periodic commits run in threads, also while the next messages are generated).
+        gen = time.perf_counter()
+        for _ in messages(args.messages, args.conversations, words, random.Random(7)):
+            pass
+        gen = time.perf_counter() - gen
+        wall = time.perf_counter()
+        busy, count = asyncio.run(index_all(root, args, words))
+        wall = time.perf_counter() - wall
+        size = size_of(root)
+        print(f"messages {count:,} in {args.partitions} shards, {args.conversations:,} conversations")
+        print(
+            f"index: {count / (wall - gen):,.0f} events/s ({wall - gen:.1f}s: {wall:.1f}s wall less "
+            f"{gen:.1f}s generating; {count / busy:,.0f}/s counting only the awaited apply calls)"
+        )
+        per_million = size / count * 1_000_000 / 2**20
+        print(f"size: {size / 2**20:,.1f} MiB, {per_million:,.0f} MiB per million messages")
+        lat = query_latency(root, args, words)
+        print(
+            f"query (a user in 100 conversations, {args.queries} queries): p50 {lat['p50_ms']:.1f} ms, "
+            f"p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms, {lat['mean_hits']:.1f} hits per page"
+        )
+    finally:
+        if args.dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

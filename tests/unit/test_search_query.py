@@ -1,0 +1,116 @@
+"""Parsing ``q`` (never by the engine's query parser), highlights and the search cursor."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from events.errors import Invalid
+from projections.search import analyze, build_query, highlight_words, prefix_regex
+from projections.search_query import MAX_CHARS, Parsed, parse
+from query_api.search_api import make_cursor, read_cursor
+
+
+def test_words_phrases_and_prefixes() -> None:
+    parsed = parse('Hello "Quick  Brown fox" jump* world', analyze)
+    assert parsed == Parsed(("hello", "world"), (("quick", "brown", "fox"),), ("jump",))
+
+
+@pytest.mark.parametrize(
+    ("q", "words"),
+    [
+        ("Café", ("cafe",)),
+        ("CRÈME brûlée", ("creme", "brulee")),
+        ("Straße", ("strasse",)),
+        ("naïve", ("naive",)),
+    ],
+)
+def test_case_and_accents_fold_like_the_index(q: str, words: tuple[str, ...]) -> None:
+    assert parse(q, analyze).words == words
+    # The same analyzer indexes the bodies: the folded query word is the indexed term.
+    assert analyze(q) == list(words)
+
+
+@pytest.mark.parametrize("q", [None, "", "   ", "*", "**", '""', '"', "!!!", "x" * (MAX_CHARS + 1)])
+def test_nothing_to_search_for_is_invalid(q: str | None) -> None:
+    with pytest.raises(Invalid):
+        parse(q, analyze)
+
+
+@pytest.mark.parametrize("q", ["a\x00b", "tab\there", "line\nbreak", "\x1b[31m", "del\x7f"])
+def test_control_characters_are_invalid(q: str) -> None:
+    with pytest.raises(Invalid, match="control"):
+        parse(q, analyze)
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [
+        # Query-language operators and syntax are literal words, never syntax.
+        ("cats AND dogs", Parsed(("cats", "and", "dogs"), (), ())),
+        ("-cats +dogs", Parsed(("cats", "dogs"), (), ())),
+        ("body:secret", Parsed(("body", "secret"), (), ())),
+        ("conversation_id:g:1", Parsed(("conversation", "id", "g", "1"), (), ())),
+        ("(a OR b)~2^3", Parsed(("a", "or", "b", "2", "3"), (), ())),
+        ('"unbalanced quote', Parsed(("unbalanced", "quote"), (), ())),
+        ('one "two three" "four', Parsed(("one", "four"), (("two", "three"),), ())),
+        ("[1 TO 9]", Parsed(("1", "to", "9"), (), ())),
+        ("fo*o", Parsed(("fo", "o"), (), ())),
+        ("a*", Parsed(("a",), (), ())),  # a one-letter prefix is a word
+        ("hello *", Parsed(("hello",), (), ())),
+        ('"single"', Parsed(("single",), (), ())),
+        ("re.*gex", Parsed(("re", "gex"), (), ())),
+    ],
+)
+def test_hostile_queries_are_literal(q: str, expected: Parsed) -> None:
+    assert parse(q, analyze) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=MAX_CHARS))
+def test_any_text_parses_or_is_invalid_and_builds_a_query(q: str) -> None:
+    try:
+        parsed = parse(q, analyze)
+    except Invalid:
+        return
+    assert parsed
+    for term in (*parsed.words, *parsed.prefixes, *(w for p in parsed.phrases for w in p)):
+        # The analyzer split on spaces and ASCII punctuation: no query syntax is left.
+        assert term and not any(ch.isspace() or (ch.isascii() and not ch.isalnum()) for ch in term), term
+    build_query(parsed, ["g:1"], before=None)
+
+
+def test_prefix_regex_escapes_all_but_ascii_letters_and_digits() -> None:
+    assert prefix_regex("ab12") == "ab12.*"
+    assert prefix_regex("é.") == "\\x{e9}\\x{2e}.*"
+
+
+def test_highlights_escape_the_body() -> None:
+    parsed = parse("scr*", analyze)
+    assert highlight_words("<b>Script</b> & more", parsed) == "&lt;b&gt;<em>Script</em>&lt;/b&gt; &amp; more"
+
+
+def test_cursor_round_trip_and_tampering() -> None:
+    cursor = make_cursor("secret", "alice", "hello", None, 12345)
+    assert read_cursor("secret", "alice", "hello", None, cursor) == 12345
+    before, _, mac = cursor.partition(".")
+    for bad in (
+        f"{int(before) + 1}.{mac}",  # another position
+        f"{before}.{mac[:-1]}A" if not mac.endswith("A") else f"{before}.{mac[:-1]}B",
+        before,
+        "nonsense",
+        "",
+        f"{before}.{mac}" + "x" * 300,
+    ):
+        with pytest.raises(Invalid):
+            read_cursor("secret", "alice", "hello", None, bad)
+    # Not for another user, another q, another conversation or under another secret.
+    for args in (
+        ("secret", "bob", "hello", None),
+        ("secret", "alice", "hello2", None),
+        ("secret", "alice", "hello", "g:1"),
+        ("other", "alice", "hello", None),
+    ):
+        with pytest.raises(Invalid):
+            read_cursor(*args, cursor)  # type: ignore[arg-type]
