@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaProducer
 from events import (
     ChatEvent,
     GroupCreated,
+    KeyEvent,
     MediaDeleted,
     MediaStored,
     Member,
@@ -122,6 +123,8 @@ def _key(event: ChatEvent) -> str:
         return event.user_id
     if isinstance(event, MediaStored | ThumbnailMade | MediaDeleted):
         return event.media_id
+    if isinstance(event, KeyEvent):
+        return event.user_id
     return event.conversation_id
 
 

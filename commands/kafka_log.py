@@ -14,6 +14,7 @@ from aiokafka.errors import KafkaError
 
 from events import (
     ChatEvent,
+    KeyEvent,
     MediaDeleted,
     MediaStored,
     PresenceChanged,
@@ -90,6 +91,8 @@ class KafkaEventLog:
             topic, key = self._topics.presence_events, event.user_id
         elif isinstance(event, MediaStored | ThumbnailMade | MediaDeleted):
             topic, key = self._topics.media_events, event.media_id
+        elif isinstance(event, KeyEvent):
+            topic, key = self._topics.key_events, event.user_id
         else:
             topic, key = self._topics.conversation_events, event.conversation_id
         producer = self._producer

@@ -29,6 +29,12 @@ class Topics:
         return f"{self.prefix}media-events"
 
     @property
+    def key_events(self) -> str:
+        """End-to-end encryption's key directory: device keys, one-time keys and their claims;
+        key ``user_id``; never compacted."""
+        return f"{self.prefix}key-events"
+
+    @property
     def notifications(self) -> str:
         return f"{self.prefix}notifications"
 
@@ -44,6 +50,7 @@ class Topics:
             self.notifications,
             self.dead_letters,
             self.media_events,
+            self.key_events,
         )
 
 

@@ -36,6 +36,7 @@ from events import (
     ChatEvent,
     GroupCreated,
     GroupEvent,
+    KeyEvent,
     MediaDeleted,
     MediaStored,
     MemberRemoved,
@@ -152,8 +153,8 @@ class CassandraSyncLog:
         heads: dict[str, int] = {}
         buckets: set[tuple[str, int]] = set()
         for partition, offset, event in events:
-            # Media events have a topic of their own and no conversation.
-            if isinstance(event, PresenceChanged | MediaStored | ThumbnailMade | MediaDeleted):
+            # Media and key events have a topic of their own and no conversation.
+            if isinstance(event, PresenceChanged | MediaStored | ThumbnailMade | MediaDeleted | KeyEvent):
                 continue
             cid = event.conversation_id
             heads[cid] = max(heads.get(cid, -1), offset)

@@ -10,7 +10,19 @@ from collections.abc import Awaitable, Callable
 from sanic import HTTPResponse, Request, Sanic
 
 from events.errors import Unavailable
-from query_api import errors, http_api, media_api, messages_api, openapi, ops, sync_api, users_api, web, ws
+from query_api import (
+    errors,
+    http_api,
+    keys_api,
+    media_api,
+    messages_api,
+    openapi,
+    ops,
+    sync_api,
+    users_api,
+    web,
+    ws,
+)
 from query_api.auth import bearer_token, verify_token
 from query_api.deps import Dependencies, build_dependencies
 from query_api.drain import drain as hand_over
@@ -42,6 +54,7 @@ def create_app(settings: Settings, *, build: Builder = build_dependencies, name:
     app.blueprint(openapi.bp)
     web.install(app, settings)
     app.blueprint(media_api.bp)
+    app.blueprint(keys_api.bp)
 
     @app.on_request
     async def authenticate(request: Request) -> HTTPResponse | None:

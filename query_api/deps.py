@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from commands import EventLog, IdempotencyStore, IdGenerator, Limits, SendMessage, SendResult, send_message
 from commands.direct import DirectChats
+from commands.keys import KeyStore
 from commands.media import MediaService
 from commands.ports import Directory, Locks
 from commands.presence import PresenceStore, PresenceView
@@ -79,6 +80,7 @@ class Dependencies:
     cold: ColdTier | None = None  # the Parquet archive, when there is one
     limiter: RateLimiter = field(default_factory=NoLimits)
     media: MediaService | None = None  # uploads and downloads (the object store)
+    keys: KeyStore | None = None  # the key directory of end-to-end encryption
     direct_chats: DirectChats = field(init=False)
 
     def __post_init__(self) -> None:
@@ -201,6 +203,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     from projections.cql import Cql, connect_to
     from projections.delivery import GROUP_SHARDS
     from projections.inbox import one_conversation
+    from projections.keys import CassandraKeys
     from projections.media import CassandraMedia
     from projections.membership import CassandraMembership
     from projections.messages import CassandraMessages, count_unread
@@ -317,6 +320,9 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         ),
     )
 
+    keys = CassandraKeys(cql)
+    await loop.run_in_executor(None, keys.prepare)
+
     async def s3_probe() -> None:
         await store.size("readyz-probe")
 
@@ -357,4 +363,5 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         cold=archive,
         limiter=RedisRateLimiter(redis, limits_from(settings)),
         media=media,
+        keys=keys,
     )

@@ -186,3 +186,36 @@ class DevToken(Answer):
     user_id: str
     device_id: str
     expires_ts: int
+
+
+class KeyCount(Answer):
+    """How many one-time keys of the device are unclaimed (protocol v1.1, End-to-end encryption)."""
+
+    remaining: int
+
+
+class DeviceKeyAnswer(Answer):
+    device_id: str
+    identity_key: str
+    signing_key: str
+    signature: str
+
+
+class UserKeys(Answer):
+    user_id: str
+    devices: list[DeviceKeyAnswer]
+
+
+class ClaimedKey(Answer):
+    user_id: str
+    device_id: str
+    key_id: str
+    key: str
+    signature: str
+    fallback: bool
+
+
+class ClaimedKeys(Answer):
+    """One key per asked device that has one; a device with none is left out."""
+
+    keys: list[ClaimedKey]

@@ -51,6 +51,7 @@ def create_app(
     replication: int = 1,
     media_stages: Sequence[Stage] = (),
     media_workers: Sequence[Callable[[Append], Stage]] = (),
+    key_stages: Sequence[Stage] = (),
 ) -> faust.App:
     app = faust.App(
         app_id,
@@ -100,6 +101,9 @@ def create_app(
         for make in media_workers:
             worker = make(append)
             _agent(app, media, projector([worker]), worker.name, 1, batch_window_s)
+    if key_stages:
+        keys = app.topic(topics.key_events, key_type=bytes, value_type=bytes, partitions=partitions)
+        _agent(app, keys, projector(key_stages), "keys", batch_size, batch_window_s)
     if lag_interval_s > 0:
         for topic in watched:
             _lag_task(app, bootstrap, app_id, topic, partitions, lag_interval_s)
