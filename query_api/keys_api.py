@@ -23,7 +23,7 @@ from query_api.bodies import Body, parse_body
 from query_api.deps import Dependencies
 from query_api.errors import json_response
 from query_api.openapi import documented
-from query_api.schemas import ClaimedKeys, KeyCount, UserKeys
+from query_api.schemas import ClaimedKeys, KeyCount, KeysPublished, UserKeys
 
 bp = Blueprint("keys", url_prefix="/v1/keys")
 
@@ -70,7 +70,7 @@ def _store(deps: Dependencies) -> KeyStore:
 @bp.put("/device")
 @documented(
     "publish the token's device's identity and signing keys (signature checked)",
-    {200: None},
+    {200: KeysPublished},
     body=DeviceKeysBody,
     errors=(400, 409, 503),
 )

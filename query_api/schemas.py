@@ -188,6 +188,10 @@ class DevToken(Answer):
     expires_ts: int
 
 
+class KeysPublished(Answer):
+    """``{}``: the device's keys are published (or were already, the same)."""
+
+
 class KeyCount(Answer):
     """How many one-time keys of the device are unclaimed (protocol v1.1, End-to-end encryption)."""
 

@@ -34,13 +34,15 @@ class Device:
         }
 
     def one_time_keys(self, n: int) -> list[dict[str, str]]:
-        """``n`` new signed one-time keys, marked published (the next call makes new ones)."""
+        """``n`` new signed one-time keys, marked published (the next call makes new ones), and
+        kept in ``uploaded``."""
         self.account.generate_one_time_keys(n)
         keys = [
             {"key_id": key_id, "key": key.to_base64(), "signature": self.sign(key.to_base64())}
             for key_id, key in sorted(self.account.one_time_keys.items())
         ]
         self.account.mark_keys_as_published()
+        self.uploaded += keys
         return keys
 
     def fallback_key(self) -> dict[str, str]:

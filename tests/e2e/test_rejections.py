@@ -199,12 +199,6 @@ V11_NOT_BUILT = [
     ("PUT", "/v1/devices/default/push", b'{"provider": "webhook", "endpoint": "http://127.0.0.1/x"}'),
     ("DELETE", "/v1/devices/default/push", None),
     ("PUT", "/v1/conversations/dm:a:b/settings", b'{"muted": true}'),
-    ("PUT", "/v1/keys/device", b'{"identity_key": "a", "signing_key": "b", "signature": "c"}'),
-    ("DELETE", "/v1/keys/device", None),
-    ("POST", "/v1/keys/one-time", b'{"keys": []}'),
-    ("GET", "/v1/keys/users/alice", None),
-    ("POST", "/v1/keys/claim", b'{"devices": []}'),
-    ("GET", "/v1/keys/count", None),
     ("POST", "/v1/to-device", b'{"messages": []}'),
     ("GET", "/v1/search?q=hello", None),
 ]
