@@ -15,6 +15,7 @@ import binascii
 import random
 import re
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -82,8 +83,11 @@ class KeyStore(Protocol):
     async def unclaimed(self, user_id: str, device_id: str, limit: int) -> list[SignedKey]:
         """Up to ``limit`` one-time keys of the device not known to be claimed."""
 
-    async def try_claim(self, user_id: str, device_id: str, key: SignedKey, claimed_by: str) -> bool:
-        """Atomically claim ``key`` for ``claimed_by``; False when it was already claimed."""
+    async def try_claim(
+        self, user_id: str, device_id: str, key: SignedKey, claimed_by: str, claim_id: str
+    ) -> bool:
+        """Atomically claim ``key`` for ``claimed_by`` under ``claim_id`` (unique per attempt);
+        False when it was already claimed by another attempt."""
 
     async def fallback(self, user_id: str, device_id: str) -> SignedKey | None:
         """The device's fallback key, or None."""
@@ -249,13 +253,15 @@ async def _claim_one(
             return None
         rng.shuffle(candidates)
         for key in candidates:
-            if await store.try_claim(user_id, device_id, key, claimer):
+            claim_id = str(uuid.uuid4())
+            if await store.try_claim(user_id, device_id, key, claimer, claim_id):
                 event = OneTimeKeyClaimed(
                     user_id=user_id,
                     device_id=device_id,
                     key_id=key.key_id,
                     key=key.key,
                     claimed_by=claimer,
+                    claim_id=claim_id,
                     ts=_now_ms(clock),
                 )
                 # Won: the key is this claimer's whatever happens next. Should the append fail,

@@ -148,7 +148,9 @@ class MemoryKeyStore:
         keys = self.one_time.get((user_id, device_id), {})
         return [k for _, (k, by) in sorted(keys.items()) if by is None][:limit]
 
-    async def try_claim(self, user_id: str, device_id: str, key: SignedKey, claimed_by: str) -> bool:
+    async def try_claim(
+        self, user_id: str, device_id: str, key: SignedKey, claimed_by: str, claim_id: str
+    ) -> bool:
         if (user_id, device_id, key.key) in self.claims:
             keys = self.one_time.get((user_id, device_id), {})
             if key.key_id in keys:

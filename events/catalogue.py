@@ -262,6 +262,9 @@ class OneTimeKeyClaimed(_KeyEvent):
     key_id: str
     key: str
     claimed_by: str
+    # The conditional write's own id (a UUID), kept in ``one_time_claims``; None in claims
+    # logged before it was recorded.
+    claim_id: str | None = None
 
 
 KeyEvent = DeviceKeysPublished | DeviceKeysDeleted | OneTimeKeysAdded | OneTimeKeyClaimed

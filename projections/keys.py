@@ -54,7 +54,9 @@ _CLAIMED = (
     "UPDATE {ks}.one_time_keys USING TIMESTAMP ? SET claimed_by = ?"
     " WHERE user_id = ? AND device_id = ? AND key_id = ?"
 )
-_CLAIM_ROW = "INSERT INTO {ks}.one_time_claims (user_id, device_id, key, claimed_by) VALUES (?, ?, ?, ?)"
+_CLAIM_ROW = (
+    "INSERT INTO {ks}.one_time_claims (user_id, device_id, key, claimed_by, claim_id) VALUES (?, ?, ?, ?, ?)"
+)
 _TRY_CLAIM = (
     "INSERT INTO {ks}.one_time_claims (user_id, device_id, key, claimed_by, claim_id)"
     " VALUES (?, ?, ?, ?, ?) IF NOT EXISTS"
@@ -110,9 +112,10 @@ def _(event: OneTimeKeysAdded) -> list[Statement]:
 @statements.register
 def _(event: OneTimeKeyClaimed) -> list[Statement]:
     e = event
+    claim_id = uuid.UUID(e.claim_id) if e.claim_id else None
     return [
         (_CLAIMED, (_micros(e.ts), e.claimed_by, e.user_id, e.device_id, e.key_id)),
-        (_CLAIM_ROW, (e.user_id, e.device_id, e.key, e.claimed_by)),
+        (_CLAIM_ROW, (e.user_id, e.device_id, e.key, e.claimed_by, claim_id)),
     ]
 
 
@@ -172,13 +175,15 @@ class CassandraKeys:
         rows = [r for r in await self._one_time(user_id, device_id) if r.claimed_by is None]
         return [SignedKey(key_id=r.key_id, key=r.key, signature=r.signature) for r in rows[:limit]]
 
-    async def try_claim(self, user_id: str, device_id: str, key: SignedKey, claimed_by: str) -> bool:
-        # A claim id of its own, so that the driver retrying this very write after it succeeded
-        # reads as won, and another request of the same claimer as lost.
-        claim_id = uuid.uuid4()
-        rows = await self._cql.execute(_TRY_CLAIM, (user_id, device_id, key.key, claimed_by, claim_id))
+    async def try_claim(
+        self, user_id: str, device_id: str, key: SignedKey, claimed_by: str, claim_id: str
+    ) -> bool:
+        # The attempt's own id: the driver retrying this very write after it succeeded reads as
+        # won, and another request of the same claimer as lost.
+        attempt = uuid.UUID(claim_id)
+        rows = await self._cql.execute(_TRY_CLAIM, (user_id, device_id, key.key, claimed_by, attempt))
         row = rows[0]
-        if row[0] or getattr(row, "claim_id", None) == claim_id:
+        if row[0] or getattr(row, "claim_id", None) == attempt:
             return True
         # Lost: another claimer has it; mark it in the listing so later claims skip it.
         winner = getattr(row, "claimed_by", None) or "?"

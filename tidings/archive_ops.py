@@ -34,6 +34,7 @@ from archive.replay_source import count
 from events import Topics
 from projections.archived import delete_archived, delete_archived_log, drop_empty_buckets
 from projections.cql import Cql, connect_to
+from projections.keys import CassandraKeys
 from projections.media import NAME as MEDIA
 from projections.membership import CassandraMembership
 from projections.messages import bucket_of
@@ -238,8 +239,11 @@ async def replay(
         stages = await loop.run_in_executor(None, persist_stages, cql, settings, roster)
         presence = CassandraPresence(cql)
         await loop.run_in_executor(None, presence.prepare)
-        names = [s.name for s in stages] + [presence.name]
+        keys = CassandraKeys(cql)
+        await loop.run_in_executor(None, keys.prepare)
+        names = [s.name for s in stages] + [presence.name, keys.name]
         rebuild_presence = not projections or presence.name in projections
+        rebuild_keys = not projections or keys.name in projections
         if projections:
             unknown = set(projections) - set(names)
             if unknown:
@@ -285,6 +289,8 @@ async def replay(
         if rebuild_presence:
             state.from_log += await _replay_presence(settings, presence, progress)
         state.from_log += await _replay_media(settings, stages, progress)
+        if rebuild_keys:
+            state.from_log += await _replay_keys(settings, keys, progress)
         state.statements += cql.statements_sent
         state.requests += cql.requests_sent
         state.shadowed += cql.statements_shadowed
@@ -336,6 +342,12 @@ async def _replay_media(
     if not media:
         return 0
     return await _replay_topic(settings, Topics(settings.topic_prefix).media_events, media[0], progress)
+
+
+async def _replay_keys(settings: Settings, keys: CassandraKeys, progress: Progress) -> int:
+    """The E2EE key directory has a topic of its own, never archived: all of it, from the start
+    (every write carries its event's time, so applying it again changes nothing)."""
+    return await _replay_topic(settings, Topics(settings.topic_prefix).key_events, keys, progress)
 
 
 async def _replay_topic(
@@ -441,6 +453,9 @@ async def switch(settings: Settings, rebuilt: str) -> tuple[int, Path]:
         presence.prepare()
         applied += await _replay_presence(settings, presence, Progress())
         applied += await _replay_media(settings, stages, Progress())
+        keys = CassandraKeys(cql)
+        keys.prepare()
+        applied += await _replay_keys(settings, keys, Progress())
         state.ends = ends
         write_atomic(
             _state_path(settings, rebuilt),
