@@ -19,6 +19,7 @@ from query_api import (
     openapi,
     ops,
     sync_api,
+    to_device_api,
     users_api,
     web,
     ws,
@@ -55,6 +56,7 @@ def create_app(settings: Settings, *, build: Builder = build_dependencies, name:
     web.install(app, settings)
     app.blueprint(media_api.bp)
     app.blueprint(keys_api.bp)
+    app.blueprint(to_device_api.bp)
 
     @app.on_request
     async def authenticate(request: Request) -> HTTPResponse | None:

@@ -18,6 +18,7 @@ from commands.media import MediaService
 from commands.ports import Directory, Locks
 from commands.presence import PresenceStore, PresenceView
 from commands.receipts import RecordReceipt, Watermarks, record_receipt
+from commands.to_device import ToDeviceQueue
 from events import Role
 from projections.delivery import Push
 from projections.history import ColdTier, HotTier, WarmTier
@@ -81,6 +82,7 @@ class Dependencies:
     limiter: RateLimiter = field(default_factory=NoLimits)
     media: MediaService | None = None  # uploads and downloads (the object store)
     keys: KeyStore | None = None  # the key directory of end-to-end encryption
+    to_device: ToDeviceQueue | None = None  # to-device messages waiting for their devices
     direct_chats: DirectChats = field(init=False)
 
     def __post_init__(self) -> None:
@@ -197,6 +199,8 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     from commands.redis_locks import RedisLocks
     from commands.redis_media import RedisByteQuota, RedisPendingUploads
     from commands.redis_presence import RedisPresence
+    from commands.redis_to_device import RedisToDevice
+    from commands.to_device import TTL_S as TO_DEVICE_TTL_S
     from commands.worker_ids import LeasedSnowflake, WorkerIdLease
     from events import Topics
     from events.errors import Unavailable
@@ -364,4 +368,5 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         limiter=RedisRateLimiter(redis, limits_from(settings)),
         media=media,
         keys=keys,
+        to_device=RedisToDevice(redis, ttl_s=TO_DEVICE_TTL_S),
     )

@@ -235,6 +235,13 @@ def test_real_answers_match_the_document(system: System, doc: dict[str, Any]) ->
     c.call("GET", "/v1/keys/users/{user_id}", user_id=alice, who=bob)
     c.call("POST", "/v1/keys/claim", who=bob, body={"devices": [{"user_id": alice, "device_id": "default"}]})
     c.call("GET", "/v1/keys/count", who=alice)
+    bobs = {"user_id": bob, "device_id": "default", "type": "m.olm.v1", "ciphertext": "AAAA"}
+    c.call("PUT", "/v1/keys/device", who=bob, body=Device().device_keys())
+    c.call("POST", "/v1/to-device", who=alice, body={"messages": [bobs]})  # 202
+    c.call("POST", "/v1/to-device", who=alice, body={"messages": [{**bobs, "device_id": "none"}]})  # 404
+    c.call("POST", "/v1/to-device", who=alice, body={"messages": []})  # 400
+    status, with_to_device = c.call("GET", "/v1/sync", who=bob)
+    assert [m["ciphertext"] for m in with_to_device["to_device"]] == ["AAAA"]
     c.call("DELETE", "/v1/keys/device", who=alice)
 
     # Every documented operation was called, but the WebSocket upgrade (tests/e2e/test_socket_path.py).

@@ -199,7 +199,6 @@ V11_NOT_BUILT = [
     ("PUT", "/v1/devices/default/push", b'{"provider": "webhook", "endpoint": "http://127.0.0.1/x"}'),
     ("DELETE", "/v1/devices/default/push", None),
     ("PUT", "/v1/conversations/dm:a:b/settings", b'{"muted": true}'),
-    ("POST", "/v1/to-device", b'{"messages": []}'),
     ("GET", "/v1/search?q=hello", None),
 ]
 
