@@ -13,6 +13,7 @@ from events import (
     USER_EVENTS,
     ChatEvent,
     GroupCreated,
+    KeyEvent,
     MediaDeleted,
     MediaStored,
     Member,
@@ -123,6 +124,8 @@ def _key(event: ChatEvent) -> str:
         return event.user_id
     if isinstance(event, MediaStored | ThumbnailMade | MediaDeleted):
         return event.media_id
+    if isinstance(event, KeyEvent):
+        return event.user_id
     return event.conversation_id
 
 

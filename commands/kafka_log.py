@@ -15,6 +15,7 @@ from aiokafka.errors import KafkaError
 from events import (
     USER_EVENTS,
     ChatEvent,
+    KeyEvent,
     MediaDeleted,
     MediaStored,
     PresenceChanged,
@@ -93,6 +94,8 @@ class KafkaEventLog:
             topic, key = self._topics.media_events, event.media_id
         elif isinstance(event, USER_EVENTS):
             topic, key = self._topics.user_events, event.user_id
+        elif isinstance(event, KeyEvent):
+            topic, key = self._topics.key_events, event.user_id
         else:
             topic, key = self._topics.conversation_events, event.conversation_id
         producer = self._producer

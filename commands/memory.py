@@ -7,16 +7,22 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
+from commands.keys import DeviceKeys
 from commands.ports import Conversation, SendRecord
 from events import (
     ChatEvent,
+    DeviceKeysDeleted,
+    DeviceKeysPublished,
     GroupCreated,
     GroupRenamed,
+    KeyEvent,
     MemberRemoved,
     MemberRoleChanged,
     MembersAdded,
+    OneTimeKeysAdded,
     OwnershipTransferred,
     Role,
+    SignedKey,
 )
 from events.errors import Unavailable
 
@@ -96,3 +102,65 @@ class MemoryLocks:
     async def hold(self, name: str) -> AsyncIterator[None]:
         async with self._locks.setdefault(name, asyncio.Lock()):
             yield
+
+
+class MemoryKeyStore:
+    """The key directory (``commands.keys.KeyStore``) in memory; ``try_claim`` is atomic
+    because nothing awaits inside it."""
+
+    def __init__(self) -> None:
+        self.devices_: dict[tuple[str, str], DeviceKeys] = {}
+        self.one_time: dict[tuple[str, str], dict[str, tuple[SignedKey, str | None]]] = {}
+        self.fallbacks: dict[tuple[str, str], SignedKey] = {}
+        self.claims: dict[tuple[str, str, str], str] = {}
+
+    async def device(self, user_id: str, device_id: str) -> DeviceKeys | None:
+        return self.devices_.get((user_id, device_id))
+
+    async def devices(self, user_id: str) -> list[DeviceKeys]:
+        return [d for (u, _), d in sorted(self.devices_.items()) if u == user_id]
+
+    async def key_ids(self, user_id: str, device_id: str) -> set[str]:
+        return set(self.one_time.get((user_id, device_id), {}))
+
+    async def write(self, events: Sequence[KeyEvent]) -> None:
+        for e in events:
+            dev = (e.user_id, e.device_id)
+            if isinstance(e, DeviceKeysPublished):
+                self.devices_[dev] = DeviceKeys(*dev, e.identity_key, e.signing_key, e.signature)
+            elif isinstance(e, DeviceKeysDeleted):
+                self.devices_.pop(dev, None)
+                self.one_time.pop(dev, None)
+                self.fallbacks.pop(dev, None)
+            elif isinstance(e, OneTimeKeysAdded):
+                keys = self.one_time.setdefault(dev, {})
+                for k in e.keys:
+                    keys[k.key_id] = (k, keys.get(k.key_id, (k, None))[1])
+                if e.fallback is not None:
+                    self.fallbacks[dev] = e.fallback
+            else:
+                keys = self.one_time.setdefault(dev, {})
+                if e.key_id in keys:
+                    keys[e.key_id] = (keys[e.key_id][0], e.claimed_by)
+                self.claims[(e.user_id, e.device_id, e.key)] = e.claimed_by
+
+    async def unclaimed(self, user_id: str, device_id: str, limit: int) -> list[SignedKey]:
+        keys = self.one_time.get((user_id, device_id), {})
+        return [k for _, (k, by) in sorted(keys.items()) if by is None][:limit]
+
+    async def try_claim(
+        self, user_id: str, device_id: str, key: SignedKey, claimed_by: str, claim_id: str
+    ) -> bool:
+        if (user_id, device_id, key.key) in self.claims:
+            keys = self.one_time.get((user_id, device_id), {})
+            if key.key_id in keys:
+                keys[key.key_id] = (keys[key.key_id][0], self.claims[(user_id, device_id, key.key)])
+            return False
+        self.claims[(user_id, device_id, key.key)] = claimed_by
+        return True
+
+    async def fallback(self, user_id: str, device_id: str) -> SignedKey | None:
+        return self.fallbacks.get((user_id, device_id))
+
+    async def remaining(self, user_id: str, device_id: str) -> int:
+        return sum(1 for _, by in self.one_time.get((user_id, device_id), {}).values() if by is None)

@@ -205,6 +205,70 @@ class MediaDeleted(_Event):
     ts: int
 
 
+class SignedKey(BaseModel):
+    """A device's Curve25519 one-time (or fallback) key, unpadded base64, with the device's
+    Ed25519 signature over the UTF-8 bytes of ``key`` (checked by the gateway before the event)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key_id: str
+    key: str
+    signature: str
+
+
+class _KeyEvent(_Event):
+    """A change to the key directory of one device (end-to-end encryption). Keyed by
+    ``user_id`` on the key topic, so one user's key changes keep their order."""
+
+    user_id: str
+    device_id: str
+    ts: int
+
+
+class DeviceKeysPublished(_KeyEvent):
+    """The device published its identity (Curve25519) and signing (Ed25519) keys; the signature,
+    by ``signing_key`` over ``identity_key``, was checked."""
+
+    type: Literal["keys.device_published"] = "keys.device_published"
+    v: Literal[1] = 1
+    identity_key: str
+    signing_key: str
+    signature: str
+
+
+class DeviceKeysDeleted(_KeyEvent):
+    """The device's keys are gone: its identity and signing keys, one-time and fallback keys."""
+
+    type: Literal["keys.device_deleted"] = "keys.device_deleted"
+    v: Literal[1] = 1
+
+
+class OneTimeKeysAdded(_KeyEvent):
+    """The device uploaded one-time keys (each signed, ids new to the device) and maybe a new
+    fallback key, which replaces the previous one."""
+
+    type: Literal["keys.one_time_added"] = "keys.one_time_added"
+    v: Literal[1] = 1
+    keys: tuple[SignedKey, ...]
+    fallback: SignedKey | None = None
+
+
+class OneTimeKeyClaimed(_KeyEvent):
+    """``key_id`` of the device was handed out to ``claimed_by`` (``user_id/device_id`` of the
+    claimer). Appended after the conditional write that decided it, so no key is claimed twice."""
+
+    type: Literal["keys.one_time_claimed"] = "keys.one_time_claimed"
+    v: Literal[1] = 1
+    key_id: str
+    key: str
+    claimed_by: str
+    # The conditional write's own id (a UUID), kept in ``one_time_claims``; None in claims
+    # logged before it was recorded.
+    claim_id: str | None = None
+
+
+KeyEvent = DeviceKeysPublished | DeviceKeysDeleted | OneTimeKeysAdded | OneTimeKeyClaimed
+
 MediaEvent = MediaStored | ThumbnailMade | MediaDeleted
 
 
@@ -267,7 +331,14 @@ GroupEvent = (
 
 # The union of every event, told apart by ``type``.
 ChatEvent = Annotated[
-    MessageSent | ReceiptRecorded | GroupEvent | DirectOpened | PresenceChanged | MediaEvent | UserEvent,
+    MessageSent
+    | ReceiptRecorded
+    | GroupEvent
+    | DirectOpened
+    | PresenceChanged
+    | MediaEvent
+    | UserEvent
+    | KeyEvent,
     Field(discriminator="type"),
 ]
 

@@ -18,6 +18,11 @@ def user_channel(user_id: str) -> str:
     return f"deliver:user:{user_id}"
 
 
+def to_device(user_id: str, device_id: str) -> str:
+    """Stream of the to-device messages waiting for one device (E2EE), bounded and expiring."""
+    return f"todevice:{user_id}:{device_id}"
+
+
 def snowflake_lease(worker_id: int) -> str:
     """Lease on a Snowflake worker id, held by one live process at a time."""
     return f"snowflake:worker:{worker_id}"

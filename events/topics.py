@@ -34,6 +34,12 @@ class Topics:
         return f"{self.prefix}user-events"
 
     @property
+    def key_events(self) -> str:
+        """End-to-end encryption's key directory: device keys, one-time keys and their claims;
+        key ``user_id``; never compacted."""
+        return f"{self.prefix}key-events"
+
+    @property
     def notifications(self) -> str:
         return f"{self.prefix}notifications"
 
@@ -50,6 +56,7 @@ class Topics:
             self.user_events,
             self.dead_letters,
             self.media_events,
+            self.key_events,
         )
 
 

@@ -46,6 +46,7 @@ from projections.wire import message_frame, message_json, presence_frame
 
 GROUP_SHARDS = 16
 MESSAGE, JOINED, LEFT, TYPING, PRESENCE = b"m", b"+", b"-", b"t", b"p"
+TO_DEVICE = b"d"  # on a user channel: ``d<device_id>\0<frame>``, to that device's sockets only
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,11 @@ def typing_pushes(cid: str, typist: str, state: str) -> list[Push]:
     if members is None:
         return [Push(keys.group_shard_channel(group_shard(cid)), payload)]
     return [Push(keys.user_channel(uid), payload) for uid in dict.fromkeys(members) if uid != typist]
+
+
+def to_device_push(user_id: str, device_id: str, frame: bytes) -> Push:
+    """A ``to_device`` frame for one device of ``user_id`` (end-to-end encryption)."""
+    return Push(keys.user_channel(user_id), TO_DEVICE + device_id.encode() + b"\0" + frame)
 
 
 def presence_push(event: PresenceChanged) -> Push:

@@ -169,6 +169,32 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        9,
+        "e2ee key directory",
+        (
+            # Number 9: 8 is the push notifications branch's. projections/keys.py: device keys,
+            # one-time keys (claimed_by set once handed out), the fallback key per device.
+            """CREATE TABLE IF NOT EXISTS {ks}.device_keys (
+                user_id text, device_id text, identity_key text, signing_key text, signature text,
+                ts bigint, PRIMARY KEY (user_id, device_id)
+            )""",
+            """CREATE TABLE IF NOT EXISTS {ks}.one_time_keys (
+                user_id text, device_id text, key_id text, key text, signature text, claimed_by text,
+                PRIMARY KEY ((user_id, device_id), key_id)
+            )""",
+            """CREATE TABLE IF NOT EXISTS {ks}.fallback_keys (
+                user_id text, device_id text, key_id text, key text, signature text,
+                PRIMARY KEY ((user_id, device_id))
+            )""",
+            # The claims' lightweight transactions: one partition per key, so concurrent claims
+            # of one device's keys contend only when they pick the same key.
+            """CREATE TABLE IF NOT EXISTS {ks}.one_time_claims (
+                user_id text, device_id text, key text, claimed_by text, claim_id uuid,
+                PRIMARY KEY ((user_id, device_id, key))
+            )""",
+        ),
+    ),
 )
 
 BOOTSTRAP = (

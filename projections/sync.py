@@ -37,6 +37,7 @@ from events import (
     ChatEvent,
     GroupCreated,
     GroupEvent,
+    KeyEvent,
     MediaDeleted,
     MediaStored,
     MemberRemoved,
@@ -153,8 +154,10 @@ class CassandraSyncLog:
         heads: dict[str, int] = {}
         buckets: set[tuple[str, int]] = set()
         for partition, offset, event in events:
-            # Media and user events have topics of their own and no conversation.
-            if isinstance(event, (PresenceChanged, MediaStored, ThumbnailMade, MediaDeleted, *USER_EVENTS)):
+            # Media, user and key events have topics of their own and no conversation.
+            if isinstance(
+                event, (PresenceChanged, MediaStored, ThumbnailMade, MediaDeleted, *USER_EVENTS, KeyEvent)
+            ):
                 continue
             cid = event.conversation_id
             heads[cid] = max(heads.get(cid, -1), offset)

@@ -13,6 +13,7 @@ from events.errors import Unavailable
 from query_api import (
     errors,
     http_api,
+    keys_api,
     media_api,
     messages_api,
     openapi,
@@ -20,6 +21,7 @@ from query_api import (
     push_api,
     search_api,
     sync_api,
+    to_device_api,
     users_api,
     web,
     ws,
@@ -57,6 +59,8 @@ def create_app(settings: Settings, *, build: Builder = build_dependencies, name:
     web.install(app, settings)
     app.blueprint(media_api.bp)
     app.blueprint(search_api.bp)
+    app.blueprint(keys_api.bp)
+    app.blueprint(to_device_api.bp)
 
     @app.on_request
     async def authenticate(request: Request) -> HTTPResponse | None:

@@ -13,11 +13,13 @@ from pydantic import BaseModel
 
 from commands import EventLog, IdempotencyStore, IdGenerator, Limits, SendMessage, SendResult, send_message
 from commands.direct import DirectChats
+from commands.keys import KeyStore
 from commands.media import MediaService
 from commands.ports import Directory, Locks
 from commands.presence import PresenceStore, PresenceView
 from commands.push import PushSettingsWriter
 from commands.receipts import RecordReceipt, Watermarks, record_receipt
+from commands.to_device import ToDeviceQueue
 from events import Role
 from projections.delivery import Push
 from projections.history import ColdTier, HotTier, WarmTier
@@ -91,6 +93,8 @@ class Dependencies:
     # push registrations and mutes (write-through); None: the push routes answer 404
     push: PushSettingsWriter | None = None
     search: SearchShards | None = None  # the full-text index shards (GET /v1/search)
+    keys: KeyStore | None = None  # the key directory of end-to-end encryption
+    to_device: ToDeviceQueue | None = None  # to-device messages waiting for their devices
     direct_chats: DirectChats = field(init=False)
 
     def __post_init__(self) -> None:
@@ -207,12 +211,15 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     from commands.redis_locks import RedisLocks
     from commands.redis_media import RedisByteQuota, RedisPendingUploads
     from commands.redis_presence import RedisPresence
+    from commands.redis_to_device import RedisToDevice
+    from commands.to_device import TTL_S as TO_DEVICE_TTL_S
     from commands.worker_ids import LeasedSnowflake, WorkerIdLease
     from events import Topics
     from events.errors import Unavailable
     from projections.cql import Cql, connect_to
     from projections.delivery import GROUP_SHARDS
     from projections.inbox import one_conversation
+    from projections.keys import CassandraKeys
     from projections.media import CassandraMedia
     from projections.membership import CassandraMembership
     from projections.messages import CassandraMessages, count_unread
@@ -333,6 +340,9 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         ),
     )
 
+    keys = CassandraKeys(cql)
+    await loop.run_in_executor(None, keys.prepare)
+
     async def s3_probe() -> None:
         await store.size("readyz-probe")
 
@@ -375,4 +385,6 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         media=media,
         push=push_settings,
         search=ShardReaders(settings.search_root, Topics(settings.topic_prefix).conversation_events),
+        keys=keys,
+        to_device=RedisToDevice(redis, ttl_s=TO_DEVICE_TTL_S),
     )

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from events import keys
 from events.errors import Unavailable
-from projections.delivery import JOINED, LEFT, MESSAGE, TYPING
+from projections.delivery import JOINED, LEFT, MESSAGE, TO_DEVICE, TYPING
 from query_api.connection import CLOSE_TRY_AGAIN, Connection, TokenBucket
 from query_api.metrics import FRAMES_OUT, WS_CONNECTIONS
 from query_api.subscriptions import Subscriber, Subscriptions, settled
@@ -227,6 +227,12 @@ class Hub:
         elif kind == TYPING:
             cid, typist, frame = _typing(payload)
             return self._push_typing(self._by_user.get(user_id, ()), cid, typist, frame)
+        elif kind == TO_DEVICE:
+            device, _, frame = payload[1:].partition(b"\0")
+            mine = [c for c in self._by_user.get(user_id, ()) if c.device_id == device.decode()]
+            for conn in mine:
+                conn.push(frame)
+            return len(mine)
         else:
             cid_bytes, _, frame = payload[1:].partition(b"\0")
             cid = cid_bytes.decode()

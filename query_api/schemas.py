@@ -142,12 +142,24 @@ class ConversationChange(Answer):
     conversation: Conversation
 
 
+class ToDeviceFrame(Answer):
+    """A to-device message (end-to-end encryption): ciphertext the server cannot read."""
+
+    type: Literal["to_device"]
+    sender_id: str
+    sender_device: str
+    type_of: str
+    ciphertext: str
+
+
 class SyncPage(Answer):
     messages: list[Message]
     receipts: list[Receipt]
     conversations: list[ConversationChange]
     cursor: str
     has_more: bool
+    # The device's waiting to-device messages (v1.1), up to 100 a page (``has_more`` then).
+    to_device: list[ToDeviceFrame] = Field(default_factory=list)
 
 
 class Health(Answer):
@@ -215,3 +227,46 @@ class SearchResult(Answer):
 class SearchPage(Answer):
     results: list[SearchResult]
     next: str | None
+
+
+class KeysPublished(Answer):
+    """``{}``: the device's keys are published (or were already, the same)."""
+
+
+class KeyCount(Answer):
+    """How many one-time keys of the device are unclaimed (protocol v1.1, End-to-end encryption)."""
+
+    remaining: int
+
+
+class DeviceKeyAnswer(Answer):
+    device_id: str
+    identity_key: str
+    signing_key: str
+    signature: str
+
+
+class UserKeys(Answer):
+    user_id: str
+    devices: list[DeviceKeyAnswer]
+
+
+class ClaimedKey(Answer):
+    user_id: str
+    device_id: str
+    key_id: str
+    key: str
+    signature: str
+    fallback: bool
+
+
+class ClaimedKeys(Answer):
+    """One key per asked device that has one; a device with none is left out."""
+
+    keys: list[ClaimedKey]
+
+
+class Relayed(Answer):
+    """How many to-device messages were queued and relayed."""
+
+    relayed: int

@@ -52,6 +52,7 @@ def create_app(
     replication: int = 1,
     media_stages: Sequence[Stage] = (),
     media_workers: Sequence[Callable[[Append], Stage]] = (),
+    key_stages: Sequence[Stage] = (),
 ) -> faust.App:
     app = faust.App(
         app_id,
@@ -106,6 +107,9 @@ def create_app(
         users = app.topic(topics.user_events, key_type=bytes, value_type=bytes, partitions=partitions)
         _agent(app, users, projector(user_stages), "user-settings", batch_size, batch_window_s)
         watched.append(topics.user_events)
+    if key_stages:
+        keys = app.topic(topics.key_events, key_type=bytes, value_type=bytes, partitions=partitions)
+        _agent(app, keys, projector(key_stages), "keys", batch_size, batch_window_s)
     if lag_interval_s > 0:
         for topic in watched:
             _lag_task(app, bootstrap, app_id, topic, partitions, lag_interval_s)

@@ -116,3 +116,80 @@ class IdempotencyContract:
         winners = [r for r, got in zip(records, results, strict=True) if got is None]
         assert len(winners) == 1
         assert all(got == winners[0] for got in results if got is not None)
+
+
+class KeyStoreContract:
+    """``keys`` fixture: a key directory (``commands.keys.KeyStore``). The key commands run on
+    it with a fake log, with real keys made by vodozemac."""
+
+    @staticmethod
+    def _signed(keys: list[dict[str, str]]) -> list[Any]:
+        from events import SignedKey
+
+        return [SignedKey(**k) for k in keys]
+
+    async def _published(self, keys: Any, user: str, device: str, n: int) -> Any:
+        from commands.keys import add_one_time_keys, publish_device_keys
+        from commands.memory import MemoryEventLog
+        from tests.e2ee_support import Device
+
+        owner, log = Device(), MemoryEventLog()
+        await publish_device_keys(user, device, **owner.device_keys(), store=keys, log=log)
+        owner.uploaded = owner.one_time_keys(n)
+        remaining = await add_one_time_keys(
+            user, device, self._signed(owner.uploaded), None, store=keys, log=log
+        )
+        assert remaining == n
+        return owner
+
+    async def test_publish_is_idempotent_and_other_keys_conflict(self, keys: Any) -> None:
+        from commands.keys import publish_device_keys
+        from commands.memory import MemoryEventLog
+        from events.errors import Conflict
+        from tests.e2ee_support import Device
+
+        user, log, device = f"k{uuid.uuid4().hex[:10]}", MemoryEventLog(), Device()
+        assert await publish_device_keys(user, "d1", **device.device_keys(), store=keys, log=log) is not None
+        assert await publish_device_keys(user, "d1", **device.device_keys(), store=keys, log=log) is None
+        with pytest.raises(Conflict):
+            await publish_device_keys(user, "d1", **Device().device_keys(), store=keys, log=log)
+        assert len(log.events) == 1
+        (listed,) = await keys.devices(user)
+        assert (listed.device_id, listed.identity_key) == ("d1", device.identity_key)
+
+    async def test_concurrent_claims_never_hand_a_key_out_twice(self, keys: Any) -> None:
+        from commands.keys import claim_keys
+        from commands.memory import MemoryEventLog
+
+        user = f"k{uuid.uuid4().hex[:10]}"
+        owner = await self._published(keys, user, "d1", 12)
+        log = MemoryEventLog()
+
+        async def claim(i: int) -> list[Any]:
+            return await claim_keys(f"c{i}/d", [(user, "d1")], store=keys, log=log)
+
+        results = await asyncio.gather(*(claim(i) for i in range(30)))
+        handed = [(k.key_id, k.key, k.fallback) for r in results for k in r]
+        assert len(handed) == 12 and len(set(handed)) == 12  # 18 claimers got nothing: no fallback
+        assert set(handed) == {(k["key_id"], k["key"], False) for k in owner.uploaded}
+        assert await keys.remaining(user, "d1") == 0
+        assert len(log.events) == 12
+
+    async def test_fallback_when_none_left_and_deletion_clears_everything(self, keys: Any) -> None:
+        from commands.keys import add_one_time_keys, claim_keys, delete_device_keys
+        from commands.memory import MemoryEventLog
+        from events import SignedKey
+
+        user, log = f"k{uuid.uuid4().hex[:10]}", MemoryEventLog()
+        owner = await self._published(keys, user, "d1", 1)
+        fallback = owner.fallback_key()
+        await add_one_time_keys(user, "d1", [], SignedKey(**fallback), store=keys, log=log)
+        first = await claim_keys("c/d", [(user, "d1"), (user, "nodevice")], store=keys, log=log)
+        assert [(k.device_id, k.fallback) for k in first] == [("d1", False)]
+        for _ in range(2):  # the fallback key may repeat
+            (again,) = await claim_keys("c/d", [(user, "d1")], store=keys, log=log)
+            assert again.fallback and again.key == fallback["key"]
+        await delete_device_keys(user, "d1", store=keys, log=log)
+        assert await keys.devices(user) == []
+        assert await claim_keys("c/d", [(user, "d1")], store=keys, log=log) == []
+        assert await keys.remaining(user, "d1") == 0

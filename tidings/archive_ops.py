@@ -34,6 +34,7 @@ from archive.replay_source import count
 from events import Topics
 from projections.archived import delete_archived, delete_archived_log, drop_empty_buckets
 from projections.cql import Cql, connect_to
+from projections.keys import CassandraKeys
 from projections.media import NAME as MEDIA
 from projections.membership import CassandraMembership
 from projections.messages import bucket_of
@@ -241,9 +242,12 @@ async def replay(
         await loop.run_in_executor(None, presence.prepare)
         push_settings = CassandraPushSettings(cql)
         await loop.run_in_executor(None, push_settings.prepare)
-        names = [s.name for s in stages] + [presence.name, push_settings.name]
+        keys = CassandraKeys(cql)
+        await loop.run_in_executor(None, keys.prepare)
+        names = [s.name for s in stages] + [presence.name, push_settings.name, keys.name]
         rebuild_presence = not projections or presence.name in projections
         rebuild_push = not projections or push_settings.name in projections
+        rebuild_keys = not projections or keys.name in projections
         if projections:
             unknown = set(projections) - set(names)
             if unknown:
@@ -291,6 +295,8 @@ async def replay(
         state.from_log += await _replay_media(settings, stages, progress)
         if rebuild_push:
             state.from_log += await _replay_user_events(settings, push_settings, progress)
+        if rebuild_keys:
+            state.from_log += await _replay_keys(settings, keys, progress)
         state.statements += cql.statements_sent
         state.requests += cql.requests_sent
         state.shadowed += cql.statements_shadowed
@@ -348,6 +354,12 @@ async def _replay_user_events(settings: Settings, push: CassandraPushSettings, p
     """Push registrations and mutes, from the user-events topic (never archived), all of it:
     each write carries its event's time, so applying it again changes nothing."""
     return await _replay_topic(settings, Topics(settings.topic_prefix).user_events, push, progress)
+
+
+async def _replay_keys(settings: Settings, keys: CassandraKeys, progress: Progress) -> int:
+    """The E2EE key directory has a topic of its own, never archived: all of it, from the start
+    (every write carries its event's time, so applying it again changes nothing)."""
+    return await _replay_topic(settings, Topics(settings.topic_prefix).key_events, keys, progress)
 
 
 async def _replay_topic(
@@ -456,6 +468,9 @@ async def switch(settings: Settings, rebuilt: str) -> tuple[int, Path]:
         push_settings = CassandraPushSettings(cql)
         push_settings.prepare()
         applied += await _replay_user_events(settings, push_settings, Progress())
+        keys = CassandraKeys(cql)
+        keys.prepare()
+        applied += await _replay_keys(settings, keys, Progress())
         state.ends = ends
         write_atomic(
             _state_path(settings, rebuilt),

@@ -15,6 +15,7 @@ from commands.media import ObjectStore
 from commands.videos import VideoThumbnails
 from events import Topics
 from projections.cql import Cql, connect_to
+from projections.keys import CassandraKeys
 from projections.media import CassandraMedia
 from projections.membership import CassandraMembership
 from projections.messages import CassandraMessages
@@ -81,6 +82,11 @@ def build_worker_app(settings: Settings) -> faust.App:
     media_stages, media_workers = media_roles(cql, settings) if role in ("all", "persist") else ([], [])
     # Push registrations and mutes are read models like the others.
     user_stages: list[Stage] = [push_settings] if role in ("all", "persist") else []
+    key_stages: list[Stage] = []
+    if role in ("all", "persist"):
+        keys = CassandraKeys(cql)
+        keys.prepare()
+        key_stages.append(keys)
     tracing = telemetry.configure(settings, f"tidings-worker-{role}")
     return create_app(
         app_id=settings.worker_app_id if role == "all" else f"{settings.worker_app_id}-{role}",
@@ -105,6 +111,7 @@ def build_worker_app(settings: Settings) -> faust.App:
         replication=settings.kafka_replication,
         media_stages=media_stages,
         media_workers=media_workers,
+        key_stages=key_stages,
     )
 
 

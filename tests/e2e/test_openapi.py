@@ -19,6 +19,7 @@ from query_api.app import create_app
 from query_api.openapi import build_document
 from tests.e2e import media_support
 from tests.e2e.conftest import System, user
+from tests.e2ee_support import Device
 
 BASE = "urn:tidings-openapi"
 NOT_JSON = {"/metrics", "/", "/web/{__file_uri__}"}
@@ -239,6 +240,23 @@ def test_real_answers_match_the_document(system: System, doc: dict[str, Any]) ->
     c.call("GET", "/v1/search", who=alice, query="?q=%22unbalanced")
     c.call("GET", "/v1/search", who=alice, query="?q=*")  # 400
     c.call("GET", "/v1/search", who=alice, query=f"?q=hi&conversation_id={gid}-not-mine")  # 404
+    keys = Device()
+    c.call("PUT", "/v1/keys/device", who=alice, body=keys.device_keys())
+    c.call("PUT", "/v1/keys/device", who=alice, body=Device().device_keys())  # 409
+    c.call("PUT", "/v1/keys/device", who=alice, body={**keys.device_keys(), "signature": "AAAA"})  # 400
+    c.call("POST", "/v1/keys/one-time", who=alice, body={"keys": keys.one_time_keys(2)})
+    c.call("POST", "/v1/keys/one-time", who=alice, body={"keys": [{"key_id": "k", "key": "x"}]})  # 400
+    c.call("GET", "/v1/keys/users/{user_id}", user_id=alice, who=bob)
+    c.call("POST", "/v1/keys/claim", who=bob, body={"devices": [{"user_id": alice, "device_id": "default"}]})
+    c.call("GET", "/v1/keys/count", who=alice)
+    bobs = {"user_id": bob, "device_id": "default", "type": "m.olm.v1", "ciphertext": "AAAA"}
+    c.call("PUT", "/v1/keys/device", who=bob, body=Device().device_keys())
+    c.call("POST", "/v1/to-device", who=alice, body={"messages": [bobs]})  # 202
+    c.call("POST", "/v1/to-device", who=alice, body={"messages": [{**bobs, "device_id": "none"}]})  # 404
+    c.call("POST", "/v1/to-device", who=alice, body={"messages": []})  # 400
+    status, with_to_device = c.call("GET", "/v1/sync", who=bob)
+    assert [m["ciphertext"] for m in with_to_device["to_device"]] == ["AAAA"]
+    c.call("DELETE", "/v1/keys/device", who=alice)
 
     # Every documented operation was called, but the WebSocket upgrade (tests/e2e/test_socket_path.py).
     documented = {(m, p) for p, item in doc["paths"].items() for m in item}

@@ -35,6 +35,7 @@ from events import (
 )
 from events.ids import Snowflake
 from projections.cql import Cql, connect_to
+from projections.keys import CassandraKeys
 from projections.media import CassandraMedia
 from projections.membership import CassandraMembership
 from projections.messages import CassandraMessages
@@ -73,6 +74,7 @@ def replay_settings(services: Settings, tmp_path: Path) -> Iterator[Settings]:
         Topics(settings.topic_prefix).presence_events,
         Topics(settings.topic_prefix).media_events,
         Topics(settings.topic_prefix).user_events,
+        Topics(settings.topic_prefix).key_events,
     ]
     cluster, session = connect_to(settings)
     migrate_cassandra(
@@ -203,6 +205,37 @@ async def _presence_live(settings: Settings, cql: Cql) -> int:
     live.prepare()
     await live.apply(events)
     return len(events)
+
+
+async def _keys_live(settings: Settings, cql: Cql) -> int:
+    """The E2EE key directory: devices published with one-time and fallback keys, claims won
+    through the conditional write, a deletion and a re-publish, on the key topic and projected
+    live as the gateway and the worker do; returns how many key events there are."""
+    from commands.keys import add_one_time_keys, claim_keys, delete_device_keys, publish_device_keys
+    from events import SignedKey
+    from tests.e2ee_support import Device
+
+    store = CassandraKeys(cql)
+    store.prepare()
+    producer = KafkaEventLog.producer(settings.kafka_bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        log = KafkaEventLog(producer, Topics(settings.topic_prefix))
+        for user in ("ku0", "ku1"):
+            for device_id in ("d1", "d2"):
+                device = Device()
+                await publish_device_keys(user, device_id, **device.device_keys(), store=store, log=log)
+                keys = [SignedKey(**k) for k in device.one_time_keys(3)]
+                fallback = SignedKey(**device.fallback_key())
+                await add_one_time_keys(user, device_id, keys, fallback, store=store, log=log)
+        for _ in range(2):
+            await claim_keys("ku1/d1", [("ku0", "d1"), ("ku0", "d2")], store=store, log=log)
+        await delete_device_keys("ku1", "d2", store=store, log=log)
+        again = Device()
+        await publish_device_keys("ku1", "d2", **again.device_keys(), store=store, log=log)
+    finally:
+        await producer.stop()
+    return 4 * 2 + 4 + 1 + 1
 
 
 async def _media_live(settings: Settings, cql: Cql) -> tuple[list[ChatEvent], int]:
@@ -347,9 +380,10 @@ async def test_replay_rebuilds_every_read_model_equal_to_live(replay_settings: S
         await live.catch_up()
         presence = await _presence_live(settings, Cql(session, settings.cassandra_keyspace))
         presence += await _user_events_live(settings, Cql(session, settings.cassandra_keyspace))
+        keys = await _keys_live(settings, Cql(session, settings.cassandra_keyspace))
 
         state = await replay(settings)
-        assert (state.archived, state.from_log) == (len(phase_a), len(phase_b) + presence + media)
+        assert (state.archived, state.from_log) == (len(phase_a), len(phase_b) + presence + media + keys)
         assert state.keyspace == f"{settings.cassandra_keyspace}_r1"
         diffs = verify(settings, settings.cassandra_keyspace, state.keyspace)
         assert {d.table for d in diffs} >= {
@@ -368,6 +402,10 @@ async def test_replay_rebuilds_every_read_model_equal_to_live(replay_settings: S
             "media_access",
             "push_registrations",
             "conversation_mutes",
+            "device_keys",
+            "one_time_keys",
+            "fallback_keys",
+            "one_time_claims",
         }
         assert all(d.rebuilt_rows > 0 for d in diffs), diffs
         assert [d for d in diffs if not d.equal] == []
@@ -392,8 +430,8 @@ async def test_replay_rebuilds_every_read_model_equal_to_live(replay_settings: S
         phase_c = await _events(3)
         await produce(settings.kafka_bootstrap, topic, phase_c)
         applied, _ = await switch(settings, state.keyspace)
-        # The catch-up, and the presence and media topics again.
-        assert applied == len(phase_c) + presence + media
+        # The catch-up, and the presence, media and key topics again.
+        assert applied == len(phase_c) + presence + media + keys
         assert active_keyspace(settings) == state.keyspace
         last = [e for e in phase_c if isinstance(e, MessageSent)][-1]
         rebuilt = CassandraMessages(Cql(session, state.keyspace), settings.message_bucket_ms)

@@ -12,6 +12,7 @@ import pytest
 from commands.redis_idempotency import RedisIdempotencyStore
 from events import keys
 from projections.cql import Cql, connect_to
+from projections.keys import CassandraKeys
 from projections.messages import CassandraMessages
 from projections.recent import RedisRecent
 from projections.redis_client import make_redis
@@ -19,6 +20,7 @@ from projections.roster import Entry, Roster
 from tests.contracts import (
     DAY_MS,
     IdempotencyContract,
+    KeyStoreContract,
     MessageStoreContract,
     RecentContract,
     message,
@@ -46,6 +48,16 @@ def _direct_only() -> Roster:
         raise AssertionError("direct chats need no lookup")
 
     return Roster(load, threshold=500)
+
+
+class TestCassandraKeys(KeyStoreContract):
+    """The claims' conditional writes (lightweight transactions) on the real Cassandra."""
+
+    @pytest.fixture
+    def keys(self, session: Any, services: Settings) -> CassandraKeys:
+        store = CassandraKeys(Cql(session, services.cassandra_keyspace))
+        store.prepare()
+        return store
 
 
 class TestCassandraMessages(MessageStoreContract):

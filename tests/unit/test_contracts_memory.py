@@ -1,8 +1,8 @@
 import pytest
 
-from commands.memory import MemoryIdempotencyStore
+from commands.memory import MemoryIdempotencyStore, MemoryKeyStore
 from projections.memory import MemoryMessages, MemoryRecent
-from tests.contracts import IdempotencyContract, MessageStoreContract, RecentContract
+from tests.contracts import IdempotencyContract, KeyStoreContract, MessageStoreContract, RecentContract
 
 
 class TestMemoryMessages(MessageStoreContract):
@@ -21,3 +21,9 @@ class TestMemoryIdempotency(IdempotencyContract):
     @pytest.fixture
     def idem(self) -> MemoryIdempotencyStore:
         return MemoryIdempotencyStore()
+
+
+class TestMemoryKeys(KeyStoreContract):
+    @pytest.fixture
+    def keys(self) -> MemoryKeyStore:
+        return MemoryKeyStore()
