@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -181,6 +183,25 @@ async def _events(seed: int) -> list[ChatEvent]:
     return events
 
 
+@asynccontextmanager
+async def _event_log(settings: Settings) -> AsyncIterator[KafkaEventLog]:
+    producer = KafkaEventLog.producer(settings.kafka_bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        yield KafkaEventLog(producer, Topics(settings.topic_prefix))
+    finally:
+        await producer.stop()
+
+
+async def _append_and_apply(settings: Settings, events: Sequence[ChatEvent], live: Any) -> None:
+    """``events`` into the log, and projected live by the read model ``live``."""
+    async with _event_log(settings) as log:
+        for event in events:
+            await log.append(event)
+    live.prepare()
+    await live.apply(events)
+
+
 async def _presence_live(settings: Settings, cql: Cql) -> int:
     """Presence transitions on their own topic, projected live; returns how many."""
     states = ("online", "away", "offline")
@@ -193,17 +214,7 @@ async def _presence_live(settings: Settings, cql: Cql) -> int:
         )
         for i in range(40)
     ]
-    producer = KafkaEventLog.producer(settings.kafka_bootstrap, linger_ms=5)
-    await producer.start()
-    try:
-        log = KafkaEventLog(producer, Topics(settings.topic_prefix))
-        for event in events:
-            await log.append(event)
-    finally:
-        await producer.stop()
-    live = CassandraPresence(cql)
-    live.prepare()
-    await live.apply(events)
+    await _append_and_apply(settings, events, CassandraPresence(cql))
     return len(events)
 
 
@@ -217,10 +228,7 @@ async def _keys_live(settings: Settings, cql: Cql) -> int:
 
     store = CassandraKeys(cql)
     store.prepare()
-    producer = KafkaEventLog.producer(settings.kafka_bootstrap, linger_ms=5)
-    await producer.start()
-    try:
-        log = KafkaEventLog(producer, Topics(settings.topic_prefix))
+    async with _event_log(settings) as log:
         for user in ("ku0", "ku1"):
             for device_id in ("d1", "d2"):
                 device = Device()
@@ -233,8 +241,6 @@ async def _keys_live(settings: Settings, cql: Cql) -> int:
         await delete_device_keys("ku1", "d2", store=store, log=log)
         again = Device()
         await publish_device_keys("ku1", "d2", **again.device_keys(), store=store, log=log)
-    finally:
-        await producer.stop()
     return 4 * 2 + 4 + 1 + 1
 
 
@@ -284,17 +290,7 @@ async def _media_live(settings: Settings, cql: Cql) -> tuple[list[ChatEvent], in
                 ts=snowflake_ts(mid),
             )
         )
-    producer = KafkaEventLog.producer(settings.kafka_bootstrap, linger_ms=5)
-    await producer.start()
-    try:
-        log = KafkaEventLog(producer, Topics(settings.topic_prefix))
-        for event in uploaded:
-            await log.append(event)
-    finally:
-        await producer.stop()
-    live = CassandraMedia(cql)
-    live.prepare()
-    await live.apply(uploaded)
+    await _append_and_apply(settings, uploaded, CassandraMedia(cql))
     return messages, len(uploaded)
 
 
@@ -326,17 +322,7 @@ async def _user_events_live(settings: Settings, cql: Cql) -> int:
         events.append(
             ConversationMuted(user_id=user, conversation_id=f"g:{i % 2}", muted=i % 3 != 0, ts=1000 + i)
         )
-    producer = KafkaEventLog.producer(settings.kafka_bootstrap, linger_ms=5)
-    await producer.start()
-    try:
-        log = KafkaEventLog(producer, Topics(settings.topic_prefix))
-        for event in events:
-            await log.append(event)
-    finally:
-        await producer.stop()
-    live = CassandraPushSettings(cql)
-    live.prepare()
-    await live.apply(events)
+    await _append_and_apply(settings, events, CassandraPushSettings(cql))
     return len(events)
 
 
