@@ -10,23 +10,18 @@ from collections.abc import Iterator
 from aiokafka import AIOKafkaProducer
 
 from events import (
-    USER_EVENTS,
     ChatEvent,
     GroupCreated,
-    KeyEvent,
-    MediaDeleted,
-    MediaStored,
     Member,
     MembersAdded,
     MessageSent,
-    PresenceChanged,
     ReceiptRecorded,
-    ThumbnailMade,
     direct_conversation_id,
     encode_event,
     partition_key,
 )
 from events.ids import EPOCH_MS, SEQUENCE_BITS, WORKER_BITS
+from events.topics import entity_key
 
 
 def snowflake_at(ms: int, worker: int, seq: int) -> int:
@@ -119,16 +114,6 @@ def synthetic_events(
             last_message[cid] = eid
 
 
-def _key(event: ChatEvent) -> str:
-    if isinstance(event, (PresenceChanged, *USER_EVENTS)):
-        return event.user_id
-    if isinstance(event, MediaStored | ThumbnailMade | MediaDeleted):
-        return event.media_id
-    if isinstance(event, KeyEvent):
-        return event.user_id
-    return event.conversation_id
-
-
 async def produce(bootstrap: str, topic: str, events: Iterator[ChatEvent] | list[ChatEvent]) -> int:
     """Append ``events`` to ``topic`` keyed by conversation; returns how many."""
     producer = AIOKafkaProducer(
@@ -145,7 +130,7 @@ async def produce(bootstrap: str, topic: str, events: Iterator[ChatEvent] | list
         pending = []
         for event in events:
             pending.append(
-                await producer.send(topic, value=encode_event(event), key=partition_key(_key(event)))
+                await producer.send(topic, value=encode_event(event), key=partition_key(entity_key(event)))
             )
             count += 1
             if len(pending) >= 20_000:

@@ -13,18 +13,13 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from events import (
-    USER_EVENTS,
     ChatEvent,
-    KeyEvent,
-    MediaDeleted,
-    MediaStored,
-    PresenceChanged,
-    ThumbnailMade,
     Topics,
     encode_event,
     partition_key,
 )
 from events.errors import Unavailable
+from events.topics import route
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +83,7 @@ class KafkaEventLog:
         )
 
     async def append(self, event: ChatEvent) -> None:
-        if isinstance(event, PresenceChanged):
-            topic, key = self._topics.presence_events, event.user_id
-        elif isinstance(event, MediaStored | ThumbnailMade | MediaDeleted):
-            topic, key = self._topics.media_events, event.media_id
-        elif isinstance(event, USER_EVENTS):
-            topic, key = self._topics.user_events, event.user_id
-        elif isinstance(event, KeyEvent):
-            topic, key = self._topics.key_events, event.user_id
-        else:
-            topic, key = self._topics.conversation_events, event.conversation_id
+        topic, key = route(self._topics, event)
         producer = self._producer
         try:
             if self._trace is None:

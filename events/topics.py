@@ -8,6 +8,53 @@ key serializer), never JSON.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, TypeGuard
+
+from events.catalogue import (
+    USER_EVENTS,
+    ChatEvent,
+    DeviceKeysDeleted,
+    DeviceKeysPublished,
+    DirectOpened,
+    GroupEvent,
+    MediaDeleted,
+    MediaStored,
+    MessageSent,
+    OneTimeKeyClaimed,
+    OneTimeKeysAdded,
+    PresenceChanged,
+    ReceiptRecorded,
+    ThumbnailMade,
+)
+
+# Which topic an event goes to, and the field whose value is its key. Every event not listed is
+# a conversation's (messages, receipts, membership) and goes to `conversation_events`, keyed by
+# `conversation_id`. One lookup by type per append.
+_ROUTES: dict[type[Any], tuple[str, str]] = {
+    PresenceChanged: ("presence_events", "user_id"),
+    MediaStored: ("media_events", "media_id"),
+    ThumbnailMade: ("media_events", "media_id"),
+    MediaDeleted: ("media_events", "media_id"),
+    **{cls: ("user_events", "user_id") for cls in USER_EVENTS},
+    DeviceKeysPublished: ("key_events", "user_id"),
+    DeviceKeysDeleted: ("key_events", "user_id"),
+    OneTimeKeysAdded: ("key_events", "user_id"),
+    OneTimeKeyClaimed: ("key_events", "user_id"),
+}
+_CONVERSATION = ("conversation_events", "conversation_id")
+
+
+def entity_key(event: ChatEvent) -> str:
+    """The id an event is keyed by in its topic (so one entity stays on one partition)."""
+    return str(getattr(event, _ROUTES.get(type(event), _CONVERSATION)[1]))
+
+
+ConversationEvent = MessageSent | ReceiptRecorded | GroupEvent | DirectOpened
+
+
+def is_conversation_event(event: ChatEvent) -> TypeGuard[ConversationEvent]:
+    """Whether ``event`` belongs to a conversation's log (messages, receipts, membership)."""
+    return type(event) not in _ROUTES
 
 
 @dataclass(frozen=True)
@@ -58,6 +105,12 @@ class Topics:
             self.media_events,
             self.key_events,
         )
+
+
+def route(topics: Topics, event: ChatEvent) -> tuple[str, str]:
+    """The topic ``event`` is appended to and its key."""
+    topic, field = _ROUTES.get(type(event), _CONVERSATION)
+    return str(getattr(topics, topic)), str(getattr(event, field))
 
 
 def partition_key(entity_id: str) -> bytes:

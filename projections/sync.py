@@ -33,24 +33,19 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from events import (
-    USER_EVENTS,
     ChatEvent,
     GroupCreated,
     GroupEvent,
-    KeyEvent,
-    MediaDeleted,
-    MediaStored,
     MemberRemoved,
     MembersAdded,
     MessageSent,
-    PresenceChanged,
     ReceiptRecorded,
-    ThumbnailMade,
     decode_event,
     dm_members,
     encode_event,
 )
 from events.errors import Invalid, Unavailable
+from events.topics import is_conversation_event
 from projections.cql import Cql
 from projections.membership import Statement
 from projections.wire import message_object
@@ -154,10 +149,7 @@ class CassandraSyncLog:
         heads: dict[str, int] = {}
         buckets: set[tuple[str, int]] = set()
         for partition, offset, event in events:
-            # Media, user and key events have topics of their own and no conversation.
-            if isinstance(
-                event, (PresenceChanged, MediaStored, ThumbnailMade, MediaDeleted, *USER_EVENTS, KeyEvent)
-            ):
+            if not is_conversation_event(event):
                 continue
             cid = event.conversation_id
             heads[cid] = max(heads.get(cid, -1), offset)

@@ -228,8 +228,9 @@ class Hub:
             cid, typist, frame = _typing(payload)
             return self._push_typing(self._by_user.get(user_id, ()), cid, typist, frame)
         elif kind == TO_DEVICE:
-            device, _, frame = payload[1:].partition(b"\0")
-            mine = [c for c in self._by_user.get(user_id, ()) if c.device_id == device.decode()]
+            device_bytes, _, frame = payload[1:].partition(b"\0")
+            device = device_bytes.decode()
+            mine = [c for c in self._by_user.get(user_id, ()) if c.device_id == device]
             for conn in mine:
                 conn.push(frame)
             return len(mine)

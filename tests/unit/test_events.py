@@ -56,3 +56,21 @@ def test_direct_ids_sort_by_bytes() -> None:
 @pytest.mark.parametrize("cid", ["dm:bob:alice", "dm:alice", "dm:a:b:c", "dm:al ice:bob", "g:1", "dm::bob"])
 def test_malformed_direct_ids(cid: str) -> None:
     assert dm_members(cid) is None
+
+
+def test_every_event_type_has_a_topic_and_a_key_field() -> None:
+    """A new event type that no route names goes to the conversation topic: it must then carry
+    a ``conversation_id`` (else it belongs in ``events.topics._ROUTES``)."""
+    import typing
+
+    from events.catalogue import ChatEvent
+    from events.topics import _ROUTES, Topics
+
+    union = typing.get_args(ChatEvent)[0]
+    kinds = typing.get_args(union)
+    assert len(kinds) > 10
+    topics = Topics("t.")
+    for kind in kinds:
+        topic, field = _ROUTES.get(kind, ("conversation_events", "conversation_id"))
+        assert field in kind.model_fields, (kind.__name__, field)
+        assert getattr(topics, topic) in topics.all(), (kind.__name__, topic)
