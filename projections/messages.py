@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from events import ChatEvent, MessageSent, snowflake_ts
-from projections.cql import Cql
+from projections.adapters.cql import Cql
 from projections.wire import message_object
 
 NAME = "messages"

@@ -46,7 +46,7 @@ from events import (
 )
 from events.errors import Invalid, Unavailable
 from events.topics import is_conversation_event
-from projections.cql import Cql
+from projections.adapters.cql import Cql
 from projections.membership import Statement
 from projections.wire import message_object
 

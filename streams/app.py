@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import faust
 
 from events import ChatEvent, MediaDeleted, MediaStored, ThumbnailMade, Topics, encode_event, partition_key
-from streams.metrics import BATCH_EVENTS, DEAD_LETTERS, export_lag
+from streams.adapters.metrics import BATCH_EVENTS, DEAD_LETTERS, export_lag
 from streams.projector import PositionedStage, Projector, Record, Stage, Tracer
 
 Append = Callable[[ChatEvent], Awaitable[None]]

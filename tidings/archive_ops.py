@@ -27,23 +27,23 @@ from typing import Any
 import orjson
 from cassandra.cluster import Session
 
-from archive.kafka_source import KafkaLogSource
+from archive.adapters.kafka_source import KafkaLogSource
 from archive.manifest import load, save, write_atomic
 from archive.reader import ArchiveReader
 from archive.replay_source import count
 from events import Topics
+from projections.adapters.cql import Cql, connect_to
+from projections.adapters.migrate import migrate_cassandra
+from projections.adapters.presence import CassandraPresence
 from projections.archived import delete_archived, delete_archived_log, drop_empty_buckets
-from projections.cql import Cql, connect_to
 from projections.keys import CassandraKeys
 from projections.media import NAME as MEDIA
 from projections.membership import CassandraMembership
 from projections.messages import bucket_of
-from projections.migrate import migrate_cassandra
-from projections.presence import CassandraPresence
 from projections.push import CassandraPushSettings
 from projections.roster import Roster
 from projections.sync import BUCKET_BITS as SYNC_BUCKET_BITS
-from streams.offsets import committed_offsets
+from streams.adapters.offsets import committed_offsets
 from streams.projector import PositionedStage, Projector, Stage
 from tidings.keyspaces import write_pointer
 from tidings.replay_partitions import (

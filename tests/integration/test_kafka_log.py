@@ -7,7 +7,7 @@ import uuid
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
-from commands.kafka_log import KafkaEventLog
+from commands.adapters.kafka_log import KafkaEventLog
 from events import Topics, decode_event
 from tests.contracts import message, spread_ids
 from tidings.settings import Settings

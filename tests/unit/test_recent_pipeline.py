@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from events import MessageSent, ReceiptRecorded
+from projections.adapters.recent import _cache
 from projections.delivery import Push
-from projections.recent import _cache
 
 
 class RecordingPipe:
