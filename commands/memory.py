@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from typing import Any
 
 from commands.ports import Conversation, SendRecord
 from events import (
@@ -55,11 +55,33 @@ class MemoryIdempotencyStore:
 
 
 class MemoryDirectory:
-    """The membership read model, in memory, applied with the same rules as the real one."""
+    """The membership read model, in memory, applied with the same rules as the real one: each
+    value remembers the id of the event that wrote it, and an older event applied late (the
+    worker after the gateway's write-through, a redelivered batch) never undoes a newer one,
+    as the real model's ``USING TIMESTAMP`` writes do."""
 
     def __init__(self) -> None:
-        self.groups: dict[str, Conversation] = {}
-        self.members: dict[str, dict[str, Role]] = {}
+        self._created: set[str] = set()
+        self._titles: dict[str, tuple[int, str]] = {}
+        self._counts: dict[str, tuple[int, int]] = {}
+        # (event id, role), or (event id, None) for a removal
+        self._roles: dict[str, dict[str, tuple[int, Role | None]]] = {}
+
+    @property
+    def members(self) -> dict[str, dict[str, Role]]:
+        """Each group's current members and their roles."""
+        return {
+            cid: {u: role for u, (_, role) in roles.items() if role is not None}
+            for cid, roles in self._roles.items()
+        }
+
+    @property
+    def groups(self) -> dict[str, Conversation]:
+        """Each group's current row."""
+        return {
+            cid: Conversation(cid, "group", self._titles[cid][1], self._counts[cid][1])
+            for cid in self._created
+        }
 
     async def conversation(self, conversation_id: str) -> Conversation | None:
         return self.groups.get(conversation_id)
@@ -70,28 +92,39 @@ class MemoryDirectory:
 
     async def apply(self, events: Sequence[ChatEvent]) -> None:
         for event in events:
-            if isinstance(event, GroupCreated):
-                self.groups[event.conversation_id] = Conversation(
-                    event.conversation_id, "group", event.title, event.member_count
-                )
-                self.members[event.conversation_id] = {m.user_id: m.role for m in event.members}
-            elif isinstance(event, MembersAdded):
-                self.members[event.conversation_id].update({m.user_id: m.role for m in event.members})
-                self._count(event.conversation_id, event.member_count)
-            elif isinstance(event, MemberRemoved):
-                self.members[event.conversation_id].pop(event.user_id, None)
-                self._count(event.conversation_id, event.member_count)
-            elif isinstance(event, MemberRoleChanged):
-                self.members[event.conversation_id][event.user_id] = event.role
+            if isinstance(event, GroupCreated | MembersAdded | MemberRemoved | MemberRoleChanged):
+                self._apply_member_event(event)
             elif isinstance(event, OwnershipTransferred):
-                self.members[event.conversation_id][event.user_id] = "owner"
-                self.members[event.conversation_id][event.actor_id] = "admin"
+                self._role(event.conversation_id, event.user_id, event.event_id, "owner")
+                self._role(event.conversation_id, event.actor_id, event.event_id, "admin")
             elif isinstance(event, GroupRenamed):
-                info = self.groups[event.conversation_id]
-                self.groups[event.conversation_id] = replace(info, title=event.title)
+                _newer(self._titles, event.conversation_id, event.event_id, event.title)
 
-    def _count(self, conversation_id: str, count: int) -> None:
-        self.groups[conversation_id] = replace(self.groups[conversation_id], member_count=count)
+    def _apply_member_event(
+        self, event: GroupCreated | MembersAdded | MemberRemoved | MemberRoleChanged
+    ) -> None:
+        cid, at = event.conversation_id, event.event_id
+        if isinstance(event, GroupCreated):
+            self._created.add(cid)
+            _newer(self._titles, cid, at, event.title)
+        if isinstance(event, GroupCreated | MembersAdded):
+            for m in event.members:
+                self._role(cid, m.user_id, at, m.role)
+        elif isinstance(event, MemberRemoved):
+            self._role(cid, event.user_id, at, None)
+        else:
+            self._role(cid, event.user_id, at, event.role)
+        if not isinstance(event, MemberRoleChanged):
+            _newer(self._counts, cid, at, event.member_count)
+
+    def _role(self, conversation_id: str, user_id: str, at: int, role: Role | None) -> None:
+        _newer(self._roles.setdefault(conversation_id, {}), user_id, at, role)
+
+
+def _newer(cells: dict[str, tuple[int, Any]], key: str, at: int, value: Any) -> None:
+    """Write ``value`` at ``key`` unless a newer event (a higher id) wrote it already."""
+    if key not in cells or cells[key][0] <= at:
+        cells[key] = (at, value)
 
 
 class MemoryLocks:

@@ -193,3 +193,171 @@ class KeyStoreContract:
         assert await keys.devices(user) == []
         assert await claim_keys("c/d", [(user, "d1")], store=keys, log=log) == []
         assert await keys.remaining(user, "d1") == 0
+
+
+class DirectoryContract:
+    """``directory`` fixture: an empty membership read model, as the write side sees it
+    (``commands.ports.Directory``)."""
+
+    @staticmethod
+    def _group(events: int = 6) -> tuple[str, list[int]]:
+        from commands.groups import group_id
+
+        ids = spread_ids(events, step_ms=1)
+        return group_id(ids[0]) + uuid.uuid4().hex[:6], ids
+
+    @staticmethod
+    def _lifecycle(cid: str, ids: list[int]) -> list[Any]:
+        from events import (
+            GroupCreated,
+            GroupRenamed,
+            Member,
+            MemberRemoved,
+            MemberRoleChanged,
+            MembersAdded,
+            OwnershipTransferred,
+            snowflake_ts,
+        )
+
+        def head(i: int) -> dict[str, Any]:
+            return {"conversation_id": cid, "event_id": ids[i], "ts": snowflake_ts(ids[i])}
+
+        return [
+            GroupCreated(
+                **head(0),
+                actor_id="o",
+                title="first",
+                members=(Member(user_id="o", role="owner"), Member(user_id="a", role="member")),
+                member_count=2,
+            ),
+            MembersAdded(
+                **head(1),
+                actor_id="o",
+                members=(Member(user_id="b", role="member"), Member(user_id="c", role="member")),
+                member_count=4,
+            ),
+            MemberRoleChanged(**head(2), actor_id="o", user_id="a", role="admin"),
+            MemberRemoved(**head(3), actor_id="o", user_id="c", member_count=3),
+            OwnershipTransferred(**head(4), actor_id="o", user_id="b"),
+            GroupRenamed(**head(5), actor_id="b", title="second"),
+        ]
+
+    @staticmethod
+    def _summary(info: Any) -> tuple[str, str, str | None, int] | None:
+        if info is None:
+            return None
+        return (info.conversation_id, info.kind, info.title, info.member_count)
+
+    async def test_a_group_follows_its_events(self, directory: Any) -> None:
+        cid, ids = self._group()
+        await directory.apply(self._lifecycle(cid, ids))
+        assert self._summary(await directory.conversation(cid)) == (cid, "group", "second", 3)
+        assert await directory.roles(cid, ["o", "a", "b", "c", "nobody"]) == {
+            "o": "admin",
+            "a": "admin",
+            "b": "owner",
+        }
+        assert await directory.roles(cid, ["c"]) == {}
+        assert await directory.roles(cid, []) == {}
+
+    async def test_events_applied_one_at_a_time_give_the_same_answer(self, directory: Any) -> None:
+        cid, ids = self._group()
+        for event in self._lifecycle(cid, ids):
+            await directory.apply([event])
+        assert self._summary(await directory.conversation(cid)) == (cid, "group", "second", 3)
+        assert await directory.roles(cid, ["o", "a", "b", "c"]) == {"o": "admin", "a": "admin", "b": "owner"}
+
+    async def test_reapplying_the_log_changes_nothing(self, directory: Any) -> None:
+        # The gateway writes through, then the worker applies the same events again (and a
+        # restarted worker may apply a whole batch a third time).
+        cid, ids = self._group()
+        events = self._lifecycle(cid, ids)
+        await directory.apply(events)
+        await directory.apply(events)
+        await directory.apply(events[:2])
+        assert self._summary(await directory.conversation(cid)) == (cid, "group", "second", 3)
+        assert await directory.roles(cid, ["o", "a", "b", "c"]) == {"o": "admin", "a": "admin", "b": "owner"}
+
+    async def test_unknown_groups_and_direct_chats_have_no_row(self, directory: Any) -> None:
+        from events import DirectOpened, snowflake_ts
+
+        cid, [mid] = self._group(1)
+        assert await directory.conversation(cid) is None
+        assert await directory.roles(cid, ["o"]) == {}
+        dm = f"dm:alice:u{uuid.uuid4().hex[:10]}"
+        opened = DirectOpened(
+            conversation_id=dm, event_id=mid, actor_id="alice", ts=snowflake_ts(mid), user_id="alice"
+        )
+        await directory.apply([opened])
+        assert await directory.conversation(dm) is None
+
+
+class LocksContract:
+    """``locks`` fixture: ``commands.ports.Locks``."""
+
+    async def test_holders_of_one_name_take_turns(self, locks: Any) -> None:
+        name = f"l{uuid.uuid4().hex[:10]}"
+        inside: list[int] = []
+        overlaps = 0
+
+        async def hold(i: int) -> None:
+            nonlocal overlaps
+            async with locks.hold(name):
+                inside.append(i)
+                overlaps += len(inside) > 1
+                await asyncio.sleep(0.01)  # the read-decide-append a lock protects
+                inside.remove(i)
+
+        await asyncio.wait_for(asyncio.gather(*(hold(i) for i in range(6))), timeout=10)
+        assert overlaps == 0
+
+    async def test_other_names_do_not_wait(self, locks: Any) -> None:
+        name = f"l{uuid.uuid4().hex[:10]}"
+
+        async def other() -> None:
+            async with locks.hold(f"{name}-other"):
+                pass
+
+        async with locks.hold(name):
+            await asyncio.wait_for(other(), timeout=2)
+
+    async def test_released_on_error_and_free_again(self, locks: Any) -> None:
+        name = f"l{uuid.uuid4().hex[:10]}"
+        with pytest.raises(KeyError):
+            async with locks.hold(name):
+                raise KeyError(name)
+        async with asyncio.timeout(2), locks.hold(name):
+            pass
+
+
+class RateLimiterContract:
+    """``limiter`` fixture: a factory ``(limits) -> RateLimiter`` on an empty store."""
+
+    async def test_a_bucket_gives_its_burst_then_refuses_with_a_retry_after(self, limiter: Any) -> None:
+        from events.errors import RateLimited
+
+        limits = limiter({"send": (0.5, 3), "typing": (0.5, 1)})
+        user = f"rl{uuid.uuid4().hex[:8]}"
+        for _ in range(3):
+            await limits.check("send", user)
+        with pytest.raises(RateLimited) as refused:
+            await limits.check("send", user)
+        # one token comes back in 2 s at 0.5 per second
+        assert refused.value.retry_after == 2
+        # other kinds and other users have buckets of their own
+        await limits.check("typing", user)
+        await limits.check("send", f"{user}x")
+
+    async def test_tokens_come_back_at_the_rate(self, limiter: Any) -> None:
+        from events.errors import RateLimited
+
+        limits = limiter({"send": (2.0, 1)})
+        user = f"rl{uuid.uuid4().hex[:8]}"
+        await limits.check("send", user)
+        with pytest.raises(RateLimited) as refused:
+            await limits.check("send", user)
+        assert refused.value.retry_after == 1  # 500 ms, rounded up to whole seconds
+        await asyncio.sleep(1.2)  # the refill under test: over 2 tokens' worth, capped at the burst of 1
+        await limits.check("send", user)
+        with pytest.raises(RateLimited):
+            await limits.check("send", user)

@@ -10,18 +10,24 @@ from typing import Any
 import pytest
 
 from commands.adapters.redis_idempotency import RedisIdempotencyStore
+from commands.adapters.redis_locks import RedisLocks
+from commands.adapters.redis_rate_limits import RedisRateLimiter
 from events import keys
 from projections.adapters.cql import Cql, connect_to
 from projections.adapters.recent import RedisRecent
 from projections.adapters.redis_client import make_redis
 from projections.keys import CassandraKeys
+from projections.membership import CassandraMembership
 from projections.messages import CassandraMessages
 from projections.roster import Entry, Roster
 from tests.contracts import (
     DAY_MS,
+    DirectoryContract,
     IdempotencyContract,
     KeyStoreContract,
+    LocksContract,
     MessageStoreContract,
+    RateLimiterContract,
     RecentContract,
     message,
     spread_ids,
@@ -58,6 +64,28 @@ class TestCassandraKeys(KeyStoreContract):
         store = CassandraKeys(Cql(session, services.cassandra_keyspace))
         store.prepare()
         return store
+
+
+class TestCassandraDirectory(DirectoryContract):
+    """The gateway's view of the membership read model (no roster), with its write times."""
+
+    @pytest.fixture
+    def directory(self, session: Any, services: Settings) -> CassandraMembership:
+        store = CassandraMembership(Cql(session, services.cassandra_keyspace))
+        store.prepare()
+        return store
+
+
+class TestRedisLocks(LocksContract):
+    @pytest.fixture
+    def locks(self, redis: Any) -> RedisLocks:
+        return RedisLocks(redis)
+
+
+class TestRedisRateLimiter(RateLimiterContract):
+    @pytest.fixture
+    def limiter(self, redis: Any) -> Any:
+        return lambda limits: RedisRateLimiter(redis, limits)
 
 
 class TestCassandraMessages(MessageStoreContract):
