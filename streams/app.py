@@ -4,6 +4,7 @@ stores and passes them in; nothing here connects at import time."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import faust
 
@@ -54,22 +55,7 @@ def create_app(
     media_workers: Sequence[Callable[[Append], Stage]] = (),
     key_stages: Sequence[Stage] = (),
 ) -> faust.App:
-    app = faust.App(
-        app_id,
-        broker=f"kafka://{bootstrap}",
-        store="memory://",
-        key_serializer="raw",
-        value_serializer="raw",
-        topic_partitions=partitions,
-        # Faust's own topics (its assignor's leader topic) replicate as the project's do.
-        topic_replication_factor=replication,
-        consumer_auto_offset_reset=offset_reset,
-        producer_acks=-1,
-        producer_request_timeout=30.0,
-        web_enabled=False,
-        broker_session_timeout=session_timeout_s,
-        broker_heartbeat_interval=max(session_timeout_s / 4, 1.0),
-    )
+    app = _faust_app(app_id, bootstrap, partitions, replication, offset_reset, session_timeout_s)
     source = app.topic(topics.conversation_events, key_type=bytes, value_type=bytes, partitions=partitions)
     dead_letters = app.topic(topics.dead_letters, key_type=bytes, value_type=bytes, partitions=partitions)
 
@@ -90,19 +76,9 @@ def create_app(
         watched.append(topics.presence_events)
     if media_stages or media_workers:
         media = app.topic(topics.media_events, key_type=bytes, value_type=bytes, partitions=partitions)
-
-        async def append(event: ChatEvent) -> None:
-            # Awaited like a dead letter: Faust flushes it before the source offset is committed.
-            assert isinstance(event, MediaStored | ThumbnailMade | MediaDeleted)
-            await media.send(key=partition_key(event.media_id), value=encode_event(event))
-
+        _media_agents(app, media, projector, media_stages, media_workers, batch_size, batch_window_s)
         if media_stages:
-            _agent(app, media, projector(media_stages), "media", batch_size, batch_window_s)
             watched.append(topics.media_events)
-        # Its own agent, so slow image work never holds up the media read model.
-        for make in media_workers:
-            worker = make(append)
-            _agent(app, media, projector([worker]), worker.name, 1, batch_window_s)
     if user_stages:
         users = app.topic(topics.user_events, key_type=bytes, value_type=bytes, partitions=partitions)
         _agent(app, users, projector(user_stages), "user-settings", batch_size, batch_window_s)
@@ -114,6 +90,57 @@ def create_app(
         for topic in watched:
             _lag_task(app, bootstrap, app_id, topic, partitions, lag_interval_s)
     return app
+
+
+def _faust_app(
+    app_id: str,
+    bootstrap: str,
+    partitions: int,
+    replication: int,
+    offset_reset: str,
+    session_timeout_s: float,
+) -> faust.App:
+    return faust.App(
+        app_id,
+        broker=f"kafka://{bootstrap}",
+        store="memory://",
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=partitions,
+        # Faust's own topics (its assignor's leader topic) replicate as the project's do.
+        topic_replication_factor=replication,
+        consumer_auto_offset_reset=offset_reset,
+        producer_acks=-1,
+        producer_request_timeout=30.0,
+        web_enabled=False,
+        broker_session_timeout=session_timeout_s,
+        broker_heartbeat_interval=max(session_timeout_s / 4, 1.0),
+    )
+
+
+def _media_agents(
+    app: faust.App,
+    media: Any,
+    projector: Callable[[Sequence[Stage]], Projector],
+    media_stages: Sequence[Stage],
+    media_workers: Sequence[Callable[[Append], Stage]],
+    batch_size: int,
+    batch_window_s: float,
+) -> None:
+    """The media read model's agent, and one agent per media worker (thumbnails), which append
+    their events to the media topic."""
+
+    async def append(event: ChatEvent) -> None:
+        # Awaited like a dead letter: Faust flushes it before the source offset is committed.
+        assert isinstance(event, MediaStored | ThumbnailMade | MediaDeleted)
+        await media.send(key=partition_key(event.media_id), value=encode_event(event))
+
+    if media_stages:
+        _agent(app, media, projector(media_stages), "media", batch_size, batch_window_s)
+    # Its own agent, so slow image work never holds up the media read model.
+    for make in media_workers:
+        worker = make(append)
+        _agent(app, media, projector([worker]), worker.name, 1, batch_window_s)
 
 
 def _lag_task(
