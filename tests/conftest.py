@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,7 +50,7 @@ def settings() -> Settings:
 
 
 @pytest.fixture(scope="session")
-def services(settings: Settings) -> Iterator[Settings]:
+def services(settings: Settings) -> Settings:
     """The real services, up and migrated for the test keyspace and topics."""
     import asyncio
 
@@ -60,4 +59,4 @@ def services(settings: Settings) -> Iterator[Settings]:
 
     launcher.up(settings)
     asyncio.run(migrate(settings, echo=lambda _: None))
-    yield settings
+    return settings

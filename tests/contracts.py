@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from typing import Any
 
@@ -35,7 +36,8 @@ def spread_ids(n: int, *, step_ms: int) -> list[int]:
     """Ids ``step_ms`` apart, so that with a small bucket size they span many buckets."""
     out = []
     for i in range(n):
-        out.append(Snowflake(1, clock=lambda i=i: EPOCH_MS + 400 * DAY_MS + i * step_ms).next_id())
+        at = EPOCH_MS + 400 * DAY_MS + i * step_ms
+        out.append(Snowflake(1, clock=itertools.repeat(at).__next__).next_id())
     return out
 
 

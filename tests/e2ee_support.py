@@ -4,9 +4,15 @@ signing keys with the signature over the identity key, and signed one-time and f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import vodozemac
+
+
+class DeviceKeysBody(TypedDict):
+    identity_key: str
+    signing_key: str
+    signature: str
 
 
 @dataclass
@@ -25,7 +31,7 @@ class Device:
     def sign(self, text: str) -> str:
         return str(self.account.sign(text.encode()).to_base64())
 
-    def device_keys(self) -> dict[str, str]:
+    def device_keys(self) -> DeviceKeysBody:
         """The body of ``PUT /v1/keys/device``."""
         return {
             "identity_key": self.identity_key,

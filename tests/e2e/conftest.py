@@ -4,6 +4,7 @@ real services, driven through the client protocol only."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import socket
@@ -11,10 +12,10 @@ import subprocess
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import orjson
 import pytest
@@ -27,6 +28,7 @@ from tidings import processes
 from tidings.settings import Settings
 
 ROOT = processes.ROOT
+T = TypeVar("T")
 FANOUT_THRESHOLD = 10
 PRESENCE_TTL_S, IDLE_CLOSE_S, HEARTBEAT_S = 4.0, 8.0, 0.5
 
@@ -200,6 +202,14 @@ class Client:
                 return frame
             self.backlog.append(frame)
 
+    async def settled(self, timeout: float = 10) -> None:  # noqa: ASYNC109
+        """Until the gateway has handled every frame sent so far on this socket (it handles a
+        connection's frames in order, so a ping's ``pong`` comes after them) and, on a new
+        socket, registered it for deliveries and presence (done before it reads frames)."""
+        ref = f"settled-{uuid.uuid4().hex[:8]}"
+        await self.send({"type": "ping", "ref": ref})
+        await self.expect("pong", timeout=timeout, ref=ref)
+
     async def expect_none(self, kind: str, within: float = 0.7, **match: Any) -> None:
         """Fail if a frame of ``kind`` (matching ``match``) arrives within ``within`` seconds."""
         try:
@@ -269,6 +279,41 @@ def system(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
     system = System(services, tmp_path_factory.mktemp("system-logs"))
     with system.running(System.COMMANDS):
         yield system
+
+
+async def settled(*clients: Client) -> None:
+    """``Client.settled`` on each of ``clients``, together."""
+    await asyncio.gather(*(c.settled() for c in clients))
+
+
+@overload
+async def wait_until(
+    probe: Callable[[], Awaitable[T]],
+    timeout: float = 10,  # noqa: ASYNC109
+    interval: float = 0.1,
+) -> T: ...
+@overload
+async def wait_until(
+    probe: Callable[[], T],
+    timeout: float = 10,  # noqa: ASYNC109
+    interval: float = 0.1,
+) -> T: ...
+async def wait_until(
+    probe: Callable[[], Any],
+    timeout: float = 10,  # noqa: ASYNC109
+    interval: float = 0.1,
+) -> Any:
+    """Call ``probe`` (a function or a coroutine function) until it returns something true, and
+    return that; after ``timeout`` seconds return its last (false) result, for the caller's
+    assertion to report what was seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if inspect.isawaitable(result):
+            result = await result
+        if result or time.monotonic() >= deadline:
+            return result
+        await asyncio.sleep(interval)
 
 
 def user() -> str:

@@ -49,7 +49,7 @@ def _free_port() -> int:
 
 
 def _pem(key: Any) -> bytes:
-    return key.private_bytes(  # type: ignore[no-any-return]
+    return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from events import direct_conversation_id
-from tests.e2e.conftest import System
+from tests.e2e.conftest import System, wait_until
 from tests.e2e.push_receiver import Receiver
 
 
@@ -35,7 +35,8 @@ class PushReport:
         )
 
 
-async def kill_notify_under_load(
+# A load run: send, kill and restart on a timeline, then count.
+async def kill_notify_under_load(  # noqa: C901
     system: System,
     receiver: Receiver,
     *,
@@ -63,6 +64,7 @@ async def kill_notify_under_load(
     acked: dict[str, list[str]] = defaultdict(list)
     started = time.monotonic()
 
+    # The sleeps of chaos() and of the send loop are the load's timeline, not waits.
     async def chaos() -> None:
         for at, name in kills:
             await asyncio.sleep(max(0.0, started + at - time.monotonic()))
@@ -87,13 +89,14 @@ async def kill_notify_under_load(
         acked[u].append(ack["message_id"])
     await chaos_task
     report = PushReport(acked=sum(len(v) for v in acked.values()))
-    deadline = time.monotonic() + settle_s
-    while time.monotonic() < deadline:
+
+    def all_covered() -> bool:
         covered = {u: _covered(receiver, u) for u in users}
-        if all(sum(c.values()) >= len(acked[u]) for u, c in covered.items()):
-            await asyncio.sleep(3.0)  # late duplicates would show now
-            break
-        await asyncio.sleep(0.5)
+        return all(sum(c.values()) >= len(acked[u]) for u, c in covered.items())
+
+    if await wait_until(all_covered, timeout=settle_s, interval=0.5):
+        # Not a wait for a condition: late duplicates would show within it.
+        await asyncio.sleep(3.0)
     for u in users:
         posts = receiver.to("ok", f"load-{u}")
         report.deliveries += len(posts)

@@ -3,7 +3,6 @@ watch, connection attempts), the WebSocket Origin allow-list, and no message tex
 
 from __future__ import annotations
 
-import asyncio
 import time
 import urllib.error
 import urllib.request
@@ -15,11 +14,12 @@ from typing import Any
 import orjson
 import pytest
 import websockets
+from websockets.typing import Origin
 
 from events import direct_conversation_id
-from tests.e2e.conftest import Client, Gateway, System, user
+from tests.e2e.conftest import Client, Gateway, System, user, wait_until
 
-ALLOWED_ORIGIN = "https://chat.example"
+ALLOWED_ORIGIN = Origin("https://chat.example")
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,8 @@ async def test_limits_are_shared_by_gateway_processes(
                 async with websockets.connect(f"{url}?token={system.token(me)}"):
                     pass
             except websockets.InvalidStatus as exc:
-                assert exc.response.status_code == 429
+                # counted, not expected: some connects pass
+                assert exc.response.status_code == 429  # noqa: PT017
                 refused[name] += 1
     elapsed = time.monotonic() - started
     print(f"connects: refused {refused} in {elapsed:.1f}s")
@@ -153,7 +154,7 @@ async def test_connection_attempts_are_limited_before_the_upgrade(system: System
 async def test_origin_allow_list(system: System, second: Gateway) -> None:
     url = f"{second.ws}?token={system.token(user())}"
     with pytest.raises(websockets.InvalidStatus) as info:
-        async with websockets.connect(url, origin="https://evil.example"):
+        async with websockets.connect(url, origin=Origin("https://evil.example")):
             pass
     assert info.value.response.status_code == 403
     for origin in (ALLOWED_ORIGIN, None):  # allowed, and a client that is not a browser
@@ -161,7 +162,9 @@ async def test_origin_allow_list(system: System, second: Gateway) -> None:
             await ws.send('{"type": "ping", "ref": "o"}')
             assert orjson.loads(await ws.recv()) == {"type": "pong", "ref": "o"}
     # Without a list (the first gateway), any origin may connect.
-    async with websockets.connect(f"{system.ws}?token={system.token(user())}", origin="https://evil.example"):
+    async with websockets.connect(
+        f"{system.ws}?token={system.token(user())}", origin=Origin("https://evil.example")
+    ):
         pass
 
 
@@ -197,12 +200,13 @@ async def test_no_message_text_in_any_log(system: System) -> None:
         user=me,
         raw=b'{"client_msg_id": 5, "body": "' + marker.encode() + b'"}',
     )
+
     # Until the message is projected (the workers saw it), then every process log.
-    for _ in range(100):
+    def projected() -> bool:
         status, page = system.request("GET", f"/v1/conversations/{cid}/messages", user=me)
-        if status == 200 and len(page["messages"]) >= 2:
-            break
-        await asyncio.sleep(0.1)
+        return status == 200 and len(page["messages"]) >= 2
+
+    await wait_until(projected)
     logs = {p.name: p.read_text(errors="replace") for p in system.logs.glob("*.log")}
     assert logs, "no process logs found"
     leaked = [name for name, text in logs.items() if marker in text]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from events import direct_conversation_id
-from tests.e2e.conftest import System, user
+from tests.e2e.conftest import System, user, wait_until
 
 
 async def _history(system: System, cid: str, reader: str) -> list[str]:
@@ -35,14 +35,18 @@ async def test_acked_messages_survive_kill_9_of_the_worker(system: System) -> No
         system.kill("persist")
         # Sent while no worker runs: acked (durable in Kafka) but not projected anywhere yet.
         orphan = await client.send_message(cid, "while the worker is dead")
+    # The behaviour under test, not a wait: with no worker running, nothing projects the
+    # orphan within a second.
     await asyncio.sleep(1.0)
     assert orphan["message_id"] not in await _history(system, cid, bob)
 
     system.start("deliver")
     system.start("persist")
     expected = sorted([a["message_id"] for a in burst] + [orphan["message_id"]], key=int)
-    for _ in range(300):  # the restarted worker needs a group rebalance first
-        if await _history(system, cid, bob) == expected:
-            break
-        await asyncio.sleep(0.2)
+
+    async def projected() -> bool:
+        return await _history(system, cid, bob) == expected
+
+    # the restarted worker needs a group rebalance first
+    await wait_until(projected, timeout=60, interval=0.2)
     assert await _history(system, cid, bob) == expected

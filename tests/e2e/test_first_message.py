@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
+from typing import Any
 
 from events import direct_conversation_id
-from tests.e2e.conftest import System, user
+from tests.e2e.conftest import System, settled, user, wait_until
 
 
 async def test_message_reaches_every_device_of_both_users(system: System) -> None:
@@ -16,7 +16,7 @@ async def test_message_reaches_every_device_of_both_users(system: System) -> Non
         system.connect(alice, "laptop") as laptop,
         system.connect(bob, "phone") as bob_phone,
     ):
-        await asyncio.sleep(0.2)  # let the gateway finish subscribing
+        await settled(phone, laptop, bob_phone)
         ack = await phone.send_message(cid, "Hello, Bob! 👋")
         assert ack["conversation_id"] == cid and ack["message_id"].isdigit()
         for device in (phone, laptop, bob_phone):
@@ -50,10 +50,10 @@ async def test_history_pages_back_to_the_first_message(system: System) -> None:
                 return seen
             path = f"/v1/conversations/{cid}/messages?limit=25&before={page['messages'][0]['message_id']}"
 
-    for _ in range(50):  # the worker persists asynchronously
-        if await everything() == sent:
-            break
-        await asyncio.sleep(0.1)
+    async def persisted() -> bool:
+        return await everything() == sent
+
+    await wait_until(persisted, timeout=10)  # the worker persists asynchronously
     assert await everything() == sent
     status, page = system.request(
         "GET", f"/v1/conversations/{cid}/messages?after={sent[9]}&limit=5", user=alice
@@ -67,7 +67,7 @@ async def test_retry_with_same_client_msg_id_over_ws_and_http_sends_once(system:
     alice, bob = user(), user()
     cid = direct_conversation_id(alice, bob)
     async with system.connect(alice, "phone") as phone, system.connect(bob) as bob_ws:
-        await asyncio.sleep(0.2)
+        await settled(phone, bob_ws)
         first = await phone.send_message(cid, "once", client_msg_id="retry-1")
         again = await phone.send_message(cid, "once", client_msg_id="retry-1")
         assert again["message_id"] == first["message_id"]
@@ -99,10 +99,11 @@ async def test_http_send_and_direct_conversation(system: System) -> None:
         "POST", f"/v1/conversations/{cid}/messages", user=bob, body={"client_msg_id": "h1", "body": "hey"}
     )
     assert status == 202 and set(sent) == {"message_id", "conversation_id", "ts"}
-    for _ in range(50):
-        status, body = system.request("GET", f"/v1/conversations/{cid}", user=alice)
-        if body["conversation"]["last_message"]:
-            break
-        await asyncio.sleep(0.1)
-    assert body["conversation"]["last_message"]["message_id"] == sent["message_id"]
-    assert body["conversation"]["last_message"]["preview"] == "hey"
+
+    def last_message() -> Any:
+        _, body = system.request("GET", f"/v1/conversations/{cid}", user=alice)
+        return body["conversation"]["last_message"]
+
+    last_message_seen = await wait_until(last_message)
+    assert last_message_seen["message_id"] == sent["message_id"]
+    assert last_message_seen["preview"] == "hey"

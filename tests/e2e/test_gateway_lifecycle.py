@@ -58,6 +58,7 @@ async def test_a_draining_gateway_hands_its_sockets_over_and_the_client_misses_n
             after_ms = reconnects[0]["after_ms"]
             assert 0 <= after_ms <= SPREAD_S * 1000
             seen |= {f["message"]["message_id"] for f in frames if f["type"] == "message"}
+            # Not a wait for a condition: the client obeys the delay the server asked for.
             await asyncio.sleep(after_ms / 1000)
             # Reconnect to the other gateway first, then sync from the cursor.
             async with system.connect(bob) as again:

@@ -3,13 +3,12 @@ across the switch, removal and addition taking effect at once, and strangers shu
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
 import pytest
 
-from tests.e2e.conftest import FANOUT_THRESHOLD, Client, System, user
+from tests.e2e.conftest import FANOUT_THRESHOLD, Client, System, settled, user, wait_until
 
 
 def create_group(system: System, owner: str, members: list[str], title: str = "Team") -> str:
@@ -131,7 +130,7 @@ async def test_delivery_removal_and_addition_take_effect_at_once(system: System,
         system.connect(leaver) as leaver_ws,
         system.connect(joiner) as joiner_ws,
     ):
-        await asyncio.sleep(0.3)
+        await settled(owner_phone, owner_laptop, kept_ws, leaver_ws, joiner_ws)
         first = await owner_phone.send_message(cid, "hello all")
         for client in (owner_phone, owner_laptop, kept_ws, leaver_ws):
             assert (await client.expect("message"))["message"]["message_id"] == first["message_id"]
@@ -155,12 +154,13 @@ async def test_delivery_removal_and_addition_take_effect_at_once(system: System,
         # The removed member can no longer read; the new one reads the whole history.
         status, _ = system.request("GET", f"/v1/conversations/{cid}/messages", user=leaver)
         assert status == 403
-        for _ in range(50):
-            status, page = system.request("GET", f"/v1/conversations/{cid}/messages", user=joiner)
-            if len(page["messages"]) == 2:
-                break
-            await asyncio.sleep(0.1)
-        assert [m["body"] for m in page["messages"]] == ["hello all", "after the changes"]
+
+        def joiner_reads() -> list[dict[str, Any]]:
+            _, page = system.request("GET", f"/v1/conversations/{cid}/messages", user=joiner)
+            return list(page["messages"])
+
+        await wait_until(lambda: len(joiner_reads()) == 2)
+        assert [m["body"] for m in joiner_reads()] == ["hello all", "after the changes"]
 
 
 async def test_crossing_the_threshold_both_ways_loses_and_duplicates_nothing(system: System) -> None:
@@ -168,7 +168,7 @@ async def test_crossing_the_threshold_both_ways_loses_and_duplicates_nothing(sys
     small = [user() for _ in range(FANOUT_THRESHOLD - 3)]
     cid = create_group(system, owner, [watcher, *small])
     async with system.connect(watcher) as ws, system.connect(owner) as owner_ws:
-        await asyncio.sleep(0.3)
+        await settled(ws, owner_ws)
         sent = [(await owner_ws.send_message(cid, "small 1"))["message_id"]]
         growth = [user() for _ in range(5)]
         system.request("POST", f"/v1/conversations/{cid}/members", user=owner, body={"user_ids": growth})
@@ -189,7 +189,7 @@ async def test_a_thousand_member_group(system: System) -> None:
     clients = [system.connect(uid) for uid in online]
     entered = [await c.__aenter__() for c in clients]
     try:
-        await asyncio.sleep(0.5)
+        await settled(*entered)
         async with system.connect(owner) as owner_ws:
             ack = await owner_ws.send_message(cid, "to a thousand")
         for client in entered:
@@ -202,7 +202,7 @@ async def test_a_thousand_member_group(system: System) -> None:
 async def test_group_creation_pushes_added_frames(system: System) -> None:
     owner, member = user(), user()
     async with system.connect(member) as ws:
-        await asyncio.sleep(0.2)
+        await ws.settled()
         cid = create_group(system, owner, [member], title="Fresh")
         frame = await ws.expect("conversation")
         assert frame["event"] == "added"

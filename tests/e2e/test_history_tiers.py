@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from events import direct_conversation_id
-from tests.e2e.conftest import ROOT, System, user
+from tests.e2e.conftest import ROOT, System, user, wait_until
 
 
 async def _cli(system: System, *args: str) -> str:
@@ -35,12 +35,8 @@ def _page(system: System, cid: str, reader: str, query: str) -> tuple[list[str],
 
 
 async def _until_newest_is(system: System, cid: str, reader: str, last: str) -> None:
-    for _ in range(200):
-        ids, _ = _page(system, cid, reader, "limit=1")
-        if ids == [last]:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{last} never became the newest message")
+    if not await wait_until(lambda: _page(system, cid, reader, "limit=1")[0] == [last], timeout=60):
+        raise AssertionError(f"{last} never became the newest message")
 
 
 async def _warm_has(system: System, cid: str, ids: list[str]) -> None:
@@ -53,12 +49,13 @@ async def _warm_has(system: System, cid: str, ids: list[str]) -> None:
         warm = CassandraMessages(
             Cql(session, system.settings.cassandra_keyspace), system.settings.message_bucket_ms
         )
-        for _ in range(200):
+
+        async def written() -> bool:
             page = await warm.page(cid, before=None, after=None, limit=len(ids) + 1)
-            if [m["message_id"] for m in page] == ids:
-                return
-            await asyncio.sleep(0.1)
-        raise AssertionError("the persist worker never wrote the messages")
+            return [m["message_id"] for m in page] == ids
+
+        if not await wait_until(written, timeout=60):
+            raise AssertionError("the persist worker never wrote the messages")
     finally:
         cluster.shutdown()
 

@@ -3,11 +3,10 @@ chats, small groups and large groups."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from events import direct_conversation_id
-from tests.e2e.conftest import FANOUT_THRESHOLD, System, user
+from tests.e2e.conftest import FANOUT_THRESHOLD, System, user, wait_until
 from tests.e2e.test_groups import create_group
 
 
@@ -24,12 +23,15 @@ def inbox(system: System, who: str, limit: int = 50) -> list[dict[str, Any]]:
 
 
 async def _settled(system: System, who: str, check: Any) -> list[dict[str, Any]]:
-    for _ in range(60):
+    items: list[dict[str, Any]] = []
+
+    def shown() -> bool:
+        nonlocal items
         items = inbox(system, who)
-        if check(items):
-            return items
-        await asyncio.sleep(0.1)
-    return inbox(system, who)
+        return bool(check(items))
+
+    await wait_until(shown)
+    return items
 
 
 async def test_inbox_orders_previews_counts_and_pages(system: System) -> None:

@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from events import Topics, direct_conversation_id
-from tests.e2e.conftest import System, user
+from tests.e2e.conftest import System, user, wait_until
 from tidings.migrate import migrate
 from tidings.settings import Settings
 
@@ -194,11 +194,14 @@ async def test_one_trace_crosses_gateway_kafka_and_workers(traced: tuple[System,
         consumes = [s for s in found[1] if s["name"] == "worker.consume"]
         return wanted <= {s["name"] for s in found[1]} and len(consumes) >= 3
 
-    deadline = time.monotonic() + WAIT_S
     found = trace_of_send()
-    while not complete(found) and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
+
+    def all_spans_written() -> bool:
+        nonlocal found
         found = trace_of_send()
+        return complete(found)
+
+    await wait_until(all_spans_written, timeout=WAIT_S, interval=0.2)
     assert found is not None, "no gateway.send span for the conversation"
     _, spans = found
     by_name: dict[str, list[dict[str, Any]]] = {}

@@ -64,7 +64,7 @@ class Checker:
         if "$ref" in schema:
             schema = {"$ref": BASE + schema["$ref"]}
         errors = list(Draft202012Validator(schema, registry=self.registry).iter_errors(payload))
-        assert not errors, f"{method} {template} {status}: {[e.message for e in errors]} in {payload}"
+        assert not errors, f"{method} {template} {status}: {[e.message for e in errors]} in {payload!r}"
         return status, payload
 
     def call_raw(

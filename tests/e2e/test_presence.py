@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from events import Topics, decode_event
-from tests.e2e.conftest import IDLE_CLOSE_S, PRESENCE_TTL_S, System, user
+from tests.e2e.conftest import IDLE_CLOSE_S, PRESENCE_TTL_S, System, user, wait_until
 
 
 def _group(system: System, owner: str, *members: str) -> str:
@@ -35,14 +35,10 @@ def _presence(system: System, viewer: str, target: str) -> tuple[int, Any]:
 
 
 async def _until(check: Any, timeout: float = 10.0) -> Any:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: last {result!r}")
-        await asyncio.sleep(0.1)
+    result = await wait_until(check, timeout=timeout)
+    if not result:
+        raise AssertionError(f"not within {timeout}s: last {result!r}")
+    return result
 
 
 async def test_watcher_sees_online_away_and_offline_with_last_seen(system: System) -> None:
@@ -123,14 +119,15 @@ async def test_watch_replaces_the_list_and_unwatched_users_send_nothing(system: 
 
 async def test_bad_presence_and_watch_frames_get_errors_and_the_socket_lives(system: System) -> None:
     async with system.connect(user()) as client:
-        for ref, frame in [
+        cases: list[tuple[str, dict[str, Any]]] = [
             ("a", {"type": "presence", "state": "offline"}),
             ("b", {"type": "presence"}),
             ("c", {"type": "watch", "user_ids": "alice"}),
             ("d", {"type": "watch", "user_ids": [f"u{i}" for i in range(501)]}),
             ("e", {"type": "watch", "user_ids": [""]}),
             ("f", {"type": "watch", "user_ids": [7]}),
-        ]:
+        ]
+        for ref, frame in cases:
             await client.send({**frame, "ref": ref})
             error = await client.expect("error", ref=ref)
             assert error["code"] == "invalid", error
@@ -152,7 +149,8 @@ async def test_a_silent_socket_is_closed_and_its_user_goes_offline(system: Syste
                 "presence", user_id=alice, state="offline", timeout=PRESENCE_TTL_S + 5
             )
             assert lapsed["last_seen"] is not None
-            with pytest.raises(websockets.ConnectionClosed) as closed:
+            # the close comes after whatever the server pushed first: read until it does
+            with pytest.raises(websockets.ConnectionClosed) as closed:  # noqa: PT012
                 async with asyncio.timeout(IDLE_CLOSE_S + 5):
                     while True:  # pushes may come first (the group's `conversation` frame)
                         await silent.ws.recv()
@@ -161,6 +159,7 @@ async def test_a_silent_socket_is_closed_and_its_user_goes_offline(system: Syste
         assert waited >= IDLE_CLOSE_S - 0.5
         # A heartbeating socket outlives that by far.
         async with system.connect(alice) as beating:
+            # The behaviour under test, not a wait: the socket lives past the idle close.
             await asyncio.sleep(IDLE_CLOSE_S + 1)
             await beating.send({"type": "ping", "ref": "still"})
             await beating.expect("pong", ref="still")
@@ -173,7 +172,9 @@ async def test_only_transitions_reach_the_log(system: System, services: Any) -> 
         for _ in range(10):
             await a.send({"type": "ping"})
             await a.expect("pong")
-            await asyncio.sleep(0.3)  # several sweeps and WebSocket heartbeats
+            # The behaviour under test, not a wait: time passes over several sweeps and
+            # WebSocket heartbeats, and none of them is a transition.
+            await asyncio.sleep(0.3)
         await a.send({"type": "presence", "state": "away"})
         await a.send({"type": "presence", "state": "away"})  # no change: no event
         await a.send({"type": "presence", "state": "online"})
@@ -181,12 +182,14 @@ async def test_only_transitions_reach_the_log(system: System, services: Any) -> 
         await a.expect("pong")
     await _until(lambda: _presence(system, bob, alice)[1]["state"] == "offline")
     # The gateway appends the transition after deciding it: give the append a moment.
-    deadline = time.monotonic() + 10
-    for _ in range(100):
+    states: list[str] = []
+
+    async def appended() -> bool:
+        nonlocal states
         states = await _states_in_log(services, alice)
-        if states[-1:] == ["offline"] or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.2)
+        return states[-1:] == ["offline"]
+
+    await wait_until(appended, interval=0.2)
     assert states == ["online", "away", "online", "offline"]
 
 

@@ -10,7 +10,8 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import http_ece
 import jwt
@@ -21,13 +22,33 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from events import direct_conversation_id
 from tests.e2e import media_support
-from tests.e2e.conftest import System, user
+from tests.e2e.conftest import System, user, wait_until
 from tests.e2e.push_fakes import FakeApns, FakeFcm, Recorded
 from tests.e2e.push_load import kill_notify_under_load
 from tests.e2e.push_receiver import Receiver, signature_ok
 
-# The window is 2 s (the default), plus the sender's grace and the way through the log.
+# The window is 2 s (the default), plus the sender's grace and the way through the log. The
+# sleeps of QUIET_S are the behaviour under test, not waits: nothing more arrives within them.
 QUIET_S = 4.0
+
+
+async def until_unregistered(system: System, *devices: tuple[str, str]) -> None:
+    """Until the push settings read model has no registration for each ``(user, device)``."""
+    from projections.adapters.cql import Cql, connect_to
+    from projections.push import CassandraPushSettings
+
+    cluster, session = await asyncio.to_thread(connect_to, system.settings)
+    try:
+        model = CassandraPushSettings(Cql(session, system.settings.cassandra_keyspace))
+        model.prepare()
+
+        async def gone() -> bool:
+            found = [await model.registration(u, d) for u, d in devices]
+            return all(r is None for r in found)
+
+        assert await wait_until(gone), f"still registered: {devices}"
+    finally:
+        cluster.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +58,7 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
-def register(system: System, who: str, device: str, body: dict[str, object]) -> tuple[int, object]:
+def register(system: System, who: str, device: str, body: Mapping[str, object]) -> tuple[int, Any]:
     return system.request("PUT", f"/v1/devices/{device}/push", token=system.token(who, device), body=body)
 
 
@@ -149,7 +170,7 @@ async def test_online_device_gets_frames_not_notifications(system: System, recei
     tablet = webhook(system, receiver, bob, "tablet")
     own = webhook(system, receiver, alice, "laptop")  # the sender's own other device
     async with system.connect(bob, "phone") as b, system.connect(alice) as a:
-        await asyncio.sleep(0.5)  # the socket is in the presence store (the next sweep)
+        await b.settled()  # the socket is in the presence store (before it reads frames)
         ack = await a.send_message(cid, "are you there?")
         frame = await b.expect("message")
         assert frame["message"]["message_id"] == ack["message_id"]
@@ -202,7 +223,7 @@ async def test_gone_ends_the_registration_and_failures_are_retried(
         first, second = await asyncio.to_thread(receiver.wait, "flaky", flaky, 2)
         assert first.json["notification_id"] == second.json["notification_id"]
         assert first.json == second.json
-        await asyncio.sleep(1.0)  # the unregistration is in the read model (write-through)
+        await until_unregistered(system, (bob, "phone"))  # the 410's unregistration
         await a.send_message(direct_conversation_id(alice, bob), "two")
         await asyncio.sleep(QUIET_S)
     assert len(receiver.to("gone", gone)) == 1, "a 410 ends the registration"
@@ -322,7 +343,7 @@ async def test_fcm_404_and_apns_410_end_registrations(
         await a.send_message(direct_conversation_id(alice, carol), "one")
         await asyncio.to_thread(_wait, fcm.sends, lambda r: r.body["token"] == android)
         await asyncio.to_thread(_wait, apns.sends, lambda r: r.headers[":path"].endswith(iphone))
-        await asyncio.sleep(1.0)
+        await until_unregistered(system, (bob, "android"), (carol, "iphone"))
         await a.send_message(direct_conversation_id(alice, bob), "two")
         await a.send_message(direct_conversation_id(alice, carol), "two")
         await asyncio.sleep(QUIET_S)

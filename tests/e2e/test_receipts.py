@@ -3,23 +3,25 @@ and the inbox's unread count following the read watermark."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from events import direct_conversation_id
-from tests.e2e.conftest import FANOUT_THRESHOLD, Client, System, user
+from tests.e2e.conftest import FANOUT_THRESHOLD, Client, System, settled, user, wait_until
 from tests.e2e.test_groups import create_group
 
 
 async def receipts(system: System, cid: str, who: str, want: dict[str, Any] | None = None) -> dict[str, Any]:
     """``{user_id: (delivered, read)}``, waiting (briefly) for ``want`` to show."""
-    for _ in range(60):
+    got: dict[str, Any] = {}
+
+    def shown() -> bool:
+        nonlocal got
         status, body = system.request("GET", f"/v1/conversations/{cid}/receipts", user=who)
         assert status == 200, body
         got = {r["user_id"]: (r["delivered"], r["read"]) for r in body["receipts"]}
-        if want is None or got == want:
-            return got
-        await asyncio.sleep(0.1)
+        return want is None or got == want
+
+    await wait_until(shown)
     return got
 
 
@@ -36,7 +38,7 @@ async def test_receipts_move_forward_only_and_reach_every_device(system: System)
         system.connect(bob, "phone") as bob_phone,
         system.connect(bob, "tablet") as bob_tablet,
     ):
-        await asyncio.sleep(0.2)
+        await settled(alice_phone, alice_laptop, bob_phone, bob_tablet)
         m1 = (await alice_phone.send_message(cid, "one"))["message_id"]
         m2 = (await alice_phone.send_message(cid, "two"))["message_id"]
         await bob_phone.send(
@@ -76,18 +78,12 @@ async def test_unread_count_follows_the_read_watermark(system: System) -> None:
         assert status == 200
         return int(body["conversation"]["unread_count"])
 
-    for _ in range(50):
-        if unread() == 5:
-            break
-        await asyncio.sleep(0.1)
+    await wait_until(lambda: unread() == 5)
     assert unread() == 5
     system.request(
         "POST", f"/v1/conversations/{cid}/receipts", user=bob, body={"message_id": ids[2], "status": "read"}
     )
-    for _ in range(50):
-        if unread() == 2:
-            break
-        await asyncio.sleep(0.1)
+    await wait_until(lambda: unread() == 2)
     assert unread() == 2
 
 
@@ -95,7 +91,7 @@ async def test_large_groups_have_receipts_by_query_only(system: System) -> None:
     owner, reader = user(), user()
     cid = create_group(system, owner, [reader, *(user() for _ in range(FANOUT_THRESHOLD + 1))])
     async with system.connect(owner) as owner_ws, system.connect(reader) as reader_ws:
-        await asyncio.sleep(0.2)
+        await settled(owner_ws, reader_ws)
         mid = (await owner_ws.send_message(cid, "big news"))["message_id"]
         await reader_ws.expect("message")
         await reader_ws.send({"type": "receipt", "conversation_id": cid, "message_id": mid, "status": "read"})

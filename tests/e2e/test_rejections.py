@@ -117,7 +117,8 @@ async def test_malformed_and_oversized_frames_get_errors_and_the_socket_survives
 
 async def test_huge_frame_closes_the_socket_with_1009(system: System) -> None:
     async with system.connect(user()) as client:
-        with pytest.raises(websockets.ConnectionClosed) as info:
+        # the close may come while sending or at the next read
+        with pytest.raises(websockets.ConnectionClosed) as info:  # noqa: PT012
             await client.send("x" * (2 * 1024 * 1024))
             await client.ws.recv()
     assert info.value.rcvd is not None and info.value.rcvd.code == 1009

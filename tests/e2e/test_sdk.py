@@ -6,7 +6,6 @@ are typed errors carrying the protocol code."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -32,7 +31,7 @@ from tidings_client import (
     direct_conversation_id,
 )
 
-from tests.e2e.conftest import Gateway, System, user
+from tests.e2e.conftest import Gateway, System, user, wait_until
 from tests.e2e.sdk_proxy import Proxy
 
 # The test system closes sockets silent for 8 s: SDK clients heartbeat every second.
@@ -54,11 +53,15 @@ async def sdk(
 
 
 async def _until(check: Callable[[], bool], timeout: float = 30, what: str = "") -> None:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        await asyncio.sleep(0.05)
+    if not await wait_until(check, timeout=timeout, interval=0.05):
+        raise AssertionError(f"timed out waiting for {what or check}")
+
+
+async def _settled(client: TidingsClient) -> None:
+    """Until the gateway has handled every frame the client sent so far: it handles a socket's
+    frames in order, so the pong of a ping sent now comes after them (the SDK's own ping)."""
+    assert client._ws is not None
+    await client._roundtrip(client._ws, 10)
 
 
 class Inbox:
@@ -101,17 +104,20 @@ async def test_two_sdk_clients_send_ack_receive_read_type_and_see_presence(syste
         await b.mark_read(cid, sent[-1].message_id)
         receipt = await receipts.next(timeout=15)
         assert (receipt.user_id, receipt.message_id, receipt.status) == (bob, sent[-1].message_id, "read")
-        for _ in range(100):  # the watermarks' read model follows the log
+        marks: dict[str, Any] = {}
+
+        async def recorded() -> bool:  # the watermarks' read model follows the log
+            nonlocal marks
             marks = {w.user_id: w for w in await a.receipts(cid)}
-            if bob in marks:
-                break
-            await asyncio.sleep(0.1)
+            return bob in marks
+
+        await wait_until(recorded)
         assert marks[bob].read == sent[-1].message_id
 
         # Typing reaches a viewer, and stops by itself.
         typing = b.events(Typing)
         await b.view(cid)
-        await asyncio.sleep(0.3)  # the view is applied before the typing frame
+        await _settled(b)  # the view is applied before the typing frame
         await a.typing(cid)
         assert (await typing.next(timeout=10)) == Typing(cid, alice, "start")
         assert (await typing.next(timeout=10)) == Typing(cid, alice, "stop")
@@ -250,6 +256,7 @@ async def test_kill_9_of_the_gateway_mid_conversation_loses_and_duplicates_nothi
             # Bob's sends go out (some may be in flight, appended but not acked) as he loses his
             # gateway; the outbox sends them again on his next connection.
             bob_sends = [asyncio.create_task(b.send(cid, f"bob {i}")) for i in range(5)]
+            # Not a wait for a condition: the kill is meant to land while the sends are in flight.
             await asyncio.sleep(0.01)
             system.kill("gateway")
             await burst("while down", 10)
@@ -259,7 +266,8 @@ async def test_kill_9_of_the_gateway_mid_conversation_loses_and_duplicates_nothi
             from_bob = await asyncio.wait_for(asyncio.gather(*bob_sends), 90)
             await inbox.wait_for(cid, set(acked), timeout=90)
             await alice_inbox.wait_for(cid, {m.message_id for m in from_bob}, timeout=90)
-            await asyncio.sleep(2 * HEARTBEAT_S + 5)  # the follow-up syncs bring no duplicate
+            # The behaviour under test, not a wait: the follow-up syncs within this bring no duplicate.
+            await asyncio.sleep(2 * HEARTBEAT_S + 5)
             counts = Counter(inbox.ids(cid))
             assert set(counts) - {m.message_id for m in from_bob} == set(acked)
             assert max(counts.values()) == 1, [mid for mid, n in counts.items() if n > 1]
@@ -289,7 +297,7 @@ async def test_a_draining_gateway_is_followed_to_another_and_nothing_is_missed(s
             stopping = asyncio.create_task(asyncio.to_thread(draining.stop))
             for i in range(10):
                 acked.append((await a.send(cid, f"during {i}")).message_id)
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.2)  # not a wait: paces the sends across the drain
             await stopping
             await _until(lambda: b.connected and b.url == system.http, 30, "reconnected to the other gateway")
             acked += [(await a.send(cid, f"after {i}")).message_id for i in range(5)]
@@ -320,11 +328,14 @@ async def test_a_restarted_app_resumes_from_its_file_cursor_and_misses_nothing(
         inbox = Inbox(client)  # before connect(): the resume's events too
         await client.connect(timeout=60)
         try:
-            deadline = time.monotonic() + 30
-            while not until_seen <= set(inbox.ids(cid)):  # the sync read model follows the log
-                assert time.monotonic() < deadline, (until_seen, inbox.ids(cid))
-                await asyncio.sleep(0.2)
+
+            async def seen() -> bool:  # the sync read model follows the log
+                if until_seen <= set(inbox.ids(cid)):
+                    return True
                 await client.sync()
+                return until_seen <= set(inbox.ids(cid))
+
+            assert await wait_until(seen, timeout=30, interval=0.2), (until_seen, inbox.ids(cid))
             await client.sync()  # the newest cursor the server gives, into the file
             return inbox.ids(cid)
         finally:

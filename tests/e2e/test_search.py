@@ -13,7 +13,7 @@ import urllib.request
 import uuid
 from typing import Any
 
-from tests.e2e.conftest import Gateway, System, user
+from tests.e2e.conftest import Gateway, System, user, wait_until
 from tests.e2e.test_groups import create_group
 from tidings import processes
 
@@ -145,11 +145,9 @@ def test_searchable_within_two_seconds_of_the_ack(system: System) -> None:
         async with system.connect(alice) as client:
             await client.send_message(dm(alice, bob), f"{t} fresh")
             acked = time.monotonic()
-            while time.monotonic() - acked < 10:
-                if bodies(system, alice, t):
-                    return time.monotonic() - acked
-                await asyncio.sleep(0.05)
-            raise AssertionError("not searchable within 10 s")
+            if not await wait_until(lambda: bodies(system, alice, t), timeout=10, interval=0.05):
+                raise AssertionError("not searchable within 10 s")
+            return time.monotonic() - acked
 
     took = asyncio.run(send_and_time())
     assert took <= 2.0, f"searchable {took:.2f}s after the ack"
@@ -225,7 +223,8 @@ def test_searches_are_rate_limited_per_user(system: System) -> None:
                 with urllib.request.urlopen(request, timeout=15) as r:
                     return int(r.status)
             except urllib.error.HTTPError as err:
-                assert err.code != 429 or err.headers["Retry-After"], "429 without Retry-After"
+                # a status to count, not an expected failure: some searches pass
+                assert err.code != 429 or err.headers["Retry-After"], "429 without Retry-After"  # noqa: PT017
                 return int(err.code)
 
         # Bursts of 30 at 5/s: 40 in a row cannot all pass; another user is not held up.
@@ -236,7 +235,8 @@ def test_searches_are_rate_limited_per_user(system: System) -> None:
         gateway.stop()
 
 
-def test_a_second_search_worker_takes_over_shards_and_gives_them_back(system: System) -> None:
+# one scenario told in order (start, take over, give back), its checks inline
+def test_a_second_search_worker_takes_over_shards_and_gives_them_back(system: System) -> None:  # noqa: C901
     """Two search workers on one host share the shard folder: a rebalance hands shards over
     (the old owner commits and frees each writer), and nothing is lost either way."""
     t = tag()

@@ -4,7 +4,6 @@ in order, without gaps, including a message appended to the log late with an old
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from typing import Any
 
@@ -12,7 +11,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from events import MessageSent, Topics, direct_conversation_id, encode_event, partition_key, snowflake_ts
-from tests.e2e.conftest import FANOUT_THRESHOLD, System, user
+from tests.e2e.conftest import FANOUT_THRESHOLD, System, user, wait_until
 from tests.e2e.test_groups import create_group
 
 
@@ -45,17 +44,16 @@ class Device:
     async def sync_until(self, done: Any, timeout: float = 30) -> None:  # noqa: ASYNC109
         """Sync again (from the cursor) until ``done(self)``: the persist worker applies the
         log a few ms behind the acks, and sync never goes past what it has applied."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def caught_up() -> bool:
             self.sync(limit=50)
-            if done(self):
-                return
-            if time.monotonic() >= deadline:
-                raise AssertionError(
-                    f"sync never caught up: {len(self.messages)} messages, {self.receipts}; "
-                    f"{await self._positions()}"
-                )
-            await asyncio.sleep(0.2)
+            return bool(done(self))
+
+        if not await wait_until(caught_up, timeout=timeout, interval=0.2):
+            raise AssertionError(
+                f"sync never caught up: {len(self.messages)} messages, {self.receipts}; "
+                f"{await self._positions()}"
+            )
 
     async def _positions(self) -> str:
         """Where the persist worker is against the log (to tell a slow worker from a skip)."""
@@ -101,20 +99,19 @@ async def test_the_first_sync_gives_the_starting_state(system: System) -> None:
             r["conversation_id"] == dm for r in d.receipts
         )
 
-    deadline = time.monotonic() + 30
-    while True:
+    def caught_up() -> bool:
+        nonlocal device
         device = Device(system, alice)
         device.sync()
         shown = {c["conversation"]["conversation_id"]: c["conversation"] for c in device.conversations}
         settled = dm in shown and shown[dm]["unread_count"] == 1
-        if (
+        return (
             complete(device)
             and settled
             and len([m for m in device.messages if m["conversation_id"] == group]) == 20
-        ):
-            break
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.2)
+        )
+
+    assert await wait_until(caught_up, timeout=30, interval=0.2)
     assert device.pages == 1 and device.cursor
     assert {c["event"] for c in device.conversations} == {"added"}
     by_conversation = {c["conversation"]["conversation_id"]: c["conversation"] for c in device.conversations}

@@ -3,10 +3,8 @@ rate-limited per socket."""
 
 from __future__ import annotations
 
-import asyncio
-
 from events import direct_conversation_id
-from tests.e2e.conftest import FANOUT_THRESHOLD, System, user
+from tests.e2e.conftest import FANOUT_THRESHOLD, System, settled, user
 from tests.e2e.test_groups import create_group
 
 
@@ -21,7 +19,7 @@ async def test_direct_chat_typing_reaches_only_the_viewing_device(system: System
     ):
         for client in (alice_laptop, bob_viewing):
             await client.send({"type": "view", "conversation_id": cid})
-        await asyncio.sleep(0.3)
+        await settled(alice_phone, alice_laptop, bob_viewing, bob_elsewhere)
         await alice_phone.send({"type": "typing", "conversation_id": cid, "state": "start"})
         frame = await bob_viewing.expect("typing")
         assert frame == {"type": "typing", "conversation_id": cid, "user_id": alice, "state": "start"}
@@ -38,17 +36,17 @@ async def test_group_typing_in_both_modes_and_strangers_refused(system: System) 
             system.connect(member) as member_ws,
             system.connect(stranger) as stranger_ws,
         ):
-            await asyncio.sleep(0.3)
+            await settled(owner_ws, member_ws, stranger_ws)
             await member_ws.send({"type": "view", "conversation_id": cid})
             await stranger_ws.send({"type": "view", "ref": "v", "conversation_id": cid})
             assert (await stranger_ws.expect("error", ref="v"))["code"] == "forbidden"
             await stranger_ws.send({"type": "typing", "ref": "t", "conversation_id": cid, "state": "start"})
             assert (await stranger_ws.expect("error", ref="t"))["code"] == "forbidden"
-            await asyncio.sleep(0.2)
+            await member_ws.settled()  # its view is applied
             await owner_ws.send({"type": "typing", "conversation_id": cid, "state": "start"})
             assert (await member_ws.expect("typing"))["user_id"] == owner
             await member_ws.send({"type": "view", "conversation_id": None})
-            await asyncio.sleep(0.2)
+            await member_ws.settled()
             await owner_ws.send({"type": "typing", "conversation_id": cid, "state": "stop"})
             await member_ws.expect_none("typing")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from tests.e2e.conftest import System, _free_port
 from tidings import processes
@@ -29,7 +30,7 @@ FAULT_ENV = {
 
 def fault_settings() -> Settings:
     env = {k: os.environ.get(k.replace("TIDINGS_", "TIDINGS_FAULTS_"), v) for k, v in FAULT_ENV.items()}
-    overrides = {k.removeprefix("TIDINGS_").lower(): v for k, v in env.items()}
+    overrides: dict[str, Any] = {k.removeprefix("TIDINGS_").lower(): v for k, v in env.items()}
     return Settings(**overrides)
 
 

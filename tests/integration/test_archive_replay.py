@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -204,7 +204,7 @@ async def _append_and_apply(settings: Settings, events: Sequence[ChatEvent], liv
 
 async def _presence_live(settings: Settings, cql: Cql) -> int:
     """Presence transitions on their own topic, projected live; returns how many."""
-    states = ("online", "away", "offline")
+    states: tuple[Literal["online", "away", "offline"], ...] = ("online", "away", "offline")
     events = [
         PresenceChanged(
             user_id=f"p{i % 7}",
@@ -346,7 +346,7 @@ async def test_replay_rebuilds_every_read_model_equal_to_live(replay_settings: S
         assert deleted == sum(isinstance(e, MessageSent) for e in phase_a)
         # The log below the archive's watermark goes too, except what a consumer group that
         # is behind has not committed yet; replay below reads the archive for that part.
-        watermarks = load(settings.archive_root).watermarks  # type: ignore[union-attr]
+        watermarks = load(settings.archive_root).watermarks
         behind = min(5, watermarks[0])
         lagging = f"behind-{uuid.uuid4().hex[:6]}"
         await _commit(settings, lagging, topic, {0: behind})

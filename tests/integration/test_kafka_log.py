@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
@@ -34,7 +35,7 @@ async def test_append_lands_on_the_conversations_partition(services: Settings) -
         consumer.assign([tp])
         end = (await consumer.end_offsets([tp]))[tp]
         consumer.seek(tp, max(0, end - 50))
-        found = []
+        found: list[Any] = []
         while not found:
             batch = await consumer.getmany(tp, timeout_ms=2000)
             records = batch.get(tp, [])

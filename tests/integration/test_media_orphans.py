@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -25,7 +25,7 @@ DAY_MS = 86_400_000
 
 
 @pytest.fixture(scope="module")
-def gc_settings(services: Settings) -> Iterator[Settings]:
+def gc_settings(services: Settings) -> Settings:
     """A keyspace and a bucket of the test's own, so the job sees only what the test made."""
     settings = services.model_copy(
         update={
@@ -42,7 +42,7 @@ def gc_settings(services: Settings) -> Iterator[Settings]:
         echo=lambda _: None,
     )
     cluster.shutdown()
-    yield settings
+    return settings
 
 
 @pytest.fixture

@@ -54,7 +54,8 @@ REBUILD_KEYSPACE = os.environ["TIDINGS_CASSANDRA_KEYSPACE"] + "_rebuild"
 THRESHOLD = 4  # so the scenario crosses it both ways
 
 
-async def scenario(seed: int) -> tuple[list[ChatEvent], MemoryDirectory]:
+# A random walk over the group commands: one branch per command, as a table would be.
+async def scenario(seed: int) -> tuple[list[ChatEvent], MemoryDirectory]:  # noqa: C901
     """A log: groups created, grown past the threshold and shrunk, roles, renames, leaves,
     and messages in groups and direct chats in between."""
     rng = random.Random(seed)

@@ -215,7 +215,8 @@ async def test_rate_limits_hold_under_concurrent_checks_and_survive_a_script_flu
         try:
             await limiter.check("send", user)
         except RateLimited as exc:
-            assert exc.retry_after is not None and exc.retry_after >= 1
+            # counted, not expected: the burst's checks pass
+            assert exc.retry_after is not None and exc.retry_after >= 1  # noqa: PT017
             return False
         return True
 

@@ -99,14 +99,14 @@ async def test_the_lag_exporter_reads_committed_offsets_checked() -> None:
 
     tps = [TopicPartition(TOPIC, 0)]
     with pytest.raises(CoordinatorLoadInProgressError):
-        await _export_once(_UncheckedAdmin(*[_top_level(LOADING)] * 3), _Offsets(900, 0), "lag-a", tps)  # type: ignore[arg-type]
+        await _export_once(_UncheckedAdmin(*[_top_level(LOADING)] * 3), _Offsets(900, 0), "lag-a", tps)
     assert _gauges("lag-a") == (None, None)
 
     admin = _UncheckedAdmin(_top_level(LOADING), _offsets(p0=850))
-    await _export_once(admin, _Offsets(900, 0), "lag-b", tps)  # type: ignore[arg-type]
+    await _export_once(admin, _Offsets(900, 0), "lag-b", tps)
     assert _gauges("lag-b") == (50, 850)
     # A partition never committed counts from the log's first offset.
-    await _export_once(_UncheckedAdmin(_offsets(p0=-1)), _Offsets(900, 100), "lag-c", tps)  # type: ignore[arg-type]
+    await _export_once(_UncheckedAdmin(_offsets(p0=-1)), _Offsets(900, 100), "lag-c", tps)
     assert _gauges("lag-c") == (800, 100)
 
 

@@ -53,7 +53,7 @@ class _OfflineSession:
 
 
 def _cql() -> Cql:
-    return Cql(_OfflineSession(), KS)  # type: ignore[arg-type]
+    return Cql(_OfflineSession(), KS)
 
 
 def _rows(request: Any) -> list[tuple[Any, ...]]:
@@ -226,7 +226,7 @@ def test_execute_all_sends_only_the_newest_write_of_a_row() -> None:
             return future
 
     session = Recording()
-    cql = Cql(session, KS)  # type: ignore[arg-type]
+    cql = Cql(session, KS)
     statements = [(RECEIPT, (ts, ts * 10, "g1", "u1")) for ts in (3, 7, 5)] + [(MEMBER, ("g1", "u9"))]
     asyncio.run(cql.execute_all(statements))
     rows = [row for request in session.sent for row in _rows(request)]

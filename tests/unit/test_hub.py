@@ -186,7 +186,7 @@ async def test_typing_goes_only_to_sockets_viewing_the_conversation_and_never_to
     assert dm_push.channel == keys.user_channel("bob")
     bob_elsewhere.view = "dm:alice:bob"
     assert hub.deliver_to_user("bob", dm_push.payload) == 1
-    assert b'"state":"stop"' in _queued(bob_elsewhere)[0]  # type: ignore[operator]
+    assert b'"state":"stop"' in _queued(bob_elsewhere)[0]
 
 
 def test_token_bucket_allows_a_burst_then_the_rate() -> None:

@@ -59,7 +59,7 @@ async def test_a_producer_that_keeps_failing_is_replaced_after_the_window() -> N
         fresh.append(FakeProducer(broken=False))
         return fresh[-1]
 
-    log = KafkaEventLog(wedged, Topics("t."), renew=renew, renew_after_s=10, clock=clock)  # type: ignore[arg-type]
+    log = KafkaEventLog(wedged, Topics("t."), renew=renew, renew_after_s=10, clock=clock)
     for _ in range(3):  # failing, but not for long enough yet: keep the producer
         with pytest.raises(Unavailable):
             await log.append(_event(1))
@@ -85,7 +85,7 @@ async def test_no_renewal_while_appends_succeed_now_and_then() -> None:
         calls += 1
         return FakeProducer(broken=False)
 
-    log = KafkaEventLog(flaky, Topics("t."), renew=renew, renew_after_s=10, clock=clock)  # type: ignore[arg-type]
+    log = KafkaEventLog(flaky, Topics("t."), renew=renew, renew_after_s=10, clock=clock)
     for step in range(10):
         flaky.broken = step % 3 != 0
         clock.now += 4
@@ -104,7 +104,7 @@ async def test_a_renewal_that_cannot_start_keeps_the_old_producer_and_tries_late
         attempts += 1
         raise KafkaTimeoutError()  # the broker is still down
 
-    log = KafkaEventLog(wedged, Topics("t."), renew=renew, renew_after_s=10, clock=clock)  # type: ignore[arg-type]
+    log = KafkaEventLog(wedged, Topics("t."), renew=renew, renew_after_s=10, clock=clock)
     clock.now += 11
     with pytest.raises(Unavailable):
         await log.append(_event(1))

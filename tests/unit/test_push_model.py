@@ -208,10 +208,10 @@ async def test_a_replayed_job_of_a_closed_window_is_not_counted_again() -> None:
     records = [job(1, 0), job(2, 500), job(3, 2500), job(2, 500), job(1, 0)]  # the last two: replayed
     await s._take(
         0, [SimpleNamespace(offset=o, key=b"b", value=j.encode()) for o, j in enumerate(records[:3])]
-    )  # type: ignore[misc]
+    )
     await s._take(
         0, [SimpleNamespace(offset=o + 3, key=b"b", value=j.encode()) for o, j in enumerate(records[3:])]
-    )  # type: ignore[misc]
+    )
     windows = s._coalescer.due(10**9)
     assert [[j.message_id for j in w.jobs] for w in windows] == [[1, 2], [3]]
     assert s._held[0] == {0: 1, 1: 1, 2: 1}  # the replayed records are not held

@@ -88,9 +88,9 @@ async def test_a_topic_the_broker_refuses_is_an_error_not_silence() -> None:
     # aiokafka returns the broker's per-topic errors; e.g. 3 replicas on a one-broker cluster.
     refused = _Admin(("t", InvalidReplicationFactorError.errno, "larger than available brokers: 1"))
     with pytest.raises(InvalidReplicationFactorError, match="cannot create topic t"):
-        await create_log_topics(refused, [new_topic(Settings(), "t")])  # type: ignore[arg-type]
+        await create_log_topics(refused, [new_topic(Settings(), "t")])
     # One that a concurrent migrate created first is fine.
-    await create_log_topics(_Admin(("t", TopicAlreadyExistsError.errno, "")), [new_topic(Settings(), "t")])  # type: ignore[arg-type]
+    await create_log_topics(_Admin(("t", TopicAlreadyExistsError.errno, "")), [new_topic(Settings(), "t")])
 
 
 def test_cql_of_a_replication_map() -> None:
@@ -129,13 +129,13 @@ def test_the_keyspace_is_created_with_the_settings_map_and_a_different_one_is_re
     wanted = Settings(cassandra_replication={"class": "NetworkTopologyStrategy", "datacenter1": 3})
     same = _Session({"class": "org.apache.cassandra.locator.NetworkTopologyStrategy", "datacenter1": "3"})
     said: list[str] = []
-    migrate_cassandra(same, "ks", replication=wanted.cassandra_replication_map(), echo=said.append)  # type: ignore[arg-type]
+    migrate_cassandra(same, "ks", replication=wanted.cassandra_replication_map(), echo=said.append)
     assert same.statements[0] == (
         "CREATE KEYSPACE IF NOT EXISTS ks WITH replication = "
         "{'class': 'NetworkTopologyStrategy', 'datacenter1': 3}"
     )
     assert said == []
     other = _Session({"class": "org.apache.cassandra.locator.SimpleStrategy", "replication_factor": "1"})
-    migrate_cassandra(other, "ks", replication=wanted.cassandra_replication_map(), echo=said.append)  # type: ignore[arg-type]
+    migrate_cassandra(other, "ks", replication=wanted.cassandra_replication_map(), echo=said.append)
     assert len(said) == 1 and "WARNING keyspace ks" in said[0] and "ALTER KEYSPACE ks" in said[0]
     assert not any(s.startswith("ALTER") for s in other.statements)  # an operator's step

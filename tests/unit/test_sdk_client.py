@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +172,7 @@ def test_backoff_doubles_from_one_second_to_a_thirty_second_cap_with_full_jitter
     assert len({round(d, 6) for d in delays[10:]}) > 150  # jittered, not one fixed value
     real.reset()
     assert real.ceiling() == 1.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="base_s"):
         Backoff(0, 1)
 
 
@@ -258,14 +258,18 @@ async def test_sends_made_while_disconnected_go_in_order_once_connected() -> Non
 
 async def test_refusals_raise_typed_errors_and_unavailable_is_retried() -> None:
     server = FakeServer()
-    refusals = iter(
+    refusals: Iterator[dict[str, Any]] = iter(
         [
             {"code": "rate_limited", "message": "slow down", "retry_after": 2},
             {"code": "forbidden", "message": "not a member"},
             {"code": "unavailable", "message": "kafka down"},
         ]
     )
-    server.refuse = lambda frame: next(refusals, None)
+
+    def refuse(frame: dict[str, Any]) -> dict[str, Any] | None:
+        return next(refusals, None)
+
+    server.refuse = refuse
     async with server.client(unavailable_retry_s=0.01) as client:
         with pytest.raises(RateLimited) as limited:
             await client.send(CID, "a")

@@ -106,11 +106,11 @@ def test_cursor_round_trip_and_tampering() -> None:
         with pytest.raises(Invalid):
             read_cursor("secret", "alice", "hello", None, bad)
     # Not for another user, another q, another conversation or under another secret.
-    for args in (
+    for secret, who, q, conversation_id in (
         ("secret", "bob", "hello", None),
         ("secret", "alice", "hello2", None),
         ("secret", "alice", "hello", "g:1"),
         ("other", "alice", "hello", None),
     ):
         with pytest.raises(Invalid):
-            read_cursor(*args, cursor)  # type: ignore[arg-type]
+            read_cursor(secret, who, q, conversation_id, cursor)

@@ -58,5 +58,5 @@ def test_a_clock_far_in_the_past_is_refused() -> None:
 
 @pytest.mark.parametrize("worker", [-1, 1024])
 def test_worker_id_range(worker: int) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="worker_id"):
         Snowflake(worker)

@@ -182,8 +182,8 @@ async def test_a_prune_during_the_read_is_read_again_from_the_archive() -> None:
     cold.horizons = [{}, {1: 15}, {1: 15}]
     real_between = log.between
 
-    async def between(c: str, low: int, high: int, limit: int) -> list[tuple[int, bytes]]:
-        rows = await real_between(c, low, high, limit)
+    async def between(cid: str, low: int, high: int, limit: int) -> list[tuple[int, bytes]]:
+        rows = await real_between(cid, low, high, limit)
         if not cold.events:
             cold.prune(log, {1: 15})  # the prune removed rows right after this read
             return rows[5:]  # ... and this read missed them

@@ -32,7 +32,7 @@ class _Hub:
 
 async def test_a_cancelled_handler_still_settles_presence_and_unregisters() -> None:
     deps: Any = SimpleNamespace(presence=_Presence(), hub=_Hub())
-    conn = object()
+    conn: Any = object()  # a stand-in the fakes only pass around
     handler = asyncio.create_task(ws._unregister(deps, conn))
     await asyncio.sleep(0.01)
     handler.cancel()
@@ -49,6 +49,7 @@ async def test_the_socket_is_unregistered_even_if_presence_fails() -> None:
             raise RuntimeError("bug")
 
     deps: Any = SimpleNamespace(presence=Broken(), hub=_Hub())
+    conn: Any = "conn"
     with pytest.raises(RuntimeError):
-        await ws._unregister(deps, "conn")
+        await ws._unregister(deps, conn)
     assert deps.hub.unregistered == ["conn"]
