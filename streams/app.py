@@ -8,7 +8,8 @@ from typing import Any
 
 import faust
 
-from events import ChatEvent, MediaDeleted, MediaStored, ThumbnailMade, Topics, encode_event, partition_key
+from events import ChatEvent, Topics, encode_event, partition_key
+from events.topics import route
 from streams.adapters.metrics import BATCH_EVENTS, DEAD_LETTERS, export_lag
 from streams.projector import PositionedStage, Projector, Record, Stage, Tracer
 
@@ -76,7 +77,7 @@ def create_app(
         watched.append(topics.presence_events)
     if media_stages or media_workers:
         media = app.topic(topics.media_events, key_type=bytes, value_type=bytes, partitions=partitions)
-        _media_agents(app, media, projector, media_stages, media_workers, batch_size, batch_window_s)
+        _media_agents(app, media, topics, projector, media_stages, media_workers, batch_size, batch_window_s)
         if media_stages:
             watched.append(topics.media_events)
     if user_stages:
@@ -121,6 +122,7 @@ def _faust_app(
 def _media_agents(
     app: faust.App,
     media: Any,
+    topics: Topics,
     projector: Callable[[Sequence[Stage]], Projector],
     media_stages: Sequence[Stage],
     media_workers: Sequence[Callable[[Append], Stage]],
@@ -132,8 +134,10 @@ def _media_agents(
 
     async def append(event: ChatEvent) -> None:
         # Awaited like a dead letter: Faust flushes it before the source offset is committed.
-        assert isinstance(event, MediaStored | ThumbnailMade | MediaDeleted)
-        await media.send(key=partition_key(event.media_id), value=encode_event(event))
+        topic, key = route(topics, event)
+        if topic != topics.media_events:
+            raise ValueError(f"the media workers append media events only, not {type(event).__name__}")
+        await media.send(key=partition_key(key), value=encode_event(event))
 
     if media_stages:
         _agent(app, media, projector(media_stages), "media", batch_size, batch_window_s)
