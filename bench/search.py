@@ -3,13 +3,17 @@ real engine (tantivy on local disk), with the search worker's own code (``Search
 the gateway's (``ShardReaders`` and the query parser).
 
     .venv/bin/python bench/search.py --messages 1000000
+    .venv/bin/python bench/search.py --messages 10000000 --dir /tmp/s   # keeps the shards
+    .venv/bin/python bench/search.py --messages 10000000 --dir /tmp/s --query-only
 
 Messages are spread over ``--conversations`` conversations and ``--partitions`` shards as the
 log spreads them; bodies are 6..16 words drawn (Zipf-like) from a 30,000-word vocabulary with
 accents. Queries are made for a user in 100 conversations: one word, two words, a phrase, a
 prefix, each a quarter of them, newest 20 first with highlights, as ``GET /v1/search`` asks.
-The indexing figure is the search worker's part (events decoded, into the shards, committed
-every 500 events); a rebuild from the archive adds the archive's reading.
+The indexing figure is the search worker's part (events into the shards, committed every
+``--commit-interval`` per shard); a rebuild from the archive adds the archive's reading.
+Query figures are per kind, in wall time and in CPU time of the querying thread (tantivy
+searches in the caller's thread): on a busy machine the first is mostly the wait for a core.
 """
 
 from __future__ import annotations
