@@ -19,6 +19,7 @@ import httpx
 
 from tidings_client.backoff import Backoff
 from tidings_client.errors import ClientClosed, TidingsError, Unauthorized, Unavailable, error_for
+from tidings_client.media import MediaApi
 from tidings_client.models import (
     ConnectionState,
     Conversation,
@@ -26,6 +27,7 @@ from tidings_client.models import (
     ErrorEvent,
     Event,
     HistoryPage,
+    Media,
     Member,
     Message,
     MessageEvent,
@@ -35,6 +37,7 @@ from tidings_client.models import (
     Typing,
     Watermarks,
 )
+from tidings_client.push import PushApi
 from tidings_client.store import CursorStore, MemoryCursorStore
 from tidings_client.transport import (
     Connector,
@@ -103,6 +106,7 @@ class _Outgoing:
     future: asyncio.Future[Message]
     sent_on: int = -1  # the connection number it was last sent on
     attempts: int = 0
+    media: Media | None = None
 
 
 class EventStream(AsyncIterator[E]):
@@ -220,6 +224,10 @@ class TidingsClient:
         self._presence: str | None = None
         self._typing: dict[str, tuple[float, asyncio.TimerHandle]] = {}
         self._sync_lock = asyncio.Lock()
+        self.media = MediaApi(self)
+        """Media upload and download (``MediaApi``)."""
+        self.push = PushApi(self)
+        """Push registration of this device and conversation mutes (``PushApi``)."""
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -593,7 +601,40 @@ class TidingsClient:
             "kind": "text",
             "body": body,
         }
-        entry = _Outgoing(cmid, frame, asyncio.get_running_loop().create_future())
+        return await self._send_through_outbox(
+            _Outgoing(cmid, frame, asyncio.get_running_loop().create_future())
+        )
+
+    async def send_media(
+        self,
+        conversation_id: str,
+        media: Media,
+        *,
+        caption: str = "",
+        kind: str | None = None,
+        client_msg_id: str | None = None,
+    ) -> Message:
+        """Send uploaded media (``client.media.upload(...)``; only its uploader may send it) as a
+        message of ``kind`` (by default ``media.message_kind``: ``image``, ``video`` or ``file``)
+        with an optional caption. Acknowledged, retried and refused like ``send()``."""
+        if self._closing:
+            raise ClientClosed("the client is closed")
+        if self._fatal is not None:
+            raise self._fatal
+        cmid = client_msg_id or uuid.uuid4().hex
+        frame = {
+            "type": "send",
+            "client_msg_id": cmid,
+            "conversation_id": conversation_id,
+            "kind": kind or media.message_kind,
+            "body": caption,
+            "media_id": media.media_id,
+        }
+        future = asyncio.get_running_loop().create_future()
+        return await self._send_through_outbox(_Outgoing(cmid, frame, future, media=media))
+
+    async def _send_through_outbox(self, entry: _Outgoing) -> Message:
+        cmid, conversation_id = entry.client_msg_id, str(entry.frame["conversation_id"])
         self._outbox[cmid] = entry
         await self.stop_typing(conversation_id)  # a sent message ends the typing
         if self._ws is not None and self._ready.is_set():
@@ -640,6 +681,7 @@ class TidingsClient:
             kind=str(entry.frame["kind"]),
             body=entry.frame.get("body"),
             ts=int(frame.get("ts") or 0),
+            media=entry.media,
         )
         # The app has it from send(): a push of it to this device is not an event.
         self._seen.add(message.message_id)
