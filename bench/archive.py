@@ -30,8 +30,9 @@ import duckdb
 import pyarrow.compute as pc
 
 from archive.compact import compact
+from archive.files import write_file
 from archive.index import update_index
-from archive.job import ArchiveJob, write_file
+from archive.job import ArchiveJob
 from archive.kafka_source import KafkaLogSource
 from archive.manifest import FileEntry, Manifest, save
 from archive.reader import ArchiveReader

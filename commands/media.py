@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from commands.media_checks import ImageInfo, Intake, check_sha256, normalize_type
+from commands.media_checks import ImageInfo, Intake, MediaPolicy, check_sha256, normalize_type
 from commands.membership import member_role
 from commands.ports import Directory, EventLog
 from events import ChatEvent, MediaRef, MediaStored, MessageKind
@@ -123,16 +123,6 @@ class ByteQuota(Protocol):
 
     async def charge(self, user_id: str, nbytes: int) -> int:
         """Add ``nbytes`` to today's count; return the new count."""
-
-
-@dataclass(frozen=True)
-class MediaPolicy:
-    allowed_types: frozenset[str]
-    max_direct_bytes: int
-    max_upload_bytes: int
-    max_pixels: int
-    url_ttl_s: int
-    daily_bytes: int
 
 
 def new_media_id() -> str:

@@ -8,18 +8,26 @@ import io
 import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from PIL import Image, UnidentifiedImageError
 
 from events.errors import Invalid, TooLarge
 
-if TYPE_CHECKING:
-    from commands.media import MediaPolicy
-
 # Enough of an image to read its header (a JPEG's EXIF and ICC segments come first, < 64 KiB each).
 HEAD_BYTES = 1024 * 1024
 PILLOW_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
+
+
+@dataclass(frozen=True)
+class MediaPolicy:
+    """What an upload may be: its types, sizes, pixels, URL lifetime and a user's daily bytes."""
+
+    allowed_types: frozenset[str]
+    max_direct_bytes: int
+    max_upload_bytes: int
+    max_pixels: int
+    url_ttl_s: int
+    daily_bytes: int
 
 
 def normalize_type(content_type: str | None, policy: MediaPolicy) -> str:

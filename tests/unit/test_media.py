@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from commands.images import ImageRefused, has_location, thumbnail, without_location
-from commands.media import MediaPolicy, MediaService
+from commands.media import MediaService
+from commands.media_checks import MediaPolicy
 from commands.media_gc import collect_orphans
 from commands.media_memory import MemoryByteQuota, MemoryMediaIndex, MemoryObjectStore, MemoryPendingUploads
 from commands.memory import MemoryDirectory, MemoryEventLog
