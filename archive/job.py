@@ -38,7 +38,8 @@ import pyarrow as pa
 from archive.files import rename_into_place, verify_file, write_file
 from archive.index import update_index
 from archive.manifest import STAGING, Chunk, FileEntry, Manifest, load, save
-from archive.tables import TABLES, LogEntry, RowBuilder, file_path
+from archive.rows import RowBuilder
+from archive.tables import TABLES, LogEntry, file_path
 
 
 class LogSource(Protocol):

@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import duckdb
-import orjson
 import pyarrow as pa
 
 from archive.manifest import MANIFEST, Manifest, load
-from archive.tables import SCHEMAS, TABLES
+from archive.tables import SCHEMAS, TABLES, sql_columns
+from events.rows import MESSAGE_OBJECT_COLUMNS, message_object
 
 T = TypeVar("T")
 _RETRIES = 20
 
-_COLUMNS = "message_id, sender_id, client_msg_id, kind, body, media, epoch_ms(ts) AS ts"
+_COLUMNS = sql_columns(MESSAGE_OBJECT_COLUMNS)
 
 
 # Messages with their media, one row per message carrying media: the media reference each
@@ -219,7 +219,7 @@ class ArchiveReader:
             finally:
                 cur.close()
             ids = sorted(found, reverse=order == "DESC")[:limit]
-            return [_message(conversation_id, found[m]) for m in sorted(ids)]
+            return [message_object(conversation_id, found[m]) for m in sorted(ids)]
 
         return self.retrying(run)
 
@@ -275,17 +275,3 @@ class ArchiveReader:
 
     def close(self) -> None:
         self._db.close()
-
-
-def _message(conversation_id: str, row: tuple[Any, ...]) -> dict[str, Any]:
-    message_id, sender_id, client_msg_id, kind, body, media, ts = row
-    return {
-        "message_id": str(message_id),
-        "conversation_id": conversation_id,
-        "sender_id": sender_id,
-        "client_msg_id": client_msg_id,
-        "kind": kind,
-        "body": body,
-        "media": orjson.loads(media) if media else None,
-        "ts": int(ts),
-    }

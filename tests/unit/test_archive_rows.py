@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from archive.tables import Entry, RowBuilder, event_time, parse
+from archive.rows import RowBuilder
+from archive.tables import Entry, event_time, parse
 from events import DirectOpened, GroupCreated, MediaRef, Member, MessageSent, ReceiptRecorded, encode_event
 
 T0 = 1_700_000_000_000
