@@ -229,7 +229,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     from projections.recent import RedisRecent
     from projections.redis_client import make_redis
     from projections.search import ShardReaders
-    from projections.sync import CassandraSyncLog
+    from projections.sync_log import CassandraSyncLog
     from query_api.limits import RedisRateLimiter, limits_from
     from query_api.metrics import DELIVERY_FAILURES
     from tidings import telemetry

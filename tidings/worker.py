@@ -26,7 +26,7 @@ from projections.recent import RedisRecent
 from projections.redis_client import make_redis
 from projections.roster import Roster
 from projections.search import SearchIndexer
-from projections.sync import CassandraSyncLog
+from projections.sync_log import CassandraSyncLog
 from streams.app import Append, create_app
 from streams.media import Thumbnailer
 from streams.metrics import observe_applied, observe_unavailable

@@ -48,7 +48,8 @@ from projections.roster import Roster
 from streams.offsets import committed_offsets
 from streams.projector import Projector, Record
 from tests.integration.test_rebuild_equals_incremental import scenario
-from tidings.archive_ops import prune, replay, switch, trim_log, verify
+from tidings.archive_prune import prune, trim_log
+from tidings.archive_replay import replay, switch, verify
 from tidings.keyspaces import active_keyspace
 from tidings.migrate import create_log_topics, new_topic
 from tidings.settings import Settings

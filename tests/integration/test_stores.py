@@ -147,7 +147,7 @@ def sync_log(session: Any, services: Settings) -> Iterator[Any]:
     """The sync log in a keyspace of its own: its writes move partition watermarks, which
     would make the e2e system's syncs (same services, same test keyspace) skip offsets."""
     from projections.migrate import migrate_cassandra
-    from projections.sync import CassandraSyncLog
+    from projections.sync_log import CassandraSyncLog
 
     keyspace = f"{services.cassandra_keyspace}_synclog"
     session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
@@ -200,7 +200,7 @@ async def test_rate_limits_hold_under_concurrent_checks_and_survive_a_script_flu
 
 
 async def test_sync_log_reads_across_log_buckets_written_in_separate_batches(sync_log: Any) -> None:
-    from projections.sync import BUCKET_BITS
+    from projections.sync_log import BUCKET_BITS
 
     log = sync_log
     cid = f"dm:b{uuid.uuid4().hex[:8]}:z"

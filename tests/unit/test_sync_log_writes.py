@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from events.errors import Unavailable
-from projections.sync import _LOG_BUCKET, CassandraSyncLog
+from projections.sync_log import _LOG_BUCKET, CassandraSyncLog
 from tests.contracts import message
 
 
