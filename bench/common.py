@@ -101,7 +101,7 @@ def machine_facts(calibration_us: float | None = None) -> dict[str, Any]:
 @contextlib.asynccontextmanager
 async def scratch_redis(db: int) -> AsyncIterator[Redis]:
     """A client of the configured Redis on database ``db``, emptied before and after."""
-    from projections.redis_client import make_redis
+    from projections.adapters.redis_client import make_redis
     from tidings.settings import Settings
 
     settings = Settings()

@@ -15,7 +15,7 @@ import json
 
 from bench.common import machine_line, per_slice_size, run_loop, scratch_redis
 from events import MessageSent
-from projections.recent import RedisRecent
+from projections.adapters.recent import RedisRecent
 from projections.roster import Roster
 
 

@@ -42,7 +42,7 @@ from PIL import Image
 
 from bench.common import fmt, machine_line, new_hist, percentiles_ms, record_us
 from bench.system import BenchSystem, namespace_env
-from commands.images import thumbnail
+from commands.adapters.images import thumbnail
 from query_api.auth import issue_token
 from tidings.settings import Settings
 

@@ -17,8 +17,8 @@ import json
 from collections.abc import Sequence
 
 from bench.common import machine_line, per_slice_size, run_loop, scratch_redis
+from commands.adapters.redis_presence import RedisPresence
 from commands.presence import Beat
-from commands.redis_presence import RedisPresence
 
 
 async def main(args: argparse.Namespace) -> list[dict[str, float]]:

@@ -22,11 +22,11 @@ from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
 
+from archive.adapters.kafka_source import KafkaLogSource
 from archive.job import ArchiveJob
-from archive.kafka_source import KafkaLogSource
 from bench.archive_workload import produce, synthetic_events
 from events import Topics
-from projections.cql import connect_to
+from projections.adapters.cql import connect_to
 from tidings.archive_replay import replay
 from tidings.migrate import create_log_topics, new_topic
 from tidings.settings import Settings

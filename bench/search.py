@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from events import ChatEvent, MessageSent
-from projections.search import SearchIndexer, ShardReaders, analyze
+from projections.adapters.search import SearchIndexer, ShardReaders, analyze
 from projections.search_query import parse
 
 TOPIC = "bench.conversation-events"

@@ -34,6 +34,7 @@ from events import (
     is_valid_user_id,
 )
 from events.errors import Conflict, Invalid
+from projections.views import DeviceKeys
 
 KEY_BYTES = 32  # Curve25519 and Ed25519 public keys
 SIGNATURE_BYTES = 64  # Ed25519
@@ -44,15 +45,6 @@ MAX_CLAIMS_PER_CALL = 100
 CLAIM_WINDOW = 32
 CLAIM_ROUNDS = 8
 _KEY_ID = re.compile(r"^[A-Za-z0-9+/_.:=-]{1,64}$")
-
-
-@dataclass(frozen=True)
-class DeviceKeys:
-    user_id: str
-    device_id: str
-    identity_key: str
-    signing_key: str
-    signature: str
 
 
 @dataclass(frozen=True)

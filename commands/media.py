@@ -17,11 +17,12 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from commands.media_checks import ImageInfo, Intake, MediaPolicy, check_sha256, normalize_type
+from commands.media_checks import IdentifyImage, ImageInfo, Intake, check_sha256, normalize_type
 from commands.membership import member_role
 from commands.ports import Directory, EventLog
 from events import ChatEvent, MediaRef, MediaStored, MessageKind
 from events.errors import Conflict, Forbidden, Invalid, NotFound, RateLimited, TooLarge
+from projections.views import MediaRow
 
 
 class ObjectStore(Protocol):
@@ -45,43 +46,6 @@ class MediaIndex(Protocol):
     async def grant(self, media_id: str, conversation_id: str, message_id: int) -> None: ...
     async def apply(self, events: Sequence[ChatEvent]) -> None:
         """Write events through right after they are in the log (the worker applies them again)."""
-
-
-@dataclass(frozen=True)
-class MediaRow:
-    """One upload as the read model knows it."""
-
-    media_id: str
-    uploader_id: str
-    object_key: str
-    content_type: str
-    size: int
-    sha256: str
-    width: int | None
-    height: int | None
-    created_ts: int
-    processed: bool = False
-    thumbnail_key: str | None = None
-    shared_key: str | None = None
-    location_removed: bool = False
-    deleted: bool = False
-
-    @property
-    def is_image(self) -> bool:
-        return self.content_type.startswith("image/")
-
-    def public(self) -> dict[str, object]:
-        """The protocol's media object."""
-        out: dict[str, object] = {
-            "media_id": self.media_id,
-            "content_type": self.content_type,
-            "size": self.size,
-            "sha256": self.sha256,
-            "thumbnail": self.thumbnail_key is not None,
-        }
-        if self.width is not None and self.height is not None:
-            out["width"], out["height"] = self.width, self.height
-        return out
 
 
 def stored_row(event: MediaStored) -> MediaRow:
@@ -125,6 +89,16 @@ class ByteQuota(Protocol):
         """Add ``nbytes`` to today's count; return the new count."""
 
 
+@dataclass(frozen=True)
+class MediaPolicy:
+    allowed_types: frozenset[str]
+    max_direct_bytes: int
+    max_upload_bytes: int
+    max_pixels: int
+    url_ttl_s: int
+    daily_bytes: int
+
+
 def new_media_id() -> str:
     return uuid.uuid4().hex
 
@@ -145,6 +119,7 @@ class MediaService:
     pending: PendingUploads
     quota: ByteQuota
     policy: MediaPolicy
+    identify_image: IdentifyImage
     clock: Callable[[], float] = time.time
 
     def _now_ms(self) -> int:
@@ -167,14 +142,18 @@ class MediaService:
         declared_sha256: str | None = None,
     ) -> dict[str, object]:
         """A direct upload: stream ``body`` to the store and record it (``POST /v1/media``)."""
-        ctype = normalize_type(content_type, self.policy)
+        ctype = normalize_type(content_type, self.policy.allowed_types)
         expected_sha = check_sha256(declared_sha256)
         if declared_size is not None and declared_size > self.policy.max_direct_bytes:
             raise TooLarge(f"the upload exceeds {self.policy.max_direct_bytes} bytes")
         await self._check_quota(user_id, declared_size or 0)
         key = new_object_key()
         intake = Intake(
-            body, limit=self.policy.max_direct_bytes, content_type=ctype, max_pixels=self.policy.max_pixels
+            body,
+            limit=self.policy.max_direct_bytes,
+            content_type=ctype,
+            max_pixels=self.policy.max_pixels,
+            identify=self.identify_image,
         )
         await self.store.put_stream(key, ctype, aiter(intake))
         if expected_sha is not None and expected_sha != intake.sha256:
@@ -208,7 +187,7 @@ class MediaService:
         self, user_id: str, content_type: str, size: int, sha256: str
     ) -> dict[str, object]:
         """A presigned upload: the URL the client PUTs the bytes to (``POST /v1/media/uploads``)."""
-        ctype = normalize_type(content_type, self.policy)
+        ctype = normalize_type(content_type, self.policy.allowed_types)
         digest = check_sha256(sha256)
         assert digest is not None
         if size <= 0:
@@ -251,6 +230,7 @@ class MediaService:
             limit=upload.size,
             content_type=upload.content_type,
             max_pixels=self.policy.max_pixels,
+            identify=self.identify_image,
         )
         try:
             async for _ in intake:

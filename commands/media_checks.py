@@ -4,38 +4,21 @@ streaming, and an image's header against its declared type and the pixel limit."
 from __future__ import annotations
 
 import hashlib
-import io
-import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
-
-from PIL import Image, UnidentifiedImageError
 
 from events.errors import Invalid, TooLarge
 
 # Enough of an image to read its header (a JPEG's EXIF and ICC segments come first, < 64 KiB each).
 HEAD_BYTES = 1024 * 1024
-PILLOW_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
 
 
-@dataclass(frozen=True)
-class MediaPolicy:
-    """What an upload may be: its types, sizes, pixels, URL lifetime and a user's daily bytes."""
-
-    allowed_types: frozenset[str]
-    max_direct_bytes: int
-    max_upload_bytes: int
-    max_pixels: int
-    url_ttl_s: int
-    daily_bytes: int
-
-
-def normalize_type(content_type: str | None, policy: MediaPolicy) -> str:
+def normalize_type(content_type: str | None, allowed: Collection[str]) -> str:
     """The bare media type (no parameters), if allowed; else ``Invalid``."""
     bare = (content_type or "").split(";", 1)[0].strip().lower()
     if not bare:
         raise Invalid("Content-Type is required")
-    if bare not in policy.allowed_types:
+    if bare not in allowed:
         raise Invalid(f"content type {bare!r} is not allowed")
     return bare
 
@@ -55,23 +38,9 @@ class ImageInfo:
     height: int
 
 
-def identify_image(head: bytes, declared: str, max_pixels: int) -> ImageInfo:
-    """What the bytes' header says the image is: ``Invalid`` when they are not an image of the
-    declared type, or have more pixels than ``max_pixels`` (a decompression bomb)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(head)) as im:
-                fmt, (width, height) = im.format, im.size
-    except Image.DecompressionBombError as exc:
-        raise Invalid("the image has too many pixels") from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise Invalid(f"the bytes are not a {declared} image") from exc
-    if PILLOW_FORMATS.get(fmt or "") != declared:
-        raise Invalid(f"the bytes are {fmt or 'unknown'}, not {declared}")
-    if width * height > max_pixels:
-        raise Invalid(f"the image has {width * height} pixels, over the limit of {max_pixels}")
-    return ImageInfo(width, height)
+# What an image's first bytes say it is (``commands.adapters.images.identify_image``): the
+# declared type, the bytes' head, the pixel limit; ``Invalid`` when the head disagrees.
+IdentifyImage = Callable[[bytes, str, int], ImageInfo]
 
 
 class Intake:
@@ -79,9 +48,16 @@ class Intake:
     they stream, an image's header checked once enough of it has passed."""
 
     def __init__(
-        self, source: AsyncIterator[bytes], *, limit: int, content_type: str, max_pixels: int
+        self,
+        source: AsyncIterator[bytes],
+        *,
+        limit: int,
+        content_type: str,
+        max_pixels: int,
+        identify: IdentifyImage,
     ) -> None:
         self._source = source
+        self._identify = identify
         self._limit = limit
         self._content_type = content_type
         self._max_pixels = max_pixels
@@ -107,10 +83,10 @@ class Intake:
             if self._checks_image:
                 self._head += chunk
                 if len(self._head) >= HEAD_BYTES:
-                    self.image = identify_image(bytes(self._head), self._content_type, self._max_pixels)
+                    self.image = self._identify(bytes(self._head), self._content_type, self._max_pixels)
                     self._head.clear()
             yield chunk
         if self.size == 0:
             raise Invalid("the upload is empty")
         if self._checks_image:
-            self.image = identify_image(bytes(self._head), self._content_type, self._max_pixels)
+            self.image = self._identify(bytes(self._head), self._content_type, self._max_pixels)

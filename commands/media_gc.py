@@ -16,16 +16,9 @@ from typing import Protocol
 
 from commands.ports import EventLog
 from events import ChatEvent, MediaDeleted
+from projections.views import MediaListing
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class MediaListing:
-    media_id: str
-    created_ts: int
-    deleted: bool
-    keys: tuple[str, ...]  # its object, thumbnail and shared copy
 
 
 class MediaCatalogue(Protocol):

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
-from commands.media import MediaRow, PendingUpload, stored_row
-from commands.media_gc import MediaListing
+from commands.media import PendingUpload, stored_row
 from events import ChatEvent, MediaDeleted, MediaStored, MessageSent, ThumbnailMade
+from projections.views import MediaListing, MediaRow
 
 
 class MemoryObjectStore:

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
-from commands.keys import DeviceKeys
 from commands.ports import Conversation, SendRecord
 from events import (
     ChatEvent,
@@ -25,6 +24,7 @@ from events import (
     SignedKey,
 )
 from events.errors import Unavailable
+from projections.views import DeviceKeys
 
 
 class MemoryEventLog:

@@ -13,17 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from events import PresenceChanged, PresenceState
+from events import PresenceChanged
+from projections.views import PresenceView
 
 ConnectionState = Literal["online", "away"]
-
-
-@dataclass(frozen=True)
-class PresenceView:
-    user_id: str
-    state: PresenceState
-    last_seen: int | None  # ms; only when offline
-    at: int = 0  # µs, when this state began (orders it against transitions)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ class ToDevice:
 
 
 class ToDeviceQueue(Protocol):
-    """The devices' pending to-device messages (``commands.redis_to_device``)."""
+    """The devices' pending to-device messages (``commands.adapters.redis_to_device``)."""
 
     async def add(self, user_id: str, device_id: str, frame: bytes, *, max_len: int, ttl_s: int) -> str:
         """Queue ``frame`` for the device; its position. Drops the oldest past ``max_len`` and

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from projections.cql import Cql
+from projections.adapters.cql import Cql
 from projections.messages import bucket_of
 
 _DELETE = "DELETE FROM {ks}.messages WHERE conversation_id = ? AND bucket = ? AND message_id = ?"

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from functools import singledispatch
 from typing import Any
 
-from commands.keys import DeviceKeys
 from events import (
     ChatEvent,
     DeviceKeysDeleted,
@@ -30,8 +29,9 @@ from events import (
     OneTimeKeysAdded,
     SignedKey,
 )
-from projections.cql import Cql
+from projections.adapters.cql import Cql
 from projections.membership import Statement
+from projections.views import DeviceKeys
 
 NAME = "keys"
 

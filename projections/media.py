@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import singledispatch
 
-from commands.media import MediaRow
-from commands.media_gc import MediaListing
 from events import ChatEvent, MediaDeleted, MediaStored, MessageSent, ThumbnailMade
-from projections.cql import Cql
+from projections.adapters.cql import Cql
 from projections.membership import Statement
+from projections.views import MediaListing, MediaRow
 
 NAME = "media"
 

@@ -32,7 +32,7 @@ from events import (
     dm_members,
     snowflake_ts,
 )
-from projections.cql import Cql
+from projections.adapters.cql import Cql
 from projections.roster import Entry, Roster
 
 NAME = "membership"

@@ -13,7 +13,7 @@ from typing import Any
 
 from events import ChatEvent, MessageSent, snowflake_ts
 from events.rows import MESSAGE_COLUMNS, MESSAGE_OBJECT_COLUMNS, message_object, message_row
-from projections.cql import Cql
+from projections.adapters.cql import Cql
 
 NAME = "messages"
 

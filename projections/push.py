@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from events import ChatEvent, ConversationMuted, PushRegistered, PushUnregistered
-from projections.cql import Cql
+from projections.adapters.cql import Cql
 
 NAME = "push-settings"
 

@@ -13,7 +13,7 @@ from functools import singledispatch
 from typing import Any
 
 from events import ChatEvent, MessageSent, ReceiptRecorded
-from projections.cql import Cql
+from projections.adapters.cql import Cql
 from projections.membership import Statement, write_time
 
 NAME = "receipts"

@@ -2,8 +2,8 @@
 
 ``q`` holds words (all must match), ``"quoted phrases"`` and ``prefix*``. The user's text never
 reaches tantivy's query language: it is cut here into those three kinds, each word then goes
-through the index's own analyzer (``projections.search.ANALYZER``: lowercase and ASCII folding),
-and ``projections.search`` builds term, phrase and regex queries from the results. So operators
+through the index's own analyzer (``projections.adapters.search.ANALYZER``: lowercase and ASCII folding),
+and ``projections.adapters.search`` builds term, phrase and regex queries from the results. So operators
 (``AND``, ``-x``, ``field:``), brackets and stray quotes are literal text, not syntax.
 
 Refused with ``Invalid`` (400): an empty ``q``, one over ``MAX_CHARS``, one with control

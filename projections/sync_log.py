@@ -15,7 +15,7 @@ from collections.abc import Set as AbstractSet
 
 from events import ChatEvent, GroupCreated, MemberRemoved, MembersAdded, encode_event
 from events.topics import is_conversation_event
-from projections.cql import Cql
+from projections.adapters.cql import Cql
 from projections.membership import Statement
 
 NAME = "sync"

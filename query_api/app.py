@@ -72,7 +72,7 @@ def create_app(settings: Settings, *, build: Builder = build_dependencies, name:
         if request.path == WS_PATH:
             if request.app.ctx.draining:
                 raise Unavailable("this gateway is draining; connect to another")
-            await guard_upgrade(request, settings)
+            await guard_upgrade(request, settings.allowed_origins)
         return None
 
     @app.before_server_start

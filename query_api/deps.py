@@ -16,8 +16,9 @@ from commands.direct import DirectChats
 from commands.keys import KeyStore
 from commands.media import MediaService
 from commands.ports import Directory, Locks
-from commands.presence import PresenceStore, PresenceView
+from commands.presence import PresenceStore
 from commands.push import PushSettingsWriter
+from commands.rate_limits import NoLimits, RateLimiter
 from commands.receipts import RecordReceipt, Watermarks, record_receipt
 from commands.to_device import ToDeviceQueue
 from events import Role
@@ -26,8 +27,8 @@ from projections.history import ColdTier, HotTier, WarmTier
 from projections.inbox import InboxSource, UnreadCounter
 from projections.search_query import Hit, Parsed
 from projections.sync import SyncContext
+from projections.views import PresenceView
 from query_api.hub import Hub
-from query_api.limits import NoLimits, RateLimiter
 from query_api.presence import Contacts, PresenceTracker
 from tidings.settings import Settings
 
@@ -205,32 +206,32 @@ async def build_dependencies(settings: Settings) -> Dependencies:
 
     from archive.reader import ArchiveReader
     from archive.sync_source import ArchivedLog
-    from commands.kafka_log import KafkaEventLog
+    from commands.adapters.kafka_log import KafkaEventLog
+    from commands.adapters.redis_idempotency import RedisIdempotencyStore
+    from commands.adapters.redis_locks import RedisLocks
+    from commands.adapters.redis_media import RedisByteQuota, RedisPendingUploads
+    from commands.adapters.redis_presence import RedisPresence
+    from commands.adapters.redis_rate_limits import RedisRateLimiter
+    from commands.adapters.redis_to_device import RedisToDevice
+    from commands.adapters.worker_ids import LeasedSnowflake, WorkerIdLease
     from commands.media import MediaPolicy
-    from commands.redis_idempotency import RedisIdempotencyStore
-    from commands.redis_locks import RedisLocks
-    from commands.redis_media import RedisByteQuota, RedisPendingUploads
-    from commands.redis_presence import RedisPresence
-    from commands.redis_to_device import RedisToDevice
     from commands.to_device import TTL_S as TO_DEVICE_TTL_S
-    from commands.worker_ids import LeasedSnowflake, WorkerIdLease
     from events import Topics
     from events.errors import Unavailable
-    from projections.cql import Cql, connect_to
+    from projections.adapters.cql import Cql, connect_to
+    from projections.adapters.presence import CassandraPresence
+    from projections.adapters.recent import RedisRecent
+    from projections.adapters.redis_client import make_redis
+    from projections.adapters.search import ShardReaders
     from projections.delivery import GROUP_SHARDS
     from projections.inbox import one_conversation
     from projections.keys import CassandraKeys
     from projections.media import CassandraMedia
     from projections.membership import CassandraMembership
     from projections.messages import CassandraMessages, count_unread
-    from projections.presence import CassandraPresence
     from projections.push import CassandraPushSettings
     from projections.receipts import CassandraReceipts
-    from projections.recent import RedisRecent
-    from projections.redis_client import make_redis
-    from projections.search import ShardReaders
     from projections.sync_log import CassandraSyncLog
-    from query_api.limits import RedisRateLimiter, limits_from
     from query_api.metrics import DELIVERY_FAILURES
     from tidings import telemetry
     from tidings.media_store import open_store
@@ -319,6 +320,8 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     async def redis_probe() -> None:
         await redis.ping()
 
+    from commands.adapters.images import identify_image
+
     store, store_stack = await open_store(settings)
     closers.append(store_stack.aclose)
     media_index = CassandraMedia(cql)
@@ -338,6 +341,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
             url_ttl_s=settings.media_url_ttl_s,
             daily_bytes=settings.media_daily_bytes,
         ),
+        identify_image=identify_image,
     )
 
     keys = CassandraKeys(cql)
@@ -388,3 +392,15 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         keys=keys,
         to_device=RedisToDevice(redis, ttl_s=TO_DEVICE_TTL_S),
     )
+
+
+def limits_from(settings: Settings) -> dict[str, tuple[float, int]]:
+    """kind -> (tokens per second, burst)."""
+    return {
+        "send": (settings.rate_send_per_s, settings.rate_send_burst),
+        "typing": (settings.rate_typing_per_s, settings.rate_typing_burst),
+        "presence": (settings.rate_presence_per_s, settings.rate_presence_burst),
+        "connect": (settings.rate_connect_per_s, settings.rate_connect_burst),
+        "media": (settings.rate_media_per_s, settings.rate_media_burst),
+        "search": (settings.rate_search_per_s, settings.rate_search_burst),
+    }

@@ -1,5 +1,5 @@
 """``GET /v1/search``: the caller's conversations' text messages by words, phrases and
-prefixes, newest first (``projections.search``; the query is parsed by
+prefixes, newest first (``projections.adapters.search``; the query is parsed by
 ``projections.search_query``, never by the engine).
 
 The conversations searched are the caller's memberships now, read from the membership read
@@ -18,7 +18,7 @@ import hmac
 from sanic import Blueprint, HTTPResponse, Request
 
 from events.errors import Invalid, NotFound, Unavailable
-from projections.search import analyze
+from projections.adapters.search import analyze
 from projections.search_query import parse
 from query_api.bodies import int_arg
 from query_api.deps import Dependencies

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from events import ChatEvent
-from projections.cql import Cql
+from projections.adapters.cql import Cql
 from streams.projector import PositionedStage, Stage
 
 Statement = tuple[str, tuple[Any, ...]]

@@ -16,9 +16,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from commands.images import ImageRefused, has_location, thumbnail, without_location
+from commands.adapters.images import ImageRefused, has_location, thumbnail, without_location
+from commands.adapters.videos import VideoThumbnails
 from commands.media import MediaIndex, ObjectStore, new_object_key
-from commands.videos import VideoThumbnails
 from events import ChatEvent, MediaStored, ThumbnailMade
 
 log = logging.getLogger(__name__)

@@ -70,9 +70,9 @@ def archive_run(
     ] = True,
 ) -> None:
     """Compact events older than the warm window from the log into verified Parquet."""
+    from archive.adapters.kafka_source import KafkaLogSource
     from archive.compact import compact
     from archive.job import ArchiveJob
-    from archive.kafka_source import KafkaLogSource
     from archive.manifest import exclusive
     from events import Topics
 

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from archive.kafka_source import KafkaLogSource
+from archive.adapters.kafka_source import KafkaLogSource
 from archive.manifest import load, save
 from archive.reader import ArchiveReader
 from events import Topics
+from projections.adapters.cql import Cql, connect_to
 from projections.archived import delete_archived, delete_archived_log, drop_empty_buckets
-from projections.cql import Cql, connect_to
 from projections.messages import bucket_of
 from projections.sync_log import BUCKET_BITS as SYNC_BUCKET_BITS
-from streams.offsets import committed_offsets
+from streams.adapters.offsets import committed_offsets
 from tidings.settings import Settings
 
 # -- prune -------------------------------------------------------------------------------

@@ -27,17 +27,17 @@ from typing import Any
 import orjson
 from cassandra.cluster import Session
 
-from archive.kafka_source import KafkaLogSource
+from archive.adapters.kafka_source import KafkaLogSource
 from archive.manifest import load, write_atomic
 from archive.reader import ArchiveReader
 from archive.replay_source import count
 from events import Topics
-from projections.cql import Cql, connect_to
+from projections.adapters.cql import Cql, connect_to
+from projections.adapters.migrate import migrate_cassandra
+from projections.adapters.presence import CassandraPresence
 from projections.keys import CassandraKeys
 from projections.media import NAME as MEDIA
 from projections.membership import CassandraMembership
-from projections.migrate import migrate_cassandra
-from projections.presence import CassandraPresence
 from projections.push import CassandraPushSettings
 from projections.roster import Roster
 from streams.projector import PositionedStage, Projector, Stage

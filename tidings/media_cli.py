@@ -16,10 +16,10 @@ media_app = typer.Typer(no_args_is_help=True, help="Media (the object store) job
 
 async def gc_orphans(settings: Settings, *, older_than_s: int | None = None) -> tuple[int, int]:
     """Run the orphan job once; returns (media deleted, objects deleted)."""
-    from commands.kafka_log import KafkaEventLog
+    from commands.adapters.kafka_log import KafkaEventLog
     from commands.media_gc import collect_orphans
     from events import Topics
-    from projections.cql import Cql, connect_to
+    from projections.adapters.cql import Cql, connect_to
     from projections.media import CassandraMedia
     from tidings.media_store import open_store
 

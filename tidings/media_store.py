@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
-from commands.s3_store import S3ObjectStore
+from commands.adapters.s3_store import S3ObjectStore
 from tidings.settings import Settings
 
 

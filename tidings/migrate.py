@@ -12,8 +12,8 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from events import Topics
-from projections.cql import connect_to
-from projections.migrate import migrate_cassandra
+from projections.adapters.cql import connect_to
+from projections.adapters.migrate import migrate_cassandra
 from tidings.media_store import ensure_bucket
 from tidings.settings import Settings
 

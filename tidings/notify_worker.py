@@ -19,24 +19,24 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
 
-from commands.kafka_log import KafkaEventLog
+from commands.adapters.kafka_log import KafkaEventLog
 from events import ChatEvent, Topics, partition_key
 from events.errors import Unavailable
-from projections.cql import Cql, connect_to
+from projections.adapters.cql import Cql, connect_to
+from projections.adapters.redis_client import make_redis
 from projections.inbox import inbox_page
 from projections.membership import CassandraMembership
 from projections.messages import count_unread
 from projections.push import CassandraPushSettings
-from projections.redis_client import make_redis
+from streams.adapters.metrics import observe_applied, observe_unavailable
+from streams.adapters.push_mobile import ApnsProvider, FcmProvider, apns_client
+from streams.adapters.push_providers import Provider, WebhookProvider, WebPushProvider
+from streams.adapters.push_redis import RedisOnlineDevices, RedisSentLog
+from streams.adapters.push_sender import Sender
 from streams.app import create_app
-from streams.metrics import observe_applied, observe_unavailable
 from streams.notify import Notifier
 from streams.push_metrics import PUSH_JOBS
-from streams.push_mobile import ApnsProvider, FcmProvider, apns_client
 from streams.push_model import Job
-from streams.push_providers import Provider, WebhookProvider, WebPushProvider
-from streams.push_redis import RedisOnlineDevices, RedisSentLog
-from streams.push_sender import Sender
 from tidings.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -18,12 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from archive.kafka_source import KafkaLogSource
+from archive.adapters.kafka_source import KafkaLogSource
 from archive.manifest import Manifest, load
 from archive.reader import ArchiveReader
 from archive.replay_source import archived_events
 from events import Topics
-from projections.cql import Cql, connect_to
+from projections.adapters.cql import Cql, connect_to
 from projections.membership import CassandraMembership
 from projections.messages import NAME as MESSAGES
 from projections.roster import Roster

@@ -4,7 +4,7 @@ puts the rebuilt shards in place (with the search worker stopped).
 
 The rebuilt shards are under ``<search_root>/rebuilt/<topic>/p<N>``, each with the offset it
 was rebuilt to. After ``switch`` the search worker resumes each shard from that offset: the
-events its consumer group had already passed come from the log (``projections.search``'s
+events its consumer group had already passed come from the log (``projections.adapters.search``'s
 backfill), those it had not yet reached from the group as always.
 """
 
@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from archive.kafka_source import KafkaLogSource
+from archive.adapters.kafka_source import KafkaLogSource
 from archive.manifest import load
 from archive.reader import ArchiveReader
 from archive.replay_source import archived_events
 from events import ChatEvent, Topics, decode_event
-from projections.search import SearchIndexer, ShardReaders, analyze
+from projections.adapters.search import SearchIndexer, ShardReaders, analyze
 from projections.search_query import parse
 from tidings.settings import Settings
 

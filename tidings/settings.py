@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     # "deliver": hot cache and pushes; "persist": Cassandra read models; "all": both in one
     # process. Each role is its own consumer group, so pushes never wait for Cassandra.
     # "notify"/"push": offline notifications (docs/push.md); "search": the full-text index shards
-    # (projections.search), each its own consumer group.
+    # (projections.adapters.search), each its own consumer group.
     worker_role: Literal["all", "deliver", "persist", "notify", "push", "search"] = "all"
     worker_web_port: int = 6066
     worker_batch_size: int = 500

@@ -11,27 +11,27 @@ import faust
 import uvloop
 from prometheus_client import start_http_server
 
+from commands.adapters.videos import VideoThumbnails
 from commands.media import ObjectStore
-from commands.videos import VideoThumbnails
 from events import Topics
-from projections.cql import Cql, connect_to
+from projections.adapters.cql import Cql, connect_to
+from projections.adapters.presence import CassandraPresence, PresencePushes
+from projections.adapters.recent import RedisRecent
+from projections.adapters.redis_client import make_redis
+from projections.adapters.search import SearchIndexer
 from projections.keys import CassandraKeys
 from projections.media import CassandraMedia
 from projections.membership import CassandraMembership
 from projections.messages import CassandraMessages
-from projections.presence import CassandraPresence, PresencePushes
 from projections.push import CassandraPushSettings
 from projections.receipts import CassandraReceipts
-from projections.recent import RedisRecent
-from projections.redis_client import make_redis
 from projections.roster import Roster
-from projections.search import SearchIndexer
 from projections.sync_log import CassandraSyncLog
+from streams.adapters.metrics import observe_applied, observe_unavailable
+from streams.adapters.search_backfill import KafkaBackfill
 from streams.app import Append, create_app
 from streams.media import Thumbnailer
-from streams.metrics import observe_applied, observe_unavailable
 from streams.projector import PositionedStage, Stage
-from streams.search_backfill import KafkaBackfill
 from tidings import telemetry
 from tidings.gc_tuning import tune_for_server
 from tidings.media_store import open_store

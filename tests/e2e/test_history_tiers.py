@@ -45,7 +45,7 @@ async def _until_newest_is(system: System, cid: str, reader: str, last: str) -> 
 
 async def _warm_has(system: System, cid: str, ids: list[str]) -> None:
     """Until Cassandra holds ``ids`` (the persist worker runs behind the pushes)."""
-    from projections.cql import Cql, connect_to
+    from projections.adapters.cql import Cql, connect_to
     from projections.messages import CassandraMessages
 
     cluster, session = await asyncio.to_thread(connect_to, system.settings)  # keeps pings going
@@ -65,7 +65,7 @@ async def _warm_has(system: System, cid: str, ids: list[str]) -> None:
 
 async def _sync_log_offsets(system: System, cid: str) -> list[int]:
     """The offsets of the conversation's rows in the sync log (Cassandra)."""
-    from projections.cql import Cql, connect_to
+    from projections.adapters.cql import Cql, connect_to
 
     cluster, session = await asyncio.to_thread(connect_to, system.settings)
     try:

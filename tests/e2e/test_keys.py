@@ -16,11 +16,11 @@ from typing import Any
 import orjson
 import vodozemac
 
-from archive.kafka_source import KafkaLogSource
+from archive.adapters.kafka_source import KafkaLogSource
 from events import KeyEvent, Topics, decode_event
-from projections.cql import Cql, connect_to
+from projections.adapters.cql import Cql, connect_to
+from projections.adapters.migrate import migrate_cassandra
 from projections.keys import CassandraKeys
-from projections.migrate import migrate_cassandra
 from tests.e2e.conftest import Gateway, System, user
 from tests.e2ee_support import Device
 

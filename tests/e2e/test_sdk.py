@@ -176,13 +176,16 @@ async def test_typed_errors_carry_the_protocol_code(system: System) -> None:
 
 
 async def test_a_send_over_the_rate_limit_raises_rate_limited_with_retry_after(system: System) -> None:
-    gateway = Gateway(system, "sdk-limits", default_limits=True)
+    # A slow bucket (5 at once, then one per 5 s): at the default 20/s a gateway that takes
+    # more than 50 ms per ack (a loaded machine) refills it as fast as the sends drain it.
+    slow = {"TIDINGS_RATE_SEND_PER_S": "0.2", "TIDINGS_RATE_SEND_BURST": "5"}
+    gateway = Gateway(system, "sdk-limits", default_limits=True, env=slow)
     try:
         alice, bob = user(), user()
         cid = direct_conversation_id(alice, bob)
         async with sdk(system, alice, url=gateway.http) as a:
             results = await asyncio.gather(
-                *(a.send(cid, f"burst {i}") for i in range(80)), return_exceptions=True
+                *(a.send(cid, f"burst {i}") for i in range(20)), return_exceptions=True
             )
         limited = [r for r in results if isinstance(r, RateLimited)]
         accepted = [r for r in results if isinstance(r, Message)]

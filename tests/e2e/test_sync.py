@@ -59,8 +59,8 @@ class Device:
 
     async def _positions(self) -> str:
         """Where the persist worker is against the log (to tell a slow worker from a skip)."""
-        from archive.kafka_source import KafkaLogSource
-        from projections.cql import Cql, connect_to
+        from archive.adapters.kafka_source import KafkaLogSource
+        from projections.adapters.cql import Cql, connect_to
         from projections.sync import decode_cursor
         from projections.sync_log import CassandraSyncLog
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
 
+from archive.adapters.kafka_source import KafkaLogSource
 from archive.compact import compact
 from archive.job import ArchiveJob, RunSummary
-from archive.kafka_source import KafkaLogSource
 from bench.archive_workload import produce, synthetic_events
 from events import ChatEvent, Topics
 from tidings.migrate import create_log_topics, new_topic

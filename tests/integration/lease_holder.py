@@ -20,9 +20,9 @@ import signal
 import time
 from typing import Any, TextIO
 
-from commands.worker_ids import LeasedSnowflake, WorkerIdLease
+from commands.adapters.worker_ids import LeasedSnowflake, WorkerIdLease
 from events.errors import Unavailable
-from projections.redis_client import make_redis
+from projections.adapters.redis_client import make_redis
 
 
 def _write(out: TextIO, **event: Any) -> None:

@@ -16,11 +16,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from archive.adapters.kafka_source import KafkaLogSource
 from archive.job import ArchiveJob
-from archive.kafka_source import KafkaLogSource
 from archive.manifest import load
 from bench.archive_workload import produce, synthetic_events
-from commands.kafka_log import KafkaEventLog
+from commands.adapters.kafka_log import KafkaEventLog
 from events import (
     ChatEvent,
     ConversationMuted,
@@ -35,16 +35,16 @@ from events import (
     direct_conversation_id,
 )
 from events.ids import Snowflake
-from projections.cql import Cql, connect_to
+from projections.adapters.cql import Cql, connect_to
+from projections.adapters.migrate import migrate_cassandra
+from projections.adapters.presence import CassandraPresence
 from projections.keys import CassandraKeys
 from projections.media import CassandraMedia
 from projections.membership import CassandraMembership
 from projections.messages import CassandraMessages
-from projections.migrate import migrate_cassandra
-from projections.presence import CassandraPresence
 from projections.push import CassandraPushSettings
 from projections.roster import Roster
-from streams.offsets import committed_offsets
+from streams.adapters.offsets import committed_offsets
 from streams.projector import Projector, Record
 from tests.factories import message_sent
 from tests.integration.test_rebuild_equals_incremental import scenario

@@ -7,7 +7,7 @@ import uuid
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
-from commands.kafka_log import KafkaEventLog
+from commands.adapters.kafka_log import KafkaEventLog
 from events import Topics, decode_event
 from tests.contracts import spread_ids
 from tests.factories import message_sent

@@ -10,13 +10,13 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from commands.kafka_log import KafkaEventLog
+from commands.adapters.kafka_log import KafkaEventLog
+from commands.adapters.s3_store import S3ObjectStore
 from commands.media_gc import collect_orphans
-from commands.s3_store import S3ObjectStore
 from events import MediaStored, Topics
-from projections.cql import Cql, connect_to
+from projections.adapters.cql import Cql, connect_to
+from projections.adapters.migrate import migrate_cassandra
 from projections.media import CassandraMedia
-from projections.migrate import migrate_cassandra
 from tidings.media_store import open_store
 from tidings.settings import Settings
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from commands.s3_store import PART_BYTES, S3ObjectStore
+from commands.adapters.s3_store import PART_BYTES, S3ObjectStore
 from tidings.media_store import open_store
 from tidings.settings import Settings
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from commands.adapters.redis_presence import CHUNK, RedisPresence
 from commands.presence import Beat
-from commands.redis_presence import CHUNK, RedisPresence
-from projections.redis_client import make_redis
+from projections.adapters.redis_client import make_redis
 from tidings.settings import Settings
 
 # Short, so lapses happen in the test; long enough that a loaded machine's stall between a

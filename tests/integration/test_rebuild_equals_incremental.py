@@ -40,11 +40,11 @@ from events import (
     snowflake_ts,
 )
 from events.ids import Snowflake
-from projections.cql import Cql, connect_to
+from projections.adapters.cql import Cql, connect_to
+from projections.adapters.migrate import migrate_cassandra
 from projections.inbox import inbox_page
 from projections.media import CassandraMedia
 from projections.membership import CassandraMembership
-from projections.migrate import migrate_cassandra
 from projections.receipts import CassandraReceipts
 from projections.roster import Roster
 from streams.combined import CombinedWrites

@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from events import Topics
-from projections.cql import connect_to
+from projections.adapters.cql import connect_to
 from tidings.migrate import create_topics, migrate_cassandra_from_settings
 from tidings.settings import Settings
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from events import Topics, encode_event
-from projections.search import ShardReaders, analyze, read_applied, shard_path
+from projections.adapters.search import ShardReaders, analyze, read_applied, shard_path
 from projections.search_query import parse
 from tests.integration.test_search_shards import sent
 from tidings.search_rebuild import rebuild_search, rebuilt_root, switch_search, verify_search

@@ -13,9 +13,16 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from events import ChatEvent, MediaRef, MessageSent, Topics, encode_event
 from events.errors import Unavailable
-from projections.search import APPLIED, SearchIndexer, ShardReaders, analyze, read_applied, shard_path
+from projections.adapters.search import (
+    APPLIED,
+    SearchIndexer,
+    ShardReaders,
+    analyze,
+    read_applied,
+    shard_path,
+)
 from projections.search_query import parse
-from streams.search_backfill import KafkaBackfill
+from streams.adapters.search_backfill import KafkaBackfill
 from tests.factories import message_sent
 from tidings.settings import Settings
 

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from commands.redis_idempotency import RedisIdempotencyStore
+from commands.adapters.redis_idempotency import RedisIdempotencyStore
 from events import keys
-from projections.cql import Cql, connect_to
+from projections.adapters.cql import Cql, connect_to
+from projections.adapters.recent import RedisRecent
+from projections.adapters.redis_client import make_redis
 from projections.keys import CassandraKeys
 from projections.messages import CassandraMessages
-from projections.recent import RedisRecent
-from projections.redis_client import make_redis
 from projections.roster import Entry, Roster
 from tests.contracts import (
     DAY_MS,
@@ -135,7 +135,7 @@ class TestRedisIdempotency(IdempotencyContract):
 
 
 def test_migrations_rerun_changes_nothing(session: Any, services: Settings) -> None:
-    from projections.migrate import migrate_cassandra
+    from projections.adapters.migrate import migrate_cassandra
 
     assert (
         migrate_cassandra(
@@ -152,7 +152,7 @@ def test_migrations_rerun_changes_nothing(session: Any, services: Settings) -> N
 def sync_log(session: Any, services: Settings) -> Iterator[Any]:
     """The sync log in a keyspace of its own: its writes move partition watermarks, which
     would make the e2e system's syncs (same services, same test keyspace) skip offsets."""
-    from projections.migrate import migrate_cassandra
+    from projections.adapters.migrate import migrate_cassandra
     from projections.sync_log import CassandraSyncLog
 
     keyspace = f"{services.cassandra_keyspace}_synclog"
@@ -189,8 +189,8 @@ async def test_sync_heads_follow_the_highest_offset_and_never_move_back(sync_log
 
 
 async def test_rate_limits_hold_under_concurrent_checks_and_survive_a_script_flush(redis: Any) -> None:
+    from commands.adapters.redis_rate_limits import RedisRateLimiter
     from events.errors import RateLimited
-    from query_api.limits import RedisRateLimiter
 
     limiter = RedisRateLimiter(redis, {"send": (0.5, 5)})
     user = f"rl{uuid.uuid4().hex[:8]}"

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from commands.redis_to_device import RedisToDevice
-from projections.redis_client import make_redis
+from commands.adapters.redis_to_device import RedisToDevice
+from projections.adapters.redis_client import make_redis
 from tidings.settings import Settings
 
 

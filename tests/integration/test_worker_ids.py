@@ -1,4 +1,4 @@
-"""The Snowflake worker-id lease (``commands/worker_ids.py``) against real Redis servers of the
+"""The Snowflake worker-id lease (``commands/adapters/worker_ids.py``) against real Redis servers of the
 test's own (never the shared one: they are restarted and paused here): two gateway-like lease
 owners, each a process (``lease_holder.py``), must never issue ids with the same worker id at
 the same time: side by side, across a Redis restart (persistent, and one that comes back
@@ -252,17 +252,23 @@ def test_a_redis_that_comes_back_empty_never_gives_a_used_id_to_a_second_holder(
 ) -> None:
     """The holder still relies on its id (within its own deadline) when the restarted Redis
     hands that id to a newcomer: the newcomer must not issue ids before the holder has found
-    out and stopped."""
+    out and stopped.
+
+    The holder is paused from the Redis restart until the newcomer holds the id: left running,
+    its renewal (every TTL/3) takes the free id back first whenever the newcomer's process is
+    slow to start, and the scenario never happens."""
     port = volatile_redis.port
     _fill_all_but(redis.Redis(port=port), {5})
     holder = holders(port)
     assert holder.acquired() == 5
     holder.wait_for(lambda es: len([e for e in es if e["e"] == "id"]) > 20)
+    holder.process.send_signal(signal.SIGSTOP)
     volatile_redis.kill()
     volatile_redis.start()
     _fill_all_but(redis.Redis(port=port), {5})  # the newcomer can only get the holder's id
     newcomer = holders(port, retry_s=30)
     assert newcomer.acquired() == 5
+    holder.process.send_signal(signal.SIGCONT)
     newcomer.wait_for(lambda es: len([e for e in es if e["e"] == "id"]) > 20)
     holder.wait_for(lambda es: any(e["e"] == "refused" and e["lost"] for e in es))
     last_of_holder = max(snowflake_ts(i) for i in holder.ids())

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiokafka.errors import CoordinatorLoadInProgressError, GroupAuthorizationFailedError
 
-from streams.offsets import committed_offsets
+from streams.adapters.offsets import committed_offsets
 
 TOPIC = "t.conversation-events"
 LOADING, DENIED = CoordinatorLoadInProgressError.errno, GroupAuthorizationFailedError.errno
@@ -95,7 +95,7 @@ async def test_the_lag_exporter_reads_committed_offsets_checked() -> None:
     """A loading coordinator must not read as "nothing committed" (a lag of the whole log)."""
     from aiokafka import TopicPartition
 
-    from streams.metrics import _export_once
+    from streams.adapters.metrics import _export_once
 
     tps = [TopicPartition(TOPIC, 0)]
     with pytest.raises(CoordinatorLoadInProgressError):

@@ -11,7 +11,7 @@ from cassandra.cqltypes import Int32Type, LongType, UTF8Type
 from cassandra.protocol import ColumnMetadata, ProtocolVersion
 from cassandra.query import BatchStatement, BoundStatement, PreparedStatement
 
-from projections.cql import Cql, unshadowed
+from projections.adapters.cql import Cql, unshadowed
 
 KS = "ks"
 # statement -> (table, [(column, type)], indexes of the partition key among the bind markers)

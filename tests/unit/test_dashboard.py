@@ -7,8 +7,8 @@ from pathlib import Path
 from prometheus_client import Counter, Gauge, Histogram
 
 from query_api import metrics as gateway_metrics
-from streams import metrics as worker_metrics
 from streams import push_metrics
+from streams.adapters import metrics as worker_metrics
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json"
 

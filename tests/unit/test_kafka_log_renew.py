@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiokafka.errors import KafkaTimeoutError, OutOfOrderSequenceNumber
 
-from commands.kafka_log import KafkaEventLog
+from commands.adapters.kafka_log import KafkaEventLog
 from events import MessageSent, Topics
 from events.errors import Unavailable
 from tests.factories import message_sent

@@ -10,13 +10,12 @@ from collections.abc import AsyncIterator
 import pytest
 from PIL import Image
 
-from commands.images import ImageRefused, has_location, thumbnail, without_location
-from commands.media import MediaService
-from commands.media_checks import MediaPolicy
+from commands.adapters.images import ImageRefused, has_location, identify_image, thumbnail, without_location
+from commands.adapters.videos import VideoThumbnails, video_thumbnail
+from commands.media import MediaPolicy, MediaService
 from commands.media_gc import collect_orphans
 from commands.media_memory import MemoryByteQuota, MemoryMediaIndex, MemoryObjectStore, MemoryPendingUploads
 from commands.memory import MemoryDirectory, MemoryEventLog
-from commands.videos import VideoThumbnails, video_thumbnail
 from events import MediaDeleted, MediaStored, ThumbnailMade
 from events.errors import Conflict, Forbidden, Invalid, NotFound, RateLimited, TooLarge
 from streams.media import Thumbnailer
@@ -44,6 +43,7 @@ def make() -> tuple[MediaService, MemoryObjectStore, MemoryMediaIndex, MemoryEve
         pending=MemoryPendingUploads(),
         quota=MemoryByteQuota(),
         policy=POLICY,
+        identify_image=identify_image,
         clock=lambda: 1_800_000_000.0,
     )
     return service, store, index, log

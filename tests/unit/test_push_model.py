@@ -12,9 +12,9 @@ import pytest
 
 from events import ChatEvent, PushUnregistered, Topics
 from projections.push import Registration
+from streams.adapters.push_providers import Delivery, outcome_of_status, sign
+from streams.adapters.push_sender import Sender
 from streams.push_model import Coalescer, Job, Retry, decode_record, notification_id, preview_of
-from streams.push_providers import Delivery, outcome_of_status, sign
-from streams.push_sender import Sender
 
 
 def job(mid: int, ts: int, *, device: str = "phone", cid: str = "dm:a:b", direct: bool = True) -> Job:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from events import MessageSent
+from projections.adapters.recent import _cache
 from projections.delivery import Push
-from projections.recent import _cache
 from tests.factories import message_sent, receipt_recorded
 
 

@@ -10,7 +10,7 @@ import pytest
 from aiokafka.errors import InvalidReplicationFactorError, TopicAlreadyExistsError
 from pydantic import ValidationError
 
-from projections.migrate import migrate_cassandra
+from projections.adapters.migrate import migrate_cassandra
 from projections.schema import replication_literal, same_replication
 from tidings.migrate import create_log_topics, new_topic
 from tidings.settings import Settings

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from events.errors import Invalid
-from projections.search import analyze, build_query, highlight_words, prefix_regex
+from projections.adapters.search import analyze, build_query, highlight_words, prefix_regex
 from projections.search_query import MAX_CHARS, Parsed, parse
 from query_api.search_api import make_cursor, read_cursor
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from commands.redis_scripts import RENEW_IF_HELD
-from commands.worker_ids import LeasedSnowflake, WorkerIdLease
+from commands.adapters.redis_scripts import RENEW_IF_HELD
+from commands.adapters.worker_ids import LeasedSnowflake, WorkerIdLease
 from events.errors import Unavailable
 
 TTL = 60.0
@@ -108,7 +108,7 @@ async def test_a_young_redis_without_persistence_makes_the_new_lease_wait(
         slept.append(seconds)
 
     clock, redis = _Clock(), _Redis(aof=aof, uptime_s=uptime_s)
-    monkeypatch.setattr("commands.worker_ids.asyncio.sleep", sleep)
+    monkeypatch.setattr("commands.adapters.worker_ids.asyncio.sleep", sleep)
     lease = await WorkerIdLease.acquire(redis, ttl_s=TTL, clock=clock)  # type: ignore[arg-type]
     try:
         assert slept[:1] == ([wait_s] if wait_s else [])

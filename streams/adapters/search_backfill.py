@@ -1,5 +1,5 @@
 """Reads a range of one partition of the conversation log, for a search shard that is behind
-its consumer group (``projections.search.Backfill``)."""
+its consumer group (``projections.adapters.search.Backfill``)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Read model ``presence`` (Cassandra) and the presence pushes to watchers (Redis pub/sub).
 
 Both consume ``PresenceChanged`` from the presence topic. The live state is in Redis (see
-``commands.redis_presence``); the table keeps each user's last transition and ``last_seen``
+``commands.adapters.redis_presence``); the table keeps each user's last transition and ``last_seen``
 durably, written ``USING TIMESTAMP`` of the transition's time, so the newest wins whatever the
 order of arrival (two gateways may append one user's transitions out of order).
 """
@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from commands.presence import PresenceView
 from events import ChatEvent, PresenceChanged
 from events.errors import Unavailable
-from projections.cql import Cql
+from projections.adapters.cql import Cql
 from projections.delivery import presence_push
+from projections.views import PresenceView
 
 _UPSERT = "UPDATE {ks}.presence USING TIMESTAMP ? SET state = ?, last_seen = ?, at = ? WHERE user_id = ?"
 _SELECT = "SELECT user_id, state, last_seen FROM {ks}.presence WHERE user_id IN ?"

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from commands.redis_scripts import RELEASE_IF_HELD, RENEW_IF_HELD
+from commands.adapters.redis_scripts import RELEASE_IF_HELD, RENEW_IF_HELD
 from events import Snowflake, keys
 from events.errors import Unavailable
 from events.ids import MAX_WORKER

@@ -24,7 +24,7 @@ import jwt
 import orjson
 
 from projections.push import Registration
-from streams.push_providers import Delivery, outcome_of_status, post
+from streams.adapters.push_providers import Delivery, outcome_of_status, post
 
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 APNS_TOKEN_LIFETIME_S = 50 * 60  # Apple refuses tokens older than an hour, and renewals within 20 min

@@ -34,6 +34,8 @@ from commands.push import PushSettingsWriter
 from events import PushUnregistered, Topics, partition_key
 from events.errors import Unavailable
 from projections.push import Registration
+from streams.adapters.push_providers import Delivery, Provider
+from streams.adapters.push_redis import RedisSentLog
 from streams.push_metrics import (
     PUSH_DEAD,
     PUSH_DELAY,
@@ -45,8 +47,6 @@ from streams.push_metrics import (
     PUSH_UNREGISTERED,
 )
 from streams.push_model import Coalescer, Job, Retry, Window, decode_record
-from streams.push_providers import Delivery, Provider
-from streams.push_redis import RedisSentLog
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from commands.adapters.redis_pipeliner import RedisPipeliner
 from commands.ports import SendRecord
-from commands.redis_pipeliner import RedisPipeliner
 from events import MessageSent, keys
 from events.errors import Unavailable
 

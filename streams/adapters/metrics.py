@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import Counter, Gauge, Histogram
 
 from projections.delivery_metrics import DELIVERY_FAILURES
-from streams.offsets import committed_offsets
+from streams.adapters.offsets import committed_offsets
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,13 @@ from __future__ import annotations
 import io
 import warnings
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from commands.media_checks import ImageInfo
+from events.errors import Invalid
 
 GPS_IFD = 0x8825
+PILLOW_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
 THUMBNAIL_QUALITY = 80
 
 
@@ -76,3 +80,22 @@ def without_location(data: bytes, *, max_pixels: int) -> bytes:
         except (OSError, ValueError, SyntaxError) as exc:
             raise ImageRefused(f"cannot re-encode the image: {exc}") from exc
     return out.getvalue()
+
+
+def identify_image(head: bytes, declared: str, max_pixels: int) -> ImageInfo:
+    """What the bytes' header says the image is: ``Invalid`` when they are not an image of the
+    declared type, or have more pixels than ``max_pixels`` (a decompression bomb)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(head)) as im:
+                fmt, (width, height) = im.format, im.size
+    except Image.DecompressionBombError as exc:
+        raise Invalid("the image has too many pixels") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise Invalid(f"the bytes are not a {declared} image") from exc
+    if PILLOW_FORMATS.get(fmt or "") != declared:
+        raise Invalid(f"the bytes are {fmt or 'unknown'}, not {declared}")
+    if width * height > max_pixels:
+        raise Invalid(f"the image has {width * height} pixels, over the limit of {max_pixels}")
+    return ImageInfo(width, height)

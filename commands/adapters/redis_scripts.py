@@ -16,34 +16,6 @@ end
 return 0
 """
 
-# A token bucket per key, in Redis' clock so every gateway process agrees: ARGV[1] tokens per
-# second, ARGV[2] burst. Returns {1, 0} when a token was taken, else {0, ms until one is back}.
-TOKEN_BUCKET = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local saved = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens = tonumber(saved[1])
-local at = tonumber(saved[2])
-if tokens == nil or at == nil then
-  tokens = burst
-  at = now
-end
-tokens = math.min(burst, tokens + math.max(0, now - at) * rate / 1000)
-local taken = 0
-local wait = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-  taken = 1
-else
-  wait = math.ceil((1 - tokens) * 1000 / rate)
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', now)
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
-return {taken, wait}
-"""
-
 # Presence, for a batch of reports: each user's state computed from their connections'
 # expiries, on Redis's own clock (gateways' clocks never matter).
 # KEYS[1] is the reaper's index of live users (user -> their newest expiry); then four keys per

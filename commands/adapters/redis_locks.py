@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from commands.redis_scripts import RELEASE_IF_HELD
+from commands.adapters.redis_scripts import RELEASE_IF_HELD
 from events import keys
 from events.errors import Unavailable
 

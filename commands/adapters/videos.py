@@ -14,7 +14,7 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from commands.images import THUMBNAIL_QUALITY, ImageRefused
+from commands.adapters.images import THUMBNAIL_QUALITY, ImageRefused
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,12 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from commands.presence import Beat, PresenceView
-from commands.redis_pipeliner import PipelinedScript, RedisPipeliner
-from commands.redis_scripts import PRESENCE
+from commands.adapters.redis_pipeliner import PipelinedScript, RedisPipeliner
+from commands.adapters.redis_scripts import PRESENCE
+from commands.presence import Beat
 from events import PresenceChanged, keys
 from events.errors import Unavailable
+from projections.views import PresenceView
 
 
 def _keys(user_id: str) -> list[str]:

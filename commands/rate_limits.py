@@ -1,0 +1,51 @@
+"""Per-user rate limits: a token bucket per user and kind of request (``send``, ``typing``,
+``presence``, ``connect``, ``media``, ``search``), shared by every gateway process through
+Redis (``commands.adapters.redis_rate_limits``). Refusals are ``RateLimited`` with
+``retry_after`` in seconds: 429 with ``Retry-After`` over HTTP, an ``error`` frame
+``rate_limited`` with ``retry_after`` over WebSocket (both rendered in ``query_api.errors``)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Literal, Protocol
+
+from events.errors import RateLimited
+
+Kind = Literal["send", "typing", "presence", "connect", "media", "search"]
+
+
+class RateLimiter(Protocol):
+    async def check(self, kind: Kind, user_id: str) -> None:
+        """Take one token of ``kind`` for ``user_id``; ``RateLimited`` when none is left."""
+
+
+def refuse(kind: str, wait_ms: float) -> RateLimited:
+    return RateLimited(f"too many {kind} requests", retry_after=max(1, math.ceil(wait_ms / 1000)))
+
+
+class NoLimits:
+    async def check(self, kind: Kind, user_id: str) -> None:
+        return None
+
+
+class MemoryRateLimiter:
+    """The same buckets in one process (unit tests)."""
+
+    def __init__(
+        self, limits: dict[str, tuple[float, int]], clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._limits = limits
+        self._clock = clock
+        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
+
+    async def check(self, kind: Kind, user_id: str) -> None:
+        rate, burst = self._limits[kind]
+        now = self._clock()
+        tokens, at = self._buckets.get((kind, user_id), (float(burst), now))
+        tokens = min(float(burst), tokens + (now - at) * rate)
+        if tokens < 1:
+            self._buckets[(kind, user_id)] = (tokens, now)
+            raise refuse(kind, (1 - tokens) * 1000 / rate)
+        self._buckets[(kind, user_id)] = (tokens - 1, now)
