@@ -2,7 +2,7 @@
 their current version): the values of a whole fetch in one ``pyarrow.json`` call, with the
 table's schema as the check, instead of one ``orjson.loads`` and one dict walk per event.
 
-It accepts exactly what the per-event fast path of ``archive.tables`` accepts (the same keys,
+It accepts exactly what the per-event fast path (``archive.fast``) accepts (the same keys,
 JSON types and literals, which are what the catalogue's models check) and nothing else: a
 value with another key, a missing or null field, a string where a number belongs (or a float,
 a boolean, an integer beyond 64 bits), a duplicate key, another version, media, an unknown
@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from archive.tables import MESSAGES, RECEIPTS
+from events.rows import MESSAGE_COLUMNS, RECEIPT_COLUMNS
 
 # Values the gateway writes start like this (pydantic dumps fields in declaration order); a
 # value that does not is left to the per-event path.
@@ -63,21 +64,7 @@ _LITERALS = {
     RECEIPTS: ("status", pa.array(["delivered", "read"])),
 }
 # The archive table's columns that come from the event, in the table's order.
-COLUMNS = {
-    MESSAGES: [
-        "conversation_id",
-        "message_id",
-        "sender_id",
-        "sender_device",
-        "client_msg_id",
-        "kind",
-        "body",
-        "media",
-        "ts",
-        "v",
-    ],
-    RECEIPTS: ["conversation_id", "user_id", "device_id", "message_id", "status", "ts", "v"],
-}
+COLUMNS = {MESSAGES: [*MESSAGE_COLUMNS, "v"], RECEIPTS: [*RECEIPT_COLUMNS, "v"]}
 _PARSE = {
     table: pj.ParseOptions(
         explicit_schema=schema, unexpected_field_behavior="error", newlines_in_values=False

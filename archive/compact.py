@@ -19,8 +19,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from archive.files import id_range, rename_into_place, verify_file, write_file
 from archive.index import update_index
-from archive.job import id_range, rename_into_place, verify_file, write_file
 from archive.manifest import STAGING, FileEntry, Manifest, load, save
 from archive.tables import SORT_KEYS, file_path
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from archive.job import rename_into_place, write_file
+from archive.files import rename_into_place, write_file
 from archive.manifest import STAGING, IndexEntry, Manifest, save
 from archive.tables import MESSAGES
 

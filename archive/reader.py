@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import duckdb
-import orjson
 import pyarrow as pa
 
 from archive.manifest import MANIFEST, Manifest, load
-from archive.tables import SCHEMAS, TABLES
+from archive.tables import SCHEMAS, TABLES, sql_columns
+from events.rows import MESSAGE_OBJECT_COLUMNS, message_object
 
 T = TypeVar("T")
 _RETRIES = 20
 
-_COLUMNS = "message_id, sender_id, client_msg_id, kind, body, media, epoch_ms(ts) AS ts"
+_COLUMNS = sql_columns(MESSAGE_OBJECT_COLUMNS)
 
 
 # Messages with their media, one row per message carrying media: the media reference each
@@ -151,29 +151,7 @@ class ArchiveReader:
         def run(manifest: Manifest | None) -> list[dict[str, Any]]:
             if manifest is None:
                 return []
-            # Files whose id range cannot hold the page are not opened at all; with the
-            # conversation index, neither are files that do not hold the conversation.
-            ranges = {rel: (f.min_id, f.max_id) for rel, f in manifest.files_of("messages")}
-            if manifest.index is not None:
-                covered = set(manifest.index.files)
-                cur = self._db.cursor()
-                try:
-                    held = cur.execute(
-                        "SELECT file, min_id, max_id FROM read_parquet($index) WHERE conversation_id = $cid",
-                        {"index": str(self.root / manifest.index.path), "cid": conversation_id},
-                    ).fetchall()
-                finally:
-                    cur.close()
-                # Files the index covers but the manifest no longer lists were merged into a
-                # listed file: reading both would count their rows twice.
-                listed = set(ranges)
-                ranges = {rel: r for rel, r in ranges.items() if rel not in covered}
-                ranges.update((rel, (lo, hi)) for rel, lo, hi in held if rel in covered and rel in listed)
-            files = [
-                (str(self.root / rel), _Range(lo, hi))
-                for rel, (lo, hi) in ranges.items()
-                if (before is None or lo < before) and (after is None or hi > after)
-            ]
+            files = self._files_for(manifest, conversation_id, before=before, after=after)
             if after is not None:
                 where, order, bound = "message_id > $bound", "ASC", after
                 files.sort(key=lambda pf: pf[1].min_id)
@@ -191,37 +169,67 @@ class ArchiveReader:
                 f" WHERE conversation_id = $cid AND {where}"
                 f" ORDER BY message_id {order} LIMIT $limit"
             )
-            # Newest files first (oldest first reading forward), in growing groups: a busy
-            # conversation is answered from the newest day's file alone, and a quiet one after
-            # a few more; stop once no file left can hold a message that belongs in the page.
-            found: dict[int, tuple[Any, ...]] = {}
-            i, group = 0, 1
-            cur = self._db.cursor()
-            try:
-                while i < len(files):
-                    batch, i, group = files[i : i + group], i + group, group * 4
-                    params = {
-                        "paths": [p for p, _ in batch],
-                        "cid": conversation_id,
-                        "bound": bound,
-                        "limit": limit,
-                    }
-                    for row in cur.execute(sql, params).fetchall():
-                        found[row[0]] = row
-                    if len(found) < limit or i >= len(files):
-                        continue
-                    ids = sorted(found, reverse=order == "DESC")[:limit]
-                    edge = ids[-1]
-                    if (order == "DESC" and edge > files[i][1].max_id) or (
-                        order == "ASC" and edge < files[i][1].min_id
-                    ):
-                        break
-            finally:
-                cur.close()
+            params = {"cid": conversation_id, "bound": bound, "limit": limit}
+            found = self._read_in_groups(files, sql, params, descending=order == "DESC")
             ids = sorted(found, reverse=order == "DESC")[:limit]
-            return [_message(conversation_id, found[m]) for m in sorted(ids)]
+            return [message_object(conversation_id, found[m]) for m in sorted(ids)]
 
         return self.retrying(run)
+
+    def _files_for(
+        self, manifest: Manifest, conversation_id: str, *, before: int | None, after: int | None
+    ) -> list[tuple[str, _Range]]:
+        """The message files that may hold a message of the page: files whose id range cannot
+        are not opened at all; with the conversation index, neither are files that do not
+        hold the conversation."""
+        ranges = {rel: (f.min_id, f.max_id) for rel, f in manifest.files_of("messages")}
+        if manifest.index is not None:
+            covered = set(manifest.index.files)
+            cur = self._db.cursor()
+            try:
+                held = cur.execute(
+                    "SELECT file, min_id, max_id FROM read_parquet($index) WHERE conversation_id = $cid",
+                    {"index": str(self.root / manifest.index.path), "cid": conversation_id},
+                ).fetchall()
+            finally:
+                cur.close()
+            # Files the index covers but the manifest no longer lists were merged into a
+            # listed file: reading both would count their rows twice.
+            listed = set(ranges)
+            ranges = {rel: r for rel, r in ranges.items() if rel not in covered}
+            ranges.update((rel, (lo, hi)) for rel, lo, hi in held if rel in covered and rel in listed)
+        return [
+            (str(self.root / rel), _Range(lo, hi))
+            for rel, (lo, hi) in ranges.items()
+            if (before is None or lo < before) and (after is None or hi > after)
+        ]
+
+    def _read_in_groups(
+        self, files: list[tuple[str, _Range]], sql: str, params: dict[str, Any], *, descending: bool
+    ) -> dict[int, tuple[Any, ...]]:
+        """The rows ``sql`` finds, by message id. Newest files first (oldest first reading
+        forward), in growing groups: a busy conversation is answered from the newest day's
+        file alone, and a quiet one after a few more; stop once no file left can hold a
+        message that belongs in the page."""
+        limit = params["limit"]
+        found: dict[int, tuple[Any, ...]] = {}
+        i, group = 0, 1
+        cur = self._db.cursor()
+        try:
+            while i < len(files):
+                batch, i, group = files[i : i + group], i + group, group * 4
+                for row in cur.execute(sql, {**params, "paths": [p for p, _ in batch]}).fetchall():
+                    found[row[0]] = row
+                if len(found) < limit or i >= len(files):
+                    continue
+                edge = sorted(found, reverse=descending)[:limit][-1]
+                if (descending and edge > files[i][1].max_id) or (
+                    not descending and edge < files[i][1].min_id
+                ):
+                    break
+        finally:
+            cur.close()
+        return found
 
     async def page(
         self, conversation_id: str, *, before: int | None, after: int | None, limit: int
@@ -275,17 +283,3 @@ class ArchiveReader:
 
     def close(self) -> None:
         self._db.close()
-
-
-def _message(conversation_id: str, row: tuple[Any, ...]) -> dict[str, Any]:
-    message_id, sender_id, client_msg_id, kind, body, media, ts = row
-    return {
-        "message_id": str(message_id),
-        "conversation_id": conversation_id,
-        "sender_id": sender_id,
-        "client_msg_id": client_msg_id,
-        "kind": kind,
-        "body": body,
-        "media": orjson.loads(media) if media else None,
-        "ts": int(ts),
-    }

@@ -12,46 +12,26 @@ from collections.abc import Iterator
 from typing import Any
 
 import duckdb
-import orjson
 
 from archive.manifest import Manifest
 from archive.reader import ArchiveReader
-from events import ChatEvent, MediaRef, MessageSent, ReceiptRecorded, decode_event
+from archive.tables import sql_columns
+from events import ChatEvent, decode_event
+from events.rows import MESSAGE_COLUMNS, RECEIPT_COLUMNS, message_from_row, receipt_from_row
 
 QUERIES = {
-    "messages": (
-        "SELECT kafka_offset, conversation_id, message_id, sender_id, sender_device, client_msg_id, kind,"
-        " body, media, epoch_ms(ts), v FROM read_parquet($paths)"
-    ),
+    "messages": f"SELECT kafka_offset, {sql_columns(MESSAGE_COLUMNS)}, v FROM read_parquet($paths)",
     "membership": "SELECT kafka_offset, event FROM read_parquet($paths)",
-    "receipts": (
-        "SELECT kafka_offset, conversation_id, user_id, device_id, message_id, status, epoch_ms(ts), v"
-        " FROM read_parquet($paths)"
-    ),
+    "receipts": f"SELECT kafka_offset, {sql_columns(RECEIPT_COLUMNS)}, v FROM read_parquet($paths)",
 }
 
 
 def _message(row: tuple[Any, ...]) -> ChatEvent:
-    _, cid, mid, sender, device, cmid, kind, body, media, ts, v = row
-    return MessageSent(
-        conversation_id=cid,
-        message_id=mid,
-        sender_id=sender,
-        sender_device=device,
-        client_msg_id=cmid,
-        kind=kind,
-        body=body,
-        media=MediaRef(**orjson.loads(media)) if media else None,
-        ts=ts,
-        v=v,
-    )
+    return message_from_row(row[1:-1], row[-1])
 
 
 def _receipt(row: tuple[Any, ...]) -> ChatEvent:
-    _, cid, uid, device, mid, status, ts, v = row
-    return ReceiptRecorded(
-        conversation_id=cid, user_id=uid, device_id=device, message_id=mid, status=status, ts=ts, v=v
-    )
+    return receipt_from_row(row[1:-1], row[-1])
 
 
 def _membership(row: tuple[Any, ...]) -> ChatEvent:

@@ -31,8 +31,9 @@ import pyarrow.compute as pc
 
 from archive.adapters.kafka_source import KafkaLogSource
 from archive.compact import compact
+from archive.files import write_file
 from archive.index import update_index
-from archive.job import ArchiveJob, write_file
+from archive.job import ArchiveJob
 from archive.manifest import FileEntry, Manifest, save
 from archive.reader import ArchiveReader
 from archive.tables import MESSAGES, SCHEMAS, SORT_KEYS, file_path

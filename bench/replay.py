@@ -27,7 +27,7 @@ from archive.job import ArchiveJob
 from bench.archive_workload import produce, synthetic_events
 from events import Topics
 from projections.adapters.cql import connect_to
-from tidings.archive_ops import replay
+from tidings.archive_replay import replay
 from tidings.migrate import create_log_topics, new_topic
 from tidings.settings import Settings
 

@@ -11,21 +11,19 @@ from collections.abc import Sequence
 from functools import singledispatch
 from typing import Any
 
-import orjson
-
 from events import ChatEvent, MessageSent, snowflake_ts
+from events.rows import MESSAGE_COLUMNS, MESSAGE_OBJECT_COLUMNS, message_object, message_row
 from projections.adapters.cql import Cql
-from projections.wire import message_object
 
 NAME = "messages"
 
 _INSERT_MESSAGE = (
-    "INSERT INTO {ks}.messages (conversation_id, bucket, message_id, sender_id, sender_device,"
-    " client_msg_id, kind, body, media, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO {{ks}}.messages ({', '.join(MESSAGE_COLUMNS)}, bucket)"
+    f" VALUES ({', '.join('?' * (len(MESSAGE_COLUMNS) + 1))})"
 )
 _INSERT_BUCKET = "INSERT INTO {ks}.conversation_buckets (conversation_id, bucket) VALUES (?, ?)"
 _SELECT_BUCKETS = "SELECT bucket FROM {ks}.conversation_buckets WHERE conversation_id = ?"
-_COLUMNS = "message_id, sender_id, client_msg_id, kind, body, media, ts"
+_COLUMNS = ", ".join(MESSAGE_OBJECT_COLUMNS)
 _NEWEST = f"SELECT {_COLUMNS} FROM {{ks}}.messages WHERE conversation_id = ? AND bucket = ? LIMIT ?"
 _BEFORE = (
     f"SELECT {_COLUMNS} FROM {{ks}}.messages WHERE conversation_id = ? AND bucket = ?"
@@ -50,23 +48,8 @@ def statements(event: ChatEvent, bucket_ms: int) -> list[tuple[str, tuple[Any, .
 @statements.register
 def _(event: MessageSent, bucket_ms: int) -> list[tuple[str, tuple[Any, ...]]]:
     bucket = bucket_of(event.message_id, bucket_ms)
-    media = orjson.dumps(event.media.model_dump()).decode() if event.media else None
     return [
-        (
-            _INSERT_MESSAGE,
-            (
-                event.conversation_id,
-                bucket,
-                event.message_id,
-                event.sender_id,
-                event.sender_device,
-                event.client_msg_id,
-                event.kind,
-                event.body,
-                media,
-                event.ts,
-            ),
-        ),
+        (_INSERT_MESSAGE, (*message_row(event), bucket)),
         (_INSERT_BUCKET, (event.conversation_id, bucket)),
     ]
 
@@ -106,7 +89,7 @@ class CassandraMessages:
                 found += await self._cql.execute(_AFTER, (conversation_id, bucket, after, limit - len(found)))
                 if len(found) >= limit:
                     break
-            return [_row_object(conversation_id, row) for row in found]
+            return [message_object(conversation_id, row) for row in found]
         if before is not None:
             end = bucket_of(before, self._bucket_ms)
             buckets = [b for b in buckets if b <= end]
@@ -119,23 +102,10 @@ class CassandraMessages:
                 )
             if len(found) >= limit:
                 break
-        return [_row_object(conversation_id, row) for row in reversed(found)]
+        return [message_object(conversation_id, row) for row in reversed(found)]
 
 
-def _row_object(conversation_id: str, row: Any) -> dict[str, Any]:
-    return {
-        "message_id": str(row.message_id),
-        "conversation_id": conversation_id,
-        "sender_id": row.sender_id,
-        "client_msg_id": row.client_msg_id,
-        "kind": row.kind,
-        "body": row.body,
-        "media": orjson.loads(row.media) if row.media else None,
-        "ts": row.ts,
-    }
-
-
-__all__ = ["NAME", "CassandraMessages", "bucket_of", "message_object", "statements"]
+__all__ = ["NAME", "CassandraMessages", "bucket_of", "statements"]
 
 
 _SENDERS_AFTER = (

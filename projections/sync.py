@@ -1,5 +1,5 @@
 """``/v1/sync``: what a device missed, read from a log of every conversation event kept in log
-order, and the read model behind it.
+order (the read model behind it, and the stage that writes it: ``projections.sync_log``).
 
 **The cursor** is a position in the log: for each partition of the conversation topic, the
 offset up to which the device has everything of its conversations. A conversation lives on one
@@ -28,184 +28,21 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Awaitable, Callable, Sequence
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from events import (
     ChatEvent,
-    GroupCreated,
     GroupEvent,
-    MemberRemoved,
-    MembersAdded,
     MessageSent,
     ReceiptRecorded,
     decode_event,
     dm_members,
-    encode_event,
 )
 from events.errors import Invalid, Unavailable
-from events.topics import is_conversation_event
-from projections.adapters.cql import Cql
-from projections.membership import Statement
 from projections.wire import message_object
 
-NAME = "sync"
-BUCKET_BITS = 20  # offsets per conversation_log bucket: 2^20
-
-_LOG = "INSERT INTO {ks}.conversation_log (conversation_id, bucket, log_offset, event) VALUES (?, ?, ?, ?)"
-_LOG_BUCKET = "INSERT INTO {ks}.conversation_log_buckets (conversation_id, bucket) VALUES (?, ?)"
-_USER_LOG = (
-    "INSERT INTO {ks}.user_log (user_id, log_partition, log_offset, conversation_id, change)"
-    " VALUES (?, ?, ?, ?, ?)"
-)
-_HEAD = "UPDATE {ks}.conversation_heads USING TIMESTAMP ? SET head = ? WHERE conversation_id = ?"
-_WATERMARK = "UPDATE {ks}.sync_watermarks USING TIMESTAMP ? SET applied = ? WHERE log_partition = ?"
-_SELECT_WATERMARKS = "SELECT log_partition, applied FROM {ks}.sync_watermarks"
-_SELECT_BUCKETS = (
-    "SELECT bucket FROM {ks}.conversation_log_buckets"
-    " WHERE conversation_id = ? AND bucket >= ? AND bucket <= ?"
-)
-_SELECT_LOG = (
-    "SELECT log_offset, event FROM {ks}.conversation_log"
-    " WHERE conversation_id = ? AND bucket = ? AND log_offset > ? AND log_offset <= ? LIMIT ?"
-)
-_SELECT_HEADS = "SELECT conversation_id, head FROM {ks}.conversation_heads WHERE conversation_id IN ?"
-HEADS_PER_QUERY = 100
 PRUNE_RETRIES = 5
-BUCKETS_REMEMBERED = 200_000
-_SELECT_USER_LOG = (
-    "SELECT log_offset, conversation_id, change FROM {ks}.user_log"
-    " WHERE user_id = ? AND log_partition = ? AND log_offset > ? AND log_offset <= ?"
-)
-STATEMENTS = (
-    _LOG,
-    _LOG_BUCKET,
-    _USER_LOG,
-    _HEAD,
-    _WATERMARK,
-    _SELECT_WATERMARKS,
-    _SELECT_BUCKETS,
-    _SELECT_LOG,
-    _SELECT_HEADS,
-)
-
-
-def _user_changes(event: ChatEvent) -> list[tuple[str, str]]:
-    if isinstance(event, GroupCreated | MembersAdded):
-        return [(m.user_id, "added") for m in event.members]
-    if isinstance(event, MemberRemoved):
-        return [(event.user_id, "removed")]
-    return []
-
-
-class CassandraSyncLog:
-    """The persist worker's last stage: the conversation log, the user log, then the watermark.
-
-    ``log_rows=False`` leaves out the conversation log's rows (replay, for events whose rows
-    ``tidings archive prune`` removed: the archive serves those)."""
-
-    name = NAME
-
-    def __init__(self, cql: Cql, *, log_rows: bool = True) -> None:
-        self._cql = cql
-        self._log_rows = log_rows
-        # Bucket rows this process has written: a busy conversation's row is written once, not
-        # with every event. Nothing deletes them, so remembering is safe; bounded.
-        self._buckets_written: set[tuple[str, int]] = set()
-
-    def prepare(self) -> None:
-        for cql in (*STATEMENTS, _SELECT_USER_LOG):
-            self._cql.prepare(cql)
-
-    async def apply_at(self, events: Sequence[tuple[int, int, ChatEvent]]) -> None:
-        work, buckets = self._writes(events, self._buckets_written)
-        await self._cql.execute_all(work)
-        if len(self._buckets_written) > BUCKETS_REMEMBERED:
-            self._buckets_written.clear()
-        self._buckets_written |= buckets  # only once written
-        # Only once the batch is written: the watermark promises everything up to it is there.
-        await self._cql.execute_all(self.after_writes_at(events))
-
-    async def writes_at(self, events: Sequence[tuple[int, int, ChatEvent]]) -> list[Statement]:
-        """The log rows of ``events``, deduplicated (for a caller that writes them together
-        with other read models' rows: every bucket row, since this stage cannot know when
-        they are written)."""
-        return self._writes(events, frozenset())[0]
-
-    def after_writes_at(self, events: Sequence[tuple[int, int, ChatEvent]]) -> list[Statement]:
-        """The watermarks to write once every read model has ``events`` (never before)."""
-        marks: dict[int, int] = {}
-        for partition, offset, _ in events:
-            marks[partition] = max(marks.get(partition, -1), offset)
-        return [(_WATERMARK, (offset + 1, offset, p)) for p, offset in marks.items()]
-
-    def _writes(
-        self, events: Sequence[tuple[int, int, ChatEvent]], written: AbstractSet[tuple[str, int]]
-    ) -> tuple[list[Statement], set[tuple[str, int]]]:
-        """The rows of ``events`` and the log buckets whose rows are among them (those not in
-        ``written``)."""
-        work: list[Statement] = []
-        heads: dict[str, int] = {}
-        buckets: set[tuple[str, int]] = set()
-        for partition, offset, event in events:
-            if not is_conversation_event(event):
-                continue
-            cid = event.conversation_id
-            heads[cid] = max(heads.get(cid, -1), offset)
-            bucket = offset >> BUCKET_BITS
-            if self._log_rows:
-                work.append((_LOG, (cid, bucket, offset, encode_event(event))))
-            if (cid, bucket) not in written:
-                buckets.add((cid, bucket))
-            work += [
-                (_USER_LOG, (uid, partition, offset, cid, change)) for uid, change in _user_changes(event)
-            ]
-        work += [(_LOG_BUCKET, key) for key in sorted(buckets)]
-        work += [(_HEAD, (offset + 1, offset, cid)) for cid, offset in heads.items()]
-        return list(dict.fromkeys(work)), buckets
-
-    # -- queries -------------------------------------------------------------------------
-    async def watermarks(self) -> dict[int, int]:
-        return {r.log_partition: r.applied for r in await self._cql.execute(_SELECT_WATERMARKS)}
-
-    async def heads(self, conversation_ids: Sequence[str]) -> dict[str, int]:
-        """The highest log offset of each conversation that has a head row."""
-        chunks = [
-            list(conversation_ids[i : i + HEADS_PER_QUERY])
-            for i in range(0, len(conversation_ids), HEADS_PER_QUERY)
-        ]
-        results = await asyncio.gather(*(self._cql.execute(_SELECT_HEADS, (chunk,)) for chunk in chunks))
-        return {r.conversation_id: r.head for rows in results for r in rows}
-
-    async def between(self, conversation_id: str, low: int, high: int, limit: int) -> list[tuple[int, bytes]]:
-        """Up to ``limit`` events of the conversation with ``low < offset <= high``, ascending."""
-        if high <= low:
-            return []
-        first, last = (low + 1) >> BUCKET_BITS, high >> BUCKET_BITS
-        if first == last:
-            buckets = [first]
-        else:
-            rows = await self._cql.execute(_SELECT_BUCKETS, (conversation_id, first, last))
-            buckets = sorted(r.bucket for r in rows)
-        out: list[tuple[int, bytes]] = []
-        for bucket in buckets:
-            rows = await self._cql.execute(
-                _SELECT_LOG, (conversation_id, bucket, low, high, limit - len(out))
-            )
-            out += [(r.log_offset, r.event) for r in rows]
-            if len(out) >= limit:
-                break
-        return out
-
-    async def user_changes(
-        self, user_id: str, partition: int, low: int, high: int
-    ) -> list[tuple[int, str, str]]:
-        """``(offset, conversation_id, "added"/"removed")`` of the user in ``(low, high]``."""
-        if high <= low:
-            return []
-        rows = await self._cql.execute(_SELECT_USER_LOG, (user_id, partition, low, high))
-        return [(r.log_offset, r.conversation_id, r.change) for r in rows]
 
 
 # -- cursors ---------------------------------------------------------------------------------
@@ -307,18 +144,7 @@ async def sync_since(user_id: str, since: str, *, limit: int, ctx: SyncContext) 
     marks, current = await asyncio.gather(ctx.log.watermarks(), ctx.conversation_ids(user_id))
     low = {p: cursor.get(p, -1) for p in range(ctx.partitions)}
     high = {p: marks.get(p, -1) for p in range(ctx.partitions)}
-    changes = await asyncio.gather(
-        *(ctx.log.user_changes(user_id, p, low[p], high[p]) for p in range(ctx.partitions))
-    )
-    # Up to which offset the user may see each conversation: all of it while a member; up to
-    # the removal for one they left (unless they came back).
-    until: dict[str, int] = {cid: high[ctx.partition_of(cid)] for cid in current}
-    membership: dict[str, tuple[int, str]] = {}
-    for per_partition in changes:
-        for offset, cid, change in per_partition:  # ascending: the last change wins
-            membership[cid] = (offset, change)
-            if change == "removed" and cid not in current:
-                until[cid] = offset
+    until, membership = await _visible(user_id, current, low, high, ctx)
 
     # Only conversations with something after the cursor are read. A head is written before
     # the watermark moves past it, so every event at or below ``high`` is at or below its
@@ -326,6 +152,47 @@ async def sync_since(user_id: str, since: str, *, limit: int, ctx: SyncContext) 
     heads = await ctx.log.heads(sorted(until))
     cids = sorted(c for c in until if c not in heads or heads[c] > low[ctx.partition_of(c)])
     pages = await _read_all(ctx, cids, low, until, limit)
+    taken, new_cursor, has_more = _take(ctx, cids, pages, low, high, limit)
+
+    page = SyncPage(cursor=encode_cursor(new_cursor), has_more=has_more)
+    changed = {
+        cid: change
+        for cid, (offset, change) in membership.items()
+        if offset <= new_cursor[ctx.partition_of(cid)]
+    }
+    await _fill(page, user_id, taken, changed, ctx)
+    return page
+
+
+async def _visible(
+    user_id: str, current: set[str], low: dict[int, int], high: dict[int, int], ctx: SyncContext
+) -> tuple[dict[str, int], dict[str, tuple[int, str]]]:
+    """Up to which offset the user may see each conversation: all of it while a member; up to
+    the removal for one they left (unless they came back). With it, the user's last
+    membership change in each conversation in ``(low, high]``, as ``(offset, change)``."""
+    changes = await asyncio.gather(
+        *(ctx.log.user_changes(user_id, p, low[p], high[p]) for p in range(ctx.partitions))
+    )
+    until: dict[str, int] = {cid: high[ctx.partition_of(cid)] for cid in current}
+    membership: dict[str, tuple[int, str]] = {}
+    for per_partition in changes:
+        for offset, cid, change in per_partition:  # ascending: the last change wins
+            membership[cid] = (offset, change)
+            if change == "removed" and cid not in current:
+                until[cid] = offset
+    return until, membership
+
+
+def _take(
+    ctx: SyncContext,
+    cids: list[str],
+    pages: list[list[tuple[int, bytes]]],
+    low: dict[int, int],
+    high: dict[int, int],
+    limit: int,
+) -> tuple[list[tuple[str, ChatEvent]], dict[int, int], bool]:
+    """The events the page holds (up to ``limit``, partition by partition in offset order),
+    the cursor after them and whether more are left."""
     # Per partition: the events of its conversations in offset order, up to the highest offset
     # below which nothing can be missing (a conversation that filled its page may hold more).
     by_partition: dict[int, list[tuple[int, str, bytes]]] = {}
@@ -351,15 +218,7 @@ async def sync_since(user_id: str, since: str, *, limit: int, ctx: SyncContext) 
             new_cursor[p] = max(low[p], safe[p])
             has_more = has_more or safe[p] < high[p]
         taken += [(cid, decode_event(raw)) for _, cid, raw in events]
-
-    page = SyncPage(cursor=encode_cursor(new_cursor), has_more=has_more)
-    changed = {
-        cid: change
-        for cid, (offset, change) in membership.items()
-        if offset <= new_cursor[ctx.partition_of(cid)]
-    }
-    await _fill(page, user_id, taken, changed, ctx)
-    return page
+    return taken, new_cursor, has_more
 
 
 async def _read_all(

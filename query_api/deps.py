@@ -231,7 +231,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     from projections.messages import CassandraMessages, count_unread
     from projections.push import CassandraPushSettings
     from projections.receipts import CassandraReceipts
-    from projections.sync import CassandraSyncLog
+    from projections.sync_log import CassandraSyncLog
     from query_api.metrics import DELIVERY_FAILURES
     from tidings import telemetry
     from tidings.media_store import open_store

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field
 from sanic import HTTPResponse, Request, Sanic
@@ -31,21 +32,35 @@ DEV_TOKEN_TTL_S = 12 * 3600
 ID_PATTERN = r"^[A-Za-z0-9_.@-]{1,64}$"
 
 # Scripts, styles and connections from this origin only: no inline script or style, no eval,
-# no other origin (a WebSocket to this origin is 'self' to Chromium and Firefox).
-CSP = "; ".join(
-    (
-        "default-src 'none'",
-        "script-src 'self'",
-        "style-src 'self'",
-        "img-src 'self' data: blob:",
-        "connect-src 'self'",
-        "manifest-src 'self'",
-        "worker-src 'self'",
-        "base-uri 'none'",
-        "form-action 'none'",
-        "frame-ancestors 'none'",
+# no other origin (a WebSocket to this origin is 'self' to Chromium and Firefox). The one other
+# origin is the media object store's, for `connect-src` only: the page fetches media through
+# the gateway, which answers with a 302 to a presigned URL there (the bytes then become a
+# `blob:` image), and a large upload PUTs to a presigned URL there.
+def content_security_policy(media_origin: str | None = None) -> str:
+    connect = "connect-src 'self'" + (f" {media_origin}" if media_origin else "")
+    return "; ".join(
+        (
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self' data: blob:",
+            connect,
+            "manifest-src 'self'",
+            "worker-src 'self'",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        )
     )
-)
+
+
+def media_origin(settings: Settings) -> str:
+    """The scheme, host and port presigned media URLs point at (the store's public endpoint)."""
+    parts = urlsplit(settings.s3_public_endpoint or settings.s3_endpoint_url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+CSP = content_security_policy()
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
@@ -91,7 +106,9 @@ def install(app: Sanic, settings: Settings) -> None:
     if settings.dev_login:
         app.add_route(dev_token, DEV_TOKEN_PATH, methods=["POST"], name="dev_token")
 
+    headers = {**SECURITY_HEADERS, "Content-Security-Policy": content_security_policy(media_origin(settings))}
+
     @app.on_response
     async def security_headers(request: Request, response: HTTPResponse) -> None:
         if request.path == "/" or request.path.startswith(PREFIX):
-            response.headers.update(SECURITY_HEADERS)
+            response.headers.update(headers)

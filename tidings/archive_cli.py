@@ -146,7 +146,7 @@ def archive_trim_log() -> None:
     watermark), but none a consumer group of the topic has not committed yet. Replay reads
     the archive for that part."""
     from archive.manifest import exclusive
-    from tidings.archive_ops import trim_log
+    from tidings.archive_prune import trim_log
 
     settings = _settings()
     with exclusive(settings.archive_root):
@@ -163,7 +163,7 @@ def archive_prune() -> None:
     """Delete the Cassandra `messages` and sync log rows of archived (verified) chunks;
     history and sync then read them from the archive. The Kafka log is not touched."""
     from archive.manifest import exclusive
-    from tidings.archive_ops import prune
+    from tidings.archive_prune import prune
 
     settings = _settings()
     with exclusive(settings.archive_root):
@@ -276,7 +276,7 @@ def replay_cmd(
     if ctx.invoked_subcommand is not None:
         return
     from archive.manifest import exclusive
-    from tidings.archive_ops import replay
+    from tidings.archive_replay import replay
 
     settings = Settings()
     if projection == "search":
@@ -369,7 +369,7 @@ def replay_switch(
 ) -> None:
     """Catch the rebuilt keyspace up to the log end and make it the live one (stop the persist
     workers first; restart every gateway and worker after)."""
-    from tidings.archive_ops import latest_rebuilt, switch
+    from tidings.archive_replay import latest_rebuilt, switch
     from tidings.keyspaces import active_keyspace
 
     settings = Settings()
@@ -390,7 +390,7 @@ def verify_cmd(
     show: Annotated[int, typer.Option(help="differing rows shown per table and side")] = 10,
 ) -> None:
     """Compare every table of the rebuilt keyspace with the live one; exit 1 on a difference."""
-    from tidings.archive_ops import latest_rebuilt, load_state, verify
+    from tidings.archive_replay import latest_rebuilt, load_state, verify
     from tidings.keyspaces import active_keyspace
 
     settings = Settings()

@@ -27,7 +27,7 @@ from projections.adapters.cql import Cql, connect_to
 from projections.membership import CassandraMembership
 from projections.messages import NAME as MESSAGES
 from projections.roster import Roster
-from projections.sync import CassandraSyncLog
+from projections.sync_log import CassandraSyncLog
 from streams.combined import CombinedWrites
 from streams.projector import Projector, Record
 from tidings.settings import Settings

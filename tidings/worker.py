@@ -26,7 +26,7 @@ from projections.messages import CassandraMessages
 from projections.push import CassandraPushSettings
 from projections.receipts import CassandraReceipts
 from projections.roster import Roster
-from projections.sync import CassandraSyncLog
+from projections.sync_log import CassandraSyncLog
 from streams.adapters.metrics import observe_applied, observe_unavailable
 from streams.adapters.search_backfill import KafkaBackfill
 from streams.app import Append, create_app

@@ -10,6 +10,7 @@ from tidings_client.errors import (
     Forbidden,
     InvalidRequest,
     NotFound,
+    ObjectStoreError,
     RateLimited,
     ServerError,
     TidingsError,
@@ -17,10 +18,12 @@ from tidings_client.errors import (
     Unauthorized,
     Unavailable,
 )
+from tidings_client.media import MediaApi
 from tidings_client.models import (
     ConnectionState,
     Conversation,
     ConversationChange,
+    ConversationSettings,
     ErrorEvent,
     Event,
     HistoryPage,
@@ -31,10 +34,12 @@ from tidings_client.models import (
     MessageEvent,
     Page,
     Presence,
+    PushRegistration,
     Receipt,
     Typing,
     Watermarks,
 )
+from tidings_client.push import PushApi
 from tidings_client.store import CursorStore, FileCursorStore, MemoryCursorStore
 
 __all__ = [
@@ -44,6 +49,7 @@ __all__ = [
     "ConnectionState",
     "Conversation",
     "ConversationChange",
+    "ConversationSettings",
     "CursorStore",
     "ErrorEvent",
     "Event",
@@ -54,13 +60,17 @@ __all__ = [
     "InvalidRequest",
     "LastMessage",
     "Media",
+    "MediaApi",
     "Member",
     "MemoryCursorStore",
     "Message",
     "MessageEvent",
     "NotFound",
+    "ObjectStoreError",
     "Page",
     "Presence",
+    "PushApi",
+    "PushRegistration",
     "RateLimited",
     "Receipt",
     "ServerError",

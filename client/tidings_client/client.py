@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import inspect
 import json
 import logging
+import ssl
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -19,6 +21,7 @@ import httpx
 
 from tidings_client.backoff import Backoff
 from tidings_client.errors import ClientClosed, TidingsError, Unauthorized, Unavailable, error_for
+from tidings_client.media import MediaApi
 from tidings_client.models import (
     ConnectionState,
     Conversation,
@@ -26,6 +29,7 @@ from tidings_client.models import (
     ErrorEvent,
     Event,
     HistoryPage,
+    Media,
     Member,
     Message,
     MessageEvent,
@@ -35,6 +39,7 @@ from tidings_client.models import (
     Typing,
     Watermarks,
 )
+from tidings_client.push import PushApi
 from tidings_client.store import CursorStore, MemoryCursorStore
 from tidings_client.transport import (
     Connector,
@@ -48,6 +53,7 @@ log = logging.getLogger("tidings_client")
 
 E = TypeVar("E")
 Callback = Callable[[Any], Awaitable[None] | None]
+WireTap = Callable[[str, dict[str, Any]], None]
 
 _CLOSED = object()
 _ALL_EVENTS: tuple[type, ...] = (
@@ -103,6 +109,7 @@ class _Outgoing:
     future: asyncio.Future[Message]
     sent_on: int = -1  # the connection number it was last sent on
     attempts: int = 0
+    media: Media | None = None
 
 
 class EventStream(AsyncIterator[E]):
@@ -150,15 +157,19 @@ class TidingsClient:
     returning a fresh one, called at each connection).
 
     The client keeps one WebSocket open: it sends a ``ping`` every ``heartbeat_s`` and treats a
-    missing ``pong`` as a dead connection; it reconnects after losing it (``Backoff``: 1 s
-    doubling to 30 s, full jitter; a ``reconnect`` frame's ``after_ms`` instead); after each
-    (re)connection it syncs from the stored cursor (``cursor_store``), so the events it yields
-    miss nothing, and it drops messages it already yielded (by ``message_id``). ``send()`` goes
-    through an outbox: unacknowledged sends are sent again, with the same ``client_msg_id``, on
-    the next connection.
+    ``pong`` missing for ``pong_timeout_s`` (default ``heartbeat_s``) as a dead connection; it
+    reconnects after losing it (``Backoff``: 1 s doubling to 30 s, full jitter; a ``reconnect``
+    frame's ``after_ms`` instead); after each (re)connection it syncs from the stored cursor
+    (``cursor_store``), so the events it yields miss nothing, and it drops messages it already
+    yielded (by ``message_id``). ``send()`` goes through an outbox: unacknowledged sends are sent
+    again, with the same ``client_msg_id``, on the next connection.
 
     ``user_id`` and ``device_id`` are the token's ``sub`` and ``dev`` claims. ``connector`` and
-    ``http_transport`` replace the WebSocket and HTTP transports (for tests).
+    ``http_transport`` replace the WebSocket and HTTP transports (for tests). ``wire_tap``, if
+    given, sees the wire before the client's own handling (for measuring tools such as the fault
+    suite: e.g. pushes counted before the dedup): it is called with ``("in", frame)`` for every
+    frame received, ``("out", frame)`` for every ``send`` frame transmitted (a resend too) and
+    ``("sync", page)`` for every ``/v1/sync`` answer; it must not block or raise.
     """
 
     def __init__(
@@ -168,6 +179,7 @@ class TidingsClient:
         *,
         cursor_store: CursorStore | None = None,
         heartbeat_s: float = 30.0,
+        pong_timeout_s: float | None = None,
         backoff: Backoff | None = None,
         typing_refresh_s: float = 3.0,
         typing_idle_s: float = 5.0,
@@ -177,6 +189,7 @@ class TidingsClient:
         seen_capacity: int = 100_000,
         connector: Connector | None = None,
         http_transport: httpx.AsyncBaseTransport | None = None,
+        wire_tap: WireTap | None = None,
     ) -> None:
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -191,13 +204,16 @@ class TidingsClient:
         """The device of the token (claim ``dev``)."""
         self.cursor_store: CursorStore = cursor_store or MemoryCursorStore()
         self.heartbeat_s = heartbeat_s
+        self.pong_timeout_s = heartbeat_s if pong_timeout_s is None else pong_timeout_s
         self.backoff = backoff or Backoff()
         self.typing_refresh_s = typing_refresh_s
         self.typing_idle_s = typing_idle_s
         self.unavailable_retry_s = unavailable_retry_s
         self.resync_after_s = tuple(resync_after_s)
         self._connector: Connector = connector or websockets_connect
-        self._http = httpx.AsyncClient(timeout=http_timeout_s, transport=http_transport)
+        self._http = httpx.AsyncClient(
+            timeout=http_timeout_s, transport=http_transport, verify=_shared_ssl_context()
+        )
         self._seen = _Seen(seen_capacity)
         self._outbox: OrderedDict[str, _Outgoing] = OrderedDict()
         self._refs: dict[str, str] = {}  # ref of a send frame -> client_msg_id
@@ -220,6 +236,11 @@ class TidingsClient:
         self._presence: str | None = None
         self._typing: dict[str, tuple[float, asyncio.TimerHandle]] = {}
         self._sync_lock = asyncio.Lock()
+        self._tap = wire_tap
+        self.media = MediaApi(self)
+        """Media upload and download (``MediaApi``)."""
+        self.push = PushApi(self)
+        """Push registration of this device and conversation mutes (``PushApi``)."""
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -422,7 +443,7 @@ class TidingsClient:
         reason = "closed"
         try:
             # Pushes start once the gateway registered the socket: its first reply says so.
-            await self._roundtrip(ws, self.heartbeat_s)
+            await self._roundtrip(ws, self.pong_timeout_s)
             heart = asyncio.create_task(self._heartbeat(ws))  # also while the resume runs
             await self._restore_state(ws)
             self._resuming = True
@@ -492,6 +513,8 @@ class TidingsClient:
                 continue
             if not isinstance(frame, dict):
                 continue
+            if self._tap is not None:
+                self._tap("in", frame)
             try:
                 self._on_frame(frame)
             except (KeyError, TypeError, ValueError) as exc:
@@ -512,9 +535,9 @@ class TidingsClient:
         while True:
             await asyncio.sleep(self.heartbeat_s)
             try:
-                await self._roundtrip(ws, self.heartbeat_s)
+                await self._roundtrip(ws, self.pong_timeout_s)
             except (TimeoutError, asyncio.CancelledError, TransportClosed):
-                log.info("no pong within %.1fs: closing the connection", self.heartbeat_s)
+                log.info("no pong within %.1fs: closing the connection", self.pong_timeout_s)
                 await ws.close()
                 return
 
@@ -593,7 +616,40 @@ class TidingsClient:
             "kind": "text",
             "body": body,
         }
-        entry = _Outgoing(cmid, frame, asyncio.get_running_loop().create_future())
+        return await self._send_through_outbox(
+            _Outgoing(cmid, frame, asyncio.get_running_loop().create_future())
+        )
+
+    async def send_media(
+        self,
+        conversation_id: str,
+        media: Media,
+        *,
+        caption: str = "",
+        kind: str | None = None,
+        client_msg_id: str | None = None,
+    ) -> Message:
+        """Send uploaded media (``client.media.upload(...)``; only its uploader may send it) as a
+        message of ``kind`` (by default ``media.message_kind``: ``image``, ``video`` or ``file``)
+        with an optional caption. Acknowledged, retried and refused like ``send()``."""
+        if self._closing:
+            raise ClientClosed("the client is closed")
+        if self._fatal is not None:
+            raise self._fatal
+        cmid = client_msg_id or uuid.uuid4().hex
+        frame = {
+            "type": "send",
+            "client_msg_id": cmid,
+            "conversation_id": conversation_id,
+            "kind": kind or media.message_kind,
+            "body": caption,
+            "media_id": media.media_id,
+        }
+        future = asyncio.get_running_loop().create_future()
+        return await self._send_through_outbox(_Outgoing(cmid, frame, future, media=media))
+
+    async def _send_through_outbox(self, entry: _Outgoing) -> Message:
+        cmid, conversation_id = entry.client_msg_id, str(entry.frame["conversation_id"])
         self._outbox[cmid] = entry
         await self.stop_typing(conversation_id)  # a sent message ends the typing
         if self._ws is not None and self._ready.is_set():
@@ -617,8 +673,11 @@ class TidingsClient:
         ref = f"s{uuid.uuid4().hex[:12]}"
         self._refs[ref] = entry.client_msg_id
         # If the socket is gone it stays in the outbox and goes again on the next connection.
+        frame = {**entry.frame, "ref": ref}
+        if self._tap is not None:
+            self._tap("out", frame)
         with contextlib.suppress(TransportClosed):
-            await ws.send(json.dumps({**entry.frame, "ref": ref}))
+            await ws.send(json.dumps(frame))
 
     async def _flush_outbox(self) -> None:
         ws = self._ws
@@ -640,6 +699,7 @@ class TidingsClient:
             kind=str(entry.frame["kind"]),
             body=entry.frame.get("body"),
             ts=int(frame.get("ts") or 0),
+            media=entry.media,
         )
         # The app has it from send(): a push of it to this device is not an event.
         self._seen.add(message.message_id)
@@ -749,6 +809,8 @@ class TidingsClient:
             cursor = await self.cursor_store.load()
             while True:
                 data = await self._request("GET", "/v1/sync", params={"since": cursor} if cursor else None)
+                if self._tap is not None:
+                    self._tap("sync", data)
                 for change in data.get("conversations") or []:
                     self._emit(
                         ConversationChange(
@@ -938,6 +1000,14 @@ class TidingsClient:
     async def presence(self, user_id: str) -> Presence:
         """A user's presence (someone you share a conversation with, or yourself)."""
         return Presence.from_json(await self._request("GET", f"/v1/users/{_seg(user_id)}/presence"))
+
+
+@functools.cache
+def _shared_ssl_context() -> ssl.SSLContext:
+    """httpx's default TLS context (certifi's CAs, or SSL_CERT_FILE/SSL_CERT_DIR), made once per
+    process: loading the CA bundle costs ~10 ms of CPU, far more on a loaded machine, and every
+    client would load it again (the fault suite's 120 clients spent ~35 s on it)."""
+    return httpx.create_ssl_context()
 
 
 def _seg(value: str) -> str:

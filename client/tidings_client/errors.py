@@ -105,6 +105,14 @@ class ClientClosed(TidingsError):
     code = "closed"
 
 
+class ObjectStoreError(TidingsError):
+    """The object store refused or failed a transfer of media bytes (a presigned ``PUT`` or
+    ``GET``): ``status`` is its HTTP status, ``message`` the start of its answer. Not a protocol
+    code: the store speaks S3, not the Tidings protocol."""
+
+    code = "object_store"
+
+
 _BY_CODE: dict[str, type[TidingsError]] = {
     cls.code: cls
     for cls in (

@@ -20,16 +20,39 @@ def id_key(message_id: str) -> int:
 
 @dataclass(frozen=True)
 class Media:
-    """The media a message of kind ``image``, ``video`` or ``file`` carries."""
+    """A stored media object: what an upload returns, and what a message of kind ``image``,
+    ``video`` or ``file`` carries. ``width``/``height`` for images; ``thumbnail`` says whether a
+    thumbnail exists yet (as of the answer it came in: ``MediaApi.thumbnail`` can wait for one).
+    Fields the server did not send are ``None`` (v1 message frames carry only the first three)."""
 
     media_id: str
     content_type: str
     size: int
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    thumbnail: bool = False
+
+    @property
+    def message_kind(self) -> str:
+        """The message kind this media is sent as: ``image``, ``video`` or ``file``."""
+        if self.content_type.startswith("image/"):
+            return "image"
+        if self.content_type.startswith("video/"):
+            return "video"
+        return "file"
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Media:
+        width, height, digest = data.get("width"), data.get("height"), data.get("sha256")
         return cls(
-            media_id=str(data["media_id"]), content_type=str(data["content_type"]), size=int(data["size"])
+            media_id=str(data["media_id"]),
+            content_type=str(data["content_type"]),
+            size=int(data["size"]),
+            sha256=None if digest is None else str(digest),
+            width=None if width is None else int(width),
+            height=None if height is None else int(height),
+            thumbnail=bool(data.get("thumbnail", False)),
         )
 
 
@@ -141,6 +164,31 @@ class Watermarks:
             delivered=None if d is None else str(d),
             read=None if r is None else str(r),
         )
+
+
+@dataclass(frozen=True)
+class PushRegistration:
+    """Where this device's push notifications go (``provider``: ``webpush``, ``fcm``, ``apns``
+    or ``webhook``)."""
+
+    device_id: str
+    provider: str
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PushRegistration:
+        return cls(device_id=str(data["device_id"]), provider=str(data["provider"]))
+
+
+@dataclass(frozen=True)
+class ConversationSettings:
+    """The caller's own settings of a conversation (``muted``: no push notifications from it)."""
+
+    conversation_id: str
+    muted: bool
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ConversationSettings:
+        return cls(conversation_id=str(data["conversation_id"]), muted=bool(data["muted"]))
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tidings_client import backoff, client, errors, models, store
+from tidings_client import backoff, client, errors, media, models, push, store
 
 START, END = "<!-- reference:start -->", "<!-- reference:end -->"
 
 SECTIONS: list[tuple[str, list[Any]]] = [
     ("The client", [client.TidingsClient, client.EventStream, client.direct_conversation_id]),
+    ("Media and push", [media.MediaApi, push.PushApi]),
     (
         "Objects",
         [
@@ -30,6 +31,8 @@ SECTIONS: list[tuple[str, list[Any]]] = [
             models.Watermarks,
             models.Page,
             models.HistoryPage,
+            models.PushRegistration,
+            models.ConversationSettings,
         ],
     ),
     (
@@ -58,6 +61,7 @@ SECTIONS: list[tuple[str, list[Any]]] = [
             errors.Unavailable,
             errors.ServerError,
             errors.ClientClosed,
+            errors.ObjectStoreError,
         ],
     ),
     (

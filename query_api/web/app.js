@@ -1,5 +1,6 @@
 // The Tidings web client: sign-in, inbox, conversation, sending with optimistic display,
-// receipts (ticks), typing, presence, groups, and reconnect-and-resume. Written against
+// receipts (ticks), typing, presence, groups, image upload with thumbnails, Web Push
+// registration through a service worker, and reconnect-and-resume. Written against
 // docs/protocol.md only. User content is only ever set with textContent (never as HTML).
 
 import { Api, ApiError, devLogin } from "./api.js";
@@ -31,6 +32,25 @@ function newId() {
 
 function clock(ts) {
   return new Date(ts).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+// The VAPID key as the bytes `applicationServerKey` takes (it comes as unpadded base64url).
+function base64UrlBytes(text) {
+  const binary = atob(text.replace(/-/g, "+").replace(/_/g, "/").padEnd(Math.ceil(text.length / 4) * 4, "="));
+  return Uint8Array.from(binary, (c) => c.charCodeAt(0));
+}
+
+// Until a service worker registration has an active worker (`navigator.serviceWorker.ready`
+// would wait for one controlling this page, and the worker's scope is /web/, not /).
+function activeWorker(registration) {
+  if (registration.active) return Promise.resolve(registration.active);
+  const worker = registration.installing || registration.waiting;
+  return new Promise((resolve, reject) => {
+    worker.addEventListener("statechange", () => {
+      if (worker.state === "activated") resolve(worker);
+      else if (worker.state === "redundant") reject(new Error("the service worker failed to install"));
+    });
+  });
 }
 
 function tokenClaims(token) {
@@ -104,6 +124,8 @@ function end(message) {
 class Chat {
   constructor(session) {
     this.me = session.user_id;
+    this.deviceId = session.device_id;
+    this.thumbs = new Map(); // media_id -> {state: "loading" | "ready" | "failed", url}
     this.api = new Api(session.token);
     this.expiresMs = tokenClaims(session.token).exp * 1000;
     this.store = new Store(this.me);
@@ -130,6 +152,7 @@ class Chat {
 
   stop() {
     this.conn.stop();
+    for (const entry of this.thumbs.values()) if (entry.url) URL.revokeObjectURL(entry.url);
     for (const [target, type, fn] of this.listeners) target.removeEventListener(type, fn);
   }
 
@@ -163,6 +186,13 @@ class Chat {
         this.sendText();
       }
     });
+    this.listen($("composer-image"), "change", () => {
+      const input = $("composer-image");
+      const file = input.files && input.files[0];
+      input.value = "";
+      this.sendImage(file);
+    });
+    this.listen($("push-enable"), "click", () => this.enablePush());
     this.listen($("composer-text"), "input", () => this.typed());
     this.listen($("composer-text"), "blur", () => this.stopTyping());
     this.listen(document, "visibilitychange", () => {
@@ -215,7 +245,8 @@ class Chat {
     await this.sync();
     this.updateWatch();
     for (const pending of this.store.outbox.values()) {
-      if (pending.status !== "failed") this.conn.send(pending.frame); // same client_msg_id: no duplicate
+      // same client_msg_id: no duplicate (an image still uploading is sent once its upload is done)
+      if (pending.status !== "failed" && pending.status !== "uploading") this.conn.send(pending.frame);
     }
     if (this.open) this.markRead(this.open);
   }
@@ -284,9 +315,9 @@ class Chat {
           conversation_id: frame.conversation_id,
           sender_id: this.me,
           client_msg_id: frame.client_msg_id,
-          kind: "text",
+          kind: pending.frame.kind,
           body: pending.frame.body,
-          media: null,
+          media: pending.media || null,
           ts: frame.ts,
         });
         store.setWatermark(frame.conversation_id, this.me, "read", frame.message_id); // sending reads
@@ -529,6 +560,94 @@ class Chat {
     this.renderConversation({ toBottom: true });
   }
 
+  // An image: uploaded first (POST /v1/media; shown at once from the file itself, "Uploading…"),
+  // then sent like a text, with the media_id, through the same outbox.
+  async sendImage(file) {
+    if (!this.open || !file) return;
+    const id = newId();
+    const frame = { type: "send", ref: id, client_msg_id: id, conversation_id: this.open, kind: "image", body: "" };
+    const preview = URL.createObjectURL(file);
+    const pending = { frame, status: "uploading", ts: Date.now(), preview };
+    this.store.outbox.set(id, pending);
+    this.renderConversation({ toBottom: true });
+    try {
+      const media = await this.api.uploadMedia(file);
+      frame.media_id = media.media_id;
+      pending.media = media;
+      pending.status = "sending";
+      this.thumbs.set(media.media_id, { state: "ready", url: preview }); // the sender has the image
+      this.conn.send(frame); // when the socket is down it goes out on reconnect
+    } catch (error) {
+      pending.status = "failed";
+      this.failed(error);
+    }
+    this.renderConversation();
+  }
+
+  // The thumbnail of an image (or video) message, fetched once through the media API.
+  loadThumbnail(mediaId) {
+    this.thumbs.set(mediaId, { state: "loading", url: null });
+    this.api
+      .mediaBlob(mediaId, { thumbnail: true })
+      .then((blob) => this.thumbs.set(mediaId, { state: "ready", url: URL.createObjectURL(blob) }))
+      .catch(() => this.thumbs.set(mediaId, { state: "failed", url: null }))
+      .finally(() => this.renderConversation());
+  }
+
+  mediaNode(m) {
+    const from = m.sender_id === this.me ? "you" : m.sender_id;
+    if (m.preview) return el("img", { class: "thumb", src: m.preview, alt: `Image from ${from}` });
+    if (!m.media) return el("span", { text: `[${m.kind}]` });
+    const mediaId = m.media.media_id;
+    if (m.kind !== "image" && m.kind !== "video") {
+      return el("span", { class: "file", text: `[${m.kind}: ${m.media.content_type}, ${m.media.size} bytes]` });
+    }
+    if (!this.thumbs.has(mediaId)) this.loadThumbnail(mediaId);
+    const entry = this.thumbs.get(mediaId);
+    if (entry.state === "ready") {
+      return el("img", { class: "thumb", src: entry.url, alt: `${m.kind === "image" ? "Image" : "Video"} from ${from}`, "data-media-id": mediaId });
+    }
+    const text = entry.state === "failed" ? `[${m.kind} unavailable]` : `Loading ${m.kind}…`;
+    return el("span", { class: "thumb-placeholder", "data-media-id": mediaId, text });
+  }
+
+  // Web Push: the service worker (/web/sw.js, scope /web/) is registered, the browser subscribes
+  // with the server's VAPID key, and the subscription goes to PUT /v1/devices/{device}/push.
+  // The worker shows each notification; a click brings the chat forward.
+  async enablePush() {
+    const say = (text, state) => {
+      $("push-state").textContent = text;
+      $("push-state").dataset.state = state;
+    };
+    if (!("serviceWorker" in navigator) || !("PushManager" in window) || !("Notification" in window)) {
+      say("This browser cannot receive notifications.", "unsupported");
+      return;
+    }
+    let step = "permission";
+    try {
+      if ((await Notification.requestPermission()) !== "granted") {
+        say("Notifications are blocked for this site.", "denied");
+        return;
+      }
+      step = "service worker";
+      const registration = await navigator.serviceWorker.register("/web/sw.js", { scope: "/web/" });
+      await activeWorker(registration);
+      say("Service worker ready; subscribing…", "subscribing");
+      step = "subscription";
+      const { public_key: key } = await this.api.webPushKey();
+      const subscription =
+        (await registration.pushManager.getSubscription()) ||
+        (await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: base64UrlBytes(key) }));
+      const { endpoint, keys } = subscription.toJSON();
+      step = "registration";
+      await this.api.registerPush(this.deviceId, { provider: "webpush", endpoint, keys: { p256dh: keys.p256dh, auth: keys.auth } });
+      say("Notifications are on for this browser.", "on");
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 401) return this.failed(error);
+      say(`Notifications could not be turned on (${step}): ${error.name || "Error"}: ${error.message}`, "failed");
+    }
+  }
+
   typed() {
     if (!this.open) return;
     const now = Date.now();
@@ -572,7 +691,7 @@ class Chat {
       }
       title.append(this.title(conv));
       const last = conv.last_message;
-      const preview = last ? `${last.sender_id === this.me ? "You: " : ""}${last.preview}` : "No messages yet";
+      const preview = last ? `${last.sender_id === this.me ? "You: " : ""}${last.preview || "[media]"}` : "No messages yet";
       const button = el(
         "button",
         { type: "button", onclick: () => this.openConversation(cid) },
@@ -605,8 +724,8 @@ class Chat {
 
     const list = $("messages");
     const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
-    const labels = { sending: "Sending…", failed: "Not sent", sent: "✓", delivered: "✓✓", read: "✓✓" };
-    const names = { sending: "sending", failed: "not sent", sent: "sent", delivered: "delivered", read: "read" };
+    const labels = { uploading: "Uploading…", sending: "Sending…", failed: "Not sent", sent: "✓", delivered: "✓✓", read: "✓✓" };
+    const names = { uploading: "uploading", sending: "sending", failed: "not sent", sent: "sent", delivered: "delivered", read: "read" };
     const items = this.store.sortedMessages(cid).map((m) => {
       const mine = m.sender_id === this.me;
       const meta = el("div", { class: "meta" }, m.ts ? clock(m.ts) : "");
@@ -619,7 +738,11 @@ class Chat {
       if (m.message_id) item.dataset.messageId = m.message_id;
       if (status) item.dataset.status = status;
       if (!mine && conv.kind === "group") item.append(el("div", { class: "sender", text: m.sender_id }));
-      item.append(el("div", { class: "body", text: m.body || `[${m.kind}]` }), meta);
+      if (m.media || m.preview) {
+        const body = el("div", { class: "body" }, this.mediaNode(m));
+        if (m.body) body.append(el("div", { class: "caption", text: m.body }));
+        item.append(body, meta);
+      } else item.append(el("div", { class: "body", text: m.body || `[${m.kind}]` }), meta);
       return item;
     });
     list.replaceChildren(...items);

@@ -72,8 +72,10 @@ export class Store {
         client_msg_id: p.frame.client_msg_id,
         conversation_id: cid,
         sender_id: this.me,
-        kind: "text",
+        kind: p.frame.kind,
         body: p.frame.body,
+        media: p.media || null,
+        preview: p.preview || null,
         ts: p.ts,
         status: p.status,
       }));

@@ -59,7 +59,8 @@ class Device:
         """Where the persist worker is against the log (to tell a slow worker from a skip)."""
         from archive.adapters.kafka_source import KafkaLogSource
         from projections.adapters.cql import Cql, connect_to
-        from projections.sync import CassandraSyncLog, decode_cursor
+        from projections.sync import decode_cursor
+        from projections.sync_log import CassandraSyncLog
 
         settings = self.system.settings
         cluster, session = await asyncio.to_thread(connect_to, settings)

@@ -3,17 +3,25 @@ the running system (the gateway serving the page at ``/`` with the development s
 
 from __future__ import annotations
 
+import base64
+import os
 import re
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import http_ece
+import orjson
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from playwright.sync_api import expect
 
 from tests.e2e.conftest import System, user
+from tests.e2e.push_receiver import Receiver
 from tests.e2e.web_support import Tab, WebGateway, browser, screenshot_dirs
+from tests.media_images import jpeg
 
 
 @pytest.fixture
@@ -269,3 +277,185 @@ def test_an_expired_session_goes_back_to_sign_in(system: System, web: WebGateway
         assert tab.page.evaluate("sessionStorage.length") == 0
         web.start()  # for the fixture's stop
         tab.close()
+
+
+def test_an_image_uploaded_in_one_browser_shows_as_a_thumbnail_in_the_other(
+    system: System, web: WebGateway, tmp_path: Path
+) -> None:
+    """The sender picks an image: it shows at once from the file, is uploaded (POST /v1/media)
+    and sent with its media_id; the other browser fetches the server's WebP thumbnail through the
+    media API (a 302 to the object store, followed under the page's CSP) and shows it."""
+    alice, bob = named("alice"), named("bob")
+    cid = dm(alice, bob)
+    photo = jpeg()  # 400 x 200, EXIF orientation 6: the thumbnail is upright, 160 x 320
+    with browser() as b:
+        shots = screenshot_dirs(tmp_path)
+        a, bb = Tab(b, web.http, shots), Tab(b, web.http, shots)
+        a.sign_in(alice)
+        bb.sign_in(bob)
+        a.open_direct(bob)
+        a.page.set_input_files(
+            "#composer-image", files=[{"name": "photo.jpg", "mimeType": "image/jpeg", "buffer": photo}]
+        )
+        mine = a.page.locator("#messages li.message.mine").filter(has=a.page.locator("img.thumb"))
+        expect(mine).to_have_count(1)
+        expect(mine).to_have_attribute("data-message-id", re.compile(r"^\d+$"), timeout=30_000)
+        message_id = mine.get_attribute("data-message-id")
+
+        # The server has an image message carrying the media object.
+        status, page = system.request("GET", f"/v1/conversations/{cid}/messages", user=bob)
+        assert status == 200
+        [stored] = [m for m in page["messages"] if m["message_id"] == message_id]
+        assert stored["kind"] == "image" and stored["media"]["content_type"] == "image/jpeg"
+        assert stored["media"]["size"] == len(photo)
+
+        bb.open_conversation(cid)
+        thumb = bb.page.locator(f'#messages li[data-message-id="{message_id}"] img.thumb')
+        expect(thumb).to_be_visible(timeout=60_000)  # the worker makes the thumbnail after the upload
+        expect(thumb).to_have_attribute("alt", f"Image from {alice}")
+        src = thumb.get_attribute("src") or ""
+        assert src.startswith("blob:"), src
+        size = thumb.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+        assert size == [160, 320], size  # the server's thumbnail, not the original (400 x 200)
+        bb.page.wait_for_function("() => document.querySelector('img.thumb[data-media-id]').complete")
+        bb.shot("7-image-thumbnail")
+        assert bb.audit() == []
+        assert a.errors == [], a.errors
+        # the thumbnail is 404 until the media worker made it: the page asked again meanwhile
+        assert [e for e in bb.errors if "404 (Not Found)" not in e] == [], bb.errors
+        a.close()
+        bb.close()
+
+
+STAND_IN_PUSH_SERVICE = """
+([endpoint, p256dh, auth]) => {
+  // Headless Chromium's pushManager.subscribe needs Google's push service (not reachable here):
+  // the browser's subscription is replaced by one whose endpoint is the test's push service and
+  // whose keys the test holds. Everything around it is the page's own code.
+  const keys = { p256dh, auth };
+  const subscription = { endpoint, toJSON: () => ({ endpoint, expirationTime: null, keys }) };
+  PushManager.prototype.subscribe = async function (options) {
+    const keyLength = options.applicationServerKey.byteLength;
+    window.__subscribeOptions = { userVisibleOnly: options.userVisibleOnly, keyLength };
+    return subscription;
+  };
+  PushManager.prototype.getSubscription = async () => null;
+}
+"""
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def test_web_push_registration_through_the_service_worker(
+    system: System, web: WebGateway, tmp_path: Path
+) -> None:
+    """The service worker registers under the page's CSP; the browser's own pushManager.subscribe
+    is tried (and cannot reach a push service here: the page says so); with a stand-in push
+    service the page's subscription reaches the server, the server's encrypted Web Push reaches
+    that service, and its payload pushed into the real service worker (DevTools'
+    ServiceWorker.deliverPushMessage) is shown as a notification."""
+    alice, bob = named("alice"), named("bob")
+    cid = dm(alice, bob)
+    receiver = Receiver()
+    try:
+        with browser() as b:
+            shots = screenshot_dirs(tmp_path)
+            # 1. The real browser: the worker registers; the subscription needs a push service.
+            real = Tab(b, web.http, shots)
+            real.context.grant_permissions(["notifications"], origin=web.http)
+            real.sign_in(bob)
+            real.page.get_by_role("button", name="Enable notifications").click()
+            state = real.page.locator("#push-state")
+            expect(state).to_have_attribute("data-state", re.compile("^(failed|on)$"), timeout=30_000)
+            worker = real.page.evaluate(
+                "navigator.serviceWorker.getRegistration('/web/')"
+                ".then(r => r && r.active && [r.active.state, r.scope])"
+            )
+            assert worker == ["activated", f"{web.http}/web/"], worker
+            real_outcome = state.text_content()
+            assert state.get_attribute("data-state") == "failed", real_outcome  # no push service here
+            assert "(subscription)" in (real_outcome or ""), real_outcome
+            real.shot("8-push-unavailable")
+            real.close()
+
+            # 2. A stand-in push service: the page's subscription reaches the server.
+            browser_key = ec.generate_private_key(ec.SECP256R1())
+            point = browser_key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+            secret = os.urandom(16)
+            name = f"web-{bob}"
+            tab = Tab(b, web.http, shots)
+            tab.context.grant_permissions(["notifications"], origin=web.http)
+            arguments = orjson.dumps([receiver.url("ok", name), _b64(point), _b64(secret)]).decode()
+            tab.context.add_init_script(script=f"({STAND_IN_PUSH_SERVICE})({arguments})")
+            tab.sign_in(bob)
+            tab.page.get_by_role("button", name="Enable notifications").click()
+            expect(tab.page.locator("#push-state")).to_have_attribute("data-state", "on", timeout=30_000)
+            expect(tab.page.locator("#push-state")).to_have_text("Notifications are on for this browser.")
+            # applicationServerKey was the server's VAPID key (65 bytes, an uncompressed P-256 point)
+            assert tab.page.evaluate("window.__subscribeOptions") == {
+                "userVisibleOnly": True,
+                "keyLength": 65,
+            }
+            device = tab.page.evaluate("JSON.parse(sessionStorage.getItem('tidings.session')).device_id")
+            tab.shot("9-push-on")
+            # Bob's tab goes to another page: the device has no socket, so it is notified.
+            tab.page.goto("about:blank")
+            time.sleep(1.0)
+            status, _ = system.request(
+                "POST",
+                f"/v1/conversations/{cid}/messages",
+                user=alice,
+                body={"client_msg_id": uuid.uuid4().hex, "kind": "text", "body": "are you there, bob?"},
+            )
+            assert status == 202
+            [post] = receiver.wait("ok", name, timeout_s=30)
+            assert post.headers["content-encoding"] == "aes128gcm"
+            payload = http_ece.decrypt(
+                post.body, private_key=browser_key, auth_secret=secret, version="aes128gcm"
+            )
+            note = orjson.loads(payload)
+            assert (note["user_id"], note["device_id"]) == (bob, device)
+            assert note["conversations"][0]["preview"] == "are you there, bob?"
+
+            # 3. That payload, pushed into the page's real service worker, is shown.
+            tab.page.goto("/")
+            tab.expect_connected()
+            cdp = tab.context.new_cdp_session(tab.page)
+            registrations: list[dict[str, object]] = []
+            cdp.on(
+                "ServiceWorker.workerRegistrationUpdated", lambda e: registrations.extend(e["registrations"])
+            )
+            cdp.send("ServiceWorker.enable")
+            deadline = time.monotonic() + 10
+            while not any(r["scopeURL"] == f"{web.http}/web/" for r in registrations):
+                assert time.monotonic() < deadline, registrations
+                tab.page.wait_for_timeout(100)
+            [registration] = [
+                r for r in registrations if r["scopeURL"] == f"{web.http}/web/" and not r["isDeleted"]
+            ][:1]
+            cdp.send(
+                "ServiceWorker.deliverPushMessage",
+                {
+                    "origin": web.http,
+                    "registrationId": registration["registrationId"],
+                    "data": payload.decode(),
+                },
+            )
+            tab.page.wait_for_function(
+                "() => navigator.serviceWorker.getRegistration('/web/').then(r => r.getNotifications())"
+                ".then(ns => ns.length > 0)",
+                timeout=15_000,
+            )
+            shown = tab.page.evaluate(
+                "navigator.serviceWorker.getRegistration('/web/').then(r => r.getNotifications())"
+                ".then(ns => ns.map(n => [n.title, n.body, n.tag]))"
+            )
+            assert shown == [
+                [f"New message from {alice}", f"{alice}: are you there, bob?", note["notification_id"]]
+            ], shown
+            assert tab.errors == [], tab.errors
+            tab.close()
+    finally:
+        receiver.close()

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from archive.reader import ArchiveReader
-from events import ChatEvent, MediaRef, MessageSent, snowflake_ts
+from events import ChatEvent, MediaRef, MessageSent
 from events.ids import EPOCH_MS
+from tests.factories import message_sent
 from tests.integration.archive_support import DAY_MS, Log, make_log
 from tidings.settings import Settings
 
@@ -33,16 +34,14 @@ def _media_messages(n: int) -> list[ChatEvent]:
             height=480 if i % 2 else None,
         )
         out.append(
-            MessageSent(
+            message_sent(
+                mid,
                 conversation_id="dm:ann:bo",
-                message_id=mid,
                 sender_id="ann",
-                sender_device="d",
                 client_msg_id=f"m{i}",
                 kind="image" if i % 2 else "file",
                 body="caption" if i % 3 == 0 else "",
                 media=media,
-                ts=snowflake_ts(mid),
             )
         )
     return out

@@ -33,7 +33,6 @@ from events import (
     ThumbnailMade,
     Topics,
     direct_conversation_id,
-    snowflake_ts,
 )
 from events.ids import Snowflake
 from projections.adapters.cql import Cql, connect_to
@@ -47,8 +46,10 @@ from projections.push import CassandraPushSettings
 from projections.roster import Roster
 from streams.adapters.offsets import committed_offsets
 from streams.projector import Projector, Record
+from tests.factories import message_sent
 from tests.integration.test_rebuild_equals_incremental import scenario
-from tidings.archive_ops import prune, replay, switch, trim_log, verify
+from tidings.archive_prune import prune, trim_log
+from tidings.archive_replay import replay, switch, verify
 from tidings.keyspaces import active_keyspace
 from tidings.migrate import create_log_topics, new_topic
 from tidings.settings import Settings
@@ -278,16 +279,14 @@ async def _media_live(settings: Settings, cql: Cql) -> tuple[list[ChatEvent], in
             )
         mid = ids.next_id()
         messages.append(
-            MessageSent(
+            message_sent(
+                mid,
                 conversation_id=direct_conversation_id(uploader, peer),
-                message_id=mid,
                 sender_id=uploader,
-                sender_device="d",
                 client_msg_id=f"m{mid}",
                 kind="image",
                 body="",
                 media=MediaRef(media_id=media_id, content_type="image/png", size=100 + i, sha256="ab" * 32),
-                ts=snowflake_ts(mid),
             )
         )
     await _append_and_apply(settings, uploaded, CassandraMedia(cql))

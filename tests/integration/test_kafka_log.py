@@ -10,7 +10,8 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from commands.adapters.kafka_log import KafkaEventLog
 from events import Topics, decode_event
-from tests.contracts import message, spread_ids
+from tests.contracts import spread_ids
+from tests.factories import message_sent
 from tidings.settings import Settings
 
 
@@ -18,7 +19,7 @@ async def test_append_lands_on_the_conversations_partition(services: Settings) -
     topics = Topics(services.topic_prefix)
     cid = f"dm:alice:u{uuid.uuid4().hex[:10]}"
     [mid] = spread_ids(1, step_ms=1)
-    event = message(cid, mid)
+    event = message_sent(mid, conversation_id=cid)
     producer = KafkaEventLog.producer(services.kafka_bootstrap, linger_ms=2)
     await producer.start()
     try:

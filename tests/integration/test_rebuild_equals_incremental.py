@@ -48,6 +48,7 @@ from projections.membership import CassandraMembership
 from projections.receipts import CassandraReceipts
 from projections.roster import Roster
 from streams.combined import CombinedWrites
+from tests.factories import message_sent, receipt_recorded
 from tidings.settings import Settings
 
 REBUILD_KEYSPACE = os.environ["TIDINGS_CASSANDRA_KEYSPACE"] + "_rebuild"
@@ -82,16 +83,7 @@ async def scenario(seed: int) -> tuple[list[ChatEvent], MemoryDirectory]:  # noq
 
     def message(cid: str, sender: str, body: str) -> MessageSent:
         mid, ts = stamp()
-        return MessageSent(
-            conversation_id=cid,
-            message_id=mid,
-            sender_id=sender,
-            sender_device="d",
-            client_msg_id=f"c{mid}",
-            kind="text",
-            body=body,
-            ts=ts,
-        )
+        return message_sent(mid, conversation_id=cid, sender_id=sender, body=body, ts=ts)
 
     eid, ts = stamp()
     created = decide_create(
@@ -122,10 +114,9 @@ async def scenario(seed: int) -> tuple[list[ChatEvent], MemoryDirectory]:  # noq
             # Receipts arrive in any order; older ones must not move a watermark back.
             _, ts = stamp()
             await emit(
-                ReceiptRecorded(
+                receipt_recorded(
                     conversation_id=cid,
                     user_id=rng.choice(members),
-                    device_id="d",
                     message_id=rng.choice(sent).message_id,
                     status=rng.choice(["delivered", "read"]),
                     ts=ts,
@@ -375,16 +366,8 @@ def media_scenario(seed: int) -> list[ChatEvent]:
             mid = ids.next_id()
             ref = MediaRef(media_id=stored.media_id, content_type=stored.content_type, size=stored.size)
             events.append(
-                MessageSent(
-                    conversation_id=cid,
-                    message_id=mid,
-                    sender_id=stored.uploader_id,
-                    sender_device="d",
-                    client_msg_id=f"c{mid}",
-                    kind="file",
-                    body="",
-                    media=ref,
-                    ts=snowflake_ts(mid),
+                message_sent(
+                    mid, conversation_id=cid, sender_id=stored.uploader_id, kind="file", body="", media=ref
                 )
             )
     sent = {e.media.media_id for e in events if isinstance(e, MessageSent) and e.media is not None}

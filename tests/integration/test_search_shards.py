@@ -23,6 +23,7 @@ from projections.adapters.search import (
 )
 from projections.search_query import parse
 from streams.adapters.search_backfill import KafkaBackfill
+from tests.factories import message_sent
 from tidings.settings import Settings
 
 TOPIC = "conv"
@@ -30,17 +31,7 @@ TOPIC = "conv"
 
 def sent(cid: str, mid: int, body: str, kind: str = "text") -> MessageSent:
     media = MediaRef(media_id="m1", content_type="image/png", size=3) if kind != "text" else None
-    return MessageSent(
-        conversation_id=cid,
-        message_id=mid,
-        sender_id="alice",
-        sender_device="d",
-        client_msg_id=f"c{mid}",
-        kind=kind,  # type: ignore[arg-type]
-        body=body,
-        media=media,
-        ts=mid,
-    )
+    return message_sent(mid, conversation_id=cid, kind=kind, body=body, media=media, ts=mid)
 
 
 def found(root: Path, q: str, cids: list[str], topic: str = TOPIC) -> list[int]:

@@ -29,9 +29,9 @@ from tests.contracts import (
     MessageStoreContract,
     RateLimiterContract,
     RecentContract,
-    message,
     spread_ids,
 )
+from tests.factories import message_sent
 from tidings.settings import Settings
 
 
@@ -105,7 +105,9 @@ class TestRedisRecent(RecentContract):
         [mid] = spread_ids(1, step_ms=1)
         pubsub = redis.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(keys.user_channel("alice"), keys.user_channel("bob"))
-        await RedisRecent(redis, size=5, roster=_direct_only()).apply([message("dm:alice:bob", mid)])
+        await RedisRecent(redis, size=5, roster=_direct_only()).apply(
+            [message_sent(mid, conversation_id="dm:alice:bob")]
+        )
         got = []
         for _ in range(20):
             msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
@@ -120,7 +122,9 @@ class TestRedisRecent(RecentContract):
         [mid] = spread_ids(1, step_ms=1)
         pubsub = redis.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(keys.user_channel("carol"))
-        await RedisRecent(redis, size=5, roster=None).apply([message("dm:carol:dave", mid)])
+        await RedisRecent(redis, size=5, roster=None).apply(
+            [message_sent(mid, conversation_id="dm:carol:dave")]
+        )
         msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
         await pubsub.aclose()
         assert msg is None
@@ -132,11 +136,13 @@ async def test_recent_reloads_its_script_after_redis_lost_it(redis: Any) -> None
     recent = RedisRecent(redis, 5, roster=None)
     cid = f"dm:alice:u{uuid.uuid4().hex[:12]}"
     ids = spread_ids(3, step_ms=1)
-    await recent.apply([message(cid, ids[0])])
+    await recent.apply([message_sent(ids[0], conversation_id=cid)])
     recent._sha = "0" * 40  # what a restarted Redis (no scripts) looks like to the cache
     with pytest.raises(Unavailable):
-        await recent.apply([message(cid, ids[1])])
-    await recent.apply([message(cid, ids[1]), message(cid, ids[2])])  # the projector's retry
+        await recent.apply([message_sent(ids[1], conversation_id=cid)])
+    await recent.apply(
+        [message_sent(ids[1], conversation_id=cid), message_sent(ids[2], conversation_id=cid)]
+    )  # the projector's retry
     assert [int(m["message_id"]) for m in await recent.all(cid)] == ids
 
 
@@ -149,7 +155,7 @@ class TestRedisIdempotency(IdempotencyContract):
         store = RedisIdempotencyStore(redis, ttl_s=1)
         from commands import SendRecord
 
-        record = SendRecord(message("dm:a:b", 1), False)
+        record = SendRecord(message_sent(1, conversation_id="dm:a:b"), False)
         assert await store.claim("expiring", "c", record) is None
         await asyncio.sleep(1.2)
         assert await store.claim("expiring", "c", record) is None
@@ -175,7 +181,7 @@ def sync_log(session: Any, services: Settings) -> Iterator[Any]:
     """The sync log in a keyspace of its own: its writes move partition watermarks, which
     would make the e2e system's syncs (same services, same test keyspace) skip offsets."""
     from projections.adapters.migrate import migrate_cassandra
-    from projections.sync import CassandraSyncLog
+    from projections.sync_log import CassandraSyncLog
 
     keyspace = f"{services.cassandra_keyspace}_synclog"
     session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
@@ -192,14 +198,20 @@ async def test_sync_heads_follow_the_highest_offset_and_never_move_back(sync_log
     log = sync_log
     cid, quiet, never = (f"dm:h{uuid.uuid4().hex[:8]}:{n}" for n in ("a", "b", "c"))
     [m1, m2, m3] = spread_ids(3, step_ms=1)
-    await log.apply_at([(0, 10, message(cid, m1)), (0, 12, message(quiet, m2)), (0, 15, message(cid, m3))])
+    await log.apply_at(
+        [
+            (0, 10, message_sent(m1, conversation_id=cid)),
+            (0, 12, message_sent(m2, conversation_id=quiet)),
+            (0, 15, message_sent(m3, conversation_id=cid)),
+        ]
+    )
     assert await log.heads([cid, quiet, never]) == {cid: 15, quiet: 12}
     # A redelivered older batch (a worker restarted before it committed) leaves the head alone.
-    await log.apply_at([(0, 10, message(cid, m1))])
+    await log.apply_at([(0, 10, message_sent(m1, conversation_id=cid))])
     assert await log.heads([cid]) == {cid: 15}
     # More conversations than one query takes.
     many = [f"{cid}-{n}" for n in range(250)]
-    await log.apply_at([(1, 100 + n, message(c, m1)) for n, c in enumerate(many)])
+    await log.apply_at([(1, 100 + n, message_sent(m1, conversation_id=c)) for n, c in enumerate(many)])
     heads = await log.heads(many)
     assert heads == {c: 100 + n for n, c in enumerate(many)}
 
@@ -229,13 +241,15 @@ async def test_rate_limits_hold_under_concurrent_checks_and_survive_a_script_flu
 
 
 async def test_sync_log_reads_across_log_buckets_written_in_separate_batches(sync_log: Any) -> None:
-    from projections.sync import BUCKET_BITS
+    from projections.sync_log import BUCKET_BITS
 
     log = sync_log
     cid = f"dm:b{uuid.uuid4().hex[:8]}:z"
     [m1, m2, m3] = spread_ids(3, step_ms=1)
     edge = 1 << BUCKET_BITS
-    await log.apply_at([(2, edge - 2, message(cid, m1))])
-    await log.apply_at([(2, edge - 1, message(cid, m2))])  # the bucket's row is remembered
-    await log.apply_at([(2, edge + 3, message(cid, m3))])  # the next bucket
+    await log.apply_at([(2, edge - 2, message_sent(m1, conversation_id=cid))])
+    await log.apply_at(
+        [(2, edge - 1, message_sent(m2, conversation_id=cid))]
+    )  # the bucket's row is remembered
+    await log.apply_at([(2, edge + 3, message_sent(m3, conversation_id=cid))])  # the next bucket
     assert [o for o, _ in await log.between(cid, 0, 2 * edge, 10)] == [edge - 2, edge - 1, edge + 3]

@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
-from archive.tables import Entry, RowBuilder, event_time, parse
+from archive.rows import RowBuilder
+from archive.tables import Entry, event_time, parse
 from events import DirectOpened, GroupCreated, MediaRef, Member, MessageSent, ReceiptRecorded, encode_event
+from tests.factories import message_sent, receipt_recorded
 
 T0 = 1_700_000_000_000
 DAY = 86_400_000
@@ -24,20 +26,18 @@ def _message(i: int, **changes: Any) -> MessageSent:
         sender_id=f"u{i % 5}",
         sender_device="d1",
         client_msg_id=f"c{i}",
-        kind="text",
         body=f'hello {i} "quoted" \\ ünïcode\n',
         ts=T0 + i * DAY // 7,  # spans several days
     )
-    fields.update(changes)
-    return MessageSent(**fields)
+    return message_sent(**{**fields, **changes})
 
 
 def _receipt(i: int) -> ReceiptRecorded:
-    return ReceiptRecorded(
+    return receipt_recorded(
+        (i + 1) << 22,
         conversation_id=f"dm:u{i % 5}:v{i % 5}",
         user_id=f"v{i % 5}",
         device_id="d1",
-        message_id=(i + 1) << 22,
         status="read" if i % 2 else "delivered",
         ts=T0 + i * DAY // 7,
     )

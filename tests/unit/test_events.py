@@ -2,21 +2,18 @@ import pytest
 from pydantic import ValidationError
 
 from events import MessageSent, decode_event, direct_conversation_id, dm_members, encode_event
+from tests.factories import message_sent
 
 
 def _event(**overrides: object) -> MessageSent:
     fields: dict[str, object] = dict(
-        conversation_id="dm:alice:bob",
         message_id=7260912345678901234,
-        sender_id="alice",
         sender_device="phone",
         client_msg_id="c-1",
-        kind="text",
         body="héllo 👋",
         ts=1764283200123,
     )
-    fields.update(overrides)
-    return MessageSent(**fields)  # type: ignore[arg-type]
+    return message_sent(**{**fields, **overrides})
 
 
 def test_round_trip_is_exact() -> None:

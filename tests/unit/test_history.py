@@ -1,6 +1,7 @@
 from projections.history import history_page
 from projections.memory import MemoryMessages, MemoryRecent
-from tests.contracts import ids_of, message, spread_ids
+from tests.contracts import ids_of, spread_ids
+from tests.factories import message_sent
 
 CID = "dm:alice:bob"
 
@@ -8,7 +9,7 @@ CID = "dm:alice:bob"
 async def _tiers(n: int, hot_size: int = 5) -> tuple[list[int], MemoryRecent, MemoryMessages]:
     ids = spread_ids(n, step_ms=1000)
     hot, warm = MemoryRecent(size=hot_size), MemoryMessages()
-    events = [message(CID, m) for m in ids]
+    events = [message_sent(m, conversation_id=CID) for m in ids]
     await hot.apply(events)
     await warm.apply(events)
     return ids, hot, warm
@@ -59,7 +60,7 @@ async def test_falls_back_to_warm_when_hot_is_short() -> None:
 async def test_messages_not_yet_in_the_warm_tier_are_still_returned() -> None:
     ids = spread_ids(5, step_ms=1000)
     hot, warm = MemoryRecent(size=50), MemoryMessages()
-    events = [message(CID, m) for m in ids]
+    events = [message_sent(m, conversation_id=CID) for m in ids]
     await hot.apply(events)
     await warm.apply(events[:3])  # the worker has not written the last two to Cassandra yet
     page, has_more = await history_page(CID, before=None, after=None, limit=50, hot=hot, warm=warm)
@@ -77,7 +78,7 @@ async def _lagging_tiers() -> tuple[list[int], MemoryRecent, MemoryMessages]:
     only the newest 5 (it evicted the rest), so messages 10..24 are in neither yet."""
     ids = spread_ids(30, step_ms=1000)
     hot, warm = MemoryRecent(size=5), MemoryMessages()
-    events = [message(CID, m) for m in ids]
+    events = [message_sent(m, conversation_id=CID) for m in ids]
     await hot.apply(events)
     await warm.apply(events[:10])
     return ids, hot, warm

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from projections.history import history_page
 from projections.memory import MemoryMessages, MemoryRecent
-from tests.contracts import ids_of, message, spread_ids
+from tests.contracts import ids_of, spread_ids
+from tests.factories import message_sent
 
 CID = "dm:alice:bob"
 
@@ -14,7 +15,7 @@ async def _three_tiers(
     n: int, archived: int, *, pruned: bool
 ) -> tuple[list[int], MemoryRecent, MemoryMessages, MemoryMessages]:
     ids = spread_ids(n, step_ms=1000)
-    events = [message(CID, m) for m in ids]
+    events = [message_sent(m, conversation_id=CID) for m in ids]
     hot, warm, cold = MemoryRecent(size=5), MemoryMessages(), MemoryMessages()
     await hot.apply(events)
     await warm.apply(events[archived:] if pruned else events)

@@ -12,6 +12,7 @@ from aiokafka.errors import KafkaTimeoutError, OutOfOrderSequenceNumber
 from commands.adapters.kafka_log import KafkaEventLog
 from events import MessageSent, Topics
 from events.errors import Unavailable
+from tests.factories import message_sent
 
 
 class FakeProducer:
@@ -38,16 +39,7 @@ class Clock:
 
 
 def _event(n: int) -> MessageSent:
-    return MessageSent(
-        conversation_id="dm:a:b",
-        message_id=n,
-        sender_id="a",
-        sender_device="d",
-        client_msg_id=str(n),
-        kind="text",
-        body="hi",
-        ts=0,
-    )
+    return message_sent(n, conversation_id="dm:a:b", sender_id="a", client_msg_id=str(n), body="hi", ts=0)
 
 
 async def test_a_producer_that_keeps_failing_is_replaced_after_the_window() -> None:

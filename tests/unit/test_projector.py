@@ -5,6 +5,7 @@ from events.errors import Unavailable
 from projections.memory import MemoryMessages, MemoryRecent
 from projections.roster import Entry, Roster
 from streams.projector import Projector, Record
+from tests.factories import message_sent
 
 
 class Letters:
@@ -47,16 +48,7 @@ def _record(offset: int, event: MessageSent | None = None, raw: bytes | None = N
 
 
 def _message(mid: int) -> MessageSent:
-    return MessageSent(
-        conversation_id="dm:alice:bob",
-        message_id=mid,
-        sender_id="alice",
-        sender_device="d",
-        client_msg_id=f"c{mid}",
-        kind="text",
-        body=f"m{mid}",
-        ts=1,
-    )
+    return message_sent(mid, ts=1)
 
 
 async def test_transient_failures_are_retried_until_applied_without_repushing() -> None:

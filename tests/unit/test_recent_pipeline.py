@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from events import MessageSent, ReceiptRecorded
+from events import MessageSent
 from projections.adapters.recent import _cache
 from projections.delivery import Push
+from tests.factories import message_sent, receipt_recorded
 
 
 class RecordingPipe:
@@ -22,16 +23,7 @@ class RecordingPipe:
 
 
 def _message() -> MessageSent:
-    return MessageSent(
-        conversation_id="dm:a:b",
-        message_id=7,
-        sender_id="a",
-        sender_device="d",
-        client_msg_id="c",
-        kind="text",
-        body="hi",
-        ts=1,
-    )
+    return message_sent(7, conversation_id="dm:a:b", sender_id="a", client_msg_id="c", body="hi", ts=1)
 
 
 def test_a_message_is_cached_and_published_by_one_script_call() -> None:
@@ -55,8 +47,6 @@ def test_recipients_with_different_frames_get_their_own_publish_after_the_cache_
 
 def test_other_events_are_only_published() -> None:
     pipe = RecordingPipe()
-    receipt = ReceiptRecorded(
-        conversation_id="dm:a:b", user_id="b", device_id="d", message_id=7, status="read", ts=1
-    )
+    receipt = receipt_recorded(7, conversation_id="dm:a:b", user_id="b", device_id="d", status="read", ts=1)
     _cache(receipt, pipe, 50, "sha", [Push("deliver:user:a", b"mreceipt")])  # type: ignore[arg-type]
     assert pipe.calls == [("publish", "deliver:user:a", b"mreceipt")]

@@ -460,3 +460,30 @@ async def test_a_socket_closed_before_its_first_pong_is_retried_at_once() -> Non
     await asyncio.wait_for(connecting, 2)  # not after the 30 s heartbeat
     assert len(server.sockets) == 2 and client.connected
     await client.close()
+
+
+async def test_the_wire_tap_sees_frames_before_the_dedup_each_transmission_and_sync_pages() -> None:
+    """What a measuring tool (the fault suite) reads below the app's view."""
+    server = FakeServer()
+    server.ack = False
+    server.sync_pages = [{"messages": [message(10)], "cursor": "c1"}]
+    tapped: list[tuple[str, dict[str, Any]]] = []
+    client = server.client(wire_tap=lambda kind, data: tapped.append((kind, data)))
+    seen: list[str] = []
+    client.on(MessageEvent)(lambda e: seen.append(e.message.message_id))
+    async with client:
+        assert [d["messages"][0]["message_id"] for k, d in tapped if k == "sync"] == ["10"]
+        server.socket.push({"type": "message", "message": message(20)})
+        server.socket.push({"type": "message", "message": message(20)})  # a duplicate push
+        await until(lambda: seen == ["10", "20"])
+        sending = asyncio.create_task(client.send(CID, "hi", client_msg_id="k1"))
+        await until(lambda: any(k == "out" for k, _ in tapped))
+        server.ack = True
+        server.socket.drop(None)  # no ack: sent again on the next connection
+        sent = await asyncio.wait_for(sending, 5)
+    pushes = [d["message"]["message_id"] for k, d in tapped if k == "in" and d["type"] == "message"]
+    assert pushes == ["20", "20"] and seen == ["10", "20"]  # counted before the dedup, handed once
+    outs = [d for k, d in tapped if k == "out"]
+    assert [d["client_msg_id"] for d in outs] == ["k1", "k1"] and outs[0]["ref"] != outs[1]["ref"]
+    acks = [d for k, d in tapped if k == "in" and d["type"] == "ack"]
+    assert [(a["ref"], a["message_id"]) for a in acks] == [(outs[1]["ref"], sent.message_id)]

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from events.errors import Unavailable
-from projections.sync import _LOG_BUCKET, CassandraSyncLog
-from tests.contracts import message
+from projections.sync_log import _LOG_BUCKET, CassandraSyncLog
+from tests.factories import message_sent
 
 
 class FakeCql:
@@ -34,7 +34,9 @@ async def test_a_bucket_row_is_written_once_and_again_after_a_failure() -> None:
     log = CassandraSyncLog(cql)  # type: ignore[arg-type]
     cql.fail_next = True
     with pytest.raises(Unavailable):
-        await log.apply_at([(0, 1, message("dm:a:b", 1))])
-    await log.apply_at([(0, 1, message("dm:a:b", 1))])  # the retry writes the row
-    await log.apply_at([(0, 2, message("dm:a:b", 2)), (0, 3, message("dm:a:b", 3))])
+        await log.apply_at([(0, 1, message_sent(1, conversation_id="dm:a:b"))])
+    await log.apply_at([(0, 1, message_sent(1, conversation_id="dm:a:b"))])  # the retry writes the row
+    await log.apply_at(
+        [(0, 2, message_sent(2, conversation_id="dm:a:b")), (0, 3, message_sent(3, conversation_id="dm:a:b"))]
+    )
     assert _bucket_rows(cql) == [("dm:a:b", 0)]

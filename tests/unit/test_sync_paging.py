@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from events import MessageSent, encode_event
+from events import encode_event
 from projections.sync import SyncContext, encode_cursor, sync_since
+from tests.factories import message_sent
 
 PARTITIONS = 4
 
@@ -94,16 +95,7 @@ def _ctx(log: MemoryLog, cids: set[str], cold: MemoryCold | None = None) -> Sync
 
 def _message(cid: str, n: int) -> bytes:
     return encode_event(
-        MessageSent(
-            conversation_id=cid,
-            message_id=n,
-            sender_id="s",
-            sender_device="d",
-            client_msg_id=str(n),
-            kind="text",
-            body="",
-            ts=0,
-        )
+        message_sent(n, conversation_id=cid, sender_id="s", client_msg_id=str(n), body="", ts=0)
     )
 
 

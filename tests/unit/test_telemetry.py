@@ -14,22 +14,14 @@ from projections.memory import MemoryMessages
 from projections.wire import message_frame, message_frame_ts, message_json
 from query_api import metrics
 from streams.projector import Projector, Record
+from tests.factories import message_sent
 from tests.unit.test_projector import Letters, _no_sleep
 from tidings import telemetry
 from tidings.settings import Settings
 
 
 def _message(mid: int, ts: int = 1_767_000_000_123, body: str = "hi") -> MessageSent:
-    return MessageSent(
-        conversation_id="dm:alice:bob",
-        message_id=mid,
-        sender_id="alice",
-        sender_device="d",
-        client_msg_id=f"c{mid}",
-        kind="text",
-        body=body,
-        ts=ts,
-    )
+    return message_sent(mid, body=body, ts=ts)
 
 
 @pytest.mark.parametrize("body", ["hi", '"ts":5}}', "x" * 3000, 'tricky ,"ts":42}} end'])

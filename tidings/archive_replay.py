@@ -1,6 +1,6 @@
-"""Composition roots of the operator's archive steps: prune the warm copies of archived
-messages, rebuild read models into a fresh keyspace (replay), compare it with the live one
-(verify), and switch to it.
+"""Composition roots of the operator's archive steps that rebuild: read models into a fresh
+keyspace (replay), compared with the live one (verify), and switched to (switch). Pruning and
+trimming are ``tidings.archive_prune``.
 
 Replay builds its stages with ``tidings.worker.persist_stages``, the list the persist worker
 runs, so a read model added there is rebuilt too. It reads the archive (every archived event,
@@ -28,22 +28,18 @@ import orjson
 from cassandra.cluster import Session
 
 from archive.adapters.kafka_source import KafkaLogSource
-from archive.manifest import load, save, write_atomic
+from archive.manifest import load, write_atomic
 from archive.reader import ArchiveReader
 from archive.replay_source import count
 from events import Topics
 from projections.adapters.cql import Cql, connect_to
 from projections.adapters.migrate import migrate_cassandra
 from projections.adapters.presence import CassandraPresence
-from projections.archived import delete_archived, delete_archived_log, drop_empty_buckets
 from projections.keys import CassandraKeys
 from projections.media import NAME as MEDIA
 from projections.membership import CassandraMembership
-from projections.messages import bucket_of
 from projections.push import CassandraPushSettings
 from projections.roster import Roster
-from projections.sync import BUCKET_BITS as SYNC_BUCKET_BITS
-from streams.adapters.offsets import committed_offsets
 from streams.projector import PositionedStage, Projector, Stage
 from tidings.keyspaces import write_pointer
 from tidings.replay_partitions import (
@@ -59,96 +55,6 @@ from tidings.settings import Settings
 from tidings.worker import persist_stages
 
 log = logging.getLogger(__name__)
-
-
-# -- prune -------------------------------------------------------------------------------
-
-
-async def prune(settings: Settings, keyspace: str) -> tuple[int, int]:
-    """Delete from ``keyspace.messages`` and the sync log what verified chunks hold and no
-    prune removed yet; returns ``(messages deleted, empty buckets dropped)``. The caller holds
-    the writer lock.
-
-    The target is written to the manifest first (``pruning``): a sync that reads the manifest
-    meanwhile reads everything below it from the archive, and one that read it before sees it
-    change and reads again."""
-    root = settings.archive_root
-    manifest = load(root)
-    if manifest is None:
-        return 0, 0
-    target = dict(manifest.watermarks)
-    manifest.pruning = target
-    save(root, manifest)
-    cluster, session = connect_to(settings)
-    try:
-        cql = Cql(session, keyspace)
-        reader = ArchiveReader(root)
-        deleted = 0
-        buckets: set[tuple[str, int]] = set()
-        for rows in reader.unpruned_messages(manifest):
-            deleted += await delete_archived(cql, settings.message_bucket_ms, rows)
-            buckets |= {(cid, bucket_of(mid, settings.message_bucket_ms)) for cid, mid in rows}
-        dropped = await drop_empty_buckets(cql, sorted(buckets))
-        await delete_archived_log(
-            cql, sorted(reader.unpruned_log_buckets(manifest, SYNC_BUCKET_BITS)), target
-        )
-        manifest.prune_watermarks = target
-        manifest.pruning = {}
-        save(root, manifest)
-        return deleted, dropped
-    finally:
-        cluster.shutdown()
-
-
-# -- trimming the log -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Trimmed:
-    partition: int
-    before: int  # the log's first offset before
-    after: int  # and after
-    held_by: str | None  # the consumer group that kept it lower than the archive's watermark
-
-
-async def trim_log(settings: Settings) -> list[Trimmed]:
-    """Delete the conversation log's records that verified chunks hold, never past an offset a
-    consumer group of the topic has not committed yet (a worker that is behind still reads
-    them from the log). Replay reads the archive below the watermark, so nothing is lost to
-    it; the caller holds the writer lock."""
-    from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.admin.records_to_delete import RecordsToDelete
-    from aiokafka.structs import TopicPartition
-
-    manifest = load(settings.archive_root)
-    if manifest is None:
-        return []
-    topic = Topics(settings.topic_prefix).conversation_events
-    if manifest.topic != topic:
-        raise SystemExit(f"the archive copies {manifest.topic}, not {topic}")
-    floor = {p: (manifest.watermark(p), None) for p in range(settings.topic_partitions)}
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=30_000)
-    await admin.start()
-    try:
-        for group, *_ in await admin.list_consumer_groups():
-            committed = await committed_offsets(admin, group, topic, settings.topic_partitions)
-            for partition, offset in committed.items():
-                if 0 <= offset < floor[partition][0]:
-                    floor[partition] = (offset, group)
-        async with KafkaLogSource(settings.kafka_bootstrap, topic, settings.topic_partitions) as source:
-            starts = await source.beginning_offsets()
-        wanted = {p: f for p, f in floor.items() if f[0] > starts.get(p, 0)}
-        done: dict[int, int] = {}
-        if wanted:
-            result = await admin.delete_records(
-                {TopicPartition(topic, p): RecordsToDelete(before_offset=f[0]) for p, f in wanted.items()}
-            )
-            done = {tp.partition: low for tp, low in result.items()}
-        return [
-            Trimmed(p, starts.get(p, 0), done.get(p, starts.get(p, 0)), floor[p][1]) for p in sorted(floor)
-        ]
-    finally:
-        await admin.close()
 
 
 # -- replay ------------------------------------------------------------------------------
@@ -224,11 +130,10 @@ async def replay(
     ``processes`` processes (one is this one), ``concurrency`` partitions at a time in each,
     ``batch`` archived events per write round."""
     started = time.monotonic()
-    base = settings.cassandra_keyspace
     loop = asyncio.get_running_loop()
     cluster, session = await loop.run_in_executor(None, connect_to, settings)
     try:
-        target = _next_keyspace(session, base)
+        target = _next_keyspace(session, settings.cassandra_keyspace)
         await loop.run_in_executor(
             None,
             lambda: migrate_cassandra(
@@ -236,79 +141,132 @@ async def replay(
             ),
         )
         cql = Cql(session, target)
-        roster = Roster(CassandraMembership(cql).load_roster, threshold=settings.fanout_threshold)
-        stages = await loop.run_in_executor(None, persist_stages, cql, settings, roster)
-        presence = CassandraPresence(cql)
-        await loop.run_in_executor(None, presence.prepare)
-        push_settings = CassandraPushSettings(cql)
-        await loop.run_in_executor(None, push_settings.prepare)
-        keys = CassandraKeys(cql)
-        await loop.run_in_executor(None, keys.prepare)
-        names = [s.name for s in stages] + [presence.name, push_settings.name, keys.name]
-        rebuild_presence = not projections or presence.name in projections
-        rebuild_push = not projections or push_settings.name in projections
-        rebuild_keys = not projections or keys.name in projections
-        if projections:
-            unknown = set(projections) - set(names)
-            if unknown:
-                raise SystemExit(f"unknown projection(s) {sorted(unknown)}; known: {names}")
-            stages = [s for s in stages if s.name in projections]
-
-        root = settings.archive_root
-        manifest = load(root)
-        reader = ArchiveReader(root)
-        topic = Topics(settings.topic_prefix).conversation_events
+        stages, own = await _chosen_stages(settings, cql, projections)
         state = ReplayState(
             keyspace=target,
-            base=base,
+            base=settings.cassandra_keyspace,
             projections=[s.name for s in stages],
             ends={},
             complete=not projections,
         )
-        async with KafkaLogSource(settings.kafka_bootstrap, topic, settings.topic_partitions) as source:
-            ends = await source.end_offsets()
-        starts = {p: manifest.watermark(p) if manifest else 0 for p in ends}
         progress = Progress(callback=on_progress)
-        progress.total = (count(reader, manifest) if manifest else 0) + sum(
-            max(0, ends[p] - starts[p]) for p in ends
-        )
-        todo = sorted(ends)
-        processes = max(1, min(processes, len(todo)))
-        jobs = [  # partitions dealt round-robin
-            PartitionJob(
-                settings, target, state.projections, todo[i::processes], starts, ends, batch, concurrency
-            )
-            for i in range(processes)
-        ]
-        if processes == 1:
-            results = [await replay_partitions(jobs[0], progress.add)]
-        else:
-            results = await _in_processes(jobs, progress)
-        for r in results:
-            state.archived += r.archived
-            state.from_log += r.from_log
-            state.statements += r.statements
-            state.requests += r.requests
-            state.shadowed += r.shadowed
-        if rebuild_presence:
-            state.from_log += await _replay_presence(settings, presence, progress)
-        state.from_log += await _replay_media(settings, stages, progress)
-        if rebuild_push:
-            state.from_log += await _replay_user_events(settings, push_settings, progress)
-        if rebuild_keys:
-            state.from_log += await _replay_keys(settings, keys, progress)
+        ends = await _replay_conversations(settings, state, progress, batch, concurrency, processes)
+        state.from_log += await _replay_own_topics(settings, own, stages, progress, projections)
         state.statements += cql.statements_sent
         state.requests += cql.requests_sent
         state.shadowed += cql.statements_shadowed
         state.ends = ends
         state.seconds = time.monotonic() - started
         state.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
-        path = _state_path(settings, target)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, orjson.dumps(state.__dict__, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_INDENT_2))
+        _save_state(settings, state)
         return state
     finally:
         cluster.shutdown()
+
+
+@dataclass(frozen=True)
+class _OwnTopics:
+    """The read models fed by topics of their own, never archived (replayed whole, from the
+    start): presence, push registrations and mutes, the E2EE key directory."""
+
+    presence: CassandraPresence
+    push: CassandraPushSettings
+    keys: CassandraKeys
+
+    @classmethod
+    def prepared(cls, cql: Cql) -> _OwnTopics:
+        """Blocking: each prepares its statements."""
+        own = cls(CassandraPresence(cql), CassandraPushSettings(cql), CassandraKeys(cql))
+        own.presence.prepare()
+        own.push.prepare()
+        own.keys.prepare()
+        return own
+
+    @property
+    def names(self) -> list[str]:
+        return [self.presence.name, self.push.name, self.keys.name]
+
+
+async def _chosen_stages(
+    settings: Settings, cql: Cql, projections: Sequence[str] | None
+) -> tuple[list[Stage | PositionedStage], _OwnTopics]:
+    """The persist worker's stages over ``cql`` (only those in ``projections``, when given),
+    and the read models of the other topics."""
+    loop = asyncio.get_running_loop()
+    roster = Roster(CassandraMembership(cql).load_roster, threshold=settings.fanout_threshold)
+    stages = await loop.run_in_executor(None, persist_stages, cql, settings, roster)
+    own = await loop.run_in_executor(None, _OwnTopics.prepared, cql)
+    names = [s.name for s in stages] + own.names
+    if projections:
+        unknown = set(projections) - set(names)
+        if unknown:
+            raise SystemExit(f"unknown projection(s) {sorted(unknown)}; known: {names}")
+        stages = [s for s in stages if s.name in projections]
+    return stages, own
+
+
+async def _replay_conversations(
+    settings: Settings, state: ReplayState, progress: Progress, batch: int, concurrency: int, processes: int
+) -> dict[int, int]:
+    """The conversation events into ``state``'s stages: the archive, then the log from the
+    archive's watermark up to the end offsets now (returned), partitions dealt out among
+    ``processes``. Counts what it applied and wrote into ``state``."""
+    root = settings.archive_root
+    manifest = load(root)
+    reader = ArchiveReader(root)
+    topic = Topics(settings.topic_prefix).conversation_events
+    async with KafkaLogSource(settings.kafka_bootstrap, topic, settings.topic_partitions) as source:
+        ends = await source.end_offsets()
+    starts = {p: manifest.watermark(p) if manifest else 0 for p in ends}
+    progress.total = (count(reader, manifest) if manifest else 0) + sum(
+        max(0, ends[p] - starts[p]) for p in ends
+    )
+    todo = sorted(ends)
+    processes = max(1, min(processes, len(todo)))
+    jobs = [  # partitions dealt round-robin
+        PartitionJob(
+            settings, state.keyspace, state.projections, todo[i::processes], starts, ends, batch, concurrency
+        )
+        for i in range(processes)
+    ]
+    if processes == 1:
+        results = [await replay_partitions(jobs[0], progress.add)]
+    else:
+        results = await _in_processes(jobs, progress)
+    for r in results:
+        state.archived += r.archived
+        state.from_log += r.from_log
+        state.statements += r.statements
+        state.requests += r.requests
+        state.shadowed += r.shadowed
+    return ends
+
+
+async def _replay_own_topics(
+    settings: Settings,
+    own: _OwnTopics,
+    stages: Sequence[Stage | PositionedStage],
+    progress: Progress,
+    projections: Sequence[str] | None = None,
+) -> int:
+    """Every event of the topics that are never archived, into their read models (those in
+    ``projections``, when given; media when its stage is among ``stages``)."""
+    wanted = set(projections or own.names)
+    applied = 0
+    if own.presence.name in wanted:
+        applied += await _replay_presence(settings, own.presence, progress)
+    applied += await _replay_media(settings, stages, progress)
+    if own.push.name in wanted:
+        applied += await _replay_user_events(settings, own.push, progress)
+    if own.keys.name in wanted:
+        applied += await _replay_keys(settings, own.keys, progress)
+    return applied
+
+
+def _save_state(settings: Settings, state: ReplayState) -> None:
+    path = _state_path(settings, state.keyspace)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, orjson.dumps(state.__dict__, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_INDENT_2))
 
 
 async def _in_processes(jobs: list[PartitionJob], progress: Progress) -> list[PartitionResult]:
@@ -461,21 +419,9 @@ async def switch(settings: Settings, rebuilt: str) -> tuple[int, Path]:
                 applied += await replay_log(
                     source, p, state.ends.get(p, 0), ends[p], projector, Progress().add
                 )
-        presence = CassandraPresence(cql)
-        presence.prepare()
-        applied += await _replay_presence(settings, presence, Progress())
-        applied += await _replay_media(settings, stages, Progress())
-        push_settings = CassandraPushSettings(cql)
-        push_settings.prepare()
-        applied += await _replay_user_events(settings, push_settings, Progress())
-        keys = CassandraKeys(cql)
-        keys.prepare()
-        applied += await _replay_keys(settings, keys, Progress())
+        applied += await _replay_own_topics(settings, _OwnTopics.prepared(cql), stages, Progress())
         state.ends = ends
-        write_atomic(
-            _state_path(settings, rebuilt),
-            orjson.dumps(state.__dict__, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_INDENT_2),
-        )
+        _save_state(settings, state)
         return applied, write_pointer(settings, rebuilt)
     finally:
         cluster.shutdown()
