@@ -16,7 +16,7 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from playwright.sync_api import expect
+from playwright.sync_api import FilePayload, expect
 
 from tests.e2e.conftest import System, user
 from tests.e2e.push_receiver import Receiver
@@ -295,7 +295,7 @@ def test_an_image_uploaded_in_one_browser_shows_as_a_thumbnail_in_the_other(
         bb.sign_in(bob)
         a.open_direct(bob)
         a.page.set_input_files(
-            "#composer-image", files=[{"name": "photo.jpg", "mimeType": "image/jpeg", "buffer": photo}]
+            "#composer-image", files=[FilePayload(name="photo.jpg", mimeType="image/jpeg", buffer=photo)]
         )
         mine = a.page.locator("#messages li.message.mine").filter(has=a.page.locator("img.thumb"))
         expect(mine).to_have_count(1)

@@ -1,3 +1,5 @@
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
@@ -5,8 +7,8 @@ from events import MessageSent, decode_event, direct_conversation_id, dm_members
 from tests.factories import message_sent
 
 
-def _event(**overrides: object) -> MessageSent:
-    fields: dict[str, object] = dict(
+def _event(**overrides: Any) -> MessageSent:
+    fields: dict[str, Any] = dict(
         message_id=7260912345678901234,
         sender_device="phone",
         client_msg_id="c-1",
