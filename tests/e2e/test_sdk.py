@@ -328,11 +328,14 @@ async def test_a_restarted_app_resumes_from_its_file_cursor_and_misses_nothing(
         inbox = Inbox(client)  # before connect(): the resume's events too
         await client.connect(timeout=60)
         try:
+            looked = False
 
             async def seen() -> bool:  # the sync read model follows the log
-                if until_seen <= set(inbox.ids(cid)):
-                    return True
-                await client.sync()
+                # As before: look first, then sync again only after a poll interval has passed.
+                nonlocal looked
+                if looked:
+                    await client.sync()
+                looked = True
                 return until_seen <= set(inbox.ids(cid))
 
             assert await wait_until(seen, timeout=30, interval=0.2), (until_seen, inbox.ids(cid))
