@@ -11,13 +11,13 @@ from events import MessageKind
 from events.errors import Invalid, TooLarge
 
 
-class _Frame(BaseModel):
+class Frame(BaseModel):
     # Unknown fields are ignored so that clients written for later protocol versions still work.
     model_config = ConfigDict(extra="ignore", frozen=True)
     ref: str | None = None
 
 
-class SendFrame(_Frame):
+class SendFrame(Frame):
     type: Literal["send"]
     client_msg_id: str = Field(min_length=1, max_length=64)
     conversation_id: str = Field(min_length=1, max_length=256)
@@ -26,29 +26,29 @@ class SendFrame(_Frame):
     media_id: str | None = Field(default=None, max_length=128)
 
 
-class PingFrame(_Frame):
+class PingFrame(Frame):
     type: Literal["ping"]
 
 
-class ReceiptFrame(_Frame):
+class ReceiptFrame(Frame):
     type: Literal["receipt"]
     conversation_id: str = Field(min_length=1, max_length=256)
     message_id: str = Field(pattern=r"^[0-9]{1,19}$")
     status: Literal["delivered", "read"]
 
 
-class ViewFrame(_Frame):
+class ViewFrame(Frame):
     type: Literal["view"]
     conversation_id: str | None = Field(max_length=256)
 
 
-class TypingFrame(_Frame):
+class TypingFrame(Frame):
     type: Literal["typing"]
     conversation_id: str = Field(min_length=1, max_length=256)
     state: Literal["start", "stop"]
 
 
-class PresenceFrame(_Frame):
+class PresenceFrame(Frame):
     type: Literal["presence"]
     state: Literal["online", "away"]
 
@@ -56,12 +56,12 @@ class PresenceFrame(_Frame):
 MAX_WATCH = 500
 
 
-class WatchFrame(_Frame):
+class WatchFrame(Frame):
     type: Literal["watch"]
     user_ids: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(max_length=MAX_WATCH)
 
 
-FRAMES: dict[str, type[_Frame]] = {
+FRAMES: dict[str, type[Frame]] = {
     "send": SendFrame,
     "ping": PingFrame,
     "receipt": ReceiptFrame,
@@ -74,7 +74,7 @@ FRAMES: dict[str, type[_Frame]] = {
 NOT_YET: frozenset[str] = frozenset()
 
 
-def parse_frame(raw: str | bytes, max_bytes: int) -> tuple[Any, _Frame]:
+def parse_frame(raw: str | bytes, max_bytes: int) -> tuple[Any, Frame]:
     """``(ref, frame)``; raises ``Invalid``/``TooLarge`` carrying the best ``ref`` known.
 
     The ``ref`` of the error is the frame's own when it could be read, else ``None``.

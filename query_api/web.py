@@ -19,10 +19,10 @@ from sanic import HTTPResponse, Request, Sanic
 
 from query_api.auth import issue_token
 from query_api.bodies import Body, parse_body
+from query_api.context import deps_of
 from query_api.errors import json_response
 from query_api.openapi import documented
 from query_api.schemas import DevToken
-from tidings.settings import Settings
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 PREFIX = "/web/"
@@ -77,7 +77,7 @@ async def dev_token(request: Request) -> HTTPResponse:
     body = parse_body(request, DevLogin)
     now = time.time()
     token = issue_token(
-        request.app.ctx.deps.secret, body.user_id, device_id=body.device_id, ttl_s=DEV_TOKEN_TTL_S, now=now
+        deps_of(request).secret, body.user_id, device_id=body.device_id, ttl_s=DEV_TOKEN_TTL_S, now=now
     )
     expires = (int(now) + DEV_TOKEN_TTL_S) * 1000
     return json_response(
@@ -85,10 +85,10 @@ async def dev_token(request: Request) -> HTTPResponse:
     )
 
 
-def install(app: Sanic, settings: Settings) -> None:
+def install(app: Sanic, *, dev_login: bool) -> None:
     app.static("/", WEB_DIR / "index.html", name="web_index")
     app.static(PREFIX, WEB_DIR, name="web_files")
-    if settings.dev_login:
+    if dev_login:
         app.add_route(dev_token, DEV_TOKEN_PATH, methods=["POST"], name="dev_token")
 
     @app.on_response
