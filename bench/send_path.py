@@ -19,7 +19,7 @@ import time
 import uuid
 
 from bench.common import machine_line, run_loop
-from query_api.frames import SendFrame
+from projections.wire import SendFrame
 from tidings.gateway_root import build_dependencies
 from tidings.settings import Settings
 

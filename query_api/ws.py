@@ -14,18 +14,12 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
-import orjson
 from sanic import Blueprint, Request
 
 from commands.membership import member_role
 from events.errors import RateLimited, TidingsError, Unavailable
 from projections.delivery import typing_pushes
-from projections.wire import presence_frame
-from query_api.connection import CLOSE_TRY_AGAIN, Connection
-from query_api.context import deps_of
-from query_api.deps import Dependencies
-from query_api.errors import error_frame
-from query_api.frames import (
+from projections.wire import (
     Frame,
     FrameError,
     PingFrame,
@@ -35,8 +29,15 @@ from query_api.frames import (
     TypingFrame,
     ViewFrame,
     WatchFrame,
+    ack_frame,
+    error_frame,
     parse_frame,
+    pong_frame,
+    presence_frame,
 )
+from query_api.connection import CLOSE_TRY_AGAIN, Connection
+from query_api.context import deps_of
+from query_api.deps import Dependencies
 from query_api.lean_ws import LeanWebsocket
 from query_api.metrics import FRAMES_IN, FRAMES_OUT, SEND_SECONDS, SENDS
 from query_api.openapi import Query, documented
@@ -119,7 +120,7 @@ def _dispatch(deps: Dependencies, conn: Connection, raw: str | bytes) -> Any:
         return None
     FRAMES_IN.labels(frame.type).inc()  # type: ignore[attr-defined]
     if isinstance(frame, PingFrame):
-        _reply(conn, "pong", orjson.dumps({"type": "pong", "ref": ref}))
+        _reply(conn, "pong", pong_frame(ref))
         return None
     conn.active = conn.heard  # the socket just heard this frame
     return _handle(deps, conn, ref, frame)
@@ -148,15 +149,8 @@ async def _send(deps: Dependencies, conn: Connection, ref: str | None, frame: Se
         raise
     SEND_SECONDS.observe(time.perf_counter() - started)
     SENDS.labels("ok").inc()
-    ack = {
-        "type": "ack",
-        "ref": ref,
-        "client_msg_id": result.client_msg_id,
-        "message_id": str(result.message_id),
-        "conversation_id": result.conversation_id,
-        "ts": result.ts,
-    }
-    _reply(conn, "ack", orjson.dumps(ack))
+    ack = ack_frame(ref, result.client_msg_id, result.message_id, result.conversation_id, result.ts)
+    _reply(conn, "ack", ack)
 
 
 async def _receipt(deps: Dependencies, conn: Connection, ref: str | None, frame: ReceiptFrame) -> None:
