@@ -83,6 +83,16 @@ def create_app(
             await guard_upgrade(request, config.allowed_origins)
         return None
 
+    _lifecycle(app, ctx, config, build, started)
+    return app
+
+
+def _lifecycle(
+    app: Sanic, ctx: GatewayContext, config: GatewayConfig, build: Builder, started: Callable[[], None]
+) -> None:
+    """Per worker process: build the dependencies and start the pub/sub listener and the
+    presence sweep; on stop, hand the sockets over, then close everything."""
+
     @app.before_server_start
     async def open_dependencies(app: Sanic) -> None:
         ctx.deps = await build()
@@ -108,5 +118,3 @@ def create_app(
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(os.getpid())  # its connection gauge goes with it
-
-    return app

@@ -34,7 +34,7 @@ from events import Topics
 from events.errors import Unavailable
 from projections.adapters.cql import Cql, connect_to
 from projections.adapters.presence import CassandraPresence
-from projections.adapters.recent import RedisRecent
+from projections.adapters.recent import RedisCacheAndPush
 from projections.adapters.redis_client import make_redis
 from projections.adapters.search import ShardReaders
 from projections.delivery import GROUP_SHARDS, Push
@@ -154,16 +154,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         config=gateway_config(settings),
         secret=settings.resolved_auth_secret(),
         event_log=conns.event_log,
-        messaging=Messaging(
-            event_log=conns.event_log,
-            idempotency=RedisIdempotencyStore(redis, settings.idempotency_ttl_s),
-            ids=ids,
-            limits=Limits(max_body_chars=settings.max_body_chars),
-            directory=membership,
-            watermarks=models.receipts,
-            limiter=limiter,
-            media=media.service,
-        ),
+        messaging=_messaging(settings, conns, models, limiter, ids, media.service),
         conversations=Conversations(
             event_log=conns.event_log,
             directory=membership,
@@ -172,7 +163,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
             max_members=settings.max_group_members,
         ),
         presence_reads=PresenceReads(presence_store, models.presence_records),
-        hot=RedisRecent(redis, settings.hot_history_size, roster=None),
+        hot=RedisCacheAndPush(redis, settings.hot_history_size, roster=None),
         warm=models.warm,
         directory=membership,
         inbox=membership,
@@ -198,6 +189,26 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         search=ShardReaders(settings.search_root, conns.topics.conversation_events),
         keys=models.keys,
         to_device=RedisToDevice(redis, ttl_s=TO_DEVICE_TTL_S),
+    )
+
+
+def _messaging(
+    settings: Settings,
+    conns: _Connections,
+    models: _ReadModels,
+    limiter: RedisRateLimiter,
+    ids: LeasedSnowflake,
+    media: MediaService,
+) -> Messaging:
+    return Messaging(
+        event_log=conns.event_log,
+        idempotency=RedisIdempotencyStore(conns.redis, settings.idempotency_ttl_s),
+        ids=ids,
+        limits=Limits(max_body_chars=settings.max_body_chars),
+        directory=models.membership,
+        watermarks=models.receipts,
+        limiter=limiter,
+        media=media,
     )
 
 
