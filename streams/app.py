@@ -7,7 +7,8 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import faust
 
-from events import ChatEvent, MediaDeleted, MediaStored, ThumbnailMade, Topics, encode_event, partition_key
+from events import ChatEvent, Topics, encode_event, partition_key
+from events.topics import route
 from streams.adapters.metrics import BATCH_EVENTS, DEAD_LETTERS, export_lag
 from streams.projector import PositionedStage, Projector, Record, Stage, Tracer
 
@@ -93,8 +94,10 @@ def create_app(
 
         async def append(event: ChatEvent) -> None:
             # Awaited like a dead letter: Faust flushes it before the source offset is committed.
-            assert isinstance(event, MediaStored | ThumbnailMade | MediaDeleted)
-            await media.send(key=partition_key(event.media_id), value=encode_event(event))
+            topic, key = route(topics, event)
+            if topic != topics.media_events:
+                raise ValueError(f"the media workers append media events only, not {type(event).__name__}")
+            await media.send(key=partition_key(key), value=encode_event(event))
 
         if media_stages:
             _agent(app, media, projector(media_stages), "media", batch_size, batch_window_s)
