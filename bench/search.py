@@ -3,13 +3,17 @@ real engine (tantivy on local disk), with the search worker's own code (``Search
 the gateway's (``ShardReaders`` and the query parser).
 
     .venv/bin/python bench/search.py --messages 1000000
+    .venv/bin/python bench/search.py --messages 10000000 --dir /tmp/s   # keeps the shards
+    .venv/bin/python bench/search.py --messages 10000000 --dir /tmp/s --query-only
 
 Messages are spread over ``--conversations`` conversations and ``--partitions`` shards as the
 log spreads them; bodies are 6..16 words drawn (Zipf-like) from a 30,000-word vocabulary with
 accents. Queries are made for a user in 100 conversations: one word, two words, a phrase, a
 prefix, each a quarter of them, newest 20 first with highlights, as ``GET /v1/search`` asks.
-The indexing figure is the search worker's part (events decoded, into the shards, committed
-every 500 events); a rebuild from the archive adds the archive's reading.
+The indexing figure is the search worker's part (events into the shards, committed every
+``--commit-interval`` per shard); a rebuild from the archive adds the archive's reading.
+Query figures are per kind, in wall time and in CPU time of the querying thread (tantivy
+searches in the caller's thread): on a busy machine the first is mostly the wait for a core.
 """
 
 from __future__ import annotations
@@ -97,7 +101,7 @@ def size_of(root: Path) -> int:
     return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
 
 
-def query_latency(root: Path, args: argparse.Namespace, words: list[str]) -> dict[str, float]:
+def query_latency(root: Path, args: argparse.Namespace, words: list[str]) -> dict[str, dict[str, float]]:
     rng = random.Random(11)
     readers = ShardReaders(root, TOPIC)
     mine = {f"g:{c}" for c in rng.sample(range(args.conversations), min(100, args.conversations))}
@@ -115,19 +119,34 @@ def query_latency(root: Path, args: argparse.Namespace, words: list[str]) -> dic
             queries.append(rng.choice(common)[:3] + "*")
     for q in queries[:20]:  # warm the page cache and the readers
         readers.search(parse(q, analyze), mine, before=None, limit=21)
-    times = []
+    times: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    cpu: dict[str, list[float]] = {kind: [] for kind in KINDS}
     hits = 0
-    for q in queries:
-        started = time.perf_counter()
+    for i, q in enumerate(queries):
+        started, started_cpu = time.perf_counter(), time.thread_time()
         found = readers.search(parse(q, analyze), mine, before=None, limit=21)
-        times.append((time.perf_counter() - started) * 1000)
+        # The engine searches in the calling thread: its CPU time is the query's cost without
+        # the waits for a core that a saturated machine adds to the wall time.
+        cpu[KINDS[i % 4]].append((time.thread_time() - started_cpu) * 1000)
+        times[KINDS[i % 4]].append((time.perf_counter() - started) * 1000)
         hits += len(found)
-    times.sort()
+    stats = {kind: percentiles(ms) for kind, ms in times.items()}
+    stats.update({f"{kind} cpu": percentiles(ms) for kind, ms in cpu.items()})
+    stats["all"] = percentiles([t for ms in times.values() for t in ms])
+    stats["all cpu"] = percentiles([t for ms in cpu.values() for t in ms])
+    stats["all"]["mean_hits"] = hits / len(queries)
+    return stats
+
+
+KINDS = ("rare word", "common + rare", "phrase", "prefix")
+
+
+def percentiles(times: list[float]) -> dict[str, float]:
+    times = sorted(times)
     return {
         "p50_ms": statistics.median(times),
-        "p99_ms": times[int(len(times) * 0.99) - 1],
+        "p99_ms": times[max(0, int(len(times) * 0.99) - 1)],
         "max_ms": times[-1],
-        "mean_hits": hits / len(queries),
     }
 
 
@@ -141,11 +160,28 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--commit-interval", type=float, default=0.5, help="seconds (0: every batch)")
     parser.add_argument("--queries", type=int, default=2000)
-    parser.add_argument("--dir", type=Path, default=None, help="where the shards go (default: a temp dir)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="where the shards go, kept afterwards (default: a temp dir, deleted)",
+    )
+    parser.add_argument(
+        "--query-only",
+        action="store_true",
+        help="measure the queries over the shards already in --dir (made by a run with the same "
+        "--messages, --conversations and --partitions)",
+    )
     args = parser.parse_args()
+    if args.query_only and args.dir is None:
+        parser.error("--query-only needs --dir")
     root = args.dir or Path(tempfile.mkdtemp(prefix="tidings-search-bench-"))
     words = vocabulary(30_000, random.Random(3))
     try:
+        if args.query_only:
+            print(f"size: {size_of(root) / 2**20:,.1f} MiB over {args.messages:,} messages")
+            report_queries(root, args, words)
+            return
         # The generator's own time, measured alone, is taken out of the indexing wall time (the
         # periodic commits run in threads, also while the next messages are generated).
         gen = time.perf_counter()
@@ -163,14 +199,26 @@ def main() -> None:
         )
         per_million = size / count * 1_000_000 / 2**20
         print(f"size: {size / 2**20:,.1f} MiB, {per_million:,.0f} MiB per million messages")
-        lat = query_latency(root, args, words)
-        print(
-            f"query (a user in 100 conversations, {args.queries} queries): p50 {lat['p50_ms']:.1f} ms, "
-            f"p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms, {lat['mean_hits']:.1f} hits per page"
-        )
+        report_queries(root, args, words)
     finally:
         if args.dir is None:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def report_queries(root: Path, args: argparse.Namespace, words: list[str]) -> None:
+    lat = query_latency(root, args, words)
+    print(
+        f"query (a user in 100 conversations, {args.queries} queries): p50 {lat['all']['p50_ms']:.1f} ms, "
+        f"p99 {lat['all']['p99_ms']:.1f} ms, max {lat['all']['max_ms']:.1f} ms, "
+        f"{lat['all']['mean_hits']:.1f} hits per page"
+    )
+    for kind in KINDS:
+        k = lat[kind]
+        print(f"  {kind:>14}: p50 {k['p50_ms']:.1f} ms, p99 {k['p99_ms']:.1f} ms, max {k['max_ms']:.1f} ms")
+    print("CPU time of the querying thread (the wall time less waiting for a core):")
+    for kind in (*KINDS, "all"):
+        k = lat[f"{kind} cpu"]
+        print(f"  {kind:>14}: p50 {k['p50_ms']:.1f} ms, p99 {k['p99_ms']:.1f} ms, max {k['max_ms']:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -341,29 +341,63 @@ def highlight_words(body: str, parsed: Parsed) -> str:
     return "".join(out)
 
 
+class _Shard:
+    """One shard as a gateway reads it: its index (reloaded by hand, never by tantivy's own
+    watcher) and the searcher of its last reload, with the ``meta.json`` it was made from."""
+
+    def __init__(self, path: Path) -> None:
+        self.meta = path / "meta.json"
+        self.index = open_index(path)
+        self.index.config_reader("manual")
+        self.stamp: tuple[int, int, int] | None = None
+        self.searcher: tantivy.Searcher | None = None
+
+    def fresh(self) -> tantivy.Searcher:
+        """The searcher of the shard's last commit. A commit replaces ``meta.json`` (a new file
+        renamed over the old), so its inode, time and size are compared: a reload opens every
+        segment again and empties the stores' caches, which is why it is not done per query."""
+        try:
+            st = self.meta.stat()
+            stamp: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None  # the reload below says what is wrong
+        if self.searcher is None or stamp is None or stamp != self.stamp:
+            # The stamp is read before the reload: a commit in between reloads once more.
+            self.index.reload()
+            self.searcher = self.index.searcher()
+            self.stamp = stamp
+        return self.searcher
+
+
 class ShardReaders:
-    """Read-only views of every shard under one topic's folder (a gateway's side)."""
+    """Read-only views of every shard under one topic's folder (a gateway's side). Each shard's
+    searcher is kept until the shard commits again (``meta.json`` replaced)."""
 
     def __init__(self, root: Path, topic: str) -> None:
         self._dir = root / topic
-        self._indexes: dict[Path, tantivy.Index] = {}
+        self._shards: dict[Path, _Shard] = {}
         self._lock = threading.Lock()
+        self.reloads = 0  # searchers made (tests, benchmarks)
 
-    def _open(self) -> list[tantivy.Index]:
+    def _searchers(self) -> list[tantivy.Searcher]:
+        """The current searcher of every shard under the folder (a new shard is opened)."""
         with self._lock:
             if self._dir.is_dir():
                 for path in sorted(self._dir.iterdir()):
-                    if path not in self._indexes and (path / "meta.json").exists():
-                        self._indexes[path] = open_index(path)
-            return list(self._indexes.values())
+                    if path not in self._shards and (path / "meta.json").exists():
+                        self._shards[path] = _Shard(path)
+            searchers = []
+            for shard in self._shards.values():
+                before = shard.searcher
+                searchers.append(shard.fresh())
+                self.reloads += shard.searcher is not before
+            return searchers
 
     def all_ids(self, parsed: Parsed) -> set[int]:
         """The message ids of every hit in every conversation (verify's hit sets)."""
         query = build_query(parsed, None, None)
         ids: set[int] = set()
-        for index in self._open():
-            index.reload()
-            searcher = index.searcher()
+        for searcher in self._searchers():
             if searcher.num_docs == 0:
                 continue
             result = searcher.search(query, searcher.num_docs, count=False, order_by_field="message_id")
@@ -376,9 +410,7 @@ class ShardReaders:
         """The newest ``limit`` hits across the shards (blocking: run it in a thread)."""
         query = build_query(parsed, conversation_ids, before)
         found: list[tuple[int, tantivy.Searcher, Any]] = []
-        for index in self._open():
-            index.reload()
-            searcher = index.searcher()
+        for searcher in self._searchers():
             result = searcher.search(query, limit, count=False, order_by_field="message_id")
             found.extend((int(key), searcher, address) for key, address in result.hits)
         found.sort(key=lambda hit: hit[0], reverse=True)

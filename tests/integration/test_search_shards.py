@@ -158,3 +158,39 @@ async def test_a_shard_held_by_another_worker_is_unavailable_until_released(tmp_
     await second.apply_at([(0, 1, sent("g:1", 301, "handover two"))])
     second.close()
     assert found(tmp_path, "handover", ["g:1"]) == [301, 300]
+
+
+async def test_a_gateway_keeps_each_searcher_until_its_shard_commits(tmp_path: Path) -> None:
+    indexer = SearchIndexer(tmp_path, TOPIC)
+    await indexer.apply_at([(0, 0, sent("g:1", 400, "cached words")), (1, 0, sent("g:2", 401, "cached too"))])
+    readers = ShardReaders(tmp_path, TOPIC)
+
+    def ids() -> list[int]:
+        return [
+            h.message_id
+            for h in readers.search(parse("cached", analyze), ["g:1", "g:2"], before=None, limit=50)
+        ]
+
+    assert ids() == [401, 400]
+    assert readers.reloads == 2  # one searcher per shard
+    assert ids() == [401, 400]
+    assert readers.reloads == 2  # no commit since: the same searchers
+    # Added but not committed: not searchable yet, and nothing to reload.
+    indexer.shard(0).add([(1, sent("g:1", 402, "cached later"))])
+    assert ids() == [401, 400]
+    assert readers.reloads == 2
+    # Shard 0 commits: its searcher alone is made again, and sees the new message.
+    indexer.shard(0).commit()
+    assert ids() == [402, 401, 400]
+    assert readers.reloads == 3
+    # A commit that replaces what was there (an upsert of 402) is seen as well.
+    await indexer.apply_at([(0, 2, sent("g:1", 402, "other words"))])
+    assert ids() == [401, 400]
+    assert readers.reloads == 4
+    # A shard that appears later is opened.
+    await indexer.apply_at([(2, 0, sent("g:3", 403, "cached elsewhere"))])
+    indexer.close()
+    assert [
+        h.message_id for h in readers.search(parse("cached", analyze), ["g:3"], before=None, limit=50)
+    ] == [403]
+    assert readers.reloads == 5
