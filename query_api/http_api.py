@@ -8,12 +8,9 @@ from pydantic import Field
 from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import empty
 
-from commands.direct import open_direct
-from commands.group_handlers import change_group, create_group
 from commands.groups import MAX_TITLE_CHARS, AddMembers, ChangeRole, CreateGroup, RemoveMember, RenameGroup
 from commands.membership import require_member
 from events import (
-    DM_PREFIX,
     GroupCreated,
     MembersAdded,
     Role,
@@ -24,6 +21,7 @@ from events import (
 from events.errors import Invalid
 from projections.inbox import inbox_page, one_conversation
 from query_api.bodies import Body, int_arg, parse_body
+from query_api.context import deps_of
 from query_api.deps import Dependencies
 from query_api.errors import json_response
 from query_api.openapi import Query, documented
@@ -95,7 +93,7 @@ async def _view(deps: Dependencies, user_id: str, conversation_id: str) -> dict[
     errors=(400, 403, 404, 413, 429, 503),
 )
 async def create(request: Request) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     me = request.ctx.principal.user_id
     body = parse_body(request, CreateConversation)
     if body.encrypted:
@@ -106,16 +104,12 @@ async def create(request: Request) -> HTTPResponse:
         cid = direct_conversation_id(me, body.members[0])
         if await deps.inbox.inbox_row(me, cid) is None:
             # Not in the caller's inbox yet: opening it is a fact (the two now share it).
-            await open_direct(me, cid, log=deps.log, directory=deps.directory, ids=deps.ids)
+            await deps.conversations.open_direct(me, cid)
         return json_response({"conversation": await _view(deps, me, cid)})
     if body.title is None:
         raise Invalid("title: a group needs a title")
-    event = await create_group(
-        CreateGroup(actor_id=me, title=body.title, members=tuple(body.members)),
-        log=deps.log,
-        directory=deps.directory,
-        ids=deps.ids,
-        max_members=deps.settings.max_group_members,
+    event = await deps.conversations.create_group(
+        CreateGroup(actor_id=me, title=body.title, members=tuple(body.members))
     )
     assert isinstance(event, GroupCreated)
     return json_response({"conversation": _group_object(event)}, status=201)
@@ -132,7 +126,7 @@ async def create(request: Request) -> HTTPResponse:
     errors=(400, 503),
 )
 async def inbox(request: Request) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     limit = int_arg(request, "limit", INBOX_PAGE, low=1, high=INBOX_MAX)
     conversations, cursor = await inbox_page(
         request.ctx.principal.user_id,
@@ -147,17 +141,19 @@ async def inbox(request: Request) -> HTTPResponse:
 @bp.get("/<conversation_id:str>")
 @documented("one conversation, for members", {200: ConversationAnswer})
 async def show(request: Request, conversation_id: str) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     return json_response({"conversation": await _view(deps, request.ctx.principal.user_id, conversation_id)})
 
 
 @bp.patch("/<conversation_id:str>")
 @documented("rename a group (owner or admins)", {200: ConversationAnswer}, body=TitleBody)
 async def rename(request: Request, conversation_id: str) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     me = request.ctx.principal.user_id
     body = parse_body(request, TitleBody)
-    await _change(deps, RenameGroup(actor_id=me, conversation_id=conversation_id, title=body.title))
+    await deps.conversations.change(
+        RenameGroup(actor_id=me, conversation_id=conversation_id, title=body.title)
+    )
     return json_response({"conversation": await _view(deps, me, conversation_id)})
 
 
@@ -171,7 +167,7 @@ async def rename(request: Request, conversation_id: str) -> HTTPResponse:
     ),
 )
 async def members(request: Request, conversation_id: str) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     info, _ = await require_member(deps.directory, conversation_id, request.ctx.principal.user_id)
     after = request.args.get("after", "")
     limit = int_arg(request, "limit", MEMBERS_PAGE, low=1, high=MEMBERS_MAX)
@@ -196,12 +192,12 @@ async def members(request: Request, conversation_id: str) -> HTTPResponse:
     errors=(400, 403, 404, 413, 503),
 )
 async def add_members(request: Request, conversation_id: str) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     body = parse_body(request, AddMembersBody)
     cmd = AddMembers(
         actor_id=request.ctx.principal.user_id, conversation_id=conversation_id, user_ids=tuple(body.user_ids)
     )
-    event = await _change(deps, cmd)
+    event = await deps.conversations.change(cmd)
     added = (
         [{"user_id": m.user_id, "role": m.role} for m in event.members]
         if isinstance(event, MembersAdded)
@@ -215,12 +211,9 @@ async def add_members(request: Request, conversation_id: str) -> HTTPResponse:
     "leave (yourself) or remove a member (owner or admins)", {204: None}, errors=(400, 403, 404, 409, 503)
 )
 async def remove_member(request: Request, conversation_id: str, user_id: str) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
-    await _change(
-        deps,
-        RemoveMember(
-            actor_id=request.ctx.principal.user_id, conversation_id=conversation_id, user_id=user_id
-        ),
+    deps = deps_of(request)
+    await deps.conversations.change(
+        RemoveMember(actor_id=request.ctx.principal.user_id, conversation_id=conversation_id, user_id=user_id)
     )
     return empty(status=204)
 
@@ -230,7 +223,7 @@ async def remove_member(request: Request, conversation_id: str, user_id: str) ->
     "change a member's role (owner)", {200: MemberAnswer}, body=RoleBody, errors=(400, 403, 404, 409, 503)
 )
 async def set_role(request: Request, conversation_id: str, user_id: str) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     body = parse_body(request, RoleBody)
     cmd = ChangeRole(
         actor_id=request.ctx.principal.user_id,
@@ -238,19 +231,5 @@ async def set_role(request: Request, conversation_id: str, user_id: str) -> HTTP
         user_id=user_id,
         role=body.role,
     )
-    await _change(deps, cmd)
+    await deps.conversations.change(cmd)
     return json_response({"member": {"user_id": user_id, "role": body.role}})
-
-
-async def _change(deps: Dependencies, cmd: AddMembers | RemoveMember | ChangeRole | RenameGroup) -> Any:
-    if cmd.conversation_id.startswith(DM_PREFIX):
-        await require_member(deps.directory, cmd.conversation_id, cmd.actor_id)
-        raise Invalid("a direct conversation has no members to change")
-    return await change_group(
-        cmd,
-        log=deps.log,
-        directory=deps.directory,
-        locks=deps.locks,
-        ids=deps.ids,
-        max_members=deps.settings.max_group_members,
-    )

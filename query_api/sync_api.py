@@ -11,7 +11,7 @@ from projections.history import history_page
 from projections.inbox import inbox_page
 from projections.sync import sync_since, sync_start
 from query_api.bodies import int_arg
-from query_api.deps import Dependencies
+from query_api.context import deps_of
 from query_api.errors import json_response
 from query_api.openapi import Query, documented
 from query_api.schemas import SyncPage
@@ -38,7 +38,7 @@ _TO_DEVICE_MARK = "~"
     errors=(400, 503),
 )
 async def sync(request: Request) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     me = request.ctx.principal.user_id
     limit = int_arg(request, "limit", PAGE, low=1, high=PAGE_MAX)
     since = request.args.get("since")
@@ -71,7 +71,7 @@ async def sync(request: Request) -> HTTPResponse:
 async def _with_to_device(request: Request, body: dict[str, Any], position: str | None) -> HTTPResponse:
     """The device's waiting to-device messages after ``position`` added to the page, those up
     to it forgotten, and the new position in the cursor."""
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     me = request.ctx.principal
     if deps.to_device is not None:
         frames, position, more = await pending_for(
