@@ -12,16 +12,19 @@ messages there, and none elsewhere); the conversation objects carry the flag.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
 from functools import singledispatch
 from typing import Any
 
-from cachetools import LRUCache
+from cachetools import LRUCache, TTLCache
 
 from events import ChatEvent, EncryptionEnabled, GroupCreated
 from projections.cql import Cql
 
 NAME = "conversation_encryption"
+# How long a process trusts "not encrypted" before reading again (see EncryptionFlags).
+PLAIN_TTL_S = 1.0
 
 Statement = tuple[str, tuple[Any, ...]]
 
@@ -48,13 +51,25 @@ def _(event: EncryptionEnabled) -> list[Statement]:
 
 
 class EncryptionFlags:
-    """Queries over ``conversation_encryption``. Encryption is never turned off, so a
-    conversation once seen encrypted is remembered by the process (only "not encrypted" is read
-    again, each time)."""
+    """Queries over ``conversation_encryption``, on the path of every send. Encryption is never
+    turned off, so a conversation once seen encrypted is remembered by the process for good;
+    "not encrypted" is trusted for ``plain_ttl_s`` (a burst of sends in one conversation costs
+    one read a second, not one per send). So a gateway other than the one that turned a direct
+    chat's encryption on may accept a plaintext send for up to that long after it
+    (docs/e2ee.md); the gateway that turned it on knows at once (``note``). A group is encrypted
+    by its creation event, before anyone can send to it."""
 
-    def __init__(self, cql: Cql, *, cache_size: int = 100_000) -> None:
+    def __init__(
+        self,
+        cql: Cql,
+        *,
+        cache_size: int = 100_000,
+        plain_ttl_s: float = PLAIN_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._cql = cql
         self._known: LRUCache[str, bool] = LRUCache(maxsize=cache_size)
+        self._plain: TTLCache[str, bool] = TTLCache(maxsize=cache_size, ttl=plain_ttl_s, timer=clock)
 
     def prepare(self) -> None:
         for cql in STATEMENTS:
@@ -64,10 +79,21 @@ class EncryptionFlags:
         """Whether the conversation is end-to-end encrypted."""
         if conversation_id in self._known:
             return True
+        if conversation_id in self._plain:
+            return False
         rows = await self._cql.execute(_SELECT, (conversation_id,))
         if rows:
             self._known[conversation_id] = True
+        else:
+            self._plain[conversation_id] = True
         return bool(rows)
+
+    def note(self, events: Sequence[ChatEvent]) -> None:
+        """Remember the conversations ``events`` make encrypted (after writing them through)."""
+        for event in events:
+            for _, (conversation_id,) in statements(event):
+                self._known[conversation_id] = True
+                self._plain.pop(conversation_id, None)
 
     async def encrypted_of(self, conversation_ids: Iterable[str]) -> set[str]:
         """Those of ``conversation_ids`` that are encrypted (one read for the unknown ones)."""

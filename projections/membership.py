@@ -242,6 +242,7 @@ class CassandraMembership:
 
     async def apply(self, events: Sequence[ChatEvent]) -> None:
         await self._cql.execute_all(await self.writes(events))
+        self._encryption.note(events)
 
     async def writes(self, events: Sequence[ChatEvent]) -> list[Statement]:
         """The upserts ``events`` cause, in order, deduplicated; moves the roster past them."""
