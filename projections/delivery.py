@@ -18,6 +18,7 @@ from functools import singledispatch
 
 from events import (
     ChatEvent,
+    EncryptionEnabled,
     GroupCreated,
     GroupRenamed,
     MemberRemoved,
@@ -113,7 +114,8 @@ async def _(event: ReceiptRecorded, roster: Roster) -> list[Push]:
 async def _(event: GroupCreated, roster: Roster) -> list[Push]:
     await roster.observe(event)
     frame = conversation_frame(
-        "added", group_object(event.conversation_id, event.title, event.member_count, event.ts)
+        "added",
+        group_object(event.conversation_id, event.title, event.member_count, event.ts, event.encrypted),
     )
     joined = tagged(JOINED, event.conversation_id, frame)
     return [Push(keys.user_channel(m.user_id), joined) for m in event.members]
@@ -124,7 +126,7 @@ async def _(event: MembersAdded, roster: Roster) -> list[Push]:
     before = await roster.recipients(event.conversation_id)
     await roster.observe(event)
     entry = await roster.group(event.conversation_id)
-    obj = group_object(event.conversation_id, entry.title, event.member_count, event.ts)
+    obj = group_object(event.conversation_id, entry.title, event.member_count, event.ts, entry.encrypted)
     joined = tagged(JOINED, event.conversation_id, conversation_frame("added", obj))
     # The others first: on a shard channel, gateways would otherwise count the newcomers in.
     updated = _to_members(event.conversation_id, before, conversation_frame("updated", obj))
@@ -135,7 +137,7 @@ async def _(event: MembersAdded, roster: Roster) -> list[Push]:
 async def _(event: MemberRemoved, roster: Roster) -> list[Push]:
     await roster.observe(event)
     entry = await roster.group(event.conversation_id)
-    obj = group_object(event.conversation_id, entry.title, event.member_count, event.ts)
+    obj = group_object(event.conversation_id, entry.title, event.member_count, event.ts, entry.encrypted)
     left = tagged(LEFT, event.conversation_id, conversation_frame("removed", obj))
     remaining = await roster.recipients(event.conversation_id)
     return [
@@ -149,9 +151,28 @@ async def _updated(
 ) -> list[Push]:
     await roster.observe(event)
     entry = await roster.group(event.conversation_id)
-    obj = group_object(event.conversation_id, entry.title, entry.member_count, event.ts)
+    obj = group_object(event.conversation_id, entry.title, entry.member_count, event.ts, entry.encrypted)
     recipients = await roster.recipients(event.conversation_id)
     return _to_members(event.conversation_id, recipients, conversation_frame("updated", obj))
+
+
+@pushes.register
+async def _(event: EncryptionEnabled, roster: Roster) -> list[Push]:
+    """A direct chat became end-to-end encrypted: both sides' devices hear it at once."""
+    await roster.observe(event)
+    members = dm_members(event.conversation_id) or ()
+    obj = {
+        "conversation_id": event.conversation_id,
+        "kind": "direct",
+        "title": None,
+        "member_count": len(set(members)),
+        "last_message": None,
+        "unread_count": 0,
+        "last_activity_ts": event.ts,
+        "encrypted": True,
+    }
+    frame = MESSAGE + conversation_frame("updated", obj)
+    return [Push(keys.user_channel(uid), frame) for uid in dict.fromkeys(members)]
 
 
 pushes.register(MemberRoleChanged, _updated)

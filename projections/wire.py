@@ -48,6 +48,12 @@ class SendFrame(Frame):
     kind: MessageKind = "text"
     body: str = ""
     media_id: str | None = Field(default=None, max_length=128)
+    # kind "encrypted" (end-to-end encryption); checked by commands/encryption.py, so an
+    # oversized ciphertext is 413 like an oversized body
+    ciphertext: str | None = None
+    algorithm: str | None = None
+    session_id: str | None = None
+    sender_device: str | None = None
 
 
 class PingFrame(Frame):
@@ -146,6 +152,15 @@ def _describe(exc: ValidationError) -> str:
 
 def message_object(event: MessageSent) -> dict[str, Any]:
     """The protocol's Message object (``message_id`` as a decimal string)."""
+    if event.kind == "encrypted":
+        return encrypted_object(
+            event.message_id,
+            event.conversation_id,
+            event.sender_id,
+            event.client_msg_id,
+            (event.ciphertext, event.algorithm, event.session_id, event.sender_device),
+            event.ts,
+        )
     return {
         "message_id": str(event.message_id),
         "conversation_id": event.conversation_id,
@@ -155,6 +170,34 @@ def message_object(event: MessageSent) -> dict[str, Any]:
         "body": event.body,
         "media": event.media.model_dump() if event.media else None,
         "ts": event.ts,
+    }
+
+
+def encrypted_object(
+    message_id: int | str,
+    conversation_id: str,
+    sender_id: str,
+    client_msg_id: str,
+    envelope: tuple[str | None, str | None, str | None, str | None],
+    ts: int,
+) -> dict[str, Any]:
+    """The Message object of an end-to-end encrypted message: ``body`` null, the ciphertext as
+    the sender sent it, ``(ciphertext, algorithm, session_id, sender_device)``. Every store
+    (hot, warm, archive) renders it here, so they agree. ``ts`` stays last (``message_frame_ts``)."""
+    ciphertext, algorithm, session_id, sender_device = envelope
+    return {
+        "message_id": str(message_id),
+        "conversation_id": conversation_id,
+        "sender_id": sender_id,
+        "client_msg_id": client_msg_id,
+        "kind": "encrypted",
+        "body": None,
+        "media": None,
+        "ciphertext": ciphertext,
+        "algorithm": algorithm,
+        "session_id": session_id,
+        "sender_device": sender_device,
+        "ts": int(ts),
     }
 
 
@@ -222,7 +265,9 @@ def conversation_frame(change: str, conversation: dict[str, Any]) -> bytes:
     return orjson.dumps({"type": "conversation", "event": change, "conversation": conversation})
 
 
-def group_object(cid: str, title: str | None, member_count: int, ts: int) -> dict[str, Any]:
+def group_object(
+    cid: str, title: str | None, member_count: int, ts: int, encrypted: bool = False
+) -> dict[str, Any]:
     """A group's Conversation object as a ``conversation`` frame carries it."""
     return {
         "conversation_id": cid,
@@ -232,6 +277,7 @@ def group_object(cid: str, title: str | None, member_count: int, ts: int) -> dic
         "last_message": None,
         "unread_count": 0,
         "last_activity_ts": ts,
+        "encrypted": encrypted,
     }
 
 

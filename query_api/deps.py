@@ -18,6 +18,7 @@ from commands.rate_limits import NoLimits, RateLimiter
 from commands.receipts import Watermarks
 from commands.to_device import ToDeviceQueue
 from events import Role
+from projections.adapters.device_lists import RedisDeviceLists
 from projections.delivery import Push
 from projections.history import ColdTier, HotTier, WarmTier
 from projections.inbox import InboxSource, UnreadCounter
@@ -86,6 +87,8 @@ class Dependencies:
     keys: KeyStore | None = None  # the key directory of end-to-end encryption
     to_device: ToDeviceQueue | None = None  # to-device messages waiting for their devices
     tracer: Spans = field(default_factory=NoSpans)
+    # whose device lists changed, per user (E2EE; projections/adapters/device_lists.py)
+    device_lists: RedisDeviceLists | None = None
 
     async def readiness(self) -> dict[str, str]:
         async def check(probe: Callable[[], Awaitable[Any]]) -> str:

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from commands import EventLog, IdempotencyStore, IdGenerator, Limits, SendMessage, SendResult, send_message
 from commands.direct import DirectChats, open_direct
+from commands.encryption import check_kind, enable_direct_encryption
 from commands.group_handlers import GroupCommand, change_group, create_group
 from commands.groups import CreateGroup
 from commands.media import MediaService
@@ -53,10 +54,18 @@ class Messaging:
             sender_id=user_id,
             device_id=device_id,
             conversation_id=conversation_id,
-            **request.model_dump(include={"client_msg_id", "kind", "body", "media_id"}),
+            **request.model_dump(
+                include={
+                    *("client_msg_id", "kind", "body", "media_id"),
+                    *("ciphertext", "algorithm", "session_id", "sender_device"),
+                }
+            ),
         )
         service, media = self.media, None
-        if service is not None and cmd.kind != "text":
+        if service is not None and cmd.kind not in ("text", "encrypted"):
+            # Media is never sent in the clear into an encrypted conversation: that is 400,
+            # whatever the media id names (it goes inside the ciphertext there).
+            check_kind(encrypted=await self.directory.encrypted(conversation_id), kind=cmd.kind, fields={})
             media = await service.for_send(user_id, cmd.media_id, cmd.kind)
         result = await send_message(
             cmd,
@@ -100,6 +109,12 @@ class Conversations:
     async def open_direct(self, user_id: str, conversation_id: str) -> None:
         """The direct conversation is in ``user_id``'s inbox from now on (a fact in the log)."""
         await open_direct(
+            user_id, conversation_id, log=self.event_log, directory=self.directory, ids=self.ids
+        )
+
+    async def enable_direct_encryption(self, user_id: str, conversation_id: str) -> None:
+        """The direct conversation is end-to-end encrypted from now on (once; never undone)."""
+        await enable_direct_encryption(
             user_id, conversation_id, log=self.event_log, directory=self.directory, ids=self.ids
         )
 

@@ -33,6 +33,7 @@ from commands.to_device import TTL_S as TO_DEVICE_TTL_S
 from events import Topics
 from events.errors import Unavailable
 from projections.adapters.cql import Cql, connect_to
+from projections.adapters.device_lists import RedisDeviceLists
 from projections.adapters.presence import CassandraPresence
 from projections.adapters.recent import RedisCacheAndPush
 from projections.adapters.redis_client import make_redis
@@ -191,6 +192,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         search=ShardReaders(settings.search_root, conns.topics.conversation_events),
         keys=models.keys,
         to_device=RedisToDevice(redis, ttl_s=TO_DEVICE_TTL_S),
+        device_lists=RedisDeviceLists(redis),
     )
 
 
@@ -313,6 +315,7 @@ def _sync_context(
         group_row=membership.conversation_row,
         fanout_threshold=settings.fanout_threshold,
         cold=ArchivedLog(archive),
+        encrypted=membership.encrypted,
     )
 
 
