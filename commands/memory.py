@@ -13,6 +13,7 @@ from events import (
     ChatEvent,
     DeviceKeysDeleted,
     DeviceKeysPublished,
+    EncryptionEnabled,
     GroupCreated,
     GroupRenamed,
     KeyEvent,
@@ -60,6 +61,10 @@ class MemoryDirectory:
     def __init__(self) -> None:
         self.groups: dict[str, Conversation] = {}
         self.members: dict[str, dict[str, Role]] = {}
+        self.encrypted_ids: set[str] = set()
+
+    async def encrypted(self, conversation_id: str) -> bool:
+        return conversation_id in self.encrypted_ids
 
     async def conversation(self, conversation_id: str) -> Conversation | None:
         return self.groups.get(conversation_id)
@@ -70,6 +75,8 @@ class MemoryDirectory:
 
     async def apply(self, events: Sequence[ChatEvent]) -> None:
         for event in events:
+            if isinstance(event, EncryptionEnabled) or (isinstance(event, GroupCreated) and event.encrypted):
+                self.encrypted_ids.add(event.conversation_id)
             if isinstance(event, GroupCreated):
                 self.groups[event.conversation_id] = Conversation(
                     event.conversation_id, "group", event.title, event.member_count

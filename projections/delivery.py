@@ -90,7 +90,9 @@ def conversation_frame(change: str, conversation: dict[str, Any]) -> bytes:
     return orjson.dumps({"type": "conversation", "event": change, "conversation": conversation})
 
 
-def group_object(cid: str, title: str | None, member_count: int, ts: int) -> dict[str, Any]:
+def group_object(
+    cid: str, title: str | None, member_count: int, ts: int, encrypted: bool = False
+) -> dict[str, Any]:
     return {
         "conversation_id": cid,
         "kind": "group",
@@ -99,6 +101,7 @@ def group_object(cid: str, title: str | None, member_count: int, ts: int) -> dic
         "last_message": None,
         "unread_count": 0,
         "last_activity_ts": ts,
+        "encrypted": encrypted,
     }
 
 
@@ -136,7 +139,8 @@ async def _(event: ReceiptRecorded, roster: Roster) -> list[Push]:
 async def _(event: GroupCreated, roster: Roster) -> list[Push]:
     await roster.observe(event)
     frame = conversation_frame(
-        "added", group_object(event.conversation_id, event.title, event.member_count, event.ts)
+        "added",
+        group_object(event.conversation_id, event.title, event.member_count, event.ts, event.encrypted),
     )
     joined = JOINED + event.conversation_id.encode() + b"\0" + frame
     return [Push(keys.user_channel(m.user_id), joined) for m in event.members]
@@ -147,7 +151,7 @@ async def _(event: MembersAdded, roster: Roster) -> list[Push]:
     before = await roster.recipients(event.conversation_id)
     await roster.observe(event)
     entry = await roster.group(event.conversation_id)
-    obj = group_object(event.conversation_id, entry.title, event.member_count, event.ts)
+    obj = group_object(event.conversation_id, entry.title, event.member_count, event.ts, entry.encrypted)
     joined = JOINED + event.conversation_id.encode() + b"\0" + conversation_frame("added", obj)
     # The others first: on a shard channel, gateways would otherwise count the newcomers in.
     updated = _to_members(event.conversation_id, before, conversation_frame("updated", obj))
@@ -158,7 +162,7 @@ async def _(event: MembersAdded, roster: Roster) -> list[Push]:
 async def _(event: MemberRemoved, roster: Roster) -> list[Push]:
     await roster.observe(event)
     entry = await roster.group(event.conversation_id)
-    obj = group_object(event.conversation_id, entry.title, event.member_count, event.ts)
+    obj = group_object(event.conversation_id, entry.title, event.member_count, event.ts, entry.encrypted)
     left = LEFT + event.conversation_id.encode() + b"\0" + conversation_frame("removed", obj)
     remaining = await roster.recipients(event.conversation_id)
     return [
@@ -172,7 +176,7 @@ async def _updated(
 ) -> list[Push]:
     await roster.observe(event)
     entry = await roster.group(event.conversation_id)
-    obj = group_object(event.conversation_id, entry.title, entry.member_count, event.ts)
+    obj = group_object(event.conversation_id, entry.title, entry.member_count, event.ts, entry.encrypted)
     recipients = await roster.recipients(event.conversation_id)
     return _to_members(event.conversation_id, recipients, conversation_frame("updated", obj))
 

@@ -15,17 +15,21 @@ import orjson
 
 from events import ChatEvent, MessageSent, snowflake_ts
 from projections.cql import Cql
-from projections.wire import message_object
+from projections.wire import encrypted_object, message_object
 
 NAME = "messages"
 
 _INSERT_MESSAGE = (
     "INSERT INTO {ks}.messages (conversation_id, bucket, message_id, sender_id, sender_device,"
-    " client_msg_id, kind, body, media, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " client_msg_id, kind, body, media, ts, ciphertext, algorithm, session_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_BUCKET = "INSERT INTO {ks}.conversation_buckets (conversation_id, bucket) VALUES (?, ?)"
 _SELECT_BUCKETS = "SELECT bucket FROM {ks}.conversation_buckets WHERE conversation_id = ?"
-_COLUMNS = "message_id, sender_id, client_msg_id, kind, body, media, ts"
+_COLUMNS = (
+    "message_id, sender_id, client_msg_id, kind, body, media, ts,"
+    " ciphertext, algorithm, session_id, sender_device"
+)
 _NEWEST = f"SELECT {_COLUMNS} FROM {{ks}}.messages WHERE conversation_id = ? AND bucket = ? LIMIT ?"
 _BEFORE = (
     f"SELECT {_COLUMNS} FROM {{ks}}.messages WHERE conversation_id = ? AND bucket = ?"
@@ -65,6 +69,9 @@ def _(event: MessageSent, bucket_ms: int) -> list[tuple[str, tuple[Any, ...]]]:
                 event.body,
                 media,
                 event.ts,
+                event.ciphertext,
+                event.algorithm,
+                event.session_id,
             ),
         ),
         (_INSERT_BUCKET, (event.conversation_id, bucket)),
@@ -123,6 +130,11 @@ class CassandraMessages:
 
 
 def _row_object(conversation_id: str, row: Any) -> dict[str, Any]:
+    if row.kind == "encrypted":
+        envelope = (row.ciphertext, row.algorithm, row.session_id, row.sender_device)
+        return encrypted_object(
+            row.message_id, conversation_id, row.sender_id, row.client_msg_id, envelope, row.ts
+        )
     return {
         "message_id": str(row.message_id),
         "conversation_id": conversation_id,

@@ -290,6 +290,8 @@ class SyncContext:
     group_row: Callable[[str], Awaitable[Any | None]]
     fanout_threshold: int
     cold: ColdLog | None = None
+    # whether a conversation is end-to-end encrypted (the object of a group one left says so)
+    encrypted: Callable[[str], Awaitable[bool]] | None = None
 
 
 def _receipt(event: ReceiptRecorded) -> dict[str, Any]:
@@ -423,7 +425,10 @@ async def _fill(
 
     async def describe(cid: str, change: str) -> dict[str, Any] | None:
         if change == "removed":
-            return _left_group(cid, await ctx.group_row(cid))
+            left = _left_group(cid, await ctx.group_row(cid))
+            if left is not None and ctx.encrypted is not None:
+                left["encrypted"] = await ctx.encrypted(cid)
+            return left
         return await ctx.describe(user_id, cid)  # None: no longer a member (reported above)
 
     changed = sorted(touched | set(membership))
@@ -447,6 +452,7 @@ def _left_group(cid: str, row: Any | None) -> dict[str, Any] | None:
         "last_message": None,
         "unread_count": 0,
         "last_activity_ts": row.last_ts or row.created_ts or 0,
+        "encrypted": False,
     }
 
 

@@ -12,6 +12,15 @@ from events import MessageSent
 
 def message_object(event: MessageSent) -> dict[str, Any]:
     """The protocol's Message object (``message_id`` as a decimal string)."""
+    if event.kind == "encrypted":
+        return encrypted_object(
+            event.message_id,
+            event.conversation_id,
+            event.sender_id,
+            event.client_msg_id,
+            (event.ciphertext, event.algorithm, event.session_id, event.sender_device),
+            event.ts,
+        )
     return {
         "message_id": str(event.message_id),
         "conversation_id": event.conversation_id,
@@ -21,6 +30,34 @@ def message_object(event: MessageSent) -> dict[str, Any]:
         "body": event.body,
         "media": event.media.model_dump() if event.media else None,
         "ts": event.ts,
+    }
+
+
+def encrypted_object(
+    message_id: int | str,
+    conversation_id: str,
+    sender_id: str,
+    client_msg_id: str,
+    envelope: tuple[str | None, str | None, str | None, str | None],
+    ts: int,
+) -> dict[str, Any]:
+    """The Message object of an end-to-end encrypted message: ``body`` null, the ciphertext as
+    the sender sent it, ``(ciphertext, algorithm, session_id, sender_device)``. Every store
+    (hot, warm, archive) renders it here, so they agree. ``ts`` stays last (``message_frame_ts``)."""
+    ciphertext, algorithm, session_id, sender_device = envelope
+    return {
+        "message_id": str(message_id),
+        "conversation_id": conversation_id,
+        "sender_id": sender_id,
+        "client_msg_id": client_msg_id,
+        "kind": "encrypted",
+        "body": None,
+        "media": None,
+        "ciphertext": ciphertext,
+        "algorithm": algorithm,
+        "session_id": session_id,
+        "sender_device": sender_device,
+        "ts": int(ts),
     }
 
 

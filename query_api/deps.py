@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from commands import EventLog, IdempotencyStore, IdGenerator, Limits, SendMessage, SendResult, send_message
 from commands.direct import DirectChats
+from commands.encryption import check_kind
 from commands.keys import KeyStore
 from commands.media import MediaService
 from commands.ports import Directory, Locks
@@ -109,10 +110,18 @@ class Dependencies:
             sender_id=user_id,
             device_id=device_id,
             conversation_id=conversation_id,
-            **request.model_dump(include={"client_msg_id", "kind", "body", "media_id"}),
+            **request.model_dump(
+                include={
+                    *("client_msg_id", "kind", "body", "media_id"),
+                    *("ciphertext", "algorithm", "session_id", "sender_device"),
+                }
+            ),
         )
         service, media = self.media, None
-        if service is not None and cmd.kind != "text":
+        if service is not None and cmd.kind not in ("text", "encrypted"):
+            # Media is never sent in the clear into an encrypted conversation: that is 400,
+            # whatever the media id names (it goes inside the ciphertext there).
+            check_kind(encrypted=await self.directory.encrypted(conversation_id), kind=cmd.kind, fields={})
             media = await service.for_send(user_id, cmd.media_id, cmd.kind)
         result = await send_message(
             cmd,
@@ -376,6 +385,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
             group_row=membership.conversation_row,
             fanout_threshold=settings.fanout_threshold,
             cold=ArchivedLog(archive),
+            encrypted=membership.encrypted,
         ),
         publish=publish,
         probes={"kafka": kafka_probe, "cassandra": cassandra_probe, "redis": redis_probe, "s3": s3_probe},

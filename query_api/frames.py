@@ -24,6 +24,12 @@ class SendFrame(_Frame):
     kind: MessageKind = "text"
     body: str = ""
     media_id: str | None = Field(default=None, max_length=128)
+    # kind "encrypted" (end-to-end encryption); checked by commands/encryption.py, so an
+    # oversized ciphertext is 413 like an oversized body
+    ciphertext: str | None = None
+    algorithm: str | None = None
+    session_id: str | None = None
+    sender_device: str | None = None
 
 
 class PingFrame(_Frame):

@@ -9,6 +9,7 @@ from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import empty
 
 from commands.direct import open_direct
+from commands.encryption import enable_direct_encryption
 from commands.group_handlers import change_group, create_group
 from commands.groups import MAX_TITLE_CHARS, AddMembers, ChangeRole, CreateGroup, RemoveMember, RenameGroup
 from commands.membership import require_member
@@ -21,7 +22,7 @@ from events import (
     dm_members,
     is_valid_user_id,
 )
-from events.errors import Invalid
+from events.errors import Conflict, Invalid
 from projections.inbox import inbox_page, one_conversation
 from query_api.bodies import Body, int_arg, parse_body
 from query_api.deps import Dependencies
@@ -42,8 +43,8 @@ class CreateConversation(Body):
     kind: Literal["direct", "group"]
     members: list[str] = Field(default_factory=list, max_length=MAX_USERS_PER_REQUEST)
     title: str | None = Field(default=None, max_length=MAX_TITLE_CHARS)
-    # v1.1 end-to-end encryption is not built: asking for it must not quietly make a plaintext
-    # conversation.
+    # End-to-end encrypted, for good (a direct conversation: from the first time either side
+    # asks). An explicit false for an encrypted conversation is 409: it cannot be turned off.
     encrypted: bool = False
 
 
@@ -57,6 +58,9 @@ class RoleBody(Body):
 
 class TitleBody(Body):
     title: str = Field(min_length=1, max_length=MAX_TITLE_CHARS)
+    # Only ever true: encryption is set at creation and cannot be turned off (false is 409 on
+    # an encrypted group, 400 on any other: groups are not encrypted after their creation).
+    encrypted: bool | None = None
 
 
 def _group_object(event: GroupCreated) -> dict[str, Any]:
@@ -68,6 +72,7 @@ def _group_object(event: GroupCreated) -> dict[str, Any]:
         "last_message": None,
         "unread_count": 0,
         "last_activity_ts": event.ts,
+        "encrypted": event.encrypted,
     }
 
 
@@ -83,6 +88,7 @@ async def _view(deps: Dependencies, user_id: str, conversation_id: str) -> dict[
             "last_message": None,
             "unread_count": 0,
             "last_activity_ts": None,
+            "encrypted": await deps.directory.encrypted(conversation_id),
         }
     return obj
 
@@ -98,20 +104,23 @@ async def create(request: Request) -> HTTPResponse:
     deps: Dependencies = request.app.ctx.deps
     me = request.ctx.principal.user_id
     body = parse_body(request, CreateConversation)
-    if body.encrypted:
-        raise Invalid("encrypted conversations are not supported by this server yet")
     if body.kind == "direct":
         if len(body.members) != 1 or not is_valid_user_id(body.members[0]):
             raise Invalid("a direct conversation names exactly one other user id in members")
         cid = direct_conversation_id(me, body.members[0])
+        unset = "encrypted" in body.model_fields_set and not body.encrypted
+        if unset and await deps.directory.encrypted(cid):
+            raise Conflict("this conversation is end-to-end encrypted; that cannot be turned off")
         if await deps.inbox.inbox_row(me, cid) is None:
             # Not in the caller's inbox yet: opening it is a fact (the two now share it).
             await open_direct(me, cid, log=deps.log, directory=deps.directory, ids=deps.ids)
+        if body.encrypted:
+            await enable_direct_encryption(me, cid, log=deps.log, directory=deps.directory, ids=deps.ids)
         return json_response({"conversation": await _view(deps, me, cid)})
     if body.title is None:
         raise Invalid("title: a group needs a title")
     event = await create_group(
-        CreateGroup(actor_id=me, title=body.title, members=tuple(body.members)),
+        CreateGroup(actor_id=me, title=body.title, members=tuple(body.members), encrypted=body.encrypted),
         log=deps.log,
         directory=deps.directory,
         ids=deps.ids,
@@ -157,6 +166,13 @@ async def rename(request: Request, conversation_id: str) -> HTTPResponse:
     deps: Dependencies = request.app.ctx.deps
     me = request.ctx.principal.user_id
     body = parse_body(request, TitleBody)
+    if body.encrypted is not None:
+        await require_member(deps.directory, conversation_id, me)
+        on = await deps.directory.encrypted(conversation_id)
+        if on and not body.encrypted:
+            raise Conflict("this conversation is end-to-end encrypted; that cannot be turned off")
+        if not on and body.encrypted:
+            raise Invalid("a group is end-to-end encrypted at its creation only")
     await _change(deps, RenameGroup(actor_id=me, conversation_id=conversation_id, title=body.title))
     return json_response({"conversation": await _view(deps, me, conversation_id)})
 

@@ -31,6 +31,11 @@ class PostMessage(Body):
     kind: MessageKind = "text"
     body: str = ""
     media_id: str | None = Field(default=None, max_length=128)
+    # kind "encrypted" (end-to-end encryption; commands/encryption.py checks them)
+    ciphertext: str | None = None
+    algorithm: str | None = None
+    session_id: str | None = None
+    sender_device: str | None = None
 
 
 @bp.post("/<conversation_id:str>/messages")
