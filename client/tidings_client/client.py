@@ -912,7 +912,9 @@ class TidingsClient:
         return conversation
 
     async def _is_encrypted(self, conversation_id: str) -> bool:
-        if not self._encrypted.get(conversation_id):
+        # Read once per conversation; a direct chat the other side encrypts later comes as a
+        # conversation ``updated`` event (or in sync), which _note() records.
+        if conversation_id not in self._encrypted:
             await self.conversation(conversation_id)
         return self._encrypted.get(conversation_id, False)
 

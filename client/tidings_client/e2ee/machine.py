@@ -401,6 +401,10 @@ class E2EE:
         before the next share (a new device gets the room key; a gone one rotates the session)."""
         self._devices.pop(user_id, None)
 
+    def cached_devices(self, user_id: str) -> list[DeviceKeys] | None:
+        """The user's devices as last read (``None``: to be read again before the next share)."""
+        return self._devices.get(user_id)
+
     async def devices(self, user_id: str) -> list[DeviceKeys]:
         """The user's devices with valid self-signed keys (cached until ``device_list_changed``)."""
         cached = self._devices.get(user_id)
