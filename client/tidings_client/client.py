@@ -401,6 +401,8 @@ class TidingsClient:
                 self._emit(MessageEvent(revealed))
 
     def _give_up_waiting(self, session_id: str, message_id: str) -> None:
+        if self._closing:
+            return
         waiting = self._awaiting.get(session_id, [])
         for message in waiting:
             if message.message_id == message_id:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import stat
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +21,7 @@ from tidings_client.e2ee import (
     TO_DEVICE_TYPE,
     DecryptionError,
     E2EEError,
+    FileKeyStore,
     MemoryKeyStore,
     MissingRoomKey,
     WrongPassphrase,
@@ -359,3 +362,20 @@ async def test_forged_and_replayed_input_is_refused() -> None:
     alice.device_list_changed("bob")
     await send(world, alice, "again")
     assert ("bob", "evil") not in world.queues
+
+
+async def test_a_file_key_store_is_private_to_its_owner_and_reopens(tmp_path: Path) -> None:
+    world = World()
+    world.members[CID] = {"alice", "bob"}
+    path = tmp_path / "keys" / "alice.json"
+    alice = await device(world, "alice", "d1", store=FileKeyStore(path))
+    bob = await device(world, "bob", "d1")
+    sent = await send(world, alice, "on disk")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "on disk" not in path.read_text()
+    reopened = await E2EE.open(
+        "alice", "d1", Api(world, "alice", "d1"), passphrase="alice's passphrase", store=FileKeyStore(path)
+    )
+    assert reopened.decrypt(sent).body == "on disk"
+    await deliver(world, bob)
+    assert bob.decrypt(sent).body == "on disk"
