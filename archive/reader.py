@@ -27,7 +27,10 @@ from archive.tables import SCHEMAS, TABLES
 T = TypeVar("T")
 _RETRIES = 20
 
-_COLUMNS = "message_id, sender_id, client_msg_id, kind, body, media, epoch_ms(ts) AS ts"
+_COLUMNS = (
+    "message_id, sender_id, client_msg_id, kind, body, media, epoch_ms(ts) AS ts,"
+    " ciphertext, algorithm, session_id, sender_device"
+)
 
 
 # Messages with their media, one row per message carrying media: the media reference each
@@ -123,7 +126,9 @@ class ArchiveReader:
             if table not in self._empty:
                 self._empty[table] = _empty_view(table)
             return self._empty[table]
-        return f"SELECT * FROM read_parquet({_literal_list(paths)}, hive_partitioning = true)"
+        # union_by_name: files written before a column was added give nulls for it.
+        options = "hive_partitioning = true, union_by_name = true"
+        return f"SELECT * FROM read_parquet({_literal_list(paths)}, {options})"
 
     def cursor_with_views(self, manifest: Manifest | None) -> duckdb.DuckDBPyConnection:
         cur = self._db.cursor()
@@ -187,7 +192,7 @@ class ArchiveReader:
             sql = (
                 # DISTINCT ON: the log may hold a message twice (a retried append), and so may
                 # the archive; a page counts it once.
-                f"SELECT DISTINCT ON (message_id) {_COLUMNS} FROM read_parquet($paths)"
+                f"SELECT DISTINCT ON (message_id) {_COLUMNS} FROM read_parquet($paths, union_by_name = true)"
                 f" WHERE conversation_id = $cid AND {where}"
                 f" ORDER BY message_id {order} LIMIT $limit"
             )
@@ -265,7 +270,8 @@ class ArchiveReader:
             cur = self._db.cursor()
             try:
                 cur.execute(
-                    f"SELECT {columns} FROM read_parquet($paths) WHERE {' OR '.join(conds)}",
+                    f"SELECT {columns} FROM read_parquet($paths, union_by_name = true)"
+                    f" WHERE {' OR '.join(conds)}",
                     {"paths": paths},
                 )
                 while rows := cur.fetchmany(batch):
@@ -278,7 +284,24 @@ class ArchiveReader:
 
 
 def _message(conversation_id: str, row: tuple[Any, ...]) -> dict[str, Any]:
-    message_id, sender_id, client_msg_id, kind, body, media, ts = row
+    message_id, sender_id, client_msg_id, kind, body, media, ts, *envelope = row
+    if kind == "encrypted":
+        # The same object as projections.wire.encrypted_object (the archive imports only events).
+        ciphertext, algorithm, session_id, sender_device = envelope
+        return {
+            "message_id": str(message_id),
+            "conversation_id": conversation_id,
+            "sender_id": sender_id,
+            "client_msg_id": client_msg_id,
+            "kind": kind,
+            "body": None,
+            "media": None,
+            "ciphertext": ciphertext,
+            "algorithm": algorithm,
+            "session_id": session_id,
+            "sender_device": sender_device,
+            "ts": int(ts),
+        }
     return {
         "message_id": str(message_id),
         "conversation_id": conversation_id,

@@ -21,7 +21,8 @@ from events import ChatEvent, MediaRef, MessageSent, ReceiptRecorded, decode_eve
 QUERIES = {
     "messages": (
         "SELECT kafka_offset, conversation_id, message_id, sender_id, sender_device, client_msg_id, kind,"
-        " body, media, epoch_ms(ts), v FROM read_parquet($paths)"
+        " body, media, epoch_ms(ts), v, ciphertext, algorithm, session_id"
+        " FROM read_parquet($paths, union_by_name = true)"
     ),
     "membership": "SELECT kafka_offset, event FROM read_parquet($paths)",
     "receipts": (
@@ -32,7 +33,7 @@ QUERIES = {
 
 
 def _message(row: tuple[Any, ...]) -> ChatEvent:
-    _, cid, mid, sender, device, cmid, kind, body, media, ts, v = row
+    _, cid, mid, sender, device, cmid, kind, body, media, ts, v, ciphertext, algorithm, session_id = row
     return MessageSent(
         conversation_id=cid,
         message_id=mid,
@@ -44,6 +45,9 @@ def _message(row: tuple[Any, ...]) -> ChatEvent:
         media=MediaRef(**orjson.loads(media)) if media else None,
         ts=ts,
         v=v,
+        ciphertext=ciphertext,
+        algorithm=algorithm,
+        session_id=session_id,
     )
 
 

@@ -20,6 +20,8 @@ MESSAGES, MEMBERSHIP, RECEIPTS, UNREADABLE = "messages", "membership", "receipts
 TABLES = (MESSAGES, MEMBERSHIP, RECEIPTS, UNREADABLE)
 
 _TS = pa.timestamp("ms", tz="UTC")
+ENVELOPE = ("ciphertext", "algorithm", "session_id")
+ENVELOPE_FIELDS = [pa.field(name, pa.string()) for name in ENVELOPE]
 _LOG_FIELDS = [pa.field("kafka_partition", pa.int32(), False), pa.field("kafka_offset", pa.int64(), False)]
 
 SCHEMAS: dict[str, pa.Schema] = {
@@ -36,6 +38,11 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("ts", _TS, False),
             pa.field("v", pa.int16(), False),
             *_LOG_FIELDS,
+            # End-to-end encrypted messages (kind 'encrypted', body empty): the client's
+            # ciphertext as sent, and how to decrypt it; null for every other kind. Added after
+            # the first files were written: readers read with DuckDB's union_by_name, so older
+            # files give nulls.
+            *ENVELOPE_FIELDS,
         ]
     ),
     MEMBERSHIP: pa.schema(
@@ -208,7 +215,7 @@ def _fast_message(d: dict[str, Any], p: int, o: int) -> tuple[Any, ...] | None:
         return None
     if type(body) is not str:
         return None
-    return (cid, mid, sender, device, cmid, d["kind"], body, None, ts, 1, p, o, _day(ts))
+    return (cid, mid, sender, device, cmid, d["kind"], body, None, ts, 1, p, o, None, None, None, _day(ts))
 
 
 def _fast_receipt(d: dict[str, Any], p: int, o: int) -> tuple[Any, ...] | None:
@@ -289,10 +296,17 @@ class RowBuilder:
 
     def _add_part(self, table: str, parsed: pa.Table, partition: int, offsets: list[int]) -> None:
         schema = SCHEMAS[table]
+        position = {
+            "kafka_partition": pa.array([partition] * len(offsets), pa.int32()),
+            "kafka_offset": pa.array(offsets, pa.int64()),
+        }
+        # Columns the bulk shape has no key for (the envelope of encrypted messages, which
+        # never take the bulk path) are null.
         columns = [
-            *(parsed[f.name].cast(f.type) for f in schema if f.name in parsed.column_names),
-            pa.array([partition] * len(offsets), pa.int32()),
-            pa.array(offsets, pa.int64()),
+            parsed[f.name].cast(f.type)
+            if f.name in parsed.column_names
+            else position.get(f.name, pa.nulls(len(offsets), f.type))
+            for f in schema
         ]
         self._parts[table].append(pa.Table.from_arrays(columns, schema=schema))
         self.count += len(offsets)
@@ -339,6 +353,9 @@ class RowBuilder:
                     event.v,
                     p,
                     o,
+                    event.ciphertext,
+                    event.algorithm,
+                    event.session_id,
                     _day(event.ts),
                 )
             )

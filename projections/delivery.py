@@ -29,6 +29,7 @@ import orjson
 
 from events import (
     ChatEvent,
+    EncryptionEnabled,
     GroupCreated,
     GroupRenamed,
     MemberRemoved,
@@ -179,6 +180,25 @@ async def _updated(
     obj = group_object(event.conversation_id, entry.title, entry.member_count, event.ts, entry.encrypted)
     recipients = await roster.recipients(event.conversation_id)
     return _to_members(event.conversation_id, recipients, conversation_frame("updated", obj))
+
+
+@pushes.register
+async def _(event: EncryptionEnabled, roster: Roster) -> list[Push]:
+    """A direct chat became end-to-end encrypted: both sides' devices hear it at once."""
+    await roster.observe(event)
+    members = dm_members(event.conversation_id) or ()
+    obj = {
+        "conversation_id": event.conversation_id,
+        "kind": "direct",
+        "title": None,
+        "member_count": len(set(members)),
+        "last_message": None,
+        "unread_count": 0,
+        "last_activity_ts": event.ts,
+        "encrypted": True,
+    }
+    frame = MESSAGE + conversation_frame("updated", obj)
+    return [Push(keys.user_channel(uid), frame) for uid in dict.fromkeys(members)]
 
 
 pushes.register(MemberRoleChanged, _updated)

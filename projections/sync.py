@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 from events import (
     ChatEvent,
+    EncryptionEnabled,
     GroupCreated,
     GroupEvent,
     MemberRemoved,
@@ -408,8 +409,8 @@ async def _fill(
             page.messages.append(message_object(event))
         elif isinstance(event, ReceiptRecorded):
             receipts.append(event)
-        elif isinstance(event, GroupEvent):
-            touched.add(cid)
+        elif isinstance(event, (GroupEvent, EncryptionEnabled)):
+            touched.add(cid)  # its object changed (a direct chat's: now encrypted)
     page.messages.sort(key=lambda m: (m["conversation_id"], int(m["message_id"])))
     # Receipts as the frames carry them: small conversations, and always the user's own (so
     # their other devices clear what was read).

@@ -23,6 +23,7 @@ from commands.receipts import RecordReceipt, Watermarks, record_receipt
 from commands.to_device import ToDeviceQueue
 from events import Role
 from projections.delivery import Push
+from projections.device_lists import RedisDeviceLists
 from projections.history import ColdTier, HotTier, WarmTier
 from projections.inbox import InboxSource, UnreadCounter
 from projections.search_query import Hit, Parsed
@@ -96,6 +97,8 @@ class Dependencies:
     search: SearchShards | None = None  # the full-text index shards (GET /v1/search)
     keys: KeyStore | None = None  # the key directory of end-to-end encryption
     to_device: ToDeviceQueue | None = None  # to-device messages waiting for their devices
+    # whose device lists changed, per user (E2EE; projections/device_lists.py)
+    device_lists: RedisDeviceLists | None = None
     direct_chats: DirectChats = field(init=False)
 
     def __post_init__(self) -> None:
@@ -397,4 +400,5 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         search=ShardReaders(settings.search_root, Topics(settings.topic_prefix).conversation_events),
         keys=keys,
         to_device=RedisToDevice(redis, ttl_s=TO_DEVICE_TTL_S),
+        device_lists=RedisDeviceLists(redis),
     )

@@ -15,6 +15,7 @@ from commands.media import ObjectStore
 from commands.videos import VideoThumbnails
 from events import Topics
 from projections.cql import Cql, connect_to
+from projections.device_lists import DeviceListNotices, contacts_from
 from projections.keys import CassandraKeys
 from projections.media import CassandraMedia
 from projections.membership import CassandraMembership
@@ -87,6 +88,12 @@ def build_worker_app(settings: Settings) -> faust.App:
         keys = CassandraKeys(cql)
         keys.prepare()
         key_stages.append(keys)
+    if role in ("all", "deliver"):
+        # device_list frames and the notices /v1/sync reads (E2EE), to everyone sharing a
+        # conversation with the user whose devices changed
+        membership = CassandraMembership(cql)
+        membership.prepare()
+        key_stages.append(DeviceListNotices(redis, contacts_from(membership)))
     tracing = telemetry.configure(settings, f"tidings-worker-{role}")
     return create_app(
         app_id=settings.worker_app_id if role == "all" else f"{settings.worker_app_id}-{role}",

@@ -5,6 +5,7 @@ no preview; hostile input refused with nothing stored."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -17,6 +18,18 @@ def _history(system: System, who: str, cid: str) -> list[dict[str, Any]]:
     status, page = system.request("GET", f"/v1/conversations/{cid}/messages", user=who)
     assert status == 200, page
     return list(page["messages"])
+
+
+async def _history_of(system: System, who: str, cid: str, ids: list[str]) -> list[dict[str, Any]]:
+    """The history once it holds exactly ``ids`` (the workers write a few ms after the ack; on a
+    loaded machine, longer)."""
+    found: list[dict[str, Any]] = []
+    for _ in range(100):
+        found = _history(system, who, cid)
+        if [m["message_id"] for m in found] == ids:
+            return found
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"history of {cid} never held {ids}: {found}")
 
 
 def _send(system: System, who: str, device: str, cid: str, body: dict[str, Any]) -> tuple[int, Any]:
@@ -51,8 +64,7 @@ async def test_an_encrypted_group_carries_only_ciphertext_live_in_history_and_sy
     second = megolm.send_body("bring the key", uuid.uuid4().hex)
     status, accepted = _send(system, alice, "phone", cid, second)
     assert status == 202, accepted
-    history = _history(system, bob, cid)
-    assert [m["message_id"] for m in history] == [ack["message_id"], accepted["message_id"]]
+    history = await _history_of(system, bob, cid, [ack["message_id"], accepted["message_id"]])
     assert history[0] == frame
     assert decrypt(bob_reads, history[1]["ciphertext"]) == "bring the key"
     # Nothing else goes in: plaintext, media, or an encrypted send without its fields.
@@ -89,7 +101,7 @@ async def test_a_direct_chat_becomes_encrypted_when_either_side_asks_and_stays_s
         "POST", "/v1/conversations", user=alice, body={"kind": "direct", "members": [bob]}
     )
     assert status == 200 and opened["conversation"]["encrypted"] is False, opened
-    status, _ = _send(
+    status, first = _send(
         system, alice, "default", cid, {"client_msg_id": "p1", "kind": "text", "body": "plain first"}
     )
     assert status == 202
@@ -107,7 +119,7 @@ async def test_a_direct_chat_becomes_encrypted_when_either_side_asks_and_stays_s
         system, alice, "default", cid, {"client_msg_id": "p2", "kind": "text", "body": "plain"}
     )
     assert status == 400 and refused["error"]["code"] == "invalid"
-    status, _ = _send(system, alice, "default", cid, megolm.send_body("now secret", "e1"))
+    status, secret = _send(system, alice, "default", cid, megolm.send_body("now secret", "e1"))
     assert status == 202
     # Asking again changes nothing; asking to turn it off is 409; opening it plainly still says so.
     status, again = system.request(
@@ -122,8 +134,8 @@ async def test_a_direct_chat_becomes_encrypted_when_either_side_asks_and_stays_s
         "POST", "/v1/conversations", user=alice, body={"kind": "direct", "members": [bob]}
     )
     assert status == 200 and plain["conversation"]["encrypted"] is True
-    kinds = [(m["kind"], m["body"]) for m in _history(system, bob, cid)]
-    assert kinds == [("text", "plain first"), ("encrypted", None)]
+    history = await _history_of(system, bob, cid, [first["message_id"], secret["message_id"]])
+    assert [(m["kind"], m["body"]) for m in history] == [("text", "plain first"), ("encrypted", None)]
 
 
 async def test_hostile_encrypted_sends_are_refused_and_nothing_is_stored(system: System) -> None:
@@ -169,4 +181,5 @@ async def test_hostile_encrypted_sends_are_refused_and_nothing_is_stored(system:
     assert _history(system, bob, cid) == []
     status, accepted = _send(system, alice, "phone", cid, good)
     assert status == 202
-    assert [m["message_id"] for m in _history(system, bob, cid)] == [accepted["message_id"]]
+    # Only the good one, once the workers have it (nothing refused slipped in before it).
+    await _history_of(system, bob, cid, [accepted["message_id"]])
