@@ -140,11 +140,6 @@ async def test_a_member_who_joins_reads_from_then_and_after_leaving_cannot(syste
         assert all(m.message_id != after.message_id for m in c_inbox)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="AWAITS branch e2ees: the server sends no device_list frames (nor device_lists in sync) yet, "
-    "so the sender never learns of the new device; strict: this fails loudly once they land",
-)
 async def test_a_device_added_later_reads_what_is_sent_after_it_appeared(system: System) -> None:
     """Needs ``device_list`` frames (or ``device_lists`` in sync) from the server: the sender
     learns of the new device through them."""
