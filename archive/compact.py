@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from archive.files import id_range, rename_into_place, verify_file, write_file
 from archive.index import update_index
 from archive.manifest import STAGING, FileEntry, Manifest, load, save
-from archive.tables import SORT_KEYS, file_path
+from archive.tables import SCHEMAS, SORT_KEYS, file_path
 
 
 @dataclass
@@ -77,7 +77,10 @@ def _merge(
     """Merge ``files`` into one and list it instead of them; returns the files to delete."""
     name = f"k{manifest.next_compaction:06d}"
     manifest.next_compaction += 1
-    merged = pa.concat_tables([pq.ParquetFile(root / rel).read() for rel, _ in files])
+    # Files written before a column was added lack it: it is null in their rows.
+    merged = pa.concat_tables(
+        [pq.ParquetFile(root / rel).read() for rel, _ in files], promote_options="default"
+    ).select(SCHEMAS[table_name].names)
     merged = merged.sort_by(SORT_KEYS[table_name])
     rel = file_path(table_name, day, name)
     staged = root / STAGING / name / rel

@@ -5,7 +5,8 @@ versions, media, other types) returns ``None`` and goes through ``archive.slow``
 included. ``archive.bulk`` does the same checks for a whole fetch at once.
 
 A row here is the table's columns in order (``events.rows``: the event's columns, then ``v``,
-the log position and the day), the same tuple ``archive.slow`` makes from the event.
+the log position, the encryption envelope (null here: encrypted messages take the slow path)
+and the day), the same tuple ``archive.slow`` makes from the event.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def fast_message(d: dict[str, Any], p: int, o: int) -> tuple[Any, ...] | None:
         return None
     if type(body) is not str:
         return None
-    return (cid, mid, sender, device, cmid, d["kind"], body, None, ts, 1, p, o, day(ts))
+    return (cid, mid, sender, device, cmid, d["kind"], body, None, ts, 1, p, o, None, None, None, day(ts))
 
 
 def fast_receipt(d: dict[str, Any], p: int, o: int) -> tuple[Any, ...] | None:

@@ -123,7 +123,9 @@ class ArchiveReader:
             if table not in self._empty:
                 self._empty[table] = _empty_view(table)
             return self._empty[table]
-        return f"SELECT * FROM read_parquet({_literal_list(paths)}, hive_partitioning = true)"
+        # union_by_name: files written before a column was added give nulls for it.
+        options = "hive_partitioning = true, union_by_name = true"
+        return f"SELECT * FROM read_parquet({_literal_list(paths)}, {options})"
 
     def cursor_with_views(self, manifest: Manifest | None) -> duckdb.DuckDBPyConnection:
         cur = self._db.cursor()
@@ -165,7 +167,7 @@ class ArchiveReader:
             sql = (
                 # DISTINCT ON: the log may hold a message twice (a retried append), and so may
                 # the archive; a page counts it once.
-                f"SELECT DISTINCT ON (message_id) {_COLUMNS} FROM read_parquet($paths)"
+                f"SELECT DISTINCT ON (message_id) {_COLUMNS} FROM read_parquet($paths, union_by_name = true)"
                 f" WHERE conversation_id = $cid AND {where}"
                 f" ORDER BY message_id {order} LIMIT $limit"
             )
@@ -273,7 +275,8 @@ class ArchiveReader:
             cur = self._db.cursor()
             try:
                 cur.execute(
-                    f"SELECT {columns} FROM read_parquet($paths) WHERE {' OR '.join(conds)}",
+                    f"SELECT {columns} FROM read_parquet($paths, union_by_name = true)"
+                    f" WHERE {' OR '.join(conds)}",
                     {"paths": paths},
                 )
                 while rows := cur.fetchmany(batch):

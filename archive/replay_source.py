@@ -17,17 +17,20 @@ from archive.manifest import Manifest
 from archive.reader import ArchiveReader
 from archive.tables import sql_columns
 from events import ChatEvent, decode_event
-from events.rows import MESSAGE_COLUMNS, RECEIPT_COLUMNS, message_from_row, receipt_from_row
+from events.rows import ENVELOPE_COLUMNS, MESSAGE_COLUMNS, RECEIPT_COLUMNS, message_from_row, receipt_from_row
 
 QUERIES = {
-    "messages": f"SELECT kafka_offset, {sql_columns(MESSAGE_COLUMNS)}, v FROM read_parquet($paths)",
+    "messages": (
+        f"SELECT kafka_offset, {sql_columns(MESSAGE_COLUMNS)}, v, {', '.join(ENVELOPE_COLUMNS)}"
+        " FROM read_parquet($paths, union_by_name = true)"
+    ),
     "membership": "SELECT kafka_offset, event FROM read_parquet($paths)",
     "receipts": f"SELECT kafka_offset, {sql_columns(RECEIPT_COLUMNS)}, v FROM read_parquet($paths)",
 }
 
 
 def _message(row: tuple[Any, ...]) -> ChatEvent:
-    return message_from_row(row[1:-1], row[-1])
+    return message_from_row(row[1:10], row[10], row[11:14])
 
 
 def _receipt(row: tuple[Any, ...]) -> ChatEvent:

@@ -73,10 +73,17 @@ class RowBuilder:
 
     def _add_part(self, table: str, parsed: pa.Table, partition: int, offsets: list[int]) -> None:
         schema = SCHEMAS[table]
+        position = {
+            "kafka_partition": pa.array([partition] * len(offsets), pa.int32()),
+            "kafka_offset": pa.array(offsets, pa.int64()),
+        }
+        # Columns the bulk shape has no key for (the envelope of encrypted messages, which
+        # never take the bulk path) are null.
         columns = [
-            *(parsed[f.name].cast(f.type) for f in schema if f.name in parsed.column_names),
-            pa.array([partition] * len(offsets), pa.int32()),
-            pa.array(offsets, pa.int64()),
+            parsed[f.name].cast(f.type)
+            if f.name in parsed.column_names
+            else position.get(f.name, pa.nulls(len(offsets), f.type))
+            for f in schema
         ]
         self._parts[table].append(pa.Table.from_arrays(columns, schema=schema))
         self.count += len(offsets)

@@ -11,7 +11,7 @@ from typing import Any
 from archive.tables import MEMBERSHIP, MESSAGES, RECEIPTS, UNREADABLE, LogEntry, day
 from events import ChatEvent, GroupCreated, MembersAdded, MessageSent, ReceiptRecorded, decode_event
 from events.catalogue import _ConversationEvent
-from events.rows import message_row, receipt_row
+from events.rows import envelope_row, message_row, receipt_row
 
 
 def slow_row(entry: LogEntry) -> tuple[str, tuple[Any, ...]]:
@@ -22,7 +22,7 @@ def slow_row(entry: LogEntry) -> tuple[str, tuple[Any, ...]]:
     except ValueError as exc:
         return UNREADABLE, unreadable_row(entry, f"undecodable: {exc}"[:2000])
     if isinstance(event, MessageSent):
-        return MESSAGES, (*message_row(event), event.v, p, o, day(event.ts))
+        return MESSAGES, (*message_row(event), event.v, p, o, *envelope_row(event), day(event.ts))
     if isinstance(event, ReceiptRecorded):
         return RECEIPTS, (*receipt_row(event), event.v, p, o, day(event.ts))
     if isinstance(event, _ConversationEvent):

@@ -14,10 +14,13 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from events.rows import ENVELOPE_COLUMNS
+
 MESSAGES, MEMBERSHIP, RECEIPTS, UNREADABLE = "messages", "membership", "receipts", "unreadable"
 TABLES = (MESSAGES, MEMBERSHIP, RECEIPTS, UNREADABLE)
 
 _TS = pa.timestamp("ms", tz="UTC")
+ENVELOPE_FIELDS = [pa.field(name, pa.string()) for name in ENVELOPE_COLUMNS]
 _LOG_FIELDS = [pa.field("kafka_partition", pa.int32(), False), pa.field("kafka_offset", pa.int64(), False)]
 
 SCHEMAS: dict[str, pa.Schema] = {
@@ -34,6 +37,11 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("ts", _TS, False),
             pa.field("v", pa.int16(), False),
             *_LOG_FIELDS,
+            # End-to-end encrypted messages (kind 'encrypted', body empty): the client's
+            # ciphertext as sent, and how to decrypt it; null for every other kind. Added after
+            # the first files were written: readers read with DuckDB's union_by_name, so older
+            # files give nulls.
+            *ENVELOPE_FIELDS,
         ]
     ),
     MEMBERSHIP: pa.schema(

@@ -1,4 +1,4 @@
-"""The deliver worker's Redis stage alone: client CPU per event of ``RedisRecent.apply`` (the
+"""The deliver worker's Redis stage alone: client CPU per event of ``RedisCacheAndPush.apply`` (the
 hot cache and the pushes of 1:1 messages) against the real Redis, by batch size.
 
     .venv/bin/python -m bench.deliver_redis --events 20000 --batches 1,5,20,100
@@ -15,7 +15,7 @@ import json
 
 from bench.common import machine_line, per_slice_size, run_loop, scratch_redis
 from events import MessageSent
-from projections.adapters.recent import RedisRecent
+from projections.adapters.recent import RedisCacheAndPush
 from projections.roster import Roster
 
 
@@ -43,7 +43,7 @@ async def _roster_load(cid: str, threshold: int) -> object:
 async def main(args: argparse.Namespace) -> list[dict[str, float]]:
     events = _messages(args.events)
     async with scratch_redis(args.redis_db) as redis:
-        recent = RedisRecent(redis, 50, roster=Roster(_roster_load, threshold=500))  # type: ignore[arg-type]
+        recent = RedisCacheAndPush(redis, 50, roster=Roster(_roster_load, threshold=500))  # type: ignore[arg-type]
         await recent.apply(events[:10])  # load the script, warm the pool
         measured = await per_slice_size(events, args.batches, recent.apply)
     return [
@@ -60,7 +60,10 @@ def _cli() -> None:
     args = ap.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
     results = run_loop(main(args))
-    print(f"deliver stage (RedisRecent.apply), {args.events:,} 1:1 messages per batch size; {machine_line()}")
+    print(
+        f"deliver stage (RedisCacheAndPush.apply), {args.events:,} 1:1 messages per batch size; "
+        f"{machine_line()}"
+    )
     for r in results:
         print(
             f"  batch {r['batch']:>4}: {r['events_per_s']:>9,.0f} events/s, "

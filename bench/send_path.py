@@ -19,8 +19,8 @@ import time
 import uuid
 
 from bench.common import machine_line, run_loop
-from query_api.deps import build_dependencies
-from query_api.frames import SendFrame
+from projections.wire import SendFrame
+from tidings.gateway_root import build_dependencies
 from tidings.settings import Settings
 
 PAIRS = 200
@@ -41,7 +41,7 @@ async def main(sends: int, concurrency: int) -> dict[str, float]:
 
     async def one(i: int) -> None:
         frame = frames[i]
-        await deps.send(f"sa{i % PAIRS:03d}", "bench", frame.conversation_id, frame)
+        await deps.messaging.send(f"sa{i % PAIRS:03d}", "bench", frame.conversation_id, frame)
 
     try:
         for i in range(WARMUP):

@@ -7,7 +7,9 @@ member count carried by each event (and the 200,000-member limit) is exact. Send
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from commands.groups import (
     AddMembers,
@@ -52,18 +54,10 @@ async def change_group(
 ) -> GroupEvent | None:
     """Apply one membership or metadata change; ``None`` when it changes nothing."""
     async with locks.hold(f"conversation:{cmd.conversation_id}"):
-        state = await _state(directory, cmd.conversation_id, cmd.actor_id, _named(cmd))
+        rule = _RULES[type(cmd)]
+        state = await _state(directory, cmd.conversation_id, cmd.actor_id, rule.named(cmd))
         event_id = ids.next_id()
-        ts = snowflake_ts(event_id)
-        event: GroupEvent | None
-        if isinstance(cmd, AddMembers):
-            event = decide_add(cmd, state, event_id=event_id, ts=ts, max_members=max_members)
-        elif isinstance(cmd, RemoveMember):
-            event = decide_remove(cmd, state, event_id=event_id, ts=ts)
-        elif isinstance(cmd, ChangeRole):
-            event = decide_role(cmd, state, event_id=event_id, ts=ts)
-        else:
-            event = decide_rename(cmd, state, event_id=event_id, ts=ts)
+        event = rule.decide(cmd, state, event_id, snowflake_ts(event_id), max_members)
         if event is not None:
             await log.append(event)
             await _write_through(directory, event)
@@ -79,12 +73,36 @@ async def _write_through(directory: Directory, event: GroupEvent) -> None:
         log_.warning("group event %s is in the log but not yet in the read model", event.event_id)
 
 
-def _named(cmd: GroupCommand) -> Sequence[str]:
-    if isinstance(cmd, AddMembers):
-        return cmd.user_ids
-    if isinstance(cmd, (RemoveMember, ChangeRole)):
-        return (cmd.user_id,)
-    return ()
+@dataclass(frozen=True)
+class _Rule:
+    """How a group command is decided, and which users besides the actor it names (their roles
+    are read with the actor's)."""
+
+    decide: Callable[[Any, GroupState, int, int, int], GroupEvent | None]  # cmd, state, id, ts, max
+    named: Callable[[Any], Sequence[str]]
+
+
+# One entry per group command (``CreateGroup`` has no group to lock yet: ``create_group``).
+_RULES: dict[type[GroupCommand], _Rule] = {
+    AddMembers: _Rule(
+        lambda cmd, state, event_id, ts, max_members: decide_add(
+            cmd, state, event_id=event_id, ts=ts, max_members=max_members
+        ),
+        lambda cmd: cmd.user_ids,
+    ),
+    RemoveMember: _Rule(
+        lambda cmd, state, event_id, ts, _: decide_remove(cmd, state, event_id=event_id, ts=ts),
+        lambda cmd: (cmd.user_id,),
+    ),
+    ChangeRole: _Rule(
+        lambda cmd, state, event_id, ts, _: decide_role(cmd, state, event_id=event_id, ts=ts),
+        lambda cmd: (cmd.user_id,),
+    ),
+    RenameGroup: _Rule(
+        lambda cmd, state, event_id, ts, _: decide_rename(cmd, state, event_id=event_id, ts=ts),
+        lambda cmd: (),
+    ),
+}
 
 
 async def _state(

@@ -55,6 +55,7 @@ class _Command(BaseModel):
 class CreateGroup(_Command):
     title: str = Field(min_length=1, max_length=MAX_TITLE_CHARS)
     members: tuple[str, ...] = ()
+    encrypted: bool = False  # end-to-end encrypted, for good
 
 
 class AddMembers(_Command):
@@ -109,6 +110,7 @@ def decide_create(cmd: CreateGroup, *, event_id: int, ts: int, max_members: int)
         title=cmd.title.strip(),
         members=members,
         member_count=len(members),
+        encrypted=cmd.encrypted,
     )
 
 

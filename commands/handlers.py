@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -40,13 +41,27 @@ async def send_message(
     still in flight), the retry appends the recorded event again. The log may then hold it
     twice, which projections and clients absorb by ``message_id``.
     """
-    await member_role(directory, cmd.conversation_id, cmd.sender_id)
+    # Both on the path of every send: read together.
+    _, encrypted = await asyncio.gather(
+        member_role(directory, cmd.conversation_id, cmd.sender_id), directory.encrypted(cmd.conversation_id)
+    )
     message_id = ids.next_id()
-    event = decide_send(cmd, message_id=message_id, ts=snowflake_ts(message_id), limits=limits, media=media)
+    event = decide_send(
+        cmd,
+        message_id=message_id,
+        ts=snowflake_ts(message_id),
+        limits=limits,
+        media=media,
+        encrypted=encrypted,
+    )
     existing = await idempotency.claim(cmd.sender_id, cmd.client_msg_id, SendRecord(event, False))
     if existing is not None:
         prior = existing.event
-        if prior.conversation_id != event.conversation_id or prior.body != event.body:
+        if (prior.conversation_id, prior.body, prior.ciphertext) != (
+            event.conversation_id,
+            event.body,
+            event.ciphertext,
+        ):
             raise Conflict("client_msg_id was already used for a different message")
         event = prior
         if existing.appended:

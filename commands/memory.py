@@ -12,6 +12,7 @@ from events import (
     ChatEvent,
     DeviceKeysDeleted,
     DeviceKeysPublished,
+    EncryptionEnabled,
     GroupCreated,
     GroupRenamed,
     KeyEvent,
@@ -66,6 +67,7 @@ class MemoryDirectory:
         self._counts: dict[str, tuple[int, int]] = {}
         # (event id, role), or (event id, None) for a removal
         self._roles: dict[str, dict[str, tuple[int, Role | None]]] = {}
+        self.encrypted_ids: set[str] = set()  # never unset, so no event id to compare
 
     @property
     def members(self) -> dict[str, dict[str, Role]]:
@@ -83,6 +85,9 @@ class MemoryDirectory:
             for cid in self._created
         }
 
+    async def encrypted(self, conversation_id: str) -> bool:
+        return conversation_id in self.encrypted_ids
+
     async def conversation(self, conversation_id: str) -> Conversation | None:
         return self.groups.get(conversation_id)
 
@@ -92,6 +97,8 @@ class MemoryDirectory:
 
     async def apply(self, events: Sequence[ChatEvent]) -> None:
         for event in events:
+            if isinstance(event, EncryptionEnabled) or (isinstance(event, GroupCreated) and event.encrypted):
+                self.encrypted_ids.add(event.conversation_id)
             if isinstance(event, GroupCreated | MembersAdded | MemberRemoved | MemberRoleChanged):
                 self._apply_member_event(event)
             elif isinstance(event, OwnershipTransferred):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from commands.encryption import check_envelope, check_kind
 from events import MediaRef, MessageKind, MessageSent
 from events.errors import Invalid, NotFound, TooLarge
 
@@ -27,13 +28,49 @@ class SendMessage(BaseModel):
     kind: MessageKind = "text"
     body: str = ""
     media_id: str | None = None
+    # kind "encrypted" only (commands/encryption.py)
+    ciphertext: str | None = None
+    algorithm: str | None = None
+    session_id: str | None = None
+    sender_device: str | None = None
 
 
 def decide_send(
-    cmd: SendMessage, *, message_id: int, ts: int, limits: Limits, media: MediaRef | None = None
+    cmd: SendMessage,
+    *,
+    message_id: int,
+    ts: int,
+    limits: Limits,
+    media: MediaRef | None = None,
+    encrypted: bool = False,
 ) -> MessageSent:
     """Validate a send by a member; return the event it produces. ``media`` is what the media
-    read model says of ``cmd.media_id`` (None when it knows no such media)."""
+    read model says of ``cmd.media_id`` (None when it knows no such media); ``encrypted`` whether
+    the conversation is end-to-end encrypted."""
+    check_kind(encrypted=encrypted, kind=cmd.kind, fields=cmd.model_dump())
+    if cmd.kind == "encrypted":
+        if cmd.body or cmd.media_id is not None:
+            raise Invalid("an encrypted message carries no body or media_id (they go inside the ciphertext)")
+        check_envelope(
+            device_id=cmd.device_id,
+            ciphertext=cmd.ciphertext,
+            algorithm=cmd.algorithm,
+            session_id=cmd.session_id,
+            sender_device=cmd.sender_device,
+        )
+        return MessageSent(
+            conversation_id=cmd.conversation_id,
+            message_id=message_id,
+            sender_id=cmd.sender_id,
+            sender_device=cmd.device_id,
+            client_msg_id=cmd.client_msg_id,
+            kind="encrypted",
+            body="",
+            ts=ts,
+            ciphertext=cmd.ciphertext,
+            algorithm=cmd.algorithm,
+            session_id=cmd.session_id,
+        )
     if len(cmd.body) > limits.max_body_chars:
         raise TooLarge(f"body exceeds {limits.max_body_chars} characters")
     if cmd.kind == "text":

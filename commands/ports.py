@@ -69,6 +69,9 @@ class Directory(Protocol):
     async def roles(self, conversation_id: str, user_ids: Sequence[str]) -> dict[str, Role]:
         """Roles of those of ``user_ids`` who are members (absent ones are not)."""
 
+    async def encrypted(self, conversation_id: str) -> bool:
+        """Whether the conversation is end-to-end encrypted (never turned off)."""
+
     async def apply(self, events: Sequence[ChatEvent]) -> None:
         """Write membership events through, right after they are in the log, so the next
         command sees them; the worker applies the same events again, idempotently."""

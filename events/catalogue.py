@@ -11,9 +11,16 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    model_serializer,
+)
 
-MessageKind = Literal["text", "image", "video", "file"]
+MessageKind = Literal["text", "image", "video", "file", "encrypted"]
 Role = Literal["owner", "admin", "member"]
 
 
@@ -35,6 +42,9 @@ class MediaRef(BaseModel):
     height: int | None = None
 
 
+_ENVELOPE = ("ciphertext", "algorithm", "session_id")
+
+
 class MessageSent(_Event):
     """A message was accepted into a conversation. ``message_id`` is a Snowflake (int)."""
 
@@ -49,6 +59,22 @@ class MessageSent(_Event):
     body: str
     media: MediaRef | None = None
     ts: int
+    # Kind ``encrypted`` only (end-to-end encryption; ``body`` is then empty): the client's
+    # ciphertext (unpadded base64, stored and fanned out unchanged), its algorithm (e.g.
+    # ``megolm.v1``) and session. Optional, so every event written before them still reads.
+    ciphertext: str | None = None
+    algorithm: str | None = None
+    session_id: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _plain_stays_as_it_was(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A message of any other kind is written exactly as before encryption existed (the
+        # archive's fast path and older readers expect its keys).
+        data: dict[str, Any] = handler(self)
+        if self.kind != "encrypted":
+            for name in _ENVELOPE:
+                data.pop(name, None)
+        return data
 
 
 class Member(BaseModel):
@@ -89,6 +115,26 @@ class GroupCreated(_GroupEvent):
     title: str
     members: tuple[Member, ...]  # the owner included
     member_count: int
+    # End-to-end encrypted from its creation on, for good (absent in events written before,
+    # and left out of a plaintext group's event, which is written as before).
+    encrypted: bool = False
+
+    @model_serializer(mode="wrap")
+    def _plain_stays_as_it_was(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if not self.encrypted:
+            data.pop("encrypted", None)
+        return data
+
+
+class EncryptionEnabled(_ConversationEvent):
+    """``actor_id`` asked for end-to-end encryption of the direct conversation (``POST
+    /v1/conversations`` with ``encrypted: true``). From this event on in the conversation's log,
+    every message is ``encrypted``; nothing turns it off. The first such event decides; a later
+    one (the other side asking too) changes nothing."""
+
+    type: Literal["conversation.encryption_enabled"] = "conversation.encryption_enabled"
+    v: Literal[1] = 1
 
 
 class MembersAdded(_GroupEvent):
@@ -335,6 +381,7 @@ ChatEvent = Annotated[
     | ReceiptRecorded
     | GroupEvent
     | DirectOpened
+    | EncryptionEnabled
     | PresenceChanged
     | MediaEvent
     | UserEvent

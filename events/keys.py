@@ -23,6 +23,12 @@ def to_device(user_id: str, device_id: str) -> str:
     return f"todevice:{user_id}:{device_id}"
 
 
+def device_lists(user_id: str) -> str:
+    """Stream of the users whose device lists changed, for the user's devices to sync (E2EE),
+    bounded and expiring."""
+    return f"devicelists:{user_id}"
+
+
 def snowflake_lease(worker_id: int) -> str:
     """Lease on a Snowflake worker id, held by one live process at a time."""
     return f"snowflake:worker:{worker_id}"

@@ -32,9 +32,18 @@ MESSAGE_COLUMNS = (
     "media",
     "ts",
 )
+# An end-to-end encrypted message's envelope (kind ``encrypted``, body empty): the client's
+# ciphertext as sent and how to decrypt it; null for every other kind. Stores that existed
+# before encryption keep these columns after their others (the archive after the log position).
+ENVELOPE_COLUMNS = ("ciphertext", "algorithm", "session_id")
+_NO_ENVELOPE = (None, None, None)
 # What a reader selects to answer with the protocol's Message object (``message_object``);
 # the conversation id is known from the query.
-MESSAGE_OBJECT_COLUMNS = ("message_id", "sender_id", "client_msg_id", "kind", "body", "media", "ts")
+MESSAGE_OBJECT_COLUMNS = (
+    *("message_id", "sender_id", "client_msg_id", "kind", "body", "media", "ts"),
+    *ENVELOPE_COLUMNS,
+    "sender_device",
+)
 
 
 def media_json(media: MediaRef | None) -> str | None:
@@ -57,9 +66,16 @@ def message_row(event: MessageSent) -> tuple[Any, ...]:
     )
 
 
-def message_from_row(row: Sequence[Any], v: Any) -> MessageSent:
-    """The event back from its ``MESSAGE_COLUMNS`` (``ts`` in Unix ms) and its version."""
+def envelope_row(event: MessageSent) -> tuple[Any, ...]:
+    """The event's ``ENVELOPE_COLUMNS`` (nulls unless it is encrypted)."""
+    return (event.ciphertext, event.algorithm, event.session_id)
+
+
+def message_from_row(row: Sequence[Any], v: Any, envelope: Sequence[Any] = _NO_ENVELOPE) -> MessageSent:
+    """The event back from its ``MESSAGE_COLUMNS`` (``ts`` in Unix ms), its version and its
+    ``ENVELOPE_COLUMNS``."""
     cid, mid, sender, device, cmid, kind, body, media, ts = row
+    ciphertext, algorithm, session_id = envelope
     return MessageSent(
         conversation_id=cid,
         message_id=mid,
@@ -71,13 +87,34 @@ def message_from_row(row: Sequence[Any], v: Any) -> MessageSent:
         media=MediaRef(**orjson.loads(media)) if media else None,
         ts=ts,
         v=v,
+        ciphertext=ciphertext,
+        algorithm=algorithm,
+        session_id=session_id,
     )
 
 
 def message_object(conversation_id: str, row: Sequence[Any]) -> dict[str, Any]:
     """The protocol's Message object from a stored row's ``MESSAGE_OBJECT_COLUMNS`` (``ts`` in
-    Unix ms), as ``projections.wire.message_object`` builds it from the event."""
-    message_id, sender_id, client_msg_id, kind, body, media, ts = row
+    Unix ms), as ``projections.wire.message_object`` (or ``encrypted_object``) builds it from
+    the event."""
+    message_id, sender_id, client_msg_id, kind, body, media, ts, ciphertext, algorithm, session_id, device = (
+        row
+    )
+    if kind == "encrypted":
+        return {
+            "message_id": str(message_id),
+            "conversation_id": conversation_id,
+            "sender_id": sender_id,
+            "client_msg_id": client_msg_id,
+            "kind": kind,
+            "body": None,
+            "media": None,
+            "ciphertext": ciphertext,
+            "algorithm": algorithm,
+            "session_id": session_id,
+            "sender_device": device,
+            "ts": int(ts),
+        }
     return {
         "message_id": str(message_id),
         "conversation_id": conversation_id,

@@ -16,6 +16,7 @@ from events.catalogue import (
     DeviceKeysDeleted,
     DeviceKeysPublished,
     DirectOpened,
+    EncryptionEnabled,
     GroupEvent,
     MediaDeleted,
     MediaStored,
@@ -49,7 +50,7 @@ def entity_key(event: ChatEvent) -> str:
     return str(getattr(event, _ROUTES.get(type(event), _CONVERSATION)[1]))
 
 
-ConversationEvent = MessageSent | ReceiptRecorded | GroupEvent | DirectOpened
+ConversationEvent = MessageSent | ReceiptRecorded | GroupEvent | DirectOpened | EncryptionEnabled
 
 
 def is_conversation_event(event: ChatEvent) -> TypeGuard[ConversationEvent]:

@@ -1,18 +1,10 @@
-"""What each event pushes to connected clients, and on which pub/sub channel.
+"""What each event pushes to connected clients, and on which pub/sub channel (the frames and
+the payloads' envelope are ``projections.wire``'s).
 
 Hybrid fan-out: a message of a direct chat or of a group below the threshold is published on
 each member's own channel; a message of a larger group is published once, on one of a fixed set
 of group shard channels that every gateway listens to, and each gateway forwards it to its own
 sockets of that group's members. Membership frames go to the users they concern.
-
-Payloads carry a one-byte envelope so the gateway routes without parsing JSON:
-- on a user channel: ``m<frame>``; ``+<cid>\\0<frame>`` (this user joined cid);
-  ``-<cid>\\0<frame>`` (this user left cid); ``t<cid>\\0<typist>\\0<frame>`` (typing: only to
-  sockets viewing cid);
-- on a user's presence channel: ``p<at>\\0<frame>`` (to the sockets watching that user; ``at``
-  orders the user's transitions, so a late one is dropped);
-- on a group shard channel: ``m<cid>\\0<frame>`` (to the group's local members);
-  ``t<cid>\\0<typist>\\0<frame>`` (to those of them viewing cid, but the typist).
 
 Pushes are the fast path only: pub/sub drops messages during outages, and clients that
 reconnect read what they missed from the read models, which are the truth.
@@ -23,12 +15,10 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from functools import singledispatch
-from typing import Any
-
-import orjson
 
 from events import (
     ChatEvent,
+    EncryptionEnabled,
     GroupCreated,
     GroupRenamed,
     MemberRemoved,
@@ -42,11 +32,24 @@ from events import (
     keys,
 )
 from projections.roster import Roster
-from projections.wire import message_frame, message_json, presence_frame
+from projections.wire import (
+    JOINED,
+    LEFT,
+    MESSAGE,
+    PRESENCE,
+    TO_DEVICE,
+    conversation_frame,
+    group_object,
+    message_frame,
+    message_json,
+    presence_frame,
+    receipt_frame,
+    tagged,
+    typing_frame,
+    typing_payload,
+)
 
 GROUP_SHARDS = 16
-MESSAGE, JOINED, LEFT, TYPING, PRESENCE = b"m", b"+", b"-", b"t", b"p"
-TO_DEVICE = b"d"  # on a user channel: ``d<device_id>\0<frame>``, to that device's sockets only
 
 
 @dataclass(frozen=True)
@@ -61,15 +64,14 @@ def group_shard(conversation_id: str) -> int:
 
 def _to_members(cid: str, recipients: list[str] | None, frame: bytes) -> list[Push]:
     if recipients is None:
-        return [Push(keys.group_shard_channel(group_shard(cid)), MESSAGE + cid.encode() + b"\0" + frame)]
+        return [Push(keys.group_shard_channel(group_shard(cid)), tagged(MESSAGE, cid, frame))]
     return [Push(keys.user_channel(uid), MESSAGE + frame) for uid in recipients]
 
 
 def typing_pushes(cid: str, typist: str, state: str) -> list[Push]:
     """A typing indicator: never stored, sent straight from the gateway to the members whose
     sockets view the conversation (direct chats: the other member; groups: via the shard)."""
-    frame = orjson.dumps({"type": "typing", "conversation_id": cid, "user_id": typist, "state": state})
-    payload = TYPING + cid.encode() + b"\0" + typist.encode() + b"\0" + frame
+    payload = typing_payload(cid, typist, typing_frame(cid, typist, state))
     members = dm_members(cid)
     if members is None:
         return [Push(keys.group_shard_channel(group_shard(cid)), payload)]
@@ -78,28 +80,12 @@ def typing_pushes(cid: str, typist: str, state: str) -> list[Push]:
 
 def to_device_push(user_id: str, device_id: str, frame: bytes) -> Push:
     """A ``to_device`` frame for one device of ``user_id`` (end-to-end encryption)."""
-    return Push(keys.user_channel(user_id), TO_DEVICE + device_id.encode() + b"\0" + frame)
+    return Push(keys.user_channel(user_id), tagged(TO_DEVICE, device_id, frame))
 
 
 def presence_push(event: PresenceChanged) -> Push:
     frame = presence_frame(event.user_id, event.state, event.last_seen)
-    return Push(keys.presence_channel(event.user_id), PRESENCE + str(event.at).encode() + b"\0" + frame)
-
-
-def conversation_frame(change: str, conversation: dict[str, Any]) -> bytes:
-    return orjson.dumps({"type": "conversation", "event": change, "conversation": conversation})
-
-
-def group_object(cid: str, title: str | None, member_count: int, ts: int) -> dict[str, Any]:
-    return {
-        "conversation_id": cid,
-        "kind": "group",
-        "title": title,
-        "member_count": member_count,
-        "last_message": None,
-        "unread_count": 0,
-        "last_activity_ts": ts,
-    }
+    return Push(keys.presence_channel(event.user_id), tagged(PRESENCE, str(event.at), frame))
 
 
 @singledispatch
@@ -120,15 +106,7 @@ async def _(event: ReceiptRecorded, roster: Roster) -> list[Push]:
     recipients = await roster.recipients(event.conversation_id)
     if recipients is None:
         return []  # large groups: receipts by query only
-    frame = orjson.dumps(
-        {
-            "type": "receipt",
-            "conversation_id": event.conversation_id,
-            "user_id": event.user_id,
-            "message_id": str(event.message_id),
-            "status": event.status,
-        }
-    )
+    frame = receipt_frame(event.conversation_id, event.user_id, event.message_id, event.status)
     return [Push(keys.user_channel(uid), MESSAGE + frame) for uid in recipients]
 
 
@@ -136,9 +114,10 @@ async def _(event: ReceiptRecorded, roster: Roster) -> list[Push]:
 async def _(event: GroupCreated, roster: Roster) -> list[Push]:
     await roster.observe(event)
     frame = conversation_frame(
-        "added", group_object(event.conversation_id, event.title, event.member_count, event.ts)
+        "added",
+        group_object(event.conversation_id, event.title, event.member_count, event.ts, event.encrypted),
     )
-    joined = JOINED + event.conversation_id.encode() + b"\0" + frame
+    joined = tagged(JOINED, event.conversation_id, frame)
     return [Push(keys.user_channel(m.user_id), joined) for m in event.members]
 
 
@@ -147,8 +126,8 @@ async def _(event: MembersAdded, roster: Roster) -> list[Push]:
     before = await roster.recipients(event.conversation_id)
     await roster.observe(event)
     entry = await roster.group(event.conversation_id)
-    obj = group_object(event.conversation_id, entry.title, event.member_count, event.ts)
-    joined = JOINED + event.conversation_id.encode() + b"\0" + conversation_frame("added", obj)
+    obj = group_object(event.conversation_id, entry.title, event.member_count, event.ts, entry.encrypted)
+    joined = tagged(JOINED, event.conversation_id, conversation_frame("added", obj))
     # The others first: on a shard channel, gateways would otherwise count the newcomers in.
     updated = _to_members(event.conversation_id, before, conversation_frame("updated", obj))
     return updated + [Push(keys.user_channel(m.user_id), joined) for m in event.members]
@@ -158,8 +137,8 @@ async def _(event: MembersAdded, roster: Roster) -> list[Push]:
 async def _(event: MemberRemoved, roster: Roster) -> list[Push]:
     await roster.observe(event)
     entry = await roster.group(event.conversation_id)
-    obj = group_object(event.conversation_id, entry.title, event.member_count, event.ts)
-    left = LEFT + event.conversation_id.encode() + b"\0" + conversation_frame("removed", obj)
+    obj = group_object(event.conversation_id, entry.title, event.member_count, event.ts, entry.encrypted)
+    left = tagged(LEFT, event.conversation_id, conversation_frame("removed", obj))
     remaining = await roster.recipients(event.conversation_id)
     return [
         Push(keys.user_channel(event.user_id), left),
@@ -172,9 +151,28 @@ async def _updated(
 ) -> list[Push]:
     await roster.observe(event)
     entry = await roster.group(event.conversation_id)
-    obj = group_object(event.conversation_id, entry.title, entry.member_count, event.ts)
+    obj = group_object(event.conversation_id, entry.title, entry.member_count, event.ts, entry.encrypted)
     recipients = await roster.recipients(event.conversation_id)
     return _to_members(event.conversation_id, recipients, conversation_frame("updated", obj))
+
+
+@pushes.register
+async def _(event: EncryptionEnabled, roster: Roster) -> list[Push]:
+    """A direct chat became end-to-end encrypted: both sides' devices hear it at once."""
+    await roster.observe(event)
+    members = dm_members(event.conversation_id) or ()
+    obj = {
+        "conversation_id": event.conversation_id,
+        "kind": "direct",
+        "title": None,
+        "member_count": len(set(members)),
+        "last_message": None,
+        "unread_count": 0,
+        "last_activity_ts": event.ts,
+        "encrypted": True,
+    }
+    frame = MESSAGE + conversation_frame("updated", obj)
+    return [Push(keys.user_channel(uid), frame) for uid in dict.fromkeys(members)]
 
 
 pushes.register(MemberRoleChanged, _updated)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from events import dm_members
@@ -24,6 +25,8 @@ class InboxSource(Protocol):
     async def inbox_rows(self, user_id: str) -> list[Any]: ...
     async def inbox_row(self, user_id: str, conversation_id: str) -> Any | None: ...
     async def conversation_row(self, conversation_id: str) -> Any | None: ...
+    async def encrypted_of(self, conversation_ids: Sequence[str]) -> set[str]:
+        """Those of ``conversation_ids`` that are end-to-end encrypted."""
 
 
 class UnreadCounter(Protocol):
@@ -60,6 +63,9 @@ async def inbox_page(
         bound = decode_cursor(before)
         items = [it for it in items if (it[0], it[1]["conversation_id"]) < bound]
     page = items[:limit]
+    encrypted = await source.encrypted_of([obj["conversation_id"] for _, obj, _ in page])
+    for _, obj, _ in page:
+        obj["encrypted"] = obj["conversation_id"] in encrypted
     counts = await asyncio.gather(
         *(
             unread(obj["conversation_id"], after=after, reader=user_id, cap=UNREAD_CAP)
@@ -82,6 +88,7 @@ async def one_conversation(
         return None
     conv = await source.conversation_row(conversation_id) if row.kind == "group" else None
     _, obj, after = _item(row, conv)
+    obj["encrypted"] = bool(await source.encrypted_of([conversation_id]))
     obj["unread_count"] = await unread(conversation_id, after=after, reader=user_id, cap=UNREAD_CAP)
     return obj
 
@@ -107,6 +114,7 @@ def _item(row: Any, conv: Any | None) -> tuple[int, dict[str, Any], int]:
         else {"message_id": str(last[0]), "sender_id": last[1], "preview": last[2], "ts": last[3]},
         "unread_count": 0,
         "last_activity_ts": activity,
+        "encrypted": False,  # set by the callers, from the encryption read model
     }
     read_up_to = max(row.read_up_to or 0, joined_floor)
     return activity, obj, read_up_to

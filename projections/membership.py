@@ -1,9 +1,10 @@
 """Read models ``conversations``, ``members`` and ``user_conversations`` (the inbox rows).
 
-Consumes every group event and ``MessageSent``. Every write carries ``USING TIMESTAMP`` taken
-from its event's Snowflake id, so the gateway's write-through and the worker's later apply of
-the same event agree, and a late re-apply of an older event never undoes a newer one (a
-removal stays removed, a join resets the newest-message columns it owns).
+Consumes every group event, ``MessageSent`` and ``EncryptionEnabled`` (whose table,
+``conversation_encryption``, is ``projections/encryption.py``'s). Every write carries
+``USING TIMESTAMP`` taken from its event's Snowflake id, so the gateway's write-through and the
+worker's later apply of the same event agree, and a late re-apply of an older event never
+undoes a newer one (a removal stays removed, a join resets the newest-message columns it owns).
 
 The gateway uses this model to authorize commands (``Directory``) and the worker to know whom
 to fan out to (``load_roster``).
@@ -32,7 +33,9 @@ from events import (
     dm_members,
     snowflake_ts,
 )
+from projections import encryption
 from projections.adapters.cql import Cql
+from projections.encryption import EncryptionFlags
 from projections.roster import Entry, Roster
 
 NAME = "membership"
@@ -206,7 +209,10 @@ def _(event: MessageSent, recipients: list[str] | None) -> list[Statement]:
     cid = event.conversation_id
     direct = dm_members(cid) is not None
     kind = "direct" if direct else "group"
-    last = (event.message_id, event.sender_id, event.body[:PREVIEW_CHARS], event.ts)
+    # An encrypted message has no preview: nothing derived from it is shown (nor is its
+    # ciphertext, which would only look like noise).
+    preview = None if event.kind == "encrypted" else event.body[:PREVIEW_CHARS]
+    last = (event.message_id, event.sender_id, preview, event.ts)
     # Direct chats keep their newest message in the two inbox rows only; groups also in
     # `conversations`, which is where large groups' inboxes read it.
     out: list[Statement] = [] if direct else [(_CONV_LAST, (wt, kind, *last, cid))]
@@ -227,13 +233,16 @@ class CassandraMembership:
         self._cql = cql
         # The worker passes its roster (whose view follows the log); the gateway needs none.
         self._roster = roster
+        self._encryption = EncryptionFlags(cql)
 
     def prepare(self) -> None:
         for cql in STATEMENTS:
             self._cql.prepare(cql)
+        self._encryption.prepare()
 
     async def apply(self, events: Sequence[ChatEvent]) -> None:
         await self._cql.execute_all(await self.writes(events))
+        self._encryption.note(events)
 
     async def writes(self, events: Sequence[ChatEvent]) -> list[Statement]:
         """The upserts ``events`` cause, in order, deduplicated; moves the roster past them."""
@@ -247,6 +256,7 @@ class CassandraMembership:
             if isinstance(event, MessageSent):
                 recipients = await self._recipients(event.conversation_id)
             work += statements(event, recipients)
+            work += encryption.statements(event)
         return list(dict.fromkeys(work))
 
     async def _recipients(self, conversation_id: str) -> list[str] | None:
@@ -267,6 +277,14 @@ class CassandraMembership:
     async def conversation_row(self, conversation_id: str) -> Any | None:
         rows = await self._cql.execute(_SELECT_CONV, (conversation_id,))
         return rows[0] if rows else None
+
+    async def encrypted(self, conversation_id: str) -> bool:
+        """Whether the conversation is end-to-end encrypted (``projections/encryption.py``)."""
+        return await self._encryption.encrypted(conversation_id)
+
+    async def encrypted_of(self, conversation_ids: Sequence[str]) -> set[str]:
+        """Those of ``conversation_ids`` that are end-to-end encrypted."""
+        return await self._encryption.encrypted_of(conversation_ids)
 
     async def roles(self, conversation_id: str, user_ids: Sequence[str]) -> dict[str, Role]:
         if not user_ids:
@@ -295,10 +313,11 @@ class CassandraMembership:
 
     async def load_roster(self, conversation_id: str, threshold: int) -> Entry:
         """The worker's ``Roster`` loader."""
-        row, members = await asyncio.gather(
+        row, members, encrypted = await asyncio.gather(
             self.conversation_row(conversation_id),
             self._cql.execute(_SELECT_MEMBERS, (conversation_id, "", threshold)),
+            self.encrypted(conversation_id),
         )
         count = row.member_count if row is not None and row.member_count is not None else 0
         listed = {m.user_id for m in members} if count < threshold else None
-        return Entry(count, listed, row.title if row is not None else None)
+        return Entry(count, listed, row.title if row is not None else None, encrypted)

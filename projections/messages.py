@@ -12,14 +12,21 @@ from functools import singledispatch
 from typing import Any
 
 from events import ChatEvent, MessageSent, snowflake_ts
-from events.rows import MESSAGE_COLUMNS, MESSAGE_OBJECT_COLUMNS, message_object, message_row
+from events.rows import (
+    ENVELOPE_COLUMNS,
+    MESSAGE_COLUMNS,
+    MESSAGE_OBJECT_COLUMNS,
+    envelope_row,
+    message_object,
+    message_row,
+)
 from projections.adapters.cql import Cql
 
 NAME = "messages"
 
 _INSERT_MESSAGE = (
-    f"INSERT INTO {{ks}}.messages ({', '.join(MESSAGE_COLUMNS)}, bucket)"
-    f" VALUES ({', '.join('?' * (len(MESSAGE_COLUMNS) + 1))})"
+    f"INSERT INTO {{ks}}.messages ({', '.join((*MESSAGE_COLUMNS, *ENVELOPE_COLUMNS))}, bucket)"
+    f" VALUES ({', '.join('?' * (len(MESSAGE_COLUMNS) + len(ENVELOPE_COLUMNS) + 1))})"
 )
 _INSERT_BUCKET = "INSERT INTO {ks}.conversation_buckets (conversation_id, bucket) VALUES (?, ?)"
 _SELECT_BUCKETS = "SELECT bucket FROM {ks}.conversation_buckets WHERE conversation_id = ?"
@@ -49,7 +56,7 @@ def statements(event: ChatEvent, bucket_ms: int) -> list[tuple[str, tuple[Any, .
 def _(event: MessageSent, bucket_ms: int) -> list[tuple[str, tuple[Any, ...]]]:
     bucket = bucket_of(event.message_id, bucket_ms)
     return [
-        (_INSERT_MESSAGE, (*message_row(event), bucket)),
+        (_INSERT_MESSAGE, (*message_row(event), *envelope_row(event), bucket)),
         (_INSERT_BUCKET, (event.conversation_id, bucket)),
     ]
 

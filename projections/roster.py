@@ -26,6 +26,7 @@ class Entry:
     # None for large groups: their members are not listed here.
     members: set[str] | None = field(default=None)
     title: str | None = None
+    encrypted: bool = False  # end-to-end encrypted (never turned off)
 
 
 # (conversation_id, threshold) -> the group's entry as the read model has it
@@ -58,7 +59,7 @@ class Roster:
         if isinstance(event, GroupCreated):
             ids = {m.user_id for m in event.members}
             listed = ids if len(ids) < self.threshold else None
-            self._put(event.conversation_id, Entry(event.member_count, listed, event.title))
+            self._put(event.conversation_id, Entry(event.member_count, listed, event.title, event.encrypted))
         elif isinstance(event, GroupRenamed):
             (await self._entry(event.conversation_id)).title = event.title
         elif isinstance(event, (MembersAdded, MemberRemoved)):

@@ -195,6 +195,23 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        10,
+        "e2ee encrypted conversations",
+        (
+            # projections/encryption.py: a row per end-to-end encrypted conversation, never
+            # deleted (encryption cannot be turned off).
+            """CREATE TABLE IF NOT EXISTS {ks}.conversation_encryption (
+                conversation_id text PRIMARY KEY, encrypted boolean
+            )""",
+            # An encrypted message's ciphertext and how to decrypt it (kind 'encrypted', body
+            # empty); null for every other kind. An ALTER ... ADD of a column that is already
+            # there (a re-run) is skipped by the migration runner.
+            "ALTER TABLE {ks}.messages ADD ciphertext text",
+            "ALTER TABLE {ks}.messages ADD algorithm text",
+            "ALTER TABLE {ks}.messages ADD session_id text",
+        ),
+    ),
 )
 
 BOOTSTRAP = (

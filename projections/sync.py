@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from events import (
     ChatEvent,
+    EncryptionEnabled,
     GroupEvent,
     MessageSent,
     ReceiptRecorded,
@@ -127,6 +128,8 @@ class SyncContext:
     group_row: Callable[[str], Awaitable[Any | None]]
     fanout_threshold: int
     cold: ColdLog | None = None
+    # whether a conversation is end-to-end encrypted (the object of a group one left says so)
+    encrypted: Callable[[str], Awaitable[bool]] | None = None
 
 
 def _receipt(event: ReceiptRecorded) -> dict[str, Any]:
@@ -265,8 +268,8 @@ async def _fill(
             page.messages.append(message_object(event))
         elif isinstance(event, ReceiptRecorded):
             receipts.append(event)
-        elif isinstance(event, GroupEvent):
-            touched.add(cid)
+        elif isinstance(event, (GroupEvent, EncryptionEnabled)):
+            touched.add(cid)  # its object changed (a direct chat's: now encrypted)
     page.messages.sort(key=lambda m: (m["conversation_id"], int(m["message_id"])))
     # Receipts as the frames carry them: small conversations, and always the user's own (so
     # their other devices clear what was read).
@@ -282,7 +285,10 @@ async def _fill(
 
     async def describe(cid: str, change: str) -> dict[str, Any] | None:
         if change == "removed":
-            return _left_group(cid, await ctx.group_row(cid))
+            left = _left_group(cid, await ctx.group_row(cid))
+            if left is not None and ctx.encrypted is not None:
+                left["encrypted"] = await ctx.encrypted(cid)
+            return left
         return await ctx.describe(user_id, cid)  # None: no longer a member (reported above)
 
     changed = sorted(touched | set(membership))
@@ -306,6 +312,7 @@ def _left_group(cid: str, row: Any | None) -> dict[str, Any] | None:
         "last_message": None,
         "unread_count": 0,
         "last_activity_ts": row.last_ts or row.created_ts or 0,
+        "encrypted": False,
     }
 
 

@@ -1,5 +1,5 @@
-"""What the gateway needs, built once per worker process from ``Settings`` (the composition
-root), and a readiness check over it. Tests build the same ``Dependencies`` from fakes."""
+"""What the gateway needs: its ports and services, built once per worker process by the
+shell's composition root (``tidings.gateway_root``), and a readiness check over them."""
 
 from __future__ import annotations
 
@@ -7,46 +7,35 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-from pydantic import BaseModel
-
-from commands import EventLog, IdempotencyStore, IdGenerator, Limits, SendMessage, SendResult, send_message
-from commands.direct import DirectChats
+from commands import EventLog
 from commands.keys import KeyStore
 from commands.media import MediaService
-from commands.ports import Directory, Locks
-from commands.presence import PresenceStore
+from commands.ports import Directory
 from commands.push import PushSettingsWriter
 from commands.rate_limits import NoLimits, RateLimiter
-from commands.receipts import RecordReceipt, Watermarks, record_receipt
+from commands.receipts import Watermarks
 from commands.to_device import ToDeviceQueue
 from events import Role
+from projections.adapters.device_lists import RedisDeviceLists
 from projections.delivery import Push
 from projections.history import ColdTier, HotTier, WarmTier
 from projections.inbox import InboxSource, UnreadCounter
 from projections.search_query import Hit, Parsed
 from projections.sync import SyncContext
-from projections.views import PresenceView
+from query_api.config import GatewayConfig, NoSpans, Spans
 from query_api.hub import Hub
 from query_api.presence import Contacts, PresenceTracker
-from tidings.settings import Settings
+from query_api.services import Conversations, Messaging, PresenceReads
 
 log = logging.getLogger(__name__)
-
-
-ReceiptStatus = Literal["delivered", "read"]
 
 
 class MemberList(Protocol):
     async def members_page(
         self, conversation_id: str, *, after: str, limit: int
     ) -> list[tuple[str, Role]]: ...
-
-
-class PresenceRecords(Protocol):
-    async def read(self, user_ids: Sequence[str]) -> dict[str, PresenceView]:
-        """The last recorded transitions (durable ``last_seen``) of those users that have one."""
 
 
 class ReceiptView(Watermarks, Protocol):
@@ -63,23 +52,24 @@ class SearchShards(Protocol):
 
 @dataclass
 class Dependencies:
-    settings: Settings
+    """The gateway's ports and services; handlers reach them through ``context.deps_of``."""
+
+    config: GatewayConfig
     secret: str
-    limits: Limits
-    log: EventLog
-    idempotency: IdempotencyStore
-    ids: IdGenerator
+    # The conversation events' log (appends); the handlers of keys, push and to-device
+    # messages pass it to their command functions.
+    event_log: EventLog
+    messaging: Messaging
+    conversations: Conversations
+    presence_reads: PresenceReads
     hot: HotTier
     warm: WarmTier
     directory: Directory
-    locks: Locks
     inbox: InboxSource
     members: MemberList
     unread: UnreadCounter
     receipts: ReceiptView
     hub: Hub
-    presence_store: PresenceStore
-    presence_records: PresenceRecords
     presence: PresenceTracker
     contacts: Contacts
     sync: SyncContext
@@ -96,69 +86,9 @@ class Dependencies:
     search: SearchShards | None = None  # the full-text index shards (GET /v1/search)
     keys: KeyStore | None = None  # the key directory of end-to-end encryption
     to_device: ToDeviceQueue | None = None  # to-device messages waiting for their devices
-    direct_chats: DirectChats = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.direct_chats = DirectChats(self.directory)
-
-    async def send(
-        self, user_id: str, device_id: str, conversation_id: str, request: BaseModel
-    ) -> SendResult:
-        """Send what a ``send`` frame or a ``POST .../messages`` body asks for."""
-        await self.limiter.check("send", user_id)
-        cmd = SendMessage(
-            sender_id=user_id,
-            device_id=device_id,
-            conversation_id=conversation_id,
-            **request.model_dump(include={"client_msg_id", "kind", "body", "media_id"}),
-        )
-        service, media = self.media, None
-        if service is not None and cmd.kind != "text":
-            media = await service.for_send(user_id, cmd.media_id, cmd.kind)
-        result = await send_message(
-            cmd,
-            log=self.log,
-            idempotency=self.idempotency,
-            ids=self.ids,
-            limits=self.limits,
-            directory=self.directory,
-            media=media,
-        )
-        if service is not None and media is not None:
-            await service.sent(media, result.conversation_id, result.message_id)
-        # Before the ack: the two users of a direct chat share it from its first message on.
-        await self.direct_chats.sent(result.event)
-        return result
-
-    async def receipt(
-        self, user_id: str, device_id: str, conversation_id: str, message_id: str, status: ReceiptStatus
-    ) -> None:
-        """Record what a ``receipt`` frame or a ``POST .../receipts`` body asks for."""
-        cmd = RecordReceipt(
-            user_id=user_id,
-            device_id=device_id,
-            conversation_id=conversation_id,
-            message_id=int(message_id),
-            status=status,
-        )
-        await record_receipt(cmd, log=self.log, directory=self.directory, watermarks=self.receipts)
-
-    async def presence_of(self, user_ids: Sequence[str]) -> list[PresenceView]:
-        """Live presence from the store; ``last_seen`` of offline users the store forgot (a
-        Redis restart) comes from the durable record."""
-        views = await self.presence_store.read(user_ids)
-        forgotten = [v.user_id for v in views if v.state == "offline" and v.last_seen is None]
-        if not forgotten:
-            return views
-        records = await self.presence_records.read(forgotten)
-        out = []
-        for view in views:
-            record = records.get(view.user_id)
-            if record is not None and view.state == "offline" and view.last_seen is None:
-                # Offline now whatever the record says (no live socket in the store).
-                view = PresenceView(view.user_id, "offline", record.last_seen, view.at)
-            out.append(view)
-        return out
+    tracer: Spans = field(default_factory=NoSpans)
+    # whose device lists changed, per user (E2EE; projections/adapters/device_lists.py)
+    device_lists: RedisDeviceLists | None = None
 
     async def readiness(self) -> dict[str, str]:
         async def check(probe: Callable[[], Awaitable[Any]]) -> str:
@@ -195,212 +125,3 @@ async def close_all(
             log.error("%r did not finish closing within %.0f s; left to the process exit", closer, timeout_s)
         except Exception:
             log.exception("error while closing")
-
-
-async def build_dependencies(settings: Settings) -> Dependencies:
-    """Connect to Kafka, Cassandra and Redis and lease a Snowflake worker id."""
-    # Imported here so unit tests that pass fakes never load the drivers.
-    from aiokafka import AIOKafkaProducer
-    from aiokafka.partitioner import murmur2
-    from redis.exceptions import RedisError
-
-    from archive.reader import ArchiveReader
-    from archive.sync_source import ArchivedLog
-    from commands.adapters.kafka_log import KafkaEventLog
-    from commands.adapters.redis_idempotency import RedisIdempotencyStore
-    from commands.adapters.redis_locks import RedisLocks
-    from commands.adapters.redis_media import RedisByteQuota, RedisPendingUploads
-    from commands.adapters.redis_presence import RedisPresence
-    from commands.adapters.redis_rate_limits import RedisRateLimiter
-    from commands.adapters.redis_to_device import RedisToDevice
-    from commands.adapters.worker_ids import LeasedSnowflake, WorkerIdLease
-    from commands.media import MediaPolicy
-    from commands.to_device import TTL_S as TO_DEVICE_TTL_S
-    from events import Topics
-    from events.errors import Unavailable
-    from projections.adapters.cql import Cql, connect_to
-    from projections.adapters.presence import CassandraPresence
-    from projections.adapters.recent import RedisRecent
-    from projections.adapters.redis_client import make_redis
-    from projections.adapters.search import ShardReaders
-    from projections.delivery import GROUP_SHARDS
-    from projections.inbox import one_conversation
-    from projections.keys import CassandraKeys
-    from projections.media import CassandraMedia
-    from projections.membership import CassandraMembership
-    from projections.messages import CassandraMessages, count_unread
-    from projections.push import CassandraPushSettings
-    from projections.receipts import CassandraReceipts
-    from projections.sync_log import CassandraSyncLog
-    from query_api.metrics import DELIVERY_FAILURES
-    from tidings import telemetry
-    from tidings.media_store import open_store
-
-    redis = make_redis(settings.redis_host, settings.redis_port, settings.redis_db)
-    closers: list[Callable[[], Awaitable[Any]]] = [redis.aclose]
-    lease = await WorkerIdLease.acquire(redis)
-    closers.append(lease.release)
-
-    async def new_producer() -> AIOKafkaProducer:
-        producer = KafkaEventLog.producer(settings.kafka_bootstrap, linger_ms=settings.kafka_linger_ms)
-        try:
-            await producer.start()
-        except BaseException:
-            await producer.stop()
-            raise
-        return producer
-
-    producer = await new_producer()
-    loop = asyncio.get_running_loop()
-    cluster, session = await loop.run_in_executor(
-        None,
-        lambda: connect_to(settings),
-    )
-    closers.append(lambda: loop.run_in_executor(None, cluster.shutdown))
-    cql = Cql(session, settings.cassandra_keyspace)
-    warm = CassandraMessages(cql, settings.message_bucket_ms)
-    await loop.run_in_executor(None, warm.prepare)
-    membership = CassandraMembership(cql)
-    await loop.run_in_executor(None, membership.prepare)
-    receipts = CassandraReceipts(cql)
-    await loop.run_in_executor(None, receipts.prepare)
-    sync_log = CassandraSyncLog(cql)
-    await loop.run_in_executor(None, sync_log.prepare)
-    presence_records = CassandraPresence(cql)
-    await loop.run_in_executor(None, presence_records.prepare)
-    push_settings = CassandraPushSettings(cql)
-    await loop.run_in_executor(None, push_settings.prepare)
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)
-    closers.append(pubsub.aclose)
-    hub = Hub(pubsub, membership.groups_of, shards=GROUP_SHARDS)
-    await hub.start()
-    # Called on every reconnect of the pub/sub connection (the first connect is done).
-    assert pubsub.connection is not None  # connected by hub.start()
-    pubsub.connection.register_connect_callback(hub.resubscribed)
-
-    async def publish(pushes: list[Push]) -> None:
-        try:
-            async with redis.pipeline(transaction=False) as pipe:
-                for push in pushes:
-                    pipe.publish(push.channel, push.payload)
-                await pipe.execute()
-        except RedisError as exc:
-            DELIVERY_FAILURES.labels("publish").inc(len(pushes))
-            raise Unavailable("pub/sub unavailable") from exc
-
-    async def unread(conversation_id: str, *, after: int, reader: str, cap: int) -> int:
-        return await count_unread(
-            cql, settings.message_bucket_ms, conversation_id, after=after, reader=reader, cap=cap
-        )
-
-    archive = ArchiveReader(settings.archive_root)
-    topics = Topics(settings.topic_prefix)
-    event_log = KafkaEventLog(
-        producer,
-        topics,
-        trace=telemetry.trace_kafka_append if telemetry.enabled() else None,
-        renew=new_producer,
-    )
-    closers.append(event_log.close)
-    presence_store = RedisPresence(redis, ttl_ms=int(settings.presence_ttl_s * 1000))
-    presence = PresenceTracker(
-        presence_store,
-        event_log,
-        idle_close_s=settings.idle_close_s,
-        sweep_s=settings.presence_sweep_s,
-        away_after_s=settings.presence_away_after_s,
-    )
-
-    async def kafka_probe() -> None:
-        await event_log.current.partitions_for(topics.conversation_events)
-
-    async def cassandra_probe() -> None:
-        await cql.execute("SELECT release_version FROM system.local")
-
-    async def redis_probe() -> None:
-        await redis.ping()
-
-    from commands.adapters.images import identify_image
-
-    store, store_stack = await open_store(settings)
-    closers.append(store_stack.aclose)
-    media_index = CassandraMedia(cql)
-    await loop.run_in_executor(None, media_index.prepare)
-    media = MediaService(
-        store=store,
-        index=media_index,
-        log=event_log,
-        directory=membership,
-        pending=RedisPendingUploads(redis),
-        quota=RedisByteQuota(redis),
-        policy=MediaPolicy(
-            allowed_types=frozenset(settings.media_allowed_types),
-            max_direct_bytes=settings.media_max_direct_bytes,
-            max_upload_bytes=settings.media_max_upload_bytes,
-            max_pixels=settings.media_max_pixels,
-            url_ttl_s=settings.media_url_ttl_s,
-            daily_bytes=settings.media_daily_bytes,
-        ),
-        identify_image=identify_image,
-    )
-
-    keys = CassandraKeys(cql)
-    await loop.run_in_executor(None, keys.prepare)
-
-    async def s3_probe() -> None:
-        await store.size("readyz-probe")
-
-    return Dependencies(
-        settings=settings,
-        secret=settings.resolved_auth_secret(),
-        limits=Limits(max_body_chars=settings.max_body_chars),
-        log=event_log,
-        idempotency=RedisIdempotencyStore(redis, settings.idempotency_ttl_s),
-        ids=LeasedSnowflake(lease),
-        hot=RedisRecent(redis, settings.hot_history_size, roster=None),
-        warm=warm,
-        directory=membership,
-        locks=RedisLocks(redis),
-        inbox=membership,
-        members=membership,
-        unread=unread,
-        receipts=receipts,
-        hub=hub,
-        presence_store=presence_store,
-        presence_records=presence_records,
-        presence=presence,
-        contacts=Contacts(membership.conversation_ids),
-        sync=SyncContext(
-            log=sync_log,
-            partitions=settings.topic_partitions,
-            # The producer's default partitioner: murmur2 of the key, as Kafka's Java client.
-            partition_of=lambda cid: (murmur2(cid.encode()) & 0x7FFFFFFF) % settings.topic_partitions,
-            conversation_ids=membership.conversation_ids,
-            describe=lambda user_id, cid: one_conversation(user_id, cid, source=membership, unread=unread),
-            group_row=membership.conversation_row,
-            fanout_threshold=settings.fanout_threshold,
-            cold=ArchivedLog(archive),
-        ),
-        publish=publish,
-        probes={"kafka": kafka_probe, "cassandra": cassandra_probe, "redis": redis_probe, "s3": s3_probe},
-        closers=closers,
-        cold=archive,
-        limiter=RedisRateLimiter(redis, limits_from(settings)),
-        media=media,
-        push=push_settings,
-        search=ShardReaders(settings.search_root, Topics(settings.topic_prefix).conversation_events),
-        keys=keys,
-        to_device=RedisToDevice(redis, ttl_s=TO_DEVICE_TTL_S),
-    )
-
-
-def limits_from(settings: Settings) -> dict[str, tuple[float, int]]:
-    """kind -> (tokens per second, burst)."""
-    return {
-        "send": (settings.rate_send_per_s, settings.rate_send_burst),
-        "typing": (settings.rate_typing_per_s, settings.rate_typing_burst),
-        "presence": (settings.rate_presence_per_s, settings.rate_presence_burst),
-        "connect": (settings.rate_connect_per_s, settings.rate_connect_burst),
-        "media": (settings.rate_media_per_s, settings.rate_media_burst),
-        "search": (settings.rate_search_per_s, settings.rate_search_burst),
-    }

@@ -1,4 +1,5 @@
-"""Rendering of every error, in one place: JSON bodies over HTTP, ``error`` frames over WS."""
+"""Rendering of every error over HTTP, in one place (JSON bodies; the WebSocket's ``error`` frame
+is ``projections.wire.error_frame``)."""
 
 from __future__ import annotations
 
@@ -27,13 +28,6 @@ _SANIC_CODES = {
 
 def error_body(code: str, message: str) -> bytes:
     return orjson.dumps({"error": {"code": code, "message": message}})
-
-
-def error_frame(ref: Any, code: str, message: str, retry_after: int | None = None) -> bytes:
-    frame = {"type": "error", "ref": ref, "code": code, "message": message}
-    if retry_after is not None:
-        frame["retry_after"] = retry_after
-    return orjson.dumps(frame)
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> HTTPResponse:

@@ -8,12 +8,9 @@ from pydantic import Field
 from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import empty
 
-from commands.direct import open_direct
-from commands.group_handlers import change_group, create_group
 from commands.groups import MAX_TITLE_CHARS, AddMembers, ChangeRole, CreateGroup, RemoveMember, RenameGroup
 from commands.membership import require_member
 from events import (
-    DM_PREFIX,
     GroupCreated,
     MembersAdded,
     Role,
@@ -21,9 +18,10 @@ from events import (
     dm_members,
     is_valid_user_id,
 )
-from events.errors import Invalid
+from events.errors import Conflict, Invalid
 from projections.inbox import inbox_page, one_conversation
 from query_api.bodies import Body, int_arg, parse_body
+from query_api.context import deps_of
 from query_api.deps import Dependencies
 from query_api.errors import json_response
 from query_api.openapi import Query, documented
@@ -42,8 +40,8 @@ class CreateConversation(Body):
     kind: Literal["direct", "group"]
     members: list[str] = Field(default_factory=list, max_length=MAX_USERS_PER_REQUEST)
     title: str | None = Field(default=None, max_length=MAX_TITLE_CHARS)
-    # v1.1 end-to-end encryption is not built: asking for it must not quietly make a plaintext
-    # conversation.
+    # End-to-end encrypted, for good (a direct conversation: from the first time either side
+    # asks). An explicit false for an encrypted conversation is 409: it cannot be turned off.
     encrypted: bool = False
 
 
@@ -57,6 +55,9 @@ class RoleBody(Body):
 
 class TitleBody(Body):
     title: str = Field(min_length=1, max_length=MAX_TITLE_CHARS)
+    # Only ever true: encryption is set at creation and cannot be turned off (false is 409 on
+    # an encrypted group, 400 on any other: groups are not encrypted after their creation).
+    encrypted: bool | None = None
 
 
 def _group_object(event: GroupCreated) -> dict[str, Any]:
@@ -68,6 +69,7 @@ def _group_object(event: GroupCreated) -> dict[str, Any]:
         "last_message": None,
         "unread_count": 0,
         "last_activity_ts": event.ts,
+        "encrypted": event.encrypted,
     }
 
 
@@ -83,6 +85,7 @@ async def _view(deps: Dependencies, user_id: str, conversation_id: str) -> dict[
             "last_message": None,
             "unread_count": 0,
             "last_activity_ts": None,
+            "encrypted": await deps.directory.encrypted(conversation_id),
         }
     return obj
 
@@ -95,27 +98,26 @@ async def _view(deps: Dependencies, user_id: str, conversation_id: str) -> dict[
     errors=(400, 403, 404, 413, 429, 503),
 )
 async def create(request: Request) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     me = request.ctx.principal.user_id
     body = parse_body(request, CreateConversation)
-    if body.encrypted:
-        raise Invalid("encrypted conversations are not supported by this server yet")
     if body.kind == "direct":
         if len(body.members) != 1 or not is_valid_user_id(body.members[0]):
             raise Invalid("a direct conversation names exactly one other user id in members")
         cid = direct_conversation_id(me, body.members[0])
+        unset = "encrypted" in body.model_fields_set and not body.encrypted
+        if unset and await deps.directory.encrypted(cid):
+            raise Conflict("this conversation is end-to-end encrypted; that cannot be turned off")
         if await deps.inbox.inbox_row(me, cid) is None:
             # Not in the caller's inbox yet: opening it is a fact (the two now share it).
-            await open_direct(me, cid, log=deps.log, directory=deps.directory, ids=deps.ids)
+            await deps.conversations.open_direct(me, cid)
+        if body.encrypted:
+            await deps.conversations.enable_direct_encryption(me, cid)
         return json_response({"conversation": await _view(deps, me, cid)})
     if body.title is None:
         raise Invalid("title: a group needs a title")
-    event = await create_group(
-        CreateGroup(actor_id=me, title=body.title, members=tuple(body.members)),
-        log=deps.log,
-        directory=deps.directory,
-        ids=deps.ids,
-        max_members=deps.settings.max_group_members,
+    event = await deps.conversations.create_group(
+        CreateGroup(actor_id=me, title=body.title, members=tuple(body.members), encrypted=body.encrypted)
     )
     assert isinstance(event, GroupCreated)
     return json_response({"conversation": _group_object(event)}, status=201)
@@ -132,7 +134,7 @@ async def create(request: Request) -> HTTPResponse:
     errors=(400, 503),
 )
 async def inbox(request: Request) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     limit = int_arg(request, "limit", INBOX_PAGE, low=1, high=INBOX_MAX)
     conversations, cursor = await inbox_page(
         request.ctx.principal.user_id,
@@ -147,17 +149,26 @@ async def inbox(request: Request) -> HTTPResponse:
 @bp.get("/<conversation_id:str>")
 @documented("one conversation, for members", {200: ConversationAnswer})
 async def show(request: Request, conversation_id: str) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     return json_response({"conversation": await _view(deps, request.ctx.principal.user_id, conversation_id)})
 
 
 @bp.patch("/<conversation_id:str>")
 @documented("rename a group (owner or admins)", {200: ConversationAnswer}, body=TitleBody)
 async def rename(request: Request, conversation_id: str) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     me = request.ctx.principal.user_id
     body = parse_body(request, TitleBody)
-    await _change(deps, RenameGroup(actor_id=me, conversation_id=conversation_id, title=body.title))
+    if body.encrypted is not None:
+        await require_member(deps.directory, conversation_id, me)
+        on = await deps.directory.encrypted(conversation_id)
+        if on and not body.encrypted:
+            raise Conflict("this conversation is end-to-end encrypted; that cannot be turned off")
+        if not on and body.encrypted:
+            raise Invalid("a group is end-to-end encrypted at its creation only")
+    await deps.conversations.change(
+        RenameGroup(actor_id=me, conversation_id=conversation_id, title=body.title)
+    )
     return json_response({"conversation": await _view(deps, me, conversation_id)})
 
 
@@ -171,7 +182,7 @@ async def rename(request: Request, conversation_id: str) -> HTTPResponse:
     ),
 )
 async def members(request: Request, conversation_id: str) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     info, _ = await require_member(deps.directory, conversation_id, request.ctx.principal.user_id)
     after = request.args.get("after", "")
     limit = int_arg(request, "limit", MEMBERS_PAGE, low=1, high=MEMBERS_MAX)
@@ -196,12 +207,12 @@ async def members(request: Request, conversation_id: str) -> HTTPResponse:
     errors=(400, 403, 404, 413, 503),
 )
 async def add_members(request: Request, conversation_id: str) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     body = parse_body(request, AddMembersBody)
     cmd = AddMembers(
         actor_id=request.ctx.principal.user_id, conversation_id=conversation_id, user_ids=tuple(body.user_ids)
     )
-    event = await _change(deps, cmd)
+    event = await deps.conversations.change(cmd)
     added = (
         [{"user_id": m.user_id, "role": m.role} for m in event.members]
         if isinstance(event, MembersAdded)
@@ -215,12 +226,9 @@ async def add_members(request: Request, conversation_id: str) -> HTTPResponse:
     "leave (yourself) or remove a member (owner or admins)", {204: None}, errors=(400, 403, 404, 409, 503)
 )
 async def remove_member(request: Request, conversation_id: str, user_id: str) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
-    await _change(
-        deps,
-        RemoveMember(
-            actor_id=request.ctx.principal.user_id, conversation_id=conversation_id, user_id=user_id
-        ),
+    deps = deps_of(request)
+    await deps.conversations.change(
+        RemoveMember(actor_id=request.ctx.principal.user_id, conversation_id=conversation_id, user_id=user_id)
     )
     return empty(status=204)
 
@@ -230,7 +238,7 @@ async def remove_member(request: Request, conversation_id: str, user_id: str) ->
     "change a member's role (owner)", {200: MemberAnswer}, body=RoleBody, errors=(400, 403, 404, 409, 503)
 )
 async def set_role(request: Request, conversation_id: str, user_id: str) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     body = parse_body(request, RoleBody)
     cmd = ChangeRole(
         actor_id=request.ctx.principal.user_id,
@@ -238,19 +246,5 @@ async def set_role(request: Request, conversation_id: str, user_id: str) -> HTTP
         user_id=user_id,
         role=body.role,
     )
-    await _change(deps, cmd)
+    await deps.conversations.change(cmd)
     return json_response({"member": {"user_id": user_id, "role": body.role}})
-
-
-async def _change(deps: Dependencies, cmd: AddMembers | RemoveMember | ChangeRole | RenameGroup) -> Any:
-    if cmd.conversation_id.startswith(DM_PREFIX):
-        await require_member(deps.directory, cmd.conversation_id, cmd.actor_id)
-        raise Invalid("a direct conversation has no members to change")
-    return await change_group(
-        cmd,
-        log=deps.log,
-        directory=deps.directory,
-        locks=deps.locks,
-        ids=deps.ids,
-        max_members=deps.settings.max_group_members,
-    )

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from events import keys
 from events.errors import Unavailable
-from projections.delivery import JOINED, LEFT, MESSAGE, TO_DEVICE, TYPING
+from projections.wire import JOINED, LEFT, MESSAGE, TO_DEVICE, TYPING, untag, untyping
 from query_api.connection import CLOSE_TRY_AGAIN, Connection, TokenBucket
 from query_api.metrics import FRAMES_OUT, WS_CONNECTIONS
 from query_api.subscriptions import Subscriber, Subscriptions, settled
@@ -30,13 +30,8 @@ _PUSHED = FRAMES_OUT.labels("push")
 GroupsOf = Callable[[str], Awaitable[set[str]]]
 
 
-def _typing(payload: bytes) -> tuple[str, str, bytes]:
-    cid, typist, frame = payload[1:].split(b"\0", 2)
-    return cid.decode(), typist.decode(), frame
-
-
 class Hub:
-    """Routes pub/sub payloads (see ``projections.delivery`` for their envelope) to sockets.
+    """Routes pub/sub payloads (see ``projections.wire`` for their envelope) to sockets.
 
     A user's own channel is subscribed while this process holds one of their sockets. Large
     groups' messages arrive on shard channels that every gateway listens to from the start, and
@@ -191,7 +186,7 @@ class Hub:
 
     def deliver_presence(self, user_id: str, payload: bytes) -> int:
         """Route a presence payload ``p<at>\0<frame>`` to the user's watchers here."""
-        at_bytes, _, frame = payload[1:].partition(b"\0")
+        at_bytes, frame = untag(payload)
         at = int(at_bytes)
         if at <= self._presence_at.get(user_id, -1):
             return 0  # an older transition, appended after a newer one
@@ -225,17 +220,17 @@ class Hub:
         if kind == MESSAGE:
             frame = payload[1:]
         elif kind == TYPING:
-            cid, typist, frame = _typing(payload)
+            cid, typist, frame = untyping(payload)
             return self._push_typing(self._by_user.get(user_id, ()), cid, typist, frame)
         elif kind == TO_DEVICE:
-            device_bytes, _, frame = payload[1:].partition(b"\0")
+            device_bytes, frame = untag(payload)
             device = device_bytes.decode()
             mine = [c for c in self._by_user.get(user_id, ()) if c.device_id == device]
             for conn in mine:
                 conn.push(frame)
             return len(mine)
         else:
-            cid_bytes, _, frame = payload[1:].partition(b"\0")
+            cid_bytes, frame = untag(payload)
             cid = cid_bytes.decode()
             if user_id in self._loading:
                 self._loading[user_id].append((kind, cid))
@@ -248,11 +243,11 @@ class Hub:
     def deliver_to_group(self, payload: bytes) -> int:
         """Route a group-shard payload to this process's sockets of the group's members."""
         if payload[:1] == TYPING:
-            cid, typist, frame = _typing(payload)
+            cid, typist, frame = untyping(payload)
             members = self._group_members.get(cid, ())
             conns = [c for uid in members for c in self._by_user.get(uid, ())]
             return self._push_typing(conns, cid, typist, frame)
-        cid_bytes, _, frame = payload[1:].partition(b"\0")
+        cid_bytes, frame = untag(payload)
         sent = 0
         for user_id in self._group_members.get(cid_bytes.decode(), ()):
             for conn in self._by_user.get(user_id, ()):

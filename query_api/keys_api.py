@@ -20,6 +20,7 @@ from commands.keys import (
 from events import SignedKey, is_valid_user_id
 from events.errors import Invalid, NotFound
 from query_api.bodies import Body, parse_body
+from query_api.context import deps_of
 from query_api.deps import Dependencies
 from query_api.errors import json_response
 from query_api.openapi import documented
@@ -75,7 +76,7 @@ def _store(deps: Dependencies) -> KeyStore:
     errors=(400, 409, 503),
 )
 async def put_device(request: Request) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     me = request.ctx.principal
     body = parse_body(request, DeviceKeysBody)
     await publish_device_keys(
@@ -85,7 +86,7 @@ async def put_device(request: Request) -> HTTPResponse:
         body.signing_key,
         body.signature,
         store=_store(deps),
-        log=deps.log,
+        log=deps.event_log,
     )
     return json_response({})
 
@@ -93,9 +94,9 @@ async def put_device(request: Request) -> HTTPResponse:
 @bp.delete("/device")
 @documented("delete the token's device's keys (one-time and fallback keys too)", {204: None}, errors=(503,))
 async def delete_device(request: Request) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     me = request.ctx.principal
-    await delete_device_keys(me.user_id, me.device_id, store=_store(deps), log=deps.log)
+    await delete_device_keys(me.user_id, me.device_id, store=_store(deps), log=deps.event_log)
     return empty(status=204)
 
 
@@ -107,7 +108,7 @@ async def delete_device(request: Request) -> HTTPResponse:
     errors=(400, 409, 503),
 )
 async def post_one_time(request: Request) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     me = request.ctx.principal
     body = parse_body(request, OneTimeKeysBody)
     remaining = await add_one_time_keys(
@@ -116,7 +117,7 @@ async def post_one_time(request: Request) -> HTTPResponse:
         [k.signed() for k in body.keys],
         body.fallback.signed() if body.fallback is not None else None,
         store=_store(deps),
-        log=deps.log,
+        log=deps.event_log,
     )
     return json_response({"remaining": remaining})
 
@@ -124,7 +125,7 @@ async def post_one_time(request: Request) -> HTTPResponse:
 @bp.get("/users/<user_id:str>")
 @documented("every device of a user with published keys", {200: UserKeys}, errors=(400, 503))
 async def user_keys(request: Request, user_id: str) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     if not is_valid_user_id(user_id):
         raise Invalid("not a valid user id")
     devices = await _store(deps).devices(user_id)
@@ -148,14 +149,14 @@ async def user_keys(request: Request, user_id: str) -> HTTPResponse:
     errors=(400, 503),
 )
 async def claim(request: Request) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     me = request.ctx.principal
     body = parse_body(request, ClaimBody)
     claimed = await claim_keys(
         f"{me.user_id}/{me.device_id}",
         [(d.user_id, d.device_id) for d in body.devices],
         store=_store(deps),
-        log=deps.log,
+        log=deps.event_log,
     )
     keys = [
         {
@@ -174,6 +175,6 @@ async def claim(request: Request) -> HTTPResponse:
 @bp.get("/count")
 @documented("how many one-time keys of the token's device are unclaimed", {200: KeyCount}, errors=(503,))
 async def count(request: Request) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     me = request.ctx.principal
     return json_response({"remaining": await _store(deps).remaining(me.user_id, me.device_id)})

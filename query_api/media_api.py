@@ -17,7 +17,7 @@ from sanic.response import redirect
 from commands.media import MediaService
 from events.errors import Invalid, NotFound
 from query_api.bodies import Body, parse_body
-from query_api.deps import Dependencies
+from query_api.context import deps_of
 from query_api.errors import json_response
 from query_api.openapi import documented
 from query_api.schemas import MediaObject, UploadStarted
@@ -26,7 +26,7 @@ bp = Blueprint("media")
 
 
 def _service(request: Request) -> MediaService:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     if deps.media is None:
         raise NotFound("media is not configured on this server")
     return deps.media
@@ -64,7 +64,7 @@ def _content_length(request: Request) -> int | None:
     description="The body is the file itself. An optional `X-Content-SHA256` header is checked.",
 )
 async def upload(request: Request) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     service = _service(request)
     user_id = request.ctx.principal.user_id
     await deps.limiter.check("media", user_id)
@@ -93,7 +93,7 @@ class NewUpload(Body):
     tag="media",
 )
 async def begin_upload(request: Request) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     service = _service(request)
     user_id = request.ctx.principal.user_id
     body = parse_body(request, NewUpload)

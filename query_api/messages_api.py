@@ -13,11 +13,10 @@ from events import MessageKind
 from events.errors import Invalid
 from projections.history import history_page
 from query_api.bodies import Body, int_arg, message_id_arg, parse_body
-from query_api.deps import Dependencies
+from query_api.context import deps_of
 from query_api.errors import json_response
 from query_api.openapi import Query, documented
 from query_api.schemas import HistoryPage, ReceiptsPage, SendAccepted
-from tidings import telemetry
 
 bp = Blueprint("messages", url_prefix="/v1/conversations")
 
@@ -31,6 +30,11 @@ class PostMessage(Body):
     kind: MessageKind = "text"
     body: str = ""
     media_id: str | None = Field(default=None, max_length=128)
+    # kind "encrypted" (end-to-end encryption; commands/encryption.py checks them)
+    ciphertext: str | None = None
+    algorithm: str | None = None
+    session_id: str | None = None
+    sender_device: str | None = None
 
 
 @bp.post("/<conversation_id:str>/messages")
@@ -41,11 +45,11 @@ class PostMessage(Body):
     errors=(400, 403, 404, 409, 413, 429, 503),
 )
 async def post_message(request: Request, conversation_id: str) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     principal = request.ctx.principal
     body = parse_body(request, PostMessage)
-    with telemetry.span("gateway.send", {"tidings.conversation_id": conversation_id}):
-        result = await deps.send(principal.user_id, principal.device_id, conversation_id, body)
+    with deps.tracer.span("gateway.send", {"tidings.conversation_id": conversation_id}):
+        result = await deps.messaging.send(principal.user_id, principal.device_id, conversation_id, body)
     return json_response(
         {"message_id": str(result.message_id), "conversation_id": result.conversation_id, "ts": result.ts},
         status=202,
@@ -63,7 +67,7 @@ async def post_message(request: Request, conversation_id: str) -> HTTPResponse:
     ),
 )
 async def list_messages(request: Request, conversation_id: str) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     await member_role(deps.directory, conversation_id, request.ctx.principal.user_id)
     before = message_id_arg(request, "before")
     after = message_id_arg(request, "after")
@@ -90,10 +94,12 @@ class ReceiptBody(Body):
 @bp.post("/<conversation_id:str>/receipts")
 @documented("move the caller's delivered or read watermark forward", {202: None}, body=ReceiptBody)
 async def post_receipt(request: Request, conversation_id: str) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     principal = request.ctx.principal
     body = parse_body(request, ReceiptBody)
-    await deps.receipt(principal.user_id, principal.device_id, conversation_id, body.message_id, body.status)
+    await deps.messaging.receipt(
+        principal.user_id, principal.device_id, conversation_id, body.message_id, body.status
+    )
     return empty(status=202)
 
 
@@ -108,7 +114,7 @@ async def post_receipt(request: Request, conversation_id: str) -> HTTPResponse:
 )
 async def list_receipts(request: Request, conversation_id: str) -> HTTPResponse:
     """Every member's watermarks that exist, by user id, paged like the member list."""
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     await member_role(deps.directory, conversation_id, request.ctx.principal.user_id)
     after = request.args.get("after", "")
     limit = int_arg(request, "limit", RECEIPTS_PAGE, low=1, high=RECEIPTS_MAX)

@@ -9,7 +9,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import raw
 
-from query_api.deps import Dependencies
+from query_api.context import deps_of
 from query_api.errors import json_response
 from query_api.openapi import documented
 from query_api.schemas import Health, Readiness
@@ -32,7 +32,7 @@ async def healthz(request: Request) -> HTTPResponse:
     tag="ops",
 )
 async def readyz(request: Request) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     checks = await deps.readiness()
     ready = all(v == "ok" for v in checks.values()) and not request.app.ctx.draining
     return json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)

@@ -23,6 +23,7 @@ from commands.push import (
 )
 from events.errors import NotFound
 from query_api.bodies import Body, parse_body
+from query_api.context import deps_of
 from query_api.deps import Dependencies
 from query_api.errors import json_response
 from query_api.openapi import documented
@@ -54,11 +55,7 @@ def _now_ms() -> int:
 def _push(deps: Dependencies) -> tuple[PushSettingsWriter, AllowedHosts]:
     if deps.push is None:
         raise NotFound("push notifications are not configured on this server")
-    settings = deps.settings
-    return deps.push, AllowedHosts(
-        webhook=settings.hosts(settings.push_webhook_hosts),
-        webpush=settings.hosts(settings.push_webpush_hosts),
-    )
+    return deps.push, deps.config.push_hosts
 
 
 @bp.put("/v1/devices/<device_id:str>/push")
@@ -70,7 +67,7 @@ def _push(deps: Dependencies) -> tuple[PushSettingsWriter, AllowedHosts]:
     tag="push",
 )
 async def register(request: Request, device_id: str) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     store, hosts = _push(deps)
     principal = request.ctx.principal
     body = parse_body(request, PushBody)
@@ -85,7 +82,7 @@ async def register(request: Request, device_id: str) -> HTTPResponse:
             p256dh=body.keys.p256dh if body.keys else None,
             auth=body.keys.auth if body.keys else None,
         ),
-        log=deps.log,
+        log=deps.event_log,
         store=store,
         hosts=hosts,
         clock=_now_ms,
@@ -101,14 +98,14 @@ async def register(request: Request, device_id: str) -> HTTPResponse:
     tag="push",
 )
 async def unregister(request: Request, device_id: str) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     store, _ = _push(deps)
     principal = request.ctx.principal
     await unregister_push(
         principal.user_id,
         principal.device_id,
         device_id,
-        log=deps.log,
+        log=deps.event_log,
         store=store,
         clock=_now_ms,
     )
@@ -124,12 +121,12 @@ async def unregister(request: Request, device_id: str) -> HTTPResponse:
     tag="push",
 )
 async def conversation_settings(request: Request, conversation_id: str) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     store, _ = _push(deps)
     me = request.ctx.principal.user_id
     body = parse_body(request, SettingsBody)
     await require_member(deps.directory, conversation_id, me)
-    await set_muted(me, conversation_id, body.muted, log=deps.log, store=store, clock=_now_ms)
+    await set_muted(me, conversation_id, body.muted, log=deps.event_log, store=store, clock=_now_ms)
     return json_response({"conversation_id": conversation_id, "muted": body.muted})
 
 
@@ -143,11 +140,11 @@ async def conversation_settings(request: Request, conversation_id: str) -> HTTPR
 async def webpush_key(request: Request) -> HTTPResponse:
     """The VAPID public key a browser passes to ``pushManager.subscribe`` as its
     ``applicationServerKey`` (unpadded base64url of the uncompressed P-256 point)."""
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     _push(deps)
     key = getattr(request.app.ctx, "vapid_public_key", None)
     if key is None:
-        private = load_pem_private_key(deps.settings.resolved_vapid_private_pem(), password=None)
+        private = load_pem_private_key(deps.config.vapid_private_pem(), password=None)
         point = private.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
         key = request.app.ctx.vapid_public_key = base64.urlsafe_b64encode(point).rstrip(b"=").decode()
     return json_response({"public_key": key})

@@ -51,15 +51,20 @@ class Message(Answer):
     sender_id: str
     client_msg_id: str
     kind: MessageKind
-    body: str
+    body: str | None = Field(description="null for kind `encrypted`")
     media: MediaRef | None
+    # kind `encrypted` only (end-to-end encryption): the sender's ciphertext, unchanged
+    ciphertext: str | None = None
+    algorithm: str | None = None
+    session_id: str | None = None
+    sender_device: str | None = None
     ts: int
 
 
 class LastMessage(Answer):
     message_id: str = Field(pattern=MESSAGE_ID)
     sender_id: str
-    preview: str = Field(description="the first 100 characters of the body")
+    preview: str | None = Field(description="the first 100 characters of a text body; null when encrypted")
     ts: int
 
 
@@ -73,6 +78,7 @@ class Conversation(Answer):
     last_message: LastMessage | None
     unread_count: int = Field(description="counted up to 100")
     last_activity_ts: int | None
+    encrypted: bool = Field(description="end-to-end encrypted (never turned off)")
 
 
 class ConversationAnswer(Answer):
@@ -160,6 +166,8 @@ class SyncPage(Answer):
     has_more: bool
     # The device's waiting to-device messages (v1.1), up to 100 a page (``has_more`` then).
     to_device: list[ToDeviceFrame] = Field(default_factory=list)
+    # Users sharing a conversation with the caller whose device keys changed since the cursor.
+    device_lists: list[str] = Field(default_factory=list)
 
 
 class Health(Answer):

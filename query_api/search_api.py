@@ -21,7 +21,7 @@ from events.errors import Invalid, NotFound, Unavailable
 from projections.adapters.search import analyze
 from projections.search_query import parse
 from query_api.bodies import int_arg
-from query_api.deps import Dependencies
+from query_api.context import deps_of
 from query_api.errors import json_response
 from query_api.openapi import Query, documented
 from query_api.schemas import SearchPage
@@ -66,7 +66,7 @@ def read_cursor(secret: str, user_id: str, q: str, conversation_id: str | None, 
     errors=(400, 404, 429, 503),
 )
 async def search(request: Request) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     me = request.ctx.principal.user_id
     q = request.args.get("q")
     parsed = parse(q, analyze)

@@ -11,7 +11,7 @@ from projections.history import history_page
 from projections.inbox import inbox_page
 from projections.sync import sync_since, sync_start
 from query_api.bodies import int_arg
-from query_api.deps import Dependencies
+from query_api.context import deps_of
 from query_api.errors import json_response
 from query_api.openapi import Query, documented
 from query_api.schemas import SyncPage
@@ -23,8 +23,11 @@ START_MESSAGES = 20  # newest messages per conversation in the starting state
 ALL = 1_000_000
 TO_DEVICE_PAGE = 100
 # A cursor is the log position, then ``~`` and the position in the device's to-device queue
-# once it has been handed any: syncing from it acknowledges what came before.
+# once it has been handed any: syncing from it acknowledges what came before; then ``!`` and
+# the position in the user's device-list notices (projections/adapters/device_lists.py).
 _TO_DEVICE_MARK = "~"
+_DEVICE_LISTS_MARK = "!"
+DEVICE_LISTS_PAGE = 1000
 
 
 @bp.get("/sync")
@@ -38,16 +41,18 @@ _TO_DEVICE_MARK = "~"
     errors=(400, 503),
 )
 async def sync(request: Request) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     me = request.ctx.principal.user_id
     limit = int_arg(request, "limit", PAGE, low=1, high=PAGE_MAX)
     since = request.args.get("since")
     position = None
     if since is not None:
+        since, lists_marked, lists_after = since.partition(_DEVICE_LISTS_MARK)
+        lists_position = check_position(lists_after) if lists_marked else None
         since, marked, after = since.partition(_TO_DEVICE_MARK)
         position = check_position(after) if marked else None
         page = await sync_since(me, since, limit=limit, ctx=deps.sync)
-        return await _with_to_device(request, page.body(), position)
+        return await _with_to_device(request, page.body(), position, lists_position)
 
     async def inbox(user_id: str) -> list[dict[str, object]]:
         conversations, _ = await inbox_page(
@@ -64,15 +69,36 @@ async def sync(request: Request) -> HTTPResponse:
         )
         return messages
 
+    # The device-list position first: a change after it is reported by the next sync, and the
+    # starting state (fetched after it) already has what came before.
+    lists_position = await deps.device_lists.head(me) if deps.device_lists is not None else None
     page = await sync_start(me, ctx=deps.sync, inbox=inbox, read_marks=read_marks, newest=newest)
-    return await _with_to_device(request, page.body(), None)
+    return await _with_to_device(request, page.body(), None, lists_position, start=True)
 
 
-async def _with_to_device(request: Request, body: dict[str, Any], position: str | None) -> HTTPResponse:
+async def _with_to_device(
+    request: Request,
+    body: dict[str, Any],
+    position: str | None,
+    lists_position: str | None,
+    *,
+    start: bool = False,
+) -> HTTPResponse:
     """The device's waiting to-device messages after ``position`` added to the page, those up
-    to it forgotten, and the new position in the cursor."""
-    deps: Dependencies = request.app.ctx.deps
+    to it forgotten, and the new position in the cursor; and the users whose device lists
+    changed after ``lists_position`` (none in a starting state)."""
+    deps = deps_of(request)
     me = request.ctx.principal
+    body["device_lists"] = []
+    if deps.device_lists is not None and not start:
+        if lists_position is None:  # a cursor from before device lists existed: from now on
+            lists_position = await deps.device_lists.head(me.user_id)
+        else:
+            users, lists_position, more = await deps.device_lists.after(
+                me.user_id, lists_position, DEVICE_LISTS_PAGE
+            )
+            body["device_lists"] = users
+            body["has_more"] = body["has_more"] or more
     if deps.to_device is not None:
         frames, position, more = await pending_for(
             me.user_id, me.device_id, position, queue=deps.to_device, limit=TO_DEVICE_PAGE
@@ -81,4 +107,6 @@ async def _with_to_device(request: Request, body: dict[str, Any], position: str 
         body["has_more"] = body["has_more"] or more
     if position is not None:
         body["cursor"] += _TO_DEVICE_MARK + position
+    if lists_position is not None:
+        body["cursor"] += _DEVICE_LISTS_MARK + lists_position
     return json_response(body)

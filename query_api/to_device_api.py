@@ -12,6 +12,7 @@ from commands.to_device import MAX_MESSAGES_PER_CALL, ToDevice, ToDeviceQueue, s
 from events.errors import NotFound, Unavailable
 from projections.delivery import to_device_push
 from query_api.bodies import Body, parse_body
+from query_api.context import deps_of
 from query_api.deps import Dependencies
 from query_api.errors import json_response
 from query_api.openapi import documented
@@ -46,7 +47,7 @@ def queue_of(deps: Dependencies) -> ToDeviceQueue:
     errors=(400, 404, 413, 429, 503),
 )
 async def to_device(request: Request) -> HTTPResponse:
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     me = request.ctx.principal
     body = parse_body(request, ToDeviceBody)
     queue = queue_of(deps)

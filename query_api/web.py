@@ -20,16 +20,17 @@ from sanic import HTTPResponse, Request, Sanic
 
 from query_api.auth import issue_token
 from query_api.bodies import Body, parse_body
+from query_api.context import deps_of
 from query_api.errors import json_response
 from query_api.openapi import documented
 from query_api.schemas import DevToken
-from tidings.settings import Settings
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 PREFIX = "/web/"
 DEV_TOKEN_PATH = "/v1/dev/token"
 DEV_TOKEN_TTL_S = 12 * 3600
 ID_PATTERN = r"^[A-Za-z0-9_.@-]{1,64}$"
+
 
 # Scripts, styles and connections from this origin only: no inline script or style, no eval,
 # no other origin (a WebSocket to this origin is 'self' to Chromium and Firefox). The one other
@@ -54,9 +55,12 @@ def content_security_policy(media_origin: str | None = None) -> str:
     )
 
 
-def media_origin(settings: Settings) -> str:
-    """The scheme, host and port presigned media URLs point at (the store's public endpoint)."""
-    parts = urlsplit(settings.s3_public_endpoint or settings.s3_endpoint_url)
+def media_origin(endpoint: str | None) -> str | None:
+    """The scheme, host and port of ``endpoint``, the object store's public address (where
+    presigned media URLs point)."""
+    if not endpoint:
+        return None
+    parts = urlsplit(endpoint)
     return f"{parts.scheme}://{parts.netloc}"
 
 
@@ -92,7 +96,7 @@ async def dev_token(request: Request) -> HTTPResponse:
     body = parse_body(request, DevLogin)
     now = time.time()
     token = issue_token(
-        request.app.ctx.deps.secret, body.user_id, device_id=body.device_id, ttl_s=DEV_TOKEN_TTL_S, now=now
+        deps_of(request).secret, body.user_id, device_id=body.device_id, ttl_s=DEV_TOKEN_TTL_S, now=now
     )
     expires = (int(now) + DEV_TOKEN_TTL_S) * 1000
     return json_response(
@@ -100,13 +104,16 @@ async def dev_token(request: Request) -> HTTPResponse:
     )
 
 
-def install(app: Sanic, settings: Settings) -> None:
+def install(app: Sanic, *, dev_login: bool, media_endpoint: str | None) -> None:
     app.static("/", WEB_DIR / "index.html", name="web_index")
     app.static(PREFIX, WEB_DIR, name="web_files")
-    if settings.dev_login:
+    if dev_login:
         app.add_route(dev_token, DEV_TOKEN_PATH, methods=["POST"], name="dev_token")
 
-    headers = {**SECURITY_HEADERS, "Content-Security-Policy": content_security_policy(media_origin(settings))}
+    headers = {
+        **SECURITY_HEADERS,
+        "Content-Security-Policy": content_security_policy(media_origin(media_endpoint)),
+    }
 
     @app.on_response
     async def security_headers(request: Request, response: HTTPResponse) -> None:

@@ -10,20 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
-import orjson
 from sanic import Blueprint, Request
 
 from commands.membership import member_role
 from events.errors import RateLimited, TidingsError, Unavailable
 from projections.delivery import typing_pushes
-from projections.wire import presence_frame
-from query_api.connection import CLOSE_TRY_AGAIN, Connection
-from query_api.deps import Dependencies
-from query_api.errors import error_frame
-from query_api.frames import (
+from projections.wire import (
+    Frame,
     FrameError,
     PingFrame,
     PresenceFrame,
@@ -32,12 +29,18 @@ from query_api.frames import (
     TypingFrame,
     ViewFrame,
     WatchFrame,
+    ack_frame,
+    error_frame,
     parse_frame,
+    pong_frame,
+    presence_frame,
 )
+from query_api.connection import CLOSE_TRY_AGAIN, Connection
+from query_api.context import deps_of
+from query_api.deps import Dependencies
 from query_api.lean_ws import LeanWebsocket
 from query_api.metrics import FRAMES_IN, FRAMES_OUT, SEND_SECONDS, SENDS
 from query_api.openapi import Query, documented
-from tidings import telemetry
 
 bp = Blueprint("ws", url_prefix="/v1")
 
@@ -56,7 +59,7 @@ MEMBERSHIP_TTL_S = 30.0
 async def gateway(request: Request, ws: Any) -> None:
     if not isinstance(ws, LeanWebsocket):
         raise TypeError("the gateway serves WebSockets with query_api.lean_ws.LeanWebSocketProtocol")
-    deps: Dependencies = request.app.ctx.deps
+    deps = deps_of(request)
     principal = request.ctx.principal
     conn = Connection(principal.user_id, principal.device_id, ws, SEND_QUEUE_FRAMES)
     ws.on_writable = conn.flush
@@ -110,47 +113,57 @@ def _dispatch(deps: Dependencies, conn: Connection, raw: str | bytes) -> Any:
     if conn.too_slow:
         return None  # being closed with 1013
     try:
-        ref, frame = parse_frame(raw, deps.settings.max_frame_bytes)
+        ref, frame = parse_frame(raw, deps.config.max_frame_bytes)
     except FrameError as exc:
         FRAMES_IN.labels("invalid").inc()
         _reply(conn, "error", error_frame(exc.ref, exc.error.code, exc.error.message))
         return None
     FRAMES_IN.labels(frame.type).inc()  # type: ignore[attr-defined]
     if isinstance(frame, PingFrame):
-        _reply(conn, "pong", orjson.dumps({"type": "pong", "ref": ref}))
+        _reply(conn, "pong", pong_frame(ref))
         return None
     conn.active = conn.heard  # the socket just heard this frame
     return _handle(deps, conn, ref, frame)
 
 
 async def _handle(deps: Dependencies, conn: Connection, ref: str | None, frame: Any) -> None:
+    """Run the frame's handler; a refusal (``TidingsError``) becomes an ``error`` frame."""
     if conn.auto_away and not isinstance(frame, PresenceFrame):
         try:
             await deps.presence.resumed(conn)
         except Unavailable:
             conn.reported = -1.0  # presence is not delivery: the next sweep reports the socket
-    if isinstance(frame, SendFrame):
-        with telemetry.span("gateway.send", {"tidings.conversation_id": frame.conversation_id}):
-            await _send(deps, conn, ref, frame)
-    elif isinstance(frame, ReceiptFrame):
-        await _receipt(deps, conn, ref, frame)
-    elif isinstance(frame, ViewFrame):
-        await _view(deps, conn, ref, frame)
-    elif isinstance(frame, TypingFrame):
-        await _typing(deps, conn, ref, frame)
-    elif isinstance(frame, PresenceFrame):
-        await _presence(deps, conn, ref, frame)
-    elif isinstance(frame, WatchFrame):
-        await _watch(deps, conn, ref, frame)
+    try:
+        await HANDLERS[type(frame)](deps, conn, ref, frame)
+    except TidingsError as exc:
+        _reply(conn, "error", error_frame(ref, exc.code, exc.message, exc.retry_after))
+
+
+async def _send(deps: Dependencies, conn: Connection, ref: str | None, frame: SendFrame) -> None:
+    started = time.perf_counter()
+    try:
+        with deps.tracer.span("gateway.send", {"tidings.conversation_id": frame.conversation_id}):
+            result = await deps.messaging.send(conn.user_id, conn.device_id, frame.conversation_id, frame)
+    except TidingsError as exc:
+        SENDS.labels(exc.code).inc()
+        raise
+    SEND_SECONDS.observe(time.perf_counter() - started)
+    SENDS.labels("ok").inc()
+    ack = ack_frame(ref, result.client_msg_id, result.message_id, result.conversation_id, result.ts)
+    _reply(conn, "ack", ack)
+
+
+async def _receipt(deps: Dependencies, conn: Connection, ref: str | None, frame: ReceiptFrame) -> None:
+    """No reply on success (the protocol defines none)."""
+    await deps.messaging.receipt(
+        conn.user_id, conn.device_id, frame.conversation_id, frame.message_id, frame.status
+    )
 
 
 async def _presence(deps: Dependencies, conn: Connection, ref: str | None, frame: PresenceFrame) -> None:
     """This socket says ``online`` or ``away``; the user's presence follows from all of theirs."""
-    try:
-        await deps.limiter.check("presence", conn.user_id)
-        await deps.presence.set_state(conn, frame.state)
-    except TidingsError as exc:
-        _reply(conn, "error", error_frame(ref, exc.code, exc.message, exc.retry_after))
+    await deps.limiter.check("presence", conn.user_id)
+    await deps.presence.set_state(conn, frame.state)
 
 
 async def _watch(deps: Dependencies, conn: Connection, ref: str | None, frame: WatchFrame) -> None:
@@ -162,11 +175,10 @@ async def _watch(deps: Dependencies, conn: Connection, ref: str | None, frame: W
         await deps.limiter.check("presence", conn.user_id)
         allowed = await deps.contacts.shared_with(conn.user_id, wanted)
         added = await deps.hub.watch(conn, allowed)
-        current = await deps.presence_of([u for u in wanted if u in added])
-    except TidingsError as exc:
+        current = await deps.presence_reads.of([u for u in wanted if u in added])
+    except TidingsError:
         conn.watch_pending.clear()
-        _reply(conn, "error", error_frame(ref, exc.code, exc.message, exc.retry_after))
-        return
+        raise
     snapshot = [(v.user_id, v.at, presence_frame(v.user_id, v.state, v.last_seen)) for v in current]
     deps.hub.watch_settled(conn, snapshot)
     FRAMES_OUT.labels("presence").inc(len(current))
@@ -180,24 +192,17 @@ async def _watch(deps: Dependencies, conn: Connection, ref: str | None, frame: W
 async def _view(deps: Dependencies, conn: Connection, ref: str | None, frame: ViewFrame) -> None:
     """Which conversation this socket shows; only members may view one."""
     if frame.conversation_id is not None:
-        try:
-            await _check_member(deps, conn, frame.conversation_id)
-        except TidingsError as exc:
-            _reply(conn, "error", error_frame(ref, exc.code, exc.message, exc.retry_after))
-            return
+        await _check_member(deps, conn, frame.conversation_id)
     conn.view = frame.conversation_id
 
 
 async def _typing(deps: Dependencies, conn: Connection, ref: str | None, frame: TypingFrame) -> None:
     """Forwarded at once to the members viewing the conversation; never stored."""
-    try:
-        if not conn.typing_allowance.take():
-            raise RateLimited("too many typing frames", retry_after=1)
-        await deps.limiter.check("typing", conn.user_id)
-        await _check_member(deps, conn, frame.conversation_id)
-        await deps.publish(typing_pushes(frame.conversation_id, conn.user_id, frame.state))
-    except TidingsError as exc:
-        _reply(conn, "error", error_frame(ref, exc.code, exc.message, exc.retry_after))
+    if not conn.typing_allowance.take():
+        raise RateLimited("too many typing frames", retry_after=1)
+    await deps.limiter.check("typing", conn.user_id)
+    await _check_member(deps, conn, frame.conversation_id)
+    await deps.publish(typing_pushes(frame.conversation_id, conn.user_id, frame.state))
 
 
 async def _check_member(deps: Dependencies, conn: Connection, conversation_id: str) -> None:
@@ -210,35 +215,17 @@ async def _check_member(deps: Dependencies, conn: Connection, conversation_id: s
     conn.member_of[conversation_id] = now + MEMBERSHIP_TTL_S
 
 
-async def _receipt(deps: Dependencies, conn: Connection, ref: str | None, frame: ReceiptFrame) -> None:
-    """No reply on success (the protocol defines none); an ``error`` frame otherwise."""
-    try:
-        await deps.receipt(
-            conn.user_id, conn.device_id, frame.conversation_id, frame.message_id, frame.status
-        )
-    except TidingsError as exc:
-        _reply(conn, "error", error_frame(ref, exc.code, exc.message, exc.retry_after))
-
-
-async def _send(deps: Dependencies, conn: Connection, ref: str | None, frame: SendFrame) -> None:
-    started = time.perf_counter()
-    try:
-        result = await deps.send(conn.user_id, conn.device_id, frame.conversation_id, frame)
-    except TidingsError as exc:
-        SENDS.labels(exc.code).inc()
-        _reply(conn, "error", error_frame(ref, exc.code, exc.message, exc.retry_after))
-        return
-    SEND_SECONDS.observe(time.perf_counter() - started)
-    SENDS.labels("ok").inc()
-    ack = {
-        "type": "ack",
-        "ref": ref,
-        "client_msg_id": result.client_msg_id,
-        "message_id": str(result.message_id),
-        "conversation_id": result.conversation_id,
-        "ts": result.ts,
-    }
-    _reply(conn, "ack", orjson.dumps(ack))
+# Each frame type that needs I/O and its handler (``ping`` is answered in ``_dispatch``). A
+# handler raises ``TidingsError`` to refuse; ``_handle`` turns it into the ``error`` frame.
+Handler = Callable[[Dependencies, Connection, "str | None", Any], Awaitable[None]]
+HANDLERS: dict[type[Frame], Handler] = {
+    SendFrame: _send,
+    ReceiptFrame: _receipt,
+    ViewFrame: _view,
+    TypingFrame: _typing,
+    PresenceFrame: _presence,
+    WatchFrame: _watch,
+}
 
 
 def _reply(conn: Connection, kind: str, frame: bytes) -> None:

@@ -1,5 +1,5 @@
-"""Composition root of ``tidings gateway``: Sanic with N worker processes, each building its
-own dependencies from the same settings."""
+"""``tidings gateway``: Sanic with N worker processes, each building its own dependencies from
+the same settings (the composition root is ``tidings.gateway_root``)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from functools import partial
 from sanic import Sanic
 from sanic.worker.loader import AppLoader
 
-from query_api.app import create_app
 from query_api.lean_ws import LeanWebSocketProtocol
+from tidings.gateway_root import gateway_app
 from tidings.settings import Settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -30,7 +30,7 @@ def _die_with_the_manager(app: Sanic) -> None:
 
 
 def _create(settings: Settings) -> Sanic:
-    app = create_app(settings)
+    app = gateway_app(settings)
     if settings.gateway_workers > 1:
         app.before_server_start(_die_with_the_manager)
     return app

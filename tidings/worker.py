@@ -15,8 +15,9 @@ from commands.adapters.videos import VideoThumbnails
 from commands.media import ObjectStore
 from events import Topics
 from projections.adapters.cql import Cql, connect_to
+from projections.adapters.device_lists import DeviceListNotices, contacts_from
 from projections.adapters.presence import CassandraPresence, PresencePushes
-from projections.adapters.recent import RedisRecent
+from projections.adapters.recent import RedisCacheAndPush
 from projections.adapters.redis_client import make_redis
 from projections.adapters.search import SearchIndexer
 from projections.keys import CassandraKeys
@@ -66,7 +67,7 @@ def build_worker_app(settings: Settings) -> faust.App:
     redis = make_redis(settings.redis_host, settings.redis_port, settings.redis_db)
     # The hot cache and the pushes first: delivery need not wait for Cassandra, since the event
     # is already durable in Kafka. The pushes also move the roster along the log.
-    deliver: list[Stage] = [RedisRecent(redis, settings.hot_history_size, roster=roster)]
+    deliver: list[Stage] = [RedisCacheAndPush(redis, settings.hot_history_size, roster=roster)]
     persist = persist_stages(cql, settings, roster)
     presence = CassandraPresence(cql)
     presence.prepare()
@@ -87,6 +88,12 @@ def build_worker_app(settings: Settings) -> faust.App:
         keys = CassandraKeys(cql)
         keys.prepare()
         key_stages.append(keys)
+    if role in ("all", "deliver"):
+        # device_list frames and the notices /v1/sync reads (E2EE), to everyone sharing a
+        # conversation with the user whose devices changed
+        membership = CassandraMembership(cql)
+        membership.prepare()
+        key_stages.append(DeviceListNotices(redis, contacts_from(membership)))
     tracing = telemetry.configure(settings, f"tidings-worker-{role}")
     return create_app(
         app_id=settings.worker_app_id if role == "all" else f"{settings.worker_app_id}-{role}",

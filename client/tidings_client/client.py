@@ -13,8 +13,8 @@ import ssl
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
@@ -48,6 +48,9 @@ from tidings_client.transport import (
     TransportClosed,
     websockets_connect,
 )
+
+if TYPE_CHECKING:
+    from tidings_client.e2ee import E2EE, KeyServer, KeyStore
 
 log = logging.getLogger("tidings_client")
 
@@ -110,6 +113,7 @@ class _Outgoing:
     sent_on: int = -1  # the connection number it was last sent on
     attempts: int = 0
     media: Media | None = None
+    plain: dict[str, Any] | None = None  # the plaintext of an encrypted send
 
 
 class EventStream(AsyncIterator[E]):
@@ -187,6 +191,7 @@ class TidingsClient:
         resync_after_s: Sequence[float] = (1.0, 5.0),
         http_timeout_s: float = 15.0,
         seen_capacity: int = 100_000,
+        key_wait_s: float = 10.0,
         connector: Connector | None = None,
         http_transport: httpx.AsyncBaseTransport | None = None,
         wire_tap: WireTap | None = None,
@@ -241,6 +246,11 @@ class TidingsClient:
         """Media upload and download (``MediaApi``)."""
         self.push = PushApi(self)
         """Push registration of this device and conversation mutes (``PushApi``)."""
+        self.e2ee: E2EE | None = None
+        """End-to-end encryption of this device, once ``enable_e2ee()`` was called."""
+        self.key_wait_s = key_wait_s
+        self._encrypted: dict[str, bool] = {}  # conversation_id -> its encrypted flag
+        self._awaiting: dict[str, list[Message]] = {}  # Megolm session_id -> messages without its key
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -371,10 +381,57 @@ class TidingsClient:
                 entry = self._outbox.pop(message.client_msg_id)
                 self._seen.add(message.message_id)
                 if not entry.future.done():
-                    entry.future.set_result(message)
+                    entry.future.set_result(self._reveal(message, wait=False) or message)
                 continue
             if self._seen.add(message.message_id):
-                self._emit(MessageEvent(message))
+                revealed = self._reveal(message, wait=True)
+                if revealed is not None:
+                    self._emit(MessageEvent(revealed))
+
+    def _reveal(self, message: Message, *, wait: bool) -> Message | None:
+        """An encrypted message decrypted (``body`` None and ``decryption_error`` set when it
+        cannot be); with ``wait``, one whose room key has not arrived yet waits for it up to
+        ``key_wait_s`` (``None`` is returned: it is handed over when the key comes)."""
+        if not message.encrypted:
+            return message
+        if self.e2ee is None:
+            return replace(message, decryption_error="end-to-end encryption is not enabled on this client")
+        from tidings_client.e2ee import DecryptionError, MissingRoomKey
+
+        try:
+            return self.e2ee.decrypt(message)
+        except MissingRoomKey as exc:
+            if not wait:
+                return replace(message, decryption_error=str(exc))
+            sid = message.session_id or ""
+            self._awaiting.setdefault(sid, []).append(message)
+            asyncio.get_running_loop().call_later(
+                self.key_wait_s, self._give_up_waiting, sid, message.message_id
+            )
+            return None
+        except DecryptionError as exc:
+            log.warning(
+                "message %s of %s not decrypted: %s", message.message_id, message.conversation_id, exc
+            )
+            return replace(message, decryption_error=str(exc))
+
+    def _on_room_key(self, session_id: str) -> None:
+        for message in sorted(self._awaiting.pop(session_id, []), key=lambda m: m.order_key):
+            revealed = self._reveal(message, wait=False)
+            if revealed is not None:
+                self._emit(MessageEvent(revealed))
+
+    def _give_up_waiting(self, session_id: str, message_id: str) -> None:
+        if self._closing:
+            return
+        waiting = self._awaiting.get(session_id, [])
+        for message in waiting:
+            if message.message_id == message_id:
+                waiting.remove(message)
+                if not waiting:
+                    self._awaiting.pop(session_id, None)
+                self._emit(MessageEvent(self._reveal(message, wait=False) or message))
+                return
 
     # ---- the connection ---------------------------------------------------------------------
 
@@ -580,18 +637,37 @@ class TidingsClient:
                 future.set_result(None)
         elif kind == "error":
             self._on_error(frame)
-        elif kind == "receipt":
+        elif kind == "reconnect":
+            self._reconnect_after = max(0.0, float(frame.get("after_ms") or 0) / 1000)
+        elif kind in ("to_device", "device_list"):
+            self._on_e2ee_frame(kind, frame)
+        else:
+            self._on_event_frame(kind, frame)
+
+    def _on_event_frame(self, kind: Any, frame: dict[str, Any]) -> None:
+        """A frame that becomes an event of the app's streams."""
+        if kind == "receipt":
             self._emit(Receipt.from_json(frame))
         elif kind == "typing":
             self._emit(Typing(str(frame["conversation_id"]), str(frame["user_id"]), str(frame["state"])))
         elif kind == "presence":
             self._emit(Presence.from_json(frame))
         elif kind == "conversation":
-            self._emit(ConversationChange(str(frame["event"]), Conversation.from_json(frame["conversation"])))
-        elif kind == "reconnect":
-            self._reconnect_after = max(0.0, float(frame.get("after_ms") or 0) / 1000)
+            self._emit(
+                ConversationChange(
+                    str(frame["event"]), self._note(Conversation.from_json(frame["conversation"]))
+                )
+            )
         else:
             log.debug("frame of unknown type ignored: %s", kind)
+
+    def _on_e2ee_frame(self, kind: str, frame: dict[str, Any]) -> None:
+        if self.e2ee is None:
+            log.debug("%s frame ignored: end-to-end encryption is not enabled", kind)
+        elif kind == "to_device":
+            self._spawn(self.e2ee.receive_to_device(frame))
+        else:
+            self.e2ee.device_list_changed(str(frame["user_id"]))
 
     # ---- sending --------------------------------------------------------------------------
 
@@ -609,15 +685,16 @@ class TidingsClient:
         if self._fatal is not None:
             raise self._fatal
         cmid = client_msg_id or uuid.uuid4().hex
-        frame = {
-            "type": "send",
-            "client_msg_id": cmid,
-            "conversation_id": conversation_id,
-            "kind": "text",
-            "body": body,
-        }
+        frame: dict[str, Any] = {"type": "send", "client_msg_id": cmid, "conversation_id": conversation_id}
+        plain: dict[str, Any] | None = None
+        if self.e2ee is not None and await self._is_encrypted(conversation_id):
+            # Encrypted once: a resend of this client_msg_id carries the same ciphertext.
+            plain = {"kind": "text", "body": body}
+            frame.update(await self.e2ee.encrypt(conversation_id, plain))
+        else:
+            frame.update({"kind": "text", "body": body})
         return await self._send_through_outbox(
-            _Outgoing(cmid, frame, asyncio.get_running_loop().create_future())
+            _Outgoing(cmid, frame, asyncio.get_running_loop().create_future(), plain=plain)
         )
 
     async def send_media(
@@ -691,15 +768,21 @@ class TidingsClient:
         entry = self._outbox.pop(str(frame.get("client_msg_id")), None)
         if entry is None:
             return
+        sent = entry.frame
         message = Message(
             message_id=str(frame["message_id"]),
-            conversation_id=str(frame.get("conversation_id") or entry.frame["conversation_id"]),
+            conversation_id=str(frame.get("conversation_id") or sent["conversation_id"]),
             sender_id=self.user_id,
             client_msg_id=entry.client_msg_id,
-            kind=str(entry.frame["kind"]),
-            body=entry.frame.get("body"),
+            kind=str(entry.plain["kind"] if entry.plain is not None else sent["kind"]),
+            body=entry.plain["body"] if entry.plain is not None else sent.get("body"),
             ts=int(frame.get("ts") or 0),
             media=entry.media,
+            encrypted=entry.plain is not None,
+            ciphertext=sent.get("ciphertext"),
+            algorithm=sent.get("algorithm"),
+            session_id=sent.get("session_id"),
+            sender_device=sent.get("sender_device"),
         )
         # The app has it from send(): a push of it to this device is not an event.
         self._seen.add(message.message_id)
@@ -814,9 +897,16 @@ class TidingsClient:
                 for change in data.get("conversations") or []:
                     self._emit(
                         ConversationChange(
-                            str(change["event"]), Conversation.from_json(change["conversation"])
+                            str(change["event"]), self._note(Conversation.from_json(change["conversation"]))
                         )
                     )
+                if self.e2ee is not None:
+                    # Room keys before the messages they open; handled before the cursor moves
+                    # past them (the server then forgets them).
+                    for user_id in data.get("device_lists") or []:
+                        self.e2ee.device_list_changed(str(user_id))
+                    for to_device in data.get("to_device") or []:
+                        await self.e2ee.receive_to_device(to_device)
                 # During a resume, pushes received meanwhile are held back and handed over after
                 # the last page (they are newer than what the pages hold, or duplicates).
                 self._emit_messages(Message.from_json(m) for m in data.get("messages") or [])
@@ -856,29 +946,48 @@ class TidingsClient:
             return response.json()
         raise Unavailable(f"no gateway answered: {last}") from last
 
-    async def open_direct(self, user_id: str) -> Conversation:
-        """The direct conversation with ``user_id`` (idempotent; lists it in your inbox)."""
-        data = await self._request(
-            "POST", "/v1/conversations", json_body={"kind": "direct", "members": [user_id]}
-        )
-        return Conversation.from_json(data["conversation"])
+    async def open_direct(self, user_id: str, *, encrypted: bool = False) -> Conversation:
+        """The direct conversation with ``user_id`` (idempotent; lists it in your inbox);
+        ``encrypted`` makes it end-to-end encrypted (for ever, for both sides)."""
+        body: dict[str, Any] = {"kind": "direct", "members": [user_id]}
+        if encrypted:
+            body["encrypted"] = True
+        data = await self._request("POST", "/v1/conversations", json_body=body)
+        return self._note(Conversation.from_json(data["conversation"]))
 
-    async def create_group(self, title: str, members: Sequence[str] = ()) -> Conversation:
-        """A new group with you as its owner and ``members`` in it."""
-        data = await self._request(
-            "POST", "/v1/conversations", json_body={"kind": "group", "title": title, "members": list(members)}
-        )
-        return Conversation.from_json(data["conversation"])
+    async def create_group(
+        self, title: str, members: Sequence[str] = (), *, encrypted: bool = False
+    ) -> Conversation:
+        """A new group with you as its owner and ``members`` in it (``encrypted``: end-to-end
+        encrypted, for ever)."""
+        body: dict[str, Any] = {"kind": "group", "title": title, "members": list(members)}
+        if encrypted:
+            body["encrypted"] = True
+        data = await self._request("POST", "/v1/conversations", json_body=body)
+        return self._note(Conversation.from_json(data["conversation"]))
 
     async def conversation(self, conversation_id: str) -> Conversation:
         """One conversation (members only)."""
         data = await self._request("GET", f"/v1/conversations/{_seg(conversation_id)}")
-        return Conversation.from_json(data.get("conversation", data))
+        return self._note(Conversation.from_json(data.get("conversation", data)))
 
     async def conversations(self, *, limit: int = 50, before: str | None = None) -> Page[Conversation]:
         """A page of the inbox, most recent activity first."""
         data = await self._request("GET", "/v1/conversations", params={"limit": limit, "before": before})
-        return Page([Conversation.from_json(c) for c in data["conversations"]], data.get("next"))
+        return Page([self._note(Conversation.from_json(c)) for c in data["conversations"]], data.get("next"))
+
+    def _note(self, conversation: Conversation) -> Conversation:
+        """Remember whether a conversation is encrypted (once encrypted, always)."""
+        cid = conversation.conversation_id
+        self._encrypted[cid] = self._encrypted.get(cid, False) or conversation.encrypted
+        return conversation
+
+    async def _is_encrypted(self, conversation_id: str) -> bool:
+        # Read once per conversation; a direct chat the other side encrypts later comes as a
+        # conversation ``updated`` event (or in sync), which _note() records.
+        if conversation_id not in self._encrypted:
+            await self.conversation(conversation_id)
+        return self._encrypted.get(conversation_id, False)
 
     async def iter_conversations(self, *, page_size: int = 50) -> AsyncIterator[Conversation]:
         """The whole inbox, page after page."""
@@ -956,7 +1065,8 @@ class TidingsClient:
             f"/v1/conversations/{_seg(conversation_id)}/messages",
             params={"before": before, "after": after, "limit": limit},
         )
-        return HistoryPage([Message.from_json(m) for m in data["messages"]], bool(data["has_more"]))
+        messages = [Message.from_json(m) for m in data["messages"]]
+        return HistoryPage([self._reveal(m, wait=False) or m for m in messages], bool(data["has_more"]))
 
     async def iter_history(self, conversation_id: str, *, page_size: int = 50) -> AsyncIterator[Message]:
         """The whole history, newest first, paging back to the first message ever sent."""
@@ -1000,6 +1110,70 @@ class TidingsClient:
     async def presence(self, user_id: str) -> Presence:
         """A user's presence (someone you share a conversation with, or yourself)."""
         return Presence.from_json(await self._request("GET", f"/v1/users/{_seg(user_id)}/presence"))
+
+    # ---- end-to-end encryption ------------------------------------------------------------------
+
+    async def enable_e2ee(
+        self,
+        passphrase: str,
+        store: KeyStore | None = None,
+        *,
+        key_server: KeyServer | None = None,
+        **options: Any,
+    ) -> E2EE:
+        """Turn on end-to-end encryption for this device (before ``connect()``, so that the first
+        sync's room keys and messages are decrypted): its keys come from ``store`` (opened with
+        ``passphrase``) or are made and published; then sends to encrypted conversations are
+        encrypted, and their messages decrypted, by the client. Needs the ``e2ee`` extra
+        (vodozemac). ``options``: ``rotate_after_messages`` (100), ``rotate_after_s`` (a week),
+        ``one_time_keys_target`` (50). ``key_server`` replaces this client's HTTP calls to the
+        key directory and to-device relay (tests)."""
+        from tidings_client.e2ee import E2EE
+
+        server = key_server if key_server is not None else self
+        e2ee = await E2EE.open(
+            self.user_id, self.device_id, server, passphrase=passphrase, store=store, **options
+        )
+        e2ee.on_room_key = self._on_room_key
+        self.e2ee = e2ee
+        return e2ee
+
+    async def e2ee_members(self, conversation_id: str) -> list[str]:
+        """The user ids of a conversation's members (every page)."""
+        return [m.user_id async for m in self.iter_members(conversation_id)]
+
+    async def e2ee_user_devices(self, user_id: str) -> list[dict[str, Any]]:
+        """``GET /v1/keys/users/{user_id}``: the user's devices with published keys."""
+        data = await self._request("GET", f"/v1/keys/users/{_seg(user_id)}")
+        return list(data["devices"])
+
+    async def e2ee_claim(self, devices: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+        """``POST /v1/keys/claim``: a one-time (or fallback) key of each ``(user_id, device_id)``."""
+        keys: list[dict[str, Any]] = []
+        for start in range(0, len(devices), 100):
+            body = {"devices": [{"user_id": u, "device_id": d} for u, d in devices[start : start + 100]]}
+            keys += (await self._request("POST", "/v1/keys/claim", json_body=body))["keys"]
+        return keys
+
+    async def e2ee_send_to_device(self, messages: Sequence[dict[str, str]]) -> None:
+        """``POST /v1/to-device`` (≤ 100 messages of ``user_id``, ``device_id``, ``type``, ``ciphertext``)."""
+        await self._request("POST", "/v1/to-device", json_body={"messages": list(messages)})
+
+    async def e2ee_put_device_keys(self, body: dict[str, str]) -> None:
+        """``PUT /v1/keys/device``: publish this device's identity and signing keys."""
+        await self._request("PUT", "/v1/keys/device", json_body=body)
+
+    async def e2ee_delete_device_keys(self) -> None:
+        """``DELETE /v1/keys/device``: withdraw this device's keys (its one-time keys too)."""
+        await self._request("DELETE", "/v1/keys/device")
+
+    async def e2ee_upload_one_time_keys(self, body: dict[str, Any]) -> int:
+        """``POST /v1/keys/one-time``; how many one-time keys the device has on the server."""
+        return int((await self._request("POST", "/v1/keys/one-time", json_body=body))["remaining"])
+
+    async def e2ee_one_time_key_count(self) -> int:
+        """``GET /v1/keys/count``: this device's one-time keys left on the server."""
+        return int((await self._request("GET", "/v1/keys/count"))["remaining"])
 
 
 @functools.cache

@@ -58,7 +58,12 @@ class Media:
 
 @dataclass(frozen=True)
 class Message:
-    """A message of a conversation; ``message_id`` is a decimal string (order by ``order_key``)."""
+    """A message of a conversation; ``message_id`` is a decimal string (order by ``order_key``).
+
+    A message of an encrypted conversation carries ``ciphertext``, ``algorithm``, ``session_id``
+    and ``sender_device`` as the server has them, and ``encrypted`` is true; with end-to-end
+    encryption enabled the client decrypts it: ``kind`` and ``body`` are then the plaintext's,
+    or ``body`` is ``None`` and ``decryption_error`` says why (no room key for this device)."""
 
     message_id: str
     conversation_id: str
@@ -68,6 +73,12 @@ class Message:
     body: str | None
     ts: int
     media: Media | None = None
+    encrypted: bool = False
+    ciphertext: str | None = None
+    algorithm: str | None = None
+    session_id: str | None = None
+    sender_device: str | None = None
+    decryption_error: str | None = None
 
     @property
     def order_key(self) -> int:
@@ -86,6 +97,11 @@ class Message:
             body=data.get("body"),
             ts=int(data.get("ts") or 0),
             media=Media.from_json(media) if isinstance(media, dict) else None,
+            encrypted=data.get("kind") == "encrypted",
+            ciphertext=data.get("ciphertext"),
+            algorithm=data.get("algorithm"),
+            session_id=data.get("session_id"),
+            sender_device=data.get("sender_device"),
         )
 
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tidings_client import backoff, client, errors, media, models, push, store
+from tidings_client import backoff, client, e2ee, errors, media, models, push, store
 
 START, END = "<!-- reference:start -->", "<!-- reference:end -->"
 
@@ -67,6 +67,19 @@ SECTIONS: list[tuple[str, list[Any]]] = [
     (
         "Reconnects and cursors",
         [backoff.Backoff, store.CursorStore, store.MemoryCursorStore, store.FileCursorStore],
+    ),
+    (
+        "End-to-end encryption (tidings_client.e2ee)",
+        [
+            e2ee.E2EE,
+            e2ee.KeyStore,
+            e2ee.MemoryKeyStore,
+            e2ee.FileKeyStore,
+            e2ee.E2EEError,
+            e2ee.WrongPassphrase,
+            e2ee.DecryptionError,
+            e2ee.MissingRoomKey,
+        ],
     ),
 ]
 

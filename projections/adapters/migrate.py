@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
+from cassandra import InvalidRequest
 from cassandra.cluster import Session
 
 from projections.schema import BOOTSTRAP, MIGRATIONS, replication_literal, same_replication
@@ -40,7 +41,13 @@ def migrate_cassandra(
         if migration.version in done:
             continue
         for cql in migration.statements:
-            session.execute(cql.format(ks=keyspace), timeout=60)
+            try:
+                session.execute(cql.format(ks=keyspace), timeout=60)
+            except InvalidRequest as exc:
+                # ALTER TABLE ... ADD has no IF NOT EXISTS that ScyllaDB also speaks: a column
+                # added before a crash (between the statement and the record) is already there.
+                if not (cql.startswith("ALTER TABLE") and _already_there(str(exc))):
+                    raise
         session.execute(
             f"INSERT INTO {keyspace}.schema_migrations (version, name, applied_at) VALUES (%s, %s, %s)",
             (migration.version, migration.name, datetime.now(UTC)),
@@ -48,3 +55,10 @@ def migrate_cassandra(
         echo(f"cassandra: applied migration {migration.version} ({migration.name})")
         applied.append(migration.version)
     return applied
+
+
+def _already_there(message: str) -> bool:
+    """Whether an ``ALTER TABLE ... ADD`` failed because the column exists (Cassandra's and
+    ScyllaDB's wordings)."""
+    lowered = message.lower()
+    return "conflicts with an existing column" in lowered or "already exists" in lowered

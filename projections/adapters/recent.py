@@ -77,7 +77,10 @@ def _(event: MessageSent, pipe: Pipeline, size: int, sha: str, event_pushes: lis
     pipe.evalsha(sha, 1, key, member, size, _TTL_S, payload, *(push.channel for push in event_pushes))
 
 
-class RedisRecent:
+class RedisCacheAndPush:
+    """The deliver stage (``apply``: cache each message in the hot tier and publish the pushes
+    its events cause, in one round trip) and the hot tier's reads (``newest``, ``all``)."""
+
     name = NAME
 
     def __init__(self, redis: Redis, size: int, *, roster: Roster | None) -> None:

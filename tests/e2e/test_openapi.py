@@ -15,11 +15,11 @@ from openapi_spec_validator import validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from query_api.app import create_app
 from query_api.openapi import build_document
 from tests.e2e import media_support
 from tests.e2e.conftest import System, user
 from tests.e2ee_support import Device
+from tidings.gateway_root import gateway_app
 
 BASE = "urn:tidings-openapi"
 NOT_JSON = {"/metrics", "/", "/web/{__file_uri__}"}
@@ -115,7 +115,7 @@ def doc(system: System) -> dict[str, Any]:
 
 def test_the_served_document_is_the_running_apps(system: System, doc: dict[str, Any]) -> None:
     validate(doc)
-    own = orjson.loads(orjson.dumps(build_document(create_app(system.settings, name="openapi_e2e"))))
+    own = orjson.loads(orjson.dumps(build_document(gateway_app(system.settings, name="openapi_e2e"))))
     assert doc == own
 
 

@@ -32,7 +32,10 @@ class Device:
             path = "/v1/sync" + (f"?since={self.cursor}&limit={limit}" if self.cursor else "")
             status, body = self.system.request("GET", path, user=self.user_id)
             assert status == 200, body
-            assert set(body) == {"messages", "receipts", "conversations", "cursor", "has_more", "to_device"}
+            assert set(body) == {
+                *("messages", "receipts", "conversations", "cursor", "has_more"),
+                *("to_device", "device_lists"),
+            }
             self.pages += 1
             self.messages += body["messages"]
             self.receipts += body["receipts"]

@@ -1,10 +1,12 @@
-"""Incremental equals rebuilt, for the membership and inbox read models (and the media ones): the same events,
+"""Incremental equals rebuilt, for the membership and inbox read models, the encryption flags
+(and the media ones): the same events,
 applied as the live system applies them (write-through, small batches, a redelivery) and
 rebuilt from the whole log in one pass into a fresh keyspace the way replay does it (one
 round of batched writes for both read models), give the same rows."""
 
 from __future__ import annotations
 
+import base64
 import os
 import random
 import uuid
@@ -30,6 +32,7 @@ from commands.memory import MemoryDirectory
 from events import (
     ChatEvent,
     DirectOpened,
+    EncryptionEnabled,
     MediaDeleted,
     MediaRef,
     MediaStored,
@@ -57,9 +60,11 @@ THRESHOLD = 4  # so the scenario crosses it both ways
 
 # A random walk over the group commands: one branch per command, as a table would be.
 async def scenario(seed: int) -> tuple[list[ChatEvent], MemoryDirectory]:  # noqa: C901
-    """A log: groups created, grown past the threshold and shrunk, roles, renames, leaves,
-    and messages in groups and direct chats in between."""
+    """A log: groups created (end-to-end encrypted for odd seeds), grown past the threshold and
+    shrunk, roles, renames, leaves, and messages in groups and direct chats in between; a direct
+    chat that becomes encrypted (both sides asking) halfway."""
     rng = random.Random(seed)
+    secret = seed % 2 == 1
     ids = Snowflake(rng.randrange(1024))
     directory = MemoryDirectory()
     users = [f"r{uuid.uuid4().hex[:10]}" for _ in range(8)]
@@ -81,13 +86,25 @@ async def scenario(seed: int) -> tuple[list[ChatEvent], MemoryDirectory]:  # noq
         roles = await directory.roles(cid, [actor, *named])
         return GroupState(cid, info.member_count, roles.get(actor), roles)
 
-    def message(cid: str, sender: str, body: str) -> MessageSent:
+    def message(cid: str, sender: str, body: str, encrypted: bool = False) -> MessageSent:
         mid, ts = stamp()
+        if encrypted:
+            return message_sent(
+                mid,
+                conversation_id=cid,
+                sender_id=sender,
+                kind="encrypted",
+                body="",
+                ts=ts,
+                ciphertext=base64.b64encode(body.encode()).decode(),
+                algorithm="megolm.v1",
+                session_id="s",
+            )
         return message_sent(mid, conversation_id=cid, sender_id=sender, body=body, ts=ts)
 
     eid, ts = stamp()
     created = decide_create(
-        CreateGroup(actor_id=owner, title="T", members=tuple(users[1:3])),
+        CreateGroup(actor_id=owner, title="T", members=tuple(users[1:3]), encrypted=secret),
         event_id=eid,
         ts=ts,
         max_members=100,
@@ -108,8 +125,12 @@ async def scenario(seed: int) -> tuple[list[ChatEvent], MemoryDirectory]:  # noq
         roll = rng.random()
         members = list(directory.members[cid])
         sent = [e for e in log if isinstance(e, MessageSent) and e.conversation_id == cid]
+        if step == 20:
+            for actor in (users[6], users[2]):  # both ask at once: both events reach the log
+                eid, ts = stamp()
+                await emit(EncryptionEnabled(conversation_id=opened, event_id=eid, actor_id=actor, ts=ts))
         if roll < 0.35:
-            await emit(message(cid, rng.choice(members), f"g{step}"))
+            await emit(message(cid, rng.choice(members), f"g{step}", encrypted=secret))
         elif roll < 0.45 and sent:
             # Receipts arrive in any order; older ones must not move a watermark back.
             _, ts = stamp()
@@ -124,6 +145,7 @@ async def scenario(seed: int) -> tuple[list[ChatEvent], MemoryDirectory]:  # noq
             )
         elif roll < 0.6:
             await emit(message(dm, rng.choice([users[1], users[5]]), f"d{step}"))
+            await emit(message(opened, rng.choice([users[2], users[6]]), f"o{step}", encrypted=step > 20))
         elif roll < 0.75:
             eid, ts = stamp()
             new = rng.sample(users, 3)
@@ -223,6 +245,12 @@ async def _dump(cql: Cql, events: list[ChatEvent]) -> dict[str, Any]:
             tuple(r)
             for r in await cql.execute("SELECT * FROM {ks}.receipts WHERE conversation_id = ?", (cid,))
         )
+        out[f"encryption {cid}"] = [
+            tuple(r)
+            for r in await cql.execute(
+                "SELECT * FROM {ks}.conversation_encryption WHERE conversation_id = ?", (cid,)
+            )
+        ]
         out[f"members {cid}"] = sorted(
             tuple(r)
             for r in await cql.execute("SELECT * FROM {ks}.members WHERE conversation_id = ?", (cid,))
@@ -308,6 +336,8 @@ async def test_incremental_equals_rebuilt(sessions: tuple[Cql, Cql], seed: int) 
     [(cid, final)] = oracle.members.items()
     model = CassandraMembership(rebuilt_cql)
     assert dict(await model.members_page(cid, after="", limit=100)) == final
+    assert await model.encrypted(cid) == (seed % 2 == 1) == (oracle.encrypted_ids >= {cid})
+    assert await model.encrypted(next(e.conversation_id for e in events if isinstance(e, EncryptionEnabled)))
     info = await model.conversation(cid)
     assert info is not None and info.member_count == len(final) == oracle.groups[cid].member_count
     assert info.title == oracle.groups[cid].title

@@ -14,7 +14,7 @@ from commands.adapters.redis_locks import RedisLocks
 from commands.adapters.redis_rate_limits import RedisRateLimiter
 from events import keys
 from projections.adapters.cql import Cql, connect_to
-from projections.adapters.recent import RedisRecent
+from projections.adapters.recent import RedisCacheAndPush
 from projections.adapters.redis_client import make_redis
 from projections.keys import CassandraKeys
 from projections.membership import CassandraMembership
@@ -96,16 +96,16 @@ class TestCassandraMessages(MessageStoreContract):
         return store
 
 
-class TestRedisRecent(RecentContract):
+class TestRedisCacheAndPush(RecentContract):
     @pytest.fixture
-    def recent(self, redis: Any) -> RedisRecent:
-        return RedisRecent(redis, size=5, roster=None)
+    def recent(self, redis: Any) -> RedisCacheAndPush:
+        return RedisCacheAndPush(redis, size=5, roster=None)
 
     async def test_pushes_frames_to_both_members_after_caching(self, redis: Any) -> None:
         [mid] = spread_ids(1, step_ms=1)
         pubsub = redis.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(keys.user_channel("alice"), keys.user_channel("bob"))
-        await RedisRecent(redis, size=5, roster=_direct_only()).apply(
+        await RedisCacheAndPush(redis, size=5, roster=_direct_only()).apply(
             [message_sent(mid, conversation_id="dm:alice:bob")]
         )
         got = []
@@ -122,7 +122,7 @@ class TestRedisRecent(RecentContract):
         [mid] = spread_ids(1, step_ms=1)
         pubsub = redis.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(keys.user_channel("carol"))
-        await RedisRecent(redis, size=5, roster=None).apply(
+        await RedisCacheAndPush(redis, size=5, roster=None).apply(
             [message_sent(mid, conversation_id="dm:carol:dave")]
         )
         msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
@@ -133,7 +133,7 @@ class TestRedisRecent(RecentContract):
 async def test_recent_reloads_its_script_after_redis_lost_it(redis: Any) -> None:
     from events.errors import Unavailable
 
-    recent = RedisRecent(redis, 5, roster=None)
+    recent = RedisCacheAndPush(redis, 5, roster=None)
     cid = f"dm:alice:u{uuid.uuid4().hex[:12]}"
     ids = spread_ids(3, step_ms=1)
     await recent.apply([message_sent(ids[0], conversation_id=cid)])

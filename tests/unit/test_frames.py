@@ -1,7 +1,7 @@
 import orjson
 import pytest
 
-from query_api.frames import FrameError, PingFrame, SendFrame, parse_frame
+from projections.wire import FrameError, PingFrame, SendFrame, parse_frame
 
 LIMIT = 64 * 1024
 
@@ -73,7 +73,7 @@ def test_a_type_that_is_not_a_string_is_invalid_not_a_crash() -> None:
     # escaped the socket's handler and closed the socket.
     import pytest
 
-    from query_api.frames import FrameError, parse_frame
+    from projections.wire import FrameError, parse_frame
 
     for raw in ('{"type": ["send"], "ref": "r"}', '{"type": {"a": 1}, "ref": "r"}'):
         with pytest.raises(FrameError) as info:

@@ -10,9 +10,9 @@ from openapi_spec_validator import validate
 from sanic import HTTPResponse, Request, Sanic
 from sanic.response import empty
 
-from query_api.app import create_app
 from query_api.messages_api import PostMessage
 from query_api.openapi import Undocumented, build_document
+from tidings.gateway_root import gateway_app
 from tidings.settings import Settings
 
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
@@ -33,7 +33,7 @@ def document_operations(doc: dict) -> set[tuple[str, str]]:
 
 @pytest.mark.parametrize("dev_login", [False, True])
 def test_the_document_has_every_route_and_nothing_else(dev_login: bool) -> None:
-    app = create_app(Settings(dev_login=dev_login), name=f"openapi_{dev_login}")
+    app = gateway_app(Settings(dev_login=dev_login), name=f"openapi_{dev_login}")
     doc = build_document(app)
     validate(doc)  # raises on anything that is not valid OpenAPI 3.1
     assert doc["openapi"] == "3.1.0"
@@ -44,7 +44,7 @@ def test_the_document_has_every_route_and_nothing_else(dev_login: bool) -> None:
 
 
 def test_bodies_are_the_handlers_own_models() -> None:
-    doc = build_document(create_app(Settings(), name="openapi_models"))
+    doc = build_document(gateway_app(Settings(), name="openapi_models"))
     schema = doc["components"]["schemas"]["PostMessage"]
     own = PostMessage.model_json_schema()
     assert schema["properties"] == own["properties"]
@@ -61,7 +61,7 @@ def test_bodies_are_the_handlers_own_models() -> None:
 
 
 def test_a_route_without_a_description_fails_the_document() -> None:
-    app = create_app(Settings(), name="openapi_undocumented")
+    app = gateway_app(Settings(), name="openapi_undocumented")
 
     @app.get("/v1/undocumented")
     async def undocumented(request: Request) -> HTTPResponse:

@@ -1,4 +1,4 @@
-"""What ``RedisRecent`` puts in its pipeline per event: one script call per message that caches
+"""What ``RedisCacheAndPush`` puts in its pipeline per event: one script call per message that caches
 it and publishes it to every recipient channel, and plain publishes for other events."""
 
 from __future__ import annotations

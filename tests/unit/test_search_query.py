@@ -75,9 +75,22 @@ def test_any_text_parses_or_is_invalid_and_builds_a_query(q: str) -> None:
     except Invalid:
         return
     assert parsed
+    indexed = set(analyze(q.replace("*", " ").replace('"', " ")))
     for term in (*parsed.words, *parsed.prefixes, *(w for p in parsed.phrases for w in p)):
-        # The analyzer split on spaces and ASCII punctuation: no query syntax is left.
-        assert term and not any(ch.isspace() or (ch.isascii() and not ch.isalnum()) for ch in term), term
+        # Every term is a token the index's analyzer makes of the same text, without spaces.
+        # The analyzer splits on ASCII punctuation, so typed query syntax never survives; folding
+        # may make some (a parenthesised digit, U+2474, is "(1)"), which the engine takes as
+        # literal text: the query is built from terms, never parsed from a string.
+        assert term and not any(ch.isspace() for ch in term), term
+        assert term in indexed, (term, indexed)
+        if q.isascii():
+            assert not any(not ch.isalnum() for ch in term), term
+    build_query(parsed, ["g:1"], before=None)
+
+
+def test_a_character_folded_to_punctuation_is_a_literal_term() -> None:
+    parsed = parse("\u2474 x", analyze)
+    assert parsed.words == ("(1)", "x")
     build_query(parsed, ["g:1"], before=None)
 
 
