@@ -95,27 +95,12 @@ def message_from_row(row: Sequence[Any], v: Any, envelope: Sequence[Any] = _NO_E
 
 def message_object(conversation_id: str, row: Sequence[Any]) -> dict[str, Any]:
     """The protocol's Message object from a stored row's ``MESSAGE_OBJECT_COLUMNS`` (``ts`` in
-    Unix ms), as ``projections.wire.message_object`` (or ``encrypted_object``) builds it from
-    the event."""
+    Unix ms), as ``projections.wire.message_object`` builds it from the event: an encrypted
+    message has ``body`` and ``media`` null and its envelope, ``ts`` last."""
     message_id, sender_id, client_msg_id, kind, body, media, ts, ciphertext, algorithm, session_id, device = (
         row
     )
-    if kind == "encrypted":
-        return {
-            "message_id": str(message_id),
-            "conversation_id": conversation_id,
-            "sender_id": sender_id,
-            "client_msg_id": client_msg_id,
-            "kind": kind,
-            "body": None,
-            "media": None,
-            "ciphertext": ciphertext,
-            "algorithm": algorithm,
-            "session_id": session_id,
-            "sender_device": device,
-            "ts": int(ts),
-        }
-    return {
+    obj: dict[str, Any] = {
         "message_id": str(message_id),
         "conversation_id": conversation_id,
         "sender_id": sender_id,
@@ -123,8 +108,12 @@ def message_object(conversation_id: str, row: Sequence[Any]) -> dict[str, Any]:
         "kind": kind,
         "body": body,
         "media": orjson.loads(media) if media else None,
-        "ts": int(ts),
     }
+    if kind == "encrypted":
+        obj.update(body=None, media=None, ciphertext=ciphertext, algorithm=algorithm)
+        obj.update(session_id=session_id, sender_device=device)
+    obj["ts"] = int(ts)
+    return obj
 
 
 # -- ReceiptRecorded -------------------------------------------------------------------------

@@ -151,17 +151,11 @@ def _describe(exc: ValidationError) -> str:
 
 
 def message_object(event: MessageSent) -> dict[str, Any]:
-    """The protocol's Message object (``message_id`` as a decimal string)."""
-    if event.kind == "encrypted":
-        return encrypted_object(
-            event.message_id,
-            event.conversation_id,
-            event.sender_id,
-            event.client_msg_id,
-            (event.ciphertext, event.algorithm, event.session_id, event.sender_device),
-            event.ts,
-        )
-    return {
+    """The protocol's Message object (``message_id`` as a decimal string). An end-to-end
+    encrypted message has ``body`` and ``media`` null and the ciphertext as the sender sent it,
+    with ``algorithm``, ``session_id`` and ``sender_device``. ``ts`` stays last
+    (``message_frame_ts``); ``events.rows.message_object`` gives the same object from a row."""
+    obj: dict[str, Any] = {
         "message_id": str(event.message_id),
         "conversation_id": event.conversation_id,
         "sender_id": event.sender_id,
@@ -169,36 +163,12 @@ def message_object(event: MessageSent) -> dict[str, Any]:
         "kind": event.kind,
         "body": event.body,
         "media": event.media.model_dump() if event.media else None,
-        "ts": event.ts,
     }
-
-
-def encrypted_object(
-    message_id: int | str,
-    conversation_id: str,
-    sender_id: str,
-    client_msg_id: str,
-    envelope: tuple[str | None, str | None, str | None, str | None],
-    ts: int,
-) -> dict[str, Any]:
-    """The Message object of an end-to-end encrypted message: ``body`` null, the ciphertext as
-    the sender sent it, ``(ciphertext, algorithm, session_id, sender_device)``. Every store
-    (hot, warm, archive) renders it here, so they agree. ``ts`` stays last (``message_frame_ts``)."""
-    ciphertext, algorithm, session_id, sender_device = envelope
-    return {
-        "message_id": str(message_id),
-        "conversation_id": conversation_id,
-        "sender_id": sender_id,
-        "client_msg_id": client_msg_id,
-        "kind": "encrypted",
-        "body": None,
-        "media": None,
-        "ciphertext": ciphertext,
-        "algorithm": algorithm,
-        "session_id": session_id,
-        "sender_device": sender_device,
-        "ts": int(ts),
-    }
+    if event.kind == "encrypted":
+        obj.update(body=None, media=None, ciphertext=event.ciphertext, algorithm=event.algorithm)
+        obj.update(session_id=event.session_id, sender_device=event.sender_device)
+    obj["ts"] = event.ts
+    return obj
 
 
 @lru_cache(maxsize=4096)

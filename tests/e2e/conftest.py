@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -174,6 +175,23 @@ class System:
         except urllib.error.HTTPError as err:
             payload = err.read()
             return err.code, orjson.loads(payload) if payload else None
+
+
+async def run_cli(system: System, *args: str, timeout_s: float = 300) -> str:
+    """``python -m tidings ARGS`` against the test system, off the event loop: a test's open
+    sockets must keep heartbeating meanwhile (a blocked loop sends no pings, and the gateway
+    closes the socket as silent, 4408). Its standard output; a failure fails the test."""
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "tidings", *args],
+        cwd=ROOT,
+        env=system.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 class Client:

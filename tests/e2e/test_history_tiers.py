@@ -5,27 +5,9 @@ message (and forward from it)."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 
 from events import direct_conversation_id
-from tests.e2e.conftest import ROOT, System, user, wait_until
-
-
-async def _cli(system: System, *args: str) -> str:
-    """Runs the CLI off the event loop: the test's open socket must keep heartbeating meanwhile
-    (a blocked loop sends no pings, and the gateway closes the socket as silent, 4408)."""
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "tidings", *args],
-        cwd=ROOT,
-        env=system.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+from tests.e2e.conftest import System, run_cli, user, wait_until
 
 
 def _page(system: System, cid: str, reader: str, query: str) -> tuple[list[str], bool]:
@@ -96,9 +78,9 @@ async def test_paging_reaches_the_first_message_after_its_warm_rows_are_pruned(s
         old = [(await client.send_message(cid, f"old {i}"))["message_id"] for i in range(80)]
         await _warm_has(system, cid, old)
 
-        archived = await _cli(system, "archive", "run", "--older-than", "0s")
+        archived = await run_cli(system, "archive", "run", "--older-than", "0s", timeout_s=120)
         assert "archived" in archived
-        pruned = await _cli(system, "archive", "prune")
+        pruned = await run_cli(system, "archive", "prune", timeout_s=120)
         assert "pruned" in pruned
         await _warm_has(system, cid, [])  # the warm copies are gone
         assert await _sync_log_offsets(system, cid) == []  # and so are the sync log's

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,25 +26,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from events import direct_conversation_id
-from tests.e2e.conftest import ROOT, System, user
+from tests.e2e.conftest import System, run_cli, user
 from tests.e2ee_support import Megolm, decrypt
 
 N = 6
-
-
-async def _cli(system: System, *args: str) -> str:
-    """The CLI off the event loop (as tests/e2e/test_history_tiers.py runs it)."""
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "tidings", *args],
-        cwd=ROOT,
-        env=system.env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def _needles(marker: str) -> list[bytes]:
@@ -263,7 +246,7 @@ async def test_encrypted_plaintext_is_nowhere_and_the_control_is_everywhere(syst
         return status == 200 and len(found["results"]) == 1
 
     await _until(indexed, "the control to be searchable")
-    assert "archived" in await _cli(system, "archive", "run", "--older-than", "0s")
+    assert "archived" in await run_cli(system, "archive", "run", "--older-than", "0s")
 
     everything = set(secret) | set(control)
     kafka_text = await _kafka(system)
