@@ -29,7 +29,7 @@ from events import (
     OneTimeKeysAdded,
     SignedKey,
 )
-from projections.adapters.cql import Cql
+from projections.adapters.cql import Cql, distinct_writes
 from projections.membership import Statement
 from projections.views import DeviceKeys
 
@@ -153,7 +153,7 @@ class CassandraKeys:
 
     async def writes(self, events: Sequence[ChatEvent]) -> list[Statement]:
         """The writes ``events`` cause, deduplicated (``streams.combined``)."""
-        return list(dict.fromkeys(s for event in events for s in statements(event)))
+        return distinct_writes(events, statements)
 
     async def write(self, events: Sequence[KeyEvent]) -> None:
         await self.apply(events)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from functools import singledispatch
 
 from events import ChatEvent, MediaDeleted, MediaStored, MessageSent, ThumbnailMade
-from projections.adapters.cql import Cql
+from projections.adapters.cql import Cql, distinct_writes
 from projections.membership import Statement
 from projections.views import MediaListing, MediaRow
 
@@ -85,7 +85,7 @@ class CassandraMedia:
 
     async def writes(self, events: Sequence[ChatEvent]) -> list[Statement]:
         """The upserts ``events`` cause, deduplicated (``streams.combined``)."""
-        return list(dict.fromkeys(s for event in events for s in statements(event)))
+        return distinct_writes(events, statements)
 
     async def get(self, media_id: str) -> MediaRow | None:
         """The row of ``media_id``, deleted ones included (``deleted`` says so)."""

@@ -20,7 +20,7 @@ from events.rows import (
     message_object,
     message_row,
 )
-from projections.adapters.cql import Cql
+from projections.adapters.cql import Cql, distinct_writes
 
 NAME = "messages"
 
@@ -80,7 +80,7 @@ class CassandraMessages:
     async def writes(self, events: Sequence[ChatEvent]) -> list[tuple[str, tuple[Any, ...]]]:
         """The upserts ``events`` cause, deduplicated."""
         # Many messages of a conversation share one bucket row: write it once.
-        return list(dict.fromkeys(s for event in events for s in statements(event, self._bucket_ms)))
+        return distinct_writes(events, lambda event: statements(event, self._bucket_ms))
 
     async def page(
         self, conversation_id: str, *, before: int | None, after: int | None, limit: int

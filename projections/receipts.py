@@ -13,7 +13,7 @@ from functools import singledispatch
 from typing import Any
 
 from events import ChatEvent, MessageSent, ReceiptRecorded
-from projections.adapters.cql import Cql
+from projections.adapters.cql import Cql, distinct_writes
 from projections.membership import Statement, write_time
 
 NAME = "receipts"
@@ -72,7 +72,7 @@ class CassandraReceipts:
 
     async def writes(self, events: Sequence[ChatEvent]) -> list[Statement]:
         """The upserts ``events`` cause, deduplicated."""
-        return list(dict.fromkeys(s for event in events for s in statements(event)))
+        return distinct_writes(events, statements)
 
     async def watermarks(self, conversation_id: str, user_id: str) -> tuple[int, int]:
         """``(delivered, read)``, 0 where none."""

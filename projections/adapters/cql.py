@@ -7,8 +7,8 @@ import asyncio
 import functools
 import re
 import threading
-from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Protocol, TypeVar
 
 from cassandra import (
     DriverException,
@@ -29,6 +29,8 @@ from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType, BoundStatement, PreparedStatement, Statement
 
 from events.errors import Unavailable
+
+S = TypeVar("S")
 
 # Errors that mean "try again later", as opposed to a statement that can never succeed.
 TRANSIENT = (NoHostAvailable, OperationTimedOut, ReadTimeout, WriteTimeout, CassandraUnavailable)
@@ -391,3 +393,9 @@ def _settle(fut: asyncio.Future[Any], rows: list[Any] | None, exc: BaseException
         fut.set_exception(exc)
     else:
         fut.set_result(rows or [])
+
+
+def distinct_writes(events: Iterable[Any], statements_of: Callable[[Any], Iterable[S]]) -> list[S]:
+    """The writes ``events`` cause, each once, in order: rows that many events of a batch share
+    (a conversation's bucket, a device's row) are written once."""
+    return list(dict.fromkeys(s for event in events for s in statements_of(event)))
