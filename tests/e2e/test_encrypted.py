@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 from events import direct_conversation_id
-from tests.e2e.conftest import System, user
+from tests.e2e.conftest import System, user, wait_until
 from tests.e2ee_support import Megolm, decrypt
 
 
@@ -73,12 +73,24 @@ async def test_an_encrypted_group_carries_only_ciphertext_live_in_history_and_sy
     )
     assert status == 400 and refused["error"]["code"] == "invalid", refused
     # The conversation object says so everywhere; the inbox shows no preview of it.
-    status, one = system.request("GET", f"/v1/conversations/{cid}", user=bob)
-    assert status == 200 and one["conversation"]["encrypted"] is True
-    assert one["conversation"]["last_message"]["preview"] is None
-    status, inbox = system.request("GET", "/v1/conversations", user=bob)
-    (listed,) = [c for c in inbox["conversations"] if c["conversation_id"] == cid]
-    assert listed["encrypted"] is True and listed["last_message"]["preview"] is None
+    # (The conversation row's last message is its own projection: it may land after history.)
+    def conversation() -> dict[str, Any] | None:
+        status, one = system.request("GET", f"/v1/conversations/{cid}", user=bob)
+        assert status == 200, one
+        last = one["conversation"]["last_message"]
+        return one["conversation"] if last and last["message_id"] == accepted["message_id"] else None
+
+    def listed() -> dict[str, Any] | None:
+        status, inbox = system.request("GET", "/v1/conversations", user=bob)
+        assert status == 200, inbox
+        (row,) = [c for c in inbox["conversations"] if c["conversation_id"] == cid]
+        last = row["last_message"]
+        return row if last and last["message_id"] == accepted["message_id"] else None
+
+    one = await wait_until(conversation)
+    assert one is not None and one["encrypted"] is True and one["last_message"]["preview"] is None
+    row = await wait_until(listed)
+    assert row is not None and row["encrypted"] is True and row["last_message"]["preview"] is None
     status, page = system.request("GET", "/v1/sync", token=system.token(bob, "laptop"))
     assert status == 200, page
     (synced,) = [
