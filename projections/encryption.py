@@ -18,8 +18,10 @@ from functools import singledispatch
 from typing import Any
 
 from cachetools import LRUCache, TTLCache
+from prometheus_client import Counter
 
 from events import ChatEvent, EncryptionEnabled, GroupCreated
+from events.errors import Unavailable
 from projections.adapters.cql import Cql
 
 NAME = "conversation_encryption"
@@ -27,6 +29,11 @@ NAME = "conversation_encryption"
 PLAIN_TTL_S = 1.0
 
 Statement = tuple[str, tuple[Any, ...]]
+
+STALE_PLAIN = Counter(
+    "tidings_encryption_stale_plain_total",
+    "Sends judged 'not encrypted' from a process's last read, Cassandra being unavailable",
+)
 
 _INSERT = "INSERT INTO {ks}.conversation_encryption (conversation_id, encrypted) VALUES (?, true)"
 _SELECT = "SELECT conversation_id FROM {ks}.conversation_encryption WHERE conversation_id = ?"
@@ -57,7 +64,13 @@ class EncryptionFlags:
     one read a second, not one per send). So a gateway other than the one that turned a direct
     chat's encryption on may accept a plaintext send for up to that long after it
     (docs/e2ee.md); the gateway that turned it on knows at once (``note``). A group is encrypted
-    by its creation event, before anyone can send to it."""
+    by its creation event, before anyone can send to it.
+
+    While Cassandra is unavailable, a conversation this process last read as "not encrypted"
+    keeps that answer (``stale_answers`` counts them), so direct chats stay writable through an
+    outage, as they were before encryption existed; one never read raises ``Unavailable``. The
+    window above then lasts as long as the outage, for a chat turned encrypted on another
+    gateway (docs/e2ee.md)."""
 
     def __init__(
         self,
@@ -70,6 +83,8 @@ class EncryptionFlags:
         self._cql = cql
         self._known: LRUCache[str, bool] = LRUCache(maxsize=cache_size)
         self._plain: TTLCache[str, bool] = TTLCache(maxsize=cache_size, ttl=plain_ttl_s, timer=clock)
+        self._last_plain: LRUCache[str, bool] = LRUCache(maxsize=cache_size)
+        self.stale_answers = 0
 
     def prepare(self) -> None:
         for cql in STATEMENTS:
@@ -81,11 +96,20 @@ class EncryptionFlags:
             return True
         if conversation_id in self._plain:
             return False
-        rows = await self._cql.execute(_SELECT, (conversation_id,))
+        try:
+            rows = await self._cql.execute(_SELECT, (conversation_id,))
+        except Unavailable:
+            if conversation_id not in self._last_plain:
+                raise
+            self.stale_answers += 1
+            STALE_PLAIN.inc()
+            return False
         if rows:
             self._known[conversation_id] = True
+            self._last_plain.pop(conversation_id, None)
         else:
             self._plain[conversation_id] = True
+            self._last_plain[conversation_id] = True
         return bool(rows)
 
     def note(self, events: Sequence[ChatEvent]) -> None:
@@ -94,6 +118,7 @@ class EncryptionFlags:
             for _, (conversation_id,) in statements(event):
                 self._known[conversation_id] = True
                 self._plain.pop(conversation_id, None)
+                self._last_plain.pop(conversation_id, None)
 
     async def encrypted_of(self, conversation_ids: Iterable[str]) -> set[str]:
         """Those of ``conversation_ids`` that are encrypted (one read for the unknown ones)."""

@@ -241,8 +241,13 @@ class CassandraMembership:
         self._encryption.prepare()
 
     async def apply(self, events: Sequence[ChatEvent]) -> None:
-        await self._cql.execute_all(await self.writes(events))
-        self._encryption.note(events)
+        """Write ``events`` (already in the log) through. The process remembers the encryption
+        they turn on even if the write fails: the fact holds from the log, and a send judged by
+        this process must see it at once (``EncryptionFlags``)."""
+        try:
+            await self._cql.execute_all(await self.writes(events))
+        finally:
+            self._encryption.note(events)
 
     async def writes(self, events: Sequence[ChatEvent]) -> list[Statement]:
         """The upserts ``events`` cause, in order, deduplicated; moves the roster past them."""

@@ -72,6 +72,7 @@ async def test_an_encrypted_group_carries_only_ciphertext_live_in_history_and_sy
         system, alice, "phone", cid, {"client_msg_id": "t1", "kind": "text", "body": "hi"}
     )
     assert status == 400 and refused["error"]["code"] == "invalid", refused
+
     # The conversation object says so everywhere; the inbox shows no preview of it.
     # (The conversation row's last message is its own projection: it may land after history.)
     def conversation() -> dict[str, Any] | None:
