@@ -10,10 +10,13 @@ happen without waiting for a fixed time."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
+from events.topics import Topics
 from streams.adapters.offsets import committed_offsets
 from tests.e2e.conftest import System, wait_until
 
@@ -32,12 +35,14 @@ async def handled(system: System, role: str, topic: str, key: str, timeout_s: fl
         await ends.start()
         try:
             end = (await ends.end_offsets([tp]))[tp]
+            # A group commits nothing for a partition it never had a record of to handle.
+            start = (await ends.beginning_offsets([tp]))[tp]
         finally:
             await ends.stop()
 
         async def committed() -> int:
             offsets = await committed_offsets(admin, group, topic, settings.topic_partitions)
-            return offsets.get(tp.partition, -1)
+            return offsets.get(tp.partition, start)
 
         async def caught_up() -> bool:
             return await committed() >= end
@@ -48,3 +53,14 @@ async def handled(system: System, role: str, topic: str, key: str, timeout_s: fl
             )
     finally:
         await admin.close()
+
+
+async def push_settled(system: System, conversations: Iterable[str], users: Iterable[str]) -> None:
+    """Until the notifier has handled every message of ``conversations`` so far, then the
+    push sender every job of ``users``: any notification those messages were to cause has
+    been delivered (or retried, or dead-lettered) by then, so its absence is a fact."""
+    topics = Topics(system.settings.topic_prefix)
+    for cid in conversations:
+        await handled(system, "notify", topics.conversation_events, cid)
+    for uid in users:
+        await handled(system, "push", topics.notifications, uid)

@@ -28,9 +28,8 @@ from tidings_client import (
     direct_conversation_id,
 )
 
-from events.topics import Topics
 from tests.e2e.conftest import System, user, wait_until
-from tests.e2e.consumers import handled
+from tests.e2e.consumers import push_settled
 from tests.e2e.push_receiver import Receiver, signature_ok
 from tests.e2e.test_sdk import sdk
 from tests.media_images import has_gps, jpeg, png
@@ -161,13 +160,6 @@ async def test_push_registration_mute_and_unregister_through_the_sdk(
 
             assert await wait_until(offline, timeout=30), "bob's phone socket is still open"
 
-        async def handled_by_push(cid: str) -> None:
-            """Until the notifier has handled every message of ``cid`` so far and the push
-            sender every job for bob: a notification they were to send has been sent."""
-            await handled(system, "notify", topics.conversation_events, cid)
-            await handled(system, "push", topics.notifications, bob)
-
-        topics = Topics(system.settings.topic_prefix)
         await phone_offline()
         sent = await a.send(cid, "ping the phone")
         [post] = await asyncio.to_thread(receiver.wait, "ok", f"{bob}-phone")
@@ -180,7 +172,7 @@ async def test_push_registration_mute_and_unregister_through_the_sdk(
             assert await phone.push.set_muted(cid, True) == ConversationSettings(cid, True)
         await phone_offline()
         await a.send(cid, "muted")
-        await handled_by_push(cid)
+        await push_settled(system, [cid], [bob])
         assert len(receiver.to("ok", f"{bob}-phone")) == 1, "a muted conversation notifies nobody"
 
         async with sdk(system, bob, device="phone") as phone:
@@ -188,7 +180,7 @@ async def test_push_registration_mute_and_unregister_through_the_sdk(
             await phone.push.unregister()
         await phone_offline()
         await a.send(cid, "unregistered")
-        await handled_by_push(cid)
+        await push_settled(system, [cid], [bob])
         assert len(receiver.to("ok", f"{bob}-phone")) == 1, "an unregistered device is not notified"
 
     # The other providers register too (their delivery is tests/e2e/test_push.py's business).
