@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from commands.ports import Conversation, SendRecord
+from commands.presence import Beat
 from events import (
     ChatEvent,
     DeviceKeysDeleted,
@@ -21,11 +24,13 @@ from events import (
     MembersAdded,
     OneTimeKeysAdded,
     OwnershipTransferred,
+    PresenceChanged,
+    PresenceState,
     Role,
     SignedKey,
 )
 from events.errors import Unavailable
-from projections.views import DeviceKeys
+from projections.views import DeviceKeys, PresenceView
 
 
 class MemoryEventLog:
@@ -204,3 +209,102 @@ class MemoryKeyStore:
 
     async def remaining(self, user_id: str, device_id: str) -> int:
         return sum(1 for _, by in self.one_time.get((user_id, device_id), {}).values() if by is None)
+
+
+@dataclass
+class _UserPresence:
+    online: dict[str, int] = field(default_factory=dict)  # connection -> expiry (ms)
+    away: dict[str, int] = field(default_factory=dict)
+    closed: dict[str, int] = field(default_factory=dict)  # closed connections, as in Redis
+    closed_until: int = 0  # when the closed set expires (ms)
+    state: PresenceState = "offline"
+    last_seen: int | None = None
+    seen: int | None = None  # the last heartbeat or close (ms)
+    at: int = 0  # when ``state`` began (µs)
+
+
+class MemoryPresence:
+    """``commands.presence.PresenceStore`` in memory: the rules of the Redis script
+    (``commands/adapters/redis_scripts.py`` ``PRESENCE``) on a clock that tests can move
+    (``clock``: seconds, like ``time.time``). One call reads the clock once, as one script
+    call reads Redis's."""
+
+    def __init__(self, *, ttl_ms: int, clock: Callable[[], float] = time.time) -> None:
+        self._ttl = ttl_ms
+        self._clock = clock
+        self.users: dict[str, _UserPresence] = {}
+        self.live: dict[str, int] = {}  # user -> their newest connection's expiry (ms)
+        self.beats: list[Beat] = []  # every beat reported, in order (for tests)
+
+    def _now(self) -> tuple[int, int]:
+        at = int(self._clock() * 1_000_000)
+        return at // 1000, at
+
+    async def set(self, beats: Sequence[Beat]) -> list[PresenceChanged]:
+        self.beats += beats
+        now, at = self._now()
+        out = [self._step(b.user_id, "set", now, at, b) for b in beats]
+        return [c for c in out if c is not None]
+
+    async def leave(self, user_id: str, conn_id: str) -> PresenceChanged | None:
+        now, at = self._now()
+        return self._step(user_id, "leave", now, at, Beat(user_id, conn_id, "online", 0))
+
+    async def reap(self, limit: int) -> list[PresenceChanged]:
+        now, at = self._now()
+        due = sorted((expiry, u) for u, expiry in self.live.items() if expiry <= now)[:limit]
+        out = [self._step(u, "reap", now, at, None) for _, u in due]
+        return [c for c in out if c is not None]
+
+    async def read(self, user_ids: Sequence[str]) -> list[PresenceView]:
+        now, at = self._now()
+        return [self._view(self.users.get(u, _UserPresence()), u, now, at) for u in user_ids]
+
+    def _step(self, user_id: str, op: str, now: int, at: int, beat: Beat | None) -> PresenceChanged | None:
+        user = self.users.setdefault(user_id, _UserPresence())
+        if user.closed_until <= now:
+            user.closed.clear()
+        if op == "set" and beat is not None and beat.conn_id not in user.closed:
+            heard = now - beat.idle_ms
+            mine, other = (user.away, user.online) if beat.state == "away" else (user.online, user.away)
+            other.pop(beat.conn_id, None)
+            mine[beat.conn_id] = heard + self._ttl
+            user.seen = max(user.seen or 0, heard)
+        elif op == "leave" and beat is not None:
+            user.online.pop(beat.conn_id, None)
+            user.away.pop(beat.conn_id, None)
+            user.seen = now
+            user.closed = {c: e for c, e in user.closed.items() if e > now}
+            user.closed[beat.conn_id] = user.closed_until = now + self._ttl
+        for conns in (user.online, user.away):
+            for conn in [c for c, expiry in conns.items() if expiry <= now]:
+                del conns[conn]
+        state = _state(user, now)
+        if state == "offline":
+            self.live.pop(user_id, None)
+        else:
+            self.live[user_id] = max([*user.online.values(), *user.away.values()])
+        if state == user.state:
+            return None
+        if state == "offline":
+            user.last_seen = user.seen if user.seen is not None else now
+        user.state, user.at = state, max(at, user.at + 1)
+        last_seen = user.last_seen if state == "offline" else None
+        return PresenceChanged(user_id=user_id, state=state, last_seen=last_seen, at=user.at)
+
+    @staticmethod
+    def _view(user: _UserPresence, user_id: str, now: int, at: int) -> PresenceView:
+        state = _state(user, now)
+        if state == user.state:
+            return PresenceView(user_id, state, user.last_seen if state == "offline" else None, user.at)
+        # lapsed since the last call that changed anything: as the script reads it, not stored
+        seen = user.seen if user.seen is not None else now
+        return PresenceView(user_id, state, seen if state == "offline" else None, at)
+
+
+def _state(user: _UserPresence, now: int) -> PresenceState:
+    if any(expiry > now for expiry in user.online.values()):
+        return "online"
+    if any(expiry > now for expiry in user.away.values()):
+        return "away"
+    return "offline"

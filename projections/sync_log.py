@@ -58,7 +58,8 @@ STATEMENTS = (
 )
 
 
-def _user_changes(event: ChatEvent) -> list[tuple[str, str]]:
+def user_changes(event: ChatEvent) -> list[tuple[str, str]]:
+    """``(user_id, "added"/"removed")`` of a membership event (nothing for other events)."""
     if isinstance(event, GroupCreated | MembersAdded):
         return [(m.user_id, "added") for m in event.members]
     if isinstance(event, MemberRemoved):
@@ -126,7 +127,7 @@ class CassandraSyncLog:
             if (cid, bucket) not in written:
                 buckets.add((cid, bucket))
             work += [
-                (_USER_LOG, (uid, partition, offset, cid, change)) for uid, change in _user_changes(event)
+                (_USER_LOG, (uid, partition, offset, cid, change)) for uid, change in user_changes(event)
             ]
         work += [(_LOG_BUCKET, key) for key in sorted(buckets)]
         work += [(_HEAD, (offset + 1, offset, cid)) for cid, offset in heads.items()]

@@ -9,14 +9,10 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from commands import EventLog
-from commands.keys import KeyStore
 from commands.media import MediaService
 from commands.ports import Directory
-from commands.push import PushSettingsWriter
 from commands.rate_limits import NoLimits, RateLimiter
 from commands.receipts import Watermarks
-from commands.to_device import ToDeviceQueue
 from events import Role
 from projections.adapters.device_lists import RedisDeviceLists
 from projections.delivery import Push
@@ -27,7 +23,7 @@ from projections.sync import SyncContext
 from query_api.config import GatewayConfig, NoSpans, Spans
 from query_api.hub import Hub
 from query_api.presence import Contacts, PresenceTracker
-from query_api.services import Conversations, Messaging, PresenceReads
+from query_api.services import Conversations, Keys, Messaging, PresenceReads, PushSettings, ToDeviceRelay
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +52,6 @@ class Dependencies:
 
     config: GatewayConfig
     secret: str
-    # The conversation events' log (appends); the handlers of keys, push and to-device
-    # messages pass it to their command functions.
-    event_log: EventLog
     messaging: Messaging
     conversations: Conversations
     presence_reads: PresenceReads
@@ -82,10 +75,10 @@ class Dependencies:
     limiter: RateLimiter = field(default_factory=NoLimits)
     media: MediaService | None = None  # uploads and downloads (the object store)
     # push registrations and mutes (write-through); None: the push routes answer 404
-    push: PushSettingsWriter | None = None
+    push: PushSettings | None = None
     search: SearchShards | None = None  # the full-text index shards (GET /v1/search)
-    keys: KeyStore | None = None  # the key directory of end-to-end encryption
-    to_device: ToDeviceQueue | None = None  # to-device messages waiting for their devices
+    keys: Keys | None = None  # the key directory of end-to-end encryption
+    to_device: ToDeviceRelay | None = None  # to-device messages relayed and waiting for their devices
     tracer: Spans = field(default_factory=NoSpans)
     # whose device lists changed, per user (E2EE; projections/adapters/device_lists.py)
     device_lists: RedisDeviceLists | None = None

@@ -8,8 +8,6 @@ from pydantic import Field
 from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import empty
 
-from commands.groups import MAX_TITLE_CHARS, AddMembers, ChangeRole, CreateGroup, RemoveMember, RenameGroup
-from commands.membership import require_member
 from events import (
     GroupCreated,
     MembersAdded,
@@ -20,12 +18,14 @@ from events import (
 )
 from events.errors import Conflict, Invalid
 from projections.inbox import inbox_page, one_conversation
+from projections.wire import group_object
 from query_api.bodies import Body, int_arg, parse_body
 from query_api.context import deps_of
 from query_api.deps import Dependencies
 from query_api.errors import json_response
 from query_api.openapi import Query, documented
 from query_api.schemas import AddedMembers, ConversationAnswer, Inbox, MemberAnswer, MembersPage
+from query_api.services import MAX_GROUP_TITLE_CHARS
 
 bp = Blueprint("conversations", url_prefix="/v1/conversations")
 
@@ -39,7 +39,7 @@ MAX_USERS_PER_REQUEST = 5000
 class CreateConversation(Body):
     kind: Literal["direct", "group"]
     members: list[str] = Field(default_factory=list, max_length=MAX_USERS_PER_REQUEST)
-    title: str | None = Field(default=None, max_length=MAX_TITLE_CHARS)
+    title: str | None = Field(default=None, max_length=MAX_GROUP_TITLE_CHARS)
     # End-to-end encrypted, for good (a direct conversation: from the first time either side
     # asks). An explicit false for an encrypted conversation is 409: it cannot be turned off.
     encrypted: bool = False
@@ -54,27 +54,14 @@ class RoleBody(Body):
 
 
 class TitleBody(Body):
-    title: str = Field(min_length=1, max_length=MAX_TITLE_CHARS)
+    title: str = Field(min_length=1, max_length=MAX_GROUP_TITLE_CHARS)
     # Only ever true: encryption is set at creation and cannot be turned off (false is 409 on
     # an encrypted group, 400 on any other: groups are not encrypted after their creation).
     encrypted: bool | None = None
 
 
-def _group_object(event: GroupCreated) -> dict[str, Any]:
-    return {
-        "conversation_id": event.conversation_id,
-        "kind": "group",
-        "title": event.title,
-        "member_count": event.member_count,
-        "last_message": None,
-        "unread_count": 0,
-        "last_activity_ts": event.ts,
-        "encrypted": event.encrypted,
-    }
-
-
 async def _view(deps: Dependencies, user_id: str, conversation_id: str) -> dict[str, Any]:
-    info, _ = await require_member(deps.directory, conversation_id, user_id)
+    info, _ = await deps.conversations.of_member(conversation_id, user_id)
     obj = await one_conversation(user_id, conversation_id, source=deps.inbox, unread=deps.unread)
     if obj is None:  # a direct chat with no message yet
         obj = {
@@ -116,11 +103,10 @@ async def create(request: Request) -> HTTPResponse:
         return json_response({"conversation": await _view(deps, me, cid)})
     if body.title is None:
         raise Invalid("title: a group needs a title")
-    event = await deps.conversations.create_group(
-        CreateGroup(actor_id=me, title=body.title, members=tuple(body.members), encrypted=body.encrypted)
-    )
+    event = await deps.conversations.create(me, body.title, body.members, encrypted=body.encrypted)
     assert isinstance(event, GroupCreated)
-    return json_response({"conversation": _group_object(event)}, status=201)
+    obj = group_object(event.conversation_id, event.title, event.member_count, event.ts, event.encrypted)
+    return json_response({"conversation": obj}, status=201)
 
 
 @bp.get("")
@@ -160,15 +146,13 @@ async def rename(request: Request, conversation_id: str) -> HTTPResponse:
     me = request.ctx.principal.user_id
     body = parse_body(request, TitleBody)
     if body.encrypted is not None:
-        await require_member(deps.directory, conversation_id, me)
+        await deps.conversations.of_member(conversation_id, me)
         on = await deps.directory.encrypted(conversation_id)
         if on and not body.encrypted:
             raise Conflict("this conversation is end-to-end encrypted; that cannot be turned off")
         if not on and body.encrypted:
             raise Invalid("a group is end-to-end encrypted at its creation only")
-    await deps.conversations.change(
-        RenameGroup(actor_id=me, conversation_id=conversation_id, title=body.title)
-    )
+    await deps.conversations.rename(me, conversation_id, body.title)
     return json_response({"conversation": await _view(deps, me, conversation_id)})
 
 
@@ -183,7 +167,7 @@ async def rename(request: Request, conversation_id: str) -> HTTPResponse:
 )
 async def members(request: Request, conversation_id: str) -> HTTPResponse:
     deps = deps_of(request)
-    info, _ = await require_member(deps.directory, conversation_id, request.ctx.principal.user_id)
+    info, _ = await deps.conversations.of_member(conversation_id, request.ctx.principal.user_id)
     after = request.args.get("after", "")
     limit = int_arg(request, "limit", MEMBERS_PAGE, low=1, high=MEMBERS_MAX)
     rows: list[tuple[str, Role]]
@@ -209,10 +193,8 @@ async def members(request: Request, conversation_id: str) -> HTTPResponse:
 async def add_members(request: Request, conversation_id: str) -> HTTPResponse:
     deps = deps_of(request)
     body = parse_body(request, AddMembersBody)
-    cmd = AddMembers(
-        actor_id=request.ctx.principal.user_id, conversation_id=conversation_id, user_ids=tuple(body.user_ids)
-    )
-    event = await deps.conversations.change(cmd)
+    me = request.ctx.principal.user_id
+    event = await deps.conversations.add_members(me, conversation_id, body.user_ids)
     added = (
         [{"user_id": m.user_id, "role": m.role} for m in event.members]
         if isinstance(event, MembersAdded)
@@ -227,9 +209,7 @@ async def add_members(request: Request, conversation_id: str) -> HTTPResponse:
 )
 async def remove_member(request: Request, conversation_id: str, user_id: str) -> HTTPResponse:
     deps = deps_of(request)
-    await deps.conversations.change(
-        RemoveMember(actor_id=request.ctx.principal.user_id, conversation_id=conversation_id, user_id=user_id)
-    )
+    await deps.conversations.remove_member(request.ctx.principal.user_id, conversation_id, user_id)
     return empty(status=204)
 
 
@@ -240,11 +220,5 @@ async def remove_member(request: Request, conversation_id: str, user_id: str) ->
 async def set_role(request: Request, conversation_id: str, user_id: str) -> HTTPResponse:
     deps = deps_of(request)
     body = parse_body(request, RoleBody)
-    cmd = ChangeRole(
-        actor_id=request.ctx.principal.user_id,
-        conversation_id=conversation_id,
-        user_id=user_id,
-        role=body.role,
-    )
-    await deps.conversations.change(cmd)
+    await deps.conversations.set_role(request.ctx.principal.user_id, conversation_id, user_id, body.role)
     return json_response({"member": {"user_id": user_id, "role": body.role}})

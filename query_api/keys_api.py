@@ -1,6 +1,7 @@
 """``/v1/keys``: the key directory of end-to-end encryption (protocol v1.1 § End-to-end
-encryption). Every key is checked (base64, length, Ed25519 signature) in ``commands.keys``
-before anything is stored; the token's device is the only one a caller can change."""
+encryption), through the ``Keys`` service: every key is checked (base64, length, Ed25519
+signature) in ``commands.keys`` before anything is stored; the token's device is the only one a
+caller can change."""
 
 from __future__ import annotations
 
@@ -8,15 +9,6 @@ from pydantic import Field
 from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import empty
 
-from commands.keys import (
-    MAX_CLAIMS_PER_CALL,
-    MAX_KEYS_PER_CALL,
-    KeyStore,
-    add_one_time_keys,
-    claim_keys,
-    delete_device_keys,
-    publish_device_keys,
-)
 from events import SignedKey, is_valid_user_id
 from events.errors import Invalid, NotFound
 from query_api.bodies import Body, parse_body
@@ -25,6 +17,7 @@ from query_api.deps import Dependencies
 from query_api.errors import json_response
 from query_api.openapi import documented
 from query_api.schemas import ClaimedKeys, KeyCount, KeysPublished, UserKeys
+from query_api.services import MAX_CLAIMS_PER_CALL, MAX_KEYS_PER_CALL, Keys
 
 bp = Blueprint("keys", url_prefix="/v1/keys")
 
@@ -62,7 +55,7 @@ class ClaimBody(Body):
     devices: list[DeviceRef] = Field(max_length=MAX_CLAIMS_PER_CALL)
 
 
-def _store(deps: Dependencies) -> KeyStore:
+def _keys(deps: Dependencies) -> Keys:
     if deps.keys is None:
         raise NotFound("end-to-end encryption is not configured on this server")
     return deps.keys
@@ -79,15 +72,7 @@ async def put_device(request: Request) -> HTTPResponse:
     deps = deps_of(request)
     me = request.ctx.principal
     body = parse_body(request, DeviceKeysBody)
-    await publish_device_keys(
-        me.user_id,
-        me.device_id,
-        body.identity_key,
-        body.signing_key,
-        body.signature,
-        store=_store(deps),
-        log=deps.event_log,
-    )
+    await _keys(deps).publish(me.user_id, me.device_id, body.identity_key, body.signing_key, body.signature)
     return json_response({})
 
 
@@ -96,7 +81,7 @@ async def put_device(request: Request) -> HTTPResponse:
 async def delete_device(request: Request) -> HTTPResponse:
     deps = deps_of(request)
     me = request.ctx.principal
-    await delete_device_keys(me.user_id, me.device_id, store=_store(deps), log=deps.event_log)
+    await _keys(deps).delete(me.user_id, me.device_id)
     return empty(status=204)
 
 
@@ -111,13 +96,11 @@ async def post_one_time(request: Request) -> HTTPResponse:
     deps = deps_of(request)
     me = request.ctx.principal
     body = parse_body(request, OneTimeKeysBody)
-    remaining = await add_one_time_keys(
+    remaining = await _keys(deps).add_one_time(
         me.user_id,
         me.device_id,
         [k.signed() for k in body.keys],
         body.fallback.signed() if body.fallback is not None else None,
-        store=_store(deps),
-        log=deps.event_log,
     )
     return json_response({"remaining": remaining})
 
@@ -128,7 +111,7 @@ async def user_keys(request: Request, user_id: str) -> HTTPResponse:
     deps = deps_of(request)
     if not is_valid_user_id(user_id):
         raise Invalid("not a valid user id")
-    devices = await _store(deps).devices(user_id)
+    devices = await _keys(deps).devices(user_id)
     listed = [
         {
             "device_id": d.device_id,
@@ -152,11 +135,8 @@ async def claim(request: Request) -> HTTPResponse:
     deps = deps_of(request)
     me = request.ctx.principal
     body = parse_body(request, ClaimBody)
-    claimed = await claim_keys(
-        f"{me.user_id}/{me.device_id}",
-        [(d.user_id, d.device_id) for d in body.devices],
-        store=_store(deps),
-        log=deps.event_log,
+    claimed = await _keys(deps).claim(
+        f"{me.user_id}/{me.device_id}", [(d.user_id, d.device_id) for d in body.devices]
     )
     keys = [
         {
@@ -177,4 +157,4 @@ async def claim(request: Request) -> HTTPResponse:
 async def count(request: Request) -> HTTPResponse:
     deps = deps_of(request)
     me = request.ctx.principal
-    return json_response({"remaining": await _store(deps).remaining(me.user_id, me.device_id)})
+    return json_response({"remaining": await _keys(deps).remaining(me.user_id, me.device_id)})

@@ -14,18 +14,18 @@ from pydantic import Field
 from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import redirect
 
-from commands.media import MediaService
 from events.errors import Invalid, NotFound
 from query_api.bodies import Body, parse_body
 from query_api.context import deps_of
 from query_api.errors import json_response
 from query_api.openapi import documented
 from query_api.schemas import MediaObject, UploadStarted
+from query_api.services import Media
 
 bp = Blueprint("media")
 
 
-def _service(request: Request) -> MediaService:
+def _service(request: Request) -> Media:
     deps = deps_of(request)
     if deps.media is None:
         raise NotFound("media is not configured on this server")

@@ -8,7 +8,6 @@ from pydantic import Field
 from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import empty
 
-from commands.membership import member_role
 from events import MessageKind
 from events.errors import Invalid
 from projections.history import history_page
@@ -68,7 +67,7 @@ async def post_message(request: Request, conversation_id: str) -> HTTPResponse:
 )
 async def list_messages(request: Request, conversation_id: str) -> HTTPResponse:
     deps = deps_of(request)
-    await member_role(deps.directory, conversation_id, request.ctx.principal.user_id)
+    await deps.conversations.role(conversation_id, request.ctx.principal.user_id)
     before = message_id_arg(request, "before")
     after = message_id_arg(request, "after")
     if before is not None and after is not None:
@@ -115,7 +114,7 @@ async def post_receipt(request: Request, conversation_id: str) -> HTTPResponse:
 async def list_receipts(request: Request, conversation_id: str) -> HTTPResponse:
     """Every member's watermarks that exist, by user id, paged like the member list."""
     deps = deps_of(request)
-    await member_role(deps.directory, conversation_id, request.ctx.principal.user_id)
+    await deps.conversations.role(conversation_id, request.ctx.principal.user_id)
     after = request.args.get("after", "")
     limit = int_arg(request, "limit", RECEIPTS_PAGE, low=1, high=RECEIPTS_MAX)
     rows = await deps.receipts.page(conversation_id, after=after, limit=limit + 1)

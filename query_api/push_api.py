@@ -1,10 +1,9 @@
 """Push registrations (``/v1/devices/{device_id}/push``) and per-conversation settings
-(``/v1/conversations/{cid}/settings``): see docs/push.md."""
+(``/v1/conversations/{cid}/settings``), through the ``PushSettings`` service: see docs/push.md."""
 
 from __future__ import annotations
 
 import base64
-import time
 from typing import Literal
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_private_key
@@ -12,15 +11,6 @@ from pydantic import Field, StrictBool
 from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import empty
 
-from commands.membership import require_member
-from commands.push import (
-    AllowedHosts,
-    PushSettingsWriter,
-    RegisterPush,
-    register_push,
-    set_muted,
-    unregister_push,
-)
 from events.errors import NotFound
 from query_api.bodies import Body, parse_body
 from query_api.context import deps_of
@@ -28,6 +18,7 @@ from query_api.deps import Dependencies
 from query_api.errors import json_response
 from query_api.openapi import documented
 from query_api.schemas import ConversationSettings, PushRegistration, WebPushKey
+from query_api.services import PushSettings
 
 bp = Blueprint("push")
 
@@ -48,14 +39,10 @@ class SettingsBody(Body):
     muted: StrictBool
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _push(deps: Dependencies) -> tuple[PushSettingsWriter, AllowedHosts]:
+def _push(deps: Dependencies) -> PushSettings:
     if deps.push is None:
         raise NotFound("push notifications are not configured on this server")
-    return deps.push, deps.config.push_hosts
+    return deps.push
 
 
 @bp.put("/v1/devices/<device_id:str>/push")
@@ -67,27 +54,20 @@ def _push(deps: Dependencies) -> tuple[PushSettingsWriter, AllowedHosts]:
     tag="push",
 )
 async def register(request: Request, device_id: str) -> HTTPResponse:
-    deps = deps_of(request)
-    store, hosts = _push(deps)
+    push = _push(deps_of(request))
     principal = request.ctx.principal
     body = parse_body(request, PushBody)
-    event = await register_push(
-        RegisterPush(
-            user_id=principal.user_id,
-            token_device_id=principal.device_id,
-            device_id=device_id,
-            provider=body.provider,
-            endpoint=body.endpoint,
-            token=body.token,
-            p256dh=body.keys.p256dh if body.keys else None,
-            auth=body.keys.auth if body.keys else None,
-        ),
-        log=deps.event_log,
-        store=store,
-        hosts=hosts,
-        clock=_now_ms,
+    registered, provider = await push.register(
+        principal.user_id,
+        principal.device_id,
+        device_id,
+        body.provider,
+        endpoint=body.endpoint,
+        token=body.token,
+        p256dh=body.keys.p256dh if body.keys else None,
+        auth=body.keys.auth if body.keys else None,
     )
-    return json_response({"device_id": event.device_id, "provider": event.provider})
+    return json_response({"device_id": registered, "provider": provider})
 
 
 @bp.delete("/v1/devices/<device_id:str>/push")
@@ -98,17 +78,8 @@ async def register(request: Request, device_id: str) -> HTTPResponse:
     tag="push",
 )
 async def unregister(request: Request, device_id: str) -> HTTPResponse:
-    deps = deps_of(request)
-    store, _ = _push(deps)
     principal = request.ctx.principal
-    await unregister_push(
-        principal.user_id,
-        principal.device_id,
-        device_id,
-        log=deps.event_log,
-        store=store,
-        clock=_now_ms,
-    )
+    await _push(deps_of(request)).unregister(principal.user_id, principal.device_id, device_id)
     return empty(status=204)
 
 
@@ -121,12 +92,9 @@ async def unregister(request: Request, device_id: str) -> HTTPResponse:
     tag="push",
 )
 async def conversation_settings(request: Request, conversation_id: str) -> HTTPResponse:
-    deps = deps_of(request)
-    store, _ = _push(deps)
-    me = request.ctx.principal.user_id
+    push = _push(deps_of(request))
     body = parse_body(request, SettingsBody)
-    await require_member(deps.directory, conversation_id, me)
-    await set_muted(me, conversation_id, body.muted, log=deps.event_log, store=store, clock=_now_ms)
+    await push.set_muted(request.ctx.principal.user_id, conversation_id, body.muted)
     return json_response({"conversation_id": conversation_id, "muted": body.muted})
 
 

@@ -1,31 +1,53 @@
 """The gateway's services: what a frame or a request asks of the write side (and the one read
 that merges two stores), in one place, so the WebSocket and HTTP handlers run the same code.
-Each takes its ports in; the shell's composition root (``tidings.gateway_root``) builds them."""
+Each takes its ports in; the shell's composition root (``tidings.gateway_root``) builds them.
+The route modules (``*_api.py``, ``ws.py``) import nothing of ``commands``: what they need of
+the write side is here, the limits their bodies are checked against included
+(``tests/unit/test_architecture.py``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from pydantic import BaseModel
 
 from commands import EventLog, IdempotencyStore, IdGenerator, Limits, SendMessage, SendResult, send_message
+from commands import keys as key_commands
+from commands import push as push_commands
+from commands import to_device as to_device_commands
 from commands.direct import DirectChats, open_direct
 from commands.encryption import check_kind, enable_direct_encryption
 from commands.group_handlers import GroupCommand, change_group, create_group
-from commands.groups import CreateGroup
+from commands.groups import MAX_TITLE_CHARS, AddMembers, ChangeRole, CreateGroup, RemoveMember, RenameGroup
+from commands.keys import ClaimedKey, KeyStore
 from commands.media import MediaService
-from commands.membership import require_member
-from commands.ports import Directory, Locks
+from commands.membership import member_role, require_member
+from commands.ports import ConversationInfo, Directory, Locks
 from commands.presence import PresenceStore
+from commands.push import AllowedHosts, PushSettingsWriter, RegisterPush
 from commands.rate_limits import NoLimits, RateLimiter
 from commands.receipts import RecordReceipt, Watermarks, record_receipt
-from events import DM_PREFIX, GroupEvent
-from events.errors import Invalid
-from projections.views import PresenceView
+from commands.to_device import ToDevice, ToDeviceQueue
+from events import DM_PREFIX, GroupEvent, Role, SignedKey
+from events.errors import Invalid, Unavailable
+from projections.delivery import Push, to_device_push
+from projections.views import DeviceKeys, PresenceView
+
+log = logging.getLogger(__name__)
 
 ReceiptStatus = Literal["delivered", "read"]
+PushProvider = Literal["webpush", "fcm", "apns", "webhook"]
+# The bounds the route modules check request bodies against, from the write side that enforces them.
+MAX_GROUP_TITLE_CHARS = MAX_TITLE_CHARS
+MAX_KEYS_PER_CALL = key_commands.MAX_KEYS_PER_CALL
+MAX_CLAIMS_PER_CALL = key_commands.MAX_CLAIMS_PER_CALL
+MAX_TO_DEVICE_PER_CALL = to_device_commands.MAX_MESSAGES_PER_CALL
+# The media service is the write side's own (uploads, downloads, their checks and quotas).
+Media = MediaService
 
 
 @dataclass
@@ -123,6 +145,45 @@ class Conversations:
             cmd, log=self.event_log, directory=self.directory, ids=self.ids, max_members=self.max_members
         )
 
+    async def role(self, conversation_id: str, user_id: str) -> Role:
+        """The user's role in the conversation: 400 for a malformed id, 404 for an unknown
+        one, 403 for a stranger."""
+        return await member_role(self.directory, conversation_id, user_id)
+
+    async def of_member(self, conversation_id: str, user_id: str) -> tuple[ConversationInfo, Role]:
+        """The conversation's row and the user's role, with the errors of ``role``."""
+        return await require_member(self.directory, conversation_id, user_id)
+
+    async def create(
+        self, actor_id: str, title: str, members: Sequence[str], *, encrypted: bool
+    ) -> GroupEvent:
+        """A new group of ``actor_id`` (its owner) and ``members``."""
+        return await self.create_group(
+            CreateGroup(actor_id=actor_id, title=title, members=tuple(members), encrypted=encrypted)
+        )
+
+    async def rename(self, actor_id: str, conversation_id: str, title: str) -> GroupEvent | None:
+        return await self.change(RenameGroup(actor_id=actor_id, conversation_id=conversation_id, title=title))
+
+    async def add_members(
+        self, actor_id: str, conversation_id: str, user_ids: Sequence[str]
+    ) -> GroupEvent | None:
+        return await self.change(
+            AddMembers(actor_id=actor_id, conversation_id=conversation_id, user_ids=tuple(user_ids))
+        )
+
+    async def remove_member(self, actor_id: str, conversation_id: str, user_id: str) -> GroupEvent | None:
+        return await self.change(
+            RemoveMember(actor_id=actor_id, conversation_id=conversation_id, user_id=user_id)
+        )
+
+    async def set_role(
+        self, actor_id: str, conversation_id: str, user_id: str, role: Role
+    ) -> GroupEvent | None:
+        return await self.change(
+            ChangeRole(actor_id=actor_id, conversation_id=conversation_id, user_id=user_id, role=role)
+        )
+
     async def change(self, cmd: GroupCommand) -> GroupEvent | None:
         """One membership or metadata change of a group; ``None`` when it changes nothing."""
         if cmd.conversation_id.startswith(DM_PREFIX):
@@ -167,3 +228,149 @@ class PresenceReads:
                 view = PresenceView(view.user_id, "offline", record.last_seen, view.at)
             out.append(view)
         return out
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class Keys:
+    """The key directory of end-to-end encryption: every key is checked (base64, length,
+    Ed25519 signature) in ``commands.keys`` before anything is stored or appended."""
+
+    event_log: EventLog
+    store: KeyStore
+
+    async def publish(
+        self, user_id: str, device_id: str, identity_key: str, signing_key: str, signature: str
+    ) -> None:
+        """The device's identity and signing keys (again the same: nothing; others: 409)."""
+        await key_commands.publish_device_keys(
+            user_id, device_id, identity_key, signing_key, signature, store=self.store, log=self.event_log
+        )
+
+    async def delete(self, user_id: str, device_id: str) -> None:
+        """The device's keys, one-time and fallback keys included, are gone."""
+        await key_commands.delete_device_keys(user_id, device_id, store=self.store, log=self.event_log)
+
+    async def add_one_time(
+        self, user_id: str, device_id: str, keys: Sequence[SignedKey], fallback: SignedKey | None
+    ) -> int:
+        """Add signed one-time keys (and a fallback key); how many are unclaimed now."""
+        return await key_commands.add_one_time_keys(
+            user_id, device_id, list(keys), fallback, store=self.store, log=self.event_log
+        )
+
+    async def claim(self, claimer: str, devices: Sequence[tuple[str, str]]) -> list[ClaimedKey]:
+        """One key per ``(user, device)`` that has one: a one-time key handed out at most once,
+        else the fallback key."""
+        return await key_commands.claim_keys(claimer, list(devices), store=self.store, log=self.event_log)
+
+    async def devices(self, user_id: str) -> list[DeviceKeys]:
+        return await self.store.devices(user_id)
+
+    async def remaining(self, user_id: str, device_id: str) -> int:
+        return await self.store.remaining(user_id, device_id)
+
+
+@dataclass
+class PushSettings:
+    """Push registrations and mutes: appended to the user-events topic, then written through
+    (``commands.push``; docs/push.md)."""
+
+    event_log: EventLog
+    store: PushSettingsWriter
+    hosts: AllowedHosts
+    directory: Directory
+    clock: Callable[[], int] = _now_ms
+
+    async def register(
+        self,
+        user_id: str,
+        token_device_id: str,
+        device_id: str,
+        provider: PushProvider,
+        *,
+        endpoint: str | None = None,
+        token: str | None = None,
+        p256dh: str | None = None,
+        auth: str | None = None,
+    ) -> tuple[str, str]:
+        """Where ``device_id``'s notifications go from now on (the token's own device only);
+        ``(device_id, provider)`` as registered."""
+        cmd = RegisterPush(
+            user_id=user_id,
+            token_device_id=token_device_id,
+            device_id=device_id,
+            provider=provider,
+            endpoint=endpoint,
+            token=token,
+            p256dh=p256dh,
+            auth=auth,
+        )
+        event = await push_commands.register_push(
+            cmd, log=self.event_log, store=self.store, hosts=self.hosts, clock=self.clock
+        )
+        return event.device_id, event.provider
+
+    async def unregister(self, user_id: str, token_device_id: str, device_id: str) -> None:
+        await push_commands.unregister_push(
+            user_id, token_device_id, device_id, log=self.event_log, store=self.store, clock=self.clock
+        )
+
+    async def set_muted(self, user_id: str, conversation_id: str, muted: bool) -> None:
+        """Mute or unmute the conversation's notifications for a member (403/404 otherwise)."""
+        await require_member(self.directory, conversation_id, user_id)
+        await push_commands.set_muted(
+            user_id, conversation_id, muted, log=self.event_log, store=self.store, clock=self.clock
+        )
+
+
+@dataclass
+class ToDeviceRelay:
+    """Ciphertext relayed to other devices: queued for their sync, pushed now when they are
+    connected (``commands.to_device``)."""
+
+    queue: ToDeviceQueue
+    keys: KeyStore
+    publish: Callable[[list[Push]], Awaitable[None]]
+    limiter: RateLimiter = field(default_factory=NoLimits)
+
+    @staticmethod
+    def position(position: str) -> str:
+        """``position`` if it is one (a cursor's to-device or device-list mark), else 400."""
+        return to_device_commands.check_position(position)
+
+    async def send(
+        self, user_id: str, device_id: str, messages: Sequence[tuple[str, str, str, str]]
+    ) -> int:
+        """Queue and relay each ``(user, device, type, ciphertext)``; how many were relayed
+        (to devices with keys). One bad message sends none."""
+        await self.limiter.check("send", user_id)
+
+        async def known(user: str, device: str) -> bool:
+            return await self.keys.device(user, device) is not None
+
+        async def relay(user: str, device: str, frame: bytes) -> None:
+            try:
+                await self.publish([to_device_push(user, device, frame)])
+            except Unavailable:
+                # Queued already: the push is only the fast path, the device gets it in its sync.
+                log.warning("to-device push to %s/%s not published; it waits for the sync", user, device)
+
+        return await to_device_commands.send_to_devices(
+            user_id,
+            device_id,
+            [ToDevice(*m) for m in messages],
+            queue=self.queue,
+            known=known,
+            relay=relay,
+        )
+
+    async def pending(
+        self, user_id: str, device_id: str, since: str | None, limit: int
+    ) -> tuple[list[dict[str, object]], str | None, bool]:
+        """The device's frames after ``since`` (those up to it are forgotten), the position for
+        the next cursor, and whether more are queued."""
+        return await to_device_commands.pending_for(user_id, device_id, since, queue=self.queue, limit=limit)

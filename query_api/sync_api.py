@@ -6,7 +6,6 @@ from typing import Any
 
 from sanic import Blueprint, HTTPResponse, Request
 
-from commands.to_device import check_position, pending_for
 from projections.history import history_page
 from projections.inbox import inbox_page
 from projections.sync import sync_since, sync_start
@@ -15,6 +14,7 @@ from query_api.context import deps_of
 from query_api.errors import json_response
 from query_api.openapi import Query, documented
 from query_api.schemas import SyncPage
+from query_api.services import ToDeviceRelay
 
 bp = Blueprint("sync", url_prefix="/v1")
 
@@ -48,9 +48,9 @@ async def sync(request: Request) -> HTTPResponse:
     position = None
     if since is not None:
         since, lists_marked, lists_after = since.partition(_DEVICE_LISTS_MARK)
-        lists_position = check_position(lists_after) if lists_marked else None
+        lists_position = ToDeviceRelay.position(lists_after) if lists_marked else None
         since, marked, after = since.partition(_TO_DEVICE_MARK)
-        position = check_position(after) if marked else None
+        position = ToDeviceRelay.position(after) if marked else None
         page = await sync_since(me, since, limit=limit, ctx=deps.sync)
         return await _with_to_device(request, page.body(), position, lists_position)
 
@@ -100,8 +100,8 @@ async def _with_to_device(
             body["device_lists"] = users
             body["has_more"] = body["has_more"] or more
     if deps.to_device is not None:
-        frames, position, more = await pending_for(
-            me.user_id, me.device_id, position, queue=deps.to_device, limit=TO_DEVICE_PAGE
+        frames, position, more = await deps.to_device.pending(
+            me.user_id, me.device_id, position, TO_DEVICE_PAGE
         )
         body["to_device"] = frames
         body["has_more"] = body["has_more"] or more

@@ -1,24 +1,20 @@
 """``POST /v1/to-device``: ciphertext relayed to other devices (protocol v1.1 § End-to-end
-encryption); see ``commands.to_device``."""
+encryption), through the ``ToDeviceRelay`` service; see ``commands.to_device``."""
 
 from __future__ import annotations
-
-import logging
 
 from pydantic import Field
 from sanic import Blueprint, HTTPResponse, Request
 
-from commands.to_device import MAX_MESSAGES_PER_CALL, ToDevice, ToDeviceQueue, send_to_devices
-from events.errors import NotFound, Unavailable
-from projections.delivery import to_device_push
+from events.errors import NotFound
 from query_api.bodies import Body, parse_body
 from query_api.context import deps_of
 from query_api.deps import Dependencies
 from query_api.errors import json_response
 from query_api.openapi import documented
 from query_api.schemas import Relayed
+from query_api.services import MAX_TO_DEVICE_PER_CALL, ToDeviceRelay
 
-log = logging.getLogger(__name__)
 bp = Blueprint("to_device", url_prefix="/v1")
 
 
@@ -30,11 +26,11 @@ class ToDeviceMessage(Body):
 
 
 class ToDeviceBody(Body):
-    messages: list[ToDeviceMessage] = Field(min_length=1, max_length=MAX_MESSAGES_PER_CALL)
+    messages: list[ToDeviceMessage] = Field(min_length=1, max_length=MAX_TO_DEVICE_PER_CALL)
 
 
-def queue_of(deps: Dependencies) -> ToDeviceQueue:
-    if deps.to_device is None or deps.keys is None:
+def _relay(deps: Dependencies) -> ToDeviceRelay:
+    if deps.to_device is None:
         raise NotFound("end-to-end encryption is not configured on this server")
     return deps.to_device
 
@@ -47,30 +43,10 @@ def queue_of(deps: Dependencies) -> ToDeviceQueue:
     errors=(400, 404, 413, 429, 503),
 )
 async def to_device(request: Request) -> HTTPResponse:
-    deps = deps_of(request)
+    relay = _relay(deps_of(request))
     me = request.ctx.principal
     body = parse_body(request, ToDeviceBody)
-    queue = queue_of(deps)
-    keys = deps.keys
-    assert keys is not None
-    await deps.limiter.check("send", me.user_id)
-
-    async def known(user_id: str, device_id: str) -> bool:
-        return await keys.device(user_id, device_id) is not None
-
-    async def relay(user_id: str, device_id: str, frame: bytes) -> None:
-        try:
-            await deps.publish([to_device_push(user_id, device_id, frame)])
-        except Unavailable:
-            # Queued already: the push is only the fast path, the device gets it in its sync.
-            log.warning("to-device push to %s/%s not published; it waits for the sync", user_id, device_id)
-
-    sent = await send_to_devices(
-        me.user_id,
-        me.device_id,
-        [ToDevice(m.user_id, m.device_id, m.type, m.ciphertext) for m in body.messages],
-        queue=queue,
-        known=known,
-        relay=relay,
+    sent = await relay.send(
+        me.user_id, me.device_id, [(m.user_id, m.device_id, m.type, m.ciphertext) for m in body.messages]
     )
     return json_response({"relayed": sent}, status=202)

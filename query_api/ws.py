@@ -16,7 +16,6 @@ from typing import Any
 
 from sanic import Blueprint, Request
 
-from commands.membership import member_role
 from events.errors import RateLimited, TidingsError, Unavailable
 from projections.delivery import typing_pushes
 from projections.wire import (
@@ -211,7 +210,7 @@ async def _check_member(deps: Dependencies, conn: Connection, conversation_id: s
     now = time.monotonic()
     if conn.member_of.get(conversation_id, 0.0) > now:
         return
-    await member_role(deps.directory, conversation_id, conn.user_id)
+    await deps.conversations.role(conversation_id, conn.user_id)
     conn.member_of[conversation_id] = now + MEMBERSHIP_TTL_S
 
 

@@ -351,3 +351,295 @@ class RateLimiterContract:
         await limits.check("send", user)
         with pytest.raises(RateLimited):
             await limits.check("send", user)
+
+
+class ReceiptStoreContract:
+    """``receipts`` fixture: an empty receipts read model (``apply``, and the gateway's
+    ``query_api.deps.ReceiptView``: ``watermarks`` and ``page``). Users are fresh ids: a read
+    receipt also writes its reader's inbox row in the real store."""
+
+    @pytest.fixture
+    def cid(self) -> str:
+        return f"dm:alice:u{uuid.uuid4().hex[:12]}"
+
+    @pytest.fixture
+    def users(self) -> list[str]:
+        prefix = f"r{uuid.uuid4().hex[:8]}"
+        return [f"{prefix}{i}" for i in range(5)]
+
+    @staticmethod
+    def _rows(page: list[Any]) -> list[tuple[str, int, int]]:
+        # the real table reads null where a watermark was never written: none, like 0
+        return [(r.user_id, r.delivered or 0, r.read or 0) for r in page]
+
+    async def test_watermarks_never_move_back_in_any_order_of_arrival(
+        self, receipts: Any, cid: str, users: list[str]
+    ) -> None:
+        from tests.factories import receipt_recorded
+
+        bob = users[0]
+        m1, m2, m3, m4 = spread_ids(4, step_ms=1)
+        events = [
+            receipt_recorded(m3, conversation_id=cid, user_id=bob, status="delivered"),
+            receipt_recorded(m2, conversation_id=cid, user_id=bob, status="read"),
+            receipt_recorded(m1, conversation_id=cid, user_id=bob, status="delivered"),
+            receipt_recorded(m1, conversation_id=cid, user_id=bob, status="read"),
+        ]
+        for n, order in enumerate((events, events[::-1], events[1:] + events[:1])):
+            other = f"{cid}-{n}"
+            await receipts.apply([e.model_copy(update={"conversation_id": other}) for e in order])
+            assert await receipts.watermarks(other, bob) == (m3, m2)
+        # one at a time, a redelivery included
+        for event in [*events, events[0]]:
+            await receipts.apply([event])
+        assert await receipts.watermarks(cid, bob) == (m3, m2)
+        await receipts.apply([receipt_recorded(m4, conversation_id=cid, user_id=bob, status="read")])
+        assert await receipts.watermarks(cid, bob) == (m4, m4)  # read implies delivered
+
+    async def test_a_sender_has_read_what_they_send(self, receipts: Any, cid: str, users: list[str]) -> None:
+        alice, bob = users[:2]
+        m1, m2 = spread_ids(2, step_ms=1)
+        await receipts.apply(
+            [
+                message_sent(m2, conversation_id=cid, sender_id=alice),
+                message_sent(m1, conversation_id=cid, sender_id=alice),
+            ]
+        )
+        assert await receipts.watermarks(cid, alice) == (m2, m2)
+        assert await receipts.watermarks(cid, bob) == (0, 0)
+
+    async def test_pages_list_each_member_by_user_id(self, receipts: Any, cid: str, users: list[str]) -> None:
+        from tests.factories import receipt_recorded
+
+        ids = spread_ids(5, step_ms=1)
+        await receipts.apply(
+            [
+                receipt_recorded(m, conversation_id=cid, user_id=u, status="read" if i % 2 else "delivered")
+                for i, (m, u) in enumerate(zip(ids, reversed(users), strict=True))
+            ]
+        )
+        everyone = self._rows(await receipts.page(cid, after="", limit=10))
+        assert [u for u, _, _ in everyone] == users
+        assert everyone[0] == (users[0], ids[4], 0)  # delivered only
+        assert everyone[1] == (users[1], ids[3], ids[3])
+        assert self._rows(await receipts.page(cid, after="", limit=2)) == everyone[:2]
+        assert self._rows(await receipts.page(cid, after=users[1], limit=2)) == everyone[2:4]
+        assert self._rows(await receipts.page(cid, after=users[4], limit=2)) == []
+        assert await receipts.page(f"{cid}x", after="", limit=2) == []
+
+
+class PresenceStoreContract:
+    """``presence`` fixture: a ``commands.presence.PresenceStore`` whose connections live
+    ``PRESENCE_TTL_MS`` past their last heartbeat; ``clock`` fixture: ``now_ms()`` on the
+    store's clock and ``await clock.advance(seconds)`` (real time for the real store)."""
+
+    @staticmethod
+    def _user() -> str:
+        return f"p{uuid.uuid4().hex[:10]}"
+
+    @staticmethod
+    def _states(changes: Any) -> list[str]:
+        return [c.state for c in changes]
+
+    async def test_first_connection_is_a_transition_and_heartbeats_are_not(self, presence: Any) -> None:
+        from commands.presence import Beat
+
+        alice = self._user()
+        assert self._states(await presence.set([Beat(alice, "c1", "online", 0)])) == ["online"]
+        for _ in range(3):
+            assert await presence.set([Beat(alice, "c1", "online", 0)]) == []
+        assert self._states(await presence.set([Beat(alice, "c2", "online", 0)])) == []  # a second device
+        (view,) = await presence.read([alice])
+        assert (view.state, view.last_seen) == ("online", None)
+
+    async def test_away_only_when_every_live_connection_is_away(self, presence: Any, clock: Any) -> None:
+        from commands.presence import Beat
+
+        alice = self._user()
+        await presence.set([Beat(alice, "phone", "online", 0), Beat(alice, "laptop", "online", 0)])
+        assert await presence.set([Beat(alice, "phone", "away", 0)]) == []
+        assert self._states(await presence.set([Beat(alice, "laptop", "away", 0)])) == ["away"]
+        assert self._states(await presence.set([Beat(alice, "phone", "online", 0)])) == ["online"]
+        assert await presence.leave(alice, "laptop") is None
+        gone = await presence.leave(alice, "phone")
+        assert gone is not None and gone.state == "offline"
+        assert gone.last_seen is not None and abs(gone.last_seen - clock.now_ms()) < 2000
+        assert await presence.leave(alice, "phone") is None  # leaving twice is nothing
+
+    async def test_a_lapsed_user_reads_offline_at_once_and_is_reaped_once(
+        self, presence: Any, clock: Any
+    ) -> None:
+        from commands.presence import Beat
+
+        alice, bob = self._user(), self._user()
+        await presence.set([Beat(alice, "c1", "online", 0), Beat(bob, "c1", "online", 0)])
+        heard = clock.now_ms()
+        await clock.advance(PRESENCE_TTL_MS / 1000 + 0.2)  # the lapse under test
+        await presence.set([Beat(bob, "c1", "online", 0)])  # bob heartbeats, alice is silent
+        (view,) = await presence.read([alice])
+        assert view.state == "offline" and view.last_seen is not None
+        assert abs(view.last_seen - heard) < 300  # last_seen is the last heartbeat, not the reap
+        reaped = [c for c in await presence.reap(10_000) if c.user_id in (alice, bob)]
+        assert [(c.user_id, c.state, c.last_seen) for c in reaped] == [(alice, "offline", view.last_seen)]
+        await presence.set([Beat(bob, "c1", "online", 0)])
+        assert [c for c in await presence.reap(10_000) if c.user_id in (alice, bob)] == []
+        (bob_view,) = await presence.read([bob])
+        assert bob_view.state == "online"
+
+    async def test_idle_time_counts_back_from_the_last_heartbeat(self, presence: Any) -> None:
+        from commands.presence import Beat
+
+        alice = self._user()
+        # reported late: heard TTL+100 ms ago, so already lapsed
+        assert await presence.set([Beat(alice, "c1", "online", PRESENCE_TTL_MS + 100)]) == []
+        (view,) = await presence.read([alice])
+        assert view.state == "offline"
+
+    async def test_transitions_carry_increasing_times(self, presence: Any) -> None:
+        from commands.presence import Beat
+
+        alice = self._user()
+        (on,) = await presence.set([Beat(alice, "c1", "online", 0)])
+        (away,) = await presence.set([Beat(alice, "c1", "away", 0)])
+        off = await presence.leave(alice, "c1")
+        assert off is not None and on.at < away.at < off.at
+        (view,) = await presence.read([alice])
+        assert (view.state, view.at, view.last_seen) == ("offline", off.at, off.last_seen)
+        # the same user twice in one report: both transitions, in order, at increasing times
+        bob = self._user()
+        both = await presence.set([Beat(bob, "c1", "online", 0), Beat(bob, "c1", "away", 0)])
+        assert [c.state for c in both] == ["online", "away"] and both[0].at < both[1].at
+
+    async def test_a_heartbeat_reported_after_the_close_does_not_bring_the_socket_back(
+        self, presence: Any
+    ) -> None:
+        from commands.presence import Beat
+
+        # A sweep collects a socket's heartbeat, the socket closes, then the sweep's report lands.
+        alice = self._user()
+        await presence.set([Beat(alice, "c1", "online", 0)])
+        gone = await presence.leave(alice, "c1")
+        assert gone is not None and gone.state == "offline"
+        assert await presence.set([Beat(alice, "c1", "online", 0)]) == []
+        (view,) = await presence.read([alice])
+        assert view.state == "offline"
+        # a new socket of the same user is another connection: online again
+        assert self._states(await presence.set([Beat(alice, "c2", "online", 0)])) == ["online"]
+
+    async def test_users_never_seen_read_offline_with_no_last_seen(self, presence: Any) -> None:
+        nobody = self._user()
+        assert [(v.user_id, v.state, v.last_seen) for v in await presence.read([nobody])] == [
+            (nobody, "offline", None)
+        ]
+        assert await presence.leave(nobody, "c1") is None
+
+
+PRESENCE_TTL_MS = 1000  # short, so lapses happen; long enough for a loaded machine's stalls
+
+
+class SyncLogContract:
+    """``sync_log`` fixture: the sync log (``apply_at`` of the persist worker's last stage,
+    and ``projections.sync.SyncLogReader``). Its partitions' watermarks are shared by every
+    test of a store, so each test writes partitions of its own."""
+
+    @staticmethod
+    def _partition() -> int:
+        return 1000 + uuid.uuid4().int % 1_000_000
+
+    async def test_heads_follow_the_highest_offset_and_never_move_back(self, sync_log: Any) -> None:
+        cid, quiet, never = (f"dm:h{uuid.uuid4().hex[:8]}:{n}" for n in ("a", "b", "c"))
+        [m1, m2, m3] = spread_ids(3, step_ms=1)
+        p = self._partition()
+        await sync_log.apply_at(
+            [
+                (p, 10, message_sent(m1, conversation_id=cid)),
+                (p, 12, message_sent(m2, conversation_id=quiet)),
+                (p, 15, message_sent(m3, conversation_id=cid)),
+            ]
+        )
+        assert await sync_log.heads([cid, quiet, never]) == {cid: 15, quiet: 12}
+        # A redelivered older batch (a worker restarted before it committed) leaves the head alone.
+        await sync_log.apply_at([(p, 10, message_sent(m1, conversation_id=cid))])
+        assert await sync_log.heads([cid]) == {cid: 15}
+        # More conversations than one query takes.
+        many = [f"{cid}-{n}" for n in range(250)]
+        await sync_log.apply_at(
+            [(p + 1, 100 + n, message_sent(m1, conversation_id=c)) for n, c in enumerate(many)]
+        )
+        assert await sync_log.heads(many) == {c: 100 + n for n, c in enumerate(many)}
+
+    async def test_watermarks_move_after_each_batch_and_never_back(self, sync_log: Any) -> None:
+        from events import PresenceChanged
+
+        p, q = self._partition(), self._partition()
+        cid = f"dm:w{uuid.uuid4().hex[:8]}:z"
+        [m1, m2] = spread_ids(2, step_ms=1)
+        await sync_log.apply_at(
+            [(p, 7, message_sent(m1, conversation_id=cid)), (q, 3, message_sent(m2, conversation_id=cid))]
+        )
+        marks = await sync_log.watermarks()
+        assert (marks[p], marks[q]) == (7, 3)
+        await sync_log.apply_at([(p, 5, message_sent(m1, conversation_id=cid))])  # a redelivery
+        # an event of no conversation moves its partition's watermark and adds no row
+        await sync_log.apply_at([(q, 9, PresenceChanged(user_id="x", state="online", at=1))])
+        marks = await sync_log.watermarks()
+        assert (marks[p], marks[q]) == (7, 9)
+        assert [o for o, _ in await sync_log.between(cid, 0, 100, 10)] == [3, 5, 7]
+
+    async def test_between_reads_offsets_in_range_ascending_up_to_the_limit(self, sync_log: Any) -> None:
+        from events import decode_event
+
+        cid = f"dm:r{uuid.uuid4().hex[:8]}:z"
+        ids = spread_ids(6, step_ms=1)
+        p = self._partition()
+        offsets = [3, 4, 8, 20, 21, 30]
+        await sync_log.apply_at(
+            [(p, o, message_sent(m, conversation_id=cid)) for o, m in zip(offsets, ids, strict=True)][::-1]
+        )
+        rows = await sync_log.between(cid, 3, 21, 10)
+        assert [o for o, _ in rows] == [4, 8, 20, 21]
+        assert [decode_event(e).message_id for _, e in rows] == ids[1:5]  # type: ignore[union-attr]
+        assert [o for o, _ in await sync_log.between(cid, 0, 100, 2)] == [3, 4]
+        assert await sync_log.between(cid, 21, 21, 10) == []
+        assert await sync_log.between(f"{cid}x", 0, 100, 10) == []
+
+    async def test_log_reads_across_buckets_written_in_separate_batches(self, sync_log: Any) -> None:
+        from projections.sync_log import BUCKET_BITS
+
+        cid = f"dm:b{uuid.uuid4().hex[:8]}:z"
+        [m1, m2, m3] = spread_ids(3, step_ms=1)
+        p = self._partition()
+        edge = 1 << BUCKET_BITS
+        await sync_log.apply_at([(p, edge - 2, message_sent(m1, conversation_id=cid))])
+        # the bucket's row is remembered
+        await sync_log.apply_at([(p, edge - 1, message_sent(m2, conversation_id=cid))])
+        await sync_log.apply_at([(p, edge + 3, message_sent(m3, conversation_id=cid))])  # the next bucket
+        assert [o for o, _ in await sync_log.between(cid, 0, 2 * edge, 10)] == [edge - 2, edge - 1, edge + 3]
+        assert [o for o, _ in await sync_log.between(cid, edge - 2, 2 * edge, 1)] == [edge - 1]
+
+    async def test_user_changes_are_the_joins_and_leaves_of_a_partition(self, sync_log: Any) -> None:
+        from events import Member, MemberRemoved, MembersAdded
+
+        cid = f"g{uuid.uuid4().hex[:12]}"
+        ann, ben = f"a{uuid.uuid4().hex[:8]}", f"b{uuid.uuid4().hex[:8]}"
+        [e1, e2, e3] = spread_ids(3, step_ms=1)
+        p = self._partition()
+        added = MembersAdded(
+            conversation_id=cid,
+            event_id=e1,
+            actor_id="o",
+            ts=1,
+            members=(Member(user_id=ann, role="member"), Member(user_id=ben, role="member")),
+            member_count=3,
+        )
+        removed = MemberRemoved(
+            conversation_id=cid, event_id=e3, actor_id="o", ts=2, user_id=ann, member_count=2
+        )
+        await sync_log.apply_at(
+            [(p, 4, added), (p, 6, message_sent(e2, conversation_id=cid)), (p, 9, removed)]
+        )
+        assert await sync_log.user_changes(ann, p, 0, 100) == [(4, cid, "added"), (9, cid, "removed")]
+        assert await sync_log.user_changes(ann, p, 4, 9) == [(9, cid, "removed")]
+        assert await sync_log.user_changes(ben, p, 0, 100) == [(4, cid, "added")]
+        assert await sync_log.user_changes(ben, p + 1, 0, 100) == []
+        assert await sync_log.user_changes(ann, p, 9, 9) == []

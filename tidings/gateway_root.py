@@ -54,7 +54,7 @@ from query_api.deps import Dependencies
 from query_api.hub import Hub
 from query_api.metrics import DELIVERY_FAILURES
 from query_api.presence import Contacts, PresenceTracker
-from query_api.services import Conversations, Messaging, PresenceReads
+from query_api.services import Conversations, Keys, Messaging, PresenceReads, PushSettings, ToDeviceRelay
 from tidings import telemetry
 from tidings.gc_tuning import tune_for_server
 from tidings.media_store import open_store
@@ -153,10 +153,10 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     limiter = RedisRateLimiter(redis, limits_from(settings))
     ids = LeasedSnowflake(conns.lease)  # one generator per worker id: two would repeat ids
     archive = ArchiveReader(settings.archive_root)
+    config, publish = gateway_config(settings), _publisher(redis)
     return Dependencies(
-        config=gateway_config(settings),
+        config=config,
         secret=settings.resolved_auth_secret(),
-        event_log=conns.event_log,
         messaging=_messaging(settings, conns, models, limiter, ids, media.service),
         conversations=Conversations(
             event_log=conns.event_log,
@@ -177,7 +177,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         presence=presence,
         contacts=Contacts(membership.conversation_ids),
         sync=_sync_context(settings, models, unread, archive),
-        publish=_publisher(redis),
+        publish=publish,
         probes={
             "kafka": conns.probe_kafka,
             "cassandra": conns.probe_cassandra,
@@ -188,10 +188,12 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         cold=archive,
         limiter=limiter,
         media=media.service,
-        push=models.push_settings,
+        push=PushSettings(conns.event_log, models.push_settings, config.push_hosts, membership),
         search=ShardReaders(settings.search_root, conns.topics.conversation_events),
-        keys=models.keys,
-        to_device=RedisToDevice(redis, ttl_s=TO_DEVICE_TTL_S),
+        keys=Keys(conns.event_log, models.keys),
+        to_device=ToDeviceRelay(
+            RedisToDevice(redis, ttl_s=TO_DEVICE_TTL_S), models.keys, publish, limiter=limiter
+        ),
         device_lists=RedisDeviceLists(redis),
     )
 

@@ -23,13 +23,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from events import direct_conversation_id
 from tests.e2e import media_support
 from tests.e2e.conftest import System, user, wait_until
+from tests.e2e.consumers import push_settled
 from tests.e2e.push_fakes import FakeApns, FakeFcm, Recorded
 from tests.e2e.push_load import kill_notify_under_load
 from tests.e2e.push_receiver import Receiver, signature_ok
-
-# The window is 2 s (the default), plus the sender's grace and the way through the log. The
-# sleeps of QUIET_S are the behaviour under test, not waits: nothing more arrives within them.
-QUIET_S = 4.0
 
 
 async def until_unregistered(system: System, *devices: tuple[str, str]) -> None:
@@ -144,7 +141,7 @@ async def test_offline_device_gets_one_coalesced_notification(system: System, re
     async with system.connect(alice) as a:
         acks = [await a.send_message(cid, f"burst {i}") for i in range(5)]
     [post] = await asyncio.to_thread(receiver.wait, "ok", name)
-    await asyncio.sleep(QUIET_S)
+    await push_settled(system, [cid], [bob])
     assert len(receiver.to("ok", name)) == 1, "a burst is one notification"
     assert signature_ok(system.settings.resolved_push_webhook_secret(), post)
     note = post.json
@@ -176,7 +173,7 @@ async def test_online_device_gets_frames_not_notifications(system: System, recei
         assert frame["message"]["message_id"] == ack["message_id"]
         [post] = await asyncio.to_thread(receiver.wait, "ok", tablet)  # the offline device
         assert post.json["conversations"][0]["last_message_id"] == ack["message_id"]
-        await asyncio.sleep(QUIET_S)
+        await push_settled(system, [cid], [bob, alice])
     assert receiver.to("ok", phone) == [], "a device with an open socket gets no notification"
     assert receiver.to("ok", own) == [], "nobody is notified of their own message"
 
@@ -198,7 +195,7 @@ async def test_mute_and_group_priority(system: System, receiver: Receiver) -> No
         [post] = await asyncio.to_thread(receiver.wait, "ok", to_bob)
         assert post.json["priority"] == "normal"
         assert post.json["conversations"][0]["preview"] == "x" * 100
-        await asyncio.sleep(QUIET_S)
+        await push_settled(system, [gid], [carol])
         assert receiver.to("ok", to_carol) == [], "muted"
         assert (
             system.request("PUT", f"/v1/conversations/{gid}/settings", user=carol, body={"muted": False})[0]
@@ -225,7 +222,7 @@ async def test_gone_ends_the_registration_and_failures_are_retried(
         assert first.json == second.json
         await until_unregistered(system, (bob, "phone"))  # the 410's unregistration
         await a.send_message(direct_conversation_id(alice, bob), "two")
-        await asyncio.sleep(QUIET_S)
+        await push_settled(system, [direct_conversation_id(alice, bob)], [bob, carol])
     assert len(receiver.to("gone", gone)) == 1, "a 410 ends the registration"
     assert len(receiver.to("flaky", flaky)) == 2
 
@@ -346,7 +343,9 @@ async def test_fcm_404_and_apns_410_end_registrations(
         await until_unregistered(system, (bob, "android"), (carol, "iphone"))
         await a.send_message(direct_conversation_id(alice, bob), "two")
         await a.send_message(direct_conversation_id(alice, carol), "two")
-        await asyncio.sleep(QUIET_S)
+        await push_settled(
+            system, [direct_conversation_id(alice, bob), direct_conversation_id(alice, carol)], [bob, carol]
+        )
     assert len([r for r in fcm.sends if r.body["token"] == android]) == 1
     assert len([r for r in apns.sends if r.headers[":path"].endswith(iphone)]) == 1
 

@@ -28,12 +28,11 @@ from tidings_client import (
     direct_conversation_id,
 )
 
-from tests.e2e.conftest import System, user
+from tests.e2e.conftest import System, user, wait_until
+from tests.e2e.consumers import push_settled
 from tests.e2e.push_receiver import Receiver, signature_ok
 from tests.e2e.test_sdk import sdk
 from tests.media_images import has_gps, jpeg, png
-
-QUIET_S = 4.0  # the push window (2 s) plus the way through the log
 
 
 async def test_a_photo_through_the_sdk_upload_send_receive_download_thumbnail(system: System) -> None:
@@ -151,7 +150,17 @@ async def test_push_registration_mute_and_unregister_through_the_sdk(
     # The phone's socket is closed: it is notified of Alice's message.
     async with sdk(system, alice) as a:
         await a.open_direct(bob)
-        await asyncio.sleep(1.0)  # the phone's socket has left the presence store
+
+        async def phone_offline() -> None:
+            """Until the phone's socket has left the presence store, where the notifier looks
+            for the devices with an open socket (not notified)."""
+
+            async def offline() -> bool:
+                return (await a.presence(bob)).state == "offline"
+
+            assert await wait_until(offline, timeout=30), "bob's phone socket is still open"
+
+        await phone_offline()
         sent = await a.send(cid, "ping the phone")
         [post] = await asyncio.to_thread(receiver.wait, "ok", f"{bob}-phone")
         assert signature_ok(system.settings.resolved_push_webhook_secret(), post)
@@ -161,17 +170,17 @@ async def test_push_registration_mute_and_unregister_through_the_sdk(
 
         async with sdk(system, bob, device="phone") as phone:
             assert await phone.push.set_muted(cid, True) == ConversationSettings(cid, True)
-        await asyncio.sleep(1.0)
+        await phone_offline()
         await a.send(cid, "muted")
-        await asyncio.sleep(QUIET_S)
+        await push_settled(system, [cid], [bob])
         assert len(receiver.to("ok", f"{bob}-phone")) == 1, "a muted conversation notifies nobody"
 
         async with sdk(system, bob, device="phone") as phone:
             assert await phone.push.set_muted(cid, False) == ConversationSettings(cid, False)
             await phone.push.unregister()
-        await asyncio.sleep(1.0)
+        await phone_offline()
         await a.send(cid, "unregistered")
-        await asyncio.sleep(QUIET_S)
+        await push_settled(system, [cid], [bob])
         assert len(receiver.to("ok", f"{bob}-phone")) == 1, "an unregistered device is not notified"
 
     # The other providers register too (their delivery is tests/e2e/test_push.py's business).

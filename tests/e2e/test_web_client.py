@@ -344,6 +344,17 @@ STAND_IN_PUSH_SERVICE = """
 """
 
 
+def _until_offline(system: System, who: str, timeout_s: float = 30) -> bool:
+    """Until ``who`` has no live socket (their presence, as they read it themselves, is
+    offline): the notifier's test of a device with no open socket."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, body = system.request("GET", f"/v1/users/{who}/presence", user=who)
+        if (status == 200 and body["state"] == "offline") or time.monotonic() > deadline:
+            return status == 200 and body["state"] == "offline"
+        time.sleep(0.1)
+
+
 def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
@@ -402,7 +413,7 @@ def test_web_push_registration_through_the_service_worker(
             tab.shot("9-push-on")
             # Bob's tab goes to another page: the device has no socket, so it is notified.
             tab.page.goto("about:blank")
-            time.sleep(1.0)
+            assert _until_offline(system, bob), "bob's socket is still open"
             status, _ = system.request(
                 "POST",
                 f"/v1/conversations/{cid}/messages",

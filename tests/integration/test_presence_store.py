@@ -1,5 +1,7 @@
-"""``RedisPresence`` on the real Redis: aggregation over devices, lapses, reaping, and which
-calls are transitions. Each test uses fresh user ids; the TTL is short so lapses happen."""
+"""``RedisPresence`` on the real Redis: the presence store's contract (aggregation over devices,
+lapses, reaping, which calls are transitions; ``tests/contracts.py``, also run on
+``MemoryPresence``), and what only the script's calls and key expiries can get wrong. Each test
+uses fresh user ids; the TTL is short so lapses happen."""
 
 from __future__ import annotations
 
@@ -14,11 +16,10 @@ import pytest
 from commands.adapters.redis_presence import CHUNK, RedisPresence
 from commands.presence import Beat
 from projections.adapters.redis_client import make_redis
+from tests.contracts import PRESENCE_TTL_MS, PresenceStoreContract
 from tidings.settings import Settings
 
-# Short, so lapses happen in the test; long enough that a loaded machine's stall between a
-# heartbeat and the next call does not lapse it too.
-TTL_MS = 1000
+TTL_MS = PRESENCE_TTL_MS
 
 
 @pytest.fixture(scope="module")
@@ -49,75 +50,26 @@ def _states(changes: Any) -> list[str]:
     return [c.state for c in changes]
 
 
-async def test_first_connection_is_a_transition_and_heartbeats_are_not(store: RedisPresence) -> None:
-    alice = _user()
-    assert _states(await store.set([Beat(alice, "c1", "online", 0)])) == ["online"]
-    for _ in range(3):
-        assert await store.set([Beat(alice, "c1", "online", 0)]) == []
-    assert _states(await store.set([Beat(alice, "c2", "online", 0)])) == []  # a second device
-    (view,) = await store.read([alice])
-    assert (view.state, view.last_seen) == ("online", None)
+class RealClock:
+    """Redis's clock is the machine's: time passes by sleeping."""
+
+    @staticmethod
+    def now_ms() -> float:
+        return time.time() * 1000
+
+    @staticmethod
+    async def advance(seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
-async def test_away_only_when_every_live_connection_is_away(store: RedisPresence) -> None:
-    alice = _user()
-    await store.set([Beat(alice, "phone", "online", 0), Beat(alice, "laptop", "online", 0)])
-    assert await store.set([Beat(alice, "phone", "away", 0)]) == []
-    assert _states(await store.set([Beat(alice, "laptop", "away", 0)])) == ["away"]
-    assert _states(await store.set([Beat(alice, "phone", "online", 0)])) == ["online"]
-    assert await store.leave(alice, "laptop") is None
-    gone = await store.leave(alice, "phone")
-    assert gone is not None and gone.state == "offline"
-    assert gone.last_seen is not None and abs(gone.last_seen - time.time() * 1000) < 2000
-    assert await store.leave(alice, "phone") is None  # leaving twice is nothing
+class TestRedisPresence(PresenceStoreContract):
+    @pytest.fixture
+    def clock(self) -> RealClock:
+        return RealClock()
 
-
-async def test_a_lapsed_user_reads_offline_at_once_and_is_reaped_once(store: RedisPresence) -> None:
-    alice, bob = _user(), _user()
-    await store.set([Beat(alice, "c1", "online", 0), Beat(bob, "c1", "online", 0)])
-    heard = time.time() * 1000
-    await asyncio.sleep(TTL_MS / 1000 + 0.2)
-    await store.set([Beat(bob, "c1", "online", 0)])  # bob heartbeats, alice is silent
-    (view,) = await store.read([alice])
-    assert view.state == "offline" and view.last_seen is not None
-    assert abs(view.last_seen - heard) < 300  # last_seen is the last heartbeat, not the reap
-    reaped = [c for c in await store.reap(10_000) if c.user_id in (alice, bob)]
-    assert [(c.user_id, c.state, c.last_seen) for c in reaped] == [(alice, "offline", view.last_seen)]
-    await store.set([Beat(bob, "c1", "online", 0)])
-    assert [c for c in await store.reap(10_000) if c.user_id in (alice, bob)] == []
-    (bob_view,) = await store.read([bob])
-    assert bob_view.state == "online"
-
-
-async def test_idle_time_counts_back_from_the_last_heartbeat(store: RedisPresence) -> None:
-    alice = _user()
-    # reported late: heard TTL+100 ms ago, so already lapsed
-    assert await store.set([Beat(alice, "c1", "online", TTL_MS + 100)]) == []
-    (view,) = await store.read([alice])
-    assert view.state == "offline"
-
-
-async def test_transitions_carry_increasing_times(store: RedisPresence) -> None:
-    alice = _user()
-    (on,) = await store.set([Beat(alice, "c1", "online", 0)])
-    (away,) = await store.set([Beat(alice, "c1", "away", 0)])
-    off = await store.leave(alice, "c1")
-    assert off is not None and on.at < away.at < off.at
-
-
-async def test_a_heartbeat_reported_after_the_close_does_not_bring_the_socket_back(
-    store: RedisPresence,
-) -> None:
-    # A sweep collects a socket's heartbeat, the socket closes, then the sweep's report lands.
-    alice = _user()
-    await store.set([Beat(alice, "c1", "online", 0)])
-    gone = await store.leave(alice, "c1")
-    assert gone is not None and gone.state == "offline"
-    assert await store.set([Beat(alice, "c1", "online", 0)]) == []
-    (view,) = await store.read([alice])
-    assert view.state == "offline"
-    # a new socket of the same user is another connection: online again
-    assert _states(await store.set([Beat(alice, "c2", "online", 0)])) == ["online"]
+    @pytest.fixture
+    def presence(self, store: RedisPresence) -> RedisPresence:
+        return store
 
 
 async def test_a_user_who_keeps_heartbeating_stays_online_past_the_first_ttl(
@@ -159,7 +111,3 @@ async def test_one_call_reports_many_users_and_only_their_transitions(store: Red
     ]
     views = await store.read(users[:3] + users[late - 1 : late + 1])
     assert [v.state for v in views] == ["online", "online", "online", "online", "away"]
-    # the same user twice in one report: both transitions, in order, at increasing times
-    bob = _user()
-    both = await store.set([Beat(bob, "c1", "online", 0), Beat(bob, "c1", "away", 0)])
-    assert [c.state for c in both] == ["online", "away"] and both[0].at < both[1].at

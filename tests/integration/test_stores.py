@@ -19,6 +19,7 @@ from projections.adapters.redis_client import make_redis
 from projections.keys import CassandraKeys
 from projections.membership import CassandraMembership
 from projections.messages import CassandraMessages
+from projections.receipts import CassandraReceipts
 from projections.roster import Entry, Roster
 from tests.contracts import (
     DAY_MS,
@@ -28,7 +29,9 @@ from tests.contracts import (
     LocksContract,
     MessageStoreContract,
     RateLimiterContract,
+    ReceiptStoreContract,
     RecentContract,
+    SyncLogContract,
     spread_ids,
 )
 from tests.factories import message_sent
@@ -177,7 +180,7 @@ def test_migrations_rerun_changes_nothing(session: Any, services: Settings) -> N
 
 
 @pytest.fixture(scope="module")
-def sync_log(session: Any, services: Settings) -> Iterator[Any]:
+def sync_log_keyspace(session: Any, services: Settings) -> Iterator[Any]:
     """The sync log in a keyspace of its own: its writes move partition watermarks, which
     would make the e2e system's syncs (same services, same test keyspace) skip offsets."""
     from projections.adapters.migrate import migrate_cassandra
@@ -192,28 +195,6 @@ def sync_log(session: Any, services: Settings) -> Iterator[Any]:
     log.prepare()
     yield log
     session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
-
-
-async def test_sync_heads_follow_the_highest_offset_and_never_move_back(sync_log: Any) -> None:
-    log = sync_log
-    cid, quiet, never = (f"dm:h{uuid.uuid4().hex[:8]}:{n}" for n in ("a", "b", "c"))
-    [m1, m2, m3] = spread_ids(3, step_ms=1)
-    await log.apply_at(
-        [
-            (0, 10, message_sent(m1, conversation_id=cid)),
-            (0, 12, message_sent(m2, conversation_id=quiet)),
-            (0, 15, message_sent(m3, conversation_id=cid)),
-        ]
-    )
-    assert await log.heads([cid, quiet, never]) == {cid: 15, quiet: 12}
-    # A redelivered older batch (a worker restarted before it committed) leaves the head alone.
-    await log.apply_at([(0, 10, message_sent(m1, conversation_id=cid))])
-    assert await log.heads([cid]) == {cid: 15}
-    # More conversations than one query takes.
-    many = [f"{cid}-{n}" for n in range(250)]
-    await log.apply_at([(1, 100 + n, message_sent(m1, conversation_id=c)) for n, c in enumerate(many)])
-    heads = await log.heads(many)
-    assert heads == {c: 100 + n for n, c in enumerate(many)}
 
 
 async def test_rate_limits_hold_under_concurrent_checks_and_survive_a_script_flush(redis: Any) -> None:
@@ -240,16 +221,15 @@ async def test_rate_limits_hold_under_concurrent_checks_and_survive_a_script_flu
     assert [await check() for _ in range(6)] == [True] * 5 + [False]
 
 
-async def test_sync_log_reads_across_log_buckets_written_in_separate_batches(sync_log: Any) -> None:
-    from projections.sync_log import BUCKET_BITS
+class TestCassandraSyncLog(SyncLogContract):
+    @pytest.fixture
+    def sync_log(self, sync_log_keyspace: Any) -> Any:
+        return sync_log_keyspace
 
-    log = sync_log
-    cid = f"dm:b{uuid.uuid4().hex[:8]}:z"
-    [m1, m2, m3] = spread_ids(3, step_ms=1)
-    edge = 1 << BUCKET_BITS
-    await log.apply_at([(2, edge - 2, message_sent(m1, conversation_id=cid))])
-    await log.apply_at(
-        [(2, edge - 1, message_sent(m2, conversation_id=cid))]
-    )  # the bucket's row is remembered
-    await log.apply_at([(2, edge + 3, message_sent(m3, conversation_id=cid))])  # the next bucket
-    assert [o for o, _ in await log.between(cid, 0, 2 * edge, 10)] == [edge - 2, edge - 1, edge + 3]
+
+class TestCassandraReceipts(ReceiptStoreContract):
+    @pytest.fixture
+    def receipts(self, session: Any, services: Settings) -> CassandraReceipts:
+        store = CassandraReceipts(Cql(session, services.cassandra_keyspace))
+        store.prepare()
+        return store

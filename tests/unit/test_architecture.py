@@ -7,6 +7,9 @@
 - ``events/`` imports nothing of ours, ``archive/`` only ``events``;
 - the gateway (``query_api/``) does not import ``archive``: the cold-history reader is a port
   the shell injects;
+- the gateway's route modules (the HTTP blueprints ``*_api.py`` and the WebSocket handler
+  table ``ws.py``) do not import the write side (``commands``): they call the services of
+  ``query_api/services.py``, which do;
 - nothing imports the shell (``tidings/``): it is the top floor, owning every composition root.
 
 A new module is covered by the folder it lands in; no list of files to keep up to date.
@@ -62,6 +65,12 @@ def imports(source: str) -> set[str]:
     return names
 
 
+def is_route_module(relative: Path) -> bool:
+    """A module of the gateway's routes: an HTTP blueprint or the WebSocket handler table."""
+    name = relative.name
+    return relative.parts[0] == "query_api" and (name.endswith("_api.py") or name == "ws.py")
+
+
 def violations(relative: Path, source: str) -> list[str]:
     """Every rule ``source``, the module at ``relative`` (to the repository), breaks."""
     package, in_adapters = relative.parts[0], "adapters" in relative.parts[1:-1]
@@ -78,6 +87,8 @@ def violations(relative: Path, source: str) -> list[str]:
         found.append(f"{relative}: the archive depends on {sorted(names & {*PRODUCT, 'tidings'})}")
     if package == "query_api" and "archive" in names:
         found.append(f"{relative}: the gateway imports the archive (inject it as a port)")
+    if is_route_module(relative) and "commands" in names:
+        found.append(f"{relative}: a route module imports the write side (go through query_api/services.py)")
     if "tidings" in names:
         found.append(f"{relative} imports the shell (tidings)")
     return found
@@ -109,6 +120,10 @@ def test_module_keeps_the_layer_rules(path: Path) -> None:
         ("commands/direct.py", "from tidings.settings import Settings\n", "imports the shell"),
         ("query_api/app.py", "from tidings import telemetry\n", "imports the shell"),
         ("query_api/sync_api.py", "import archive.reader\n", "the gateway imports the archive"),
+        ("query_api/keys_api.py", "from commands.keys import claim_keys\n", "a route module imports"),
+        ("query_api/push_api.py", "from commands import push\n", "a route module imports the write side"),
+        ("query_api/ws.py", "import commands.membership\n", "a route module imports the write side"),
+        ("query_api/new_api.py", "from commands.to_device import ToDevice\n", "a route module imports"),
     ],
 )
 def test_the_rules_catch_a_module_that_breaks_them(relative: str, source: str, broken: str) -> None:
@@ -124,6 +139,8 @@ def test_the_rules_catch_a_module_that_breaks_them(relative: str, source: str, b
         ("query_api/ws.py", "from sanic import Websocket\n"),
         ("archive/tables.py", "import pyarrow\nimport duckdb\n"),
         ("commands/direct.py", "from projections.views import DeviceKeys\n"),
+        ("query_api/services.py", "from commands.keys import claim_keys\n"),
+        ("query_api/presence.py", "from commands.presence import Beat\n"),
     ],
 )
 def test_what_the_rules_allow(relative: str, source: str) -> None:

@@ -1,16 +1,15 @@
 """A draining gateway's hand-over of its sockets, and ``away`` by silence (v1.1 "Presence,
-reconnects and settings"), with fake sockets, a fake presence store and a fake clock."""
+reconnects and settings"), with fake sockets, the in-memory presence store (its contract:
+``tests/contracts.py``) and a fake clock that both share."""
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
 
 import orjson
 
-from commands.presence import Beat
-from events import ChatEvent, PresenceChanged
+from commands.memory import MemoryEventLog, MemoryPresence
 from query_api.connection import Connection
 from query_api.drain import CLOSE_SERVICE_RESTART, drain
 from query_api.presence import PresenceTracker
@@ -52,40 +51,6 @@ async def test_a_backed_up_socket_gets_its_reconnect_frame_before_the_close() ->
     assert logs[0][2] == f"closed {CLOSE_SERVICE_RESTART}"
 
 
-class _Store:
-    """Records the states reported; the user's state is the 'best' of their sockets'."""
-
-    def __init__(self) -> None:
-        self.states: dict[str, str] = {}
-        self.reports: list[tuple[str, str]] = []
-
-    async def set(self, beats: Sequence[Beat]) -> list[PresenceChanged]:
-        changes = []
-        for beat in beats:
-            self.reports.append((beat.conn_id, beat.state))
-            if self.states.get(beat.user_id) != beat.state:
-                self.states[beat.user_id] = beat.state
-                changes.append(PresenceChanged(user_id=beat.user_id, state=beat.state, at=len(self.reports)))
-        return changes
-
-    async def leave(self, user_id: str, conn_id: str) -> PresenceChanged | None:
-        return None
-
-    async def reap(self, limit: int) -> list[PresenceChanged]:
-        return []
-
-    async def read(self, user_ids: Sequence[str]) -> list[object]:
-        return []
-
-
-class _Log:
-    def __init__(self) -> None:
-        self.events: list[ChatEvent] = []
-
-    async def append(self, event: ChatEvent) -> None:
-        self.events.append(event)
-
-
 class _Clock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -94,31 +59,39 @@ class _Clock:
         return self.now
 
 
-async def _tracker() -> tuple[PresenceTracker, _Store, _Clock, Connection]:
-    store, clock = _Store(), _Clock()
-    tracker = PresenceTracker(store, _Log(), idle_close_s=90, sweep_s=1, away_after_s=300, clock=clock)  # type: ignore[arg-type]
+async def _tracker() -> tuple[PresenceTracker, MemoryPresence, _Clock, Connection]:
+    clock = _Clock()
+    store = MemoryPresence(ttl_ms=60_000, clock=clock)
+    tracker = PresenceTracker(
+        store, MemoryEventLog(), idle_close_s=90, sweep_s=1, away_after_s=300, clock=clock
+    )
     (conn,), _ = _conns(1)
     await tracker.connected(conn)
     return tracker, store, clock, conn
 
 
+async def _state(store: MemoryPresence) -> str:
+    (view,) = await store.read(["u0"])
+    return view.state
+
+
 async def test_a_socket_that_only_pings_becomes_away_and_its_next_frame_makes_it_online() -> None:
     tracker, store, clock, conn = await _tracker()
-    assert store.states == {"u0": "online"}
+    assert await _state(store) == "online"
     for _ in range(9):  # pings every 30 s: heard, not active
         clock.now += 30
         conn.heard = clock.now
         await tracker.sweep()
-    assert store.states == {"u0": "online"}  # 270 s of pings only
+    assert await _state(store) == "online"  # 270 s of pings only
     clock.now += 30
     conn.heard = clock.now
     await tracker.sweep()
-    assert store.states == {"u0": "away"} and conn.auto_away
+    assert await _state(store) == "away" and conn.auto_away
     await tracker.sweep()
-    assert store.reports[-1] == (conn.presence_id, "away")
+    assert (store.beats[-1].conn_id, store.beats[-1].state) == (conn.presence_id, "away")
     conn.active = conn.heard = clock.now + 1  # a frame other than a ping
     await tracker.resumed(conn)
-    assert store.states == {"u0": "online"} and not conn.auto_away
+    assert await _state(store) == "online" and not conn.auto_away
 
 
 async def test_activity_keeps_a_socket_online_and_a_chosen_away_is_left_alone() -> None:
@@ -127,13 +100,13 @@ async def test_activity_keeps_a_socket_online_and_a_chosen_away_is_left_alone() 
         clock.now += 30
         conn.heard = conn.active = clock.now  # real frames
         await tracker.sweep()
-    assert store.states == {"u0": "online"}
+    assert await _state(store) == "online"
     await tracker.set_state(conn, "away")
     conn.active = clock.now + 1
     await tracker.resumed(conn)  # not made away by silence: stays as the client said
-    assert store.states == {"u0": "away"}
+    assert await _state(store) == "away"
     await tracker.set_state(conn, "online")
     clock.now += 301
     conn.heard = clock.now
     await tracker.sweep()
-    assert store.states == {"u0": "away"}
+    assert await _state(store) == "away"

@@ -10,37 +10,30 @@ from typing import Any
 
 import pytest
 
-from events import encode_event
+from events import MessageSent
+from projections.memory import MemorySyncLog
 from projections.sync import SyncContext, encode_cursor, sync_since
 from tests.factories import message_sent
 
 PARTITIONS = 4
 
 
-class MemoryLog:
+class MemoryLog(MemorySyncLog):
+    """The in-memory sync log (its contract: ``tests/contracts.py``), with conversations
+    written before the heads table existed, and a note of whose log was read."""
+
     def __init__(self) -> None:
-        self.events: dict[str, list[tuple[int, bytes]]] = {}
-        self.marks: dict[int, int] = {}
-        self.changes: dict[tuple[str, int], list[tuple[int, str, str]]] = {}
+        super().__init__()
         self.headless: set[str] = set()  # conversations written before the heads table
         self.read: list[str] = []  # conversations whose log was read, in order
 
-    async def watermarks(self) -> dict[int, int]:
-        return dict(self.marks)
+    async def heads(self, conversation_ids: Sequence[str]) -> dict[str, int]:
+        heads = await super().heads(conversation_ids)
+        return {c: h for c, h in heads.items() if c not in self.headless}
 
-    async def heads(self, cids: Sequence[str]) -> dict[str, int]:
-        # As the worker writes them: every applied event's offset, and a little beyond the
-        # watermark (heads are written before the watermark moves).
-        return {c: self.events[c][-1][0] for c in cids if self.events.get(c) and c not in self.headless}
-
-    async def between(self, cid: str, low: int, high: int, limit: int) -> list[tuple[int, bytes]]:
-        self.read.append(cid)
-        return [e for e in self.events.get(cid, []) if low < e[0] <= high][:limit]
-
-    async def user_changes(
-        self, user_id: str, partition: int, low: int, high: int
-    ) -> list[tuple[int, str, str]]:
-        return [c for c in self.changes.get((user_id, partition), []) if low < c[0] <= high]
+    async def between(self, conversation_id: str, low: int, high: int, limit: int) -> list[tuple[int, bytes]]:
+        self.read.append(conversation_id)
+        return await super().between(conversation_id, low, high, limit)
 
 
 class MemoryCold:
@@ -62,9 +55,9 @@ class MemoryCold:
     def prune(self, log: MemoryLog, horizon: dict[int, int]) -> None:
         for cid, rows in log.events.items():
             below = horizon.get(_partition_of(cid), 0)
-            self.events.setdefault(cid, []).extend(e for e in rows if e[0] < below)
+            self.events.setdefault(cid, []).extend(e for e in rows.items() if e[0] < below)
             self.events[cid].sort()
-            log.events[cid] = [e for e in rows if e[0] >= below]
+            log.events[cid] = {o: e for o, e in rows.items() if o >= below}
 
 
 def _partition_of(cid: str) -> int:
@@ -93,10 +86,8 @@ def _ctx(log: MemoryLog, cids: set[str], cold: MemoryCold | None = None) -> Sync
     )
 
 
-def _message(cid: str, n: int) -> bytes:
-    return encode_event(
-        message_sent(n, conversation_id=cid, sender_id="s", client_msg_id=str(n), body="", ts=0)
-    )
+def _message(cid: str, n: int) -> MessageSent:
+    return message_sent(n, conversation_id=cid, sender_id="s", client_msg_id=str(n), body="", ts=0)
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -113,11 +104,11 @@ async def test_paging_returns_every_event_once_in_order_and_stops_at_the_waterma
         p = _partition_of(cid)
         offset = next_offset[p] + rng.randint(1, 3)  # other users' conversations in between
         next_offset[p] = offset
-        log.events.setdefault(cid, []).append((offset, _message(cid, ids[n])))
+        await log.apply_at([(p, offset, _message(cid, ids[n]))])
         id_at[(cid, offset)] = ids[n]
         written[cid].append(offset)
     log.headless = {c for c in cids if rng.random() < 0.3}
-    # the worker has applied only part of the log
+    # the worker has written all of it and moved its watermarks past only part of it
     log.marks = {p: rng.randint(0, o) for p, o in next_offset.items()}
     # and the oldest part of it may be archived and pruned from the log
     cold = None
@@ -153,8 +144,8 @@ async def test_only_conversations_with_events_past_the_cursor_are_read() -> None
     log = MemoryLog()
     cids = {f"c-{i}" for i in range(8)}  # two conversations per partition
     for i, cid in enumerate(sorted(cids)):
-        log.events[cid] = [(10 + i, _message(cid, 100 + i))]
-    log.events["c-5"].append((50, _message("c-5", 500)))  # the only one with news
+        await log.apply_at([(_partition_of(cid), 10 + i, _message(cid, 100 + i))])
+    await log.apply_at([(_partition_of("c-5"), 50, _message("c-5", 500))])  # the only one with news
     log.headless = {"c-6"}  # written before heads existed: read to be sure
     log.marks = dict.fromkeys(range(PARTITIONS), 60)
     cursor = encode_cursor(dict.fromkeys(range(PARTITIONS), 30))
@@ -168,7 +159,7 @@ async def test_only_conversations_with_events_past_the_cursor_are_read() -> None
 async def test_a_prune_during_the_read_is_read_again_from_the_archive() -> None:
     log, cold = MemoryLog(), MemoryCold()
     cid = "c-1"
-    log.events[cid] = [(o, _message(cid, o)) for o in range(10, 20)]
+    await log.apply_at([(_partition_of(cid), o, _message(cid, o)) for o in range(10, 20)])
     log.marks = dict.fromkeys(range(PARTITIONS), 30)
     # The first read sees no prune; a prune up to 15 lands before the check after it.
     cold.horizons = [{}, {1: 15}, {1: 15}]
@@ -181,6 +172,6 @@ async def test_a_prune_during_the_read_is_read_again_from_the_archive() -> None:
             return rows[5:]  # ... and this read missed them
         return rows
 
-    log.between = between  # type: ignore[method-assign]
+    log.between = between  # type: ignore[method-assign,assignment]
     page = await sync_since("me", encode_cursor({}), limit=100, ctx=_ctx(log, {cid}, cold))
     assert [int(m["message_id"]) for m in page.messages] == list(range(10, 20))
