@@ -205,7 +205,17 @@ def run_worker(settings: Settings) -> None:
     app = build_worker_app(settings)
     tune_for_server()
     _serve_metrics(settings)
-    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+    faust_worker(app).execute_from_commandline()
+
+
+def faust_worker(app: faust.App) -> faust.Worker:
+    worker = faust.Worker(app, loglevel="WARNING", quiet=True)
+    # No terminal spinner: to drive it, Faust sets the root logger to DEBUG for good
+    # (faust/worker.py _setup_spinner_handler), so every log.debug of aiokafka, mode and
+    # Faust (several per fetch and per request) built a LogRecord only to drop it
+    # (docs/benchmarks.md, issue #19). The root logger stays at WARNING.
+    worker.spinner = None
+    return worker
 
 
 def _serve_metrics(settings: Settings) -> None:
