@@ -110,6 +110,7 @@ def build_worker_app(settings: Settings) -> faust.App:
         batch_window_s=(
             settings.worker_persist_batch_window_s if role == "persist" else settings.worker_batch_window_s
         ),
+        fetch_wait_ms=settings.worker_background_fetch_wait_ms if role == "persist" else 0,
         session_timeout_s=settings.worker_session_timeout_s,
         on_applied=observe_applied,
         on_unavailable=observe_unavailable,
@@ -140,7 +141,9 @@ def build_search_app(settings: Settings) -> faust.App:
         partitions=settings.topic_partitions,
         stages=[indexer],
         batch_size=settings.worker_batch_size,
-        batch_window_s=settings.worker_batch_window_s,
+        # Nobody waits on the index (it commits every search_commit_interval_s anyway).
+        batch_window_s=settings.worker_persist_batch_window_s,
+        fetch_wait_ms=settings.worker_background_fetch_wait_ms,
         session_timeout_s=settings.worker_session_timeout_s,
         on_applied=observe_applied,
         on_unavailable=observe_unavailable,
