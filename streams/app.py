@@ -11,6 +11,7 @@ import faust
 from events import ChatEvent, Topics, encode_event, partition_key
 from events.topics import route
 from streams.adapters.faust_fetch import App as FetchSizedApp
+from streams.adapters.faust_take import Stream as BatchStream
 from streams.adapters.metrics import BATCH_EVENTS, DEAD_LETTERS, export_lag
 from streams.projector import PositionedStage, Projector, Record, Stage, Tracer
 
@@ -108,6 +109,8 @@ def _faust_app(
 ) -> FetchSizedApp:
     return FetchSizedApp(
         app_id,
+        # take_events without a timer while idle (streams.adapters.faust_take)
+        Stream=BatchStream,
         broker=f"kafka://{bootstrap}",
         store="memory://",
         key_serializer="raw",

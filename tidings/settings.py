@@ -114,7 +114,9 @@ class Settings(BaseSettings):
     worker_role: Literal["all", "deliver", "persist", "notify", "push", "search"] = "all"
     worker_web_port: int = 6066
     worker_batch_size: int = 500
-    worker_batch_window_s: float = 0.005
+    # How long a batch waits for more events after its first one (streams.adapters.faust_take):
+    # the deliver role's events are pushed after it, so it is short.
+    worker_batch_window_s: float = 0.002
     # The persist, search and notify roles wait longer for a batch to fill, and let each Kafka
     # fetch gather events for as long: nobody waits on them (pushes and the hot cache come from
     # the deliver role), and fuller, fewer fetches and batches cost less per event.
