@@ -75,6 +75,26 @@ def by_role(cpu_s: dict[int, float], labels: dict[int, str]) -> dict[str, float]
     return out
 
 
+def batch_counts(ports: dict[str, int]) -> dict[str, tuple[float, float]]:
+    """role -> (batches, events) so far, from the worker's tidings_worker_batch_events."""
+    import urllib.request
+
+    out: dict[str, tuple[float, float]] = {}
+    for role, port in ports.items():
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        except OSError:
+            continue
+        got = {}
+        for line in text.splitlines():
+            for key in ("count", "sum"):
+                if line.startswith(f"tidings_worker_batch_events_{key} "):
+                    got[key] = float(line.split()[1])
+        if len(got) == 2:
+            out[role] = (got["count"], got["sum"])
+    return out
+
+
 def idle_cpu(labels: dict[int, str], seconds: float) -> dict[str, float]:
     """role -> % of one core over ``seconds`` with no load."""
     hz = os.sysconf("SC_CLK_TCK")
@@ -128,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=100)
     ap.add_argument("--processes", type=int, default=1, help="generator processes")
     ap.add_argument("--idle", type=float, default=15, help="idle window before the sweep (0: none)")
+    ap.add_argument("--settle", type=float, default=15, help="seconds after start before the idle window")
     ap.add_argument("--p99-ms", type=float, default=200)
     ap.add_argument("--all", action="store_true", help="run every rate, past the knee too")
     ap.add_argument("--namespace", default="bench")
@@ -164,12 +185,16 @@ def main(argv: list[str] | None = None) -> int:
             roles = system.pids()
         labels = labelled_pids(roles)
         if args.idle > 0:
-            time.sleep(3)
+            time.sleep(args.settle)  # a worker's first seconds (joining, assignment) are not idle
             idle = idle_cpu(labels, args.idle)
             results["idle_cpu_pct"] = idle
             print(f"idle {args.idle:g} s, % of one core: " + ", ".join(f"{r} {p}" for r, p in idle.items()))
         for rate in args.rates.split(","):
             labels = labelled_pids(roles)  # Sanic may have restarted a worker
+            ports = (
+                {} if args.no_start else dict(zip(("deliver", "persist"), system.worker_ports, strict=True))
+            )
+            batches0, t0 = batch_counts(ports), time.monotonic()
             f = run_bench(
                 f"e2e-1to1 {rate}/s",
                 "bench.e2e_1to1",
@@ -183,6 +208,22 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{rate}/s: {f['error']}")
                 break
             text, summary = line(rate, f, labels)
+            batches1, elapsed = batch_counts(ports), time.monotonic() - t0
+            summary["batches"] = {
+                role: {
+                    "per_s": round((batches1[role][0] - batches0[role][0]) / elapsed, 1),
+                    "events_per_batch": round(
+                        (batches1[role][1] - batches0[role][1])
+                        / max(1.0, batches1[role][0] - batches0[role][0]),
+                        2,
+                    ),
+                }
+                for role in batches1
+                if role in batches0
+            }
+            text += "\n         batches (whole run, connects included): " + ",  ".join(
+                f"{r} {b['per_s']}/s of {b['events_per_batch']} events" for r, b in summary["batches"].items()
+            )
             results["rates"].append(summary)
             print("\n=== sweep " + text, flush=True)
             met = summary["p99_ms"] is not None and summary["p99_ms"] <= args.p99_ms
