@@ -66,6 +66,32 @@ def ticks(pids: dict[int, str]) -> dict[int, int]:
     return out
 
 
+def switches(pids: dict[int, str]) -> dict[int, int]:
+    """pid -> context switches (voluntary + not) of all its threads: its wake-ups, a figure the
+    machine's load disturbs far less than CPU time."""
+    out: dict[int, int] = {}
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        n = 0
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                            n += int(line.split()[1])
+            except OSError:
+                continue
+        out[pid] = n
+    return out
+
+
+def switch_delta(a: dict[int, int], b: dict[int, int], labels: dict[int, str]) -> dict[str, float]:
+    return by_role({pid: float(b[pid] - a[pid]) for pid in b if pid in a}, labels)
+
+
 def by_role(cpu_s: dict[int, float], labels: dict[int, str]) -> dict[str, float]:
     out: dict[str, float] = {}
     for pid, seconds in cpu_s.items():
@@ -98,10 +124,16 @@ def batch_counts(ports: dict[str, int]) -> dict[str, tuple[float, float]]:
 def idle_cpu(labels: dict[int, str], seconds: float) -> dict[str, float]:
     """role -> % of one core over ``seconds`` with no load."""
     hz = os.sysconf("SC_CLK_TCK")
-    t0, a = time.monotonic(), ticks(labels)
+    t0, a, sa = time.monotonic(), ticks(labels), switches(labels)
     time.sleep(seconds)
-    t1, b = time.monotonic(), ticks(labels)
+    t1, b, sb = time.monotonic(), ticks(labels), switches(labels)
     used = {pid: (b[pid] - a[pid]) / hz for pid in b if pid in a}
+    woke = switch_delta(sa, sb, labels)
+    print(
+        "idle context switches per second: "
+        + ", ".join(f"{r} {round(n / (t1 - t0))}" for r, n in sorted(woke.items())),
+        flush=True,
+    )
     return {role: round(s / (t1 - t0) * 100, 1) for role, s in sorted(by_role(used, labels).items())}
 
 
@@ -194,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             ports = (
                 {} if args.no_start else dict(zip(("deliver", "persist"), system.worker_ports, strict=True))
             )
-            batches0, t0 = batch_counts(ports), time.monotonic()
+            batches0, t0, sw0 = batch_counts(ports), time.monotonic(), switches(labels)
             f = run_bench(
                 f"e2e-1to1 {rate}/s",
                 "bench.e2e_1to1",
@@ -208,7 +240,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{rate}/s: {f['error']}")
                 break
             text, summary = line(rate, f, labels)
-            batches1, elapsed = batch_counts(ports), time.monotonic() - t0
+            batches1, elapsed, sw1 = batch_counts(ports), time.monotonic() - t0, switches(labels)
+            woke = switch_delta(sw0, sw1, labels)
+            total = (summary["sent"] or 1) * (1 + (args.warmup / args.duration))  # warm-up sends too
+            summary["switches_per_msg"] = {r: round(n / total, 2) for r, n in sorted(woke.items())}
             summary["batches"] = {
                 role: {
                     "per_s": round((batches1[role][0] - batches0[role][0]) / elapsed, 1),
@@ -221,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
                 for role in batches1
                 if role in batches0
             }
+            text += "\n         context switches per message (whole run, connects included): " + ",  ".join(
+                f"{r} {n}" for r, n in summary["switches_per_msg"].items()
+            )
             text += "\n         batches (whole run, connects included): " + ",  ".join(
                 f"{r} {b['per_s']}/s of {b['events_per_batch']} events" for r, b in summary["batches"].items()
             )
