@@ -169,8 +169,9 @@ def build_notify_app(settings: Settings) -> faust.App:
         stages=[notifier],
         batch_size=settings.worker_batch_size,
         # A notification goes to a device that is offline: 50 ms more does not matter, and
-        # fuller, fewer fetches and batches cost far less per message (docs/benchmarks.md).
-        batch_window_s=settings.worker_persist_batch_window_s,
+        # fuller, fewer fetches (gathered at the broker) cost far less per message
+        # (docs/benchmarks.md).
+        batch_window_s=settings.worker_batch_window_s,
         fetch_wait_ms=settings.worker_background_fetch_wait_ms,
         session_timeout_s=settings.worker_session_timeout_s,
         on_applied=observe_applied,

@@ -117,9 +117,10 @@ class Settings(BaseSettings):
     # How long a batch waits for more events after its first one (streams.adapters.faust_take):
     # the deliver role's events are pushed after it, so it is short.
     worker_batch_window_s: float = 0.002
-    # The persist, search and notify roles wait longer for a batch to fill, and let each Kafka
-    # fetch gather events for as long: nobody waits on them (pushes and the hot cache come from
-    # the deliver role), and fuller, fewer fetches and batches cost less per event.
+    # The persist, search and notify roles gather a batch for up to this long: each of their
+    # Kafka fetches waits at the broker for it (then the short window above collects what the
+    # fetch brought). Nobody waits on them (pushes and the hot cache come from the deliver
+    # role), and fuller, fewer fetches and batches cost less per event.
     worker_persist_batch_window_s: float = 0.05
     # How fast a dead worker's partitions move to a live one (Kafka's default is 45 s).
     worker_session_timeout_s: float = 10.0

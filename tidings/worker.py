@@ -107,9 +107,10 @@ def build_worker_app(settings: Settings) -> faust.App:
         presence_stages=presence_stages,
         user_stages=user_stages,
         batch_size=settings.worker_batch_size,
-        batch_window_s=(
-            settings.worker_persist_batch_window_s if role == "persist" else settings.worker_batch_window_s
-        ),
+        # persist: the fetch gathers the batch at the broker (up to the persist window), the
+        # short window only collects what one fetch brought: a write lands at most ~the
+        # persist window after its event, as when the window was a ticking timer.
+        batch_window_s=settings.worker_batch_window_s,
         fetch_wait_ms=settings.worker_background_fetch_wait_ms if role == "persist" else 0,
         session_timeout_s=settings.worker_session_timeout_s,
         on_applied=observe_applied,
@@ -141,8 +142,9 @@ def build_search_app(settings: Settings) -> faust.App:
         partitions=settings.topic_partitions,
         stages=[indexer],
         batch_size=settings.worker_batch_size,
-        # Nobody waits on the index (it commits every search_commit_interval_s anyway).
-        batch_window_s=settings.worker_persist_batch_window_s,
+        # Nobody waits on the index (it commits every search_commit_interval_s anyway): its
+        # fetches gather the batch at the broker, like persist's.
+        batch_window_s=settings.worker_batch_window_s,
         fetch_wait_ms=settings.worker_background_fetch_wait_ms,
         session_timeout_s=settings.worker_session_timeout_s,
         on_applied=observe_applied,
