@@ -348,6 +348,13 @@ async def run_process(cfg: ProcConfig, wait_start: Callable[[], None] | None) ->
         (b0, t0j), (b1, t1j) = marks["jiffies0"], marks["jiffies1"]
         result["machine_busy_pct"] = (b1 - b0) / max(t1j - t0j, 1) * 100
         result["proc_cpu"] = proc_cpu_delta(marks["procs0"], marks["procs1"], window_s)
+        hz = os.sysconf("SC_CLK_TCK")
+        # Every process's CPU-seconds in the window, none left out (bench.sweep sums by role).
+        result["proc_cpu_s"] = {
+            pid: round((ticks - marks["procs0"].get(pid, (name, 0))[1]) / hz, 3)
+            for pid, (name, ticks) in marks["procs1"].items()
+            if ticks != marks["procs0"].get(pid, (name, 0))[1]
+        }
     return result
 
 
@@ -499,6 +506,7 @@ def summarize(
         figures["proc_cpu_pct"] = [
             {"pid": pid, "name": name, "cpu_pct": pct} for pid, name, pct in results[0]["proc_cpu"]
         ]
+        figures["proc_cpu_s"] = results[0]["proc_cpu_s"]
     return figures
 
 

@@ -127,6 +127,16 @@ def summary(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 verdict(best is not None and best >= TARGETS["e2e_rate"]),
             )
         )
+    for s in results.get("sweep", {}).get("rates", []):
+        rows.append(
+            (
+                f"sweep @ {s['rate']:g}/s",
+                f"P50 {s['p50_ms']} ms, P99 {s['p99_ms']} ms, {s['delivered']}/{s['sent']}, "
+                f"CPU {s['tidings_ms_per_msg']} ms/msg (all processes but the generator)",
+                "1.5 ms/msg at 200; 0.6 at 1,000",
+                "-",
+            )
+        )
     f = results.get("fanout")
     if f:
         if "error" in f:
@@ -185,12 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes and shorter windows")
     ap.add_argument(
-        "--only", default="", help="comma-separated: e2e-1to1,fanout,connections,replay,archive,tracing"
+        "--only", default="", help="comma-separated: e2e-1to1,sweep,fanout,connections,replay,archive,tracing"
     )
     ap.add_argument(
         "--rates", default="", help="e2e-1to1 rates (default 250,500,1000,2000,5000; quick 500,1000)"
     )
     ap.add_argument("--duration", type=float, default=None, help="e2e-1to1 measured seconds (20; quick 10)")
+    ap.add_argument(
+        "--sweep-rates", default="200,400,800,1200,1600,2000,2500,3000", help="sweep: rates up to the knee"
+    )
     ap.add_argument("--pairs", type=int, default=200, help="e2e-1to1 user pairs (200)")
     ap.add_argument("--e2e-processes", type=int, default=2, help="e2e-1to1 generator processes (2)")
     ap.add_argument("--fanout-members", type=int, default=None, help="fanout group size (2000; quick 1000)")
@@ -263,6 +276,17 @@ def main(argv: list[str] | None = None) -> int:
                 )  # fmt: skip
                 time.sleep(5)  # let a backlog drain before the next rate
             results["e2e-1to1"] = sweep
+        if wanted("sweep") and not args.no_start:
+            # 200 msgs/s up to the knee, with the CPU per message of every process by role.
+            results["sweep"] = run_bench(
+                "sweep",
+                "bench.sweep",
+                ["--no-start", "--port", str(args.port), "--idle", "15",
+                 "--rates", args.sweep_rates, "--duration", f"{duration:g}", "--pairs", "100",
+                 "--pids", ",".join(f"{k}={v}" for k, v in system.pids().items()), "--json"],
+                env,
+                timeout_s=3600,
+            )  # fmt: skip
         if wanted("fanout"):
             if not args.no_start:
                 system.restart_gateway()

@@ -10,6 +10,8 @@ import faust
 
 from events import ChatEvent, Topics, encode_event, partition_key
 from events.topics import route
+from streams.adapters.faust_fetch import App as FetchSizedApp
+from streams.adapters.faust_take import Stream as BatchStream
 from streams.adapters.metrics import BATCH_EVENTS, DEAD_LETTERS, export_lag
 from streams.projector import PositionedStage, Projector, Record, Stage, Tracer
 
@@ -55,8 +57,12 @@ def create_app(
     media_stages: Sequence[Stage] = (),
     media_workers: Sequence[Callable[[Append], Stage]] = (),
     key_stages: Sequence[Stage] = (),
+    fetch_wait_ms: int = 0,
 ) -> faust.App:
+    """``fetch_wait_ms`` > 0: a group nobody waits on lets each fetch gather events for that
+    long (``streams.adapters.faust_fetch``); 0 (delivery): a fetch returns at the first event."""
     app = _faust_app(app_id, bootstrap, partitions, replication, offset_reset, session_timeout_s)
+    app.fetch_wait_ms = fetch_wait_ms
     source = app.topic(topics.conversation_events, key_type=bytes, value_type=bytes, partitions=partitions)
     dead_letters = app.topic(topics.dead_letters, key_type=bytes, value_type=bytes, partitions=partitions)
 
@@ -100,9 +106,11 @@ def _faust_app(
     replication: int,
     offset_reset: str,
     session_timeout_s: float,
-) -> faust.App:
-    return faust.App(
+) -> FetchSizedApp:
+    return FetchSizedApp(
         app_id,
+        # take_events without a timer while idle (streams.adapters.faust_take)
+        Stream=BatchStream,
         broker=f"kafka://{bootstrap}",
         store="memory://",
         key_serializer="raw",

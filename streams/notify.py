@@ -53,9 +53,24 @@ class Notifier:
 
     async def apply(self, events: Sequence[ChatEvent]) -> None:
         jobs: list[Job] = []
-        for event in events:
-            if isinstance(event, MessageSent):
+        sent = [event for event in events if isinstance(event, MessageSent)]
+        # A direct message's recipient needs no read: the registrations of all of a batch's
+        # direct recipients come in one query (100 users each), not one query per message.
+        direct = {
+            event.message_id: [u for u in dict.fromkeys(pair) if u != event.sender_id]
+            for event in sent
+            if (pair := dm_members(event.conversation_id)) is not None
+        }
+        users = list(dict.fromkeys(u for recipients in direct.values() for u in recipients))
+        by_user: dict[str, list[Registration]] = {}
+        for registration in await self._push.registrations(users) if users else []:
+            by_user.setdefault(registration.user_id, []).append(registration)
+        for event in sent:
+            recipients = direct.get(event.message_id)
+            if recipients is None:
                 jobs += await self.jobs_for(event)
+            else:
+                jobs += await self._jobs(event, [r for u in recipients for r in by_user.get(u, [])])
         if jobs:
             await self._emit(jobs)
             self.jobs_emitted += len(jobs)
@@ -77,7 +92,10 @@ class Notifier:
         recipients = await self._recipients(event)
         if not recipients:
             return []
-        registered = await self._push.registrations(recipients)
+        return await self._jobs(event, await self._push.registrations(recipients))
+
+    async def _jobs(self, event: MessageSent, registered: list[Registration]) -> list[Job]:
+        """The jobs for ``event`` given its recipients' registered devices."""
         if not registered:
             return []
         muted = await self._push.muted(event.conversation_id)

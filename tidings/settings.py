@@ -114,9 +114,13 @@ class Settings(BaseSettings):
     worker_role: Literal["all", "deliver", "persist", "notify", "push", "search"] = "all"
     worker_web_port: int = 6066
     worker_batch_size: int = 500
-    worker_batch_window_s: float = 0.005
-    # The persist role waits longer for a batch to fill: nobody waits on it (pushes and the hot
-    # cache come from the deliver role), and a fuller batch costs less per event.
+    # How long a batch waits for more events after its first one (streams.adapters.faust_take):
+    # the deliver role's events are pushed after it, so it is short.
+    worker_batch_window_s: float = 0.002
+    # The persist, search and notify roles gather a batch for up to this long: each of their
+    # Kafka fetches waits at the broker for it (then the short window above collects what the
+    # fetch brought). Nobody waits on them (pushes and the hot cache come from the deliver
+    # role), and fuller, fewer fetches and batches cost less per event.
     worker_persist_batch_window_s: float = 0.05
     # How fast a dead worker's partitions move to a live one (Kafka's default is 45 s).
     worker_session_timeout_s: float = 10.0
@@ -269,6 +273,12 @@ class Settings(BaseSettings):
         if self.cassandra_replication is not None:
             return dict(self.cassandra_replication)
         return {"class": "SimpleStrategy", "replication_factor": self.cassandra_replication_factor}
+
+    @property
+    def worker_background_fetch_wait_ms(self) -> int:
+        """How long a Kafka fetch of the persist, search and notify roles gathers events: their
+        batch window, so fetches and batches per second stay near 1 / window at any rate."""
+        return max(1, round(self.worker_persist_batch_window_s * 1000))
 
     @property
     def kafka_host(self) -> str:

@@ -107,9 +107,11 @@ def build_worker_app(settings: Settings) -> faust.App:
         presence_stages=presence_stages,
         user_stages=user_stages,
         batch_size=settings.worker_batch_size,
-        batch_window_s=(
-            settings.worker_persist_batch_window_s if role == "persist" else settings.worker_batch_window_s
-        ),
+        # persist: the fetch gathers the batch at the broker (up to the persist window), the
+        # short window only collects what one fetch brought: a write lands at most ~the
+        # persist window after its event, as when the window was a ticking timer.
+        batch_window_s=settings.worker_batch_window_s,
+        fetch_wait_ms=settings.worker_background_fetch_wait_ms if role == "persist" else 0,
         session_timeout_s=settings.worker_session_timeout_s,
         on_applied=observe_applied,
         on_unavailable=observe_unavailable,
@@ -140,7 +142,10 @@ def build_search_app(settings: Settings) -> faust.App:
         partitions=settings.topic_partitions,
         stages=[indexer],
         batch_size=settings.worker_batch_size,
+        # Nobody waits on the index (it commits every search_commit_interval_s anyway): its
+        # fetches gather the batch at the broker, like persist's.
         batch_window_s=settings.worker_batch_window_s,
+        fetch_wait_ms=settings.worker_background_fetch_wait_ms,
         session_timeout_s=settings.worker_session_timeout_s,
         on_applied=observe_applied,
         on_unavailable=observe_unavailable,
@@ -205,7 +210,17 @@ def run_worker(settings: Settings) -> None:
     app = build_worker_app(settings)
     tune_for_server()
     _serve_metrics(settings)
-    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+    faust_worker(app).execute_from_commandline()
+
+
+def faust_worker(app: faust.App) -> faust.Worker:
+    worker = faust.Worker(app, loglevel="WARNING", quiet=True)
+    # No terminal spinner: to drive it, Faust sets the root logger to DEBUG for good
+    # (faust/worker.py _setup_spinner_handler), so every log.debug of aiokafka, mode and
+    # Faust (several per fetch and per request) built a LogRecord only to drop it
+    # (docs/benchmarks.md, issue #19). The root logger stays at WARNING.
+    worker.spinner = None
+    return worker
 
 
 def _serve_metrics(settings: Settings) -> None:
