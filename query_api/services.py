@@ -342,9 +342,7 @@ class ToDeviceRelay:
         """``position`` if it is one (a cursor's to-device or device-list mark), else 400."""
         return to_device_commands.check_position(position)
 
-    async def send(
-        self, user_id: str, device_id: str, messages: Sequence[tuple[str, str, str, str]]
-    ) -> int:
+    async def send(self, user_id: str, device_id: str, messages: Sequence[tuple[str, str, str, str]]) -> int:
         """Queue and relay each ``(user, device, type, ciphertext)``; how many were relayed
         (to devices with keys). One bad message sends none."""
         await self.limiter.check("send", user_id)
