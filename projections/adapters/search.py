@@ -27,7 +27,8 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,73 +37,45 @@ import tantivy
 
 from events import ChatEvent, MessageSent
 from events.errors import Unavailable
+from projections.adapters.search_schema import (
+    APPLIED,
+    META,
+    PREFIX_FIELD,
+    SCHEMA,
+    SCHEMA_VERSION,
+    WRITER_HEAP,
+    analyze,
+    edge_ngrams,
+    fields,
+    ngram_query,
+    open_existing,
+    open_index,
+    read_applied,
+    read_state,
+    set_aside,
+)
 from projections.search_query import Hit, Parsed
 from projections.wire import message_object
+
+__all__ = ["APPLIED", "SCHEMA_VERSION", "analyze", "read_applied", "read_state"]
 
 log = logging.getLogger(__name__)
 
 NAME = "search"
-TOKENIZER = "folded"
-# Words longer than this are not indexed (base64 blobs, URLs glued together).
-LONGEST_WORD = 40
-APPLIED = "applied.json"
 SNIPPET_CHARS = 160
-WRITER_HEAP = 15_000_000  # tantivy's minimum per indexing thread
-
-
-def analyzer() -> tantivy.TextAnalyzer:
-    """Words split on non-alphanumerics, lowercased and folded to ASCII: ``Café`` is ``cafe``.
-    The index and the query parser (``projections.search_query``) use this same analyzer."""
-    return (
-        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
-        .filter(tantivy.Filter.remove_long(LONGEST_WORD))
-        .filter(tantivy.Filter.lowercase())
-        .filter(tantivy.Filter.ascii_fold())
-        .build()
-    )
-
-
-def schema() -> tantivy.Schema:
-    builder = tantivy.SchemaBuilder()
-    builder.add_text_field("body", stored=True, tokenizer_name=TOKENIZER, index_option="position")
-    builder.add_text_field("conversation_id", stored=False, tokenizer_name="raw", index_option="basic")
-    builder.add_unsigned_field("message_id", stored=True, indexed=True, fast=True)
-    # The protocol's Message object without its body (the body is stored above).
-    builder.add_bytes_field("message", stored=True, indexed=False)
-    return builder.build()
-
-
-SCHEMA = schema()
-ANALYZER = analyzer()
-
-
-def analyze(text: str) -> list[str]:
-    return list(ANALYZER.analyze(text))
-
-
-def open_index(path: Path) -> tantivy.Index:
-    path.mkdir(parents=True, exist_ok=True)
-    index = tantivy.Index(SCHEMA, path=str(path), reuse=True)
-    index.register_tokenizer(TOKENIZER, analyzer())
-    return index
 
 
 def shard_path(root: Path, topic: str, partition: int) -> Path:
     return root / topic / f"p{partition:04d}"
 
 
-def read_applied(path: Path) -> int:
-    """The offset of the last event the shard at ``path`` committed; -1 for none."""
-    try:
-        return int(json.loads((path / APPLIED).read_text())["offset"])
-    except FileNotFoundError:
-        return -1
+_SHARD_DIR = re.compile(r"p\d{4}")
 
 
 def _write_applied(path: Path, offset: int) -> None:
     tmp = path / f".{APPLIED}.tmp"
     with open(tmp, "w") as out:
-        out.write(json.dumps({"offset": offset}))
+        out.write(json.dumps({"offset": offset, "schema": SCHEMA_VERSION}))
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path / APPLIED)
@@ -121,9 +94,15 @@ class Shard:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        applied, version = read_state(path)
+        if version is not None and version != SCHEMA_VERSION:
+            # Written by other code: set aside, and this one starts empty at offset -1, so
+            # the first batch's gap check fills it from the start of the log.
+            set_aside(path, version)
+            applied = -1
         self.index = open_index(path)
         self.writer = self.index.writer(heap_size=WRITER_HEAP, num_threads=1)
-        self.applied = read_applied(path)
+        self.applied = applied
         self.seen = self.applied
         # A shard that has not committed for an interval commits its next batch at once: a quiet
         # conversation's message is searchable as soon as it is indexed.
@@ -148,6 +127,9 @@ class Shard:
                 del wire["body"]
                 doc = tantivy.Document()
                 doc.add_text("body", event.body)
+                grams = edge_ngrams(analyze(event.body))
+                if grams:
+                    doc.add_text(PREFIX_FIELD, " ".join(grams))
                 doc.add_text("conversation_id", event.conversation_id)
                 doc.add_unsigned("message_id", event.message_id)
                 doc.add_bytes("message", orjson.dumps(wire))
@@ -178,9 +160,10 @@ class Shard:
 
 
 class Backfill(Protocol):
-    async def read(self, partition: int, start: int, end: int) -> list[tuple[int, ChatEvent]]:
+    def read(self, partition: int, start: int, end: int) -> AsyncGenerator[list[tuple[int, ChatEvent]], None]:
         """The events at offsets ``start`` (or the log's first, if later) up to ``end``
-        (exclusive) of ``partition``."""
+        (exclusive) of ``partition``, in offset order, in lists (a whole partition may not fit
+        in memory: a shard rebuilt after a schema change is filled from offset 0)."""
 
 
 class SearchIndexer:
@@ -238,15 +221,21 @@ class SearchIndexer:
                     shard.seen,
                     first,
                 )
-                items = [*await self._backfill.read(partition, shard.seen + 1, first), *items]
+                async with aclosing(self._backfill.read(partition, shard.seen + 1, first)) as chunks:
+                    async for chunk in chunks:
+                        await loop.run_in_executor(None, shard.add, chunk)
+                        await self._commit_or_retry()
             await loop.run_in_executor(None, shard.add, items)
+        await self._commit_or_retry()
+        if self._interval > 0 and self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_loop())
+
+    async def _commit_or_retry(self) -> None:
         try:
             await self.commit_due()
         except Exception as exc:
             # A failed commit (a full disk) is retried; the events are already added.
             raise Unavailable(f"search commit: {exc!r}") from exc
-        if self._interval > 0 and self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_loop())
 
     async def commit_due(self, *, everything: bool = False) -> None:
         loop = asyncio.get_running_loop()
@@ -284,25 +273,46 @@ def prefix_regex(prefix: str) -> str:
     return "".join(ch if ch.isascii() and ch.isalnum() else f"\\x{{{ord(ch):x}}}" for ch in prefix) + ".*"
 
 
-def build_query(parsed: Parsed, conversation_ids: Iterable[str] | None, before: int | None) -> tantivy.Query:
+def prefix_query(prefix: str, schema: tantivy.Schema = SCHEMA, *, ngrams: bool = True) -> tantivy.Query:
+    """``prefix`` as the start of a word: a term of the n-gram field for 3..8 characters (one
+    posting list, like a word), else the body's terms that start with it, expanded over the
+    term dictionary (what every prefix cost before the n-gram field: the postings of all those
+    terms read over whole segments). Longer prefixes are expanded because few words share 9
+    characters, so the expansion is small; an 8-character n-gram AND that expansion would cost
+    the same, since tantivy reads the expansion's postings in full either way. ``ngrams``:
+    whether the shard has the n-gram field (schema 2 and later)."""
+    if ngrams and ngram_query(prefix):
+        return tantivy.Query.term_query(schema, PREFIX_FIELD, prefix)
+    return tantivy.Query.regex_query(schema, "body", prefix_regex(prefix))
+
+
+def build_query(
+    parsed: Parsed,
+    conversation_ids: Iterable[str] | None,
+    before: int | None,
+    schema: tantivy.Schema = SCHEMA,
+    *,
+    ngrams: bool = True,
+) -> tantivy.Query:
     """The engine query: every part of ``parsed`` must match, in one of ``conversation_ids``
-    (None: any), older than ``before``."""
+    (None: any), older than ``before``; over a shard of ``schema`` (with the n-gram field or
+    not: ``ngrams``)."""
     Occur, Query = tantivy.Occur, tantivy.Query
     must: list[tuple[Any, tantivy.Query]] = []
     for word in parsed.words:
-        must.append((Occur.Must, Query.term_query(SCHEMA, "body", word)))
+        must.append((Occur.Must, Query.term_query(schema, "body", word)))
     for phrase in parsed.phrases:
-        must.append((Occur.Must, Query.phrase_query(SCHEMA, "body", list(phrase))))
+        must.append((Occur.Must, Query.phrase_query(schema, "body", list(phrase))))
     for prefix in parsed.prefixes:
-        must.append((Occur.Must, Query.regex_query(SCHEMA, "body", prefix_regex(prefix))))
+        must.append((Occur.Must, prefix_query(prefix, schema, ngrams=ngrams)))
     if conversation_ids is not None:
-        must.append((Occur.Must, Query.term_set_query(SCHEMA, "conversation_id", sorted(conversation_ids))))
+        must.append((Occur.Must, Query.term_set_query(schema, "conversation_id", sorted(conversation_ids))))
     if before is not None:
         must.append(
             (
                 Occur.Must,
                 Query.range_query(
-                    SCHEMA, "message_id", tantivy.FieldType.Unsigned, None, before, True, False
+                    schema, "message_id", tantivy.FieldType.Unsigned, None, before, True, False
                 ),
             )
         )
@@ -323,17 +333,29 @@ def highlight(snippet: tantivy.Snippet) -> str:
 
 
 _WORDS = re.compile(r"\w+")
+# How much text a highlight keeps before its first match, when that match is not near the start.
+_LEAD_CHARS = 40
 
 
 def highlight_words(body: str, parsed: Parsed) -> str:
-    """Highlights made here, for what the engine's snippets do not mark (prefix matches): the
-    start of ``body`` with each matching word in ``<em>``."""
-    text = body[:SNIPPET_CHARS]
+    """Highlights made here, for queries with a prefix (the engine's snippets mark only the
+    body's own terms, never a prefix's): up to ``SNIPPET_CHARS`` of ``body`` around its first
+    match, each matching word in ``<em>``."""
     wanted = set(parsed.words) | {w for phrase in parsed.phrases for w in phrase}
+
+    def matches(word: str) -> bool:
+        return any(t in wanted or t.startswith(parsed.prefixes) for t in analyze(word))
+
+    start = 0
+    first = next((m for m in _WORDS.finditer(body) if matches(m.group())), None)
+    if first is not None and first.end() > SNIPPET_CHARS:
+        # Begin at a word boundary a little before the first match.
+        lead = body.rfind(" ", 0, max(0, first.start() - _LEAD_CHARS))
+        start = lead + 1 if lead >= 0 else first.start()
+    text = body[start : start + SNIPPET_CHARS]
     out, last = [], 0
     for match in _WORDS.finditer(text):
-        terms = analyze(match.group())
-        if any(t in wanted or t.startswith(parsed.prefixes) for t in terms):
+        if matches(match.group()):
             out.append(html.escape(text[last : match.start()]))
             out.append(f"<em>{html.escape(match.group())}</em>")
             last = match.end()
@@ -342,28 +364,48 @@ def highlight_words(body: str, parsed: Parsed) -> str:
 
 
 class _Shard:
-    """One shard as a gateway reads it: its index (reloaded by hand, never by tantivy's own
-    watcher) and the searcher of its last reload, with the ``meta.json`` it was made from."""
+    """One shard as a gateway reads it: its index, opened with the schema it was written with
+    (reloaded by hand, never by tantivy's own watcher), and the searcher of its last reload,
+    with the ``meta.json`` it was made from."""
 
     def __init__(self, path: Path) -> None:
-        self.meta = path / "meta.json"
-        self.index = open_index(path)
-        self.index.config_reader("manual")
+        self.path = path
+        self.meta = path / META
+        self.index: tantivy.Index | None = None
+        self.fields: frozenset[str] = frozenset()
         self.stamp: tuple[int, int, int] | None = None
         self.searcher: tantivy.Searcher | None = None
 
-    def fresh(self) -> tantivy.Searcher:
-        """The searcher of the shard's last commit. A commit replaces ``meta.json`` (a new file
-        renamed over the old), so its inode, time and size are compared: a reload opens every
-        segment again and empties the stores' caches, which is why it is not done per query."""
+    @property
+    def ngrams(self) -> bool:
+        return PREFIX_FIELD in self.fields
+
+    @property
+    def schema(self) -> tantivy.Schema:
+        assert self.index is not None
+        return self.index.schema
+
+    def fresh(self) -> tantivy.Searcher | None:
+        """The searcher of the shard's last commit; None while there is none (a shard set aside
+        for a rebuild, its new one not yet committed). A commit replaces ``meta.json`` (a new
+        file renamed over the old), so its inode, time and size are compared: a reload opens
+        every segment again and empties the stores' caches, which is why it is not done per
+        query. A shard whose fields changed (rebuilt with another schema) is opened anew."""
         try:
             st = self.meta.stat()
-            stamp: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
-        except OSError:
-            stamp = None  # the reload below says what is wrong
-        if self.searcher is None or stamp is None or stamp != self.stamp:
+        except FileNotFoundError:
+            self.index = self.searcher = self.stamp = None
+            return None
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self.searcher is None or stamp != self.stamp:
             # The stamp is read before the reload: a commit in between reloads once more.
-            self.index.reload()
+            on_disk = fields(self.path)
+            if self.index is None or on_disk != self.fields:
+                self.index = open_existing(self.path)
+                self.index.config_reader("manual")
+                self.fields = on_disk
+            else:
+                self.index.reload()
             self.searcher = self.index.searcher()
             self.stamp = stamp
         return self.searcher
@@ -371,7 +413,9 @@ class _Shard:
 
 class ShardReaders:
     """Read-only views of every shard under one topic's folder (a gateway's side). Each shard's
-    searcher is kept until the shard commits again (``meta.json`` replaced)."""
+    searcher is kept until the shard commits again (``meta.json`` replaced). Each shard is
+    asked with the fields it has: one written before the n-gram field gets prefixes expanded
+    over its body's terms."""
 
     def __init__(self, root: Path, topic: str) -> None:
         self._dir = root / topic
@@ -379,27 +423,33 @@ class ShardReaders:
         self._lock = threading.Lock()
         self.reloads = 0  # searchers made (tests, benchmarks)
 
-    def _searchers(self) -> list[tantivy.Searcher]:
+    def _searchers(self) -> list[tuple[tantivy.Searcher, _Shard]]:
         """The current searcher of every shard under the folder (a new shard is opened)."""
         with self._lock:
             if self._dir.is_dir():
                 for path in sorted(self._dir.iterdir()):
-                    if path not in self._shards and (path / "meta.json").exists():
+                    if (
+                        path not in self._shards
+                        and _SHARD_DIR.fullmatch(path.name)
+                        and (path / META).exists()
+                    ):
                         self._shards[path] = _Shard(path)
             searchers = []
             for shard in self._shards.values():
                 before = shard.searcher
-                searchers.append(shard.fresh())
-                self.reloads += shard.searcher is not before
+                searcher = shard.fresh()
+                if searcher is not None:
+                    searchers.append((searcher, shard))
+                    self.reloads += searcher is not before
             return searchers
 
     def all_ids(self, parsed: Parsed) -> set[int]:
         """The message ids of every hit in every conversation (verify's hit sets)."""
-        query = build_query(parsed, None, None)
         ids: set[int] = set()
-        for searcher in self._searchers():
+        for searcher, shard in self._searchers():
             if searcher.num_docs == 0:
                 continue
+            query = build_query(parsed, None, None, shard.schema, ngrams=shard.ngrams)
             result = searcher.search(query, searcher.num_docs, count=False, order_by_field="message_id")
             ids.update(int(key) for key, _ in result.hits)
         return ids
@@ -408,26 +458,32 @@ class ShardReaders:
         self, parsed: Parsed, conversation_ids: Iterable[str], *, before: int | None, limit: int
     ) -> list[Hit]:
         """The newest ``limit`` hits across the shards (blocking: run it in a thread)."""
-        query = build_query(parsed, conversation_ids, before)
-        found: list[tuple[int, tantivy.Searcher, Any]] = []
-        for searcher in self._searchers():
+        cids = list(conversation_ids)
+        found: list[tuple[int, tantivy.Searcher, _Shard, tantivy.Query, Any]] = []
+        for searcher, shard in self._searchers():
+            query = build_query(parsed, cids, before, shard.schema, ngrams=shard.ngrams)
             result = searcher.search(query, limit, count=False, order_by_field="message_id")
-            found.extend((int(key), searcher, address) for key, address in result.hits)
+            found.extend((int(key), searcher, shard, query, address) for key, address in result.hits)
         found.sort(key=lambda hit: hit[0], reverse=True)
         hits = []
         snippets: dict[int, tantivy.SnippetGenerator] = {}
-        for message_id, searcher, address in found[:limit]:
+        for message_id, searcher, shard, query, address in found[:limit]:
             doc = searcher.doc(address)
-            generator = snippets.get(id(searcher))
-            if generator is None:
-                generator = tantivy.SnippetGenerator.create(searcher, query, SCHEMA, "body")
-                generator.set_max_num_chars(SNIPPET_CHARS)
-                snippets[id(searcher)] = generator
             stored = doc.get_first("message")
             assert isinstance(stored, bytes)
             message = orjson.loads(stored)
             message["body"] = doc.get_first("body")
-            snippet = generator.snippet_from_doc(doc)
-            marked = highlight(snippet) if snippet.highlighted() else highlight_words(message["body"], parsed)
+            if parsed.prefixes:
+                marked = highlight_words(message["body"], parsed)
+            else:
+                generator = snippets.get(id(searcher))
+                if generator is None:
+                    generator = tantivy.SnippetGenerator.create(searcher, query, shard.schema, "body")
+                    generator.set_max_num_chars(SNIPPET_CHARS)
+                    snippets[id(searcher)] = generator
+                snippet = generator.snippet_from_doc(doc)
+                marked = (
+                    highlight(snippet) if snippet.highlighted() else highlight_words(message["body"], parsed)
+                )
             hits.append(Hit(message_id, message, [marked]))
         return hits

@@ -4,6 +4,7 @@ its consumer group (``projections.adapters.search.Backfill``)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncGenerator
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -14,11 +15,16 @@ log = logging.getLogger(__name__)
 
 
 class KafkaBackfill:
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, *, chunk: int = 5_000) -> None:
         self._bootstrap = bootstrap
         self._topic = topic
+        self._chunk = chunk
 
-    async def read(self, partition: int, start: int, end: int) -> list[tuple[int, ChatEvent]]:
+    async def read(
+        self, partition: int, start: int, end: int
+    ) -> AsyncGenerator[list[tuple[int, ChatEvent]], None]:
+        """The events of ``partition`` from ``start`` up to ``end`` (exclusive), in lists of
+        about ``chunk``: a shard rebuilt from offset 0 may need the whole partition."""
         tp = TopicPartition(self._topic, partition)
         consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, enable_auto_commit=False)
         try:
@@ -40,7 +46,11 @@ class KafkaBackfill:
                     except ValueError:
                         # The main agent dead-letters it; the shard just skips it.
                         log.warning("search backfill: undecodable event at %s:%s", partition, record.offset)
-            return out
+                if len(out) >= self._chunk:
+                    yield out
+                    out = []
+            if out:
+                yield out
         except Unavailable:
             raise
         except Exception as exc:

@@ -86,6 +86,29 @@ def test_words_phrases_prefixes_and_accents(system: System) -> None:
     assert result["message"]["sender_id"] == alice and result["message"]["kind"] == "text"
 
 
+def test_prefixes_of_each_length_class(system: System) -> None:
+    """2..8 characters: one term of the n-gram field; 9 and more: expanded over the words."""
+    alice, bob, stranger = user(), user(), user()
+    t = tag()
+    texts = [f"{t} Quarantine starts", f"{t} international interstellar", f"{t} a trick question"]
+    asyncio.run(send_all(system, alice, dm(alice, bob), texts))
+    assert len(wait_found(system, bob, t, 3)) == 3
+    for q, expected in [
+        (f"{t} qu*", [texts[2], texts[0]]),  # 2
+        (f"{t} qua*", [texts[0]]),  # 3
+        (f"{t} inter*", [texts[1]]),  # 5
+        (f"{t} internat*", [texts[1]]),  # 8
+        (f"{t} internati*", [texts[1]]),  # 9: expanded
+        (f"{t} quarantine*", [texts[0]]),  # the whole word, 10
+        (f"{t} ick*", []),  # inside a word: no prefix
+    ]:
+        assert bodies(system, bob, q) == expected, q
+    assert bodies(system, stranger, f"{t} qua*") == []
+    status, answer = search(system, bob, f"{t} qua*")
+    assert status == 200
+    assert "<em>Quarantine</em>" in answer["results"][0]["highlights"][0]
+
+
 def test_paging_with_a_tamper_checked_cursor(system: System) -> None:
     alice, bob = user(), user()
     t = tag()

@@ -9,7 +9,8 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from events import Snowflake, Topics, encode_event
-from projections.adapters.search import ShardReaders, analyze, read_applied, shard_path
+from projections.adapters.search import ShardReaders, analyze, shard_path
+from projections.adapters.search_schema import SCHEMA_VERSION, read_state
 from projections.search_query import parse
 from tests.factories import message_sent
 from tidings.search_rebuild import rebuild_search, rebuilt_root, switch_search, verify_search
@@ -53,10 +54,17 @@ async def test_rebuild_switch_and_verify(services: Settings, tmp_path: Path) -> 
     assert found(rebuilt_root(settings), settings, word, cid) == [base + 3, base + 2, base + 1, base]
     topic = Topics(settings.topic_prefix).conversation_events
     assert all(
-        read_applied(shard_path(rebuilt_root(settings), topic, p)) == end - 1
+        read_state(shard_path(rebuilt_root(settings), topic, p)) == (end - 1, SCHEMA_VERSION)
         for p, end in state.ends.items()
         if end > 0
     )
+    # A rebuilt shard has the n-gram field: a 3..8-letter prefix is one term of it.
+    assert found(rebuilt_root(settings), settings, f"{word[:6]}*", cid) == [
+        base + 3,
+        base + 2,
+        base + 1,
+        base,
+    ]
 
     switch_search(settings)
     assert found(settings.search_root, settings, word, cid) == [base + 3, base + 2, base + 1, base]

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import pytest
+import tantivy
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -20,6 +22,14 @@ from projections.adapters.search import (
     analyze,
     read_applied,
     shard_path,
+)
+from projections.adapters.search_schema import (
+    PREFIX_FIELD,
+    SCHEMA_VERSION,
+    TOKENIZER,
+    analyzer,
+    fields,
+    read_state,
 )
 from projections.search_query import parse
 from streams.adapters.search_backfill import KafkaBackfill
@@ -116,9 +126,13 @@ class LogOf:
         self.events = events
         self.reads: list[tuple[int, int]] = []
 
-    async def read(self, partition: int, start: int, end: int) -> list[tuple[int, ChatEvent]]:
+    async def read(
+        self, partition: int, start: int, end: int
+    ) -> AsyncGenerator[list[tuple[int, ChatEvent]], None]:
         self.reads.append((start, end))
-        return [(o, e) for o, e in self.events if start <= o < end]
+        wanted = [(o, e) for o, e in self.events if start <= o < end]
+        for i in range(0, len(wanted), 2):  # in chunks, as the log gives them
+            yield wanted[i : i + 2]
 
 
 async def test_what_a_crash_loses_before_the_commit_comes_back_from_the_log(tmp_path: Path) -> None:
@@ -185,3 +199,114 @@ async def test_a_gateway_keeps_each_searcher_until_its_shard_commits(tmp_path: P
         h.message_id for h in readers.search(parse("cached", analyze), ["g:3"], before=None, limit=50)
     ] == [403]
     assert readers.reloads == 5
+
+
+async def test_prefixes_of_each_length_find_word_starts_only(tmp_path: Path) -> None:
+    bodies = {
+        500: "Quickly now",
+        501: "the quiet one",
+        502: "internationalization matters",
+        503: "interstellar trip",
+        504: "die Straße entlang",
+        505: "a trick question",  # "ick" inside a word: never a prefix match
+    }
+    indexer = SearchIndexer(tmp_path, TOPIC)
+    await indexer.apply_at([(0, i, sent("g:1", mid, body)) for i, (mid, body) in enumerate(bodies.items())])
+    indexer.close()
+    assert read_state(shard_path(tmp_path, TOPIC, 0)) == (5, SCHEMA_VERSION)
+    for q, expected in [
+        ("qu*", [505, 501, 500]),  # 2..8 letters: one n-gram term
+        ("qui*", [501, 500]),
+        ("quick*", [500]),
+        ("QUICKLY*", [500]),  # the whole word is its own longest n-gram
+        ("inter*", [503, 502]),
+        ("internat*", [502]),  # 8
+        ("internati*", [502]),  # 9 and more: expanded
+        ("internationalization*", [502]),
+        ("straß*", [504]),  # folded like the body: strass
+        ("ick*", []),
+        ("interstellar trip*", [503]),
+    ]:
+        assert found(tmp_path, q, ["g:1"]) == expected, q
+    # Highlights mark the words a prefix matched.
+    (hit,) = ShardReaders(tmp_path, TOPIC).search(
+        parse("inter* trip", analyze), ["g:1"], before=None, limit=5
+    )
+    assert hit.highlights == ["<em>interstellar</em> <em>trip</em>"]
+
+
+def old_schema() -> tantivy.Schema:
+    """Schema version 1, as the shards written before the n-gram field have it."""
+    builder = tantivy.SchemaBuilder()
+    builder.add_text_field("body", stored=True, tokenizer_name=TOKENIZER, index_option="position")
+    builder.add_text_field("conversation_id", stored=False, tokenizer_name="raw", index_option="basic")
+    builder.add_unsigned_field("message_id", stored=True, indexed=True, fast=True)
+    builder.add_bytes_field("message", stored=True, indexed=False)
+    return builder.build()
+
+
+def write_old_shard(path: Path, events: list[tuple[int, MessageSent]]) -> None:
+    path.mkdir(parents=True)
+    index = tantivy.Index(old_schema(), path=str(path))
+    index.register_tokenizer(TOKENIZER, analyzer())
+    writer = index.writer(heap_size=15_000_000, num_threads=1)
+    for _, event in events:
+        doc = tantivy.Document()
+        doc.add_text("body", event.body)
+        doc.add_text("conversation_id", event.conversation_id)
+        doc.add_unsigned("message_id", event.message_id)
+        doc.add_bytes("message", b'{"message_id": %d}' % event.message_id)
+        writer.add_document(doc)
+    writer.commit()
+    writer.wait_merging_threads()
+    del writer
+    (path / APPLIED).write_text(json.dumps({"offset": events[-1][0]}))  # no "schema": version 1
+
+
+async def test_an_old_schema_shard_is_read_with_its_own_fields_then_rebuilt_from_the_log(
+    services: Settings, tmp_path: Path
+) -> None:
+    topic = Topics(services.topic_prefix).conversation_events
+    cid = f"g:schema{uuid.uuid4().hex[:10]}"
+    word = f"w{uuid.uuid4().hex[:10]}"
+    partitions = list(range(services.topic_partitions))
+    partition = DefaultPartitioner()(cid.encode(), partitions, partitions)
+    events = [sent(cid, 20_000 + i, f"{word} schematic number {i}") for i in range(4)]
+    producer = AIOKafkaProducer(bootstrap_servers=services.kafka_bootstrap, acks="all")
+    await producer.start()
+    offsets: list[int] = []
+    try:
+        for event in events:
+            meta = await producer.send_and_wait(
+                topic, encode_event(event), key=cid.encode(), partition=partition
+            )
+            offsets.append(meta.offset)
+    finally:
+        await producer.stop()
+
+    # A shard written by the old code holds the first three messages (and, in the real world,
+    # every earlier one of its partition).
+    path = shard_path(tmp_path, topic, partition)
+    write_old_shard(path, list(zip(offsets[:3], events[:3], strict=True)))
+    assert read_state(path) == (offsets[2], 1)
+    # A gateway asks it only with the fields it has: the prefix is expanded over its terms.
+    readers = ShardReaders(tmp_path, topic)
+
+    def ids(q: str) -> list[int]:
+        return [h.message_id for h in readers.search(parse(q, analyze), [cid], before=None, limit=50)]
+
+    mids = [e.message_id for e in reversed(events)]
+    assert ids(f"{word} schem*") == mids[1:]
+
+    # The search worker starts and is handed the fourth: the old shard is set aside and a new
+    # one filled from the start of the log, in this version's schema.
+    indexer = SearchIndexer(tmp_path, topic, KafkaBackfill(services.kafka_bootstrap, topic, chunk=100))
+    await indexer.apply_at([(partition, offsets[3], events[3])])
+    indexer.close()
+    assert read_state(path) == (offsets[3], SCHEMA_VERSION)
+    assert PREFIX_FIELD in fields(path)
+    (aside,) = (tmp_path / f"{topic}.schema-v1").iterdir()
+    assert read_state(aside) == (offsets[2], 1)
+    # The same reader opens the new shard with its new fields: the prefix is one n-gram term.
+    assert ids(f"{word} schem*") == mids
+    assert ids(f"{word} schematic") == mids

@@ -7,7 +7,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from events.errors import Invalid
-from projections.adapters.search import analyze, build_query, highlight_words, prefix_regex
+from projections.adapters.search import (
+    SNIPPET_CHARS,
+    analyze,
+    build_query,
+    highlight_words,
+    prefix_query,
+    prefix_regex,
+)
+from projections.adapters.search_schema import edge_ngrams
 from projections.search_query import MAX_CHARS, Parsed, parse
 from query_api.search_api import make_cursor, read_cursor
 
@@ -102,6 +110,52 @@ def test_prefix_regex_escapes_all_but_ascii_letters_and_digits() -> None:
 def test_highlights_escape_the_body() -> None:
     parsed = parse("scr*", analyze)
     assert highlight_words("<b>Script</b> & more", parsed) == "&lt;b&gt;<em>Script</em>&lt;/b&gt; &amp; more"
+
+
+def test_edge_ngrams_are_each_words_prefixes_of_2_to_8_characters_once() -> None:
+    terms = analyze("Hi Straße wonderfully WONDER a")
+    assert terms == ["hi", "strasse", "wonderfully", "wonder", "a"]
+    assert edge_ngrams(terms) == [
+        "hi",
+        "st",
+        "str",
+        "stra",
+        "stras",
+        "strass",
+        "strasse",
+        "wo",
+        "won",
+        "wond",
+        "wonde",
+        "wonder",
+        "wonderf",
+        "wonderfu",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "kind"),
+    [
+        ("ab", "TermQuery"),  # the shortest prefix there is (a* is the word a)
+        ("abc", "TermQuery"),
+        ("abcdefgh", "TermQuery"),
+        ("abcdefghi", "RegexQuery"),  # longer: expanded (few terms share 9 characters)
+    ],
+)
+def test_a_prefix_of_2_to_8_characters_is_one_term_of_the_ngram_field(prefix: str, kind: str) -> None:
+    assert repr(prefix_query(prefix)).startswith(f"Query({kind}")
+    # A shard written before the n-gram field has none: its prefixes are always expanded.
+    assert repr(prefix_query(prefix, ngrams=False)).startswith("Query(RegexQuery")
+
+
+def test_a_prefix_match_far_into_a_long_message_is_highlighted() -> None:
+    body = "filler " * 40 + "the Quickly word " + "tail " * 40
+    marked = highlight_words(body, parse("quic*", analyze))
+    assert "<em>Quickly</em>" in marked
+    assert len(marked) <= SNIPPET_CHARS + len("<em></em>")
+    # With a word as well, both are marked (the engine's snippets would mark the word only).
+    marked = highlight_words("a quickly brown fox", parse("brown quic*", analyze))
+    assert marked == "a <em>quickly</em> <em>brown</em> fox"
 
 
 def test_cursor_round_trip_and_tampering() -> None:
