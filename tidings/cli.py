@@ -207,7 +207,8 @@ def test(ctx: typer.Context) -> None:
             typer.echo(f"{check[0]} failed", err=True)
             raise typer.Exit(1)
     settings = _settings()
-    services.ensure_system_packages(browser=True)  # the web client's tests need chromium
+    # The web client's tests need chromium; the alert rules' tests need promtool.
+    services.ensure_system_packages(browser=True, promtool=True)
     ours = [s.name for s in services.up(settings) if s.started_by_us]
     code = 1
     try:
