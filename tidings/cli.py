@@ -34,30 +34,45 @@ def _settings() -> Settings:
     return with_active_keyspace(Settings())
 
 
+ClusterFlag = Annotated[
+    bool, typer.Option("--cluster", help="the cluster profile: 3 Kafka brokers, 3 Cassandra nodes, HAProxy")
+]
+
+
 @services_app.command("up")
-def services_up() -> None:
+def services_up(cluster: ClusterFlag = False) -> None:
     """Start the services (installing and downloading what is missing); reuse running ones."""
     from tidings import services
+    from tidings.services import cluster as profile
 
-    services.ensure_system_packages()
-    for s in services.up(_settings()):
+    services.ensure_system_packages(haproxy=cluster)
+    settings = _settings()
+    statuses = profile.up(profile.cluster_settings(settings)) if cluster else services.up(settings)
+    for s in statuses:
         typer.echo(f"{s.name:10} {s.host}:{s.port}  {'started' if s.started_by_us else 'running'}")
 
 
 @services_app.command("down")
-def services_down() -> None:
+def services_down(cluster: ClusterFlag = False) -> None:
     """Stop the services that `tidings services up` started."""
     from tidings import services
+    from tidings.services import cluster as profile
 
-    services.down(_settings())
+    if cluster:
+        profile.down(profile.cluster_settings(_settings()))
+    else:
+        services.down(_settings())
 
 
 @services_app.command("status")
-def services_status() -> None:
+def services_status(cluster: ClusterFlag = False) -> None:
     """Show each service, its port and whether it answers."""
     from tidings import services
+    from tidings.services import cluster as profile
 
-    for s in services.status(_settings()):
+    settings = _settings()
+    statuses = profile.status(profile.cluster_settings(settings)) if cluster else services.status(settings)
+    for s in statuses:
         state = "running" if s.running else "stopped"
         typer.echo(f"{s.name:10} {s.host}:{s.port}  {state:8} pid={s.pid or '-'}  {s.detail}")
 

@@ -78,6 +78,16 @@ _LOGBACK = """<?xml version="1.0" encoding="UTF-8"?>
 class Cassandra(Service):
     name = "cassandra"
     ready_timeout_s = 180.0
+    default_heap = "1G"
+    cluster_name = "tidings-dev"
+
+    def seeds(self) -> str:
+        """The seed list of cassandra.yaml: one node is its own seed."""
+        return f"{self.host}:{self.settings.cassandra_storage_port}"
+
+    def extra_yaml(self) -> str:
+        """cassandra.yaml keys a subclass adds (a cluster's nodes)."""
+        return ""
 
     @property
     def host(self) -> str:
@@ -114,14 +124,14 @@ class Cassandra(Service):
         # Only keys that exist in 5.0's Config.java: unknown keys are fatal. Directories come
         # from -Dcassandra.storagedir.
         return f"""\
-cluster_name: 'tidings-dev'
+cluster_name: '{self.cluster_name}'
 num_tokens: 1
 partitioner: org.apache.cassandra.dht.Murmur3Partitioner
 endpoint_snitch: SimpleSnitch
 seed_provider:
   - class_name: org.apache.cassandra.locator.SimpleSeedProvider
     parameters:
-      - seeds: "{host}:{storage}"
+      - seeds: "{self.seeds()}"
 listen_address: {host}
 rpc_address: {host}
 storage_port: {storage}
@@ -136,7 +146,7 @@ memtable_heap_space: 128MiB
 memtable_offheap_space: 128MiB
 key_cache_size: 16MiB
 concurrent_compactors: 1
-"""
+{self.extra_yaml()}"""
 
     def prepare(self, echo: Echo) -> None:
         super().prepare(echo)
@@ -153,7 +163,7 @@ concurrent_compactors: 1
         (conf / "cassandra.yaml").write_text(self.cassandra_yaml())
         (conf / "logback.xml").write_text(_LOGBACK)
         (conf / "jvm17-server.args").write_text(_JVM17_ARGS)
-        size = heap(HEAP_ENV, "1G")
+        size = heap(HEAP_ENV, self.default_heap)
         argv = [
             java,
             f"@{conf / 'jvm17-server.args'}",
