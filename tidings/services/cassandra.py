@@ -80,6 +80,10 @@ class Cassandra(Service):
     ready_timeout_s = 180.0
     default_heap = "1G"
     cluster_name = "tidings-dev"
+    # The default role's set-up waits this long after start-up. One node: no reason to wait.
+    # A cluster's node must not use 0: while a peer is down the set-up is retried after this
+    # delay, and at 0 it spins (100,000 log lines in seconds, a core busy).
+    superuser_setup_delay_ms = 0
 
     def seeds(self) -> str:
         """The seed list of cassandra.yaml: one node is its own seed."""
@@ -177,7 +181,7 @@ concurrent_compactors: 1
             # Without it CassandraDaemon closes stdout/stderr and start-up errors vanish.
             "-Dcassandra-foreground=yes",
             "-Dcassandra.skip_wait_for_gossip_to_settle=0",
-            "-Dcassandra.superuser_setup_delay_ms=0",
+            f"-Dcassandra.superuser_setup_delay_ms={self.superuser_setup_delay_ms}",
             # No blocking flush of system/schema tables: much faster DDL, fine for development.
             "-Dcassandra.unsafesystem=true",
             f"-Djna.tmpdir={jna_tmp}",

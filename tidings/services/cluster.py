@@ -18,6 +18,7 @@ docs/scaling.md.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,7 @@ S3_PORT = 39070
 HAPROXY_PORT = 38787
 HAPROXY_STATS_PORT = 38404
 GATEWAY_BASE_PORT = 38801  # gateway i: 38801 + i, behind HAProxy
+WORKER_BASE_WEB_PORT = 38901  # each worker's /metrics
 
 STATE_ENV = "TIDINGS_CLUSTER_STATE_DIR"
 
@@ -154,6 +156,7 @@ class CassandraNode(Cassandra):
 
     default_heap = "768M"  # below ~768M Cassandra 5.0 struggles; three of them fit 24 GiB
     cluster_name = "tidings-cluster"
+    superuser_setup_delay_ms = 5000
 
     def __init__(self, settings: Settings, index: int) -> None:
         self.index = index
@@ -252,3 +255,37 @@ def down(settings: Settings, *, only: list[str] | None = None, echo: Echo = prin
 
 def status(settings: Settings) -> list[ServiceStatus]:
     return [service.status() for service in all_services(settings)]
+
+
+def cluster_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a Tidings process (gateway, worker, migrate) use the cluster
+    ``settings`` describe."""
+    return {
+        "TIDINGS_STATE_DIR": str(settings.state_dir),
+        "TIDINGS_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "TIDINGS_KAFKA_CONTROLLER_PORT": str(settings.kafka_controller_port),
+        "TIDINGS_KAFKA_REPLICATION": str(settings.kafka_replication),
+        "TIDINGS_KAFKA_MIN_INSYNC_REPLICAS": str(settings.kafka_min_insync_replicas),
+        "TIDINGS_CASSANDRA_HOSTS": json.dumps(settings.cassandra_hosts),
+        "TIDINGS_CASSANDRA_PORT": str(settings.cassandra_port),
+        "TIDINGS_CASSANDRA_STORAGE_PORT": str(settings.cassandra_storage_port),
+        "TIDINGS_CASSANDRA_REPLICATION": json.dumps(settings.cassandra_replication_map()),
+        "TIDINGS_CASSANDRA_CONSISTENCY": settings.cassandra_consistency,
+        "TIDINGS_REDIS_PORT": str(settings.redis_port),
+        "TIDINGS_S3_PORT": str(settings.s3_port),
+    }
+
+
+def app_processes(gateways: int, workers_per_role: int = 2) -> dict[str, dict[str, str]]:
+    """The gateways and workers of the profile, by process name (``gateway2``, ``persist2``:
+    ``tidings.processes.role_of``), each with the environment that sets its ports. Two search
+    workers on one host share the index folder (docs/search.md)."""
+    names: dict[str, dict[str, str]] = {}
+    web_port = WORKER_BASE_WEB_PORT
+    for role in ("deliver", "persist", "notify", "push", "search"):
+        for i in range(workers_per_role):
+            names[role if i == 0 else f"{role}{i + 1}"] = {"TIDINGS_WORKER_WEB_PORT": str(web_port)}
+            web_port += 1
+    for i, port in enumerate(gateway_ports(gateways)):
+        names["gateway" if i == 0 else f"gateway{i + 1}"] = {"TIDINGS_HTTP_PORT": str(port)}
+    return names
