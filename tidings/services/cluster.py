@@ -233,7 +233,27 @@ def up(settings: Settings, *, gateways: int = 2, echo: Echo = print) -> list[Ser
 
 
 def _one_after_another(nodes: list[CassandraNode], echo: Echo) -> list[ServiceStatus]:
-    return [node.up(echo) for node in nodes]
+    statuses = [node.up(echo) for node in nodes]
+    if any(s.started_by_us for s in statuses):
+        wait_schema_agreement(nodes[0].settings, echo)
+    return statuses
+
+
+def wait_schema_agreement(settings: Settings, echo: Echo, timeout_s: float = 120.0) -> None:
+    """Until every live node reports one schema version. A node that comes back may answer
+    CQL before it has pulled the schema its peers changed meanwhile; a statement it then
+    coordinates fails with "table ... does not exist" (seen once on a restart of the cluster)."""
+    from projections.adapters.cql import connect_to
+
+    started = time.monotonic()
+    cluster, _ = connect_to(settings)
+    try:
+        agreed = cluster.control_connection.wait_for_schema_agreement(wait_time=timeout_s)
+    finally:
+        cluster.shutdown()
+    if not agreed:
+        raise ServiceError(f"cassandra nodes disagree on the schema after {timeout_s:.0f} s")
+    echo(f"cassandra schema agreed in {time.monotonic() - started:.1f} s")
 
 
 def all_services(settings: Settings, gateways: int = 2) -> list[Service]:
