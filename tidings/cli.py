@@ -257,8 +257,8 @@ def test(ctx: typer.Context, cluster: ClusterFlag = False) -> None:  # noqa: PT0
             typer.echo(f"{check[0]} failed", err=True)
             raise typer.Exit(1)
     settings = _settings()
-    # The web client's tests need chromium; the alert rules' tests need promtool.
-    services.ensure_system_packages(browser=True, promtool=True)
+    # The web client's tests need chromium; the alert rules' tests promtool; HAProxy's, haproxy.
+    services.ensure_system_packages(browser=True, promtool=True, haproxy=True)
     ours = [s.name for s in services.up(settings) if s.started_by_us]
     code = 1
     try:

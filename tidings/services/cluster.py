@@ -227,7 +227,10 @@ def up(settings: Settings, *, gateways: int = 2, echo: Echo = print) -> list[Ser
             errors.append(f"[cassandra] {exc}")
     if errors:
         raise ServiceError("\n\n".join(errors))
-    statuses.append(HAProxy(settings, gateway_ports(gateways)).up(echo))
+    haproxy = HAProxy(settings, gateway_ports(gateways))
+    statuses.append(haproxy.up(echo))
+    if not statuses[-1].started_by_us and haproxy.config.read_text() != haproxy.haproxy_cfg():
+        haproxy.reload(haproxy.gateway_ports, echo)  # another gateway count: reloaded, drained
     echo(f"cluster services up in {time.monotonic() - started:.1f} s")
     return statuses
 
