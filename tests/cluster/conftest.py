@@ -19,6 +19,7 @@ import pytest
 from tests.e2e.conftest import System
 from tidings import processes
 from tidings.services import cluster as profile
+from tidings.services.haproxy import HAProxy
 from tidings.settings import Settings
 
 GATEWAYS = 2
@@ -41,6 +42,24 @@ class ClusterSystem(System):
     def start(self, name: str) -> None:
         env = {**self.env, **self.apps[name]}
         self.procs[name] = processes.spawn(name, env, log=self.logs / f"{name}.log")
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        """Until HAProxy's health checks have both gateways UP (a /readyz through HAProxy
+        answers as soon as one is)."""
+        super().wait_ready(timeout_s)
+        haproxy = HAProxy(self.settings, profile.gateway_ports(GATEWAYS))
+        deadline = time.monotonic() + timeout_s
+        while not self._all_up(haproxy):
+            assert time.monotonic() < deadline, haproxy.admin("show stat")
+            time.sleep(0.5)
+
+    @staticmethod
+    def _all_up(haproxy: HAProxy) -> bool:
+        lines = haproxy.admin("show stat").lstrip("# ").splitlines()
+        header = lines[0].split(",")
+        rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
+        gateways = [r for r in rows if r["pxname"] == "gateways_ws" and r["svname"].startswith("gw")]
+        return len(gateways) == GATEWAYS and all(r["status"] == "UP" for r in gateways)
 
 
 @pytest.fixture(scope="session")

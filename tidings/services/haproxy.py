@@ -113,6 +113,9 @@ defaults
     timeout client-fin 5s
     timeout http-request 10s
     timeout queue 10s
+    # A check's whole exchange; unset it would be `inter` (1 s), and a loaded gateway's /readyz
+    # (Kafka, Cassandra and Redis asked in turn) can take longer than that without being down.
+    timeout check 3s
     default-server check inter 1s fall 2 rise 2 maxconn {capacity}
 
 frontend stats
