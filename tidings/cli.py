@@ -34,30 +34,45 @@ def _settings() -> Settings:
     return with_active_keyspace(Settings())
 
 
+ClusterFlag = Annotated[
+    bool, typer.Option("--cluster", help="the cluster profile: 3 Kafka brokers, 3 Cassandra nodes, HAProxy")
+]
+
+
 @services_app.command("up")
-def services_up() -> None:
+def services_up(cluster: ClusterFlag = False) -> None:
     """Start the services (installing and downloading what is missing); reuse running ones."""
     from tidings import services
+    from tidings.services import cluster as profile
 
-    services.ensure_system_packages()
-    for s in services.up(_settings()):
+    services.ensure_system_packages(haproxy=cluster)
+    settings = _settings()
+    statuses = profile.up(profile.cluster_settings(settings)) if cluster else services.up(settings)
+    for s in statuses:
         typer.echo(f"{s.name:10} {s.host}:{s.port}  {'started' if s.started_by_us else 'running'}")
 
 
 @services_app.command("down")
-def services_down() -> None:
+def services_down(cluster: ClusterFlag = False) -> None:
     """Stop the services that `tidings services up` started."""
     from tidings import services
+    from tidings.services import cluster as profile
 
-    services.down(_settings())
+    if cluster:
+        profile.down(profile.cluster_settings(_settings()))
+    else:
+        services.down(_settings())
 
 
 @services_app.command("status")
-def services_status() -> None:
+def services_status(cluster: ClusterFlag = False) -> None:
     """Show each service, its port and whether it answers."""
     from tidings import services
+    from tidings.services import cluster as profile
 
-    for s in services.status(_settings()):
+    settings = _settings()
+    statuses = profile.status(profile.cluster_settings(settings)) if cluster else services.status(settings)
+    for s in statuses:
         state = "running" if s.running else "stopped"
         typer.echo(f"{s.name:10} {s.host}:{s.port}  {state:8} pid={s.pid or '-'}  {s.detail}")
 
@@ -137,15 +152,24 @@ def chat(
 
 
 @app.command()
-def up() -> None:
-    """Services, migrations, a gateway and a worker in one command; Ctrl-C stops what it started."""
+def up(
+    cluster: ClusterFlag = False,
+    gateways: Annotated[int, typer.Option(help="gateways behind HAProxy (with --cluster)", min=1)] = 2,
+) -> None:
+    """Services, migrations, a gateway and a worker in one command; Ctrl-C stops what it started.
+    With --cluster: the cluster profile, N gateways behind HAProxy and two workers per role."""
     from tidings import processes, services
     from tidings.migrate import migrate as run_migrations
+    from tidings.services import cluster as profile
 
     settings = _settings()
     started_at = time.monotonic()
-    services.ensure_system_packages()
-    statuses = services.up(settings)
+    services.ensure_system_packages(haproxy=cluster)
+    if cluster:
+        settings = profile.cluster_settings(settings)
+        statuses = profile.up(settings, gateways=gateways)
+    else:
+        statuses = services.up(settings)
     ours = [s.name for s in statuses if s.started_by_us]
     children: list[subprocess.Popen[bytes]] = []
     try:
@@ -153,31 +177,45 @@ def up() -> None:
         env = {**os.environ, "TIDINGS_AUTH_SECRET": settings.resolved_auth_secret()}
         # The web client's development sign-in (query_api.web): local use only, never production.
         env.setdefault("TIDINGS_DEV_LOGIN", "true")
-        metrics_port = settings.worker_web_port
-        extra = {
-            "deliver": {"TIDINGS_WORKER_WEB_PORT": str(metrics_port)},
-            "persist": {"TIDINGS_WORKER_WEB_PORT": str(metrics_port + 1)},
-            "notify": {"TIDINGS_WORKER_WEB_PORT": str(metrics_port + 2)},
-            "push": {"TIDINGS_WORKER_WEB_PORT": str(metrics_port + 3)},
-            "search": {"TIDINGS_WORKER_WEB_PORT": str(metrics_port + 4)},
-            "gateway": {},
-        }
+        if cluster:
+            env.update(profile.cluster_env(settings))
+            extra = profile.app_processes(gateways)
+        else:
+            metrics_port = settings.worker_web_port
+            extra = {
+                "deliver": {"TIDINGS_WORKER_WEB_PORT": str(metrics_port)},
+                "persist": {"TIDINGS_WORKER_WEB_PORT": str(metrics_port + 1)},
+                "notify": {"TIDINGS_WORKER_WEB_PORT": str(metrics_port + 2)},
+                "push": {"TIDINGS_WORKER_WEB_PORT": str(metrics_port + 3)},
+                "search": {"TIDINGS_WORKER_WEB_PORT": str(metrics_port + 4)},
+                "gateway": {},
+            }
         started = {name: processes.spawn(name, {**env, **more}) for name, more in extra.items()}
         children += started.values()
         url = f"http://{settings.http_host}:{settings.http_port}"
         try:
-            processes.wait_ready(f"{url}/readyz", started, timeout_s=60)
+            processes.wait_ready(f"{url}/readyz", started, timeout_s=120 if cluster else 60)
         except (processes.Exited, TimeoutError) as exc:
             typer.echo(str(exc), err=True)
             raise typer.Exit(1) from exc
+        where = "HAProxy" if cluster else "the gateway"
         typer.echo(
-            f"\nTidings is up in {time.monotonic() - started_at:.1f}s\n"
+            f"\nTidings is up in {time.monotonic() - started_at:.1f}s; connect to {where}:\n"
             f"  WebSocket  ws://{settings.http_host}:{settings.http_port}/v1/ws?token=<token>\n"
             f"  HTTP       {url}/v1/...   metrics {url}/metrics\n"
             f"  web client {url}/   API description {url}/v1/openapi.json\n"
             f"  media      {settings.s3_endpoint_url}/{settings.s3_bucket} (S3; docs/media.md)\n"
             f"  a token    python3 -m tidings token alice\n"
-            "Ctrl-C stops everything this command started."
+            + (
+                f"  HAProxy    stats http://{settings.http_host}:{profile.HAPROXY_STATS_PORT}/stats, "
+                f"metrics /metrics; gateways on {', '.join(map(str, profile.gateway_ports(gateways)))}\n"
+                f"  Kafka      {settings.kafka_bootstrap}\n"
+                f"  Cassandra  {', '.join(settings.cassandra_hosts)} port {settings.cassandra_port} "
+                f"({settings.cassandra_consistency})\n"
+                if cluster
+                else ""
+            )
+            + "Ctrl-C stops everything this command started."
         )
         signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl-C
         while all(c.poll() is None for c in children):
@@ -188,7 +226,10 @@ def up() -> None:
     finally:
         processes.stop(children)
         if ours:
-            services.down(settings, only=ours)
+            if cluster:
+                profile.down(settings, only=ours)
+            else:
+                services.down(settings, only=ours)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -196,18 +237,28 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def test(ctx: typer.Context) -> None:
+def test(ctx: typer.Context, cluster: ClusterFlag = False) -> None:  # noqa: PT028 - a command, not a test
     """Lint, type-check, then run the whole test suite against real services (started if
-    needed, stopped after). Extra arguments go to pytest."""
+    needed, stopped after). Extra arguments go to pytest. With --cluster: only the cluster tier
+    (tests/cluster), which starts the cluster profile's services itself."""
     from tidings import services
 
     started_at = time.monotonic()
+    if cluster:
+        services.ensure_system_packages(haproxy=True)
+        env = {**os.environ, "TIDINGS_RUN_CLUSTER": "1"}
+        argv = [sys.executable, "-m", "pytest", "tests/cluster", *ctx.args]
+        code = subprocess.call(argv, cwd=ROOT, env=env)
+        minutes, seconds = divmod(time.monotonic() - started_at, 60)
+        typer.echo(f"cluster tier took {int(minutes)}m{seconds:04.1f}s (services included)")
+        raise typer.Exit(code)
     for check in (["ruff", "check", "."], ["mypy"]):
         if subprocess.call([sys.executable, "-m", *check], cwd=ROOT) != 0:
             typer.echo(f"{check[0]} failed", err=True)
             raise typer.Exit(1)
     settings = _settings()
-    services.ensure_system_packages(browser=True)  # the web client's tests need chromium
+    # The web client's tests need chromium; the alert rules' tests promtool; HAProxy's, haproxy.
+    services.ensure_system_packages(browser=True, promtool=True, haproxy=True)
     ours = [s.name for s in services.up(settings) if s.started_by_us]
     code = 1
     try:

@@ -75,6 +75,14 @@ class Settings(BaseSettings):
     # 5 for Cassandra 5.0, 4 for ScyllaDB.
     cassandra_protocol_version: int = 5
     cassandra_local_dc: str = "datacenter1"
+    # The consistency level of every read and write. One node: LOCAL_ONE (the driver's own
+    # default). The cluster profile (replication 3) sets LOCAL_QUORUM: 2 of the 3 replicas in
+    # the local data centre for reads and writes, so a read sees every acknowledged write and
+    # one node may be down. LOCAL_ rather than plain QUORUM: the same 2 of 3 in one data
+    # centre, and no cross-DC round trip once there is a second one (docs/scaling.md).
+    cassandra_consistency: Literal["ONE", "LOCAL_ONE", "QUORUM", "LOCAL_QUORUM", "EACH_QUORUM", "ALL"] = (
+        "LOCAL_ONE"
+    )
 
     # Redis
     redis_host: str = "127.0.0.1"
@@ -85,6 +93,10 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8787
     gateway_workers: int = 1
+    # The WebSockets one gateway (all its worker processes) is sized for. The gateway does not
+    # refuse past it: HAProxy's `maxconn` per gateway server is this (tidings/services/haproxy.py),
+    # and the alert "connections over 80 % of capacity" (docs/alerts.yml) uses the same number.
+    gateway_max_connections: int = Field(default=10_000, ge=1)
     # HS256 secret for client JWTs. When unset, `tidings` uses (and creates) a secret kept in
     # the state folder, so that `tidings up` and `tidings token` agree on a development machine.
     auth_secret: SecretStr | None = None

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 from cassandra import (
+    ConsistencyLevel,
     DriverException,
     OperationTimedOut,
     ReadTimeout,
@@ -37,12 +38,19 @@ TRANSIENT = (NoHostAvailable, OperationTimedOut, ReadTimeout, WriteTimeout, Cass
 
 
 def connect(
-    hosts: Sequence[str], port: int, *, protocol_version: int, local_dc: str
+    hosts: Sequence[str],
+    port: int,
+    *,
+    protocol_version: int,
+    local_dc: str,
+    consistency: str = "LOCAL_ONE",
 ) -> tuple[Cluster, Session]:
-    """Blocking: call at start-up (or in an executor), never on the event loop's hot path."""
+    """Blocking: call at start-up (or in an executor), never on the event loop's hot path.
+    ``consistency`` (a ``ConsistencyLevel`` name) applies to every statement of the session."""
     profile = ExecutionProfile(
         load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=local_dc)),
         request_timeout=10,
+        consistency_level=ConsistencyLevel.name_to_value[consistency],
     )
     cluster = Cluster(
         list(hosts),
@@ -68,6 +76,8 @@ class CassandraConfig(Protocol):
     def cassandra_protocol_version(self) -> int: ...
     @property
     def cassandra_local_dc(self) -> str: ...
+    @property
+    def cassandra_consistency(self) -> str: ...
 
 
 def connect_to(config: CassandraConfig) -> tuple[Cluster, Session]:
@@ -77,6 +87,7 @@ def connect_to(config: CassandraConfig) -> tuple[Cluster, Session]:
         config.cassandra_port,
         protocol_version=config.cassandra_protocol_version,
         local_dc=config.cassandra_local_dc,
+        consistency=config.cassandra_consistency,
     )
 
 

@@ -34,6 +34,16 @@ def _compose() -> dict[str, Any]:
 
 
 def _services() -> dict[str, Any]:
+    """The single-node services: those of plain ``docker compose up`` (no profile)."""
+    return {name: s for name, s in _compose()["services"].items() if "profiles" not in s}
+
+
+def _cluster() -> dict[str, Any]:
+    """The cluster profile's own services (``--profile cluster``)."""
+    return {name: s for name, s in _compose()["services"].items() if "cluster" in s.get("profiles", [])}
+
+
+def _all_services() -> dict[str, Any]:
     return dict(_compose()["services"])
 
 
@@ -101,8 +111,8 @@ def test_workers_run_in_the_roles_tidings_up_runs() -> None:
 
 
 def test_every_long_running_service_has_a_health_check() -> None:
-    for name, service in _services().items():
-        if name == "migrate":
+    for name, service in _all_services().items():
+        if name in ("migrate", "c-migrate", "redis-cluster-init"):
             assert service["restart"] == "no"
             continue
         check = service.get("healthcheck")
@@ -140,3 +150,106 @@ def test_docker_md_names_the_services_of_compose() -> None:
     listed = set(re.findall(r"^\| `([a-z0-9-]+)` \|", table, flags=re.M))
     assert listed == set(_services())
     assert "no persistence" not in table
+
+
+# --- The cluster profile (docs/scaling.md) ---
+
+CLUSTER_KAFKA = ("kafka-1", "kafka-2", "kafka-3")
+CLUSTER_SCYLLA = ("scylla-1", "scylla-2", "scylla-3")
+CLUSTER_REDIS = tuple(f"redis-{i}" for i in range(1, 7))
+
+
+def _depends(name: str) -> set[str]:
+    """Every service ``name`` needs, transitively (what `docker compose up name` starts)."""
+    services = _all_services()
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        for dependency in services[todo.pop()].get("depends_on", {}):
+            if dependency not in seen:
+                seen.add(dependency)
+                todo.append(dependency)
+    return seen
+
+
+def test_the_cluster_profile_has_three_brokers_three_nodes_and_a_redis_cluster() -> None:
+    cluster = _cluster()
+    assert set(CLUSTER_KAFKA + CLUSTER_SCYLLA + CLUSTER_REDIS) <= set(cluster)
+    assert "haproxy" in cluster and "redis-cluster-init" in cluster
+    # `docker compose --profile cluster up haproxy` brings the cluster and none of the single
+    # node's Kafka or ScyllaDB (Redis and S3 are shared until the code speaks Redis Cluster).
+    needed = _depends("haproxy")
+    assert {"kafka", "scylla"}.isdisjoint(needed)
+    assert set(CLUSTER_KAFKA + CLUSTER_SCYLLA) | {"c-gateway", "c-migrate"} <= needed
+
+
+def test_cluster_kafka_is_one_quorum_of_three_with_replication_three() -> None:
+    envs = [_cluster()[name]["environment"] for name in CLUSTER_KAFKA]
+    assert sorted(e["KAFKA_NODE_ID"] for e in envs) == ["1", "2", "3"]
+    assert len({e["CLUSTER_ID"] for e in envs}) == 1
+    for env in envs:
+        assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@kafka-1:29093,2@kafka-2:29093,3@kafka-3:29093"
+        assert env["KAFKA_DEFAULT_REPLICATION_FACTOR"] == env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "3"
+        assert env["KAFKA_MIN_INSYNC_REPLICAS"] == env["KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"] == "2"
+        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://kafka-{env['KAFKA_NODE_ID']}:19092"
+
+
+def test_cluster_scylla_nodes_share_a_seed_and_join_one_at_a_time() -> None:
+    cluster = _cluster()
+    for i, name in enumerate(CLUSTER_SCYLLA):
+        command = cluster[name]["command"]
+        assert command[command.index("--seeds") + 1] == "scylla-1"
+        if i:
+            assert cluster[name]["depends_on"] == {CLUSTER_SCYLLA[i - 1]: {"condition": "service_healthy"}}
+
+
+def test_cluster_redis_nodes_are_cluster_enabled_and_persist() -> None:
+    for name in CLUSTER_REDIS:
+        flags = _redis_flags(_cluster()[name]["command"])
+        assert flags["cluster-enabled"] == "yes" and flags["appendonly"] == "yes", name
+    init = " ".join(_cluster()["redis-cluster-init"]["command"])
+    assert "--cluster-replicas 1" in init and all(f"{n}:6379" in init for n in CLUSTER_REDIS)
+
+
+def test_cluster_applications_replicate_and_read_at_quorum(monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster = _cluster()
+    worker_roles = {name: argv for name, argv in ROLES.items() if argv[0] == "worker"}
+    for role, argv in worker_roles.items():
+        assert cluster[f"c-{role}"]["command"] == argv
+        assert cluster[f"c-{role}"]["deploy"]["replicas"] == 2
+    assert cluster["c-gateway"]["command"] == ROLES["gateway"] and "ports" not in cluster["c-gateway"]
+    for name in ("c-gateway", *(f"c-{role}" for role in worker_roles)):
+        for backing in (*CLUSTER_KAFKA, *CLUSTER_SCYLLA):
+            assert cluster[name]["depends_on"][backing]["condition"] == "service_healthy", name
+        assert cluster[name]["depends_on"]["c-migrate"]["condition"] == "service_completed_successfully"
+    for key, value in cluster["c-gateway"]["environment"].items():
+        monkeypatch.setenv(key, "s" * 32 if key == "TIDINGS_AUTH_SECRET" else str(value))
+    parsed = Settings()
+    assert parsed.kafka_replication == 3 and parsed.kafka_min_insync_replicas == 2
+    assert parsed.cassandra_hosts == list(CLUSTER_SCYLLA)
+    assert parsed.cassandra_replication_map() == {"class": "NetworkTopologyStrategy", "datacenter1": 3}
+    assert parsed.cassandra_consistency == "LOCAL_QUORUM"
+
+
+def test_cluster_haproxy_balances_as_the_launcher_does() -> None:
+    """The compose HAProxy config keeps the launcher's rules (tidings/services/haproxy.py):
+    /readyz checks, WebSockets by a consistent hash of the user, maxconn the gateway capacity."""
+    from tidings.services.haproxy import HAProxy
+
+    content = _compose()["configs"]["haproxy-cfg"]["content"]
+    launcher = HAProxy(Settings(), [1, 2]).haproxy_cfg()
+    for line in (
+        "option httpchk GET /readyz",
+        "http-check expect status 200",
+        "balance hash var(txn.user)",
+        "hash-type consistent",
+        "url_param(token),jwt_payload_query('$.sub') if query_token",
+        "http_auth_bearer,jwt_payload_query('$.sub') unless query_token",
+        "use_backend gateways_ws if { path /v1/ws }",
+        "timeout tunnel 120s",
+        "hard-stop-after 60s",
+    ):
+        assert line in content and line in launcher, line
+    capacity = Settings.model_fields["gateway_max_connections"].default
+    assert f"maxconn {capacity} resolvers docker" in content
+    assert "server-template gw 1-8 c-gateway:8787" in content

@@ -19,7 +19,9 @@ _POLL_S = 0.25
 
 
 class Service(ABC):
-    name: ClassVar[str]
+    # A class attribute for one-of-a-kind services; a node of a cluster sets its own per
+    # instance ("kafka-2"), before this __init__ derives its folder from it.
+    name: str
     ready_timeout_s: ClassVar[float]
 
     def __init__(self, settings: Settings) -> None:

@@ -111,6 +111,11 @@ def stop(pid: int, service_dir: Path, *, grace_s: float = 30.0) -> float:
     return time.monotonic() - started
 
 
+def signal_pid(pid: int, sig: signal.Signals) -> None:
+    """``sig`` to ``pid``; nothing when it has exited meanwhile. Check ownership first."""
+    _signal(pid, sig)
+
+
 def _signal(pid: int, sig: signal.Signals) -> None:
     with suppress(ProcessLookupError):  # it exited between the check and the signal
         os.kill(pid, sig)

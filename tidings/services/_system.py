@@ -1,5 +1,6 @@
-"""Debian packages the launcher needs: a JDK 17, Maven and redis-server; and for the test suite,
-Debian's chromium (the web client's browser tests drive it: never a downloaded browser)."""
+"""Debian packages the launcher needs: a JDK 17, Maven and redis-server; for the cluster profile,
+HAProxy; and for the test suite, Debian's chromium (the web client's browser tests drive it:
+never a downloaded browser) and promtool (``prometheus``: the alert rules' checks)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import subprocess
 from tidings.services._common import Echo, ServiceError, java17
 
 
-def missing_packages(*, browser: bool = False) -> list[str]:
-    """Debian package names for whatever is not installed yet (``browser``: chromium too)."""
+def missing_packages(*, browser: bool = False, promtool: bool = False, haproxy: bool = False) -> list[str]:
+    """Debian package names for whatever is not installed yet (``browser``: chromium too;
+    ``promtool``: Debian's prometheus, which ships it; ``haproxy``: the cluster's load balancer)."""
     missing = []
     if java17() is None:  # any other JDK on PATH will not do for Cassandra 5.0
         missing.append("openjdk-17-jre-headless")
@@ -22,12 +24,19 @@ def missing_packages(*, browser: bool = False) -> list[str]:
         missing.append("redis-server")
     if browser and shutil.which("chromium") is None:
         missing.append("chromium")
+    if promtool and shutil.which("promtool") is None:
+        missing.append("prometheus")
+    if haproxy and shutil.which("haproxy") is None:
+        missing.append("haproxy")
     return missing
 
 
-def ensure_system_packages(*, echo: Echo = print, browser: bool = False) -> None:
+def ensure_system_packages(
+    *, echo: Echo = print, browser: bool = False, promtool: bool = False, haproxy: bool = False
+) -> None:
     """Install missing packages with apt-get when root; otherwise exit saying what to run."""
-    missing = missing_packages(browser=browser)
+    extras = {"browser": browser, "promtool": promtool, "haproxy": haproxy}
+    missing = missing_packages(**extras)
     if not missing:
         return
     install = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
@@ -42,6 +51,6 @@ def ensure_system_packages(*, echo: Echo = print, browser: bool = False) -> None
         result = subprocess.run(argv, env=env, check=False)
         if result.returncode != 0:
             raise ServiceError(f"`{shlex.join(argv)}` failed with exit code {result.returncode}")
-    still = missing_packages(browser=browser)
+    still = missing_packages(**extras)
     if still:
         raise ServiceError(f"still missing after apt-get install: {', '.join(still)}")

@@ -78,6 +78,20 @@ _LOGBACK = """<?xml version="1.0" encoding="UTF-8"?>
 class Cassandra(Service):
     name = "cassandra"
     ready_timeout_s = 180.0
+    default_heap = "1G"
+    cluster_name = "tidings-dev"
+    # The default role's set-up waits this long after start-up. One node: no reason to wait.
+    # A cluster's node must not use 0: while a peer is down the set-up is retried after this
+    # delay, and at 0 it spins (100,000 log lines in seconds, a core busy).
+    superuser_setup_delay_ms = 0
+
+    def seeds(self) -> str:
+        """The seed list of cassandra.yaml: one node is its own seed."""
+        return f"{self.host}:{self.settings.cassandra_storage_port}"
+
+    def extra_yaml(self) -> str:
+        """cassandra.yaml keys a subclass adds (a cluster's nodes)."""
+        return ""
 
     @property
     def host(self) -> str:
@@ -114,14 +128,14 @@ class Cassandra(Service):
         # Only keys that exist in 5.0's Config.java: unknown keys are fatal. Directories come
         # from -Dcassandra.storagedir.
         return f"""\
-cluster_name: 'tidings-dev'
+cluster_name: '{self.cluster_name}'
 num_tokens: 1
 partitioner: org.apache.cassandra.dht.Murmur3Partitioner
 endpoint_snitch: SimpleSnitch
 seed_provider:
   - class_name: org.apache.cassandra.locator.SimpleSeedProvider
     parameters:
-      - seeds: "{host}:{storage}"
+      - seeds: "{self.seeds()}"
 listen_address: {host}
 rpc_address: {host}
 storage_port: {storage}
@@ -136,7 +150,7 @@ memtable_heap_space: 128MiB
 memtable_offheap_space: 128MiB
 key_cache_size: 16MiB
 concurrent_compactors: 1
-"""
+{self.extra_yaml()}"""
 
     def prepare(self, echo: Echo) -> None:
         super().prepare(echo)
@@ -153,7 +167,7 @@ concurrent_compactors: 1
         (conf / "cassandra.yaml").write_text(self.cassandra_yaml())
         (conf / "logback.xml").write_text(_LOGBACK)
         (conf / "jvm17-server.args").write_text(_JVM17_ARGS)
-        size = heap(HEAP_ENV, "1G")
+        size = heap(HEAP_ENV, self.default_heap)
         argv = [
             java,
             f"@{conf / 'jvm17-server.args'}",
@@ -167,7 +181,7 @@ concurrent_compactors: 1
             # Without it CassandraDaemon closes stdout/stderr and start-up errors vanish.
             "-Dcassandra-foreground=yes",
             "-Dcassandra.skip_wait_for_gossip_to_settle=0",
-            "-Dcassandra.superuser_setup_delay_ms=0",
+            f"-Dcassandra.superuser_setup_delay_ms={self.superuser_setup_delay_ms}",
             # No blocking flush of system/schema tables: much faster DDL, fine for development.
             "-Dcassandra.unsafesystem=true",
             f"-Djna.tmpdir={jna_tmp}",

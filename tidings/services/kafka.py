@@ -51,6 +51,14 @@ def new_cluster_id() -> str:
 class Kafka(Service):
     name = "kafka"
     ready_timeout_s = 120.0
+    default_heap = "512m"
+    # One combined broker+controller is its own quorum; a node of a cluster formats with the
+    # voters named in its server.properties instead (kafka.tools.StorageTool's rules).
+    format_flags: tuple[str, ...] = ("--standalone",)
+
+    def cluster_id(self) -> str:
+        """The id its storage is formatted with: a new one for a single broker."""
+        return new_cluster_id()
 
     @property
     def host(self) -> str:
@@ -121,7 +129,7 @@ num.recovery.threads.per.data.dir=1
         base = [java, f"-Dlog4j2.configurationFile={log4j2}", "-cp", f"{lib}/*"]
         if not (self.dir / "data" / "meta.properties").is_file():
             self._format(base, properties, echo)
-        size = heap(HEAP_ENV, "512m")
+        size = heap(HEAP_ENV, self.default_heap)
         argv = [base[0], f"-Xms{size}", f"-Xmx{size}", *_JVM_FLAGS, *base[1:], "kafka.Kafka", str(properties)]
         echo(f"starting kafka on {self.host}:{self.port} (heap {size})")
         pid = _process.spawn(argv, cwd=self.dir, log=self.log_files()[0])
@@ -129,13 +137,13 @@ num.recovery.threads.per.data.dir=1
         return pid
 
     def _format(self, base: list[str], properties: Path, echo: Echo) -> None:
-        cluster_id = new_cluster_id()
+        cluster_id = self.cluster_id()
         echo(f"formatting kafka storage in {self.dir / 'data'} (cluster id {cluster_id})")
         argv = [
             *base,
             "kafka.tools.StorageTool",
             "format",
-            "--standalone",
+            *self.format_flags,
             "--cluster-id",
             cluster_id,
             "--config",
