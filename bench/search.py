@@ -9,8 +9,8 @@ the gateway's (``ShardReaders`` and the query parser).
 Messages are spread over ``--conversations`` conversations and ``--partitions`` shards as the
 log spreads them; bodies are 6..16 words drawn (Zipf-like) from a 30,000-word vocabulary with
 accents. Queries are made for a user in 100 conversations, in equal shares: a rare word, two
-words, a phrase, a prefix of 3 letters and one of 5 (both terms of the n-gram field), and one of
-2 letters (still expanded over the term dictionary); newest 20 first with highlights, as
+words, a phrase, and prefixes of 2, 3 and 5 letters (each one term of the n-gram field, which
+holds every word's prefixes of 2..8 letters); newest 20 first with highlights, as
 ``GET /v1/search`` asks.
 The indexing figure is the search worker's part (events into the shards, committed every
 ``--commit-interval`` per shard); a rebuild from the archive adds the archive's reading.
