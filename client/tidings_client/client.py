@@ -165,8 +165,12 @@ class TidingsClient:
     reconnects after losing it (``Backoff``: 1 s doubling to 30 s, full jitter; a ``reconnect``
     frame's ``after_ms`` instead); after each (re)connection it syncs from the stored cursor
     (``cursor_store``), so the events it yields miss nothing, and it drops messages it already
-    yielded (by ``message_id``). ``send()`` goes through an outbox: unacknowledged sends are sent
-    again, with the same ``client_msg_id``, on the next connection.
+    yielded (by ``message_id``). Follow-up syncs come ``resync_after_s`` after each resume, then
+    at doubling gaps up to ``resync_max_gap_s`` until the server's sync has caught up with the
+    pushes (at most ``resync_for_s``): a message pushed before the socket was registered is found
+    only once the read model behind ``/v1/sync`` has applied it. ``send()`` goes through an
+    outbox: unacknowledged sends are sent again, with the same ``client_msg_id``, on the next
+    connection.
 
     ``user_id`` and ``device_id`` are the token's ``sub`` and ``dev`` claims. ``connector`` and
     ``http_transport`` replace the WebSocket and HTTP transports (for tests). ``wire_tap``, if
@@ -189,6 +193,8 @@ class TidingsClient:
         typing_idle_s: float = 5.0,
         unavailable_retry_s: float = 1.0,
         resync_after_s: Sequence[float] = (1.0, 5.0),
+        resync_max_gap_s: float = 30.0,
+        resync_for_s: float = 120.0,
         http_timeout_s: float = 15.0,
         seen_capacity: int = 100_000,
         key_wait_s: float = 10.0,
@@ -215,6 +221,8 @@ class TidingsClient:
         self.typing_idle_s = typing_idle_s
         self.unavailable_retry_s = unavailable_retry_s
         self.resync_after_s = tuple(resync_after_s)
+        self.resync_max_gap_s = resync_max_gap_s
+        self.resync_for_s = resync_for_s
         self._connector: Connector = connector or websockets_connect
         self._http = httpx.AsyncClient(
             timeout=http_timeout_s, transport=http_transport, verify=_shared_ssl_context()
@@ -241,6 +249,10 @@ class TidingsClient:
         self._presence: str | None = None
         self._typing: dict[str, tuple[float, asyncio.TimerHandle]] = {}
         self._sync_lock = asyncio.Lock()
+        # While a resume's follow-up syncs run: each message pushed on this connection, with
+        # its arrival number, or None once a sync returned it too (see _resync).
+        self._live: dict[str, int | None] | None = None
+        self._pushes = 0
         self._tap = wire_tap
         self.media = MediaApi(self)
         """Media upload and download (``MediaApi``)."""
@@ -492,6 +504,7 @@ class TidingsClient:
         self._ws = ws
         self._connection += 1
         self._reconnect_after = None
+        self._live = {} if self.resync_after_s else None
         reader = asyncio.create_task(self._read(ws))
         reader.add_done_callback(self._reader_ended)
         heart: asyncio.Task[None] | None = None
@@ -513,7 +526,7 @@ class TidingsClient:
             self._ready.set()
             self.backoff.reset()
             self._emit(ConnectionState("connected", url))
-            resync = asyncio.create_task(self._resync(ws))
+            resync = asyncio.create_task(self._resync(ws, asyncio.get_running_loop().time()))
             await self._flush_outbox()
             await reader
         except TransportClosed as exc:
@@ -598,19 +611,52 @@ class TidingsClient:
                 await ws.close()
                 return
 
-    async def _resync(self, ws: Transport) -> None:
-        """Sync again shortly after a resume: a message pushed before this socket was registered
-        and not yet applied by the read model behind ``/v1/sync`` is found by a later sync."""
-        waited = 0.0
-        for at in self.resync_after_s:
-            await asyncio.sleep(max(0.0, at - waited))
-            waited = at
-            if self._ws is not ws:
-                return
-            try:
-                await self.sync()
-            except (TidingsError, httpx.HTTPError) as exc:
-                log.warning("follow-up sync failed: %s", exc)
+    async def _resync(self, ws: Transport, resumed_at: float) -> None:
+        """Sync again after a resume until the read model behind ``/v1/sync`` has caught up with
+        the pushes. A message pushed before this socket was registered is found by no sync until
+        that read model has applied it, which may be long after the push (the server's persist
+        worker behind its deliver worker: seconds, tens of seconds in an outage's backlog).
+
+        The follow-ups run ``resync_after_s`` after the resume, then at doubling gaps (up to
+        ``resync_max_gap_s``) for as long as the last one was not caught up: it failed, it found
+        messages this socket had not pushed (the read model is still handing over what the
+        socket missed), or a message pushed on this socket before it began has come back in no
+        sync yet (the read model is behind the pushes). At most ``resync_for_s`` after the
+        resume."""
+        loop = asyncio.get_running_loop()
+        delays = sorted(self.resync_after_s)
+        if not delays:
+            return
+        gap = max(delays[-1] - (delays[-2] if len(delays) > 1 else 0.0), 0.01)
+        at, caught_up, done = resumed_at, False, 0
+        try:
+            while True:
+                if done < len(delays):
+                    at = resumed_at + delays[done]
+                elif caught_up or at - resumed_at >= self.resync_for_s:
+                    return
+                else:
+                    gap = min(gap * 2, self.resync_max_gap_s)
+                    at = min(at + gap, resumed_at + self.resync_for_s)
+                await asyncio.sleep(max(0.0, at - loop.time()))
+                if self._ws is not ws:
+                    return
+                caught_up = await self._follow_up()
+                done += 1
+        finally:
+            if self._ws is ws:
+                self._live = None
+
+    async def _follow_up(self) -> bool:
+        """One follow-up sync; whether it shows the client caught up (see ``_resync``)."""
+        before = self._pushes
+        try:
+            unpushed = await self._sync()
+        except (TidingsError, httpx.HTTPError) as exc:
+            log.warning("follow-up sync failed: %s", exc)
+            return False
+        waiting = any(n is not None and n < before for n in (self._live or {}).values())
+        return not unpushed and not waiting
 
     async def _restore_state(self, ws: Transport) -> None:
         """What lives with a socket (view, watch list, presence) is sent again on a new one."""
@@ -625,6 +671,9 @@ class TidingsClient:
         kind = frame.get("type")
         if kind == "message" and isinstance(frame.get("message"), dict):
             message = Message.from_json(frame["message"])
+            if self._live is not None:
+                self._live.setdefault(message.message_id, self._pushes)
+                self._pushes += 1
             if self._resuming:
                 self._held.append(message)
             else:
@@ -888,6 +937,12 @@ class TidingsClient:
     async def sync(self) -> None:
         """Read what this device missed since the stored cursor (every page), hand it to the
         app as events and store the new cursor. The client does this after every connection."""
+        await self._sync()
+
+    async def _sync(self) -> bool:
+        """``sync()``; whether it found a message this connection had not pushed (while a
+        resume's follow-ups watch the pushes)."""
+        unpushed = False
         async with self._sync_lock:
             cursor = await self.cursor_store.load()
             while True:
@@ -907,15 +962,20 @@ class TidingsClient:
                         self.e2ee.device_list_changed(str(user_id))
                     for to_device in data.get("to_device") or []:
                         await self.e2ee.receive_to_device(to_device)
+                messages = [Message.from_json(m) for m in data.get("messages") or []]
+                if self._live is not None:
+                    for message in messages:
+                        unpushed = unpushed or message.message_id not in self._live
+                        self._live[message.message_id] = None  # pushed (or not): now synced too
                 # During a resume, pushes received meanwhile are held back and handed over after
                 # the last page (they are newer than what the pages hold, or duplicates).
-                self._emit_messages(Message.from_json(m) for m in data.get("messages") or [])
+                self._emit_messages(messages)
                 for receipt in data.get("receipts") or []:
                     self._emit(Receipt.from_json(receipt))
                 cursor = str(data["cursor"])
                 await self.cursor_store.save(cursor)
                 if not data.get("has_more"):
-                    return
+                    return unpushed
 
     # ---- HTTP ---------------------------------------------------------------------------------
 

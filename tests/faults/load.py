@@ -235,9 +235,11 @@ class Load:
             # is not a dead connection.
             heartbeat_s=2.0,
             pong_timeout_s=20.0,
-            # The SDK's two follow-up syncs after each resume (1 s and 5 s) stay: without them a
-            # run left 50 messages undelivered (pushed before a socket was registered, not yet in
-            # the read model behind the first sync), a race the hand-rolled client had too.
+            # The SDK's follow-up syncs after each resume stay as an app gets them: they go on
+            # until the read model behind /v1/sync has caught up with the pushes. Without them a
+            # run left 50 messages undelivered, and with only two fixed ones (1 s and 5 s) the
+            # Kafka and Redis scenarios left 14 to 594 (pushed before a socket was registered,
+            # applied by the persist worker after the last follow-up).
             wire_tap=lambda kind, data: self._tap(dev, kind, data),
         )
         client.on(ConnectionState)(lambda event: self._on_state(dev, event))
