@@ -74,6 +74,7 @@ class Device:
     received: Counter[str] = field(default_factory=Counter)  # message_id -> pushes (before dedup)
     received_at: dict[str, float] = field(default_factory=dict)
     synced: set[str] = field(default_factory=set)  # found in a /v1/sync page
+    synced_at: dict[str, float] = field(default_factory=dict)  # the first page that had it
     handed: Counter[str] = field(default_factory=Counter)  # message_id -> MessageEvents (after dedup)
     seq: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -102,6 +103,9 @@ class Report:
     deliver_p50_ms: float = 0.0
     deliver_p99_ms: float = 0.0
     deliver_max_ms: float = 0.0
+    # Messages sent during the fault (``Load.fault_window``), first arrival live or by sync.
+    fault_messages: int = 0
+    fault_p99_ms: float | None = None
     notes: list[str] = field(default_factory=list)
 
     def problems(self) -> list[str]:
@@ -124,6 +128,7 @@ class Report:
         recovery = "n/a" if self.recovery_s is None else f"{self.recovery_s:.1f}s"
         refused = ",".join(f"{k}={v}" for k, v in sorted(self.refused.items())) or "0"
         retried = ",".join(f"{k}={v}" for k, v in sorted(self.retried.items())) or "0"
+        fault_p99 = "n/a" if self.fault_p99_ms is None else f"{self.fault_p99_ms:.0f}"
         return (
             f"[{self.scenario}] sent={self.sent} acked={self.acked} lost={len(self.lost)} "
             f"refused={refused} retried={retried} unanswered={self.unanswered} "
@@ -133,7 +138,8 @@ class Report:
             f"reconnects={self.reconnects} "
             f"no_ack_window={self.outage_s:.1f}s recovery={recovery} "
             f"deliver_ms p50={self.deliver_p50_ms:.0f} p99={self.deliver_p99_ms:.0f} "
-            f"max={self.deliver_max_ms:.0f}"
+            f"max={self.deliver_max_ms:.0f} "
+            f"during_fault n={self.fault_messages} p99={fault_p99}"
         )
 
 
@@ -164,6 +170,8 @@ class Load:
         self.by_cmid: dict[tuple[str, str], Sent] = {}
         self.stopping = False
         self.repaired_at: float | None = None
+        # From the fault to the repair (monotonic times), set by the scenario.
+        self.fault_window: tuple[float, float] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._sends: set[asyncio.Task[None]] = set()
         self.settled_s = 0.0
@@ -283,6 +291,7 @@ class Load:
         elif kind == "sync":
             for m in data.get("messages") or []:
                 dev.synced.add(str(m["message_id"]))
+                dev.synced_at.setdefault(str(m["message_id"]), now)
 
     async def _send(self, dev: Device, sent: Sent) -> None:
         assert dev.client is not None
@@ -504,6 +513,19 @@ class Load:
             report.deliver_p50_ms = latencies[len(latencies) // 2] * 1000
             report.deliver_p99_ms = latencies[int(len(latencies) * 0.99)] * 1000
             report.deliver_max_ms = latencies[-1] * 1000
+        if self.fault_window is not None:
+            low, high = self.fault_window
+            during = {mid: at for mid, at in sent_at.items() if low <= at <= high}
+            arrivals = []
+            for dev in self.devices:
+                for mid in during:
+                    first = min(dev.received_at.get(mid, float("inf")), dev.synced_at.get(mid, float("inf")))
+                    if first != float("inf"):
+                        arrivals.append(first - during[mid])
+            arrivals.sort()
+            report.fault_messages = len(during)
+            if arrivals:
+                report.fault_p99_ms = arrivals[int(len(arrivals) * 0.99)] * 1000
         if self.repaired_at is None:
             return
         quick = [
