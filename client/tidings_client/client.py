@@ -9,6 +9,7 @@ import functools
 import inspect
 import json
 import logging
+import random
 import ssl
 import uuid
 from collections import OrderedDict
@@ -112,6 +113,7 @@ class _Outgoing:
     future: asyncio.Future[Message]
     sent_on: int = -1  # the connection number it was last sent on
     attempts: int = 0
+    unavailable: int = 0  # `unavailable` answers so far (each retry waits longer)
     media: Media | None = None
     plain: dict[str, Any] | None = None  # the plaintext of an encrypted send
 
@@ -192,6 +194,7 @@ class TidingsClient:
         typing_refresh_s: float = 3.0,
         typing_idle_s: float = 5.0,
         unavailable_retry_s: float = 1.0,
+        unavailable_retry_cap_s: float = 10.0,
         resync_after_s: Sequence[float] = (1.0, 5.0),
         resync_max_gap_s: float = 30.0,
         resync_for_s: float = 120.0,
@@ -220,6 +223,7 @@ class TidingsClient:
         self.typing_refresh_s = typing_refresh_s
         self.typing_idle_s = typing_idle_s
         self.unavailable_retry_s = unavailable_retry_s
+        self.unavailable_retry_cap_s = max(unavailable_retry_cap_s, unavailable_retry_s)
         self.resync_after_s = tuple(resync_after_s)
         self.resync_max_gap_s = resync_max_gap_s
         self.resync_for_s = resync_for_s
@@ -726,9 +730,10 @@ class TidingsClient:
         The send waits in the outbox while the client is disconnected and is sent again with the
         same ``client_msg_id`` on every new connection until acknowledged, so it is stored once.
         A refusal raises the typed error (``Forbidden``, ``InvalidRequest``, ``TooLarge``,
-        ``RateLimited`` with ``retry_after``, ``Conflict``); ``unavailable`` is retried every
-        ``unavailable_retry_s``. Cancelling the call (e.g. ``asyncio.wait_for``) takes it out of
-        the outbox: it may or may not have been stored."""
+        ``RateLimited`` with ``retry_after``, ``Conflict``); ``unavailable`` is retried after
+        ``unavailable_retry_s``, each further time after twice as long, up to
+        ``unavailable_retry_cap_s`` (jittered: half to all of it). Cancelling the call (e.g.
+        ``asyncio.wait_for``) takes it out of the outbox: it may or may not have been stored."""
         if self._closing:
             raise ClientClosed("the client is closed")
         if self._fatal is not None:
@@ -851,9 +856,15 @@ class TidingsClient:
             self._emit(ErrorEvent(code, text, ref if isinstance(ref, str) else None, extra))
             return
         if code == "unavailable":
-            # Nothing was accepted: the same client_msg_id goes again shortly.
+            # Nothing was accepted: the same client_msg_id goes again, later each time (every
+            # pending send retrying every second loads a gateway just while it is degraded).
             entry.sent_on = -1
-            asyncio.get_running_loop().call_later(self.unavailable_retry_s, self._retry_soon)
+            ceiling = min(
+                self.unavailable_retry_cap_s, self.unavailable_retry_s * 2.0 ** min(entry.unavailable, 30)
+            )
+            entry.unavailable += 1
+            delay = ceiling * (0.5 + random.random() / 2)
+            asyncio.get_running_loop().call_later(delay, self._retry_entry, entry)
             return
         self._outbox.pop(entry.client_msg_id, None)
         retry_after = frame.get("retry_after")
@@ -861,9 +872,14 @@ class TidingsClient:
         if not entry.future.done():
             entry.future.set_exception(error)
 
-    def _retry_soon(self) -> None:
-        if self._ready.is_set() and not self._closing:
-            self._spawn(self._flush_outbox())
+    def _retry_entry(self, entry: _Outgoing) -> None:
+        """Send again a send answered ``unavailable`` (if still pending; if disconnected, the next
+        connection sends it)."""
+        ws = self._ws
+        if ws is None or not self._ready.is_set() or self._closing:
+            return
+        if self._outbox.get(entry.client_msg_id) is entry:
+            self._spawn(self._transmit(ws, entry))
 
     def _fail_outbox(self, error: TidingsError) -> None:
         for entry in self._outbox.values():

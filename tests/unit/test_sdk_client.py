@@ -5,6 +5,7 @@ heartbeats, typed errors, typing's auto-stop, callbacks and the cursor stores.""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
@@ -282,6 +283,26 @@ async def test_refusals_raise_typed_errors_and_unavailable_is_retried() -> None:
         with pytest.raises(Forbidden) as http:
             await client.members(CID)
         assert http.value.status == 403
+
+
+async def test_a_send_answered_unavailable_again_and_again_waits_longer_each_time() -> None:
+    """In the fault suite's Cassandra outage every pending send was retried every second:
+    301,666 retries for 4,500 sends, on a gateway that was already degraded."""
+    server = FakeServer()
+    at: list[float] = []
+
+    def refuse(frame: dict[str, Any]) -> dict[str, Any] | None:
+        at.append(asyncio.get_running_loop().time())
+        return {"code": "unavailable", "message": "cassandra down"} if len(at) <= 5 else None
+
+    server.refuse = refuse
+    async with server.client(unavailable_retry_s=0.04, unavailable_retry_cap_s=0.16) as client:
+        sent = await asyncio.wait_for(client.send(CID, "later", client_msg_id="patient"), 10)
+    assert sent.client_msg_id == "patient" and len(at) == 6
+    gaps = [b - a for a, b in itertools.pairwise(at)]
+    # Each wait is half to all of its ceiling: 0.04 s doubling up to the 0.16 s cap.
+    for gap, ceiling in zip(gaps, [0.04, 0.08, 0.16, 0.16, 0.16], strict=True):
+        assert gap >= ceiling / 2 - 0.005, (gaps, ceiling)
 
 
 async def test_a_reconnect_frame_sets_the_wait_and_moves_to_the_next_gateway() -> None:
