@@ -245,9 +245,9 @@ class Load:
             pong_timeout_s=20.0,
             # The SDK's follow-up syncs after each resume stay as an app gets them: they go on
             # until the read model behind /v1/sync has caught up with the pushes. Without them a
-            # run left 50 messages undelivered, and with only two fixed ones (1 s and 5 s) the
-            # Kafka and Redis scenarios left 14 to 594 (pushed before a socket was registered,
-            # applied by the persist worker after the last follow-up).
+            # run left 50 messages undelivered, and with only two fixed ones (1 s and 5 s) a
+            # Kafka scenario run left 14 (not received live, applied by the persist worker after
+            # the last follow-up).
             wire_tap=lambda kind, data: self._tap(dev, kind, data),
         )
         client.on(ConnectionState)(lambda event: self._on_state(dev, event))
