@@ -18,9 +18,11 @@ Events of one batch are written concurrently, so without it a sync could see off
 watermark moves). A sync reads the log of only the conversations whose head is past the cursor,
 so a user in a thousand quiet conversations costs a few head queries, not a thousand reads.
 
-A device that connects its WebSocket first and then syncs misses nothing: everything pushed
-before the socket was subscribed is at or below the watermark the sync reads afterwards, or
-above it and pushed; duplicates are dropped by ``message_id``.
+A device that connects its WebSocket first and then syncs misses nothing it is pushed after
+the socket was subscribed. What was pushed before is at or below the watermark only once the
+persist worker has applied it, and pushes come from the deliver worker, which can be ahead by
+seconds: such a message comes in a later sync (the SDK's follow-up syncs, docs/sdk.md).
+Duplicates are dropped by ``message_id``.
 """
 
 from __future__ import annotations

@@ -49,6 +49,8 @@ class Hub:
         self._user_groups: dict[str, set[str]] = {}
         # Joins and leaves seen while a user's groups are being loaded, replayed after the load.
         self._loading: dict[str, list[tuple[bytes, str]]] = {}
+        # Per user with a socket here: the one load of their groups (done once loaded).
+        self._group_loads: dict[str, asyncio.Future[None]] = {}
         # Presence watchers: watched user -> sockets here, and the newest transition time seen
         # for each (a transition older than it arrived late and is dropped).
         self._watchers: dict[str, set[Connection]] = {}
@@ -75,35 +77,45 @@ class Hub:
 
     async def register(self, conn: Connection) -> None:
         """Start routing to ``conn``. All or nothing: if Redis or the membership read model
-        fails, nothing is left registered and ``Unavailable`` is raised. Registrations that
-        arrive together share one SUBSCRIBE (see ``query_api.subscriptions``)."""
+        fails, nothing is left registered and ``Unavailable`` is raised; if the registration is
+        cancelled (the client went away meanwhile: Sanic cancels the handler), nothing is left
+        either. Registrations that arrive together share one SUBSCRIBE (see
+        ``query_api.subscriptions``); every socket of a user waits for the one load of the
+        user's groups (the first socket's), which no cancelled registration stops."""
         user_id = conn.user_id
-        conns = self._by_user.setdefault(user_id, set())
-        first = not conns
-        conns.add(conn)
-        if first:
-            self._loading[user_id] = []
-        # Also for a later socket of the user: the first one's SUBSCRIBE may still be in
-        # flight (or have failed), and this one must not count as registered before it is.
-        pending = self._subscriptions.ensure(keys.user_channel(user_id))
-        if pending is not None:
-            try:
+        self._by_user.setdefault(user_id, set()).add(conn)
+        load = self._group_loads.get(user_id)
+        if load is None:
+            changes: list[tuple[bytes, str]] = []
+            self._loading[user_id] = changes
+            load = self._group_loads[user_id] = asyncio.ensure_future(self._load_groups(user_id, changes))
+            load.add_done_callback(_retrieve)
+        try:
+            # Also for a later socket of the user: the first one's SUBSCRIBE may still be in
+            # flight (or have failed), and this one must not count as registered before it is.
+            pending = self._subscriptions.ensure(keys.user_channel(user_id))
+            if pending is not None:
                 await settled(pending)
-            except Exception as exc:
-                if first:
-                    self._loading.pop(user_id, None)
-                self._forget(conn)
-                raise Unavailable("cannot subscribe to deliveries") from exc
+            await asyncio.shield(load)
+        except Exception as exc:
+            if self._forget(conn):
+                await self._release([keys.user_channel(user_id)])
+            raise Unavailable("cannot subscribe to deliveries or load the user's groups") from exc
+        except BaseException:
+            # Cancelled: a socket left in the hub would keep the user's later sockets here
+            # from loading the groups (they would get no large-group pushes), for good.
+            if self._forget(conn):
+                self._subscriptions.changed(keys.user_channel(user_id))
+            raise
         WS_CONNECTIONS.inc()
-        if not first:
-            return
+
+    async def _load_groups(self, user_id: str, changes: list[tuple[bytes, str]]) -> None:
+        """The user's groups, then the joins and leaves that arrived meanwhile (``changes``)."""
         try:
             groups = await self._groups_of(user_id)
-        except Exception as exc:
-            self._loading.pop(user_id, None)
-            await self.unregister(conn)
-            raise Unavailable("cannot load the user's groups") from exc
-        changes = self._loading.pop(user_id, [])
+        finally:
+            if self._loading.get(user_id) is changes:
+                del self._loading[user_id]
         if user_id in self._by_user:
             for cid in groups:
                 self._join(user_id, cid)
@@ -119,6 +131,10 @@ class Hub:
         if conns:
             return False
         del self._by_user[conn.user_id]
+        load = self._group_loads.pop(conn.user_id, None)
+        if load is not None and not load.done():
+            load.cancel()
+        self._loading.pop(conn.user_id, None)
         for cid in self._user_groups.pop(conn.user_id, set()):
             members = self._group_members.get(cid)
             if members is not None:
@@ -314,3 +330,9 @@ class Hub:
             else:
                 sent = self.deliver_to_group(message["data"])
             _PUSHED.inc(sent)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """A load nobody waits for any more (its sockets went) logs no "never retrieved"."""
+    if not future.cancelled():
+        future.exception()

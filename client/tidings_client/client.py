@@ -9,6 +9,7 @@ import functools
 import inspect
 import json
 import logging
+import random
 import ssl
 import uuid
 from collections import OrderedDict
@@ -112,6 +113,7 @@ class _Outgoing:
     future: asyncio.Future[Message]
     sent_on: int = -1  # the connection number it was last sent on
     attempts: int = 0
+    unavailable: int = 0  # `unavailable` answers so far (each retry waits longer)
     media: Media | None = None
     plain: dict[str, Any] | None = None  # the plaintext of an encrypted send
 
@@ -165,8 +167,12 @@ class TidingsClient:
     reconnects after losing it (``Backoff``: 1 s doubling to 30 s, full jitter; a ``reconnect``
     frame's ``after_ms`` instead); after each (re)connection it syncs from the stored cursor
     (``cursor_store``), so the events it yields miss nothing, and it drops messages it already
-    yielded (by ``message_id``). ``send()`` goes through an outbox: unacknowledged sends are sent
-    again, with the same ``client_msg_id``, on the next connection.
+    yielded (by ``message_id``). Follow-up syncs come ``resync_after_s`` after each resume, then
+    at doubling gaps up to ``resync_max_gap_s`` until the server's sync has caught up with the
+    pushes (at most ``resync_for_s``): a message pushed before the socket was registered is found
+    only once the read model behind ``/v1/sync`` has applied it. ``send()`` goes through an
+    outbox: unacknowledged sends are sent again, with the same ``client_msg_id``, on the next
+    connection.
 
     ``user_id`` and ``device_id`` are the token's ``sub`` and ``dev`` claims. ``connector`` and
     ``http_transport`` replace the WebSocket and HTTP transports (for tests). ``wire_tap``, if
@@ -188,7 +194,10 @@ class TidingsClient:
         typing_refresh_s: float = 3.0,
         typing_idle_s: float = 5.0,
         unavailable_retry_s: float = 1.0,
+        unavailable_retry_cap_s: float = 10.0,
         resync_after_s: Sequence[float] = (1.0, 5.0),
+        resync_max_gap_s: float = 30.0,
+        resync_for_s: float = 120.0,
         http_timeout_s: float = 15.0,
         seen_capacity: int = 100_000,
         key_wait_s: float = 10.0,
@@ -214,7 +223,10 @@ class TidingsClient:
         self.typing_refresh_s = typing_refresh_s
         self.typing_idle_s = typing_idle_s
         self.unavailable_retry_s = unavailable_retry_s
+        self.unavailable_retry_cap_s = max(unavailable_retry_cap_s, unavailable_retry_s)
         self.resync_after_s = tuple(resync_after_s)
+        self.resync_max_gap_s = resync_max_gap_s
+        self.resync_for_s = resync_for_s
         self._connector: Connector = connector or websockets_connect
         self._http = httpx.AsyncClient(
             timeout=http_timeout_s, transport=http_transport, verify=_shared_ssl_context()
@@ -241,6 +253,10 @@ class TidingsClient:
         self._presence: str | None = None
         self._typing: dict[str, tuple[float, asyncio.TimerHandle]] = {}
         self._sync_lock = asyncio.Lock()
+        # While a resume's follow-up syncs run: each message pushed on this connection, with
+        # its arrival number, or None once a sync returned it too (see _resync).
+        self._live: dict[str, int | None] | None = None
+        self._pushes = 0
         self._tap = wire_tap
         self.media = MediaApi(self)
         """Media upload and download (``MediaApi``)."""
@@ -492,6 +508,7 @@ class TidingsClient:
         self._ws = ws
         self._connection += 1
         self._reconnect_after = None
+        self._live = {} if self.resync_after_s else None
         reader = asyncio.create_task(self._read(ws))
         reader.add_done_callback(self._reader_ended)
         heart: asyncio.Task[None] | None = None
@@ -513,7 +530,7 @@ class TidingsClient:
             self._ready.set()
             self.backoff.reset()
             self._emit(ConnectionState("connected", url))
-            resync = asyncio.create_task(self._resync(ws))
+            resync = asyncio.create_task(self._resync(ws, asyncio.get_running_loop().time()))
             await self._flush_outbox()
             await reader
         except TransportClosed as exc:
@@ -598,19 +615,52 @@ class TidingsClient:
                 await ws.close()
                 return
 
-    async def _resync(self, ws: Transport) -> None:
-        """Sync again shortly after a resume: a message pushed before this socket was registered
-        and not yet applied by the read model behind ``/v1/sync`` is found by a later sync."""
-        waited = 0.0
-        for at in self.resync_after_s:
-            await asyncio.sleep(max(0.0, at - waited))
-            waited = at
-            if self._ws is not ws:
-                return
-            try:
-                await self.sync()
-            except (TidingsError, httpx.HTTPError) as exc:
-                log.warning("follow-up sync failed: %s", exc)
+    async def _resync(self, ws: Transport, resumed_at: float) -> None:
+        """Sync again after a resume until the read model behind ``/v1/sync`` has caught up with
+        the pushes. A message pushed before this socket was registered is found by no sync until
+        that read model has applied it, which may be long after the push (the server's persist
+        worker behind its deliver worker: seconds, tens of seconds in an outage's backlog).
+
+        The follow-ups run ``resync_after_s`` after the resume, then at doubling gaps (up to
+        ``resync_max_gap_s``) for as long as the last one was not caught up: it failed, it found
+        messages this socket had not pushed (the read model is still handing over what the
+        socket missed), or a message pushed on this socket before it began has come back in no
+        sync yet (the read model is behind the pushes). At most ``resync_for_s`` after the
+        resume."""
+        loop = asyncio.get_running_loop()
+        delays = sorted(self.resync_after_s)
+        if not delays:
+            return
+        gap = max(delays[-1] - (delays[-2] if len(delays) > 1 else 0.0), 0.01)
+        at, caught_up, done = resumed_at, False, 0
+        try:
+            while True:
+                if done < len(delays):
+                    at = resumed_at + delays[done]
+                elif caught_up or at - resumed_at >= self.resync_for_s:
+                    return
+                else:
+                    gap = min(gap * 2, self.resync_max_gap_s)
+                    at = min(at + gap, resumed_at + self.resync_for_s)
+                await asyncio.sleep(max(0.0, at - loop.time()))
+                if self._ws is not ws:
+                    return
+                caught_up = await self._follow_up()
+                done += 1
+        finally:
+            if self._ws is ws:
+                self._live = None
+
+    async def _follow_up(self) -> bool:
+        """One follow-up sync; whether it shows the client caught up (see ``_resync``)."""
+        before = self._pushes
+        try:
+            unpushed = await self._sync()
+        except (TidingsError, httpx.HTTPError) as exc:
+            log.warning("follow-up sync failed: %s", exc)
+            return False
+        waiting = any(n is not None and n < before for n in (self._live or {}).values())
+        return not unpushed and not waiting
 
     async def _restore_state(self, ws: Transport) -> None:
         """What lives with a socket (view, watch list, presence) is sent again on a new one."""
@@ -625,6 +675,9 @@ class TidingsClient:
         kind = frame.get("type")
         if kind == "message" and isinstance(frame.get("message"), dict):
             message = Message.from_json(frame["message"])
+            if self._live is not None:
+                self._live.setdefault(message.message_id, self._pushes)
+                self._pushes += 1
             if self._resuming:
                 self._held.append(message)
             else:
@@ -677,9 +730,10 @@ class TidingsClient:
         The send waits in the outbox while the client is disconnected and is sent again with the
         same ``client_msg_id`` on every new connection until acknowledged, so it is stored once.
         A refusal raises the typed error (``Forbidden``, ``InvalidRequest``, ``TooLarge``,
-        ``RateLimited`` with ``retry_after``, ``Conflict``); ``unavailable`` is retried every
-        ``unavailable_retry_s``. Cancelling the call (e.g. ``asyncio.wait_for``) takes it out of
-        the outbox: it may or may not have been stored."""
+        ``RateLimited`` with ``retry_after``, ``Conflict``); ``unavailable`` is retried after
+        ``unavailable_retry_s``, each further time after twice as long, up to
+        ``unavailable_retry_cap_s`` (jittered: half to all of it). Cancelling the call (e.g.
+        ``asyncio.wait_for``) takes it out of the outbox: it may or may not have been stored."""
         if self._closing:
             raise ClientClosed("the client is closed")
         if self._fatal is not None:
@@ -802,9 +856,15 @@ class TidingsClient:
             self._emit(ErrorEvent(code, text, ref if isinstance(ref, str) else None, extra))
             return
         if code == "unavailable":
-            # Nothing was accepted: the same client_msg_id goes again shortly.
+            # Nothing was accepted: the same client_msg_id goes again, later each time (every
+            # pending send retrying every second loads a gateway just while it is degraded).
             entry.sent_on = -1
-            asyncio.get_running_loop().call_later(self.unavailable_retry_s, self._retry_soon)
+            ceiling = min(
+                self.unavailable_retry_cap_s, self.unavailable_retry_s * 2.0 ** min(entry.unavailable, 30)
+            )
+            entry.unavailable += 1
+            delay = ceiling * (0.5 + random.random() / 2)
+            asyncio.get_running_loop().call_later(delay, self._retry_entry, entry)
             return
         self._outbox.pop(entry.client_msg_id, None)
         retry_after = frame.get("retry_after")
@@ -812,9 +872,14 @@ class TidingsClient:
         if not entry.future.done():
             entry.future.set_exception(error)
 
-    def _retry_soon(self) -> None:
-        if self._ready.is_set() and not self._closing:
-            self._spawn(self._flush_outbox())
+    def _retry_entry(self, entry: _Outgoing) -> None:
+        """Send again a send answered ``unavailable`` (if still pending; if disconnected, the next
+        connection sends it)."""
+        ws = self._ws
+        if ws is None or not self._ready.is_set() or self._closing:
+            return
+        if self._outbox.get(entry.client_msg_id) is entry:
+            self._spawn(self._transmit(ws, entry))
 
     def _fail_outbox(self, error: TidingsError) -> None:
         for entry in self._outbox.values():
@@ -888,6 +953,12 @@ class TidingsClient:
     async def sync(self) -> None:
         """Read what this device missed since the stored cursor (every page), hand it to the
         app as events and store the new cursor. The client does this after every connection."""
+        await self._sync()
+
+    async def _sync(self) -> bool:
+        """``sync()``; whether it found a message this connection had not pushed (while a
+        resume's follow-ups watch the pushes)."""
+        unpushed = False
         async with self._sync_lock:
             cursor = await self.cursor_store.load()
             while True:
@@ -907,15 +978,20 @@ class TidingsClient:
                         self.e2ee.device_list_changed(str(user_id))
                     for to_device in data.get("to_device") or []:
                         await self.e2ee.receive_to_device(to_device)
+                messages = [Message.from_json(m) for m in data.get("messages") or []]
+                if self._live is not None:
+                    for message in messages:
+                        unpushed = unpushed or message.message_id not in self._live
+                        self._live[message.message_id] = None  # pushed (or not): now synced too
                 # During a resume, pushes received meanwhile are held back and handed over after
                 # the last page (they are newer than what the pages hold, or duplicates).
-                self._emit_messages(Message.from_json(m) for m in data.get("messages") or [])
+                self._emit_messages(messages)
                 for receipt in data.get("receipts") or []:
                     self._emit(Receipt.from_json(receipt))
                 cursor = str(data["cursor"])
                 await self.cursor_store.save(cursor)
                 if not data.get("has_more"):
-                    return
+                    return unpushed
 
     # ---- HTTP ---------------------------------------------------------------------------------
 

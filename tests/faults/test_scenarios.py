@@ -45,10 +45,12 @@ async def test_worker_kill_9_restart_and_rebalance(fault_system: FaultSystem, re
     await asyncio.sleep(6)
     fault_system.kill("deliver")
     fault_system.kill("persist")
+    killed = time.monotonic()
     await asyncio.sleep(3)
     fault_system.start("deliver")
     fault_system.start("persist")
     load.repaired_at = time.monotonic()
+    load.fault_window = (killed, load.repaired_at)
     await asyncio.sleep(10)
     # A second worker per role joins (partitions move), then leaves again.
     fault_system.start("deliver2")
@@ -84,6 +86,7 @@ async def _service_outage(
     await asyncio.sleep(down_s)
     await _blocking(launcher.up, settings, only=[service])
     load.repaired_at = time.monotonic()
+    load.fault_window = (stopped, load.repaired_at)
     note = f"{service} down {load.repaired_at - stopped:.1f}s (restart included)"
     await sending
     report = await load.finish(settle_s=settle_s)
@@ -128,6 +131,7 @@ async def test_gateway_killed(fault_system: FaultSystem, record: Record) -> None
     await asyncio.sleep(8)
     fault_system.start("gateway2")
     await _blocking(fault_system.wait_gateway, "gateway2")
+    load.fault_window = (killed, time.monotonic())
     await sending
     report = await load.finish()
     record(report)

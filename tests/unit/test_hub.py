@@ -411,3 +411,54 @@ async def test_a_user_who_comes_back_before_the_flush_costs_no_unsubscribe() -> 
     await asyncio.gather(hub.unregister(a), hub.register(b))
     assert pubsub.calls == []
     assert hub.deliver_to_user("alice", MESSAGE + b"x") == 1
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()  # Sanic cancels the handler when the client goes during the registration
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_registration_cancelled_while_the_groups_load_leaves_nothing_behind() -> None:
+    """Found by the fault suite (SDK load, Kafka scenario): a client that gave up on a slow
+    registration left its socket in the hub, so the user's later sockets on that gateway never
+    loaded the user's groups and got no large-group pushes (only by sync)."""
+    gate = asyncio.Event()
+
+    async def groups_of(user_id: str) -> set[str]:
+        await gate.wait()
+        return {"g:1"}
+
+    hub = Hub(FakePubSub(), groups_of, shards=4)
+    await hub.start()
+    task = asyncio.create_task(hub.register(_conn("alice", [])))
+    await asyncio.sleep(0.01)
+    await _cancelled(task)
+    assert hub.connections == 0
+    gate.set()
+    again = _conn("alice", [])
+    await hub.register(again)
+    assert hub.connections == 1
+    assert hub.deliver_to_group(b"mg:1\0hello") == 1 and _queued(again) == [b"hello"]
+
+
+async def test_a_second_socket_gets_the_groups_though_the_first_registration_was_cancelled() -> None:
+    gate = asyncio.Event()
+
+    async def groups_of(user_id: str) -> set[str]:
+        await gate.wait()
+        return {"g:1"}
+
+    hub = Hub(FakePubSub(), groups_of, shards=4)
+    await hub.start()
+    first = asyncio.create_task(hub.register(_conn("alice", [])))
+    await asyncio.sleep(0.01)
+    second_conn = _conn("alice", [])
+    second = asyncio.create_task(hub.register(second_conn))
+    await asyncio.sleep(0.01)
+    assert not second.done()  # registered only once the user's groups are loaded
+    await _cancelled(first)
+    gate.set()
+    await asyncio.wait_for(second, 5)
+    assert hub.connections == 1
+    assert hub.deliver_to_group(b"mg:1\0hello") == 1 and _queued(second_conn) == [b"hello"]

@@ -5,6 +5,7 @@ heartbeats, typed errors, typing's auto-stop, callbacks and the cursor stores.""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
@@ -284,6 +285,26 @@ async def test_refusals_raise_typed_errors_and_unavailable_is_retried() -> None:
         assert http.value.status == 403
 
 
+async def test_a_send_answered_unavailable_again_and_again_waits_longer_each_time() -> None:
+    """In the fault suite's Cassandra outage every pending send was retried every second:
+    301,666 retries for 4,500 sends, on a gateway that was already degraded."""
+    server = FakeServer()
+    at: list[float] = []
+
+    def refuse(frame: dict[str, Any]) -> dict[str, Any] | None:
+        at.append(asyncio.get_running_loop().time())
+        return {"code": "unavailable", "message": "cassandra down"} if len(at) <= 5 else None
+
+    server.refuse = refuse
+    async with server.client(unavailable_retry_s=0.04, unavailable_retry_cap_s=0.16) as client:
+        sent = await asyncio.wait_for(client.send(CID, "later", client_msg_id="patient"), 10)
+    assert sent.client_msg_id == "patient" and len(at) == 6
+    gaps = [b - a for a, b in itertools.pairwise(at)]
+    # Each wait is half to all of its ceiling: 0.04 s doubling up to the 0.16 s cap.
+    for gap, ceiling in zip(gaps, [0.04, 0.08, 0.16, 0.16, 0.16], strict=True):
+        assert gap >= ceiling / 2 - 0.005, (gaps, ceiling)
+
+
 async def test_a_reconnect_frame_sets_the_wait_and_moves_to_the_next_gateway() -> None:
     server = FakeServer()
     async with server.client(["http://gw1", "http://gw2"]) as client:
@@ -487,3 +508,93 @@ async def test_the_wire_tap_sees_frames_before_the_dedup_each_transmission_and_s
     assert [d["client_msg_id"] for d in outs] == ["k1", "k1"] and outs[0]["ref"] != outs[1]["ref"]
     acks = [d for k, d in tapped if k == "in" and d["type"] == "ack"]
     assert [(a["ref"], a["message_id"]) for a in acks] == [(outs[1]["ref"], sent.message_id)]
+
+
+class LaggingLog:
+    """A server whose ``/v1/sync`` read model lags its pushes (the persist worker behind the
+    deliver worker): the log's messages are applied to what a sync reads only as the sync
+    calls go by, while pushes reach every registered socket at once."""
+
+    def __init__(self, server: FakeServer) -> None:
+        self.server = server
+        self.log: list[dict[str, Any]] = []
+        self.applied_at: dict[str, int] = {}  # message_id -> the sync call that first sees it
+        self.calls = 0
+        self.failing: set[int] = set()  # sync calls answered 503
+        self.on_call: dict[int, Callable[[], None]] = {}
+
+    def append(self, msg: dict[str, Any], *, applied_at_call: int, push: bool) -> None:
+        self.log.append(msg)
+        self.applied_at[msg["message_id"]] = applied_at_call
+        if push:
+            self.server.socket.push({"type": "message", "message": msg})
+
+    async def http(self, request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/v1/sync"
+        self.calls += 1
+        self.on_call.get(self.calls, lambda: None)()
+        if self.calls in self.failing:
+            return httpx.Response(503, json={"error": {"code": "unavailable", "message": "later"}})
+        since = int(request.url.params.get("since") or "0")
+        applied = [i for i, m in enumerate(self.log) if self.applied_at[m["message_id"]] <= self.calls]
+        # The cursor is the applied prefix: everything up to it is in the read model.
+        upto = 0
+        while upto < len(self.log) and upto in applied:
+            upto += 1
+        body = {"messages": self.log[since:upto], "receipts": [], "conversations": []}
+        return httpx.Response(200, json={**body, "cursor": str(upto), "has_more": False})
+
+
+async def test_a_resume_finds_a_message_pushed_before_registration_however_late_sync_sees_it() -> None:
+    """Found by the fault suite (Kafka and Redis scenarios, SDK load): a message pushed while a
+    device was reconnecting reached it neither live nor by sync, when the read model behind
+    /v1/sync applied it later than the client's fixed follow-up syncs (1 s and 5 s then). The
+    client now keeps syncing after a resume while the syncs still find messages the socket
+    did not push, or a live push has not come back in a sync: the read model is behind."""
+    server = FakeServer()
+    log = LaggingLog(server)
+    gate = asyncio.Event()
+    gate.set()
+
+    async def connect(url: str, headers: Mapping[str, str]) -> Transport:
+        await gate.wait()
+        return await server.connect(url, headers)
+
+    client = TidingsClient(
+        "http://gw1",
+        ALICE,
+        connector=connect,
+        http_transport=httpx.MockTransport(log.http),
+        heartbeat_s=5.0,
+        backoff=Backoff(0.01, 0.02),
+        resync_after_s=(0.01, 0.02),
+        resync_max_gap_s=0.05,
+        cursor_store=MemoryCursorStore("0"),
+    )
+    seen: list[str] = []
+    client.on(MessageEvent)(lambda e: seen.append(e.message.message_id))
+    async with client:
+        # The first sync and its two scheduled follow-ups: nothing missed, so no more.
+        await until(lambda: log.calls == 3)
+        await asyncio.sleep(0.2)
+        assert log.calls == 3
+        gate.clear()
+        server.socket.drop(1013)
+        await until(lambda: not client.connected)
+        # Appended while the device is away (no socket to push to): the resume's sync finds it.
+        log.log.append(message(10))
+        log.applied_at["10"] = 0
+        # Also pushed before the new socket was registered, but applied by the read model only
+        # at the eighth sync call: after the resume's sync (4) and both follow-ups (5, 6).
+        log.log.append(message(20))
+        log.applied_at["20"] = 8
+        # Pushed live to the new socket (registered: the resume's sync comes after its first
+        # pong) and applied with 20, in log order.
+        log.on_call[4] = lambda: log.append(message(30), applied_at_call=8, push=True)
+        log.failing.add(7)  # a follow-up answered 503 is tried again, not given up
+        gate.set()
+        await until(lambda: "20" in seen, timeout=5)
+        assert seen == ["10", "30", "20"]
+        # A sync that found nothing the socket did not push, with every push back: it stops.
+        await asyncio.sleep(0.5)
+        assert log.calls == 9
