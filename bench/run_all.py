@@ -27,7 +27,6 @@ import datetime as dt
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from typing import Any
 import orjson
 
 from bench.common import machine_facts
-from bench.system import ROOT, BenchSystem, namespace_env
+from bench.system import ROOT, bench_system
 
 TARGETS = {
     "e2e_p99_ms": 200.0,  # at >= 5,000 msgs/s sustained
@@ -232,18 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     query_messages = 200_000 if quick else 1_000_000
 
     started = dt.datetime.now(dt.UTC)
-    env = {
-        **os.environ,
-        **namespace_env(
-            args.namespace, redis_db=args.redis_db, http_port=args.port, gateway_workers=args.gateway_workers
-        ),
-    }
-    from tidings.settings import Settings
-
-    secret = env.get("TIDINGS_AUTH_SECRET") or Settings().resolved_auth_secret()
-    env["TIDINGS_AUTH_SECRET"] = secret
-    logs = Path(tempfile.mkdtemp(prefix=f"tidings-{args.namespace}-logs-"))
-    system = BenchSystem(env={k: v for k, v in env.items() if k.startswith("TIDINGS_")}, logs=logs)
+    env, system = bench_system(
+        args.namespace, redis_db=args.redis_db, http_port=args.port, gateway_workers=args.gateway_workers
+    )
+    secret, logs = env["TIDINGS_AUTH_SECRET"], system.logs
     results: dict[str, Any] = {
         "date": started.isoformat(timespec="seconds"),
         "machine": {

@@ -18,14 +18,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from bench.common import descendants
+from bench.common import descendants, pid_ticks
 from bench.run_all import run_bench
-from bench.system import BenchSystem, namespace_env
+from bench.system import bench_system
 
 
 def service_pids() -> dict[int, str]:
@@ -51,18 +49,6 @@ def labelled_pids(roles: dict[str, int]) -> dict[int, str]:
     for role, pid in roles.items():
         for p in descendants({pid}):
             out[p] = role
-    return out
-
-
-def ticks(pids: dict[int, str]) -> dict[int, int]:
-    out: dict[int, int] = {}
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                rest = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[pid] = int(rest[11]) + int(rest[12])
     return out
 
 
@@ -124,9 +110,9 @@ def batch_counts(ports: dict[str, int]) -> dict[str, tuple[float, float]]:
 def idle_cpu(labels: dict[int, str], seconds: float) -> dict[str, float]:
     """role -> % of one core over ``seconds`` with no load."""
     hz = os.sysconf("SC_CLK_TCK")
-    t0, a, sa = time.monotonic(), ticks(labels), switches(labels)
+    t0, a, sa = time.monotonic(), pid_ticks(set(labels)), switches(labels)
     time.sleep(seconds)
-    t1, b, sb = time.monotonic(), ticks(labels), switches(labels)
+    t1, b, sb = time.monotonic(), pid_ticks(set(labels)), switches(labels)
     used = {pid: (b[pid] - a[pid]) / hz for pid in b if pid in a}
     woke = switch_delta(sa, sb, labels)
     print(
@@ -192,18 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
-    env = {
-        **os.environ,
-        **namespace_env(
-            args.namespace, redis_db=args.redis_db, http_port=args.port, gateway_workers=args.gateway_workers
-        ),
-    }
-    from tidings.settings import Settings
-
-    secret = env.get("TIDINGS_AUTH_SECRET") or Settings().resolved_auth_secret()
-    env["TIDINGS_AUTH_SECRET"] = secret
-    logs = Path(tempfile.mkdtemp(prefix=f"tidings-{args.namespace}-logs-"))
-    system = BenchSystem(env={k: v for k, v in env.items() if k.startswith("TIDINGS_")}, logs=logs)
+    env, system = bench_system(
+        args.namespace, redis_db=args.redis_db, http_port=args.port, gateway_workers=args.gateway_workers
+    )
+    secret, logs = env["TIDINGS_AUTH_SECRET"], system.logs
     results: dict[str, Any] = {"rates": []}
     try:
         if args.no_start:

@@ -14,6 +14,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -140,3 +141,20 @@ class BenchSystem:
                 left.kill()
         for name in procs:
             del self.procs[name]
+
+
+def bench_system(
+    namespace: str, *, redis_db: int, http_port: int, gateway_workers: int
+) -> tuple[dict[str, str], BenchSystem]:
+    """The environment of a benchmark run in ``namespace`` (the process's own, the namespace's
+    settings and the JWT secret ``tidings up`` uses, as ``TIDINGS_AUTH_SECRET``), and a system to
+    start in it, logging to a new temporary folder."""
+    env = {
+        **os.environ,
+        **namespace_env(namespace, redis_db=redis_db, http_port=http_port, gateway_workers=gateway_workers),
+    }
+    from tidings.settings import Settings
+
+    env["TIDINGS_AUTH_SECRET"] = env.get("TIDINGS_AUTH_SECRET") or Settings().resolved_auth_secret()
+    logs = Path(tempfile.mkdtemp(prefix=f"tidings-{namespace}-logs-"))
+    return env, BenchSystem(env={k: v for k, v in env.items() if k.startswith("TIDINGS_")}, logs=logs)
