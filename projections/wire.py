@@ -41,10 +41,12 @@ class Frame(BaseModel):
     ref: str | None = None
 
 
-class SendFrame(Frame):
-    type: Literal["send"]
+class SendFields(BaseModel):
+    """What a send carries, the same in a ``send`` frame and a ``POST .../messages`` body
+    (``query_api.messages_api.PostMessage``)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
     client_msg_id: str = Field(min_length=1, max_length=64)
-    conversation_id: str = Field(min_length=1, max_length=256)
     kind: MessageKind = "text"
     body: str = ""
     media_id: str | None = Field(default=None, max_length=128)
@@ -54,6 +56,11 @@ class SendFrame(Frame):
     algorithm: str | None = None
     session_id: str | None = None
     sender_device: str | None = None
+
+
+class SendFrame(Frame, SendFields):
+    type: Literal["send"]
+    conversation_id: str = Field(min_length=1, max_length=256)
 
 
 class PingFrame(Frame):

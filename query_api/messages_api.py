@@ -8,9 +8,9 @@ from pydantic import Field
 from sanic import Blueprint, HTTPResponse, Request
 from sanic.response import empty
 
-from events import MessageKind
 from events.errors import Invalid
 from projections.history import history_page
+from projections.wire import SendFields
 from query_api.bodies import Body, int_arg, message_id_arg, parse_body
 from query_api.context import deps_of
 from query_api.errors import json_response
@@ -24,16 +24,8 @@ DEFAULT_PAGE = 50
 RECEIPTS_PAGE, RECEIPTS_MAX = 500, 1000
 
 
-class PostMessage(Body):
-    client_msg_id: str = Field(min_length=1, max_length=64)
-    kind: MessageKind = "text"
-    body: str = ""
-    media_id: str | None = Field(default=None, max_length=128)
-    # kind "encrypted" (end-to-end encryption; commands/encryption.py checks them)
-    ciphertext: str | None = None
-    algorithm: str | None = None
-    session_id: str | None = None
-    sender_device: str | None = None
+class PostMessage(Body, SendFields):
+    """The fields of a ``send`` frame but its conversation id, which is in the path."""
 
 
 @bp.post("/<conversation_id:str>/messages")

@@ -13,8 +13,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from pydantic import BaseModel
-
 from commands import EventLog, IdempotencyStore, IdGenerator, Limits, SendMessage, SendResult, send_message
 from commands import keys as key_commands
 from commands import push as push_commands
@@ -36,8 +34,11 @@ from events import DM_PREFIX, GroupEvent, Role, SignedKey
 from events.errors import Invalid, Unavailable
 from projections.delivery import Push, to_device_push
 from projections.views import DeviceKeys, PresenceView
+from projections.wire import SendFields
 
 log = logging.getLogger(__name__)
+# What a send's request carries into the command (its conversation id is the caller's).
+_SEND_FIELDS: set[str] = set(SendFields.model_fields)
 
 ReceiptStatus = Literal["delivered", "read"]
 PushProvider = Literal["webpush", "fcm", "apns", "webhook"]
@@ -68,7 +69,7 @@ class Messaging:
         self.direct_chats = DirectChats(self.directory)
 
     async def send(
-        self, user_id: str, device_id: str, conversation_id: str, request: BaseModel
+        self, user_id: str, device_id: str, conversation_id: str, request: SendFields
     ) -> SendResult:
         """Send what a ``send`` frame or a ``POST .../messages`` body asks for."""
         await self.limiter.check("send", user_id)
@@ -76,12 +77,7 @@ class Messaging:
             sender_id=user_id,
             device_id=device_id,
             conversation_id=conversation_id,
-            **request.model_dump(
-                include={
-                    *("client_msg_id", "kind", "body", "media_id"),
-                    *("ciphertext", "algorithm", "session_id", "sender_device"),
-                }
-            ),
+            **request.model_dump(include=_SEND_FIELDS),
         )
         service, media = self.media, None
         if service is not None and cmd.kind not in ("text", "encrypted"):
