@@ -12,8 +12,15 @@ accents. Queries are made for a user in 100 conversations, in equal shares: a ra
 words, a phrase, and prefixes of 2, 3 and 5 letters (each one term of the n-gram field, which
 holds every word's prefixes of 2..8 letters); newest 20 first with highlights, as
 ``GET /v1/search`` asks.
-The indexing figure is the search worker's part (events into the shards, committed every
-``--commit-interval`` per shard); a rebuild from the archive adds the archive's reading.
+The indexing figure is the search worker's part (events into the shards), with the worker's
+own commit policy (``Settings.search_commit_interval_s`` while it keeps up, up to
+``search_commit_most_s`` while behind; ``--commit-interval`` / ``--commit-most`` change them).
+Each message carries its send time, as on the log: by default all of them were sent when the
+run starts (a backlog, as after an outage, the way to measure throughput); with ``--rate`` they
+are sent, and handed to the indexer, at that many per second (live traffic: the CPU share of a
+core the worker needs at that rate). CPU µs per event (every thread of the process) is the
+figure to compare across runs on a shared machine; a rebuild from the archive adds the
+archive's reading.
 Query figures are per kind, in wall time and in CPU time of the querying thread (tantivy
 searches in the caller's thread): on a busy machine the first is mostly the wait for a core.
 """
@@ -28,13 +35,14 @@ import statistics
 import tempfile
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from events import ChatEvent, MessageSent
 from projections.adapters.search import SearchIndexer, ShardReaders, analyze
-from projections.adapters.search_schema import edge_ngrams
+from projections.adapters.search_schema import edge_ngrams, ngram_text
 from projections.search_query import parse
+from tidings.settings import Settings
 
 TOPIC = "bench.conversation-events"
 SYLLABLES = ["ka", "ré", "mo", "li", "sa", "tü", "ne", "po", "ri", "da", "fé", "zo", "mi", "ta", "lo", "be"]
@@ -47,7 +55,14 @@ def vocabulary(size: int, rng: random.Random) -> list[str]:
     return sorted(words)
 
 
-def messages(n: int, conversations: int, words: list[str], rng: random.Random) -> Iterator[MessageSent]:
+def messages(
+    n: int,
+    conversations: int,
+    words: list[str],
+    rng: random.Random,
+    sent_ms: Callable[[int], int] = lambda i: i,
+) -> Iterator[MessageSent]:
+    """``n`` messages; message ``i`` was sent at ``sent_ms(i)`` (Unix ms)."""
     # Zipf-like: word i drawn with weight 1/(i+1).
     weights = [1 / (i + 1) for i in range(len(words))]
     cum: list[float] = []
@@ -67,7 +82,7 @@ def messages(n: int, conversations: int, words: list[str], rng: random.Random) -
             client_msg_id=str(i),
             kind="text",
             body=body,
-            ts=i,
+            ts=sent_ms(i),
         )
 
 
@@ -75,18 +90,42 @@ def partition_of(cid: str, partitions: int) -> int:
     return zlib.crc32(cid.encode()) % partitions
 
 
-async def index_all(root: Path, args: argparse.Namespace, words: list[str]) -> tuple[float, int]:
-    indexer = SearchIndexer(root, TOPIC, commit_interval_s=args.commit_interval)
+async def index_all(
+    root: Path, args: argparse.Namespace, words: list[str], gen_cpu: float = 0.0
+) -> tuple[float, int]:
+    """Index the messages; ``gen_cpu``: the generator's own CPU per message, taken out of the
+    indexer's figure."""
+    indexer = SearchIndexer(
+        root, TOPIC, commit_interval_s=args.commit_interval, commit_most_s=args.commit_most
+    )
     offsets = [0] * args.partitions
     batch: list[tuple[int, int, ChatEvent]] = []
     busy = 0.0
     count = 0
     cpu = time.process_time()
-    for event in messages(args.messages, args.conversations, words, random.Random(7)):
+    start, start_ms = time.perf_counter(), time.time_ns() // 1_000_000
+    # A backlog: every message sent at the start. Live: message i at start + i / rate.
+    rate = args.rate
+    sent = (lambda i: start_ms + round(i * 1000 / rate)) if rate else (lambda i: start_ms)
+    batch_due = start
+    for i, event in enumerate(messages(args.messages, args.conversations, words, random.Random(7), sent)):
+        if rate:
+            # Handed over in batches as the worker's fetches gather them: the batch window or
+            # the batch size, whichever comes first.
+            due = start + i / rate
+            if batch and (len(batch) == args.batch or due - batch_due >= WINDOW_S):
+                started = time.perf_counter()
+                await indexer.apply_at(batch)
+                busy += time.perf_counter() - started
+                count += len(batch)
+                batch = []
+            if not batch:
+                batch_due = due
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
         p = partition_of(event.conversation_id, args.partitions)
         batch.append((p, offsets[p], event))
         offsets[p] += 1
-        if len(batch) == args.batch:
+        if len(batch) == args.batch and not args.rate:
             started = time.perf_counter()
             await indexer.apply_at(batch)
             busy += time.perf_counter() - started
@@ -96,12 +135,24 @@ async def index_all(root: Path, args: argparse.Namespace, words: list[str]) -> t
     if batch:
         await indexer.apply_at(batch)
         count += len(batch)
+    if args.rate:
+        # The share of a core the indexer needed at that rate, before the final commits.
+        took = time.perf_counter() - start
+        used = time.process_time() - cpu - gen_cpu * count
+        share = used / took * 100
+        print(f"at {args.rate:,.0f} events/s for {took:.1f} s: the indexer used {share:.1f} % of a core")
+    commits = indexer.commits
     indexer.close()  # waits for the merges
     busy += time.perf_counter() - started
     # Every thread of the process: the generator, the Python side of indexing, tantivy's
     # indexing and merge threads. Load-proof where the wall figures are not.
     cpu = time.process_time() - cpu
-    print(f"CPU of the process while indexing: {cpu:.1f} s, {cpu / max(count, 1) * 1e6:.1f} µs per event")
+    per_event = cpu / max(count, 1)
+    print(
+        f"CPU of the process while indexing: {cpu:.1f} s, {per_event * 1e6:.1f} µs per event; "
+        f"the indexer's (less the generator's): {(per_event - gen_cpu) * 1e6:.1f} µs per event; "
+        f"{commits:,} shard commits before the last"
+    )
     return busy, count
 
 
@@ -151,6 +202,9 @@ def query_latency(root: Path, args: argparse.Namespace, words: list[str]) -> dic
     return stats
 
 
+# The search role's batch window (Settings.worker_persist_batch_window_s).
+WINDOW_S = Settings().worker_persist_batch_window_s
+
 KINDS = ("rare word", "two words", "phrase", "3-letter prefix", "5-letter prefix", "2-letter prefix")
 
 
@@ -171,7 +225,25 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, default=10_000)
     parser.add_argument("--partitions", type=int, default=12)
     parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--commit-interval", type=float, default=0.5, help="seconds (0: every batch)")
+    live = Settings()
+    parser.add_argument(
+        "--commit-interval",
+        type=float,
+        default=live.search_commit_interval_s,
+        help="seconds between a shard's commits while it keeps up (0: every batch); default: the worker's",
+    )
+    parser.add_argument(
+        "--commit-most",
+        type=float,
+        default=live.search_commit_most_s,
+        help="the longest wait between a shard's commits while behind; default: the worker's",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="messages per second, sent and indexed live (default 0: a backlog, all sent at the start)",
+    )
     parser.add_argument("--queries", type=int, default=3000)
     parser.add_argument(
         "--dir",
@@ -203,14 +275,16 @@ def main() -> None:
             return
         # The generator's own time, measured alone, is taken out of the indexing wall time (the
         # periodic commits run in threads, also while the next messages are generated).
-        gen = time.perf_counter()
+        gen, gen_cpu = time.perf_counter(), time.process_time()
         if not args.no_generator_pass:
             for _ in messages(args.messages, args.conversations, words, random.Random(7)):
                 pass
-        gen = time.perf_counter() - gen
+        gen, gen_cpu = time.perf_counter() - gen, time.process_time() - gen_cpu
+        if not args.no_generator_pass:
+            print(f"the message generator alone: {gen_cpu / args.messages * 1e6:.1f} µs of CPU per message")
         report_ngrams(args, words)
         wall = time.perf_counter()
-        busy, count = asyncio.run(index_all(root, args, words))
+        busy, count = asyncio.run(index_all(root, args, words, gen_cpu / args.messages))
         wall = time.perf_counter() - wall
         size = size_of(root)
         print(f"messages {count:,} in {args.partitions} shards, {args.conversations:,} conversations")
@@ -232,8 +306,10 @@ def report_ngrams(args: argparse.Namespace, words: list[str]) -> None:
     bodies = [
         e.body for e in messages(min(args.messages, 100_000), args.conversations, words, random.Random(7))
     ]
-    started = time.thread_time()
     grams = sum(len(edge_ngrams(analyze(body))) for body in bodies)
+    started = time.thread_time()
+    for body in bodies:  # what the indexer does
+        ngram_text(analyze(body))
     took = time.thread_time() - started
     print(
         f"n-grams: {took / len(bodies) * 1e6:.1f} µs of CPU per message in Python, "

@@ -226,6 +226,9 @@ class Settings(BaseSettings):
     # How often each shard commits while it has new messages: the time to searchable. A commit
     # writes and fsyncs a segment (~50 ms here): one per batch is too many (docs/search.md).
     search_commit_interval_s: float = 0.5
+    # Behind (a catch-up, a backlog), a shard waits half its events' lateness between commits,
+    # up to this long: fewer, larger segments while freshness is lost anyway (docs/search.md).
+    search_commit_most_s: float = 5.0
     rate_search_per_s: float = 5.0
     rate_search_burst: int = 30
     # Uploaded but never sent for this long: deleted by `tidings media gc-orphans`.

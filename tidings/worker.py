@@ -133,6 +133,7 @@ def build_search_app(settings: Settings) -> faust.App:
         topics.conversation_events,
         KafkaBackfill(settings.kafka_bootstrap, topics.conversation_events),
         commit_interval_s=settings.search_commit_interval_s,
+        commit_most_s=settings.search_commit_most_s,
     )
     tracing = telemetry.configure(settings, "tidings-worker-search")
     app = create_app(

@@ -61,7 +61,7 @@ def schema() -> tantivy.Schema:
     builder.add_unsigned_field("message_id", stored=True, indexed=True, fast=True)
     # The protocol's Message object without its body (the body is stored above).
     builder.add_bytes_field("message", stored=True, indexed=False)
-    # Space-separated n-grams made here (edge_ngrams), split by tantivy's built-in whitespace
+    # Space-separated n-grams made here (ngram_text), split by tantivy's built-in whitespace
     # tokenizer; doc ids only: a prefix has no phrase position and no score.
     builder.add_text_field(PREFIX_FIELD, stored=False, tokenizer_name="whitespace", index_option="basic")
     return builder.build()
@@ -89,6 +89,19 @@ def edge_ngrams(terms: Iterable[str]) -> list[str]:
 def _term_ngrams(term: str) -> dict[str, None]:
     # Words repeat (a chat's vocabulary is small next to its messages): each is cut once.
     return dict.fromkeys(term[:n] for n in range(NGRAM_MIN, min(len(term), NGRAM_MAX) + 1))
+
+
+def ngram_text(terms: Iterable[str]) -> str:
+    """The ``PREFIX_FIELD`` text of a message: ``edge_ngrams`` of its terms, space-separated,
+    for tantivy's whitespace tokenizer. An n-gram shared by two words is in it twice, which
+    changes nothing (the field holds doc ids only), and saves deduplicating here: half the
+    Python time of ``edge_ngrams`` (4.5 against 9-10 µs per bench message)."""
+    return " ".join(map(_term_text, terms))
+
+
+@functools.lru_cache(maxsize=32_768)
+def _term_text(term: str) -> str:
+    return " ".join(_term_ngrams(term))
 
 
 def ngram_query(prefix: str) -> bool:

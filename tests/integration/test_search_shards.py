@@ -3,9 +3,14 @@ redelivery adds nothing, non-text is never indexed) and the gap fill against the
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
+import subprocess
+import sys
+import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 
 import pytest
@@ -310,3 +315,139 @@ async def test_an_old_schema_shard_is_read_with_its_own_fields_then_rebuilt_from
     # The same reader opens the new shard with its new fields: the prefix is one n-gram term.
     assert ids(f"{word} schem*") == mids
     assert ids(f"{word} schematic") == mids
+
+
+def sent_at(cid: str, mid: int, body: str, age_s: float) -> MessageSent:
+    """A text message sent ``age_s`` seconds ago (its time as on the log)."""
+    return sent(cid, mid, body).model_copy(update={"ts": round((time.time() - age_s) * 1000)})
+
+
+async def feed(indexer: SearchIndexer, age_s: float, batches: int, first_mid: int) -> None:
+    """``batches`` one-message batches to partition 0, 0.1 s apart, each sent ``age_s`` ago."""
+    for i in range(batches):
+        await indexer.apply_at([(0, i, sent_at("g:1", first_mid + i, f"cadence number {i}", age_s))])
+        await asyncio.sleep(0.1)
+
+
+async def test_a_shard_commits_every_interval_while_caught_up_and_seldom_while_behind(tmp_path: Path) -> None:
+    live = SearchIndexer(tmp_path / "live", TOPIC, commit_interval_s=0.5, commit_most_s=5.0)
+    behind = SearchIndexer(tmp_path / "behind", TOPIC, commit_interval_s=0.5, commit_most_s=5.0)
+    try:
+        # The same 20 batches over 2 s: fresh ones (just sent), and ones a minute late (a
+        # catch-up after an outage).
+        await asyncio.gather(feed(live, 0.0, 20, 600), feed(behind, 60.0, 20, 600))
+        # Caught up: a commit about every 0.5 s (the first at once), none skipped.
+        assert 3 <= live.commits <= 6, live.commits
+        # Behind: the first batch at once, then one commit per 5 s at most.
+        assert behind.commits == 1, behind.commits
+        assert read_applied(shard_path(tmp_path / "behind", TOPIC, 0)) == 0
+        # A caught-up shard's last batch is committed by the flusher within the interval.
+        last = read_applied(shard_path(tmp_path / "live", TOPIC, 0))
+        started = time.monotonic()
+        for _ in range(250):
+            if read_applied(shard_path(tmp_path / "live", TOPIC, 0)) == 19:
+                break
+            await asyncio.sleep(0.02)
+        assert read_applied(shard_path(tmp_path / "live", TOPIC, 0)) == 19, last
+        # 0.5 s at most (the flusher looks every 0.25 s), plus this shared machine's slack.
+        assert time.monotonic() - started <= 1.5
+    finally:
+        live.close()
+        behind.close()
+    # Closing commits what waited: nothing is lost either way.
+    for root in ("live", "behind"):
+        assert found(tmp_path / root, "cadence", ["g:1"]) == list(range(619, 599, -1))
+        assert read_applied(shard_path(tmp_path / root, TOPIC, 0)) == 19
+
+
+# A search worker's shards, indexing a backlog (messages sent a minute ago: long commit
+# intervals) until it is killed: prints each offset once added, flushes stdout.
+_INDEX_UNTIL_KILLED = """
+import asyncio, sys, time
+from pathlib import Path
+from projections.adapters.search import SearchIndexer
+from tests.integration.test_search_shards import backlog
+
+async def main() -> None:
+    indexer = SearchIndexer(Path(sys.argv[1]), "conv", commit_interval_s=0.2, commit_most_s=0.6)
+    for offset, events in backlog():
+        await indexer.apply_at(events)
+        print(offset, flush=True)
+        await asyncio.sleep(0.01)
+
+asyncio.run(main())
+"""
+
+
+def backlog() -> Iterator[tuple[int, list[tuple[int, int, ChatEvent]]]]:
+    """Batches of 20 messages over partitions 0 and 1, a minute old: ``(last offset, batch)``."""
+    sent_ms = round((time.time() - 60) * 1000)
+    for start in range(0, 4000, 20):
+        yield (
+            start + 19,
+            [
+                (o % 2, o // 2, sent("g:1", 700_000 + o, f"killed {o}").model_copy(update={"ts": sent_ms}))
+                for o in range(start, start + 20)
+            ],
+        )
+
+
+def index_until_killed(tmp_path: Path) -> int:
+    """Run ``_INDEX_UNTIL_KILLED`` over ``tmp_path``, SIGKILL it mid-stream once each shard has
+    committed several times; the last message it had added (its index in ``backlog``)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", _INDEX_UNTIL_KILLED, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert child.stdout is not None
+    added = -1
+    try:
+        started = time.monotonic()
+        # Killed mid-stream, after several commits of each shard (one per 0.6 s at most).
+        while time.monotonic() - started < 60:
+            line = child.stdout.readline()
+            if not line:
+                break
+            added = int(line)
+            if added >= 1500 and all(read_applied(shard_path(tmp_path, TOPIC, p)) > 100 for p in (0, 1)):
+                break
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+    return added
+
+
+def test_a_kill_9_while_behind_loses_nothing_the_offsets_promise(tmp_path: Path) -> None:
+    added = index_until_killed(tmp_path)
+    assert added >= 1500, "the child did not index"
+    readers = ShardReaders(tmp_path, TOPIC)
+    everything = {o: 700_000 + o for o in range(4000)}
+    applied = {p: read_applied(shard_path(tmp_path, TOPIC, p)) for p in (0, 1)}
+    assert all(applied[p] >= 0 for p in (0, 1)), applied
+    # Every message at or below each shard's offset is in it: the offset beside a shard never
+    # claims more than its index holds (some above it may be there too: re-applied, harmless).
+    ids = readers.all_ids(parse("killed", analyze))
+    promised = {mid for o, mid in everything.items() if o // 2 <= applied[o % 2]}
+    assert promised <= ids
+    # A new worker, handed the log from where the group had got (past the shards' offsets),
+    # fills the gap from the log and goes on: every message once.
+    log_events = {p: [(off, e) for _, batch in backlog() for pp, off, e in batch if pp == p] for p in (0, 1)}
+
+    class TwoPartitions(LogOf):
+        async def read(
+            self, partition: int, start: int, end: int
+        ) -> AsyncGenerator[list[tuple[int, ChatEvent]], None]:
+            self.reads.append((start, end))
+            yield [(o, e) for o, e in log_events[partition] if start <= o < end]
+
+    again = SearchIndexer(tmp_path, TOPIC, TwoPartitions([]), commit_interval_s=0.2, commit_most_s=0.6)
+    group_at = (added + 1) // 2  # per partition: what the killed child had been handed
+    asyncio.run(again.apply_at([(p, o, e) for p in (0, 1) for o, e in log_events[p] if o >= group_at]))
+    again.close()
+    ids = ShardReaders(tmp_path, TOPIC).all_ids(parse("killed", analyze))
+    assert ids == set(everything.values())
+    assert {p: read_applied(shard_path(tmp_path, TOPIC, p)) for p in (0, 1)} == {0: 1999, 1: 1999}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import tantivy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,11 +12,12 @@ from projections.adapters.search import (
     SNIPPET_CHARS,
     analyze,
     build_query,
+    commit_interval,
     highlight_words,
     prefix_query,
     prefix_regex,
 )
-from projections.adapters.search_schema import edge_ngrams
+from projections.adapters.search_schema import edge_ngrams, ngram_text
 from projections.search_query import MAX_CHARS, Parsed, parse
 from query_api.search_api import make_cursor, read_cursor
 
@@ -181,3 +183,30 @@ def test_cursor_round_trip_and_tampering() -> None:
     ):
         with pytest.raises(Invalid):
             read_cursor(secret, who, q, conversation_id, cursor)
+
+
+def test_the_indexed_ngram_text_holds_exactly_the_edge_ngrams() -> None:
+    terms = analyze("Hi Straße wonderfully WONDER a wonder")
+    text = ngram_text(terms)
+    assert set(text.split()) == set(edge_ngrams(terms))
+    # tantivy's whitespace tokenizer cuts it into those terms.
+    assert set(tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.whitespace()).build().analyze(text)) == set(
+        edge_ngrams(terms)
+    )
+    assert ngram_text(analyze("a b")).split() == []  # one-letter words: no n-gram
+    assert ngram_text([]) == ""
+
+
+def test_a_shard_commits_every_interval_while_it_keeps_up_and_less_often_behind() -> None:
+    # Caught up: the interval, whatever the lateness below it.
+    assert commit_interval(0.0, 0.5, 5.0) == 0.5
+    assert commit_interval(0.9, 0.5, 5.0) == 0.5
+    # Behind: half the lateness (a message ends up at most 1.5x as late as it already was)...
+    assert commit_interval(2.0, 0.5, 5.0) == 1.0
+    assert commit_interval(6.0, 0.5, 5.0) == 3.0
+    # ... up to the longest wait.
+    assert commit_interval(60.0, 0.5, 5.0) == 5.0
+    assert commit_interval(1e9, 0.5, 5.0) == 5.0
+    # A fixed interval (a rebuild's, or 0: every batch) stays fixed.
+    assert commit_interval(1e9, 0.0, 0.0) == 0.0
+    assert commit_interval(1e9, 5.0, 5.0) == 5.0
