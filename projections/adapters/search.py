@@ -153,20 +153,36 @@ class Shard:
         self.committed_at = float("-inf")
         self.lateness = 0.0
         self.commits = 0  # index commits made (tests, benchmarks)
+        # The largest message id in the shard (committed, or added since): a message with a
+        # larger id cannot be in it yet, so it needs no delete before its add.
+        self.newest_id = self._newest_committed_id()
         self.lock = threading.Lock()
+
+    def _newest_committed_id(self) -> int:
+        searcher = self.index.searcher()
+        if searcher.num_docs == 0:
+            return -1
+        result = searcher.search(tantivy.Query.all_query(), 1, count=False, order_by_field="message_id")
+        return max((int(key) for key, _ in result.hits), default=-1)
 
     def add(self, events: Sequence[tuple[int, ChatEvent]]) -> int:
         """Index ``(offset, event)`` past ``seen`` (not yet committed); how many were messages."""
         with self.lock:
             fresh = [(offset, event) for offset, event in events if offset > self.seen]
-            # An upsert: the batch's ids are deleted (one query for the batch), then added once
-            # each (the last copy of an id wins). By query: a term made from a Python int is an
-            # i64 term, which never matches this u64 field.
+            # An upsert: the batch's ids that may be in the shard already (a redelivery, a
+            # duplicate on the log, an id older than the shard's newest) are deleted, in one
+            # query, then every message is added once (the last copy of an id wins). Ids above
+            # the shard's newest, most of them (ids grow with time), skip the delete: each
+            # delete query runs against every segment of the shard at the next commit. By
+            # query: a term made from a Python int is an i64 term, never matching this u64 field.
             messages = {e.message_id: e for _, e in fresh if isinstance(e, MessageSent) and indexable(e)}
-            if messages:
+            maybe_there = [mid for mid in messages if mid <= self.newest_id]
+            if maybe_there:
                 self.writer.delete_documents_by_query(
-                    tantivy.Query.term_set_query(SCHEMA, "message_id", list(messages))
+                    tantivy.Query.term_set_query(SCHEMA, "message_id", maybe_there)
                 )
+            if messages:
+                self.newest_id = max(self.newest_id, *messages)
             added = 0
             for event in messages.values():
                 wire = message_object(event)

@@ -93,6 +93,32 @@ async def test_an_upsert_of_the_same_message_id_keeps_one(tmp_path: Path) -> Non
     assert found(tmp_path, "again", ["g:1"]) == [100]
 
 
+async def test_a_message_committed_before_its_offset_is_not_added_twice(tmp_path: Path) -> None:
+    # A crash after the index commit and before the offset is written: the next process is
+    # handed the same messages again, with ids at or below the newest in the shard.
+    indexer = SearchIndexer(tmp_path, TOPIC)
+    await indexer.apply_at([(0, 0, sent("g:1", 900, "twice over")), (0, 1, sent("g:1", 905, "twice more"))])
+    indexer.close()
+    path = shard_path(tmp_path, TOPIC, 0)
+    (path / APPLIED).write_text(json.dumps({"offset": -1, "schema": SCHEMA_VERSION}))
+    again = SearchIndexer(tmp_path, TOPIC)
+    assert again.shard(0).newest_id == 905
+    # Redelivered, plus an id older than the newest (another gateway's clock) and a new one.
+    await again.apply_at(
+        [
+            (0, 0, sent("g:1", 900, "twice over")),
+            (0, 1, sent("g:1", 905, "twice more")),
+            (0, 2, sent("g:1", 903, "twice late")),
+            (0, 3, sent("g:1", 910, "twice new")),
+        ]
+    )
+    await again.apply_at([(0, 4, sent("g:1", 910, "twice newer"))])  # a duplicate on the log
+    again.close()
+    assert found(tmp_path, "twice", ["g:1"]) == [910, 905, 903, 900]
+    assert found(tmp_path, "newer", ["g:1"]) == [910]
+    assert found(tmp_path, "new", ["g:1"]) == []
+
+
 async def test_a_shard_behind_the_log_is_filled_from_kafka(services: Settings, tmp_path: Path) -> None:
     topic = Topics(services.topic_prefix).conversation_events
     cid = f"g:search{uuid.uuid4().hex[:10]}"
