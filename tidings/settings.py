@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     # discovers the rest). Empty: one Redis at redis_host:redis_port, database redis_db. A
     # cluster has no database numbers, so redis_db must stay 0 with it (docs/operations.md).
     redis_cluster_nodes: str = ""
+    # Where the launcher's Redis Cluster (tidings/services/redis_cluster.py) puts its six nodes:
+    # this port and the next five (and each port + 10000 for the cluster bus).
+    redis_cluster_base_port: int = 7101
 
     # Gateway
     http_host: str = "127.0.0.1"

@@ -69,14 +69,17 @@ def _(event: MessageSent, pipe: AnyPipeline, size: int, sha: str, event_pushes: 
     key = keys.recent(event.conversation_id)
     member = _member(event.message_id, message_json(event))
     payloads = {push.payload for push in event_pushes}
-    # every member gets the same frame today; if not, publish apart
+    # every member gets the same frame today; if not, publish apart. (EVALSHA by
+    # execute_command: redis-py's cluster pipeline blocks its evalsha method, not the command.)
     if len(payloads) > 1 or is_cluster(pipe):
-        pipe.evalsha(sha, 1, key, member, size, _TTL_S, b"")
+        pipe.execute_command("EVALSHA", sha, 1, key, member, size, _TTL_S, b"")
         for push in event_pushes:
             publish(pipe, push.channel, push.payload)
         return
     payload = payloads.pop() if payloads else b""
-    pipe.evalsha(sha, 1, key, member, size, _TTL_S, payload, *(push.channel for push in event_pushes))
+    pipe.execute_command(
+        "EVALSHA", sha, 1, key, member, size, _TTL_S, payload, *(push.channel for push in event_pushes)
+    )
 
 
 class RedisCacheAndPush:

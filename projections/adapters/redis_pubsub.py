@@ -50,6 +50,9 @@ class ShardedSubscriber:
             self._hook(node_pubsub)
 
     async def subscribe(self, *channels: str) -> None:
+        # ssubscribe routes by the client's slot map, which a client that has not sent a
+        # command yet has not loaded: no-op once loaded
+        await self._cluster.initialize()
         await self._pubsub.ssubscribe(*channels)
         self._start_readers()
 
@@ -66,8 +69,11 @@ class ShardedSubscriber:
         # After a failover or a slot migration the ClusterPubSub moved channels to a node
         # connection of its own making: read that one too.
         self._start_readers()
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation that
+        # arrives as the queue hands over an item, and the hub's listener then never stops.
         try:
-            item = await asyncio.wait_for(self._queue.get(), timeout)
+            async with asyncio.timeout(timeout):
+                item = await self._queue.get()
         except TimeoutError:
             return None
         if isinstance(item, BaseException):
