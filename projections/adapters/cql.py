@@ -57,6 +57,10 @@ def connect(
         port=port,
         protocol_version=protocol_version,
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        # The control connection reads the whole schema on connect; the driver's 2 s default
+        # fails every start of a process while a loaded node with thousands of tables answers
+        # slower (seen on the shared development Cassandra: 114 keyspaces, 2233 tables).
+        control_connection_timeout=20,
     )
     try:
         return cluster, cluster.connect()
