@@ -77,12 +77,12 @@ async def test_a_draining_gateway_hands_its_sockets_over_and_the_client_misses_n
             draining.stop()
 
 
-def _readyz(url: str) -> int:
+def _readyz(url: str) -> tuple[int, Any]:
     try:
         with urllib.request.urlopen(f"{url}/readyz", timeout=5) as reply:
-            return int(reply.status)
+            return int(reply.status), orjson.loads(reply.read())
     except urllib.error.HTTPError as exc:
-        return exc.code
+        return exc.code, orjson.loads(exc.read())
 
 
 async def test_a_stopping_gateway_is_unready_first_and_serves_its_sockets_until_it_hands_them_over(
@@ -102,12 +102,13 @@ async def test_a_stopping_gateway_is_unready_first_and_serves_its_sockets_until_
         async with system.connect(alice) as sender, leaving.connect(bob) as ws:
             await sender.send_message(cid, "before")
             await ws.expect("message", timeout=15)
-            assert await asyncio.to_thread(_readyz, leaving.http) == 200
+            assert (await asyncio.to_thread(_readyz, leaving.http))[0] == 200
             stopping = asyncio.create_task(asyncio.to_thread(leaving.stop))
             signalled = asyncio.get_running_loop().time()
-            while await asyncio.to_thread(_readyz, leaving.http) != 503:
+            while (ready := await asyncio.to_thread(_readyz, leaving.http))[0] != 503:
                 assert asyncio.get_running_loop().time() - signalled < 10, "/readyz never turned 503"
                 await asyncio.sleep(0.1)
+            assert ready[1] == {"ready": False, "checks": {"gateway": "draining"}}
             # Unready, still serving: a message sent now is pushed on this socket.
             ack = await sender.send_message(cid, "while unready")
             pushed = await ws.expect("message", timeout=15)
