@@ -18,6 +18,8 @@ The configuration is generated here (``haproxy_cfg``). What it does, and why:
   (the gateway refuses it anyway).
 - Plain HTTP is round robin: requests are short and carry no per-user state in the gateway.
   Its servers ``track`` the WebSocket backend's: one check per gateway per second, not two.
+- A gateway that died since its last check: a refused connection is retried on another gateway
+  (``retries 2``, ``option redispatch 1``) rather than answered 503 until the checks notice.
 - Capacity: ``maxconn`` per gateway is ``TIDINGS_GATEWAY_MAX_CONNECTIONS``; past it HAProxy
   queues connections instead of overloading the gateway. The same number is the capacity of the
   80 % alert (docs/alerts.yml).
@@ -132,6 +134,11 @@ defaults
     # A check's whole exchange; unset it would be `inter` (1 s), and a loaded gateway's /readyz
     # (Kafka, Cassandra and Redis asked in turn) can take longer than that without being down.
     timeout check 3s
+    # A connection refused by a gateway that died since its last check is tried again on
+    # another one (before anything was sent: safe for any request), instead of a 503 to the
+    # client until the checks take the dead one out.
+    retries 2
+    option redispatch 1
     default-server check inter {CHECK_INTER_S}s fall {CHECK_FALL} rise 2 maxconn {capacity}
 
 frontend stats
