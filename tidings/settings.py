@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     drain_spread_s: float = 3.0
     # Before that, it answers /readyz 503 for this long while still serving its sockets, so a
     # load balancer's health checks take it out first and the reconnects land on the others
-    # (HAProxy checks every second and needs 2 failures: the cluster profile sets 3 s).
+    # (the cluster profile: 9 s, HAProxy's 2 failed checks even if each takes its 3 s timeout).
     drain_unready_s: float = 0.0
 
     # Worker

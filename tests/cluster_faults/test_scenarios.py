@@ -134,7 +134,7 @@ async def test_rolling_restart_of_the_gateways(
     cluster_fault_system: ClusterFaultSystem, record: Record
 ) -> None:
     """Each gateway in turn is stopped (SIGTERM) and started again, the next only once HAProxy
-    has the restarted one UP. A stopping gateway answers /readyz 503 for 3 s while it still
+    has the restarted one UP. A stopping gateway answers /readyz 503 for 9 s while it still
     serves (TIDINGS_DRAIN_UNREADY_S), so HAProxy has taken it out before it sends its
     ``reconnect`` frames: HAProxy sends it no new socket (a socket sent to a draining gateway
     would be refused 503 there, and counted in HAProxy's 5xx answers of that server)."""

@@ -4,7 +4,7 @@ The configuration is generated here (``haproxy_cfg``). What it does, and why:
 
 - Health: every gateway is checked with ``GET /readyz`` each second; two failures take it out,
   two successes put it back. A draining gateway (SIGTERM) answers 503 at once and, in the
-  cluster profile, keeps serving its sockets ``DRAIN_UNREADY_S`` (3 s) before it tells its
+  cluster profile, keeps serving its sockets ``DRAIN_UNREADY_S`` (9 s) before it tells its
   clients to reconnect (query_api/drain.py): HAProxy has taken it out by then, so the
   reconnects go to the other gateways.
 - WebSockets (``/v1/ws``) are balanced by a consistent hash of the user id, read from the token
@@ -48,13 +48,17 @@ from tidings.services._common import Echo, ServiceError
 from tidings.settings import Settings
 
 STATS_PORT_OFFSET = -383  # 38787 -> 38404
-# Health checks: every CHECK_INTER_S, CHECK_FALL failures take a gateway out.
+# Health checks: every CHECK_INTER_S, each given CHECK_TIMEOUT_S to answer; CHECK_FALL
+# failures in a row take a gateway out.
 CHECK_INTER_S = 1
+CHECK_TIMEOUT_S = 3
 CHECK_FALL = 2
 # How long a stopping gateway answers /readyz 503 before it hands its sockets over
-# (TIDINGS_DRAIN_UNREADY_S): HAProxy's checks have seen CHECK_FALL failures by then, so the
-# reconnects go to the other gateways, not back to the one that is leaving.
-DRAIN_UNREADY_S = CHECK_INTER_S * (CHECK_FALL + 1)
+# (TIDINGS_DRAIN_UNREADY_S): HAProxy's checks have seen CHECK_FALL failures by then even when
+# each one ran into its timeout (a loaded gateway's answer can come late), so the reconnects go
+# to the other gateways, not back to the one that is leaving. 3 s (two prompt failures) was too
+# short on the loaded 2-core machine: 11 sockets were sent to a draining gateway.
+DRAIN_UNREADY_S = CHECK_INTER_S + CHECK_FALL * (CHECK_TIMEOUT_S + CHECK_INTER_S)
 
 
 class HAProxy(Service):
@@ -133,7 +137,7 @@ defaults
     timeout queue 10s
     # A check's whole exchange; unset it would be `inter` (1 s), and a loaded gateway's /readyz
     # (Kafka, Cassandra and Redis asked in turn) can take longer than that without being down.
-    timeout check 3s
+    timeout check {CHECK_TIMEOUT_S}s
     # A connection refused by a gateway that died since its last check is tried again on
     # another one (before anything was sent: safe for any request), instead of a 503 to the
     # client until the checks take the dead one out.
