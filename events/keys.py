@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 
 def recent(conversation_id: str) -> str:
     """Sorted set of the conversation's newest messages (the hot tier)."""
@@ -50,34 +52,47 @@ def rate_limit(kind: str, user_id: str) -> str:
     return f"rate:{kind}:{user_id}"
 
 
-# Presence. A user's keys share the hash tag ``{uid}``, so that one user's reports could go to
-# one Redis Cluster node; the gateway's sweep sends many users' reports in one script call,
-# which needs one Redis (on a Cluster the calls would go per hash slot).
+# Presence. The script (commands/adapters/redis_scripts.py PRESENCE) updates many users' keys
+# and the reaper's index in one call, so on a Redis Cluster they must share a slot: users are
+# spread over PRESENCE_SHARDS shards, each with its own index, and every key of a shard carries
+# the hash tag ``{p<shard>}``. A sweep makes one call per shard it touches (few, and pipelined).
+PRESENCE_SHARDS = 16
+
+
+def presence_shard(user_id: str) -> int:
+    """The presence shard of a user: stable across processes (CRC-32, not ``hash()``)."""
+    return zlib.crc32(user_id.encode()) % PRESENCE_SHARDS
+
+
+def _presence(user_id: str) -> str:
+    return f"presence:{{p{presence_shard(user_id)}}}:{user_id}"
+
+
 def presence_online(user_id: str) -> str:
     """Sorted set: the user's connections that are ``online``, scored by expiry (ms)."""
-    return f"presence:{{{user_id}}}:online"
+    return f"{_presence(user_id)}:online"
 
 
 def presence_away(user_id: str) -> str:
     """Sorted set: the user's connections that asked for ``away``, scored by expiry (ms)."""
-    return f"presence:{{{user_id}}}:away"
+    return f"{_presence(user_id)}:away"
 
 
 def presence_closed(user_id: str) -> str:
     """Sorted set: the user's connections that closed, kept for a TTL, scored by expiry (ms)."""
-    return f"presence:{{{user_id}}}:closed"
+    return f"{_presence(user_id)}:closed"
 
 
 def presence_info(user_id: str) -> str:
     """Hash: the last announced ``state``, its time ``at`` (µs), ``seen`` (last activity, ms)
     and ``last_seen`` (ms, set when the user went offline)."""
-    return f"presence:{{{user_id}}}"
+    return _presence(user_id)
 
 
-def presence_live() -> str:
-    """Sorted set of users who may be online, scored by their latest connection expiry: the
-    reaper finds here the users whose last device went silent."""
-    return "presence:live"
+def presence_live(shard: int) -> str:
+    """Sorted set of one shard's users who may be online, scored by their latest connection
+    expiry: the reaper finds here the users whose last device went silent."""
+    return f"presence:{{p{shard}}}:live"
 
 
 def presence_channel(user_id: str) -> str:

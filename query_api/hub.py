@@ -319,7 +319,8 @@ class Hub:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            if message is None or message.get("type") != "message":
+            # "smessage": a sharded channel's, on a Redis Cluster
+            if message is None or message.get("type") not in ("message", "smessage"):
                 continue
             channel = message["channel"]
             channel = channel.decode() if isinstance(channel, bytes) else channel

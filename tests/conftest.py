@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,36 @@ def services(settings: Settings) -> Settings:
     launcher.up(settings)
     asyncio.run(migrate(settings, echo=lambda _: None))
     return settings
+
+
+def _redis_cluster_base_port() -> int:
+    """Six free ports (and their cluster bus ports, +10000) for this namespace's test Redis
+    Cluster: a start derived from the namespace, so two checkouts' runs do not collide, moved
+    on while any is taken. 7200-7999: above the cluster profile's 7101-7106 and Cassandra's
+    7000, 7001 and 7199."""
+    import zlib
+
+    from tidings.services import _process
+
+    start = 7200 + (zlib.crc32(NAMESPACE.encode()) % 80) * 10
+    for base in [*range(start, 8000, 10), *range(7200, start, 10)]:
+        ports = [p + offset for p in range(base, base + 6) for offset in (0, 10_000)]
+        if not any(_process.port_open("127.0.0.1", p) for p in ports):
+            return base
+    raise RuntimeError("no six free ports in 7200-7999 for a test Redis Cluster")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A Redis Cluster of this test run's own (six nodes, three masters; the launcher's
+    ``RedisCluster``), stopped at the end: settings that point every Redis client at it."""
+    from tidings.services.redis_cluster import RedisCluster
+
+    state = tmp_path_factory.mktemp("redis-cluster")
+    base = Settings(state_dir=state, redis_cluster_base_port=_redis_cluster_base_port())
+    cluster = RedisCluster(base)
+    cluster.up(echo=lambda _: None)
+    try:
+        yield base.model_copy(update={"redis_cluster_nodes": cluster.seeds, "redis_db": 0})
+    finally:
+        cluster.down(echo=lambda _: None)

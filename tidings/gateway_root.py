@@ -11,7 +11,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
-from redis.asyncio import Redis
+from redis.asyncio import RedisCluster
 from redis.exceptions import RedisError
 from sanic import Sanic
 
@@ -36,7 +36,9 @@ from projections.adapters.cql import Cql, connect_to
 from projections.adapters.device_lists import RedisDeviceLists
 from projections.adapters.presence import CassandraPresence
 from projections.adapters.recent import RedisCacheAndPush
-from projections.adapters.redis_client import make_redis
+from projections.adapters.redis_client import RedisClient, redis_from
+from projections.adapters.redis_client import publish as queue_publish
+from projections.adapters.redis_pubsub import ShardedSubscriber
 from projections.adapters.search import ShardReaders
 from projections.delivery import GROUP_SHARDS, Push
 from projections.inbox import UnreadCounter, one_conversation
@@ -104,7 +106,7 @@ def gateway_app(settings: Settings, *, name: str = "tidings") -> Sanic:
 class _Connections:
     """The process's clients of Kafka, Cassandra and Redis, and what closes them."""
 
-    redis: Redis
+    redis: RedisClient
     cql: Cql
     event_log: KafkaEventLog
     topics: Topics
@@ -221,7 +223,7 @@ def _messaging(
 
 async def _connect(settings: Settings) -> _Connections:
     """Redis and a leased worker id, the Kafka producer, then the Cassandra session."""
-    redis = make_redis(settings.redis_host, settings.redis_port, settings.redis_db)
+    redis = redis_from(settings.redis_cluster, settings.redis_host, settings.redis_port, settings.redis_db)
     closers: list[Closer] = [redis.aclose]
     lease = await WorkerIdLease.acquire(redis)
     closers.append(lease.release)
@@ -268,7 +270,14 @@ async def _prepare(settings: Settings, cql: Cql) -> _ReadModels:
     return models
 
 
-async def _start_hub(redis: Redis, membership: CassandraMembership, closers: list[Closer]) -> Hub:
+async def _start_hub(redis: RedisClient, membership: CassandraMembership, closers: list[Closer]) -> Hub:
+    if isinstance(redis, RedisCluster):
+        sharded = ShardedSubscriber(redis)
+        closers.append(sharded.aclose)
+        hub = Hub(sharded, membership.groups_of, shards=GROUP_SHARDS)
+        await hub.start()
+        sharded.on_reconnect(hub.resubscribed)  # each node connection's later reconnects
+        return hub
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     closers.append(pubsub.aclose)
     hub = Hub(pubsub, membership.groups_of, shards=GROUP_SHARDS)
@@ -279,14 +288,14 @@ async def _start_hub(redis: Redis, membership: CassandraMembership, closers: lis
     return hub
 
 
-def _publisher(redis: Redis) -> Callable[[list[Push]], Awaitable[None]]:
+def _publisher(redis: RedisClient) -> Callable[[list[Push]], Awaitable[None]]:
     """Publishes pushes straight from the gateway (typing: never stored, never in the log)."""
 
     async def publish(pushes: list[Push]) -> None:
         try:
             async with redis.pipeline(transaction=False) as pipe:
                 for push in pushes:
-                    pipe.publish(push.channel, push.payload)
+                    queue_publish(pipe, push.channel, push.payload)
                 await pipe.execute()
         except RedisError as exc:
             DELIVERY_FAILURES.labels("publish").inc(len(pushes))

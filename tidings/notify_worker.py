@@ -17,13 +17,12 @@ import orjson
 import uvloop
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from redis.asyncio import Redis
 
 from commands.adapters.kafka_log import KafkaEventLog
 from events import ChatEvent, Topics, partition_key
 from events.errors import Unavailable
 from projections.adapters.cql import Cql, connect_to
-from projections.adapters.redis_client import make_redis
+from projections.adapters.redis_client import RedisClient, redis_from
 from projections.inbox import inbox_page
 from projections.membership import CassandraMembership
 from projections.messages import count_unread
@@ -117,7 +116,7 @@ class _Stores:
     cql: Cql
     membership: CassandraMembership
     push_settings: CassandraPushSettings
-    redis: Redis
+    redis: RedisClient
     topics: Topics
     producer: LazyProducer
 
@@ -129,7 +128,7 @@ def _stores(settings: Settings) -> _Stores:
     membership.prepare()
     push_settings = CassandraPushSettings(cql)
     push_settings.prepare()
-    redis = make_redis(settings.redis_host, settings.redis_port, settings.redis_db)
+    redis = redis_from(settings.redis_cluster, settings.redis_host, settings.redis_port, settings.redis_db)
     return _Stores(
         cql, membership, push_settings, redis, Topics(settings.topic_prefix), LazyProducer(settings)
     )

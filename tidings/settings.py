@@ -88,6 +88,13 @@ class Settings(BaseSettings):
     redis_host: str = "127.0.0.1"
     redis_port: int = 16379
     redis_db: int = 0
+    # Redis Cluster seed nodes, ``host:port,host:port`` (any of the cluster's nodes; the client
+    # discovers the rest). Empty: one Redis at redis_host:redis_port, database redis_db. A
+    # cluster has no database numbers, so redis_db must stay 0 with it (docs/operations.md).
+    redis_cluster_nodes: str = ""
+    # Where the launcher's Redis Cluster (tidings/services/redis_cluster.py) puts its six nodes:
+    # this port and the next five (and each port + 10000 for the cluster bus).
+    redis_cluster_base_port: int = 7101
 
     # Gateway
     http_host: str = "127.0.0.1"
@@ -284,6 +291,16 @@ class Settings(BaseSettings):
             check_cassandra_replication(self.cassandra_replication)
         return self
 
+    @model_validator(mode="after")
+    def _check_redis_cluster(self) -> Settings:
+        for item in filter(None, (part.strip() for part in self.redis_cluster_nodes.split(","))):
+            host, _, port = item.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"redis_cluster_nodes: {item!r} is not host:port")
+        if self.redis_cluster_nodes.strip() and self.redis_db != 0:
+            raise ValueError(f"redis_db is {self.redis_db}: a Redis Cluster has only database 0")
+        return self
+
     def cassandra_replication_map(self) -> dict[str, str | int]:
         """The replication map every keyspace is created with."""
         if self.cassandra_replication is not None:
@@ -315,6 +332,15 @@ class Settings(BaseSettings):
     @property
     def s3_endpoint_url(self) -> str:
         return self.s3_endpoint or f"http://{self.s3_host}:{self.s3_port}"
+
+    @property
+    def redis_cluster(self) -> list[tuple[str, int]]:
+        """The Redis Cluster seed nodes, ``[]`` in single-instance mode."""
+        nodes = []
+        for item in filter(None, (part.strip() for part in self.redis_cluster_nodes.split(","))):
+            host, _, port = item.rpartition(":")
+            nodes.append((host, int(port)))
+        return nodes
 
     @property
     def redis_url(self) -> str:

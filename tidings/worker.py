@@ -18,7 +18,7 @@ from projections.adapters.cql import Cql, connect_to
 from projections.adapters.device_lists import DeviceListNotices, contacts_from
 from projections.adapters.presence import CassandraPresence, PresencePushes
 from projections.adapters.recent import RedisCacheAndPush
-from projections.adapters.redis_client import make_redis
+from projections.adapters.redis_client import redis_from
 from projections.adapters.search import SearchIndexer
 from projections.keys import CassandraKeys
 from projections.media import CassandraMedia
@@ -64,7 +64,7 @@ def build_worker_app(settings: Settings) -> faust.App:
     _, session = connect_to(settings)
     cql = Cql(session, settings.cassandra_keyspace)
     roster = Roster(CassandraMembership(cql).load_roster, threshold=settings.fanout_threshold)
-    redis = make_redis(settings.redis_host, settings.redis_port, settings.redis_db)
+    redis = redis_from(settings.redis_cluster, settings.redis_host, settings.redis_port, settings.redis_db)
     # The hot cache and the pushes first: delivery need not wait for Cassandra, since the event
     # is already durable in Kafka. The pushes also move the roster along the log.
     deliver: list[Stage] = [RedisCacheAndPush(redis, settings.hot_history_size, roster=roster)]

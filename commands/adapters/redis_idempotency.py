@@ -7,13 +7,13 @@ went to."""
 from __future__ import annotations
 
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from commands.adapters.redis_pipeliner import RedisPipeliner
 from commands.ports import SendRecord
 from events import MessageSent, keys
 from events.errors import Unavailable
+from projections.adapters.redis_client import RedisClient
 
 
 def _dump(record: SendRecord) -> bytes:
@@ -26,7 +26,7 @@ def _load(raw: bytes) -> SendRecord:
 
 
 class RedisIdempotencyStore:
-    def __init__(self, redis: Redis, ttl_s: int) -> None:
+    def __init__(self, redis: RedisClient, ttl_s: int) -> None:
         self._redis = RedisPipeliner(redis)
         self._ttl_s = ttl_s
 

@@ -12,16 +12,16 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from commands.adapters.redis_scripts import RELEASE_IF_HELD
 from events import keys
 from events.errors import Unavailable
+from projections.adapters.redis_client import RedisClient
 
 
 class RedisLocks:
-    def __init__(self, redis: Redis, *, lease_ms: int = 10_000, wait_s: float = 5.0) -> None:
+    def __init__(self, redis: RedisClient, *, lease_ms: int = 10_000, wait_s: float = 5.0) -> None:
         self._redis = redis
         self._lease_ms = lease_ms
         self._wait_s = wait_s

@@ -8,18 +8,18 @@ import time
 from collections.abc import Callable
 
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from commands.media import PendingUpload
 from events import keys
 from events.errors import Unavailable
+from projections.adapters.redis_client import RedisClient
 
 DAY_S = 86400
 
 
 class RedisPendingUploads:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
 
     async def put(self, upload: PendingUpload, ttl_s: int) -> None:
@@ -47,7 +47,7 @@ class RedisPendingUploads:
 class RedisByteQuota:
     """Bytes per user per UTC day; each day's counter expires a day after the day ends."""
 
-    def __init__(self, redis: Redis, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, redis: RedisClient, clock: Callable[[], float] = time.time) -> None:
         self._redis = redis
         self._clock = clock
 

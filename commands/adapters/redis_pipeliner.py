@@ -19,8 +19,9 @@ import asyncio
 import hashlib
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
+
+from projections.adapters.redis_client import RedisClient
 
 # A burst bigger than this is flushed in several pipelines, to bound one reply's size and the
 # time one flush keeps the loop.
@@ -28,7 +29,7 @@ MAX_PIPELINE = 512
 
 
 class RedisPipeliner:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
         self._pending: list[tuple[tuple[Any, ...], dict[str, Any], asyncio.Future[Any]]] = []
         self._scheduled = False
@@ -78,7 +79,7 @@ class PipelinedScript:
     """A Lua script run with EVALSHA through a ``RedisPipeliner``; loaded again when Redis lost
     it (a restart or SCRIPT FLUSH), as redis-py's own ``Script`` does."""
 
-    def __init__(self, pipeliner: RedisPipeliner, redis: Redis, text: str) -> None:
+    def __init__(self, pipeliner: RedisPipeliner, redis: RedisClient, text: str) -> None:
         self._pipeliner = pipeliner
         self._redis = redis
         self._text = text

@@ -7,7 +7,6 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from commands.adapters.redis_pipeliner import PipelinedScript, RedisPipeliner
@@ -15,6 +14,7 @@ from commands.adapters.redis_scripts import PRESENCE
 from commands.presence import Beat
 from events import PresenceChanged, keys
 from events.errors import Unavailable
+from projections.adapters.redis_client import RedisClient
 from projections.views import PresenceView
 
 
@@ -37,34 +37,43 @@ def _text(value: Any) -> str:
 
 
 class RedisPresence:
-    def __init__(self, redis: Redis, *, ttl_ms: int) -> None:
+    def __init__(self, redis: RedisClient, *, ttl_ms: int) -> None:
         self._redis = redis
         self._ttl_ms = ttl_ms
-        self._script = PipelinedScript(RedisPipeliner(redis), redis, PRESENCE)
+        self._pipeliner = RedisPipeliner(redis)
+        self._script = PipelinedScript(self._pipeliner, redis, PRESENCE)
 
     async def _run(self, calls: Sequence[tuple[str, str, str, str, int]]) -> dict[int, list[Any]]:
-        """Run the script over ``(user_id, op, conn_id, state, idle_ms)`` reports, a chunk per
-        call; the calls share pipelines with those of concurrent callers (``RedisPipeliner``).
+        """Run the script over ``(user_id, op, conn_id, state, idle_ms)`` reports, a call per
+        chunk of one presence shard's reports (a shard's keys share one Redis Cluster slot);
+        the calls share pipelines with those of concurrent callers (``RedisPipeliner``).
         Returns ``{index: [changed, state, last_seen, at]}`` for the reports that changed their
         user's state (and for every read)."""
-        if not calls:
+        by_shard: dict[int, list[int]] = {}
+        for index, call in enumerate(calls):
+            by_shard.setdefault(keys.presence_shard(call[0]), []).append(index)
+        chunks, chunk_indexes = [], []
+        for shard, indexes in by_shard.items():
+            for first in range(0, len(indexes), CHUNK):
+                chunk = indexes[first : first + CHUNK]
+                names = [keys.presence_live(shard)]
+                args: list[Any] = [self._ttl_ms]
+                for index in chunk:
+                    user_id, op, conn_id, state, idle_ms = calls[index]
+                    names += _keys(user_id)
+                    args += (user_id, op, conn_id, state, idle_ms)
+                chunks.append(self._script(names, args))
+                chunk_indexes.append(chunk)
+        if not chunks:
             return {}
-        chunks = []
-        for first in range(0, len(calls), CHUNK):
-            names = [keys.presence_live()]
-            args: list[Any] = [self._ttl_ms]
-            for user_id, op, conn_id, state, idle_ms in calls[first : first + CHUNK]:
-                names += _keys(user_id)
-                args += (user_id, op, conn_id, state, idle_ms)
-            chunks.append(self._script(names, args))
         try:
             replies: list[list[Any]] = await asyncio.gather(*chunks)
         except RedisError as exc:
             raise Unavailable("presence store unavailable") from exc
         results = {}
-        for chunk, reply in enumerate(replies):
+        for chunk, reply in zip(chunk_indexes, replies, strict=True):
             for at in range(0, len(reply), 5):
-                results[chunk * CHUNK + int(reply[at]) - 1] = reply[at + 1 : at + 5]
+                results[chunk[int(reply[at]) - 1]] = reply[at + 1 : at + 5]
         return results
 
     @staticmethod
@@ -99,10 +108,27 @@ class RedisPresence:
         try:
             now_s, now_us = await self._redis.time()
             now_ms = now_s * 1000 + now_us // 1000
-            due = await self._redis.zrangebyscore(keys.presence_live(), "-inf", now_ms, start=0, num=limit)
+            # each shard's index, its longest overdue first, as (member, score) pairs
+            replies = await asyncio.gather(
+                *(
+                    self._pipeliner.execute(
+                        "ZRANGEBYSCORE",
+                        keys.presence_live(shard),
+                        "-inf",
+                        now_ms,
+                        "WITHSCORES",
+                        "LIMIT",
+                        0,
+                        limit,
+                        withscores=True,  # redis-py parses the reply into pairs
+                    )
+                    for shard in range(keys.PRESENCE_SHARDS)
+                )
+            )
         except RedisError as exc:
             raise Unavailable("presence store unavailable") from exc
-        calls = [(_text(u), "reap", "", "", 0) for u in due]
+        due = sorted((float(score), _text(user)) for reply in replies for user, score in reply)[:limit]
+        calls = [(user_id, "reap", "", "", 0) for _, user_id in due]
         return self._changes(calls, await self._run(calls))
 
     async def read(self, user_ids: Sequence[str]) -> list[PresenceView]:

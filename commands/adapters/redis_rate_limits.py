@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from commands.adapters.redis_pipeliner import PipelinedScript, RedisPipeliner
 from commands.rate_limits import Kind, refuse
 from events import keys
+from projections.adapters.redis_client import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class RedisRateLimiter:
     each, but one round trip and one pool checkout for many; a check was the largest part of
     a send's CPU in the gateway when each went alone."""
 
-    def __init__(self, redis: Redis, limits: dict[str, tuple[float, int]]) -> None:
+    def __init__(self, redis: RedisClient, limits: dict[str, tuple[float, int]]) -> None:
         self._limits = limits
         self._script = PipelinedScript(RedisPipeliner(redis), redis, TOKEN_BUCKET)
 

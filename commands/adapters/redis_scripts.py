@@ -18,17 +18,17 @@ return 0
 
 # Presence, for a batch of reports: each user's state computed from their connections'
 # expiries, on Redis's own clock (gateways' clocks never matter).
-# KEYS[1] is the reaper's index of live users (user -> their newest expiry); then four keys per
-# report: the user's online set, away set, info hash and closed set (see events.keys). The
-# closed set is there because a report that arrives after its connection closed (a sweep in
-# flight) must not bring it back.
+# KEYS[1] is the reaper's index of one presence shard's live users (user -> their newest
+# expiry); then four keys per report, of a user of that shard: the user's online set, away set,
+# info hash and closed set (see events.keys). The closed set is there because a report that
+# arrives after its connection closed (a sweep in flight) must not bring it back.
 # ARGV[1] is the TTL (ms); then five values per report: user id, op ("set", "leave", "reap" or
 # "read"), connection id, the connection's state ("online"/"away") and how long ago it was last
 # heard from (ms).
 # Returns, flat, {index (1-based), changed (0/1), state, last_seen (ms or ""), at (µs)} for each
 # report that changed its user's state, and for every "read". A transition's time is strictly
 # past the user's previous one, so watchers can order them.
-# Many users' keys in one call need one Redis node: on Redis Cluster, calls would go per slot.
+# All the keys of a call share the shard's hash tag, hence one Redis Cluster slot.
 PRESENCE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

@@ -7,11 +7,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from events import keys
 from events.errors import Unavailable
+from projections.adapters.redis_client import RedisClient
 
 
 def _text(value: Any) -> str:
@@ -19,7 +19,7 @@ def _text(value: Any) -> str:
 
 
 class RedisToDevice:
-    def __init__(self, redis: Redis, *, ttl_s: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, redis: RedisClient, *, ttl_s: int, clock: Callable[[], float] = time.time) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
         self._clock = clock

@@ -6,7 +6,7 @@ with one worker id at the same time, so the holder fences itself:
 
 - **Its own deadline.** A lease is good until ``sent + ttl - margin`` by this process's
   monotonic clock, where ``sent`` is when the last successful renewal (or the acquisition) was
-  sent: Redis started the key's TTL no earlier than that. Past the deadline no id is issued
+  sent: RedisClient started the key's TTL no earlier than that. Past the deadline no id is issued
   until a renewal succeeds again. A process paused longer than the TTL (SIGSTOP, a VM pause, a
   loop blocked by a long GC) therefore issues nothing when it resumes, even before its renewer
   runs, and by then Redis may have given the id to another process.
@@ -29,13 +29,13 @@ import secrets
 import time
 from collections.abc import Callable
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from commands.adapters.redis_scripts import RELEASE_IF_HELD, RENEW_IF_HELD
 from events import Snowflake, keys
 from events.errors import Unavailable
 from events.ids import MAX_WORKER
+from projections.adapters.redis_client import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ Clock = Callable[[], float]
 class WorkerIdLease:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         worker_id: int,
         token: str,
         ttl_s: float,
@@ -68,7 +68,7 @@ class WorkerIdLease:
 
     @classmethod
     async def acquire(
-        cls, redis: Redis, *, ttl_s: float = 60, clock: Clock = time.monotonic
+        cls, redis: RedisClient, *, ttl_s: float = 60, clock: Clock = time.monotonic
     ) -> WorkerIdLease:
         """Lease a free worker id (tried from a random one on) and renew it until ``release``.
         Waits before returning if the Redis may have lost its leases (see the module)."""
@@ -148,7 +148,7 @@ class WorkerIdLease:
             log.warning("could not release Snowflake worker id %s; it expires by itself", self.worker_id)
 
 
-async def _empty_redis_wait(redis: Redis, ttl_s: float) -> float:
+async def _empty_redis_wait(redis: RedisClient, ttl_s: float) -> float:
     """How long a lease from this Redis must wait before use: the rest of a TTL since the Redis
     started, if it keeps no append-only file (it may have restarted empty); else 0."""
     persistence = await redis.info("persistence")

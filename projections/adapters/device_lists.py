@@ -24,11 +24,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from events import ChatEvent, DeviceKeysDeleted, DeviceKeysPublished, Role, dm_members, keys
 from events.errors import Unavailable
+from projections.adapters.redis_client import RedisClient, publish
 from projections.delivery import MESSAGE
 
 NAME = "device-lists"
@@ -78,7 +78,7 @@ class DeviceListNotices:
     name = NAME
 
     def __init__(
-        self, redis: Redis, contacts: Contacts, *, max_len: int = MAX_NOTICES, ttl_s: int = TTL_S
+        self, redis: RedisClient, contacts: Contacts, *, max_len: int = MAX_NOTICES, ttl_s: int = TTL_S
     ) -> None:
         self._redis = redis
         self._contacts = contacts
@@ -96,7 +96,7 @@ class DeviceListNotices:
                         stream = keys.device_lists(uid)
                         pipe.xadd(stream, {"u": user_id}, maxlen=self._max_len, approximate=False)
                         pipe.expire(stream, self._ttl_s)
-                        pipe.publish(keys.user_channel(uid), frame)
+                        publish(pipe, keys.user_channel(uid), frame)
                     await pipe.execute()
             except RedisError as exc:
                 raise Unavailable("Redis did not take the device-list notices") from exc
@@ -110,7 +110,7 @@ class RedisDeviceLists:
     """What ``/v1/sync`` reads: the users whose device lists changed after a position of the
     syncing user's notice stream (positions are Redis stream ids, ``<ms>-<seq>``)."""
 
-    def __init__(self, redis: Redis, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, redis: RedisClient, *, clock: Callable[[], float] = time.time) -> None:
         self._redis = redis
         self._clock = clock
 

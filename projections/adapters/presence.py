@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from events import ChatEvent, PresenceChanged
 from events.errors import Unavailable
 from projections.adapters.cql import Cql
+from projections.adapters.redis_client import RedisClient, publish
 from projections.delivery import presence_push
 from projections.views import PresenceView
 
@@ -53,7 +53,7 @@ class PresencePushes:
 
     name = "presence-push"
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
 
     async def apply(self, events: Sequence[ChatEvent]) -> None:
@@ -63,7 +63,7 @@ class PresencePushes:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for push in pushes:
-                    pipe.publish(push.channel, push.payload)
+                    publish(pipe, push.channel, push.payload)
                 await pipe.execute()
         except RedisError as exc:
             raise Unavailable("Redis did not take the presence pushes") from exc

@@ -11,7 +11,9 @@ message's cache commands (add, trim, expire) and its publishes (one per member o
 conversation, or one on a group shard) are one script call: the deliver worker's CPU goes
 mostly to redis-py's per-command packing and parsing, so fewer commands per event is cheaper
 (docs/benchmarks.md; ``bench/deliver_redis.py``). The script touches one key (channels are not
-keys), so it runs on Redis Cluster too.
+keys), but a script may only publish to its keys' slot on a Redis Cluster, where channels are
+sharded (SPUBLISH): there the script only caches and the pushes are SPUBLISHed beside it, each
+routed to its channel's node by the cluster pipeline.
 """
 
 from __future__ import annotations
@@ -21,12 +23,11 @@ from functools import singledispatch
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, RedisError
 
 from events import ChatEvent, MessageSent, keys
 from events.errors import Unavailable
+from projections.adapters.redis_client import AnyPipeline, RedisClient, is_cluster, publish
 from projections.delivery import Push, pushes
 from projections.roster import Roster
 from projections.wire import message_json
@@ -58,23 +59,27 @@ return 1
 
 
 @singledispatch
-def _cache(event: ChatEvent, pipe: Pipeline, size: int, sha: str, event_pushes: list[Push]) -> None:
+def _cache(event: ChatEvent, pipe: AnyPipeline, size: int, sha: str, event_pushes: list[Push]) -> None:
     for push in event_pushes:
-        pipe.publish(push.channel, push.payload)
+        publish(pipe, push.channel, push.payload)
 
 
 @_cache.register
-def _(event: MessageSent, pipe: Pipeline, size: int, sha: str, event_pushes: list[Push]) -> None:
+def _(event: MessageSent, pipe: AnyPipeline, size: int, sha: str, event_pushes: list[Push]) -> None:
     key = keys.recent(event.conversation_id)
     member = _member(event.message_id, message_json(event))
     payloads = {push.payload for push in event_pushes}
-    if len(payloads) > 1:  # every member gets the same frame today; if not, publish apart
-        pipe.evalsha(sha, 1, key, member, size, _TTL_S, b"")
+    # every member gets the same frame today; if not, publish apart. (EVALSHA by
+    # execute_command: redis-py's cluster pipeline blocks its evalsha method, not the command.)
+    if len(payloads) > 1 or is_cluster(pipe):
+        pipe.execute_command("EVALSHA", sha, 1, key, member, size, _TTL_S, b"")
         for push in event_pushes:
-            pipe.publish(push.channel, push.payload)
+            publish(pipe, push.channel, push.payload)
         return
     payload = payloads.pop() if payloads else b""
-    pipe.evalsha(sha, 1, key, member, size, _TTL_S, payload, *(push.channel for push in event_pushes))
+    pipe.execute_command(
+        "EVALSHA", sha, 1, key, member, size, _TTL_S, payload, *(push.channel for push in event_pushes)
+    )
 
 
 class RedisCacheAndPush:
@@ -83,7 +88,7 @@ class RedisCacheAndPush:
 
     name = NAME
 
-    def __init__(self, redis: Redis, size: int, *, roster: Roster | None) -> None:
+    def __init__(self, redis: RedisClient, size: int, *, roster: Roster | None) -> None:
         self._redis = redis
         self.size = size
         # None when rebuilding: a replay must not push old messages to clients.

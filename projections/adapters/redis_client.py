@@ -1,12 +1,40 @@
-"""The one way Tidings opens a Redis connection pool: with retries, as redis-py's ``from_url``
-has none by default and a restarted server otherwise fails the first command."""
+"""The one way Tidings opens Redis: a single instance, or a Redis Cluster when
+``TIDINGS_REDIS_CLUSTER_NODES`` names its nodes. Both with retries, as redis-py's defaults
+have none for a single instance and a restarted server otherwise fails the first command.
+
+The two modes differ in three places, all handled here or by a helper from here:
+
+- the client (``Redis`` on a blocking pool, or ``RedisCluster``, which routes each command to
+  its key's slot and splits pipelines per node);
+- delivery channels: plain ``PUBLISH``/``SUBSCRIBE`` on one instance, sharded
+  ``SPUBLISH``/``SSUBSCRIBE`` on a cluster (a plain PUBLISH there is broadcast to every node
+  over the cluster bus; a sharded one goes only to the channel's slot's node): ``publish``;
+- keys: every multi-key command, script and transaction must touch one slot, which the key
+  builders' hash tags see to (``events.keys``), so nothing here.
+"""
 
 from __future__ import annotations
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from typing import TypeAlias
+
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError, TimeoutError
+
+RedisClient: TypeAlias = Redis | RedisCluster
+AnyPipeline: TypeAlias = Pipeline | ClusterPipeline
+
+# Connections per cluster node. redis-py's cluster pool has no blocking mode: past this many
+# commands in flight to one node it raises MaxConnectionsError (a 503 to the client) instead of
+# waiting, so it is set well above what the pipelined adapters keep in flight.
+CLUSTER_MAX_CONNECTIONS = 256
+
+
+def _retry() -> Retry:
+    return Retry(ExponentialWithJitterBackoff(cap=2, base=0.1), 5)
 
 
 def make_redis(host: str, port: int, db: int = 0, *, max_connections: int = 64) -> Redis:
@@ -21,7 +49,41 @@ def make_redis(host: str, port: int, db: int = 0, *, max_connections: int = 64) 
         socket_timeout=5,
         socket_connect_timeout=5,
         health_check_interval=15,
-        retry=Retry(ExponentialWithJitterBackoff(cap=2, base=0.1), 5),
+        retry=_retry(),
         retry_on_error=[ConnectionError, TimeoutError],
     )
     return Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
+
+
+def make_redis_cluster(nodes: list[tuple[str, int]]) -> RedisCluster:
+    """A cluster client seeded with ``nodes`` (it discovers the others with CLUSTER SLOTS and
+    follows MOVED/ASK redirections and failovers)."""
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+        max_connections=CLUSTER_MAX_CONNECTIONS,
+        socket_timeout=5,
+        socket_connect_timeout=5,
+        health_check_interval=15,
+        retry=_retry(),
+    )
+
+
+def redis_from(cluster_nodes: list[tuple[str, int]], host: str, port: int, db: int) -> RedisClient:
+    """A cluster client when ``cluster_nodes`` (``Settings.redis_cluster``) names any, else one
+    instance's at ``host:port``, database ``db``."""
+    if cluster_nodes:
+        return make_redis_cluster(cluster_nodes)
+    return make_redis(host, port, db)
+
+
+def is_cluster(client: RedisClient | AnyPipeline) -> bool:
+    return isinstance(client, (RedisCluster, ClusterPipeline))
+
+
+def publish(pipe: AnyPipeline, channel: str, payload: bytes) -> None:
+    """Queue a delivery publish on ``pipe``: sharded (SPUBLISH, to the channel's slot's node) on
+    a cluster, plain PUBLISH on one instance. The hub subscribes to match (``ShardedSubscriber``)."""
+    if isinstance(pipe, ClusterPipeline):
+        pipe.spublish(channel, payload)
+    else:
+        pipe.publish(channel, payload)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from events import keys
 from events.errors import Unavailable
+from projections.adapters.redis_client import RedisClient
 
 # How long a device remembers the messages it was notified of (a job read again after a crash
 # or a rebalance is skipped within this time).
@@ -24,7 +24,7 @@ class RedisOnlineDevices:
     """Devices with an open socket, from the presence store: a connection id starts with its
     device id and ``:`` (``query_api.presence``), and device ids never hold ``:``."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
 
     async def online(self, user_ids: Sequence[str]) -> dict[str, set[str]]:
@@ -51,7 +51,7 @@ class RedisOnlineDevices:
 class RedisSentLog:
     """Per device, the message ids already notified (a sorted set by message time)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
 
     async def sent_many(self, wanted: Sequence[tuple[str, str, int]]) -> set[tuple[str, str, int]]:

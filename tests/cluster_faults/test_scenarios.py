@@ -15,16 +15,20 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
+import redis
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
+from redis.crc import key_slot
 
-from events import Topics
+from events import Topics, keys
 from tests.cluster_faults.conftest import ClusterFaultSystem
 from tests.faults.load import Load, Report
 from tidings.services import _process
 from tidings.services import cluster as profile
 from tidings.services._base import Service
+from tidings.services.redis_cluster import RedisCluster
 
 # Messages per second. Lower than the single-node suite's 100: here the same 2 cores also run
 # three brokers, three Cassandra nodes and twelve Tidings processes.
@@ -227,3 +231,74 @@ async def test_kafka_partition_leader_kill_9(
     record(report)
     _check(report)
     assert moved_to != leader, f"partition {partition} still led by the killed broker {leader}"
+
+
+def _slot_master(ports: list[int], slot: int, *, exclude: int | None = None) -> int | None:
+    """The port of the master serving ``slot`` as the first node that answers (other than
+    ``exclude``) sees the cluster; None when none answers or no live master serves it."""
+    for port in ports:
+        if port == exclude:
+            continue
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+        try:
+            nodes: dict[str, dict[str, Any]] = client.execute_command("CLUSTER NODES")  # parsed by redis-py
+        except redis.RedisError:
+            continue
+        finally:
+            client.close()
+        for address, node in nodes.items():
+            if "master" not in node["flags"] or "fail" in node["flags"]:
+                continue
+            if any(int(r[0]) <= slot <= int(r[-1]) for r in node["slots"]):
+                return int(address.rsplit(":", 1)[1])
+        return None
+    return None
+
+
+def _role(port: int) -> str:
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+    try:
+        return str(client.info("replication")["role"])
+    finally:
+        client.close()
+
+
+async def test_redis_master_kill_9(cluster_fault_system: ClusterFaultSystem, record: Record) -> None:
+    """The master serving the busiest conversation's hot tier (the slot of its ``recent`` key):
+    its replica is promoted once the others declare it failed (cluster-node-timeout 5 s), the
+    application's clients follow the new slot map and its sharded pub/sub; the killed node comes
+    back as a replica of the promoted one."""
+    system = cluster_fault_system
+    cluster = RedisCluster(system.settings)
+    ports = [node.port for node in cluster.nodes]
+    load, sending = await _start_load(system, "cluster: redis master kill -9", 40)
+    cid = _busiest(load)
+    slot = key_slot(keys.recent(cid).encode())
+    master = await asyncio.to_thread(_slot_master, ports, slot)
+    assert master is not None, f"no master serves slot {slot}"
+    node = next(n for n in cluster.nodes if n.port == master)
+    await asyncio.sleep(6)
+    _kill_9(node)
+    killed = time.monotonic()
+    while (promoted := await asyncio.to_thread(_slot_master, ports, slot, exclude=master)) in (None, master):
+        assert time.monotonic() - killed < 90, f"no replica took slot {slot} over from {node.name}"
+        await asyncio.sleep(0.5)
+    took_over = time.monotonic()
+    load.repaired_at = took_over
+    load.fault_window = (killed, took_over)
+    await asyncio.sleep(max(0.0, 15 - (took_over - killed)))
+    restarted = time.monotonic()
+    await asyncio.to_thread(node.up, print)
+    await asyncio.to_thread(cluster.wait_ok)
+    back = time.monotonic()
+    note = (
+        f"{node.name} (:{master}) served slot {slot} of {cid} ({len(load.members[cid])} members); "
+        f"the replica on :{promoted} took it over {took_over - killed:.1f} s after the kill; "
+        f"the killed node restarted and the cluster ok in {back - restarted:.1f} s"
+    )
+    await sending
+    report = await load.finish()
+    report.notes.append(note)
+    record(report)
+    _check(report)
+    assert await asyncio.to_thread(_role, master) == "slave", f"{node.name} did not come back as a replica"

@@ -293,8 +293,20 @@ class Gateway:
 
 
 @pytest.fixture(scope="session")
-def system(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    system = System(services, tmp_path_factory.mktemp("system-logs"))
+def system(
+    services: Settings, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[System]:
+    """The system on the shared services; with ``TIDINGS_TEST_REDIS_CLUSTER=1`` its gateways and
+    workers use a Redis Cluster of this run's own instead of the shared Redis (the
+    ``redis_cluster`` fixture), and ``system.settings`` say so."""
+    settings, env = services, None
+    if os.environ.get("TIDINGS_TEST_REDIS_CLUSTER") == "1":
+        cluster: Settings = request.getfixturevalue("redis_cluster")
+        settings = services.model_copy(
+            update={"redis_cluster_nodes": cluster.redis_cluster_nodes, "redis_db": 0}
+        )
+        env = {"TIDINGS_REDIS_CLUSTER_NODES": cluster.redis_cluster_nodes, "TIDINGS_REDIS_DB": "0"}
+    system = System(settings, tmp_path_factory.mktemp("system-logs"), env)
     with system.running(System.COMMANDS):
         yield system
 

@@ -105,10 +105,10 @@ def _cassandra(system: System) -> tuple[bytes, list[str]]:
 
 
 async def _redis(system: System) -> bytes:
-    from projections.adapters.redis_client import make_redis
+    from projections.adapters.redis_client import redis_from
 
     s = system.settings
-    redis = make_redis(s.redis_host, s.redis_port, s.redis_db)
+    redis: Any = redis_from(s.redis_cluster, s.redis_host, s.redis_port, s.redis_db)
     chunks: list[bytes] = []
     try:
         async for key in redis.scan_iter(count=1000):

@@ -113,3 +113,29 @@ def test_two_workers_per_role_and_a_port_each() -> None:
         # Even when every check runs into its timeout.
         slowest = CHECK_INTER_S + CHECK_FALL * (CHECK_TIMEOUT_S + CHECK_INTER_S)
         assert float(apps[name]["TIDINGS_DRAIN_UNREADY_S"]) >= slowest
+
+
+def test_redis_is_a_cluster_of_six_nodes_on_7101_and_the_application_uses_it(settings: Settings) -> None:
+    from tidings.services.redis_cluster import RedisCluster
+
+    assert settings.redis_cluster == [("127.0.0.1", 7101 + i) for i in range(6)]
+    assert settings.redis_db == 0  # a Redis Cluster has database 0 only
+    env = profile.cluster_env(settings)
+    assert env["TIDINGS_REDIS_CLUSTER_NODES"] == RedisCluster(settings).seeds == settings.redis_cluster_nodes
+    nodes = RedisCluster(settings).nodes
+    assert [n.ports() for n in nodes] == [[7101 + i, 17101 + i] for i in range(6)]
+    for node in nodes:
+        args = node.extra_args()
+        assert args[args.index("--cluster-enabled") + 1] == "yes"
+        assert args[args.index("--cluster-config-file") + 1] == "nodes.conf"  # kept in node.dir
+        assert node.dir.parent == settings.state_dir
+    assert {n.name for n in nodes} <= {s.name for s in profile.all_services(settings)}
+
+
+def test_a_namespace_with_a_redis_database_gets_database_0_on_the_cluster(tmp_path: Path) -> None:
+    cluster = profile.cluster_settings(Settings(state_dir=tmp_path / "single", redis_db=5))
+    assert cluster.redis_db == 0
+    with pytest.raises(ValueError, match="only database 0"):
+        Settings(redis_cluster_nodes="127.0.0.1:7101", redis_db=5)
+    with pytest.raises(ValueError, match="not host:port"):
+        Settings(redis_cluster_nodes="127.0.0.1")

@@ -1,9 +1,13 @@
 """What ``RedisCacheAndPush`` puts in its pipeline per event: one script call per message that caches
-it and publishes it to every recipient channel, and plain publishes for other events."""
+it and publishes it to every recipient channel, and plain publishes for other events. On a Redis
+Cluster (a real, unconnected ``ClusterPipeline``): the script only caches, and every push is a
+sharded SPUBLISH of its own."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from events import MessageSent
 from projections.adapters.recent import _cache
@@ -15,8 +19,8 @@ class RecordingPipe:
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
 
-    def evalsha(self, *args: Any) -> None:
-        self.calls.append(("evalsha", *args))
+    def execute_command(self, command: str, *args: Any) -> None:
+        self.calls.append((command.lower(), *args))
 
     def publish(self, channel: str, payload: bytes) -> None:
         self.calls.append(("publish", channel, payload))
@@ -50,3 +54,19 @@ def test_other_events_are_only_published() -> None:
     receipt = receipt_recorded(7, conversation_id="dm:a:b", user_id="b", device_id="d", status="read", ts=1)
     _cache(receipt, pipe, 50, "sha", [Push("deliver:user:a", b"mreceipt")])  # type: ignore[arg-type]
     assert pipe.calls == [("publish", "deliver:user:a", b"mreceipt")]
+
+
+def test_on_a_cluster_the_script_only_caches_and_each_push_is_a_sharded_publish() -> None:
+    pipe = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", 1)]).pipeline()  # never connects
+    pushes = [Push("deliver:user:a", b"mframe"), Push("deliver:user:b", b"mframe")]
+    _cache(_message(), pipe, 50, "sha", pushes)
+    receipt = receipt_recorded(7, conversation_id="dm:a:b", user_id="b", device_id="d", status="read", ts=1)
+    _cache(receipt, pipe, 50, "sha", [Push("deliver:user:a", b"mreceipt")])
+    calls = [c.args for c in pipe._execution_strategy._command_queue]  # type: ignore[attr-defined]
+    assert [c[0] for c in calls] == ["EVALSHA", "SPUBLISH", "SPUBLISH", "SPUBLISH"]
+    assert calls[0][1:4] == ("sha", 1, "recent:dm:a:b") and calls[0][-1] == b""  # no channel
+    assert calls[1:] == [
+        ("SPUBLISH", "deliver:user:a", b"mframe"),
+        ("SPUBLISH", "deliver:user:b", b"mframe"),
+        ("SPUBLISH", "deliver:user:a", b"mreceipt"),
+    ]

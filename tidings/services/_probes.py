@@ -114,3 +114,31 @@ def redis_ping(host: str, port: int, timeout: float = 2.0) -> bool:
     except OSError:
         return False
     return reply.startswith(b"+PONG")
+
+
+def redis_cluster_info(host: str, port: int, timeout: float = 2.0) -> dict[str, str] | None:
+    """A node's ``CLUSTER INFO`` (``cluster_state``, ``cluster_slots_assigned``,
+    ``cluster_known_nodes``, ...), or None when it does not answer it."""
+    return _redis_fields(host, port, b"CLUSTER INFO", timeout)
+
+
+def redis_replication(host: str, port: int, timeout: float = 2.0) -> dict[str, str] | None:
+    """A server's ``INFO replication`` (``role``, ``master_link_status``, ...), or None."""
+    return _redis_fields(host, port, b"INFO replication", timeout)
+
+
+def _redis_fields(host: str, port: int, command: bytes, timeout: float) -> dict[str, str] | None:
+    """The ``key:value`` lines of an inline command's bulk reply."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(command + b"\r\n")
+            reader = sock.makefile("rb")
+            header = reader.readline()
+            if not header.startswith(b"$"):
+                return None  # an error: not a cluster node, or still loading
+            body = reader.read(int(header[1:]))
+    except (OSError, ValueError):
+        return None
+    lines = (line.split(":", 1) for line in body.decode().splitlines() if ":" in line)
+    return {key: value for key, value in lines}

@@ -1,7 +1,8 @@
 """The cluster profile (``tidings up --cluster``, ``tidings services up --cluster``): three Kafka
 brokers (KRaft, each broker and controller), three Cassandra nodes on 127.0.0.2-4, HAProxy in
-front of the gateways, plus a Redis and the S3 store of its own, all beside the single-node
-services (another state folder, other ports), so both can run at once.
+front of the gateways, a Redis Cluster (six nodes: three masters with a replica each, on
+127.0.0.1:7101-7106) and the S3 store of its own, all beside the single-node services (another
+state folder, other ports), so both can run at once.
 
 Replication: the namespace's topics are made with replication 3 and ``min.insync.replicas`` 2
 (acks=all then survives one broker down; two down stop the sends rather than lose them), and so
@@ -9,8 +10,10 @@ are the brokers' own defaults and internal topics; the keyspace with NetworkTopo
 ``datacenter1: 3``, read and written at LOCAL_QUORUM (2 of 3: one node may be down, and a read
 always meets a replica of every acknowledged write).
 
-Redis stays a single server here: the Redis Cluster (3 masters, 3 replicas) waits for the code's
-cluster support (hash tags, SPUBLISH, RedisCluster client), which is another branch's work.
+The application reaches the Redis Cluster through ``TIDINGS_REDIS_CLUSTER_NODES`` (redis-py's
+``RedisCluster`` client, hash-tagged keys, sharded pub/sub: docs/architecture.md); the cluster
+has no database numbers, so every namespace on the profile uses database 0 (redis_cluster.py
+says how the nodes are started and the cluster formed).
 
 Measured on the development machine (2 cores, shared with other engineers' tests): see
 docs/scaling.md.
@@ -24,13 +27,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tidings.services import _probes, _process
+from tidings.services import _probes, _process, redis_cluster
 from tidings.services._base import Service
 from tidings.services._common import Echo, ServiceError, ServiceStatus
 from tidings.services.cassandra import Cassandra
 from tidings.services.haproxy import DRAIN_UNREADY_S, HAProxy
 from tidings.services.kafka import Kafka, new_cluster_id
-from tidings.services.redis import Redis
+from tidings.services.redis_cluster import RedisCluster
 from tidings.services.versitygw import S3Store
 from tidings.settings import Settings
 
@@ -39,7 +42,7 @@ KAFKA_BASE_PORT = 39092  # node i: 39092 + 100 i (clients), + 1 (controller)
 CASSANDRA_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")  # each node keeps the standard ports
 CASSANDRA_PORT = 9042
 CASSANDRA_STORAGE_PORT = 7000
-REDIS_PORT = 36379
+REDIS_CLUSTER_BASE_PORT = 7101  # six nodes: 7101-7106 (cluster bus: 17101-17106)
 S3_PORT = 39070
 HAPROXY_PORT = 38787
 HAPROXY_STATS_PORT = 38404
@@ -68,7 +71,11 @@ def cluster_settings(base: Settings) -> Settings:
             "cassandra_storage_port": CASSANDRA_STORAGE_PORT,
             "cassandra_replication": {"class": "NetworkTopologyStrategy", base.cassandra_local_dc: 3},
             "cassandra_consistency": "LOCAL_QUORUM",
-            "redis_port": REDIS_PORT,
+            "redis_cluster_base_port": REDIS_CLUSTER_BASE_PORT,
+            "redis_cluster_nodes": ",".join(
+                f"127.0.0.1:{REDIS_CLUSTER_BASE_PORT + i}" for i in range(redis_cluster.NODES)
+            ),
+            "redis_db": 0,
             "s3_port": S3_PORT,
             "s3_endpoint": None,
             "http_port": HAPROXY_PORT,
@@ -204,27 +211,30 @@ def check_loopback_addresses() -> None:
 
 
 def up(settings: Settings, *, gateways: int = 2, echo: Echo = print) -> list[ServiceStatus]:
-    """Start the cluster's services (reusing running ones): Kafka's three nodes, Redis and the S3
-    store at once (the controllers need each other for a quorum), the Cassandra nodes one after
-    another (concurrent joins are refused), and HAProxy, configured for ``gateways`` gateways."""
+    """Start the cluster's services (reusing running ones): Kafka's three nodes, the Redis
+    Cluster and the S3 store at once (the controllers need each other for a quorum), the
+    Cassandra nodes one after another (concurrent joins are refused), and HAProxy, configured
+    for ``gateways`` gateways."""
     check_loopback_addresses()
     started = time.monotonic()
-    parallel: list[Service] = [*kafka_nodes(settings), Redis(settings), S3Store(settings)]
+    parallel: list[Service] = [*kafka_nodes(settings), S3Store(settings)]
     statuses: list[ServiceStatus] = []
     errors: list[str] = []
-    with ThreadPoolExecutor(max_workers=len(parallel) + 1) as pool:
+    with ThreadPoolExecutor(max_workers=len(parallel) + 2) as pool:
         futures = [pool.submit(service.up, echo) for service in parallel]
         # Cassandra nodes start one at a time, while the others come up.
         sequential = pool.submit(_one_after_another, cassandra_nodes(settings), echo)
+        redis = pool.submit(RedisCluster(settings).up, echo)
         for service, future in zip(parallel, futures, strict=True):
             try:
                 statuses.append(future.result())
             except ServiceError as exc:
                 errors.append(f"[{service.name}] {exc}")
-        try:
-            statuses += sequential.result()
-        except ServiceError as exc:
-            errors.append(f"[cassandra] {exc}")
+        for name, group in (("cassandra", sequential), ("redis-cluster", redis)):
+            try:
+                statuses += group.result()
+            except ServiceError as exc:
+                errors.append(f"[{name}] {exc}")
     if errors:
         raise ServiceError("\n\n".join(errors))
     haproxy = HAProxy(settings, gateway_ports(gateways))
@@ -264,7 +274,7 @@ def all_services(settings: Settings, gateways: int = 2) -> list[Service]:
         HAProxy(settings, gateway_ports(gateways)),
         *kafka_nodes(settings),
         *cassandra_nodes(settings),
-        Redis(settings),
+        *RedisCluster(settings).nodes,
         S3Store(settings),
     ]
 
@@ -277,7 +287,10 @@ def down(settings: Settings, *, only: list[str] | None = None, echo: Echo = prin
 
 
 def status(settings: Settings) -> list[ServiceStatus]:
-    return [service.status() for service in all_services(settings)]
+    """Each service's status; the Redis Cluster's nodes' with their ``cluster_state``."""
+    nodes = {node.name for node in RedisCluster(settings).nodes}
+    others = [service.status() for service in all_services(settings) if service.name not in nodes]
+    return [*others, *RedisCluster(settings).status()]
 
 
 def cluster_env(settings: Settings) -> dict[str, str]:
@@ -294,7 +307,8 @@ def cluster_env(settings: Settings) -> dict[str, str]:
         "TIDINGS_CASSANDRA_STORAGE_PORT": str(settings.cassandra_storage_port),
         "TIDINGS_CASSANDRA_REPLICATION": json.dumps(settings.cassandra_replication_map()),
         "TIDINGS_CASSANDRA_CONSISTENCY": settings.cassandra_consistency,
-        "TIDINGS_REDIS_PORT": str(settings.redis_port),
+        "TIDINGS_REDIS_CLUSTER_NODES": settings.redis_cluster_nodes,
+        "TIDINGS_REDIS_DB": str(settings.redis_db),
         "TIDINGS_S3_PORT": str(settings.s3_port),
     }
 

@@ -35,6 +35,10 @@ class Redis(Service):
     def log_files(self) -> list[Path]:
         return [self.dir / "redis.log", self.dir / "redis.out"]
 
+    def extra_args(self) -> list[str]:
+        """More ``redis-server`` options (a cluster node's)."""
+        return []
+
     def launch(self, echo: Echo) -> int:
         server = shutil.which("redis-server")
         if server is None:
@@ -64,8 +68,9 @@ class Redis(Service):
             # ownership check, and `ps`, can tell our server from another one.
             "--set-proc-title",
             "no",
+            *self.extra_args(),
         ]
-        echo(f"starting redis on {self.host}:{self.port}")
+        echo(f"starting {self.name} on {self.host}:{self.port}")
         with (self.dir / "redis.out").open("ab") as out:
             # The parent forks the daemon and exits; the daemon writes the pid file.
             result = subprocess.run(
