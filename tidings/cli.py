@@ -275,8 +275,8 @@ def test(ctx: typer.Context, cluster: ClusterFlag = False) -> None:  # noqa: PT0
 def faults(ctx: typer.Context, cluster: ClusterFlag = False) -> None:
     """The fault suite (tests/faults): Kafka, Cassandra and Redis instances of its own on other
     ports, stopped and restarted on purpose under load; several minutes. With --cluster: the
-    fault suite on the cluster profile (tests/cluster_faults: a broker, a Cassandra node, a
-    gateway, a worker of each role killed -9, a rolling restart of the gateways), which starts
+    fault suite on the cluster profile (tests/cluster_faults: a broker, a Cassandra node, a Redis
+    master, a gateway, a worker of each role killed -9, a rolling restart of the gateways), which starts
     the profile's services itself when they are not running. Extra arguments go to pytest."""
     from tidings import services
 
