@@ -105,6 +105,9 @@ def _lifecycle(
         ctx.draining = True
         deps = getattr(ctx, "deps", None)
         if deps is not None:
+            # /readyz answers 503 from now on; the sockets are handed over once a load
+            # balancer has had the time to see it, so their reconnects go to other gateways.
+            await asyncio.sleep(config.drain_unready_s)
             await hand_over(deps.presence.connections(), spread_s=config.drain_spread_s)
 
     @app.after_server_stop

@@ -25,6 +25,7 @@ class GatewayConfig:
     max_group_members: int = 200_000
     allowed_origins: tuple[str, ...] = ()
     drain_spread_s: float = 3.0
+    drain_unready_s: float = 0.0
     dev_login: bool = False
     # The object store's public endpoint: the web client's CSP lets it fetch presigned media there.
     media_endpoint: str | None = None

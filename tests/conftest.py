@@ -30,15 +30,17 @@ os.environ.update(TEST_ENV)
 
 from tidings.settings import Settings  # noqa: E402 - after the environment is set
 
-TIERS = ("unit", "integration", "e2e", "faults", "cluster")
+TIERS = ("unit", "integration", "e2e", "faults", "cluster", "cluster_faults")
 
 # The fault suite stops and restarts service instances of its own and takes minutes: it runs by
 # `python3 -m tidings faults` (which sets TIDINGS_RUN_FAULTS=1), not with the rest. The cluster
 # tier (three brokers, three Cassandra nodes, HAProxy) likewise, by `python3 -m tidings test
-# --cluster` (TIDINGS_RUN_CLUSTER=1).
+# --cluster` (TIDINGS_RUN_CLUSTER=1); and the fault suite on the cluster profile by `python3 -m
+# tidings faults --cluster` (TIDINGS_RUN_CLUSTER_FAULTS=1).
 collect_ignore = [
     *([] if os.environ.get("TIDINGS_RUN_FAULTS") else ["faults"]),
     *([] if os.environ.get("TIDINGS_RUN_CLUSTER") else ["cluster"]),
+    *([] if os.environ.get("TIDINGS_RUN_CLUSTER_FAULTS") else ["cluster_faults"]),
 ]
 
 

@@ -272,16 +272,24 @@ def test(ctx: typer.Context, cluster: ClusterFlag = False) -> None:  # noqa: PT0
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def faults(ctx: typer.Context) -> None:
+def faults(ctx: typer.Context, cluster: ClusterFlag = False) -> None:
     """The fault suite (tests/faults): Kafka, Cassandra and Redis instances of its own on other
-    ports, stopped and restarted on purpose under load; several minutes. Extra arguments go to
-    pytest."""
+    ports, stopped and restarted on purpose under load; several minutes. With --cluster: the
+    fault suite on the cluster profile (tests/cluster_faults: a broker, a Cassandra node, a Redis
+    master, a gateway, a worker of each role killed -9, a rolling restart of the gateways), which starts
+    the profile's services itself when they are not running. Extra arguments go to pytest."""
     from tidings import services
 
     started_at = time.monotonic()
-    services.ensure_system_packages()
-    env = {**os.environ, "TIDINGS_RUN_FAULTS": "1"}
-    code = subprocess.call([sys.executable, "-m", "pytest", "tests/faults", *ctx.args], cwd=ROOT, env=env)
+    services.ensure_system_packages(haproxy=cluster)
+    folder, flag = (
+        ("tests/cluster_faults", "TIDINGS_RUN_CLUSTER_FAULTS")
+        if cluster
+        else ("tests/faults", "TIDINGS_RUN_FAULTS")
+    )
+    env = {**os.environ, flag: "1"}
+    code = subprocess.call([sys.executable, "-m", "pytest", folder, *ctx.args], cwd=ROOT, env=env)
     minutes, seconds = divmod(time.monotonic() - started_at, 60)
-    typer.echo(f"fault suite took {int(minutes)}m{seconds:04.1f}s (services included)")
+    what = "cluster fault suite" if cluster else "fault suite"
+    typer.echo(f"{what} took {int(minutes)}m{seconds:04.1f}s (services included)")
     raise typer.Exit(code)

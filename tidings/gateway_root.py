@@ -73,6 +73,7 @@ def gateway_config(settings: Settings) -> GatewayConfig:
         max_group_members=settings.max_group_members,
         allowed_origins=tuple(settings.allowed_origins),
         drain_spread_s=settings.drain_spread_s,
+        drain_unready_s=settings.drain_unready_s,
         dev_login=settings.dev_login,
         media_endpoint=settings.s3_public_endpoint or settings.s3_endpoint_url,
         push_hosts=AllowedHosts(

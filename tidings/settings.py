@@ -123,6 +123,10 @@ class Settings(BaseSettings):
     # A draining gateway (SIGTERM) tells each socket to reconnect after a random delay up to
     # this, then closes it with 1012, so its clients do not all reconnect at once.
     drain_spread_s: float = 3.0
+    # Before that, it answers /readyz 503 for this long while still serving its sockets, so a
+    # load balancer's health checks take it out first and the reconnects land on the others
+    # (the cluster profile: 9 s, HAProxy's 2 failed checks even if each takes its 3 s timeout).
+    drain_unready_s: float = 0.0
 
     # Worker
     worker_app_id: str = "tidings-projector"

@@ -29,7 +29,7 @@ class ClusterSystem(System):
     """Two gateways on the profile's gateway ports, reached through HAProxy (``self.http``,
     ``self.ws``), and a deliver and a persist worker."""
 
-    STARTED = ("deliver", "persist", "gateway", "gateway2")
+    STARTED: tuple[str, ...] = ("deliver", "persist", "gateway", "gateway2")
 
     def __init__(self, settings: Settings, logs: Path) -> None:
         super().__init__(settings, logs)

@@ -5,6 +5,8 @@ pings becomes ``away`` by itself. Each test runs a gateway of its own beside the
 from __future__ import annotations
 
 import asyncio
+import urllib.error
+import urllib.request
 from typing import Any
 
 import orjson
@@ -73,6 +75,54 @@ async def test_a_draining_gateway_hands_its_sockets_over_and_the_client_misses_n
     finally:
         if stopping is None:
             draining.stop()
+
+
+def _readyz(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=5) as reply:
+            return int(reply.status), orjson.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, orjson.loads(exc.read())
+
+
+async def test_a_stopping_gateway_is_unready_first_and_serves_its_sockets_until_it_hands_them_over(
+    system: System,
+) -> None:
+    """With TIDINGS_DRAIN_UNREADY_S (the cluster profile: a load balancer's checks must see the
+    gateway leave before its clients reconnect), /readyz answers 503 at once while the socket
+    still gets its pushes; the reconnect frame comes after that time."""
+    alice, bob = user(), user()
+    cid = direct_conversation_id(alice, bob)
+    unready_s = 3.0
+    leaving = Gateway(
+        system, "unready", env={"TIDINGS_DRAIN_UNREADY_S": str(unready_s), "TIDINGS_DRAIN_SPREAD_S": "0"}
+    )
+    stopping: asyncio.Task[None] | None = None
+    try:
+        async with system.connect(alice) as sender, leaving.connect(bob) as ws:
+            await sender.send_message(cid, "before")
+            await ws.expect("message", timeout=15)
+            assert (await asyncio.to_thread(_readyz, leaving.http))[0] == 200
+            stopping = asyncio.create_task(asyncio.to_thread(leaving.stop))
+            signalled = asyncio.get_running_loop().time()
+            while (ready := await asyncio.to_thread(_readyz, leaving.http))[0] != 503:
+                assert asyncio.get_running_loop().time() - signalled < 10, "/readyz never turned 503"
+                await asyncio.sleep(0.1)
+            assert ready[1] == {"ready": False, "checks": {"gateway": "draining"}}
+            # Unready, still serving: a message sent now is pushed on this socket.
+            ack = await sender.send_message(cid, "while unready")
+            pushed = await ws.expect("message", timeout=15)
+            assert pushed["message"]["message_id"] == ack["message_id"]
+            frames, code = await _frames_until_closed(ws)
+            handed_over = asyncio.get_running_loop().time() - signalled
+        assert code == 1012
+        assert [f["type"] for f in frames if f["type"] == "reconnect"] == ["reconnect"]
+        assert handed_over >= unready_s - 0.5, handed_over
+        await stopping
+        assert leaving.proc.returncode == 0, leaving.log.read_text()[-2000:]
+    finally:
+        if stopping is None:
+            leaving.stop()
 
 
 @pytest.fixture(scope="module")

@@ -33,14 +33,26 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from tidings_client import Backoff, ClientClosed, ConnectionState, MessageEvent, TidingsClient, TidingsError
 
 from events import direct_conversation_id
-from tests.faults.system import FaultSystem
 
 HISTORY_PAGE = 100
+
+
+class Target(Protocol):
+    """The running system the load drives: ``FaultSystem`` (single-node services) or the
+    cluster fault suite's system (tests/cluster_faults, everything through HAProxy)."""
+
+    def ws_urls(self) -> list[str]: ...
+
+    def token(self, user: str, device: str = "default", ttl_s: int = 3600) -> str: ...
+
+    def request(
+        self, method: str, path: str, *, user: str | None = None, body: Any = None
+    ) -> tuple[int, Any]: ...
 
 
 @dataclass
@@ -146,7 +158,7 @@ class Report:
 class Load:
     def __init__(
         self,
-        system: FaultSystem,
+        system: Target,
         scenario: str,
         *,
         rate: float,
@@ -259,7 +271,10 @@ class Load:
         dev.connected = event.state == "connected"
         dev.connections += dev.connected
         if not dev.connected and not self.stopping:
-            self.disconnects[event.reason.split(":")[0]] += 1
+            # "closed 4408", "connect failed", ...; a refused upgrade keeps its status
+            # ("upgrade refused: HTTP 503"): a gateway or a load balancer said no.
+            refused = event.reason.startswith("upgrade refused")
+            self.disconnects[event.reason if refused else event.reason.split(":")[0]] += 1
 
     @property
     def connected_devices(self) -> int:

@@ -13,7 +13,7 @@ import pytest
 
 from tidings.services import cluster as profile
 from tidings.services.cassandra import Cassandra
-from tidings.services.haproxy import HAProxy
+from tidings.services.haproxy import CHECK_FALL, CHECK_INTER_S, CHECK_TIMEOUT_S, HAProxy
 from tidings.services.kafka import Kafka
 from tidings.settings import Settings
 
@@ -106,8 +106,13 @@ def test_two_workers_per_role_and_a_port_each() -> None:
     assert sorted(n for n in apps if n.startswith("gateway")) == ["gateway", "gateway2", "gateway3"]
     for role in ("deliver", "persist", "notify", "push", "search"):
         assert role in apps and f"{role}2" in apps
-    ports = [port for env in apps.values() for port in env.values()]
+    ports = [env.get("TIDINGS_WORKER_WEB_PORT") or env["TIDINGS_HTTP_PORT"] for env in apps.values()]
     assert len(ports) == len(set(ports)) == len(apps)
+    # A stopping gateway stays unready until HAProxy's checks have taken it out.
+    for name in ("gateway", "gateway2", "gateway3"):
+        # Even when every check runs into its timeout.
+        slowest = CHECK_INTER_S + CHECK_FALL * (CHECK_TIMEOUT_S + CHECK_INTER_S)
+        assert float(apps[name]["TIDINGS_DRAIN_UNREADY_S"]) >= slowest
 
 
 def test_redis_is_a_cluster_of_six_nodes_on_7101_and_the_application_uses_it(settings: Settings) -> None:

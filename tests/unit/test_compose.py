@@ -253,3 +253,12 @@ def test_cluster_haproxy_balances_as_the_launcher_does() -> None:
     capacity = Settings.model_fields["gateway_max_connections"].default
     assert f"maxconn {capacity} resolvers docker" in content
     assert "server-template gw 1-8 c-gateway:8787" in content
+
+
+def test_cluster_gateways_stay_unready_as_long_as_the_launcher_s() -> None:
+    """A stopping c-gateway answers /readyz 503 long enough for HAProxy's checks to take it out
+    (the launcher's value, tidings/services/haproxy.py)."""
+    from tidings.services.haproxy import DRAIN_UNREADY_S
+
+    env = _compose()["services"]["c-gateway"]["environment"]
+    assert float(env["TIDINGS_DRAIN_UNREADY_S"]) == DRAIN_UNREADY_S

@@ -31,7 +31,7 @@ from tidings.services import _probes, _process, redis_cluster
 from tidings.services._base import Service
 from tidings.services._common import Echo, ServiceError, ServiceStatus
 from tidings.services.cassandra import Cassandra
-from tidings.services.haproxy import HAProxy
+from tidings.services.haproxy import DRAIN_UNREADY_S, HAProxy
 from tidings.services.kafka import Kafka, new_cluster_id
 from tidings.services.redis_cluster import RedisCluster
 from tidings.services.versitygw import S3Store
@@ -324,5 +324,9 @@ def app_processes(gateways: int, workers_per_role: int = 2) -> dict[str, dict[st
             names[role if i == 0 else f"{role}{i + 1}"] = {"TIDINGS_WORKER_WEB_PORT": str(web_port)}
             web_port += 1
     for i, port in enumerate(gateway_ports(gateways)):
-        names["gateway" if i == 0 else f"gateway{i + 1}"] = {"TIDINGS_HTTP_PORT": str(port)}
+        # A stopping gateway stays unready long enough for HAProxy to take it out first.
+        names["gateway" if i == 0 else f"gateway{i + 1}"] = {
+            "TIDINGS_HTTP_PORT": str(port),
+            "TIDINGS_DRAIN_UNREADY_S": str(DRAIN_UNREADY_S),
+        }
     return names
