@@ -85,7 +85,7 @@ class Launcher:
         log = self.system.logs / f"{name}.log"
         self.system.procs[name] = processes.spawn(name, self.envs[name], log=log)
 
-    def wait_ready(self, timeout_s: float = 240) -> None:
+    def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         for url in self.urls:
             http = url.replace("ws://", "http://").removesuffix("/v1/ws")
@@ -321,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--namespace", default="scale")
     ap.add_argument("--redis-db", type=int, default=9)
     ap.add_argument("--port", type=int, default=8897, help="the first gateway's port (next ones +1)")
+    ap.add_argument("--start-timeout", type=float, default=420, help="seconds for a configuration to start")
     ap.add_argument("--redis-monitor", action="store_true", help="count Redis commands per message (MONITOR)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -336,10 +337,16 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             launcher = Launcher(system, n, args.port)
             launcher.start()
-            launcher.wait_ready()
-            urls = launcher.urls
-            print(f"\nN={n}: ready after {time.monotonic() - started:.1f} s", flush=True)
-            print(f"N={n}: delivering after {wait_delivering(urls, secret):.1f} s more", flush=True)
+            try:
+                launcher.wait_ready(args.start_timeout)
+                urls = launcher.urls
+                print(f"\nN={n}: ready after {time.monotonic() - started:.1f} s", flush=True)
+                print(f"N={n}: delivering after {wait_delivering(urls, secret):.1f} s more", flush=True)
+            except (SystemExit, TimeoutError) as exc:
+                # a configuration that cannot start on the box now: say so, go on with the next
+                print(f"\nN={n}: not started ({exc}); logs in {system.logs}", flush=True)
+                results["not_started"] = [*results.get("not_started", []), {"n": n, "error": str(exc)[:300]}]
+                continue
             time.sleep(args.settle)
             for rate in args.rates.split(","):
                 labels = labelled_pids(system.pids())  # N processes of a role: deliver, deliver2...
