@@ -196,6 +196,7 @@ class RedisMonitor:
 
         self._db = db
         self.counts: dict[str, int] = {}
+        self._live: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -205,18 +206,17 @@ class RedisMonitor:
         from tidings.settings import Settings
 
         settings = Settings()
-        client = Redis(host=settings.redis_host, port=settings.redis_port, socket_timeout=1.0)
+        # No read timeout: redis-py drops the connection after one. The thread is a daemon and
+        # the counts are copied when the run ends.
+        client = Redis(host=settings.redis_host, port=settings.redis_port)
         with client.monitor() as monitor:
             while not self._stop.is_set():
-                try:
-                    cmd = monitor.next_command()
-                except Exception:  # noqa: BLE001 - a read timeout: look at the stop flag again
-                    continue
+                cmd = monitor.next_command()
                 if int(cmd.get("db", -1)) != self._db:
                     continue
                 name = str(cmd.get("command", "")).split(" ", 1)[0].strip('"').upper()
                 key = f"{'lua' if cmd.get('client_type') == 'lua' else 'client'} {name}"
-                self.counts[key] = self.counts.get(key, 0) + 1
+                self._live[key] = self._live.get(key, 0) + 1
 
     def __enter__(self) -> RedisMonitor:
         self._thread.start()
@@ -224,7 +224,7 @@ class RedisMonitor:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        self.counts = dict(self._live)
 
 
 def per_message(before: dict[str, int], after: dict[str, int], messages: int) -> dict[str, float]:
@@ -321,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--namespace", default="scale")
     ap.add_argument("--redis-db", type=int, default=9)
     ap.add_argument("--port", type=int, default=8897, help="the first gateway's port (next ones +1)")
+    ap.add_argument("--stagger", type=float, default=1.0, help="seconds between process starts")
     ap.add_argument("--start-timeout", type=float, default=420, help="seconds for a configuration to start")
     ap.add_argument("--redis-monitor", action="store_true", help="count Redis commands per message (MONITOR)")
     ap.add_argument("--json", action="store_true")
@@ -336,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             started = time.monotonic()
             launcher = Launcher(system, n, args.port)
-            launcher.start()
+            launcher.start(args.stagger)
             try:
                 launcher.wait_ready(args.start_timeout)
                 urls = launcher.urls
