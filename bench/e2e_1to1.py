@@ -14,7 +14,8 @@ of the pair:
 Only messages whose intended send time falls after ``--warmup`` go into the histograms and the
 counts; warm-up messages are sent the same way. After the run the generator waits up to 10 s for
 stragglers. With ``--processes N`` the pairs are spread over N processes (spawned) whose
-hdrhistograms are merged with ``encode()`` / ``decode_and_add()``.
+hdrhistograms are merged with ``encode()`` / ``decode_and_add()``. ``--url`` may list several
+gateways (comma-separated): each user connects to one by a hash of its id (``bench.scaling``).
 
 Run it from the repository against a running gateway and worker::
 
@@ -34,6 +35,7 @@ import random
 import sys
 import time
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -273,9 +275,14 @@ async def run_process(cfg: ProcConfig, wait_start: Callable[[], None] | None) ->
     users = [(f"b{cfg.run_id}p{cfg.index}n{i}a", f"b{cfg.run_id}p{cfg.index}n{i}b") for i in range(cfg.pairs)]
     sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
+    urls = cfg.url.split(",")
+
     async def connect(user: str) -> ClientConnection:
+        # Several gateways: each user on one by a hash of the user id, as HAProxy's
+        # consistent hash places them, so most pairs cross gateways.
+        url = urls[zlib.crc32(user.encode()) % len(urls)]
         async with sem:
-            return await _connect(cfg.url, issue_token(cfg.secret, user, ttl_s=ttl))
+            return await _connect(url, issue_token(cfg.secret, user, ttl_s=ttl))
 
     socks = await asyncio.gather(*(connect(u) for pair in users for u in pair))
     readers = [
@@ -554,7 +561,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=30, help="measured seconds (default 30)")
     ap.add_argument("--warmup", type=float, default=5, help="warm-up seconds, not measured (default 5)")
     ap.add_argument("--pairs", type=int, default=100, help="user pairs, one socket per user (default 100)")
-    ap.add_argument("--url", default="ws://127.0.0.1:8787/v1/ws")
+    ap.add_argument(
+        "--url", default="ws://127.0.0.1:8787/v1/ws", help="several gateways: comma-separated (users by hash)"
+    )
     ap.add_argument("--secret", default=None, help="JWT secret (default: the one `tidings up` uses)")
     ap.add_argument("--processes", type=int, default=1, help="generator processes (default 1)")
     ap.add_argument("--body-bytes", type=int, default=200, help="text body size (default 200)")
@@ -566,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("rate, duration and pairs must be positive, warmup >= 0, processes >= 1")
     if not 1 <= args.body_bytes <= 4000:
         ap.error("--body-bytes must be 1..4000 (the protocol's body limit)")
-    if urlsplit(args.url).hostname not in LOOPBACK_HOSTS:
+    if any(urlsplit(url).hostname not in LOOPBACK_HOSTS for url in args.url.split(",")):
         ap.error("--url must point at 127.0.0.1 (this generator only loads a local gateway)")
     secret = args.secret
     if secret is None:

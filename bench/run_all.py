@@ -182,6 +182,18 @@ def summary(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     ),
                 )
             )
+    for s in results.get("scaling", {}).get("runs", []):
+        busiest = s.get("busiest") or {}
+        rows.append(
+            (
+                f"scaling N={s['processes_per_role']} @ {s['rate']:g}/s",
+                f"P99 {s['p99_ms']} ms, {s['delivered']}/{s['sent']}, {s['tidings_ms_per_msg']} ms CPU/msg, "
+                f"{s['msgs_per_core_tidings']} msgs/s per busy core, busiest {busiest.get('process')} "
+                f"{busiest.get('core_pct')} %",
+                "-",
+                "-",
+            )
+        )
     for name in ("replay", "archive", "archive-query", "tracing-overhead"):
         f = results.get(name)
         if f:
@@ -194,8 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes and shorter windows")
     ap.add_argument(
-        "--only", default="", help="comma-separated: e2e-1to1,sweep,fanout,connections,replay,archive,tracing"
+        "--only",
+        default="",
+        help="comma-separated: e2e-1to1,sweep,fanout,connections,replay,archive,tracing,scaling",
     )
+    ap.add_argument("--scaling-counts", default="1,2,3", help="scaling: processes per role (1,2,3)")
+    ap.add_argument("--scaling-rates", default="100,200", help="scaling: msgs/s per configuration")
     ap.add_argument(
         "--rates", default="", help="e2e-1to1 rates (default 250,500,1000,2000,5000; quick 500,1000)"
     )
@@ -246,8 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     ws = f"ws://127.0.0.1:{args.port}/v1/ws"
     common = ["--secret", secret, "--json"]
+    # The scaling benchmark starts systems of its own (1, 2, 3 processes per role): alone, the
+    # suite's system is not started; with the others, it runs after that system has stopped.
+    own_system = not args.no_start and (not only or bool(only - {"scaling"}))
     try:
-        if not args.no_start:
+        if own_system:
             print(f"starting Tidings in namespace {args.namespace!r} on port {args.port} (logs in {logs})")
             system.migrate()
             system.start()
@@ -321,8 +340,17 @@ def main(argv: list[str] | None = None) -> int:
                 "tracing-overhead", "bench.tracing_overhead", ["--json"], env, timeout_s=300
             )
     finally:
-        if not args.no_start:
+        if own_system:
             system.stop()
+    if wanted("scaling") and not args.no_start:
+        results["scaling"] = run_bench(
+            "scaling",
+            "bench.scaling",
+            ["--counts", args.scaling_counts, "--rates", args.scaling_rates,
+             "--duration", f"{min(duration, 15.0):g}", "--json"],
+            env,
+            timeout_s=3600,
+        )  # fmt: skip
 
     print(f"\n=== summary  {results['date']}  machine {results['machine']}")
     rows = summary(results)

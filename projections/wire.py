@@ -13,7 +13,11 @@ deliver stage and the gateways, in one module.
   - on a user's presence channel: ``p<at>\\0<frame>`` (to the sockets watching that user;
     ``at`` orders the user's transitions, so a late one is dropped);
   - on a group shard channel: ``m<cid>\\0<frame>`` (to the group's local members);
-    ``t<cid>\\0<typist>\\0<frame>`` (to those of them viewing cid, but the typist).
+    ``t<cid>\\0<typist>\\0<frame>`` (to those of them viewing cid, but the typist);
+  - on either, only when the deliver worker traces: ``~<traceparent>\\0<payload>`` around any
+    of the above (the W3C trace context of the worker's ``deliver.push`` span, so the gateway's
+    ``gateway.deliver`` span joins the sender's trace); the gateway unwraps it whether or not
+    it traces itself, so the client's frame is the same.
 
 It lives in ``projections/`` because both sides of the pub/sub import it: the deliver stage
 (``projections.delivery``, run by ``streams``) encodes, the gateway (``query_api``) decodes and
@@ -287,11 +291,18 @@ def error_frame(ref: Any, code: str, message: str, retry_after: int | None = Non
 
 MESSAGE, JOINED, LEFT, TYPING, PRESENCE = b"m", b"+", b"-", b"t", b"p"
 TO_DEVICE = b"d"
+TRACED = b"~"
 
 
 def tagged(kind: bytes, tag: str, frame: bytes) -> bytes:
     """``<kind><tag>\\0<frame>``: a conversation id, a device id or a presence ``at``."""
     return kind + tag.encode() + b"\0" + frame
+
+
+def traced(traceparent: str, payload: bytes) -> bytes:
+    """``payload`` with the trace context of the delivery that published it (``untag`` reads
+    it back: the tag is the traceparent, the frame the payload)."""
+    return tagged(TRACED, traceparent, payload)
 
 
 def typing_payload(conversation_id: str, typist: str, frame: bytes) -> bytes:

@@ -39,6 +39,13 @@ class Spans(Protocol):
 
     def span(self, name: str, attributes: dict[str, Any] | None = None) -> AbstractContextManager[Any]: ...
 
+    def child_of(
+        self, traceparent: bytes, name: str, attributes: dict[str, Any] | None = None
+    ) -> AbstractContextManager[Any]:
+        """A span under a remote parent (``tidings.telemetry.child_of``): a delivery that
+        came with its trace context; enters as the span, or None when tracing is off."""
+        ...
+
 
 class NoSpans:
     """Tracing off: one shared no-op context manager."""
@@ -46,4 +53,9 @@ class NoSpans:
     _NOOP: AbstractContextManager[None] = contextlib.nullcontext()
 
     def span(self, name: str, attributes: dict[str, Any] | None = None) -> AbstractContextManager[Any]:
+        return self._NOOP
+
+    def child_of(
+        self, traceparent: bytes, name: str, attributes: dict[str, Any] | None = None
+    ) -> AbstractContextManager[Any]:
         return self._NOOP

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
 from events import keys
 from events.errors import Unavailable
-from projections.wire import JOINED, LEFT, MESSAGE, TO_DEVICE, TYPING, untag, untyping
+from projections.wire import JOINED, LEFT, MESSAGE, TO_DEVICE, TRACED, TYPING, untag, untyping
+from query_api.config import NoSpans, Spans
 from query_api.connection import CLOSE_TRY_AGAIN, Connection, TokenBucket
 from query_api.metrics import FRAMES_OUT, WS_CONNECTIONS
 from query_api.subscriptions import Subscriber, Subscriptions, settled
@@ -40,8 +42,12 @@ class Hub:
     payloads on the user's channel, which reach it in log order with the messages.
     """
 
-    def __init__(self, subscriber: Subscriber, groups_of: GroupsOf, *, shards: int) -> None:
+    def __init__(
+        self, subscriber: Subscriber, groups_of: GroupsOf, *, shards: int, spans: Spans | None = None
+    ) -> None:
         self._subscriber = subscriber
+        # A traced delivery (``projections.wire.traced``) gets a ``gateway.deliver`` span.
+        self._spans = spans if spans is not None else NoSpans()
         self._groups_of = groups_of
         self._shards = shards
         self._by_user: dict[str, set[Connection]] = {}
@@ -245,6 +251,9 @@ class Hub:
             for conn in mine:
                 conn.push(frame)
             return len(mine)
+        elif kind == TRACED:
+            # (partial, not a lambda: a closure would make user_id a cell on every call)
+            return self._traced(payload, functools.partial(self.deliver_to_user, user_id), user_id)
         else:
             cid_bytes, frame = untag(payload)
             cid = cid_bytes.decode()
@@ -258,17 +267,34 @@ class Hub:
 
     def deliver_to_group(self, payload: bytes) -> int:
         """Route a group-shard payload to this process's sockets of the group's members."""
-        if payload[:1] == TYPING:
-            cid, typist, frame = untyping(payload)
-            members = self._group_members.get(cid, ())
-            conns = [c for uid in members for c in self._by_user.get(uid, ())]
-            return self._push_typing(conns, cid, typist, frame)
+        kind = payload[:1]
+        if kind != MESSAGE:  # a message costs the one test it cost before tracing existed
+            if kind == TYPING:
+                cid, typist, frame = untyping(payload)
+                members = self._group_members.get(cid, ())
+                conns = [c for uid in members for c in self._by_user.get(uid, ())]
+                return self._push_typing(conns, cid, typist, frame)
+            if kind == TRACED:
+                return self._traced(payload, self.deliver_to_group, None)
         cid_bytes, frame = untag(payload)
         sent = 0
         for user_id in self._group_members.get(cid_bytes.decode(), ()):
             for conn in self._by_user.get(user_id, ()):
                 conn.push(frame)
                 sent += 1
+        return sent
+
+    def _traced(self, payload: bytes, route: Callable[[bytes], int], recipient: str | None) -> int:
+        """Route the payload a traced one wraps, in a ``gateway.deliver`` span (child of the
+        worker's ``deliver.push``) around the fan-out to this process's sockets and the writes."""
+        traceparent, inner = untag(payload)
+        attributes = (
+            {"tidings.recipient": recipient} if recipient is not None else {"tidings.channel": "group"}
+        )
+        with self._spans.child_of(traceparent, "gateway.deliver", attributes) as span:
+            sent = route(inner)
+            if span is not None:
+                span.set_attribute("tidings.sockets", sent)
         return sent
 
     @staticmethod

@@ -48,9 +48,10 @@ class BatchTrace(Protocol):
 
 
 class Tracer(Protocol):
-    """Spans for a batch (``tidings.telemetry.RecordTracer``); None when no record is traced."""
+    """Spans for a decoded batch (``tidings.telemetry.RecordTracer``); None when no record is
+    traced. It sees the events too, so a stage can find an event's span."""
 
-    def batch(self, records: Sequence[Record]) -> BatchTrace | None: ...
+    def batch(self, records: Sequence[tuple[Record, ChatEvent]]) -> BatchTrace | None: ...
 
 
 class Stage(Protocol):
@@ -92,13 +93,13 @@ class Projector:
     async def handle(self, records: Sequence[Record]) -> None:
         """Apply a batch; returns only when every record is applied or dead-lettered."""
         events: list[tuple[Record, ChatEvent]] = []
-        trace = self._tracer.batch(records) if self._tracer is not None else None
+        for record in records:
+            try:
+                events.append((record, decode_event(record.value)))
+            except ValueError as exc:
+                await self._dead_letter(record, f"undecodable: {exc}")
+        trace = self._tracer.batch(events) if self._tracer is not None else None
         try:
-            for record in records:
-                try:
-                    events.append((record, decode_event(record.value)))
-                except ValueError as exc:
-                    await self._dead_letter(record, f"undecodable: {exc}")
             await self.handle_decoded(events, trace)
         finally:
             if trace is not None:

@@ -88,6 +88,9 @@ class _TelemetrySpans:
     def span(self, name: str, attributes: dict[str, Any] | None = None) -> Any:
         return telemetry.span(name, attributes)
 
+    def child_of(self, traceparent: bytes, name: str, attributes: dict[str, Any] | None = None) -> Any:
+        return telemetry.child_of(traceparent, name, attributes)
+
 
 def gateway_app(settings: Settings, *, name: str = "tidings") -> Sanic:
     """The gateway's Sanic app: per worker process, tracing is configured and the dependencies
@@ -280,7 +283,8 @@ async def _start_hub(redis: RedisClient, membership: CassandraMembership, closer
         return hub
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     closers.append(pubsub.aclose)
-    hub = Hub(pubsub, membership.groups_of, shards=GROUP_SHARDS)
+    spans = _TelemetrySpans() if telemetry.enabled() else NoSpans()
+    hub = Hub(pubsub, membership.groups_of, shards=GROUP_SHARDS, spans=spans)
     await hub.start()
     # Called on every reconnect of the pub/sub connection (the first connect is done).
     assert pubsub.connection is not None  # connected by hub.start()

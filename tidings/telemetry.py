@@ -1,6 +1,8 @@
 """OpenTelemetry tracing for the runnables: one trace per message from the gateway, through
 Kafka (W3C ``traceparent`` in the record headers), to the worker's projections and the delivery
-push.
+push, and on through Redis pub/sub (the ``traceparent`` in the payload's envelope,
+``projections.wire.traced``) to the recipient gateway's ``gateway.deliver`` span around the
+socket writes.
 
 Off by default (``TIDINGS_TRACING=off``), and then cheap: nothing here creates a span object,
 ``span()`` hands back one shared no-op context manager, and the adapters are built without
@@ -17,12 +19,14 @@ their tracing hooks (``trace_kafka_append`` and ``RecordTracer`` are not passed 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from events import ChatEvent
 from streams.projector import Record
 
 if TYPE_CHECKING:
@@ -38,6 +42,11 @@ _tracer: Tracer | None = None
 
 # The deliver stage's work is the delivery push (hot cache write and pub/sub publish).
 STAGE_SPAN_NAMES = {"recent": "deliver.push"}
+# While a stage applies a traced batch: id(event) -> that event's stage span (events of the
+# batch live until the stage returns, so their ids are stable meanwhile).
+_stage_spans: contextvars.ContextVar[dict[int, Span] | None] = contextvars.ContextVar(
+    "tidings_stage_spans", default=None
+)
 
 
 def enabled() -> bool:
@@ -93,22 +102,57 @@ def trace_kafka_append(topic: str) -> Iterator[list[tuple[str, bytes]]]:
         yield [(k, v.encode()) for k, v in carrier.items()]
 
 
+@contextlib.contextmanager
+def child_of(
+    traceparent: bytes, name: str, attributes: dict[str, Any] | None = None
+) -> Iterator[Span | None]:
+    """A consumer span whose parent is the remote ``traceparent`` (the gateway's
+    ``gateway.deliver`` under the worker's ``deliver.push``); yields None when tracing is off."""
+    if _tracer is None:
+        yield None
+        return
+    from opentelemetry.propagate import extract
+    from opentelemetry.trace import SpanKind
+
+    parent = extract({TRACEPARENT: traceparent.decode(errors="replace")})
+    with _tracer.start_as_current_span(
+        name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+    ) as s:
+        yield s
+
+
+def traceparent_of(event: ChatEvent) -> str | None:
+    """The W3C ``traceparent`` of ``event``'s span in the stage being applied, or None when the
+    event's record carried no trace context (the deliver stage puts it in what it publishes)."""
+    spans = _stage_spans.get()
+    found = spans.get(id(event)) if spans is not None else None
+    if found is None:
+        return None
+    from opentelemetry.propagate import inject
+    from opentelemetry.trace import set_span_in_context
+
+    carrier: dict[str, str] = {}
+    inject(carrier, context=set_span_in_context(found))
+    return carrier.get(TRACEPARENT)
+
+
 class RecordTracer:
     """The worker side (``streams.projector.Tracer``): for each record of a batch that carries
     a ``traceparent``, a ``worker.consume`` span (child of the sender's context) and, per stage,
-    a child span over the stage's batch apply. Records without one get no spans."""
+    a child span over the stage's batch apply, which ``traceparent_of`` hands on. Records
+    without one get no spans."""
 
     def __init__(self, role: str) -> None:
         self._role = role
 
-    def batch(self, records: Sequence[Record]) -> _BatchTrace | None:
+    def batch(self, records: Sequence[tuple[Record, ChatEvent]]) -> _BatchTrace | None:
         from opentelemetry.propagate import extract
         from opentelemetry.trace import SpanKind
 
         if _tracer is None:
             return None
-        spans: list[Span] = []
-        for record in records:
+        spans: list[tuple[ChatEvent, Span]] = []
+        for record, event in records:
             raw = record.headers.get(TRACEPARENT)
             if raw is None:
                 continue
@@ -117,24 +161,27 @@ class RecordTracer:
             if state is not None:
                 carrier[TRACESTATE] = state.decode(errors="replace")
             spans.append(
-                _tracer.start_span(
-                    "worker.consume",
-                    context=extract(carrier),
-                    kind=SpanKind.CONSUMER,
-                    attributes={
-                        "tidings.role": self._role,
-                        "messaging.destination.name": record.topic,
-                        "messaging.kafka.partition": record.partition,
-                        "messaging.kafka.offset": record.offset,
-                        "tidings.batch_size": len(records),
-                    },
+                (
+                    event,
+                    _tracer.start_span(
+                        "worker.consume",
+                        context=extract(carrier),
+                        kind=SpanKind.CONSUMER,
+                        attributes={
+                            "tidings.role": self._role,
+                            "messaging.destination.name": record.topic,
+                            "messaging.kafka.partition": record.partition,
+                            "messaging.kafka.offset": record.offset,
+                            "tidings.batch_size": len(records),
+                        },
+                    ),
                 )
             )
         return _BatchTrace(spans) if spans else None
 
 
 class _BatchTrace:
-    def __init__(self, parents: list[Span]) -> None:
+    def __init__(self, parents: list[tuple[ChatEvent, Span]]) -> None:
         self._parents = parents
 
     @contextlib.contextmanager
@@ -143,18 +190,22 @@ class _BatchTrace:
 
         assert _tracer is not None
         span_name = STAGE_SPAN_NAMES.get(name, f"project.{name}")
-        children = [
-            _tracer.start_span(span_name, context=set_span_in_context(p), attributes={"tidings.stage": name})
-            for p in self._parents
-        ]
+        children = {
+            id(event): _tracer.start_span(
+                span_name, context=set_span_in_context(p), attributes={"tidings.stage": name}
+            )
+            for event, p in self._parents
+        }
+        token = _stage_spans.set(children)
         try:
             yield
         finally:
-            for child in children:
+            _stage_spans.reset(token)
+            for child in children.values():
                 child.end()
 
     def close(self) -> None:
-        for parent in self._parents:
+        for _, parent in self._parents:
             parent.end()
 
 

@@ -67,13 +67,17 @@ def build_worker_app(settings: Settings) -> faust.App:
     redis = redis_from(settings.redis_cluster, settings.redis_host, settings.redis_port, settings.redis_db)
     # The hot cache and the pushes first: delivery need not wait for Cassandra, since the event
     # is already durable in Kafka. The pushes also move the roster along the log.
-    deliver: list[Stage] = [RedisCacheAndPush(redis, settings.hot_history_size, roster=roster)]
+    role = settings.worker_role
+    tracing = telemetry.configure(settings, f"tidings-worker-{role}")
+    trace_of = telemetry.traceparent_of if tracing else None
+    deliver: list[Stage] = [
+        RedisCacheAndPush(redis, settings.hot_history_size, roster=roster, trace_of=trace_of)
+    ]
     persist = persist_stages(cql, settings, roster)
     presence = CassandraPresence(cql)
     presence.prepare()
     push_settings = CassandraPushSettings(cql)
     push_settings.prepare()
-    role = settings.worker_role
     by_role: dict[str, tuple[list[Stage | PositionedStage], list[Stage]]] = {  # notify: above
         "all": ([*deliver, *persist], [PresencePushes(redis), presence]),
         "deliver": (list(deliver), [PresencePushes(redis)]),
@@ -94,7 +98,6 @@ def build_worker_app(settings: Settings) -> faust.App:
         membership = CassandraMembership(cql)
         membership.prepare()
         key_stages.append(DeviceListNotices(redis, contacts_from(membership)))
-    tracing = telemetry.configure(settings, f"tidings-worker-{role}")
     return create_app(
         app_id=settings.worker_app_id if role == "all" else f"{settings.worker_app_id}-{role}",
         # A new delivery group starts at the end of the log: pushing old messages to online

@@ -18,7 +18,7 @@ routed to its channel's node by the cluster pipeline.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import singledispatch
 from typing import Any
 
@@ -30,7 +30,7 @@ from events.errors import Unavailable
 from projections.adapters.redis_client import AnyPipeline, RedisClient, is_cluster, publish
 from projections.delivery import Push, pushes
 from projections.roster import Roster
-from projections.wire import message_json
+from projections.wire import message_json, traced
 
 NAME = "recent"
 _TTL_S = 7 * 24 * 3600
@@ -82,22 +82,40 @@ def _(event: MessageSent, pipe: AnyPipeline, size: int, sha: str, event_pushes: 
     )
 
 
+def _with_trace(traceparent: str | None, event_pushes: list[Push]) -> list[Push]:
+    if traceparent is None:
+        return event_pushes
+    return [Push(push.channel, traced(traceparent, push.payload)) for push in event_pushes]
+
+
 class RedisCacheAndPush:
     """The deliver stage (``apply``: cache each message in the hot tier and publish the pushes
     its events cause, in one round trip) and the hot tier's reads (``newest``, ``all``)."""
 
     name = NAME
 
-    def __init__(self, redis: RedisClient, size: int, *, roster: Roster | None) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        size: int,
+        *,
+        roster: Roster | None,
+        trace_of: Callable[[ChatEvent], str | None] | None = None,
+    ) -> None:
         self._redis = redis
         self.size = size
         # None when rebuilding: a replay must not push old messages to clients.
         self._roster = roster
+        # Tracing on only (``tidings.telemetry.traceparent_of``): an event's trace context,
+        # carried in its pushes' envelope to the gateway.
+        self._trace_of = trace_of
         self._sha: str | None = None
 
     async def apply(self, events: Sequence[ChatEvent]) -> None:
         """Cache ``events`` and push what they cause, in log order, in one round trip."""
         batch = [(event, await pushes(event, self._roster) if self._roster else []) for event in events]
+        if self._trace_of is not None:
+            batch = [(event, _with_trace(self._trace_of(event), p)) for event, p in batch]
         try:
             if self._sha is None:
                 self._sha = str(await self._redis.script_load(_CACHE_LUA))

@@ -163,7 +163,19 @@ async def test_one_trace_crosses_gateway_kafka_and_workers(traced: tuple[System,
     cid = direct_conversation_id(a, b)
     async with system.connect(b) as receiver, system.connect(a) as sender:
         await sender.send_message(cid, "traced")
-        await receiver.expect("message")
+        frame = await receiver.expect("message")
+    # the trace context rides in the pub/sub envelope only: the client's frame is the protocol's
+    assert set(frame) == {"type", "message"}
+    assert set(frame["message"]) == {
+        "message_id",
+        "conversation_id",
+        "sender_id",
+        "client_msg_id",
+        "kind",
+        "body",
+        "media",
+        "ts",
+    }
 
     def trace_of_send() -> tuple[str, list[dict[str, Any]]] | None:
         spans = read_spans(path)
@@ -184,6 +196,7 @@ async def test_one_trace_crosses_gateway_kafka_and_workers(traced: tuple[System,
         "deliver.push",
         "project.messages",
         "project.search",
+        "gateway.deliver",
     }
 
     def complete(found: tuple[str, list[dict[str, Any]]] | None) -> bool:
@@ -192,7 +205,10 @@ async def test_one_trace_crosses_gateway_kafka_and_workers(traced: tuple[System,
         if found is None:
             return False
         consumes = [s for s in found[1] if s["name"] == "worker.consume"]
-        return wanted <= {s["name"] for s in found[1]} and len(consumes) >= 3
+        recipients = {
+            s["attributes"].get("tidings.recipient") for s in found[1] if s["name"] == "gateway.deliver"
+        }
+        return wanted <= {s["name"] for s in found[1]} and len(consumes) >= 3 and b in recipients
 
     found = trace_of_send()
 
@@ -223,3 +239,11 @@ async def test_one_trace_crosses_gateway_kafka_and_workers(traced: tuple[System,
     }
     (push,) = by_name["deliver.push"]
     assert push["parent_id"] in {c["context"]["span_id"] for c in consumes}
+    # ... -> (the pub/sub envelope) -> the recipient's gateway: its socket write, in the same trace
+    delivers = {s["attributes"]["tidings.recipient"]: s for s in by_name["gateway.deliver"]}
+    assert b in delivers and set(delivers) <= {a, b}  # the receiver, and the sender's own devices
+    for deliver in delivers.values():
+        assert deliver["parent_id"] == push["context"]["span_id"]
+        assert deliver["resource"]["attributes"]["service.name"] == "tidings-gateway"
+        assert deliver["start_time"] >= push["start_time"] >= send["start_time"]
+    assert delivers[b]["attributes"]["tidings.sockets"] == 1  # written to the receiver's socket

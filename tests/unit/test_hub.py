@@ -4,6 +4,8 @@ join/leave payloads, and registration that is all or nothing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,6 +13,8 @@ import pytest
 from events import keys
 from events.errors import Unavailable
 from projections.delivery import JOINED, LEFT, MESSAGE
+from projections.wire import traced
+from query_api.config import NoSpans
 from query_api.hub import Connection, Hub
 
 
@@ -69,14 +73,14 @@ def _queued(conn: Connection) -> list[bytes]:
 
 
 async def _hub(
-    groups: dict[str, set[str]] | None = None, pubsub: FakePubSub | None = None
+    groups: dict[str, set[str]] | None = None, pubsub: FakePubSub | None = None, spans: Any = None
 ) -> tuple[Hub, FakePubSub]:
     pubsub = pubsub or FakePubSub()
 
     async def groups_of(user_id: str) -> set[str]:
         return set((groups or {}).get(user_id, set()))
 
-    hub = Hub(pubsub, groups_of, shards=4)
+    hub = Hub(pubsub, groups_of, shards=4, spans=spans)
     await hub.start()
     return hub, pubsub
 
@@ -107,6 +111,65 @@ async def test_group_shard_payloads_follow_joins_and_leaves_in_order() -> None:
     assert hub.deliver_to_group(b"mg:1\0third") == 1
     assert _queued(alice) == [b"first", b"second", b"removed"]
     assert _queued(bob) == [b"added", b"second", b"third"]
+
+
+class RecordedSpan:
+    def __init__(self, traceparent: bytes, name: str, attributes: dict[str, Any]) -> None:
+        self.traceparent, self.name, self.attributes = traceparent, name, dict(attributes)
+        self.writes_inside: list[int] = []
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self.attributes[key] = value
+
+
+class RecordingSpans(NoSpans):
+    def __init__(self, sockets: list[FakeSocket]) -> None:
+        self.spans: list[RecordedSpan] = []
+        self._sockets = sockets
+
+    @contextlib.contextmanager
+    def child_of(
+        self, traceparent: bytes, name: str, attributes: dict[str, Any] | None = None
+    ) -> Iterator[RecordedSpan]:
+        span = RecordedSpan(traceparent, name, attributes or {})
+        written = [len(s.frames) for s in self._sockets]
+        yield span
+        # the writes happened inside the span
+        span.writes_inside = [
+            after - before
+            for before, after in zip(written, (len(s.frames) for s in self._sockets), strict=True)
+        ]
+        self.spans.append(span)
+
+
+TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.mark.parametrize("tracing", [True, False])
+async def test_a_traced_payload_reaches_the_sockets_as_the_plain_frame_inside_a_deliver_span(
+    tracing: bool,
+) -> None:
+    alice, bob = _conn("alice", []), _conn("bob", [])
+    sockets = [c.socket for c in (alice, bob)]
+    spans = RecordingSpans(sockets) if tracing else None  # type: ignore[arg-type]
+    hub, _ = await _hub(groups={"alice": {"g:1"}}, spans=spans)
+    await hub.register(alice)
+    await hub.register(bob)
+    assert hub.deliver_to_user("alice", traced(TP, MESSAGE + b'{"type":"message"}')) == 1
+    # a join inside a traced payload is still a join: bob then gets the group's messages
+    assert hub.deliver_to_user("bob", traced(TP, JOINED + b"g:1\0added")) == 1
+    assert hub.deliver_to_group(traced(TP, b"mg:1\0grouped")) == 2
+    assert _queued(alice) == [b'{"type":"message"}', b"grouped"]
+    assert _queued(bob) == [b"added", b"grouped"]
+    if spans is None:
+        return
+    assert [(s.name, s.traceparent) for s in spans.spans] == [("gateway.deliver", TP.encode())] * 3
+    assert [s.attributes for s in spans.spans] == [
+        {"tidings.recipient": "alice", "tidings.sockets": 1},
+        {"tidings.recipient": "bob", "tidings.sockets": 1},
+        {"tidings.channel": "group", "tidings.sockets": 2},
+    ]
+    assert [s.writes_inside for s in spans.spans] == [[1, 0], [0, 1], [1, 1]]
 
 
 async def test_a_failed_subscribe_leaves_nothing_behind() -> None:

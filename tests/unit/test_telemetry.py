@@ -1,14 +1,14 @@
 """Metrics and tracing helpers without services: the frame's send time, the projector's hooks,
 and tracing off (no spans) versus on (one trace from the append to the worker's stages)."""
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from events import MessageSent, encode_event
+from events import ChatEvent, MessageSent, encode_event
 from events.errors import Unavailable
 from projections.memory import MemoryMessages
 from projections.wire import message_frame, message_frame_ts, message_json
@@ -87,21 +87,49 @@ async def test_trace_context_crosses_the_record_headers(traced: Path) -> None:
     class Stage:
         name = "recent"
 
-        async def apply(self, events: object) -> None:
+        async def apply(self, events: Sequence[ChatEvent]) -> None:
+            # what the deliver stage would put in its pushes' envelope, per event
+            published.append(
+                {e.message_id: telemetry.traceparent_of(e) for e in events if isinstance(e, MessageSent)}
+            )
             if failures:
                 failures.pop()
                 raise Unavailable("down once")
 
     failures = [1]
+    published: list[dict[int, str | None]] = []
     record = Record("topic", 3, 9, b"k", encode_event(_message(1)), dict(headers))
     untraced = Record("topic", 3, 10, b"k", encode_event(_message(2)))
     projector = Projector([Stage()], Letters(), sleep=_no_sleep, tracer=telemetry.RecordTracer("deliver"))
     await projector.handle([record, untraced])
+    assert telemetry.traceparent_of(_message(1)) is None  # only while the stage applies
+
+    # the recipient gateway, from the traceparent the deliver stage published
+    traceparent = published[-1][1]
+    assert traceparent is not None and published[-1][2] is None
+    with telemetry.child_of(traceparent.encode(), "gateway.deliver", {"tidings.recipient": "b"}) as span:
+        assert span is not None
 
     spans = _read(traced)
     by_name = {s["name"]: s for s in spans}
-    assert sorted(by_name) == ["deliver.push", "gateway.send", "kafka.append", "worker.consume"]
+    assert sorted(by_name) == [
+        "deliver.push",
+        "gateway.deliver",
+        "gateway.send",
+        "kafka.append",
+        "worker.consume",
+    ]
     assert len({s["context"]["trace_id"] for s in spans}) == 1
     assert by_name["worker.consume"]["parent_id"] == by_name["kafka.append"]["context"]["span_id"]
     assert by_name["deliver.push"]["parent_id"] == by_name["worker.consume"]["context"]["span_id"]
     assert by_name["worker.consume"]["attributes"]["messaging.kafka.offset"] == 9
+    assert traceparent.split("-")[2] == by_name["deliver.push"]["context"]["span_id"].removeprefix("0x")
+    assert by_name["gateway.deliver"]["parent_id"] == by_name["deliver.push"]["context"]["span_id"]
+    assert by_name["gateway.deliver"]["kind"] == "SpanKind.CONSUMER"
+
+
+def test_tracing_off_a_deliver_span_is_the_no_op() -> None:
+    telemetry.configure(Settings(tracing="off"), "test")
+    with telemetry.child_of(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "x") as span:
+        assert span is None
+    assert telemetry.traceparent_of(_message(1)) is None
