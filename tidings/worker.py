@@ -31,6 +31,7 @@ from projections.sync_log import CassandraSyncLog
 from streams.adapters.metrics import observe_applied, observe_unavailable
 from streams.adapters.search_backfill import KafkaBackfill
 from streams.app import Append, create_app
+from streams.combined import CombinedWrites
 from streams.media import Thumbnailer
 from streams.projector import PositionedStage, Stage
 from tidings import telemetry
@@ -68,7 +69,10 @@ def build_worker_app(settings: Settings) -> faust.App:
     # The hot cache and the pushes first: delivery need not wait for Cassandra, since the event
     # is already durable in Kafka. The pushes also move the roster along the log.
     deliver: list[Stage] = [RedisCacheAndPush(redis, settings.hot_history_size, roster=roster)]
-    persist = persist_stages(cql, settings, roster)
+    # One round of Cassandra writes per batch for all of them (streams.combined), as replay.
+    persist: list[Stage | PositionedStage] = [
+        CombinedWrites(cql, persist_stages(cql, settings, roster), name="persist")
+    ]
     presence = CassandraPresence(cql)
     presence.prepare()
     push_settings = CassandraPushSettings(cql)
