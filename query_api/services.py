@@ -79,7 +79,7 @@ class Messaging:
             sender_id=user_id,
             device_id=device_id,
             conversation_id=conversation_id,
-            **request.model_dump(include=_SEND_FIELDS),
+            **{name: getattr(request, name) for name in _SEND_FIELDS},
         )
         service, media = self.media, None
         if service is not None and cmd.kind not in ("text", "encrypted"):
