@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from commands.encryption import check_envelope, check_kind
+from commands.encryption import ENVELOPE_FIELDS, check_envelope, check_kind
 from events import MediaRef, MessageKind, MessageSent
 from events.errors import Invalid, NotFound, TooLarge
 
@@ -47,7 +47,9 @@ def decide_send(
     """Validate a send by a member; return the event it produces. ``media`` is what the media
     read model says of ``cmd.media_id`` (None when it knows no such media); ``encrypted`` whether
     the conversation is end-to-end encrypted."""
-    check_kind(encrypted=encrypted, kind=cmd.kind, fields=cmd.model_dump())
+    # Only the envelope's fields matter there: no model_dump of the whole command on every send.
+    envelope = {name: getattr(cmd, name) for name in (*ENVELOPE_FIELDS, "sender_device")}
+    check_kind(encrypted=encrypted, kind=cmd.kind, fields=envelope)
     if cmd.kind == "encrypted":
         if cmd.body or cmd.media_id is not None:
             raise Invalid("an encrypted message carries no body or media_id (they go inside the ciphertext)")

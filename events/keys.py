@@ -47,6 +47,12 @@ def group_shard_channel(shard: int) -> str:
     return f"deliver:groups:{shard}"
 
 
+def encryption_channel() -> str:
+    """Pub/sub channel on which the gateway that turns a direct chat's encryption on names the
+    conversation to every other gateway, so their flag caches know it at once."""
+    return "encryption:enabled"
+
+
 def rate_limit(kind: str, user_id: str) -> str:
     """A user's token bucket for one kind of request, shared by every gateway process."""
     return f"rate:{kind}:{user_id}"

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import singledispatch
 from typing import Any
 
-from cachetools import LRUCache, TTLCache
+from cachetools import LRUCache
 from prometheus_client import Counter
 
 from events import ChatEvent, EncryptionEnabled, GroupCreated
@@ -25,8 +25,10 @@ from events.errors import Unavailable
 from projections.adapters.cql import Cql
 
 NAME = "conversation_encryption"
-# How long a process trusts "not encrypted" before reading again (see EncryptionFlags).
+# How long a process trusts "not encrypted" before reading again (see EncryptionFlags): on
+# its own, and while it hears the gateways' broadcasts of newly encrypted direct chats.
 PLAIN_TTL_S = 1.0
+WATCHED_PLAIN_TTL_S = 10.0
 
 Statement = tuple[str, tuple[Any, ...]]
 
@@ -59,18 +61,25 @@ def _(event: EncryptionEnabled) -> list[Statement]:
 
 class EncryptionFlags:
     """Queries over ``conversation_encryption``, on the path of every send. Encryption is never
-    turned off, so a conversation once seen encrypted is remembered by the process for good;
-    "not encrypted" is trusted for ``plain_ttl_s`` (a burst of sends in one conversation costs
-    one read a second, not one per send). So a gateway other than the one that turned a direct
-    chat's encryption on may accept a plaintext send for up to that long after it
-    (docs/e2ee.md); the gateway that turned it on knows at once (``note``). A group is encrypted
+    turned off, so a conversation once seen encrypted is remembered by the process for good.
+
+    "Not encrypted" is trusted for a while after a read, so a burst of sends in one conversation
+    costs one read, not one per send: for ``plain_ttl_s`` (1 s) on its own, and for
+    ``watched_plain_ttl_s`` (10 s) while the process hears the gateways' broadcasts of the
+    direct chats they turn encrypted (``watching``, set by
+    ``projections.adapters.encryption_broadcasts``): then another gateway's change reaches this
+    one within the broadcast's latency (``heard``), and the longer interval only bounds the case
+    of a broadcast lost without the subscription noticing (docs/e2ee.md). Starting or stopping
+    to watch forgets every "not encrypted" (broadcasts may have been missed meanwhile); a read
+    that was in flight across that, or across a broadcast of its conversation, is not kept. The
+    gateway that turned a chat's encryption on knows at once (``note``). A group is encrypted
     by its creation event, before anyone can send to it.
 
     While Cassandra is unavailable, a conversation this process last read as "not encrypted"
     keeps that answer (``stale_answers`` counts them), so direct chats stay writable through an
     outage, as they were before encryption existed; one never read raises ``Unavailable``. The
     window above then lasts as long as the outage, for a chat turned encrypted on another
-    gateway (docs/e2ee.md)."""
+    gateway whose broadcast this process did not hear (docs/e2ee.md)."""
 
     def __init__(
         self,
@@ -78,13 +87,22 @@ class EncryptionFlags:
         *,
         cache_size: int = 100_000,
         plain_ttl_s: float = PLAIN_TTL_S,
+        watched_plain_ttl_s: float = WATCHED_PLAIN_TTL_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._cql = cql
+        self._clock = clock
+        self._ttl_s = plain_ttl_s
+        self._watched_ttl_s = watched_plain_ttl_s
         self._known: LRUCache[str, bool] = LRUCache(maxsize=cache_size)
-        self._plain: TTLCache[str, bool] = TTLCache(maxsize=cache_size, ttl=plain_ttl_s, timer=clock)
+        # conversation -> when a read found it "not encrypted" (this process's clock).
+        self._plain: LRUCache[str, float] = LRUCache(maxsize=cache_size)
         self._last_plain: LRUCache[str, bool] = LRUCache(maxsize=cache_size)
+        # Moved each time every "not encrypted" is forgotten: a read that began before is not kept.
+        self._epoch = 0
+        self.watching = False
         self.stale_answers = 0
+        self.reads = 0  # Cassandra reads of the flag (tests and benchmarks)
 
     def prepare(self) -> None:
         for cql in STATEMENTS:
@@ -94,11 +112,17 @@ class EncryptionFlags:
         """Whether the conversation is end-to-end encrypted."""
         if conversation_id in self._known:
             return True
-        if conversation_id in self._plain:
+        read_at = self._plain.get(conversation_id)
+        now = self._clock()
+        if read_at is not None and now - read_at < (self._watched_ttl_s if self.watching else self._ttl_s):
             return False
+        epoch = self._epoch
+        self.reads += 1
         try:
             rows = await self._cql.execute(_SELECT, (conversation_id,))
         except Unavailable:
+            if conversation_id in self._known:
+                return True
             if conversation_id not in self._last_plain:
                 raise
             self.stale_answers += 1
@@ -106,19 +130,34 @@ class EncryptionFlags:
             return False
         if rows:
             self._known[conversation_id] = True
+            self._plain.pop(conversation_id, None)
             self._last_plain.pop(conversation_id, None)
-        else:
-            self._plain[conversation_id] = True
-            self._last_plain[conversation_id] = True
-        return bool(rows)
+            return True
+        if conversation_id in self._known:  # heard while the read was in flight
+            return True
+        if epoch == self._epoch:
+            self._plain[conversation_id] = now
+        self._last_plain[conversation_id] = True
+        return False
 
     def note(self, events: Sequence[ChatEvent]) -> None:
         """Remember the conversations ``events`` make encrypted (after writing them through)."""
         for event in events:
             for _, (conversation_id,) in statements(event):
-                self._known[conversation_id] = True
-                self._plain.pop(conversation_id, None)
-                self._last_plain.pop(conversation_id, None)
+                self.heard(conversation_id)
+
+    def heard(self, conversation_id: str) -> None:
+        """``conversation_id`` is encrypted: this process turned it on, or a broadcast said so."""
+        self._known[conversation_id] = True
+        self._plain.pop(conversation_id, None)
+        self._last_plain.pop(conversation_id, None)
+
+    def watch(self, watching: bool) -> None:
+        """Whether this process hears the broadcasts from now on. Every "not encrypted" read
+        so far is forgotten either way: what was broadcast while it was not listening is lost."""
+        self.watching = watching
+        self._plain.clear()
+        self._epoch += 1
 
     async def encrypted_of(self, conversation_ids: Iterable[str]) -> set[str]:
         """Those of ``conversation_ids`` that are encrypted (one read for the unknown ones)."""

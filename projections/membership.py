@@ -229,11 +229,18 @@ def _(event: MessageSent, recipients: list[str] | None) -> list[Statement]:
 class CassandraMembership:
     name = NAME
 
-    def __init__(self, cql: Cql, roster: Roster | None = None) -> None:
+    def __init__(
+        self, cql: Cql, roster: Roster | None = None, *, flags: EncryptionFlags | None = None
+    ) -> None:
         self._cql = cql
         # The worker passes its roster (whose view follows the log); the gateway needs none.
         self._roster = roster
-        self._encryption = EncryptionFlags(cql)
+        self._encryption = flags if flags is not None else EncryptionFlags(cql)
+
+    @property
+    def encryption_flags(self) -> EncryptionFlags:
+        """This process's cache of the encryption flags (the gateway feeds it the broadcasts)."""
+        return self._encryption
 
     def prepare(self) -> None:
         for cql in STATEMENTS:

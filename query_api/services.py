@@ -31,8 +31,10 @@ from commands.rate_limits import NoLimits, RateLimiter
 from commands.receipts import RecordReceipt, Watermarks, record_receipt
 from commands.to_device import ToDevice, ToDeviceQueue
 from events import DM_PREFIX, GroupEvent, Role, SignedKey
+from events import keys as redis_keys
 from events.errors import Invalid, Unavailable
 from projections.delivery import Push, to_device_push
+from projections.encryption import WATCHED_PLAIN_TTL_S
 from projections.views import DeviceKeys, PresenceView
 from projections.wire import SendFields
 
@@ -77,7 +79,7 @@ class Messaging:
             sender_id=user_id,
             device_id=device_id,
             conversation_id=conversation_id,
-            **request.model_dump(include=_SEND_FIELDS),
+            **{name: getattr(request, name) for name in _SEND_FIELDS},
         )
         service, media = self.media, None
         if service is not None and cmd.kind not in ("text", "encrypted"):
@@ -123,6 +125,8 @@ class Conversations:
     locks: Locks
     ids: IdGenerator
     max_members: int
+    # The gateway's publish path: tells the other gateways of a chat turned encrypted.
+    publish: Callable[[list[Push]], Awaitable[None]] | None = None
 
     async def open_direct(self, user_id: str, conversation_id: str) -> None:
         """The direct conversation is in ``user_id``'s inbox from now on (a fact in the log)."""
@@ -135,6 +139,20 @@ class Conversations:
         await enable_direct_encryption(
             user_id, conversation_id, log=self.event_log, directory=self.directory, ids=self.ids
         )
+        if self.publish is None:
+            return
+        # Also when it already was encrypted: a client that asks again after an error heals a
+        # broadcast that was lost. If Redis fails, the other gateways learn it by their next
+        # read of the flag, within ``WATCHED_PLAIN_TTL_S`` (docs/e2ee.md); the fact is in the
+        # log and the read model already, so the request succeeds.
+        try:
+            await self.publish([Push(redis_keys.encryption_channel(), conversation_id.encode())])
+        except Unavailable:
+            log.warning(
+                "encryption of %s not broadcast; other gateways read it within %g s",
+                conversation_id,
+                WATCHED_PLAIN_TTL_S,
+            )
 
     async def create_group(self, cmd: CreateGroup) -> GroupEvent:
         return await create_group(

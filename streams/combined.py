@@ -9,6 +9,10 @@ upsert whose outcome does not depend on the order it is applied in (``USING TIME
 the event, or the same values for the same key), so one concurrent round for all of them gives
 the same rows as one round per read model. A read model that cannot say its writes is applied
 on its own, after the round and before the watermark.
+
+The persist worker applies its read models this way too (``tidings.worker``, stage ``persist``):
+for a 1:1 message that is one round of five requests (the two inbox rows, the message, the
+conversation's rows keyed by its id, its log row) and the watermark, instead of five rounds.
 """
 
 from __future__ import annotations
@@ -45,10 +49,12 @@ class PositionedWrites(Protocol):
 class CombinedWrites:
     """A ``PositionedStage`` applying ``stages`` (in their order) with one round of writes."""
 
-    def __init__(self, cql: Cql, stages: Sequence[Stage | PositionedStage]) -> None:
+    def __init__(
+        self, cql: Cql, stages: Sequence[Stage | PositionedStage], *, name: str | None = None
+    ) -> None:
         self._cql = cql
         self._stages = list(stages)
-        self.name = "+".join(s.name for s in self._stages)
+        self.name = name or "+".join(s.name for s in self._stages)
 
     async def apply_at(self, events: Sequence[tuple[int, int, ChatEvent]]) -> None:
         plain = [event for _, _, event in events]

@@ -34,6 +34,7 @@ from events import Topics
 from events.errors import Unavailable
 from projections.adapters.cql import Cql, connect_to
 from projections.adapters.device_lists import RedisDeviceLists
+from projections.adapters.encryption_broadcasts import EncryptionBroadcasts
 from projections.adapters.presence import CassandraPresence
 from projections.adapters.recent import RedisCacheAndPush
 from projections.adapters.redis_client import RedisClient, redis_from
@@ -146,6 +147,9 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     models = await _prepare(settings, conns.cql)
     membership, redis = models.membership, conns.redis
     hub = await _start_hub(redis, membership, conns.closers)
+    broadcasts = EncryptionBroadcasts(redis, membership.encryption_flags)
+    await broadcasts.start()
+    conns.closers.append(broadcasts.close)
     unread = _unread_counter(settings, conns.cql)
     presence_store = RedisPresence(redis, ttl_ms=int(settings.presence_ttl_s * 1000))
     presence = PresenceTracker(
@@ -170,6 +174,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
             locks=RedisLocks(redis),
             ids=ids,
             max_members=settings.max_group_members,
+            publish=publish,
         ),
         presence_reads=PresenceReads(presence_store, models.presence_records),
         hot=RedisCacheAndPush(redis, settings.hot_history_size, roster=None),

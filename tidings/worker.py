@@ -31,6 +31,7 @@ from projections.sync_log import CassandraSyncLog
 from streams.adapters.metrics import observe_applied, observe_unavailable
 from streams.adapters.search_backfill import KafkaBackfill
 from streams.app import Append, create_app
+from streams.combined import CombinedWrites
 from streams.media import Thumbnailer
 from streams.projector import PositionedStage, Stage
 from tidings import telemetry
@@ -65,15 +66,18 @@ def build_worker_app(settings: Settings) -> faust.App:
     cql = Cql(session, settings.cassandra_keyspace)
     roster = Roster(CassandraMembership(cql).load_roster, threshold=settings.fanout_threshold)
     redis = redis_from(settings.redis_cluster, settings.redis_host, settings.redis_port, settings.redis_db)
-    # The hot cache and the pushes first: delivery need not wait for Cassandra, since the event
-    # is already durable in Kafka. The pushes also move the roster along the log.
     role = settings.worker_role
     tracing = telemetry.configure(settings, f"tidings-worker-{role}")
     trace_of = telemetry.traceparent_of if tracing else None
+    # The hot cache and the pushes first: delivery need not wait for Cassandra, since the event
+    # is already durable in Kafka. The pushes also move the roster along the log.
     deliver: list[Stage] = [
         RedisCacheAndPush(redis, settings.hot_history_size, roster=roster, trace_of=trace_of)
     ]
-    persist = persist_stages(cql, settings, roster)
+    # One round of Cassandra writes per batch for all of them (streams.combined), as replay.
+    persist: list[Stage | PositionedStage] = [
+        CombinedWrites(cql, persist_stages(cql, settings, roster), name="persist")
+    ]
     presence = CassandraPresence(cql)
     presence.prepare()
     push_settings = CassandraPushSettings(cql)

@@ -2,9 +2,16 @@
 
 Both commands go through a ``RedisPipeliner``: the claims and marks of concurrent sends share
 pipelines (one round trip and one pool checkout for many), which is what a busy gateway's CPU
-went to."""
+went to. Only the claim is waited for: the mark goes out with the next pipeline while the ack
+is written, so a send costs one Redis round trip of idempotency on its path. A mark that is lost
+(Redis failed, or the process stopped first) is as one never made: a retry appends the recorded
+event again, which readers drop by ``message_id`` (``commands.handlers.send_message``)."""
 
 from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
 
 import orjson
 from redis.exceptions import RedisError
@@ -15,9 +22,14 @@ from events import MessageSent, keys
 from events.errors import Unavailable
 from projections.adapters.redis_client import RedisClient
 
+log = logging.getLogger(__name__)
+
 
 def _dump(record: SendRecord) -> bytes:
-    return orjson.dumps({"event": record.event.model_dump(), "appended": record.appended})
+    """``{"appended": ..., "event": {...}}``: the event as pydantic writes it in JSON (in Rust,
+    without the Python dict a ``model_dump`` builds first)."""
+    appended = b"true" if record.appended else b"false"
+    return b'{"appended":' + appended + b',"event":' + record.event.model_dump_json().encode() + b"}"
 
 
 def _load(raw: bytes) -> SendRecord:
@@ -44,8 +56,17 @@ class RedisIdempotencyStore:
         return _load(old if isinstance(old, bytes) else str(old).encode())
 
     async def mark_appended(self, sender_id: str, client_msg_id: str, record: SendRecord) -> None:
+        """Queued for the next pipeline and not waited for; a failure is logged. A retry whose
+        claim overtakes it (another pipeline, on another connection) appends again."""
         key = keys.idempotency(sender_id, client_msg_id)
-        try:
-            await self._redis.execute("SET", key, _dump(record), "XX", "KEEPTTL")
-        except RedisError as exc:
-            raise Unavailable("idempotency store unavailable") from exc
+        mark = self._redis.queue("SET", key, _dump(record), "XX", "KEEPTTL")
+        mark.add_done_callback(_marked)
+
+
+def _marked(mark: asyncio.Future[Any]) -> None:
+    if mark.cancelled():
+        return
+    exc = mark.exception()
+    if exc is not None:
+        # As a mark never made: a retry of the send appends the recorded event again.
+        log.warning("idempotency mark not stored (%r); a retry of that send appends it again", exc)

@@ -37,13 +37,18 @@ class RedisPipeliner:
 
     async def execute(self, *args: Any, **options: Any) -> Any:
         """Run one command (as ``Redis.execute_command``); raises what running it alone would."""
+        return await self.queue(*args, **options)
+
+    def queue(self, *args: Any, **options: Any) -> asyncio.Future[Any]:
+        """Queue one command now (before any command queued after this call) and return the
+        future of its reply, for a caller that need not wait for it."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((args, options, future))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
-        return await future
+        return future
 
     def _flush(self) -> None:
         self._scheduled = False

@@ -37,6 +37,9 @@ S = TypeVar("S")
 TRANSIENT = (NoHostAvailable, OperationTimedOut, ReadTimeout, WriteTimeout, CassandraUnavailable)
 
 
+CONTROL_CONNECTION_TIMEOUT_S = 15.0
+
+
 def connect(
     hosts: Sequence[str],
     port: int,
@@ -57,10 +60,12 @@ def connect(
         port=port,
         protocol_version=protocol_version,
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
-        # The control connection reads the whole schema on connect; the driver's 2 s default
-        # fails every start of a process while a loaded node with thousands of tables answers
-        # slower (seen on the shared development Cassandra: 114 keyspaces, 2233 tables).
-        control_connection_timeout=20,
+        # The control connection reads the whole schema at connect (every keyspace on the
+        # server: 113 keyspaces, 2,201 tables on the shared dev box) within this timeout, 2 s by
+        # default: at load 7-40 that took 3-7 s and every process start failed with "Cassandra
+        # is not reachable" (docs/benchmarks.md, issue #19 session 8). A server that is down
+        # still refuses at once.
+        control_connection_timeout=CONTROL_CONNECTION_TIMEOUT_S,
     )
     try:
         return cluster, cluster.connect()

@@ -143,11 +143,11 @@ async def test_metrics_after_traffic(traced: tuple[System, Path]) -> None:
     persisted = eventually(
         persist,
         lambda t: (
-            total(t, "tidings_projection_events_total", projection="messages") >= 1
+            total(t, "tidings_projection_events_total", projection="persist") >= 1
             and "tidings_consumer_lag{" in t
         ),
     )
-    assert total(persisted, "tidings_projection_events_total", projection="messages") >= 1
+    assert total(persisted, "tidings_projection_events_total", projection="persist") >= 1
     assert "tidings_consumer_lag{" in persisted
 
 
@@ -194,7 +194,7 @@ async def test_one_trace_crosses_gateway_kafka_and_workers(traced: tuple[System,
         "kafka.append",
         "worker.consume",
         "deliver.push",
-        "project.messages",
+        "project.persist",
         "project.search",
         "gateway.deliver",
     }

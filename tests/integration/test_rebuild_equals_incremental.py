@@ -214,7 +214,8 @@ def sessions(services: Settings) -> Iterator[tuple[Cql, Cql]]:
 
 
 class _Worker:
-    """The persist role's stages: membership (with its roster) and receipts."""
+    """The persist role's stages: membership (with its roster) and receipts, applied as the
+    persist worker applies them: both read models' writes in one round (``streams.combined``)."""
 
     def __init__(self, cql: Cql) -> None:
         loader = CassandraMembership(cql)
@@ -222,10 +223,13 @@ class _Worker:
         self.membership.prepare()
         self.receipts = CassandraReceipts(cql)
         self.receipts.prepare()
+        self._combined = CombinedWrites(cql, [self.membership, self.receipts], name="persist")
+        self._offset = 0
 
     async def apply(self, events: list[ChatEvent]) -> None:
-        await self.membership.apply(events)
-        await self.receipts.apply(events)
+        positioned = [(0, self._offset + n, event) for n, event in enumerate(events)]
+        self._offset += len(events)
+        await self._combined.apply_at(positioned)
 
 
 def _model(cql: Cql) -> _Worker:

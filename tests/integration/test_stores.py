@@ -164,6 +164,31 @@ class TestRedisIdempotency(IdempotencyContract):
         assert await store.claim("expiring", "c", record) is None
         await redis.delete(keys.idempotency("expiring", "c"))
 
+    async def test_the_mark_is_not_waited_for_and_a_later_claim_sees_it(self, redis: Any) -> None:
+        """One Redis round trip of idempotency on a send's path: the mark returns without
+        waiting for Redis; once stored, a claim sees it."""
+        from commands import SendRecord
+
+        store = RedisIdempotencyStore(redis, ttl_s=60)
+        sender = f"u{uuid.uuid4().hex[:10]}"
+        record = SendRecord(message_sent(1, conversation_id="dm:a:b"), False)
+        assert await store.claim(sender, "c", record) is None
+        key = keys.idempotency(sender, "c")
+        marking = store.mark_appended(sender, "c", SendRecord(record.event, True))
+        with pytest.raises(StopIteration):  # done at its first step: it never waited
+            marking.send(None)
+        for _ in range(200):
+            if b'"appended":true' in await redis.get(key):
+                break
+            await asyncio.sleep(0.01)
+        assert await store.claim(sender, "c", record) == SendRecord(record.event, True)
+        # What an older gateway wrote (the event as a dict dumped by orjson) still reads.
+        import orjson
+
+        await redis.set(key, orjson.dumps({"event": record.event.model_dump(), "appended": True}))
+        assert await store.claim(sender, "c", record) == SendRecord(record.event, True)
+        await redis.delete(key)
+
 
 def test_migrations_rerun_changes_nothing(session: Any, services: Settings) -> None:
     from projections.adapters.migrate import migrate_cassandra
