@@ -147,9 +147,13 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     models = await _prepare(settings, conns.cql)
     membership, redis = models.membership, conns.redis
     hub = await _start_hub(redis, membership, conns.closers)
-    broadcasts = EncryptionBroadcasts(redis, membership.encryption_flags)
-    await broadcasts.start()
-    conns.closers.append(broadcasts.close)
+    if not isinstance(redis, RedisCluster):
+        # On a Redis Cluster the broadcast is published sharded (SPUBLISH) and this listener's
+        # plain SUBSCRIBE would not hear it: there the flags never watch, so "not encrypted"
+        # keeps its short trust (docs/e2ee.md) until the listener reads the shard channel.
+        broadcasts = EncryptionBroadcasts(redis, membership.encryption_flags)
+        await broadcasts.start()
+        conns.closers.append(broadcasts.close)
     unread = _unread_counter(settings, conns.cql)
     presence_store = RedisPresence(redis, ttl_ms=int(settings.presence_ttl_s * 1000))
     presence = PresenceTracker(
@@ -279,16 +283,16 @@ async def _prepare(settings: Settings, cql: Cql) -> _ReadModels:
 
 
 async def _start_hub(redis: RedisClient, membership: CassandraMembership, closers: list[Closer]) -> Hub:
+    spans = _TelemetrySpans() if telemetry.enabled() else NoSpans()
     if isinstance(redis, RedisCluster):
         sharded = ShardedSubscriber(redis)
         closers.append(sharded.aclose)
-        hub = Hub(sharded, membership.groups_of, shards=GROUP_SHARDS)
+        hub = Hub(sharded, membership.groups_of, shards=GROUP_SHARDS, spans=spans)
         await hub.start()
         sharded.on_reconnect(hub.resubscribed)  # each node connection's later reconnects
         return hub
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     closers.append(pubsub.aclose)
-    spans = _TelemetrySpans() if telemetry.enabled() else NoSpans()
     hub = Hub(pubsub, membership.groups_of, shards=GROUP_SHARDS, spans=spans)
     await hub.start()
     # Called on every reconnect of the pub/sub connection (the first connect is done).
