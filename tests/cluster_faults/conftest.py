@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.conftest import ClusterSystem, cluster  # noqa: F401 - the services' fixture
-from tests.faults.load import Report
+from tests.faults.load import Report, summarize
 from tidings import processes
 from tidings.services import cluster as profile
 from tidings.services.haproxy import HAProxy
@@ -102,16 +101,5 @@ def record() -> Callable[[Report], None]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not REPORTS:
-        return
-    terminalreporter.section("cluster fault suite figures")
-    for report in REPORTS:
-        terminalreporter.write_line(report.line())
-        for note in report.notes:
-            terminalreporter.write_line(f"    {note}")
-    if os.environ.get(REPORT_ENV):
-        Path(os.environ[REPORT_ENV]).write_text(
-            json.dumps(
-                [{"line": r.line(), "problems": r.problems(), "notes": r.notes} for r in REPORTS], indent=2
-            )
-        )
+    path = os.environ.get(REPORT_ENV)
+    summarize(terminalreporter, "cluster fault suite figures", REPORTS, Path(path) if path else None)

@@ -8,7 +8,6 @@ is not collected, see ``tests/conftest.py``).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.load import Report
+from tests.faults.load import Report, summarize
 from tests.faults.system import FaultSystem, fault_settings
 from tidings.settings import Settings
 
@@ -67,16 +66,4 @@ def record() -> Callable[[Report], None]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not REPORTS:
-        return
-    terminalreporter.section("fault suite figures")
-    for report in REPORTS:
-        terminalreporter.write_line(report.line())
-        for note in report.notes:
-            terminalreporter.write_line(f"    {note}")
-    if REPORT_FILE is not None:
-        REPORT_FILE.write_text(
-            json.dumps(
-                [{"line": r.line(), "problems": r.problems(), "notes": r.notes} for r in REPORTS], indent=2
-            )
-        )
+    summarize(terminalreporter, "fault suite figures", REPORTS, REPORT_FILE)

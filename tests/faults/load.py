@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import random
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from tidings_client import Backoff, ClientClosed, ConnectionState, MessageEvent, TidingsClient, TidingsError
@@ -551,3 +553,21 @@ class Load:
         ]
         if quick:
             report.recovery_s = min(quick) - self.repaired_at
+
+
+def summarize(terminal: Any, title: str, reports: list[Report], path: Path | None) -> None:
+    """The suite's figures at the end of a run (pytest's terminal summary), and as JSON in
+    ``path`` when one is given; shared by the single-node and the cluster fault suites."""
+    if not reports:
+        return
+    terminal.section(title)
+    for report in reports:
+        terminal.write_line(report.line())
+        for note in report.notes:
+            terminal.write_line(f"    {note}")
+    if path is not None:
+        path.write_text(
+            json.dumps(
+                [{"line": r.line(), "problems": r.problems(), "notes": r.notes} for r in reports], indent=2
+            )
+        )
