@@ -33,7 +33,7 @@ def test_three_kafka_nodes_are_one_quorum_with_replication_three(settings: Setti
     nodes = [_properties(node.server_properties()) for node in profile.kafka_nodes(settings)]
     assert [n["node.id"] for n in nodes] == ["1", "2", "3"]
     voters = {n["controller.quorum.voters"] for n in nodes}
-    assert voters == {"1@127.0.0.1:39093,2@127.0.0.1:39193,3@127.0.0.1:39293"}
+    assert voters == {"1@127.0.0.1:21093,2@127.0.0.1:21193,3@127.0.0.1:21293"}
     for node in nodes:
         assert node["default.replication.factor"] == node["offsets.topic.replication.factor"] == "3"
         assert node["min.insync.replicas"] == node["transaction.state.log.min.isr"] == "2"
@@ -63,7 +63,7 @@ def test_cassandra_nodes_listen_on_their_own_addresses_with_one_seed(settings: S
 
 
 def test_the_application_replicates_and_reads_at_quorum(settings: Settings) -> None:
-    assert settings.kafka_bootstrap == "127.0.0.1:39092,127.0.0.1:39192,127.0.0.1:39292"
+    assert settings.kafka_bootstrap == "127.0.0.1:21092,127.0.0.1:21192,127.0.0.1:21292"
     assert (settings.kafka_replication, settings.kafka_min_insync_replicas) == (3, 2)
     assert settings.cassandra_replication_map() == {"class": "NetworkTopologyStrategy", "datacenter1": 3}
     assert settings.cassandra_consistency == "LOCAL_QUORUM"
@@ -93,9 +93,9 @@ def test_haproxy_checks_readyz_and_hashes_websockets_by_user(settings: Settings)
     assert "balance hash var(txn.user)" in ws and "hash-type consistent" in ws
     assert "option httpchk GET /readyz" in ws
     assert re.findall(r"server (gw\d) 127\.0\.0\.1:(\d+)", ws) == [
-        ("gw1", "38801"),
-        ("gw2", "38802"),
-        ("gw3", "38803"),
+        ("gw1", "21801"),
+        ("gw2", "21802"),
+        ("gw3", "21803"),
     ]
     assert f"maxconn {settings.gateway_max_connections}\n" in cfg
     assert f"bind 127.0.0.1:{profile.HAPROXY_PORT}\n" in cfg

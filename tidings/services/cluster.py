@@ -38,16 +38,19 @@ from tidings.services.versitygw import S3Store
 from tidings.settings import Settings
 
 NODES = 3
-KAFKA_BASE_PORT = 39092  # node i: 39092 + 100 i (clients), + 1 (controller)
+# Every port below 32768, out of Linux's ephemeral range (32768-60999): there an outgoing
+# connection of any process can hold a port for a moment, and a node starting then fails to bind
+# (seen once with 39292, docs/reliability.md).
+KAFKA_BASE_PORT = 21092  # node i: 21092 + 100 i (clients), + 1 (controller)
 CASSANDRA_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")  # each node keeps the standard ports
 CASSANDRA_PORT = 9042
 CASSANDRA_STORAGE_PORT = 7000
 REDIS_CLUSTER_BASE_PORT = 7101  # six nodes: 7101-7106 (cluster bus: 17101-17106)
-S3_PORT = 39070
-HAPROXY_PORT = 38787
-HAPROXY_STATS_PORT = 38404
-GATEWAY_BASE_PORT = 38801  # gateway i: 38801 + i, behind HAProxy
-WORKER_BASE_WEB_PORT = 38901  # each worker's /metrics
+S3_PORT = 21070
+HAPROXY_PORT = 21787
+HAPROXY_STATS_PORT = 21404
+GATEWAY_BASE_PORT = 21801  # gateway i: 21801 + i, behind HAProxy
+WORKER_BASE_WEB_PORT = 21901  # each worker's /metrics
 
 STATE_ENV = "TIDINGS_CLUSTER_STATE_DIR"
 

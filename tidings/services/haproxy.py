@@ -47,7 +47,7 @@ from tidings.services._base import Service
 from tidings.services._common import Echo, ServiceError
 from tidings.settings import Settings
 
-STATS_PORT_OFFSET = -383  # 38787 -> 38404
+STATS_PORT_OFFSET = -383  # 21787 -> 21404
 # Health checks: every CHECK_INTER_S, each given CHECK_TIMEOUT_S to answer; CHECK_FALL
 # failures in a row take a gateway out.
 CHECK_INTER_S = 1
