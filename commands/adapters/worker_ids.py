@@ -150,12 +150,18 @@ class WorkerIdLease:
 
 async def _empty_redis_wait(redis: RedisClient, ttl_s: float) -> float:
     """How long a lease from this Redis must wait before use: the rest of a TTL since the Redis
-    started, if it keeps no append-only file (it may have restarted empty); else 0."""
+    started (plus the second its uptime may be ahead), if it keeps no append-only file (it may
+    have restarted empty); else 0."""
     persistence = await redis.info("persistence")
     if int(persistence.get("aof_enabled", 0)) == 1:
         return 0.0
+    # Redis counts its uptime in whole seconds of the wall clock (the start and the present
+    # time each truncated), so it reads up to a second longer than it has been: started at
+    # x.99 s, it says 1 at (x+1).01. One second more keeps the wait at least a TTL since the
+    # start, which the fencing needs (a wait one second short let two processes issue ids
+    # with one worker id in tests/integration/test_worker_ids.py).
     uptime = float((await redis.info("server")).get("uptime_in_seconds", 0))
-    return max(0.0, ttl_s - uptime)
+    return max(0.0, ttl_s - uptime + 1.0)
 
 
 class LeasedSnowflake:
@@ -166,8 +172,17 @@ class LeasedSnowflake:
         self._ids = Snowflake(lease.worker_id)
 
     def next_id(self) -> int:
+        self._check()
+        new = self._ids.next_id()
+        # Checked again once the id's time is taken: a pause between the first check and that
+        # (SIGSTOP, a VM pause, a long GC) would otherwise stamp an id later than the lease's
+        # deadline, when another process may already issue ids with this worker id. The id is
+        # then dropped (a gap in the sequence, harmless).
+        self._check()
+        return new
+
+    def _check(self) -> None:
         if not self._lease.usable():
             if not self._lease.held:
                 raise Unavailable("this process lost its Snowflake worker id; restart it")
             raise Unavailable("this process's Snowflake worker id lease is not confirmed; retry")
-        return self._ids.next_id()
