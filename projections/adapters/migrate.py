@@ -26,6 +26,7 @@ def migrate_cassandra(
     literal = replication_literal(replication)
     for cql in BOOTSTRAP:
         session.execute(cql.format(ks=keyspace, replication=literal), timeout=60)
+        _schema_agreed(session)
     row = session.execute(
         "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s", (keyspace,)
     ).one()
@@ -48,6 +49,7 @@ def migrate_cassandra(
                 # added before a crash (between the statement and the record) is already there.
                 if not (cql.startswith("ALTER TABLE") and _already_there(str(exc))):
                     raise
+            _schema_agreed(session)
         session.execute(
             f"INSERT INTO {keyspace}.schema_migrations (version, name, applied_at) VALUES (%s, %s, %s)",
             (migration.version, migration.name, datetime.now(UTC)),
@@ -55,6 +57,15 @@ def migrate_cassandra(
         echo(f"cassandra: applied migration {migration.version} ({migration.name})")
         applied.append(migration.version)
     return applied
+
+
+def _schema_agreed(session: Session, wait_s: float = 120) -> None:
+    """Wait until every node has the schema change just made. The driver waits 10 s by itself
+    (``max_schema_agreement_wait``) and then goes on regardless; on a cluster whose nodes have
+    just started that was too short: the next statement reached a node that did not know the new
+    keyspace yet ("Keyspace ... doesn't exist"). A single node agrees at once."""
+    if not session.cluster.control_connection.wait_for_schema_agreement(wait_time=wait_s):
+        raise RuntimeError(f"the Cassandra nodes did not agree on the schema within {wait_s:.0f} s")
 
 
 def _already_there(message: str) -> bool:

@@ -110,9 +110,18 @@ def test_cql_of_a_replication_map() -> None:
 class _Session:
     """Records statements; the keyspace shows ``replication`` and has every migration applied."""
 
-    def __init__(self, replication: dict[str, str]) -> None:
+    def __init__(self, replication: dict[str, str], *, agreed: bool = True) -> None:
         self.statements: list[str] = []
         self.replication = replication
+        self.agreement_waits = 0
+        self.cluster = SimpleNamespace(
+            control_connection=SimpleNamespace(wait_for_schema_agreement=self._agree)
+        )
+        self._agreed = agreed
+
+    def _agree(self, wait_time: float) -> bool:
+        self.agreement_waits += 1
+        return self._agreed
 
     def execute(self, cql: str, params: Any = None, timeout: float = 0) -> Any:
         from projections.schema import MIGRATIONS
@@ -139,3 +148,17 @@ def test_the_keyspace_is_created_with_the_settings_map_and_a_different_one_is_re
     migrate_cassandra(other, "ks", replication=wanted.cassandra_replication_map(), echo=said.append)
     assert len(said) == 1 and "WARNING keyspace ks" in said[0] and "ALTER KEYSPACE ks" in said[0]
     assert not any(s.startswith("ALTER") for s in other.statements)  # an operator's step
+
+
+def test_each_schema_change_waits_for_every_node_and_a_disagreement_stops_the_migration() -> None:
+    """The driver's own 10 s wait went on regardless: on a just-started cluster the next statement
+    met a node without the new keyspace."""
+    wanted = Settings().cassandra_replication_map()
+    agreeing = _Session({"class": "SimpleStrategy", "replication_factor": "1"})
+    migrate_cassandra(agreeing, "ks", replication=wanted, echo=lambda _: None)
+    ddl = [s for s in agreeing.statements if s.startswith("CREATE")]
+    assert agreeing.agreement_waits == len(ddl) > 0
+    split = _Session({"class": "SimpleStrategy", "replication_factor": "1"}, agreed=False)
+    with pytest.raises(RuntimeError, match="did not agree"):
+        migrate_cassandra(split, "ks", replication=wanted, echo=lambda _: None)
+    assert len(split.statements) == 1  # nothing after the keyspace went to a node without it
