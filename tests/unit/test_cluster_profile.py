@@ -139,3 +139,10 @@ def test_a_namespace_with_a_redis_database_gets_database_0_on_the_cluster(tmp_pa
         Settings(redis_cluster_nodes="127.0.0.1:7101", redis_db=5)
     with pytest.raises(ValueError, match="not host:port"):
         Settings(redis_cluster_nodes="127.0.0.1")
+
+
+def test_the_cluster_nodes_keep_their_schema_durable_the_development_node_does_not() -> None:
+    """A cluster node killed -9 must come back knowing every keyspace made before the kill."""
+    settings = profile.cluster_settings(Settings())
+    assert profile.CassandraNode(settings, 0).durability_flags() == []
+    assert Cassandra(Settings()).durability_flags() == ["-Dcassandra.unsafesystem=true"]

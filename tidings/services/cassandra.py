@@ -84,6 +84,10 @@ class Cassandra(Service):
     # A cluster's node must not use 0: while a peer is down the set-up is retried after this
     # delay, and at 0 it spins (100,000 log lines in seconds, a core busy).
     superuser_setup_delay_ms = 0
+    # Schema and system tables without their blocking flushes: much faster DDL, which the tests
+    # make a lot of. A node killed -9 then forgets recent schema changes (a new keyspace), so a
+    # cluster's nodes, which must survive that, keep them durable (tidings/services/cluster.py).
+    unsafe_system = True
 
     def seeds(self) -> str:
         """The seed list of cassandra.yaml: one node is its own seed."""
@@ -152,6 +156,10 @@ key_cache_size: 16MiB
 concurrent_compactors: 1
 {self.extra_yaml()}"""
 
+    def durability_flags(self) -> list[str]:
+        """The JVM flags that trade the system tables' durability for speed (``unsafe_system``)."""
+        return ["-Dcassandra.unsafesystem=true"] if self.unsafe_system else []
+
     def prepare(self, echo: Echo) -> None:
         super().prepare(echo)
         ensure_jars(CASSANDRA, self.settings.cache_dir, echo=echo)
@@ -182,8 +190,7 @@ concurrent_compactors: 1
             "-Dcassandra-foreground=yes",
             "-Dcassandra.skip_wait_for_gossip_to_settle=0",
             f"-Dcassandra.superuser_setup_delay_ms={self.superuser_setup_delay_ms}",
-            # No blocking flush of system/schema tables: much faster DDL, fine for development.
-            "-Dcassandra.unsafesystem=true",
+            *self.durability_flags(),
             f"-Djna.tmpdir={jna_tmp}",
             f"-Dcassandra.triggers_dir={triggers}",
             "-cp",
