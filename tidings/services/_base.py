@@ -16,6 +16,7 @@ from tidings.services._common import Echo, ServiceError, ServiceStatus
 from tidings.settings import Settings
 
 _POLL_S = 0.25
+PORTS_FREE_S = 10.0  # how long an exited server's ports may take to close
 
 
 class Service(ABC):
@@ -84,6 +85,7 @@ class Service(ABC):
                     echo(f"{self.name}: pid {pid} is running but not answering yet; waiting")
                     self._wait_ready(pid, time.monotonic())
                 return self._status(running=True, pid=pid, detail="ready (already running)")
+            self._wait_ports_free()
             busy = self._busy_ports()
             if busy:
                 raise ServiceError(f"cannot start {self.name}: {self._stranger(busy)}")
@@ -109,6 +111,7 @@ class Service(ABC):
             echo(f"stopping {self.name} (pid {pid})")
             seconds = _process.stop(pid, self.dir)
             self.pid_file.unlink(missing_ok=True)
+            seconds += self._wait_ports_free()
             echo(f"{self.name} stopped in {seconds:.1f} s")
             return self._status(running=False, pid=None, detail=f"stopped pid {pid} in {seconds:.1f} s")
 
@@ -125,6 +128,17 @@ class Service(ABC):
                     f"stopping it\n{self._tails()}"
                 )
             time.sleep(_POLL_S)
+
+    def _wait_ports_free(self) -> float:
+        """Wait up to ``PORTS_FREE_S`` until nothing accepts on the server's ports; the seconds
+        waited. A server that has exited may still be seen listening for a moment (its
+        sockets closed last; seen on a loaded machine as a restarted Redis Cluster node's own
+        ports "taken by a stranger"), so ``down`` returns once they are free, and ``up`` gives a
+        just-stopped server that moment before it calls the ports a stranger's."""
+        started = time.monotonic()
+        while self._busy_ports() and time.monotonic() - started < PORTS_FREE_S:
+            time.sleep(_POLL_S)
+        return time.monotonic() - started
 
     def _busy_ports(self) -> list[int]:
         return [port for port in self.ports() if _process.port_open(self.host, port)]
