@@ -38,8 +38,10 @@ def _load(raw: bytes) -> SendRecord:
 
 
 class RedisIdempotencyStore:
-    def __init__(self, redis: RedisClient, ttl_s: int) -> None:
-        self._redis = RedisPipeliner(redis)
+    def __init__(self, redis: RedisClient, ttl_s: int, *, pipeliner: RedisPipeliner | None = None) -> None:
+        """``pipeliner``: shared with the process's other pipelined stores (the gateway's rate
+        limiter), so a send's mark goes out with the next send's rate-limit check."""
+        self._redis = pipeliner or RedisPipeliner(redis)
         self._ttl_s = ttl_s
 
     async def claim(self, sender_id: str, client_msg_id: str, record: SendRecord) -> SendRecord | None:
