@@ -2,10 +2,12 @@
 
 Both commands go through a ``RedisPipeliner``: the claims and marks of concurrent sends share
 pipelines (one round trip and one pool checkout for many), which is what a busy gateway's CPU
-went to. Only the claim is waited for: the mark goes out with the next pipeline while the ack
-is written, so a send costs one Redis round trip of idempotency on its path. A mark that is lost
-(Redis failed, or the process stopped first) is as one never made: a retry appends the recorded
-event again, which readers drop by ``message_id`` (``commands.handlers.send_message``)."""
+went to. Only the claim is waited for: the mark goes out with the next pipeline (within
+``MARK_DELAY_S``) while the ack is written, so a send costs one Redis round trip of idempotency
+on its path, and on a busy gateway the mark shares a pipeline with other sends' commands. A
+mark that is lost (Redis failed, or the process stopped first) is as one never made: a retry
+appends the recorded event again, which readers drop by ``message_id``
+(``commands.handlers.send_message``)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,13 @@ from events.errors import Unavailable
 from projections.adapters.redis_client import RedisClient
 
 log = logging.getLogger(__name__)
+
+# How long a mark may wait for the pipeline of another command (the next send's rate-limit
+# check or claim, on the gateway's shared pipeliner) before it goes out alone: at a few hundred
+# sends a second it rides along, one Redis round trip a send fewer (docs/benchmarks.md, issue
+# #19 session 9). Waiting changes nothing a client sees: the mark is already not awaited, and
+# a retry's claim queued meanwhile goes out behind it in the same pipeline.
+MARK_DELAY_S = 0.02
 
 
 def _dump(record: SendRecord) -> bytes:
@@ -61,7 +70,7 @@ class RedisIdempotencyStore:
         """Queued for the next pipeline and not waited for; a failure is logged. A retry whose
         claim overtakes it (another pipeline, on another connection) appends again."""
         key = keys.idempotency(sender_id, client_msg_id)
-        mark = self._redis.queue("SET", key, _dump(record), "XX", "KEEPTTL")
+        mark = self._redis.queue_later(MARK_DELAY_S, "SET", key, _dump(record), "XX", "KEEPTTL")
         mark.add_done_callback(_marked)
 
 
