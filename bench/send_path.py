@@ -5,6 +5,12 @@ against the real Redis, Kafka and Cassandra.
     .venv/bin/python -m tidings migrate         # topics and tables of the settings in the env
     .venv/bin/python -m bench.send_path --sends 3000 --concurrency 20
 
+``--receive N`` measures the other end instead: the gateway's pub/sub listener (``Hub.listen``)
+routing N pushes, published at ``--rate`` by a separate process over ``--pairs`` users with a
+socket each here, to those sockets (which count the frames, without a WebSocket). It prints
+this process's CPU per push: what a delivered message costs the recipient's gateway up to the
+socket write.
+
 Prints sends/s and the process's CPU per send (its event loop plus the drivers' threads), the
 figure that the gateway's share of the 1:1 path is made of besides the WebSocket frames.
 Closed-loop on purpose (a fixed number in flight): it measures cost, not latency.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -91,6 +98,86 @@ async def main(sends: int, concurrency: int, rate: float = 0.0, pairs: int = PAI
     return out
 
 
+_PUBLISHER = """
+import sys, time, redis
+host, port, db, prefix, n, rate, users = sys.argv[1:8]
+n, rate, users = int(n), float(rate), int(users)
+client = redis.Redis(host=host, port=int(port), db=int(db))
+payload = b"m" + b'{"type":"message","message":{"body":"' + b"x" * 200 + b'","ts":1}}'
+start, chunk = time.perf_counter(), 10
+for i in range(0, n, chunk):
+    time.sleep(max(0.0, start + i / rate - time.perf_counter()))
+    pipe = client.pipeline(transaction=False)
+    for j in range(i, min(n, i + chunk)):
+        pipe.publish(prefix + str(j % users), payload)
+    pipe.execute()
+"""
+
+
+class _CountingSocket:
+    """A socket that counts the frames written to all of them (no WebSocket, no syscall) and
+    says when ``target`` were."""
+
+    heard = 0.0
+    writable = True
+    frames = 0
+    target = 0
+    done: asyncio.Event
+
+    def write_text(self, payload: bytes) -> bool:
+        _CountingSocket.frames += 1
+        if _CountingSocket.frames >= self.target:
+            self.done.set()
+        return True
+
+    def close_now(self, code: int, reason: str) -> None:
+        pass
+
+
+async def receive(messages: int, rate: float, users: int) -> dict[str, float]:
+    """CPU per push of the gateway's listener, the publisher in another process."""
+    import sys
+
+    from events import keys
+    from projections.adapters.redis_client import make_redis
+    from projections.delivery import GROUP_SHARDS
+    from query_api.connection import Connection
+    from query_api.hub import Hub
+
+    settings = Settings()
+    redis = make_redis(settings.redis_host, settings.redis_port, settings.redis_db)
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+
+    async def no_groups(user_id: str) -> set[str]:
+        return set()
+
+    hub = Hub(pubsub, no_groups, shards=GROUP_SHARDS)
+    await hub.start()
+    run = uuid.uuid4().hex[:6]
+    _CountingSocket.frames, _CountingSocket.target, _CountingSocket.done = 0, messages, asyncio.Event()
+    sockets = [_CountingSocket() for _ in range(users)]
+    for i, socket in enumerate(sockets):
+        await hub.register(Connection(f"r{run}{i}", "bench", socket, 1024))
+    listener = asyncio.create_task(hub.listen())
+    try:
+        cpu, wall = time.process_time(), time.perf_counter()
+        publisher = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _PUBLISHER, settings.redis_host, str(settings.redis_port),
+            str(settings.redis_db), keys.user_channel(f"r{run}"), str(messages), str(rate), str(users),
+        )  # fmt: skip
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_CountingSocket.done.wait(), messages / rate + 60)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        await publisher.wait()
+        got = _CountingSocket.frames
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+        await pubsub.aclose()
+        await redis.aclose()
+    return {"pushes": got, "pushes_per_s": got / wall, "cpu_us_per_push": cpu / max(1, got) * 1e6}
+
+
 def _cli() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sends", type=int, default=3000)
@@ -98,7 +185,17 @@ def _cli() -> None:
     ap.add_argument("--rate", type=float, default=0.0, help="sends per second (default: closed loop)")
     ap.add_argument("--pairs", type=int, default=PAIRS, help=f"conversations (default {PAIRS})")
     ap.add_argument("--json", action="store_true", help="also print one JSON line with the figures")
+    ap.add_argument("--receive", type=int, default=0, help="pushes to receive instead of sending (see above)")
     args = ap.parse_args()
+    if args.receive:
+        got = run_loop(receive(args.receive, args.rate or 1000.0, args.pairs))
+        print(
+            f"listener, {got['pushes']:,.0f} of {args.receive:,} pushes at {args.rate or 1000:g}/s over "
+            f"{args.pairs} users; {machine_line()}\n  {got['cpu_us_per_push']:.1f} µs CPU per push"
+        )
+        if args.json:
+            print(json.dumps({"receive": got}))
+        return
     result = run_loop(main(args.sends, args.concurrency, args.rate, args.pairs))
     print(
         f"send command, {args.sends:,} sends, {args.concurrency} in flight, rate {args.rate or 'open'}, "

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from commands.membership import member_role
 from commands.model import Limits, SendMessage, decide_send
 from commands.ports import Directory, EventLog, IdempotencyStore, IdGenerator, SendRecord
-from events import MediaRef, MessageSent, snowflake_ts
+from events import DM_PREFIX, MediaRef, MessageSent, snowflake_ts
 from events.errors import Conflict, Unavailable
 
 log_ = logging.getLogger(__name__)
@@ -41,10 +41,17 @@ async def send_message(
     still in flight), the retry appends the recorded event again. The log may then hold it
     twice, which projections and clients absorb by ``message_id``.
     """
-    # Both on the path of every send: read together.
-    _, encrypted = await asyncio.gather(
-        member_role(directory, cmd.conversation_id, cmd.sender_id), directory.encrypted(cmd.conversation_id)
-    )
+    if cmd.conversation_id.startswith(DM_PREFIX):
+        # A direct chat's members are in its id: nothing to read beside the flag, and a gather
+        # would cost two tasks and a loop round per send (issue #19).
+        await member_role(directory, cmd.conversation_id, cmd.sender_id)
+        encrypted = await directory.encrypted(cmd.conversation_id)
+    else:
+        # Both on the path of every send: read together.
+        _, encrypted = await asyncio.gather(
+            member_role(directory, cmd.conversation_id, cmd.sender_id),
+            directory.encrypted(cmd.conversation_id),
+        )
     message_id = ids.next_id()
     event = decide_send(
         cmd,

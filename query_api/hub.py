@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 __all__ = ["CLOSE_TRY_AGAIN", "Connection", "Hub", "Subscriber", "TokenBucket"]
 
 _PUSHED = FRAMES_OUT.labels("push")
+# How often the listener's connection is health-checked (a PING once it has been quiet for the
+# client's ``health_check_interval``): the pace the 1 s read timeout used to set.
+HEALTH_CHECK_S = 1.0
 
 GroupsOf = Callable[[str], Awaitable[set[str]]]
 
@@ -329,13 +332,38 @@ class Hub:
             conn.send_to_catch_up("deliveries interrupted; reconnect and sync")
 
     async def listen(self) -> None:
-        """Forward pub/sub messages to sockets until cancelled; survives Redis restarts."""
+        """Forward pub/sub messages to sockets until cancelled; survives Redis restarts.
+
+        Each read blocks without a timeout: a read with one (redis-py's ``get_message(timeout=t)``)
+        arms and cancels an ``asyncio.timeout`` per message, about a tenth of the gateway's CPU
+        at 1,000 msgs/s (docs/benchmarks.md, issue #19 session 9). What the periodic timeout
+        did besides, redis-py's health check (a PING on the connection after
+        ``health_check_interval`` s without a reply, so that a dead connection shows as an
+        error), ``_health`` does every ``HEALTH_CHECK_S``."""
         user_prefix = keys.user_channel("")
         presence_prefix = keys.presence_channel("")
         delay = 0.1
+        health = asyncio.ensure_future(self._health())
+        try:
+            await self._forward(user_prefix, presence_prefix, delay)
+        finally:
+            health.cancel()
+
+    async def _health(self) -> None:
+        check = getattr(self._subscriber, "check_health", None)
+        if check is None:
+            return  # the sharded subscriber's readers, and the fakes
+        while True:
+            await asyncio.sleep(HEALTH_CHECK_S)
+            try:
+                await check()
+            except Exception as exc:  # noqa: BLE001 - the blocked read meets the same error and recovers
+                log.debug("pub/sub health check failed (%r)", exc)
+
+    async def _forward(self, user_prefix: str, presence_prefix: str, delay: float) -> None:
         while True:
             try:
-                message = await self._subscriber.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                message = await self._subscriber.get_message(ignore_subscribe_messages=True, timeout=None)
                 delay = 0.1
             except asyncio.CancelledError:
                 raise

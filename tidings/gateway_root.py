@@ -23,6 +23,7 @@ from commands.adapters.kafka_log import KafkaEventLog
 from commands.adapters.redis_idempotency import RedisIdempotencyStore
 from commands.adapters.redis_locks import RedisLocks
 from commands.adapters.redis_media import RedisByteQuota, RedisPendingUploads
+from commands.adapters.redis_pipeliner import RedisPipeliner
 from commands.adapters.redis_presence import RedisPresence
 from commands.adapters.redis_rate_limits import RedisRateLimiter
 from commands.adapters.redis_to_device import RedisToDevice
@@ -164,14 +165,17 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         away_after_s=settings.presence_away_after_s,
     )
     media = await _media(settings, conns, models)
-    limiter = RedisRateLimiter(redis, limits_from(settings))
+    # One pipeliner for the send path's Redis commands (rate-limit checks, idempotency claims
+    # and marks): the commands of one loop iteration go out as one pipeline, one round trip.
+    pipeliner = RedisPipeliner(redis)
+    limiter = RedisRateLimiter(redis, limits_from(settings), pipeliner=pipeliner)
     ids = LeasedSnowflake(conns.lease)  # one generator per worker id: two would repeat ids
     archive = ArchiveReader(settings.archive_root)
     config, publish = gateway_config(settings), _publisher(redis)
     return Dependencies(
         config=config,
         secret=settings.resolved_auth_secret(),
-        messaging=_messaging(settings, conns, models, limiter, ids, media.service),
+        messaging=_messaging(settings, conns, models, limiter, ids, media.service, pipeliner),
         conversations=Conversations(
             event_log=conns.event_log,
             directory=membership,
@@ -220,10 +224,11 @@ def _messaging(
     limiter: RedisRateLimiter,
     ids: LeasedSnowflake,
     media: MediaService,
+    pipeliner: RedisPipeliner,
 ) -> Messaging:
     return Messaging(
         event_log=conns.event_log,
-        idempotency=RedisIdempotencyStore(conns.redis, settings.idempotency_ttl_s),
+        idempotency=RedisIdempotencyStore(conns.redis, settings.idempotency_ttl_s, pipeliner=pipeliner),
         ids=ids,
         limits=Limits(max_body_chars=settings.max_body_chars),
         directory=models.membership,

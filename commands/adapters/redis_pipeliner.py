@@ -33,6 +33,8 @@ class RedisPipeliner:
         self._redis = redis
         self._pending: list[tuple[tuple[Any, ...], dict[str, Any], asyncio.Future[Any]]] = []
         self._scheduled = False
+        # The flush of commands queued with ``queue_later`` while no flush was scheduled.
+        self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def execute(self, *args: Any, **options: Any) -> Any:
@@ -50,8 +52,23 @@ class RedisPipeliner:
             loop.call_soon(self._flush)
         return future
 
+    def queue_later(self, delay_s: float, *args: Any, **options: Any) -> asyncio.Future[Any]:
+        """Queue one command that may wait up to ``delay_s`` for company: it goes out with the
+        next flush (another caller's command) or, if none comes, after ``delay_s``. For
+        commands nobody waits for: a busy process sends them in pipelines it sends anyway
+        instead of a round trip each. Order is kept as with ``queue``."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((args, options, future))
+        if not self._scheduled and self._timer is None:
+            self._timer = loop.call_later(delay_s, self._flush)
+        return future
+
     def _flush(self) -> None:
         self._scheduled = False
+        if self._timer is not None:
+            self._timer.cancel()  # (a no-op when it is the timer that runs this flush)
+            self._timer = None
         pending, self._pending = self._pending, []
         for start in range(0, len(pending), MAX_PIPELINE):
             task = asyncio.get_running_loop().create_task(self._run(pending[start : start + MAX_PIPELINE]))

@@ -52,9 +52,17 @@ class RedisRateLimiter:
     each, but one round trip and one pool checkout for many; a check was the largest part of
     a send's CPU in the gateway when each went alone."""
 
-    def __init__(self, redis: RedisClient, limits: dict[str, tuple[float, int]]) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        limits: dict[str, tuple[float, int]],
+        *,
+        pipeliner: RedisPipeliner | None = None,
+    ) -> None:
+        """``pipeliner``: shared with the process's other pipelined stores (the gateway's
+        idempotency store), so the commands of one loop iteration share one round trip."""
         self._limits = limits
-        self._script = PipelinedScript(RedisPipeliner(redis), redis, TOKEN_BUCKET)
+        self._script = PipelinedScript(pipeliner or RedisPipeliner(redis), redis, TOKEN_BUCKET)
 
     async def check(self, kind: Kind, user_id: str) -> None:
         rate, burst = self._limits[kind]

@@ -71,11 +71,14 @@ class ShardedSubscriber:
         self._start_readers()
         # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation that
         # arrives as the queue hands over an item, and the hub's listener then never stops.
-        try:
-            async with asyncio.timeout(timeout):
-                item = await self._queue.get()
-        except TimeoutError:
-            return None
+        if timeout is None:
+            item = await self._queue.get()  # no timer per message (the hub reads this way)
+        else:
+            try:
+                async with asyncio.timeout(timeout):
+                    item = await self._queue.get()
+            except TimeoutError:
+                return None
         if isinstance(item, BaseException):
             raise item
         return item

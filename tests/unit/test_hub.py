@@ -525,3 +525,47 @@ async def test_a_second_socket_gets_the_groups_though_the_first_registration_was
     await asyncio.wait_for(second, 5)
     assert hub.connections == 1
     assert hub.deliver_to_group(b"mg:1\0hello") == 1 and _queued(second_conn) == [b"hello"]
+
+
+class BlockingPubSub(FakePubSub):
+    """A pub/sub whose reads block until a message is queued, recording each read's timeout,
+    with redis-py's ``check_health``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.timeouts: list[float | None] = []
+        self.health_checks = 0
+
+    async def get_message(self, ignore_subscribe_messages: bool = False, timeout: float | None = 0) -> Any:  # noqa: ASYNC109 - redis-py's signature
+        self.timeouts.append(timeout)
+        return await self.messages.get()
+
+    async def check_health(self) -> None:
+        self.health_checks += 1
+
+
+async def test_the_listener_blocks_without_a_timer_and_checks_health_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A read with a timeout arms and cancels a timer per message (issue #19); the periodic
+    # health check (a PING after a quiet while, in redis-py) replaces what its wake-ups did.
+    import query_api.hub as hub_module
+
+    monkeypatch.setattr(hub_module, "HEALTH_CHECK_S", 0.01)
+    pubsub = BlockingPubSub()
+    hub, _ = await _hub(pubsub=pubsub)
+    alice = _conn("alice", [])
+    await hub.register(alice)
+    listener = asyncio.create_task(hub.listen())
+    channel = keys.user_channel("alice")
+    for n in range(3):
+        pubsub.messages.put_nowait(
+            {"type": "message", "channel": channel.encode(), "data": MESSAGE + b"m%d" % n}
+        )
+    await asyncio.sleep(0.1)
+    listener.cancel()
+    await asyncio.gather(listener, return_exceptions=True)
+    assert _queued(alice) == [b"m0", b"m1", b"m2"]
+    assert pubsub.timeouts and set(pubsub.timeouts) == {None}
+    assert pubsub.health_checks >= 3

@@ -91,3 +91,22 @@ async def test_a_cancelled_caller_does_not_break_the_others(cancel_first: bool) 
     results = await asyncio.gather(first, second, return_exceptions=True)
     kept = results[1] if cancel_first else results[0]
     assert kept == ("ok:b" if cancel_first else "ok:a")
+
+
+async def test_a_later_command_rides_with_the_next_flush_or_goes_alone_after_its_delay() -> None:
+    redis = FakeRedis()
+    p = RedisPipeliner(redis)  # type: ignore[arg-type]
+    mark = p.queue_later(10.0, "SET", "m1")
+    await asyncio.sleep(0.01)
+    assert redis.pipelines == [] and not mark.done()  # waits for company
+    assert await p.execute("GET", "a") == "ok:a"
+    assert redis.pipelines == [[("SET", "m1"), ("GET", "a")]]  # in the order queued
+    assert mark.result() == "ok:m1"
+    alone = p.queue_later(0.02, "SET", "m2")
+    assert await asyncio.wait_for(alone, 1.0) == "ok:m2"  # nobody came: it went after its delay
+    assert redis.pipelines[-1] == [("SET", "m2")]
+    # a command queued meanwhile flushes it at once, and its timer sends nothing more
+    p.queue_later(0.02, "SET", "m3")
+    assert await p.execute("GET", "b") == "ok:b"
+    await asyncio.sleep(0.05)
+    assert redis.pipelines[2:] == [[("SET", "m3"), ("GET", "b")]]
