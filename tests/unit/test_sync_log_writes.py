@@ -68,4 +68,3 @@ async def test_combined_writes_leave_out_bucket_rows_once_written_but_not_after_
     # every message and log row is still written, each once
     assert len([s for s, _ in cql.written if "INTO {ks}.messages " in s]) == 3
     assert len([s for s, _ in cql.written if "INTO {ks}.conversation_log " in s]) == 3
-
