@@ -244,7 +244,7 @@ def test_small_groups_of_several_partitions_share_batches_within_the_bounds() ->
 
     cql = _cql()
     # 25 one-row partitions of ~100 bytes: packed 10 partitions at a time (the count bound)
-    small = [(INBOX, (f"u{i:02d}", "c" * 100)) for i in range(25)]
+    small: list[tuple[str, tuple[Any, ...]]] = [(INBOX, (f"u{i:02d}", "c" * 100)) for i in range(25)]
     requests = cql.batches(small, partitions_per_batch=MIXED_BATCH_PARTITIONS)
     assert [len(_rows(r)) for r in requests] == [10, 10, 5]
     assert requests[0].routing_key == _text("u00") and requests[1].routing_key == _text("u10")
@@ -255,7 +255,8 @@ def test_small_groups_of_several_partitions_share_batches_within_the_bounds() ->
     per_batch = MIXED_BATCH_BYTES // (1002 + 2 * CELL_BYTES)
     assert per_batch == 3 and sizes == [3, 3, 1]
     # a group larger than the mixed bound keeps its own batch; the rest is packed around it
-    mixed = [(MESSAGE, ("c1", 7, i, "y" * 1000)) for i in range(4)] + small[:3]
+    mixed: list[tuple[str, tuple[Any, ...]]] = [(MESSAGE, ("c1", 7, i, "y" * 1000)) for i in range(4)]
+    mixed += small[:3]
     requests = cql.batches(mixed, partitions_per_batch=MIXED_BATCH_PARTITIONS)
     assert sorted(len(_rows(r)) for r in requests) == [3, 4]
     # a partition's rows stay together and in their order, and every row goes once
