@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
+from typing import Any
 
 from events import ChatEvent, GroupCreated, MemberRemoved, MembersAdded, encode_event
 from events.topics import is_conversation_event
@@ -87,19 +88,23 @@ class CassandraSyncLog:
             self._cql.prepare(cql)
 
     async def apply_at(self, events: Sequence[tuple[int, int, ChatEvent]]) -> None:
-        work, buckets = self._writes(events, self._buckets_written)
+        work = await self.writes_at(events)
         await self._cql.execute_all(work)
-        if len(self._buckets_written) > BUCKETS_REMEMBERED:
-            self._buckets_written.clear()
-        self._buckets_written |= buckets  # only once written
+        self.written(work)
         # Only once the batch is written: the watermark promises everything up to it is there.
         await self._cql.execute_all(self.after_writes_at(events))
 
     async def writes_at(self, events: Sequence[tuple[int, int, ChatEvent]]) -> list[Statement]:
-        """The log rows of ``events``, deduplicated (for a caller that writes them together
-        with other read models' rows: every bucket row, since this stage cannot know when
-        they are written)."""
-        return self._writes(events, frozenset())[0]
+        """The log rows of ``events``, deduplicated, but the bucket rows this process has
+        written already (``written``)."""
+        return self._writes(events, self._buckets_written)
+
+    def written(self, work: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """Note the bucket rows among ``work``, which is written now (by this stage or a caller
+        that writes it with other read models' rows): later batches leave them out."""
+        if len(self._buckets_written) > BUCKETS_REMEMBERED:
+            self._buckets_written.clear()
+        self._buckets_written.update((params[0], params[1]) for cql, params in work if cql == _LOG_BUCKET)
 
     def after_writes_at(self, events: Sequence[tuple[int, int, ChatEvent]]) -> list[Statement]:
         """The watermarks to write once every read model has ``events`` (never before)."""
@@ -110,9 +115,8 @@ class CassandraSyncLog:
 
     def _writes(
         self, events: Sequence[tuple[int, int, ChatEvent]], written: AbstractSet[tuple[str, int]]
-    ) -> tuple[list[Statement], set[tuple[str, int]]]:
-        """The rows of ``events`` and the log buckets whose rows are among them (those not in
-        ``written``)."""
+    ) -> list[Statement]:
+        """The rows of ``events``, with the log bucket rows not in ``written``."""
         work: list[Statement] = []
         heads: dict[str, int] = {}
         buckets: set[tuple[str, int]] = set()
@@ -131,7 +135,7 @@ class CassandraSyncLog:
             ]
         work += [(_LOG_BUCKET, key) for key in sorted(buckets)]
         work += [(_HEAD, (offset + 1, offset, cid)) for cid, offset in heads.items()]
-        return list(dict.fromkeys(work)), buckets
+        return list(dict.fromkeys(work))
 
     # -- queries -------------------------------------------------------------------------
     async def watermarks(self) -> dict[int, int]:

@@ -8,11 +8,13 @@ read model has the batch (``after_writes_at``, the watermark). Every write is an
 upsert whose outcome does not depend on the order it is applied in (``USING TIMESTAMP`` from
 the event, or the same values for the same key), so one concurrent round for all of them gives
 the same rows as one round per read model. A read model that cannot say its writes is applied
-on its own, after the round and before the watermark.
+on its own, after the round and before the watermark. A read model that writes some rows once
+for good (the sync log's bucket rows, which nothing deletes) is told when the round is written
+(``written``) and leaves them out of later batches.
 
 The persist worker applies its read models this way too (``tidings.worker``, stage ``persist``):
 for a 1:1 message that is one round of five requests (the two inbox rows, the message, the
-conversation's rows keyed by its id, its log row) and the watermark, instead of five rounds.
+conversation's head keyed by its id, its log row) and the watermark, instead of five rounds.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from events import ChatEvent
-from projections.adapters.cql import Cql
+from projections.adapters.cql import MIXED_BATCH_PARTITIONS, Cql
 from streams.projector import PositionedStage, Stage
 
 Statement = tuple[str, tuple[Any, ...]]
@@ -44,6 +46,13 @@ class PositionedWrites(Protocol):
 
     def after_writes_at(self, events: Sequence[tuple[int, int, ChatEvent]]) -> list[Statement]:
         """What may be written only once everything else of the batch is written."""
+
+
+@runtime_checkable
+class RemembersWrites(Protocol):
+    def written(self, work: Sequence[Statement]) -> None:
+        """``work`` (its own rows among others') is written: rows written once for good (the sync
+        log's bucket rows) may be left out of later batches."""
 
 
 class CombinedWrites:
@@ -69,7 +78,11 @@ class CombinedWrites:
                 work += await stage.writes(plain)
             else:
                 alone.append(stage)
-        await self._cql.execute_all(list(dict.fromkeys(work)))
+        work = list(dict.fromkeys(work))
+        await self._cql.execute_all(work, partitions_per_batch=MIXED_BATCH_PARTITIONS)
+        for stage in self._stages:
+            if isinstance(stage, RemembersWrites):
+                stage.written(work)
         for stage in alone:
             if isinstance(stage, PositionedStage):
                 await stage.apply_at(events)

@@ -105,6 +105,17 @@ def connect_to(config: CassandraConfig) -> tuple[Cluster, Session]:
 # that one request stays well under those and under the request timeout.
 MAX_BATCH_ROWS = 200
 MAX_BATCH_BYTES = 64 * 1024
+# Small groups of several partitions may share one UNLOGGED batch (``execute_all``'s
+# ``partitions_per_batch``): then Cassandra does check the batch, and warns (in its log and to
+# the client, which the driver logs per request) past 10 partitions
+# (``unlogged_batch_across_partitions_warn_threshold``) or 5 KiB of mutations
+# (``batch_size_warn_threshold``). Bound below both: 10 partitions, and 4 KiB of mutations as
+# Cassandra counts them, estimated as the bound values plus ``CELL_BYTES`` per value (null ones
+# too: a null is a tombstone cell). Measured: ten 1:1 message rows of ~100 bytes of values (13
+# columns) counted 6,110 bytes on Cassandra 5.0 (tests/integration/test_persist_round.py).
+MIXED_BATCH_PARTITIONS = 10
+MIXED_BATCH_BYTES = 4 * 1024
+CELL_BYTES = 40
 
 _WRITE = re.compile(r"^\s*(?:INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
 _CONDITIONAL = re.compile(r"\bIF\b", re.IGNORECASE)
@@ -162,10 +173,12 @@ class Cql:
         in_flight: int = 64,
         max_rows: int = MAX_BATCH_ROWS,
         max_bytes: int = MAX_BATCH_BYTES,
+        partitions_per_batch: int = 1,
     ) -> None:
         """Run write statements, grouped into one UNLOGGED batch per partition key, with at
         most ``in_flight`` requests at once; raise the first failure after the requests in
-        flight have ended.
+        flight have ended. With ``partitions_per_batch`` > 1, small groups of up to that many
+        partition keys share a batch (``batches``).
 
         Only idempotent upserts and deletes may come here, whose outcome does not depend on the
         order they are applied in (``USING TIMESTAMP`` from the event, or the same values for
@@ -176,7 +189,9 @@ class Cql:
         shadows is left out (``unshadowed``).
         """
         kept = unshadowed(statements)
-        requests = self.batches(kept, max_rows=max_rows, max_bytes=max_bytes)
+        requests = self.batches(
+            kept, max_rows=max_rows, max_bytes=max_bytes, partitions_per_batch=partitions_per_batch
+        )
         self.statements_shadowed += len(statements) - len(kept)
         self.statements_sent += len(kept)
         self.requests_sent += len(requests)
@@ -188,12 +203,19 @@ class Cql:
         *,
         max_rows: int = MAX_BATCH_ROWS,
         max_bytes: int = MAX_BATCH_BYTES,
+        partitions_per_batch: int = 1,
     ) -> list[Statement]:
         """The requests ``execute_all`` sends: statements bound and grouped by partition key
         (the serialized key: the same bytes in two tables are one mutation), in their given
         order, each group cut into batches of at most ``max_rows`` statements and about
         ``max_bytes`` of bound values; a group of one is sent as the plain statement, and so
-        are statements a batch must not carry (reads, conditional writes)."""
+        are statements a batch must not carry (reads, conditional writes).
+
+        With ``partitions_per_batch`` > 1, groups of at most ``MIXED_BATCH_BYTES`` (``_size``) share
+        batches of up to that many partition keys (and ``MIXED_BATCH_BYTES`` in all), routed to
+        the first key's replicas: most of a write's client CPU, and much of the server's, is
+        the request, and a 1:1 message's rows fall in five partitions (its two inbox rows, the
+        message, the conversation's head, its log row)."""
         groups: dict[bytes, list[_Row]] = {}
         alone: list[Statement] = []
         for cql, params in statements:
@@ -205,21 +227,43 @@ class Cql:
                 continue
             groups.setdefault(key, []).append((prepared, params, values))
         out: list[Statement] = []
+        mixed: list[tuple[bytes, list[_Row], int]] = []
         for key, group in groups.items():
             for chunk in _chunks(group, max_rows, max_bytes):
-                if len(chunk) == 1:
-                    out.append(_bound(*chunk[0]))
-                    continue
-                # What BatchStatement.add(bound) records, without a BoundStatement per row.
-                batch = BatchStatement(batch_type=BatchType.UNLOGGED)
-                batch.routing_key = key  # token-aware: sent to the partition's replicas
-                batch.keyspace = chunk[0][0].column_metadata[0].keyspace_name
-                batch._statements_and_parameters.extend(
-                    (True, prepared.query_id, values) for prepared, _, values in chunk
-                )
-                batch.is_idempotent = True
-                out.append(batch)
+                size = _size(chunk)
+                if partitions_per_batch > 1 and size <= MIXED_BATCH_BYTES:
+                    mixed.append((key, chunk, size))
+                else:
+                    out.append(_request(key, chunk))
+        pack: list[tuple[bytes, list[_Row], int]] = []
+        for item in mixed:
+            if pack and (
+                len(pack) >= partitions_per_batch or sum(p[2] for p in pack) + item[2] > MIXED_BATCH_BYTES
+            ):
+                out.append(_request(pack[0][0], [row for _, rows, _ in pack for row in rows]))
+                pack = []
+            pack.append(item)
+        if pack:
+            out.append(_request(pack[0][0], [row for _, rows, _ in pack for row in rows]))
         return out + alone
+
+
+def _request(key: bytes, rows: list[_Row]) -> Statement:
+    """One row as its plain statement, else an UNLOGGED batch routed by ``key``."""
+    if len(rows) == 1:
+        return _bound(*rows[0])
+    # What BatchStatement.add(bound) records, without a BoundStatement per row.
+    batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+    batch.routing_key = key  # token-aware: sent to the partition's replicas
+    batch.keyspace = rows[0][0].column_metadata[0].keyspace_name
+    batch._statements_and_parameters.extend((True, prepared.query_id, values) for prepared, _, values in rows)
+    batch.is_idempotent = True
+    return batch
+
+
+def _size(rows: list[_Row]) -> int:
+    """About the size Cassandra gives ``rows``' mutations (``MIXED_BATCH_BYTES``)."""
+    return sum(len(v) + CELL_BYTES if v is not None else CELL_BYTES for row in rows for v in row[2])
 
 
 # ``UPDATE <table> USING TIMESTAMP ? SET a = ?, b = ? WHERE k = ? AND c = ?``: plain

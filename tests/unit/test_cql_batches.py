@@ -237,3 +237,30 @@ def test_execute_all_sends_only_the_newest_write_of_a_row() -> None:
         ]
     )
     assert (cql.statements_sent, cql.statements_shadowed, cql.requests_sent) == (2, 2, 1)
+
+
+def test_small_groups_of_several_partitions_share_batches_within_the_bounds() -> None:
+    from projections.adapters.cql import CELL_BYTES, MIXED_BATCH_BYTES, MIXED_BATCH_PARTITIONS
+
+    cql = _cql()
+    # 25 one-row partitions of ~100 bytes: packed 10 partitions at a time (the count bound)
+    small: list[tuple[str, tuple[Any, ...]]] = [(INBOX, (f"u{i:02d}", "c" * 100)) for i in range(25)]
+    requests = cql.batches(small, partitions_per_batch=MIXED_BATCH_PARTITIONS)
+    assert [len(_rows(r)) for r in requests] == [10, 10, 5]
+    assert requests[0].routing_key == _text("u00") and requests[1].routing_key == _text("u10")
+    assert all(r.keyspace == KS and r.is_idempotent for r in requests)
+    # one-row partitions of ~1 KiB: packed by the size bound (values and a cell's overhead each)
+    big = [(INBOX, (f"u{i}", "d" * 1000)) for i in range(7)]
+    sizes = [len(_rows(r)) for r in cql.batches(big, partitions_per_batch=MIXED_BATCH_PARTITIONS)]
+    per_batch = MIXED_BATCH_BYTES // (1002 + 2 * CELL_BYTES)
+    assert per_batch == 3 and sizes == [3, 3, 1]
+    # a group larger than the mixed bound keeps its own batch; the rest is packed around it
+    mixed: list[tuple[str, tuple[Any, ...]]] = [(MESSAGE, ("c1", 7, i, "y" * 1000)) for i in range(4)]
+    mixed += small[:3]
+    requests = cql.batches(mixed, partitions_per_batch=MIXED_BATCH_PARTITIONS)
+    assert sorted(len(_rows(r)) for r in requests) == [3, 4]
+    # a partition's rows stay together and in their order, and every row goes once
+    rows = [row for r in cql.batches(mixed + small, partitions_per_batch=10) for row in _rows(r)]
+    assert sorted(rows) == sorted(tuple(cql.prepare(s).bind(p).values) for s, p in mixed + small)
+    # without partitions_per_batch nothing is mixed (the gateway's write-throughs)
+    assert len(cql.batches(small)) == 25

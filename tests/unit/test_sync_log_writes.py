@@ -18,7 +18,7 @@ class FakeCql:
         self.written: list[tuple[str, Sequence[Any]]] = []
         self.fail_next = False
 
-    async def execute_all(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+    async def execute_all(self, statements: Sequence[tuple[str, Sequence[Any]]], **_: Any) -> None:
         if self.fail_next:
             self.fail_next = False
             raise Unavailable("down")
@@ -40,3 +40,31 @@ async def test_a_bucket_row_is_written_once_and_again_after_a_failure() -> None:
         [(0, 2, message_sent(2, conversation_id="dm:a:b")), (0, 3, message_sent(3, conversation_id="dm:a:b"))]
     )
     assert _bucket_rows(cql) == [("dm:a:b", 0)]
+
+
+async def test_combined_writes_leave_out_bucket_rows_once_written_but_not_after_a_failure() -> None:
+    """The persist worker's one round (``CombinedWrites``): the sync log's bucket rows go out
+    with a conversation's first batch, and again only if that round failed. The messages' bucket
+    rows go out with every batch: ``tidings archive prune`` deletes them (their bucket archived),
+    and a message may land in that bucket again."""
+    from projections.messages import _INSERT_BUCKET, CassandraMessages
+    from streams.combined import CombinedWrites
+
+    cql = FakeCql()
+    combined = CombinedWrites(
+        cql,  # type: ignore[arg-type]
+        [CassandraMessages(cql, 3_600_000), CassandraSyncLog(cql)],  # type: ignore[arg-type]
+    )
+    cql.fail_next = True
+    with pytest.raises(Unavailable):
+        await combined.apply_at([(0, 1, message_sent(1, conversation_id="dm:a:b"))])
+    await combined.apply_at([(0, 1, message_sent(1, conversation_id="dm:a:b"))])  # the retry
+    await combined.apply_at(
+        [(0, 2, message_sent(2, conversation_id="dm:a:b")), (0, 3, message_sent(3, conversation_id="dm:c:d"))]
+    )
+    assert _bucket_rows(cql) == [("dm:a:b", 0), ("dm:c:d", 0)]
+    message_buckets = [params for statement, params in cql.written if statement == _INSERT_BUCKET]
+    assert [p[0] for p in message_buckets] == ["dm:a:b", "dm:a:b", "dm:c:d"]
+    # every message and log row is still written, each once
+    assert len([s for s, _ in cql.written if "INTO {ks}.messages " in s]) == 3
+    assert len([s for s, _ in cql.written if "INTO {ks}.conversation_log " in s]) == 3
