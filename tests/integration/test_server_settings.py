@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from cassandra.cluster import Cluster
 
+from projections.adapters.cql import connect_to
 from tidings.services import down, up
 from tidings.settings import Settings
 
@@ -66,11 +66,8 @@ def test_cassandra_runs_with_the_small_pools_and_the_same_durability(servers: Se
         "commitlog_sync",
         "commitlog_sync_period",
     )
-    cluster = Cluster(
-        ["127.0.0.1"], port=servers.cassandra_port, protocol_version=servers.cassandra_protocol_version
-    )
+    cluster, session = connect_to(servers)
     try:
-        session = cluster.connect()
         rows = session.execute("SELECT name, value FROM system_views.settings")
         got = {row.name: row.value for row in rows if row.name in names}
     finally:
@@ -84,7 +81,7 @@ def test_cassandra_runs_with_the_small_pools_and_the_same_durability(servers: Se
         "memtable_flush_writers": "1",
         "concurrent_compactors": "1",
         "commitlog_sync": "periodic",
-        "commitlog_sync_period": "10s",
+        "commitlog_sync_period": "10000ms",
     }
     log = (servers.state_dir / "cassandra" / "logs" / "system.log").read_text()
     assert "approximate time-check task with a precision of 10 milliseconds" in log
