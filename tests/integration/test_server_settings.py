@@ -85,6 +85,10 @@ def test_cassandra_runs_with_the_small_pools_and_the_same_durability(servers: Se
     }
     log = (servers.state_dir / "cassandra" / "logs" / "system.log").read_text()
     assert "approximate time-check task with a precision of 10 milliseconds" in log
+    # The JVM runs with 1 ms of timer slack (set before exec, so the pid is the JVM's).
+    pid = int((servers.state_dir / "cassandra" / "cassandra.pid").read_text())
+    assert Path(f"/proc/{pid}/comm").read_text().strip() == "java"
+    assert Path(f"/proc/{pid}/timerslack_ns").read_text().strip() == "1000000"
 
 
 async def _broker_config(bootstrap: str) -> dict[str, str]:

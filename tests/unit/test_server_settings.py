@@ -126,3 +126,22 @@ def test_a_cluster_kafka_node_takes_the_same_threads_and_keeps_its_no_ops(
     # Three voters: the no-op records let a broker tell a live controller from a stalled one.
     assert "metadata.max.idle.interval.ms" not in props
     assert props["min.insync.replicas"] == "2"
+
+
+def test_cassandra_starts_with_1_ms_of_timer_slack(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The JVM is exec'd by a Python that first sets PR_SET_TIMERSLACK (same pid, inherited)."""
+    monkeypatch.delenv(cassandra_module.TIMER_SLACK_ENV, raising=False)
+    _, argv = _launch_cassandra(Cassandra(settings), monkeypatch)
+    assert argv[1] == "-c" and "prctl(29," in argv[2]
+    assert argv[3] == "1000000"
+    assert argv[4].endswith("java") and argv[5].startswith("@")
+
+
+def test_the_timer_slack_can_be_left_to_the_kernel(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(cassandra_module.TIMER_SLACK_ENV, "0")
+    _, argv = _launch_cassandra(Cassandra(settings), monkeypatch)
+    assert argv[0].endswith("java") and not [a for a in argv if "prctl" in a]
