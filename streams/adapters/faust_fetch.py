@@ -10,6 +10,14 @@ search, notify) can let the broker hold the fetch until ``wait_ms`` has passed o
 ``FETCH_MIN_BYTES`` have gathered: fetches and batches per second then stay near
 1000 / ``wait_ms`` whatever the rate, and each batch carries more events.
 
+While a group is idle such a fetch still ends every ``wait_ms`` (20 empty fetches a second per
+group at 50 ms: the largest part of an idle broker's CPU, docs/benchmarks.md "servers"), so
+after a fetch that brought nothing the next one waits up to ``IDLE_WAIT_MS`` but returns at the
+first record; the fetch after a record gathers again. Idle, a group fetches under once a
+second; the first event after a pause is fetched at once instead of up to ``wait_ms`` later;
+under load (every fetch brings events) nothing changes. At a trickle (a message every 50 ms
+or more) a fetch comes back per message, as with Faust's own sizing.
+
 The delivery group keeps Faust's sizing: its fetch returns as soon as a message is there.
 """
 
@@ -19,10 +27,43 @@ from typing import Any
 
 import aiokafka
 import faust
+from aiokafka.consumer.fetcher import Fetcher
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 # Far more than arrives in one fetch wait: the wait, not the size, ends a fetch.
 FETCH_MIN_BYTES = 4 * 1024 * 1024
+# An idle group's fetch: held by the broker this long unless a record comes (Faust's own wait).
+IDLE_WAIT_MS = 1500
+
+
+class IdleAwareFetcher(Fetcher):
+    """aiokafka's ``Fetcher`` whose next fetch gathers (``FETCH_MIN_BYTES``, ``batch_wait_ms``)
+    after one that brought records, and answers at the first record (1 byte,
+    ``IDLE_WAIT_MS``) after one that brought nothing. Each fetch request is built from
+    ``_fetch_min_bytes`` and ``_fetch_max_wait_ms`` when it is sent
+    (``Fetcher._get_actions_per_node``), and a partition is fetched again only once the
+    previous fetch's records were handed on, so the setting always follows the last answer."""
+
+    batch_wait_ms: int
+
+    async def _proc_fetch_request(self, assignment: Any, node_id: int, request: Any) -> bool:
+        brought = bool(await super()._proc_fetch_request(assignment, node_id, request))
+        # True also for an error handed to the consumer; the next fetch then gathers, as before.
+        self._fetch_min_bytes = FETCH_MIN_BYTES if brought else 1
+        self._fetch_max_wait_ms = self.batch_wait_ms if brought else IDLE_WAIT_MS
+        return brought
+
+
+class _BackgroundConsumer(aiokafka.AIOKafkaConsumer):
+    """The consumer of a group nobody waits on: its ``Fetcher`` is an ``IdleAwareFetcher``."""
+
+    async def start(self) -> None:
+        await super().start()
+        # start() builds the Fetcher (aiokafka.consumer.consumer); its fetch loop looks up
+        # _proc_fetch_request per fetch, so the subclass takes over from the next one.
+        fetcher = self._fetcher
+        fetcher.__class__ = IdleAwareFetcher
+        fetcher.batch_wait_ms = self._fetch_max_wait_ms
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -33,6 +74,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             # Read by AIOKafkaConsumer.start() when it builds its Fetcher; set before start.
             consumer._fetch_min_bytes = FETCH_MIN_BYTES
             consumer._fetch_max_wait_ms = wait_ms
+            consumer.__class__ = _BackgroundConsumer
         return consumer
 
 

@@ -1,15 +1,17 @@
 """The background consumer groups' fetch sizing (streams.adapters.faust_fetch): the aiokafka
-consumer Faust builds for a worker gets the wait and minimum size, the delivery group Faust's
-own (answer at the first record)."""
+consumer Faust builds for a worker gets the wait and minimum size, and after an empty fetch
+answers at the first record; the delivery group keeps Faust's own (answer at the first record)."""
 
 from __future__ import annotations
 
 import asyncio
 
+import aiokafka
 import pytest
+from aiokafka.consumer.fetcher import Fetcher
 
 from events import Topics
-from streams.adapters.faust_fetch import FETCH_MIN_BYTES
+from streams.adapters.faust_fetch import FETCH_MIN_BYTES, IDLE_WAIT_MS, IdleAwareFetcher
 from streams.app import create_app
 from tidings.settings import Settings
 
@@ -50,3 +52,51 @@ async def test_delivery_group_fetch_answers_at_the_first_record() -> None:
 def test_background_wait_is_the_persist_batch_window() -> None:
     assert Settings(worker_persist_batch_window_s=0.05).worker_background_fetch_wait_ms == 50
     assert Settings(worker_persist_batch_window_s=0.0001).worker_background_fetch_wait_ms == 1
+
+
+async def _swapped_class(fetch_wait_ms: int) -> type:
+    app = create_app(
+        app_id="t-fetch-class",
+        bootstrap="127.0.0.1:1",
+        topics=Topics("t."),
+        partitions=1,
+        stages=[],
+        batch_size=10,
+        batch_window_s=0.05,
+        session_timeout_s=10.0,
+        fetch_wait_ms=fetch_wait_ms,
+    )
+    app.loop = asyncio.get_running_loop()
+    thread = app.consumer._thread  # type: ignore[attr-defined]
+    consumer = thread._create_worker_consumer(app.transport)
+    try:
+        return type(consumer)
+    finally:
+        await consumer.stop()
+        thread.thread_loop.close()
+
+
+@pytest.mark.asyncio
+async def test_only_background_groups_get_the_idle_aware_fetcher() -> None:
+    assert (await _swapped_class(50)).__name__ == "_BackgroundConsumer"
+    assert (await _swapped_class(0)) is aiokafka.AIOKafkaConsumer
+
+
+@pytest.mark.asyncio
+async def test_an_empty_fetch_makes_the_next_answer_at_the_first_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answers = iter([True, False, False, True, False])
+
+    async def parent(self: Fetcher, assignment: object, node_id: int, request: object) -> bool:
+        return next(answers)
+
+    monkeypatch.setattr(Fetcher, "_proc_fetch_request", parent)
+    fetcher = IdleAwareFetcher.__new__(IdleAwareFetcher)  # no client: only the sizing is looked at
+    fetcher.batch_wait_ms = 50
+    seen = []
+    for _ in range(5):
+        await fetcher._proc_fetch_request(None, 1, None)
+        seen.append((fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms))
+    gather, first_record = (FETCH_MIN_BYTES, 50), (1, IDLE_WAIT_MS)
+    assert seen == [gather, first_record, first_record, gather, first_record]

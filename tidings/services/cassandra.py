@@ -6,6 +6,8 @@ slows a development start (``-ea``, ``AlwaysPreTouch``, NUMA, GC logs).
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 from tidings.services import _probes, _process
@@ -49,6 +51,39 @@ _JVM17_ARGS = """\
 -Dio.netty.tryReflectionSetAccessible=true -Dio.netty.allocator.useCacheForAllThreads=true
 -Dio.netty.allocator.maxOrder=11
 """
+# Thread pools for a 2-core box (docs/operations.md, "Cassandra and Kafka on 2 cores"). The
+# defaults are sized for big servers (32 reads, 32 writes, 128 native-transport threads); on
+# two cores more threads only queue for the CPU. Every key is a field of 5.0's Config.java.
+SMALL_BOX_YAML = """\
+concurrent_reads: 4
+concurrent_writes: 4
+concurrent_counter_writes: 2
+concurrent_materialized_view_writes: 2
+native_transport_max_threads: 8
+memtable_flush_writers: 1
+concurrent_compactors: 1
+"""
+# The sampled clock behind request deadlines and queue-time metrics ticks every 2 ms by
+# default: 500 wake-ups a second of the ScheduledFastTasks thread, idle or not. Deadlines are
+# seconds long, so 10 ms of precision (the default before 4.0) costs nothing.
+APPROXIMATE_TIME_PRECISION_MS = 10
+# Timer slack of the JVM's threads (Linux prctl PR_SET_TIMERSLACK, inherited by every thread;
+# 0 = the kernel's default of 50 µs). Cassandra's shared request pool (SEPWorker) keeps an idle
+# worker "spinning" for 10 ms after each task, in parkNanos sleeps of 10 µs: with a request
+# every few ms that is a wake-up every ~60 µs, all the time. With 1 ms of slack those sleeps
+# last ~1 ms: 83 % fewer context switches and about half the CPU per write on this box; a
+# request that comes while a worker spins waits up to that long (docs/operations.md,
+# docs/benchmarks.md "servers"). Only timers are late: a thread woken by another is not.
+TIMER_SLACK_ENV = "TIDINGS_CASSANDRA_TIMER_SLACK_NS"
+TIMER_SLACK_NS = 1_000_000
+# Sets the slack, then becomes the JVM (same pid, so the pid file and ownership check hold).
+_WITH_TIMER_SLACK = (
+    "import ctypes, os, sys\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "if libc.prctl(29, int(sys.argv[1]), 0, 0, 0) != 0:\n"  # 29: PR_SET_TIMERSLACK
+    "    sys.exit(f'prctl(PR_SET_TIMERSLACK) failed: errno {ctypes.get_errno()}')\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
 _LOGBACK = """<?xml version="1.0" encoding="UTF-8"?>
 <configuration scan="false">
   <appender name="SYSTEMLOG" class="ch.qos.logback.core.rolling.RollingFileAppender">
@@ -88,6 +123,7 @@ class Cassandra(Service):
     # make a lot of. A node killed -9 then forgets recent schema changes (a new keyspace), so a
     # cluster's nodes, which must survive that, keep them durable (tidings/services/cluster.py).
     unsafe_system = True
+    timer_slack_ns = TIMER_SLACK_NS
 
     def seeds(self) -> str:
         """The seed list of cassandra.yaml: one node is its own seed."""
@@ -153,8 +189,7 @@ hinted_handoff_enabled: false
 memtable_heap_space: 128MiB
 memtable_offheap_space: 128MiB
 key_cache_size: 16MiB
-concurrent_compactors: 1
-{self.extra_yaml()}"""
+{SMALL_BOX_YAML}{self.extra_yaml()}"""
 
     def durability_flags(self) -> list[str]:
         """The JVM flags that trade the system tables' durability for speed (``unsafe_system``)."""
@@ -189,6 +224,7 @@ concurrent_compactors: 1
             # Without it CassandraDaemon closes stdout/stderr and start-up errors vanish.
             "-Dcassandra-foreground=yes",
             "-Dcassandra.skip_wait_for_gossip_to_settle=0",
+            f"-Dcassandra.approximate_time_precision_ms={APPROXIMATE_TIME_PRECISION_MS}",
             f"-Dcassandra.superuser_setup_delay_ms={self.superuser_setup_delay_ms}",
             *self.durability_flags(),
             f"-Djna.tmpdir={jna_tmp}",
@@ -197,6 +233,9 @@ concurrent_compactors: 1
             f"{conf}:{lib}/*",
             "org.apache.cassandra.service.CassandraDaemon",
         ]
+        slack_ns = int(os.environ.get(TIMER_SLACK_ENV, str(self.timer_slack_ns)))
+        if slack_ns > 0:
+            argv = [sys.executable, "-c", _WITH_TIMER_SLACK, str(slack_ns), *argv]
         echo(f"starting cassandra on {self.host}:{self.port} (heap {size})")
         pid = _process.spawn(argv, cwd=self.dir, log=logs / "cassandra.out", env={"MALLOC_ARENA_MAX": "4"})
         self.write_pid(self.pid_file, pid)

@@ -32,7 +32,7 @@ from tidings.services._base import Service
 from tidings.services._common import Echo, ServiceError, ServiceStatus
 from tidings.services.cassandra import Cassandra
 from tidings.services.haproxy import DRAIN_UNREADY_S, HAProxy
-from tidings.services.kafka import Kafka, new_cluster_id
+from tidings.services.kafka import SMALL_BOX_PROPERTIES, Kafka, new_cluster_id
 from tidings.services.redis_cluster import RedisCluster
 from tidings.services.versitygw import S3Store
 from tidings.settings import Settings
@@ -151,10 +151,7 @@ share.coordinator.state.topic.replication.factor=3
 share.coordinator.state.topic.min.isr=2
 group.initial.rebalance.delay.ms=0
 log.cleaner.dedupe.buffer.size=4194304
-num.network.threads=2
-num.io.threads=2
-num.recovery.threads.per.data.dir=1
-# A killed broker's partitions get new leaders within this (default 9 s / 18 s).
+{SMALL_BOX_PROPERTIES}# A killed broker's partitions get new leaders within this (default 9 s / 18 s).
 broker.session.timeout.ms=6000
 broker.heartbeat.interval.ms=1000
 """

@@ -25,6 +25,17 @@ _JVM_FLAGS = [
     "-XX:+ExitOnOutOfMemoryError",
     "-Djava.awt.headless=true",
 ]
+# Threads for a 2-core box (docs/operations.md, "Cassandra and Kafka on 2 cores"): one network
+# thread reads and writes every connection, two request handlers and two scheduler threads
+# (defaults 3, 8 and 10, sized for big brokers). Each idle handler polls its queue every 300 ms.
+# A node of the cluster profile takes the same (tidings/services/cluster.py).
+SMALL_BOX_PROPERTIES = """\
+num.network.threads=1
+num.io.threads=2
+background.threads=2
+num.recovery.threads.per.data.dir=1
+"""
+METADATA_MAX_IDLE_INTERVAL_MS = 5000
 _LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
 <Configuration status="WARN">
   <Appenders>
@@ -108,9 +119,9 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 # The default 128 MiB would come out of a 512 MiB heap; must stay above 1 MiB.
 log.cleaner.dedupe.buffer.size=4194304
-num.network.threads=2
-num.io.threads=4
-num.recovery.threads.per.data.dir=1
+{SMALL_BOX_PROPERTIES}# The controller appends a no-op record to the metadata log every 500 ms by default
+# (KIP-835: brokers tell a live controller from a stalled one by it); one node has no one to tell.
+metadata.max.idle.interval.ms={METADATA_MAX_IDLE_INTERVAL_MS}
 """
 
     def prepare(self, echo: Echo) -> None:

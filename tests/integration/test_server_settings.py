@@ -1,0 +1,114 @@
+"""The 2-core server settings (tidings/services/cassandra.py, kafka.py) start, and the servers
+run with them: a Cassandra and a Kafka of their own (a temporary state folder, free ports; the
+shared development servers are not touched), asked for their effective settings.
+
+Cassandra refuses to start on a yaml key its Config.java does not have, so the start alone
+proves every key exists in the version the launcher runs (5.0.8); ``system_views.settings``
+then shows the values in force. Kafka logs unknown keys and goes on, so its broker config is
+read back with DescribeConfigs. Both servers are stopped at the end. About 30-60 s on the
+shared 2-core box, most of it Cassandra's start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from projections.adapters.cql import connect_to
+from tidings.services import down, up
+from tidings.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _quiet(_message: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    state: Path = tmp_path_factory.mktemp("server-settings")
+    settings = Settings(
+        state_dir=state,
+        cassandra_port=_free_port(),
+        cassandra_storage_port=_free_port(),
+        kafka_bootstrap=f"127.0.0.1:{_free_port()}",
+        kafka_controller_port=_free_port(),
+    )
+    try:
+        up(settings, only=["kafka", "cassandra"], echo=_quiet)
+        yield settings
+    finally:
+        down(settings, only=["kafka", "cassandra"], echo=_quiet)
+
+
+def test_cassandra_runs_with_the_small_pools_and_the_same_durability(servers: Settings) -> None:
+    names = (
+        "concurrent_reads",
+        "concurrent_writes",
+        "concurrent_counter_writes",
+        "concurrent_materialized_view_writes",
+        "native_transport_max_threads",
+        "memtable_flush_writers",
+        "concurrent_compactors",
+        "commitlog_sync",
+        "commitlog_sync_period",
+    )
+    cluster, session = connect_to(servers)
+    try:
+        rows = session.execute("SELECT name, value FROM system_views.settings")
+        got = {row.name: row.value for row in rows if row.name in names}
+    finally:
+        cluster.shutdown()
+    assert got == {
+        "concurrent_reads": "4",
+        "concurrent_writes": "4",
+        "concurrent_counter_writes": "2",
+        "concurrent_materialized_view_writes": "2",
+        "native_transport_max_threads": "8",
+        "memtable_flush_writers": "1",
+        "concurrent_compactors": "1",
+        "commitlog_sync": "periodic",
+        "commitlog_sync_period": "10000ms",
+    }
+    log = (servers.state_dir / "cassandra" / "logs" / "system.log").read_text()
+    assert "approximate time-check task with a precision of 10 milliseconds" in log
+    # The JVM runs with 1 ms of timer slack (set before exec, so the pid is the JVM's).
+    pid = int((servers.state_dir / "cassandra" / "cassandra.pid").read_text())
+    assert Path(f"/proc/{pid}/comm").read_text().strip() == "java"
+    assert Path(f"/proc/{pid}/timerslack_ns").read_text().strip() == "1000000"
+
+
+async def _broker_config(bootstrap: str) -> dict[str, str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_configs([ConfigResource(ConfigResourceType.BROKER, "1")])
+    finally:
+        await admin.close()
+    ((code, message, _type, _name, entries, *_),) = response.resources
+    assert code == 0, message
+    return {name: value for name, value, *_ in entries}
+
+
+def test_kafka_runs_with_the_small_pools_and_default_flushing(servers: Settings) -> None:
+    config = asyncio.run(_broker_config(servers.kafka_bootstrap))
+    assert {key: config[key] for key in ("num.network.threads", "num.io.threads", "background.threads")} == {
+        "num.network.threads": "1",
+        "num.io.threads": "2",
+        "background.threads": "2",
+    }
+    assert config["metadata.max.idle.interval.ms"] == "5000"
+    assert config["log.flush.interval.messages"] == str(2**63 - 1)  # Kafka's default: no forced flush
