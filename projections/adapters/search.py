@@ -302,33 +302,38 @@ class SearchIndexer:
         by_partition: dict[int, list[tuple[int, ChatEvent]]] = {}
         for partition, offset, event in events:
             by_partition.setdefault(partition, []).append((offset, event))
-        newly_pending = False
-        for partition, items in by_partition.items():
-            shard = await loop.run_in_executor(None, self.shard, partition)
-            was_pending = shard.seen != shard.applied
-            first = items[0][0]
-            if first > shard.seen + 1 and self._backfill is not None:
-                log.warning(
-                    "search shard %s is at offset %s, the log delivers %s: filling the gap from the log",
-                    partition,
-                    shard.seen,
-                    first,
-                )
-                async with aclosing(self._backfill.read(partition, shard.seen + 1, first)) as chunks:
-                    async for chunk in chunks:
-                        await loop.run_in_executor(None, shard.add, chunk)
-                        await self._commit_or_retry()
-            await loop.run_in_executor(None, shard.add, items)
-            newly_pending |= not was_pending and shard.seen != shard.applied
-        await self._commit_or_retry()
-        if self._interval > 0:
-            if self._flusher is None:
-                self._wake = asyncio.Event()
-                self._flusher = asyncio.create_task(self._flush_loop())
-            elif newly_pending and self._wake is not None:
-                # A shard that had nothing pending has now: it may be due before the shard
-                # the flusher sleeps for.
-                self._wake.set()
+        newly_pending = failed = False
+        try:
+            for partition, items in by_partition.items():
+                shard = await loop.run_in_executor(None, self.shard, partition)
+                was_pending = shard.seen != shard.applied
+                first = items[0][0]
+                if first > shard.seen + 1 and self._backfill is not None:
+                    log.warning(
+                        "search shard %s is at offset %s, the log delivers %s: filling the gap from the log",
+                        partition,
+                        shard.seen,
+                        first,
+                    )
+                    async with aclosing(self._backfill.read(partition, shard.seen + 1, first)) as chunks:
+                        async for chunk in chunks:
+                            await loop.run_in_executor(None, shard.add, chunk)
+                            await self._commit_or_retry()
+                await loop.run_in_executor(None, shard.add, items)
+                newly_pending |= not was_pending and shard.seen != shard.applied
+            await self._commit_or_retry()
+        except BaseException:
+            failed = True  # what was added before the failure waits for the flusher too
+            raise
+        finally:
+            if self._interval > 0:
+                if self._flusher is None:
+                    self._wake = asyncio.Event()
+                    self._flusher = asyncio.create_task(self._flush_loop())
+                elif (newly_pending or failed) and self._wake is not None:
+                    # A shard that had nothing pending has now: it may be due before the
+                    # shard the flusher sleeps for.
+                    self._wake.set()
 
     async def _commit_or_retry(self) -> None:
         try:

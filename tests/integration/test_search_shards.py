@@ -23,6 +23,7 @@ from events.errors import Unavailable
 from projections.adapters.search import (
     APPLIED,
     SearchIndexer,
+    Shard,
     ShardReaders,
     analyze,
     read_applied,
@@ -528,3 +529,34 @@ def test_a_kill_9_while_behind_loses_nothing_the_offsets_promise(tmp_path: Path)
     ids = ShardReaders(tmp_path, TOPIC).all_ids(parse("killed", analyze))
     assert ids == set(everything.values())
     assert {p: read_applied(shard_path(tmp_path, TOPIC, p)) for p in (0, 1)} == {0: 1999, 1: 1999}
+
+
+async def test_what_was_added_before_a_failed_commit_is_committed_by_the_flusher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    indexer = SearchIndexer(tmp_path, TOPIC, commit_interval_s=0.3, commit_most_s=5.0)
+    try:
+        await indexer.apply_at([(0, 0, sent_at("g:1", 950, "failed once", 0))])  # at once
+        await asyncio.sleep(0.35)  # due again; the flusher waits, nothing pending
+        real = Shard.commit
+        failures: list[Shard] = []
+
+        def commit_failing_once(shard: Shard) -> None:
+            if not failures:
+                failures.append(shard)
+                raise OSError("No space left on device")
+            real(shard)
+
+        monkeypatch.setattr(Shard, "commit", commit_failing_once)
+        with pytest.raises(Unavailable):
+            await indexer.apply_at([(0, 1, sent_at("g:1", 951, "failed twice", 0))])
+        # No batch comes again (the projector's retry may be a while): the flusher commits it.
+        for _ in range(250):
+            if read_applied(shard_path(tmp_path, TOPIC, 0)) == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert read_applied(shard_path(tmp_path, TOPIC, 0)) == 1
+        assert len(failures) == 1
+    finally:
+        indexer.close()
+    assert found(tmp_path, "failed", ["g:1"]) == [951, 950]
