@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from events import ChatEvent, MessageSent
-from projections.adapters.search import SearchIndexer, ShardReaders, analyze
+from projections.adapters.search import SearchIndexer, Shard, ShardReaders, analyze, shard_path
 from projections.adapters.search_schema import edge_ngrams, ngram_text
 from projections.search_query import parse
 from tidings.settings import Settings
@@ -140,7 +140,11 @@ async def index_all(
         took = time.perf_counter() - start
         used = time.process_time() - cpu - gen_cpu * count
         share = used / took * 100
-        print(f"at {args.rate:,.0f} events/s for {took:.1f} s: the indexer used {share:.1f} % of a core")
+        print(
+            f"at {args.rate:,.0f} events/s for {took:.1f} s: the indexer used {share:.1f} % of a core, "
+            f"{indexer.commits / took:.1f} shard commits/s, {used / max(indexer.commits, 1) * 1e3:.1f} ms "
+            f"of CPU per commit (all of the indexer's CPU over its commits)"
+        )
     commits = indexer.commits
     indexer.close()  # waits for the merges
     busy += time.perf_counter() - started
@@ -154,6 +158,34 @@ async def index_all(
         f"{commits:,} shard commits before the last"
     )
     return busy, count
+
+
+def commit_cost(root: Path, commits: int, per_commit: int, words: list[str]) -> None:
+    """What one shard commit costs: ``commits`` commits of ``per_commit`` messages each into one
+    shard, 10 ms apart (the merges run meanwhile, as live), CPU of every thread of the process
+    (tantivy's indexing, merge and segment-updater threads included) less the adding."""
+    shard = Shard(shard_path(root, TOPIC, 0))
+    rng = random.Random(11)
+    gen = messages(commits * per_commit, 100, words, rng, lambda i: time.time_ns() // 1_000_000)
+    offset = 0
+    added = 0.0
+    cpu = time.process_time()
+    for _ in range(commits):
+        batch = []
+        for _ in range(per_commit):
+            batch.append((offset, next(gen)))
+            offset += 1
+        started = time.process_time()
+        shard.add(batch)
+        added += time.process_time() - started
+        shard.commit()
+        time.sleep(0.01)
+    shard.close()  # waits for the merges
+    cpu = time.process_time() - cpu
+    print(
+        f"{commits} commits of {per_commit} messages: {(cpu - added) / commits * 1e3:.2f} ms of CPU per "
+        f"commit (adding: {added / commits * 1e3:.2f} ms per batch, the generator included)"
+    )
 
 
 def size_of(root: Path) -> int:
@@ -246,6 +278,13 @@ def main() -> None:
     )
     parser.add_argument("--queries", type=int, default=3000)
     parser.add_argument(
+        "--commit-cost",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only measure what a shard commit costs: N commits of --batch messages into one shard",
+    )
+    parser.add_argument(
         "--dir",
         type=Path,
         default=None,
@@ -269,6 +308,9 @@ def main() -> None:
     root = args.dir or Path(tempfile.mkdtemp(prefix="tidings-search-bench-"))
     words = vocabulary(30_000, random.Random(3))
     try:
+        if args.commit_cost:
+            commit_cost(root, args.commit_cost, args.batch, words)
+            return
         if args.query_only:
             print(f"size: {size_of(root) / 2**20:,.1f} MiB over {args.messages:,} messages")
             report_queries(root, args, words)

@@ -237,7 +237,14 @@ class SearchIndexer:
     committed at most every ``commit_interval_s`` per shard (and at least that often while
     something is pending) while it keeps up, so a message is searchable within about that time.
     Behind (a catch-up, a backlog, a refill), a shard commits less often, up to every
-    ``commit_most_s``: every ``commit_interval`` of its newest events' lateness."""
+    ``commit_most_s``: every ``commit_interval`` of its newest events' lateness.
+
+    Commits are made by the batches as they come (a shard that is due commits after its batch
+    is added) and, for a shard whose last events came when it was not due, by a flusher that
+    sleeps until the first pending shard is due (woken when a shard gets its first pending
+    events), so no pending shard waits longer than its interval. The due shards of one look
+    are committed in one job of the thread pool, one after the other (not together: each
+    commit is a burst of CPU, and twelve at once would hold a core for ~0.1 s)."""
 
     name = NAME
 
@@ -260,6 +267,8 @@ class SearchIndexer:
         self._shards: dict[int, Shard] = {}
         self._lock = threading.Lock()
         self._flusher: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self.flusher_looks = 0  # the flusher's wake-ups (tests, benchmarks)
 
     def shard(self, partition: int) -> Shard:
         with self._lock:
@@ -293,24 +302,38 @@ class SearchIndexer:
         by_partition: dict[int, list[tuple[int, ChatEvent]]] = {}
         for partition, offset, event in events:
             by_partition.setdefault(partition, []).append((offset, event))
-        for partition, items in by_partition.items():
-            shard = await loop.run_in_executor(None, self.shard, partition)
-            first = items[0][0]
-            if first > shard.seen + 1 and self._backfill is not None:
-                log.warning(
-                    "search shard %s is at offset %s, the log delivers %s: filling the gap from the log",
-                    partition,
-                    shard.seen,
-                    first,
-                )
-                async with aclosing(self._backfill.read(partition, shard.seen + 1, first)) as chunks:
-                    async for chunk in chunks:
-                        await loop.run_in_executor(None, shard.add, chunk)
-                        await self._commit_or_retry()
-            await loop.run_in_executor(None, shard.add, items)
-        await self._commit_or_retry()
-        if self._interval > 0 and self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_loop())
+        newly_pending = failed = False
+        try:
+            for partition, items in by_partition.items():
+                shard = await loop.run_in_executor(None, self.shard, partition)
+                was_pending = shard.seen != shard.applied
+                first = items[0][0]
+                if first > shard.seen + 1 and self._backfill is not None:
+                    log.warning(
+                        "search shard %s is at offset %s, the log delivers %s: filling the gap from the log",
+                        partition,
+                        shard.seen,
+                        first,
+                    )
+                    async with aclosing(self._backfill.read(partition, shard.seen + 1, first)) as chunks:
+                        async for chunk in chunks:
+                            await loop.run_in_executor(None, shard.add, chunk)
+                            await self._commit_or_retry()
+                await loop.run_in_executor(None, shard.add, items)
+                newly_pending |= not was_pending and shard.seen != shard.applied
+            await self._commit_or_retry()
+        except BaseException:
+            failed = True  # what was added before the failure waits for the flusher too
+            raise
+        finally:
+            if self._interval > 0:
+                if self._flusher is None:
+                    self._wake = asyncio.Event()
+                    self._flusher = asyncio.create_task(self._flush_loop())
+                elif (newly_pending or failed) and self._wake is not None:
+                    # A shard that had nothing pending has now: it may be due before the
+                    # shard the flusher sleeps for.
+                    self._wake.set()
 
     async def _commit_or_retry(self) -> None:
         try:
@@ -319,25 +342,51 @@ class SearchIndexer:
             # A failed commit (a full disk) is retried; the events are already added.
             raise Unavailable(f"search commit: {exc!r}") from exc
 
+    def due_in(self, shard: Shard, now: float) -> float | None:
+        """In how many seconds ``shard`` is due to commit (<= 0: now); None: nothing pending."""
+        if shard.seen == shard.applied:
+            return None
+        return shard.committed_at + commit_interval(shard.lateness, self._interval, self._most) - now
+
     def due(self, shard: Shard, now: float) -> bool:
         """Whether ``shard`` has something to commit and has waited long enough for it."""
-        wait = commit_interval(shard.lateness, self._interval, self._most)
-        return shard.seen != shard.applied and now - shard.committed_at >= wait
+        wait = self.due_in(shard, now)
+        return wait is not None and wait <= 0
 
     async def commit_due(self, *, everything: bool = False) -> None:
-        loop = asyncio.get_running_loop()
         now = time.monotonic()
-        for shard in list(self._shards.values()):
-            if (everything and shard.seen != shard.applied) or self.due(shard, now):
-                await loop.run_in_executor(None, shard.commit)
+        shards = [
+            shard
+            for shard in list(self._shards.values())
+            if (everything and shard.seen != shard.applied) or self.due(shard, now)
+        ]
+        if shards:
+            await asyncio.get_running_loop().run_in_executor(None, _commit_all, shards)
+
+    def next_due_in(self) -> float | None:
+        """Seconds until the first pending shard is due (None: nothing pending)."""
+        now = time.monotonic()
+        waits = [w for shard in list(self._shards.values()) if (w := self.due_in(shard, now)) is not None]
+        return min(waits, default=None)
 
     async def _flush_loop(self) -> None:
+        assert self._wake is not None
         while True:
-            await asyncio.sleep(self._interval / 2)
+            wait = self.next_due_in()
+            if wait is None or wait > 0:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                except TimeoutError:
+                    pass
+                else:
+                    continue  # a shard's first pending events: look again
+            self.flusher_looks += 1
             try:
                 await self.commit_due()
             except Exception:
                 log.exception("search shard commit failed")
+                await asyncio.sleep(self._interval)
 
     def abandon(self) -> None:
         """Drop the shards without committing (what a crash does; tests)."""
@@ -352,6 +401,12 @@ class SearchIndexer:
             self._flusher.cancel()
         for shard in self._shards.values():
             shard.close()
+
+
+def _commit_all(shards: Sequence[Shard]) -> None:
+    """Commit ``shards`` one after the other (one job of the thread pool)."""
+    for shard in shards:
+        shard.commit()
 
 
 def prefix_regex(prefix: str) -> str:
