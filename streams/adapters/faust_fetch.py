@@ -30,6 +30,8 @@ import faust
 from aiokafka.consumer.fetcher import Fetcher
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from streams.adapters import faust_drain
+
 # Far more than arrives in one fetch wait: the wait, not the size, ends a fetch.
 FETCH_MIN_BYTES = 4 * 1024 * 1024
 # An idle group's fetch: held by the broker this long unless a record comes (Faust's own wait).
@@ -78,7 +80,9 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
-class _Consumer(faust_aiokafka.Consumer):
+class _Consumer(faust_drain.Consumer):
+    """Also drains without a task per record (``streams.adapters.faust_drain``)."""
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 

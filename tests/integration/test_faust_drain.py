@@ -1,0 +1,157 @@
+"""The worker's Faust app (``streams.app.create_app``, its drain loop from
+``streams.adapters.faust_drain``) against the real Kafka: it projects every event, two apps of
+one group rebalance the partitions between them and back, and the group's committed offsets
+reach the end of every partition."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Sequence
+
+import faust
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from events import ChatEvent, MessageSent, Topics, encode_event, partition_key
+from streams.adapters import faust_drain
+from streams.app import create_app
+from tests.contracts import spread_ids
+from tests.factories import message_sent
+from tidings.settings import Settings
+
+PARTITIONS = 4
+
+
+class _Recorder:
+    """A positioned stage that remembers which app saw which event where."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.seen: list[tuple[int, int, int]] = []  # (partition, offset, message_id)
+
+    async def apply_at(self, events: Sequence[tuple[int, int, ChatEvent]]) -> None:
+        for partition, offset, event in events:
+            assert isinstance(event, MessageSent)
+            self.seen.append((partition, offset, event.message_id))
+
+
+async def _send(bootstrap: str, topic: str, events: Sequence[MessageSent]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        for event in events:
+            await producer.send(topic, encode_event(event), key=partition_key(event.conversation_id))
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def _offsets(bootstrap: str, group: str, topic: str) -> tuple[dict[int, int], dict[int, int | None]]:
+    """(end offsets, the group's committed offsets) per partition."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        ends = await consumer.end_offsets(tps)
+        committed = {tp.partition: await consumer.committed(tp) for tp in tps}
+        return {tp.partition: end for tp, end in ends.items()}, committed
+    finally:
+        await consumer.stop()
+
+
+async def _until(check: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {within} s: {what}")
+        await asyncio.sleep(0.1)
+
+
+def _assigned(app: faust.App, topic: str) -> set[int]:
+    """The app's partitions of ``topic`` (its assignment also holds Faust's leader topic)."""
+    return {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
+
+
+def _app(services: Settings, group: str, topics: Topics, recorder: _Recorder) -> faust.App:
+    app = create_app(
+        app_id=group,
+        bootstrap=services.kafka_bootstrap,
+        topics=topics,
+        partitions=PARTITIONS,
+        stages=[recorder],
+        batch_size=50,
+        batch_window_s=0.005,
+        session_timeout_s=10.0,
+    )
+    assert isinstance(app.consumer, faust_drain.Consumer)
+    return app
+
+
+async def test_worker_app_projects_rebalances_and_commits(services: Settings) -> None:
+    run = uuid.uuid4().hex[:8]
+    topics = Topics(f"{services.topic_prefix}drain{run}.")
+    group = f"{services.worker_app_id}-drain-{run}"
+    bootstrap, source = services.kafka_bootstrap, topics.conversation_events
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    names = [topics.conversation_events, topics.dead_letters]
+    await admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names])
+    ids = iter(spread_ids(600, step_ms=1))
+
+    def events(n: int) -> list[MessageSent]:
+        return [message_sent(next(ids), conversation_id=f"dm:a{i % 60}:b{run}") for i in range(n)]
+
+    first, second, third = events(200), events(200), events(200)
+    a, b = _Recorder("a"), _Recorder("b")
+    app_a, app_b = _app(services, group, topics, a), _app(services, group, topics, b)
+
+    def got(*recorders: _Recorder) -> set[int]:
+        return {mid for r in recorders for _, _, mid in r.seen}
+
+    try:
+        await _send(bootstrap, topics.conversation_events, first)
+        await app_a.start()
+        await _until(lambda: got(a) >= {e.message_id for e in first}, 60, "app a projects the first 200")
+
+        # A second app joins the group: the partitions are shared out, then it leaves again.
+        await app_b.start()
+
+        def shared() -> bool:
+            mine, theirs = _assigned(app_a, source), _assigned(app_b, source)
+            return bool(mine) and bool(theirs) and not mine & theirs and len(mine | theirs) == PARTITIONS
+
+        await _until(shared, 90, "the group shares the partitions out between a and b")
+        await _send(bootstrap, topics.conversation_events, second)
+        want = {e.message_id for e in first + second}
+        await _until(lambda: got(a, b) >= want, 90, "a and b project the second 200")
+        assert {p for p, _, _ in b.seen} == _assigned(app_b, source)
+        await app_b.stop()
+
+        await _send(bootstrap, topics.conversation_events, third)
+        want |= {e.message_id for e in third}
+        await _until(lambda: got(a, b) >= want, 90, "a takes every partition back and projects the rest")
+        # Faust commits what was acked every 2.8 s: the group reaches the end while a runs (an
+        # event projected but not yet acked when an app stops is delivered again, not lost).
+        progress: list[tuple[dict[int, int], dict[int, int | None]]] = []
+        deadline = time.monotonic() + 60
+        while not progress or progress[-1][0] != progress[-1][1]:
+            assert time.monotonic() < deadline, f"committed offsets never reached the end: {progress[-1]}"
+            await asyncio.sleep(0.5)
+            progress.append(await _offsets(bootstrap, group, source))
+        await app_a.stop()
+
+        assert got(a, b) == want
+        ends, committed = await _offsets(bootstrap, group, source)
+        for p in range(PARTITIONS):
+            seen = {o for r in (a, b) for q, o, _ in r.seen if q == p}
+            assert seen == set(range(ends[p])), f"partition {p}: an offset never projected"
+        assert committed == ends
+        assert sum(ends.values()) == 600
+    finally:
+        for app in (app_a, app_b):
+            if app.started and not app.should_stop:
+                await app.stop()
+        await admin.delete_topics(names)
+        await admin.close()
