@@ -16,7 +16,9 @@ from streams.app import create_app
 from tidings.settings import Settings
 
 
-async def _consumer_config(fetch_wait_ms: int) -> tuple[int, int]:
+async def _looked_at(fetch_wait_ms: int) -> tuple[int, int, type]:
+    """(fetch min bytes, fetch max wait, class) of the aiokafka consumer Faust builds for a
+    worker's app with ``fetch_wait_ms``."""
     app = create_app(
         app_id="t-fetch-sizing",
         bootstrap="127.0.0.1:1",  # never connected: only the consumer's construction is looked at
@@ -32,10 +34,15 @@ async def _consumer_config(fetch_wait_ms: int) -> tuple[int, int]:
     thread = app.consumer._thread  # type: ignore[attr-defined]
     consumer = thread._create_worker_consumer(app.transport)
     try:
-        return consumer._fetch_min_bytes, consumer._fetch_max_wait_ms
+        return consumer._fetch_min_bytes, consumer._fetch_max_wait_ms, type(consumer)
     finally:
         await consumer.stop()
         thread.thread_loop.close()  # made with the (never started) consumer thread
+
+
+async def _consumer_config(fetch_wait_ms: int) -> tuple[int, int]:
+    min_bytes, max_wait, _ = await _looked_at(fetch_wait_ms)
+    return min_bytes, max_wait
 
 
 @pytest.mark.asyncio
@@ -55,25 +62,7 @@ def test_background_wait_is_the_persist_batch_window() -> None:
 
 
 async def _swapped_class(fetch_wait_ms: int) -> type:
-    app = create_app(
-        app_id="t-fetch-class",
-        bootstrap="127.0.0.1:1",
-        topics=Topics("t."),
-        partitions=1,
-        stages=[],
-        batch_size=10,
-        batch_window_s=0.05,
-        session_timeout_s=10.0,
-        fetch_wait_ms=fetch_wait_ms,
-    )
-    app.loop = asyncio.get_running_loop()
-    thread = app.consumer._thread  # type: ignore[attr-defined]
-    consumer = thread._create_worker_consumer(app.transport)
-    try:
-        return type(consumer)
-    finally:
-        await consumer.stop()
-        thread.thread_loop.close()
+    return (await _looked_at(fetch_wait_ms))[2]
 
 
 @pytest.mark.asyncio
