@@ -59,9 +59,15 @@ class CombinedWrites:
     """A ``PositionedStage`` applying ``stages`` (in their order) with one round of writes."""
 
     def __init__(
-        self, cql: Cql, stages: Sequence[Stage | PositionedStage], *, name: str | None = None
+        self,
+        cql: Cql,
+        stages: Sequence[Stage | PositionedStage],
+        *,
+        name: str | None = None,
+        partitions_per_batch: int = MIXED_BATCH_PARTITIONS,
     ) -> None:
         self._cql = cql
+        self._partitions_per_batch = partitions_per_batch
         self._stages = list(stages)
         self.name = name or "+".join(s.name for s in self._stages)
 
@@ -79,7 +85,7 @@ class CombinedWrites:
             else:
                 alone.append(stage)
         work = list(dict.fromkeys(work))
-        await self._cql.execute_all(work, partitions_per_batch=MIXED_BATCH_PARTITIONS)
+        await self._cql.execute_all(work, partitions_per_batch=self._partitions_per_batch)
         for stage in self._stages:
             if isinstance(stage, RemembersWrites):
                 stage.written(work)

@@ -85,13 +85,14 @@ async def replay_partitions(job: PartitionJob, add: Callable[[int], None]) -> Pa
         stages = [s for s in stages if s.name in job.projections]
         dead = CountedDeadLetters()
         # One round of writes per batch for all read models (streams.combined).
-        everything = Projector([CombinedWrites(cql, stages)], dead)
+        batch = settings.cassandra_batch_partitions
+        everything = Projector([CombinedWrites(cql, stages, partitions_per_batch=batch)], dead)
         # Events whose warm copies were pruned: everything but the warm message rows and the
         # sync log's rows (the sync log's other tables and its watermark are still written).
         log_less = CassandraSyncLog(cql, log_rows=False)
         await loop.run_in_executor(None, log_less.prepare)
         pruned_stages = [log_less if s.name == log_less.name else s for s in stages if s.name != MESSAGES]
-        pruned_only = Projector([CombinedWrites(cql, pruned_stages)], dead)
+        pruned_only = Projector([CombinedWrites(cql, pruned_stages, partitions_per_batch=batch)], dead)
         manifest = load(settings.archive_root)
         reader = ArchiveReader(settings.archive_root)
         topic = Topics(settings.topic_prefix).conversation_events

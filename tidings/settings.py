@@ -83,6 +83,13 @@ class Settings(BaseSettings):
     cassandra_consistency: Literal["ONE", "LOCAL_ONE", "QUORUM", "LOCAL_QUORUM", "EACH_QUORUM", "ALL"] = (
         "LOCAL_ONE"
     )
+    # How many partitions' small row groups the persist worker and replay may put in one
+    # UNLOGGED batch (projections/adapters/cql.py, at most 10: Cassandra's warning threshold).
+    # The coordinator a batch is routed to (by its first partition) forwards the other
+    # partitions' mutations to their replicas: free while every node holds every partition
+    # (one node; three nodes at replication 3), a hop per partition once nodes outnumber the
+    # replication factor, where 1 (one batch per partition, token-aware) is the choice.
+    cassandra_batch_partitions: int = Field(default=10, ge=1, le=10)
 
     # Redis
     redis_host: str = "127.0.0.1"

@@ -76,7 +76,12 @@ def build_worker_app(settings: Settings) -> faust.App:
     ]
     # One round of Cassandra writes per batch for all of them (streams.combined), as replay.
     persist: list[Stage | PositionedStage] = [
-        CombinedWrites(cql, persist_stages(cql, settings, roster), name="persist")
+        CombinedWrites(
+            cql,
+            persist_stages(cql, settings, roster),
+            name="persist",
+            partitions_per_batch=settings.cassandra_batch_partitions,
+        )
     ]
     presence = CassandraPresence(cql)
     presence.prepare()

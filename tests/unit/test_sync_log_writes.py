@@ -68,3 +68,34 @@ async def test_combined_writes_leave_out_bucket_rows_once_written_but_not_after_
     # every message and log row is still written, each once
     assert len([s for s, _ in cql.written if "INTO {ks}.messages " in s]) == 3
     assert len([s for s, _ in cql.written if "INTO {ks}.conversation_log " in s]) == 3
+
+
+class PackingCql(FakeCql):
+    def __init__(self) -> None:
+        super().__init__()
+        self.packing: list[int] = []
+
+    async def execute_all(self, statements: Sequence[tuple[str, Sequence[Any]]], **kwargs: Any) -> None:
+        self.packing.append(kwargs.get("partitions_per_batch", 1))
+        await super().execute_all(statements)
+
+
+async def test_the_persist_worker_packs_partitions_as_its_setting_says() -> None:
+    """``cassandra_batch_partitions`` reaches the persist worker's round (10 by default; 1 on a
+    cluster whose nodes outnumber the replication factor)."""
+    from streams.combined import CombinedWrites
+    from tidings.settings import Settings
+
+    event = [(0, 1, message_sent(1, conversation_id="dm:a:b"))]
+    for setting, expected in ((None, 10), (1, 1)):
+        settings = Settings() if setting is None else Settings(cassandra_batch_partitions=setting)
+        cql = PackingCql()
+        combined = CombinedWrites(
+            cql,  # type: ignore[arg-type]
+            [CassandraSyncLog(cql)],  # type: ignore[arg-type]
+            partitions_per_batch=settings.cassandra_batch_partitions,
+        )
+        await combined.apply_at(event)
+        assert cql.packing[0] == expected  # the combined round's one request set
+    with pytest.raises(ValueError, match="less than or equal to 10"):
+        Settings(cassandra_batch_partitions=11)  # past Cassandra's warning threshold
