@@ -576,6 +576,11 @@ class TidingsClient:
         for future in self._pongs.values():
             if not future.done():
                 future.set_exception(closed)
+                # Marked retrieved: a heartbeat still waiting gets it raised; one cancelled in the
+                # same turn (the connection loop stops it as it sees the close) would otherwise
+                # leave asyncio to log "Future exception was never retrieved" for a close that
+                # the connection loop already reports.
+                future.exception()
 
     async def _read(self, ws: Transport) -> None:
         while True:

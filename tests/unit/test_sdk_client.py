@@ -598,3 +598,33 @@ async def test_a_resume_finds_a_message_pushed_before_registration_however_late_
         # A sync that found nothing the socket did not push, with every push back: it stops.
         await asyncio.sleep(0.5)
         assert log.calls == 9
+
+
+async def test_a_close_fails_the_waiting_pings_without_an_unretrieved_exception_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import gc
+
+    async def nowhere(url: str, headers: Mapping[str, str]) -> Transport:
+        raise OSError("connection refused")
+
+    client = TidingsClient("http://gw1", ALICE, connector=nowhere, backoff=Backoff(0.01, 0.02))
+
+    async def closed() -> None:
+        raise TransportClosed(1013, "deliveries interrupted; reconnect and sync")
+
+    reader = asyncio.create_task(closed())
+    with pytest.raises(TransportClosed):
+        await reader
+    abandoned: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # its waiter is gone
+    waited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    client._pongs.update({"p1": abandoned, "p2": waited})
+    client._reader_ended(reader)
+    with pytest.raises(TransportClosed):  # a waiting heartbeat still learns of the close
+        await waited
+    client._pongs.clear()
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        del abandoned, waited
+        gc.collect()
+        await asyncio.sleep(0)
+    assert "never retrieved" not in caplog.text
