@@ -74,7 +74,10 @@ class Device:
         topic = Topics(settings.topic_prefix).conversation_events
         async with KafkaLogSource(settings.kafka_bootstrap, topic, settings.topic_partitions) as log:
             ends = await log.end_offsets()
-        cursor = decode_cursor(self.cursor, settings.topic_partitions) if self.cursor else {}
+        # The log position only: the cursor's to-device (``~``) and device-list (``!``) parts
+        # follow it (query_api/sync_api.py).
+        log_part = (self.cursor or "").partition("!")[0].partition("~")[0]
+        cursor = decode_cursor(log_part, settings.topic_partitions) if log_part else {}
         return f"cursor {cursor}, applied {marks}, log ends {ends}"
 
 
