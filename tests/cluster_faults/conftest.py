@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.conftest import ClusterSystem, cluster  # noqa: F401 - the services' fixture
-from tests.faults.load import Report, summarize
+from tests.faults.load import Report, recorder, summarize
 from tidings import processes
 from tidings.services import cluster as profile
 from tidings.services.haproxy import HAProxy
@@ -91,13 +91,7 @@ def cluster_fault_system(cluster: Settings) -> Iterator[ClusterFaultSystem]:  # 
 
 @pytest.fixture
 def record() -> Callable[[Report], None]:
-    def add(report: Report) -> None:
-        REPORTS.append(report)
-        print(report.line())
-        for note in report.notes:
-            print(f"    {note}")
-
-    return add
+    return recorder(REPORTS)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -36,9 +36,16 @@ RATE = float(os.environ.get("TIDINGS_CLUSTER_FAULTS_RATE", "50"))
 Record = Callable[[Report], None]
 
 
-def _check(report: Report) -> None:
+async def _finish(load: Load, sending: asyncio.Task[None], record: Record, *notes: str) -> Report:
+    """The end of every scenario: wait out the sending, collect the report with the scenario's
+    notes, record it, and fail on any lost, duplicated or reordered message."""
+    await sending
+    report = await load.finish()
+    report.notes.extend(notes)
+    record(report)
     assert report.acked > 0, report.line()
     assert not report.problems(), "\n".join([report.line(), *report.problems()])
+    return report
 
 
 def _kill_9(service: Service) -> None:
@@ -107,11 +114,12 @@ async def test_worker_of_each_role_kill_9(cluster_fault_system: ClusterFaultSyst
         system.start(name)
     load.repaired_at = time.monotonic()
     load.fault_window = (killed, load.repaired_at)
-    await sending
-    report = await load.finish()
-    report.notes.append(f"killed {', '.join(victims)}; restarted after {load.repaired_at - killed:.1f} s")
-    record(report)
-    _check(report)
+    await _finish(
+        load,
+        sending,
+        record,
+        f"killed {', '.join(victims)}; restarted after {load.repaired_at - killed:.1f} s",
+    )
 
 
 async def test_gateway_kill_9(cluster_fault_system: ClusterFaultSystem, record: Record) -> None:
@@ -126,11 +134,7 @@ async def test_gateway_kill_9(cluster_fault_system: ClusterFaultSystem, record: 
     await asyncio.to_thread(system.wait_gateway, "gateway2")
     load.fault_window = (killed, time.monotonic())
     report_note = f"gateway2 back and UP in HAProxy {time.monotonic() - killed:.1f} s after the kill"
-    await sending
-    report = await load.finish()
-    report.notes.append(report_note)
-    record(report)
-    _check(report)
+    report = await _finish(load, sending, record, report_note)
     assert report.reconnects > 0, report.line()
 
 
@@ -162,12 +166,13 @@ async def test_rolling_restart_of_the_gateways(
         )
     load.repaired_at = time.monotonic()
     load.fault_window = (began, load.repaired_at)
-    await sending
-    report = await load.finish()
-    report.notes.append("; ".join(steps))
-    report.notes.append(f"upgrades refused by a draining gateway: {refused_while_draining}")
-    record(report)
-    _check(report)
+    await _finish(
+        load,
+        sending,
+        record,
+        "; ".join(steps),
+        f"upgrades refused by a draining gateway: {refused_while_draining}",
+    )
     assert load.disconnects["reconnect frame"] > 0, load.disconnects
     assert not any(refused_while_draining.values()), (
         f"sockets sent to a draining gateway: {refused_while_draining}"
@@ -191,11 +196,7 @@ async def test_cassandra_node_kill_9(cluster_fault_system: ClusterFaultSystem, r
     load.fault_window = (killed, load.repaired_at)
     down_s, restart_s = load.repaired_at - killed, load.repaired_at - restarted
     note = f"{node.name} down {down_s:.1f} s (its restart {restart_s:.1f} s)"
-    await sending
-    report = await load.finish()
-    report.notes.append(note)
-    record(report)
-    _check(report)
+    await _finish(load, sending, record, note)
 
 
 async def test_kafka_partition_leader_kill_9(
@@ -225,11 +226,7 @@ async def test_kafka_partition_leader_kill_9(
         f"its new leader: broker {moved_to}; down {load.repaired_at - killed:.1f} s "
         f"(restart {load.repaired_at - restarted:.1f} s), replicas in sync {in_sync_s:.1f} s later"
     )
-    await sending
-    report = await load.finish()
-    report.notes.append(note)
-    record(report)
-    _check(report)
+    await _finish(load, sending, record, note)
     assert moved_to != leader, f"partition {partition} still led by the killed broker {leader}"
 
 
@@ -296,9 +293,5 @@ async def test_redis_master_kill_9(cluster_fault_system: ClusterFaultSystem, rec
         f"the replica on :{promoted} took it over {took_over - killed:.1f} s after the kill; "
         f"the killed node restarted and the cluster ok in {back - restarted:.1f} s"
     )
-    await sending
-    report = await load.finish()
-    report.notes.append(note)
-    record(report)
-    _check(report)
+    await _finish(load, sending, record, note)
     assert await asyncio.to_thread(_role, master) == "slave", f"{node.name} did not come back as a replica"

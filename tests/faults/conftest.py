@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.load import Report, summarize
+from tests.faults.load import Report, recorder, summarize
 from tests.faults.system import FaultSystem, fault_settings
 from tidings.settings import Settings
 
@@ -58,11 +58,7 @@ def fault_system(fault_services: Settings) -> Iterator[FaultSystem]:
 
 @pytest.fixture
 def record() -> Callable[[Report], None]:
-    def add(report: Report) -> None:
-        REPORTS.append(report)
-        print(report.line())
-
-    return add
+    return recorder(REPORTS)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

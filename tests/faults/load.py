@@ -33,6 +33,7 @@ import random
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -553,6 +554,19 @@ class Load:
         ]
         if quick:
             report.recovery_s = min(quick) - self.repaired_at
+
+
+def recorder(reports: list[Report]) -> Callable[[Report], None]:
+    """The fault suites' ``record`` fixture: keep a scenario's report for the summary and print
+    it (with its notes) where it happened in the run's output."""
+
+    def add(report: Report) -> None:
+        reports.append(report)
+        print(report.line())
+        for note in report.notes:
+            print(f"    {note}")
+
+    return add
 
 
 def summarize(terminal: Any, title: str, reports: list[Report], path: Path | None) -> None:
