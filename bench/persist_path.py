@@ -35,8 +35,10 @@ class _NoDeadLetters:
         raise AssertionError(f"dead letter: {error}")
 
 
-def _events(n: int, pairs: int) -> list[MessageSent]:
-    run, ids = uuid.uuid4().hex[:6], Snowflake(1000 % 1024)
+def direct_messages(n: int, pairs: int, body: str = "x" * 200) -> list[MessageSent]:
+    """``n`` text messages over ``pairs`` direct chats of users new to this run, each chat's
+    two members taking turns; the persist tests write the same kind of round."""
+    run, ids = uuid.uuid4().hex[:8], Snowflake(1000 % 1024)
     out = []
     for i in range(n):
         a, b = f"pa{run}{i % pairs:03d}", f"pb{run}{i % pairs:03d}"
@@ -45,11 +47,11 @@ def _events(n: int, pairs: int) -> list[MessageSent]:
             MessageSent(
                 conversation_id=f"dm:{a}:{b}",
                 message_id=mid,
-                sender_id=a if i % 2 else b,
+                sender_id=a if (i // pairs) % 2 else b,
                 sender_device="d",
                 client_msg_id=uuid.uuid4().hex,
                 kind="text",
-                body="x" * 200,
+                body=body,
                 ts=snowflake_ts(mid),
             )
         )
@@ -66,7 +68,7 @@ async def one_run(
     projector = Projector(
         [CombinedWrites(cql, stages, name="persist")] if mode == "combined" else stages, _NoDeadLetters()
     )
-    evs = _events(events, pairs)
+    evs = direct_messages(events, pairs)
     records: list[tuple[Record, ChatEvent]] = [
         (Record("bench", i % settings.topic_partitions, 10_000_000 + i, None, b""), e)
         for i, e in enumerate(evs)

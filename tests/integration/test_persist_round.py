@@ -5,12 +5,12 @@ UNLOGGED batches across partition keys, which Cassandra checks (it warns past 10
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from events import MessageSent, Snowflake, decode_event, snowflake_ts
+from bench.persist_path import direct_messages
+from events import MessageSent, decode_event
 from projections.adapters.cql import Cql, connect_to
 from projections.adapters.migrate import migrate_cassandra
 from projections.membership import CassandraMembership
@@ -35,34 +35,13 @@ def cql(services: Settings) -> Iterator[Cql]:
     cluster.shutdown()
 
 
-def _messages(n: int, pairs: int, body: str) -> list[MessageSent]:
-    run, ids = uuid.uuid4().hex[:8], Snowflake(7)
-    out = []
-    for i in range(n):
-        a, b = f"pa{run}{i % pairs:02d}", f"pb{run}{i % pairs:02d}"
-        mid = ids.next_id()
-        out.append(
-            MessageSent(
-                conversation_id=f"dm:{a}:{b}",
-                message_id=mid,
-                sender_id=a if i % 3 else b,
-                sender_device="d",
-                client_msg_id=uuid.uuid4().hex,
-                kind="text",
-                body=body,
-                ts=snowflake_ts(mid),
-            )
-        )
-    return out
-
-
 @pytest.mark.parametrize("body", ["short", "y" * 200, "x" * 2000])
 async def test_a_round_of_1to1_messages_lands_whole_with_few_requests_and_no_server_warning(
     cql: Cql, services: Settings, body: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     roster = Roster(CassandraMembership(cql).load_roster, threshold=services.fanout_threshold)
     combined = CombinedWrites(cql, persist_stages(cql, services, roster), name="persist")
-    events = _messages(150, 40, body)
+    events = direct_messages(150, 40, body)
     positioned = [(3, 9_000_000_000 + n, e) for n, e in enumerate(events)]
     requests, statements = cql.requests_sent, cql.statements_sent
     with caplog.at_level(logging.WARNING, logger="cassandra"):
