@@ -52,6 +52,11 @@ def _server_ticks(role: str) -> int:
     return sum(pid_ticks(pids).values()) if pids else 0
 
 
+def _cassandra_ticks() -> int:
+    """CPU ticks so far of the Cassandra server (``bench.persist_path`` uses it too)."""
+    return _server_ticks("cassandra")
+
+
 def _own_switches() -> int:
     """Context switches (voluntary + not) of this process's threads so far."""
     from bench.sweep import switches
