@@ -18,8 +18,9 @@ Closed-loop on purpose (a fixed number in flight): it measures cost, not latency
 ``--rate R`` paces the sends instead (send i at ``i / R`` s, at most ``--concurrency`` in
 flight), over ``--pairs`` conversations: what depends on time (the encryption flags' trust in
 "not encrypted") then costs what it costs in a run of the 1:1 benchmark at that rate. It also
-prints the Cassandra server's CPU per send over the window (the shared server: other users'
-load counts too) and, where the tree counts them, the encryption-flag reads per send.
+prints the Cassandra and Kafka servers' CPU per send over the window (shared servers: other
+users' load counts too), this process's context switches per send, the send's P50/P99 from
+its call to its return (the ack) and, where the tree counts them, the encryption-flag reads per send.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import time
 import uuid
 
@@ -40,18 +42,33 @@ PAIRS = 200
 WARMUP = 50
 
 
-def _cassandra_ticks() -> int:
-    """CPU ticks so far of the Cassandra server of the settings (0 when not found here)."""
+def _server_ticks(role: str) -> int:
+    """CPU ticks so far of the ``role`` server (``cassandra``, ``kafka``) of the settings (0 when
+    not found here)."""
     from bench.common import pid_ticks
     from bench.sweep import service_pids
 
-    pids = {pid for pid, role in service_pids().items() if role == "cassandra"}
+    pids = {pid for pid, r in service_pids().items() if r == role}
     return sum(pid_ticks(pids).values()) if pids else 0
 
 
-async def main(sends: int, concurrency: int, rate: float = 0.0, pairs: int = PAIRS) -> dict[str, float]:
-    import os
+def _cassandra_ticks() -> int:
+    """CPU ticks so far of the Cassandra server (``bench.persist_path`` uses it too)."""
+    return _server_ticks("cassandra")
 
+
+def _own_switches() -> int:
+    """Context switches (voluntary + not) of this process's threads so far."""
+    from bench.sweep import switches
+
+    return sum(switches({os.getpid(): "self"}).values())
+
+
+def _pct(sorted_ms: list[float], q: float) -> float:
+    return sorted_ms[min(len(sorted_ms) - 1, int(q * len(sorted_ms)))] if sorted_ms else 0.0
+
+
+async def main(sends: int, concurrency: int, rate: float = 0.0, pairs: int = PAIRS) -> dict[str, float]:
     deps = await build_dependencies(Settings())
     run = uuid.uuid4().hex[:6]
     frames = [
@@ -64,9 +81,13 @@ async def main(sends: int, concurrency: int, rate: float = 0.0, pairs: int = PAI
         for i in range(sends + WARMUP)
     ]
 
+    acks_ms: list[float] = []
+
     async def one(i: int) -> None:
         frame = frames[i]
+        t = time.perf_counter()
         await deps.messaging.send(f"sa{run}{i % pairs:03d}", "bench", frame.conversation_id, frame)
+        acks_ms.append((time.perf_counter() - t) * 1000)
 
     try:
         for i in range(WARMUP):
@@ -81,15 +102,23 @@ async def main(sends: int, concurrency: int, rate: float = 0.0, pairs: int = PAI
             async with gate:
                 await one(i)
 
-        cpu, wall, ticks = time.process_time(), time.perf_counter(), _cassandra_ticks()
+        acks_ms.clear()
+        cpu, wall, ticks = time.process_time(), time.perf_counter(), _server_ticks("cassandra")
+        kticks, woke = _server_ticks("kafka"), _own_switches()
         reads = deps.directory.encryption_flags.reads if flags is not None else 0  # type: ignore[attr-defined]
         await asyncio.gather(*(limited(i) for i in range(WARMUP, WARMUP + sends)))
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        ticks = _cassandra_ticks() - ticks
+        ticks, kticks = _server_ticks("cassandra") - ticks, _server_ticks("kafka") - kticks
+        woke = _own_switches() - woke
+        acks_ms.sort()
         out = {
             "sends_per_s": sends / wall,
             "cpu_us_per_send": cpu / sends * 1e6,
+            "switches_per_send": woke / sends,
+            "ack_p50_ms": _pct(acks_ms, 0.50),
+            "ack_p99_ms": _pct(acks_ms, 0.99),
             "cassandra_cpu_us_per_send": ticks / os.sysconf("SC_CLK_TCK") / sends * 1e6,
+            "kafka_cpu_us_per_send": kticks / os.sysconf("SC_CLK_TCK") / sends * 1e6,
         }
         if flags is not None:
             out["flag_reads_per_send"] = (deps.directory.encryption_flags.reads - reads) / sends  # type: ignore[attr-defined]
@@ -201,7 +230,10 @@ def _cli() -> None:
         f"send command, {args.sends:,} sends, {args.concurrency} in flight, rate {args.rate or 'open'}, "
         f"{args.pairs} conversations; {machine_line()}\n"
         f"  {result['sends_per_s']:,.0f} sends/s, {result['cpu_us_per_send']:.0f} µs CPU per send, "
-        f"Cassandra {result['cassandra_cpu_us_per_send']:.0f} µs per send"
+        f"{result['switches_per_send']:.2f} context switches per send, "
+        f"ack P50 {result['ack_p50_ms']:.2f} P99 {result['ack_p99_ms']:.2f} ms, "
+        f"Cassandra {result['cassandra_cpu_us_per_send']:.0f} µs, "
+        f"Kafka {result['kafka_cpu_us_per_send']:.0f} µs per send"
         + (
             f", {result['flag_reads_per_send']:.3f} flag reads per send"
             if "flag_reads_per_send" in result

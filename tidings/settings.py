@@ -55,7 +55,9 @@ class Settings(BaseSettings):
     kafka_controller_port: int = 19093
     topic_prefix: str = "tidings."
     topic_partitions: int = 12
-    kafka_linger_ms: int = 2
+    # The gateway producer's linger, only while other sends are in flight (a lone send goes at
+    # once): commands.adapters.kafka_log.LingeringProducer.
+    kafka_linger_ms: int = Field(default=2, ge=0)
     # Replication of the topics `tidings migrate` creates (and of Faust's own), and their
     # `min.insync.replicas`: the producers write with acks=all, so a send is acknowledged once
     # this many replicas have it. One broker needs 1 and 1; a cluster of three, e.g. 3 and 2.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -44,3 +45,41 @@ async def test_append_lands_on_the_conversations_partition(services: Settings) -
             found = [r for r in records if r.key == cid.encode() and decode_event(r.value) == event]
     finally:
         await consumer.stop()
+
+
+async def test_concurrent_appends_that_linger_together_all_land_once_in_call_order(
+    services: Settings,
+) -> None:
+    """The linger that follows the send rate (``LingeringProducer``): 40 appends at once to one
+    conversation, so all but the first wait for company and go in shared requests; each is in
+    the log once, in the order the appends were called (acks=all: confirmed means there)."""
+    topics = Topics(services.topic_prefix)
+    cid = f"dm:alice:u{uuid.uuid4().hex[:10]}"
+    events = [message_sent(mid, conversation_id=cid) for mid in spread_ids(40, step_ms=1)]
+    producer = KafkaEventLog.producer(services.kafka_bootstrap, linger_ms=20)
+    await producer.start()
+    try:
+        log = KafkaEventLog(producer, topics)
+        await asyncio.gather(*(log.append(event) for event in events))
+    finally:
+        await producer.stop()
+
+    partitions = list(range(services.topic_partitions))
+    tp = TopicPartition(
+        topics.conversation_events, DefaultPartitioner()(cid.encode(), partitions, partitions)
+    )
+    consumer = AIOKafkaConsumer(bootstrap_servers=services.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        consumer.seek(tp, max(0, end - 400))
+        found: list[Any] = []
+        while len(found) < len(events):
+            batch = await consumer.getmany(tp, timeout_ms=2000)
+            records = batch.get(tp, [])
+            assert records, f"only {len(found)} of the {len(events)} events on the partition"
+            found += [decode_event(r.value) for r in records if r.key == cid.encode()]
+    finally:
+        await consumer.stop()
+    assert found == events
