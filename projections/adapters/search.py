@@ -316,15 +316,20 @@ class SearchIndexer:
                 del shard.writer  # tantivy frees the writer lock when the writer is dropped
 
     async def apply_at(self, events: Sequence[tuple[int, int, ChatEvent]]) -> None:
+        """Add a batch to its partitions' shards and commit those due: one job of the thread
+        pool for the whole batch (one hop there and back, whatever the partitions), another
+        only to open a shard or to fill a gap from the log (rare)."""
         loop = asyncio.get_running_loop()
         by_partition: dict[int, list[tuple[int, ChatEvent]]] = {}
         for partition, offset, event in events:
             by_partition.setdefault(partition, []).append((offset, event))
         newly_pending = failed = False
         try:
+            work: list[tuple[Shard, list[tuple[int, ChatEvent]]]] = []
             for partition, items in by_partition.items():
-                shard = await loop.run_in_executor(None, self.shard, partition)
-                was_pending = shard.seen != shard.applied
+                shard = self._shards.get(partition)
+                if shard is None:
+                    shard = await loop.run_in_executor(None, self.shard, partition)
                 first = items[0][0]
                 if first > shard.seen + 1 and self._backfill is not None:
                     log.warning(
@@ -333,13 +338,13 @@ class SearchIndexer:
                         shard.seen,
                         first,
                     )
+                    newly_pending |= shard.seen == shard.applied
                     async with aclosing(self._backfill.read(partition, shard.seen + 1, first)) as chunks:
                         async for chunk in chunks:
                             await loop.run_in_executor(None, shard.add, chunk)
                             await self._commit_or_retry()
-                await loop.run_in_executor(None, shard.add, items)
-                newly_pending |= not was_pending and shard.seen != shard.applied
-            await self._commit_or_retry()
+                work.append((shard, items))
+            newly_pending |= await loop.run_in_executor(None, self._add_and_commit, work)
         except BaseException:
             failed = True  # what was added before the failure waits for the flusher too
             raise
@@ -352,6 +357,22 @@ class SearchIndexer:
                     # A shard that had nothing pending has now: it may be due before the
                     # shard the flusher sleeps for.
                     self._wake.set()
+
+    def _add_and_commit(self, work: Sequence[tuple[Shard, list[tuple[int, ChatEvent]]]]) -> bool:
+        """Add each shard's events, then commit the open shards that are due (one job of the
+        thread pool); whether a shard that had nothing pending has now."""
+        newly_pending = False
+        for shard, items in work:
+            was_pending = shard.seen != shard.applied
+            shard.add(items)
+            newly_pending |= not was_pending and shard.seen != shard.applied
+        now = time.monotonic()
+        try:
+            _commit_all([shard for shard in list(self._shards.values()) if self.due(shard, now)])
+        except Exception as exc:
+            # A failed commit (a full disk) is retried; the events are already added.
+            raise Unavailable(f"search commit: {exc!r}") from exc
+        return newly_pending
 
     async def _commit_or_retry(self) -> None:
         try:
