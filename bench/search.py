@@ -348,7 +348,8 @@ def main() -> None:
         )
         per_million = size / count * 1_000_000 / 2**20
         print(f"size: {size / 2**20:,.1f} MiB, {per_million:,.0f} MiB per million messages")
-        report_queries(root, args, words)
+        if args.queries:  # --queries 0: indexing only
+            report_queries(root, args, words)
     finally:
         if args.dir is None:
             shutil.rmtree(root, ignore_errors=True)
