@@ -13,8 +13,9 @@ words, a phrase, and prefixes of 2, 3 and 5 letters (each one term of the n-gram
 holds every word's prefixes of 2..8 letters); newest 20 first with highlights, as
 ``GET /v1/search`` asks.
 The indexing figure is the search worker's part (events into the shards), with the worker's
-own commit policy (``Settings.search_commit_interval_s`` while it keeps up, up to
-``search_commit_most_s`` while behind; ``--commit-interval`` / ``--commit-most`` change them).
+own commit policy (``Settings.search_commit_interval_s`` and ``search_commit_age_s`` while it
+keeps up, up to ``search_commit_most_s`` while behind; ``--commit-interval``, ``--commit-age``
+and ``--commit-most`` change them).
 Each message carries its send time, as on the log: by default all of them were sent when the
 run starts (a backlog, as after an outage, the way to measure throughput); with ``--rate`` they
 are sent, and handed to the indexer, at that many per second (live traffic: the CPU share of a
@@ -96,7 +97,11 @@ async def index_all(
     """Index the messages; ``gen_cpu``: the generator's own CPU per message, taken out of the
     indexer's figure."""
     indexer = SearchIndexer(
-        root, TOPIC, commit_interval_s=args.commit_interval, commit_most_s=args.commit_most
+        root,
+        TOPIC,
+        commit_interval_s=args.commit_interval,
+        commit_most_s=args.commit_most,
+        commit_age_s=args.commit_age or None,
     )
     offsets = [0] * args.partitions
     batch: list[tuple[int, int, ChatEvent]] = []
@@ -271,6 +276,13 @@ def main() -> None:
         help="the longest wait between a shard's commits while behind; default: the worker's",
     )
     parser.add_argument(
+        "--commit-age",
+        type=float,
+        default=live.search_commit_age_s,
+        help="a busy shard commits once its oldest pending message is this old (0: at the interval); "
+        "default: the worker's",
+    )
+    parser.add_argument(
         "--rate",
         type=float,
         default=0.0,
@@ -336,7 +348,8 @@ def main() -> None:
         )
         per_million = size / count * 1_000_000 / 2**20
         print(f"size: {size / 2**20:,.1f} MiB, {per_million:,.0f} MiB per million messages")
-        report_queries(root, args, words)
+        if args.queries:  # --queries 0: indexing only
+            report_queries(root, args, words)
     finally:
         if args.dir is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -248,6 +248,12 @@ class Settings(BaseSettings):
     # segment of 6 files, each registered in tantivy's .managed.json, all fsynced): with 12
     # shards, 1 s is 12 commits a second at most, 0.5 s was 24 (docs/search.md, "Freshness").
     search_commit_interval_s: float = 1.0
+    # While caught up, a shard whose news came within the interval of its last commit waits
+    # until its oldest pending message is this old (from its ack) before committing: with a
+    # steady stream, a commit per shard every ~1.4 s instead of every 1 s, each message
+    # searchable at most this long after its ack plus the commit (the contract's 2 s). A shard
+    # quiet for the interval still commits at once. Below the interval: no effect.
+    search_commit_age_s: float = 1.5
     # Behind (a catch-up, a backlog), a shard waits half its events' lateness between commits,
     # up to this long: fewer, larger segments while freshness is lost anyway (docs/search.md).
     search_commit_most_s: float = 5.0

@@ -146,6 +146,7 @@ def build_search_app(settings: Settings) -> faust.App:
         KafkaBackfill(settings.kafka_bootstrap, topics.conversation_events),
         commit_interval_s=settings.search_commit_interval_s,
         commit_most_s=settings.search_commit_most_s,
+        commit_age_s=settings.search_commit_age_s,
     )
     tracing = telemetry.configure(settings, "tidings-worker-search")
     app = create_app(

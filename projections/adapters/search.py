@@ -152,6 +152,12 @@ class Shard:
         # conversation's message is searchable as soon as it is indexed.
         self.committed_at = float("-inf")
         self.lateness = 0.0
+        # Since the last commit: the messages added (an offset-only advance need not be
+        # searchable, only durable some time), when the first of them came, and the ack time
+        # of the oldest of them (both on the monotonic clock): how long the shard may wait.
+        self.docs_pending = 0
+        self.pending_since = float("inf")
+        self.oldest_ack = float("inf")
         self.commits = 0  # index commits made (tests, benchmarks)
         # The largest message id in the shard (committed, or added since): a message with a
         # larger id cannot be in it yet, so it needs no delete before its add.
@@ -184,6 +190,11 @@ class Shard:
             if messages:
                 self.newest_id = max(self.newest_id, *messages)
             added = 0
+            if messages and not self.docs_pending:
+                now = time.monotonic()
+                self.pending_since = now
+                age = max(0.0, time.time() - min(e.ts for e in messages.values()) / 1000)
+                self.oldest_ack = now - age
             for event in messages.values():
                 wire = message_object(event)
                 del wire["body"]
@@ -197,6 +208,7 @@ class Shard:
                 doc.add_bytes("message", orjson.dumps(wire))
                 self.writer.add_document(doc)
                 added += 1
+            self.docs_pending += added
             if fresh:
                 self.seen = fresh[-1][0]
                 lateness = _lateness(fresh)
@@ -214,6 +226,8 @@ class Shard:
             _write_applied(self.path, self.seen)
             self.applied = self.seen
             self.commits += 1
+            self.docs_pending = 0
+            self.pending_since = self.oldest_ack = float("inf")
 
     def apply(self, events: Sequence[tuple[int, ChatEvent]]) -> int:
         added = self.add(events)
@@ -256,6 +270,7 @@ class SearchIndexer:
         *,
         commit_interval_s: float = 0.0,
         commit_most_s: float | None = None,
+        commit_age_s: float | None = None,
     ) -> None:
         keep_freed_memory()
         self._root = root
@@ -264,6 +279,9 @@ class SearchIndexer:
         self._interval = commit_interval_s
         # Without a longest interval, the interval is fixed (a rebuild's, the tests').
         self._most = commit_interval_s if commit_most_s is None else max(commit_most_s, commit_interval_s)
+        # While caught up, a shard that had news within the interval commits once its oldest
+        # pending message is this old (from its ack), not sooner (None: at the interval).
+        self._age = commit_age_s
         self._shards: dict[int, Shard] = {}
         self._lock = threading.Lock()
         self._flusher: asyncio.Task[None] | None = None
@@ -298,15 +316,20 @@ class SearchIndexer:
                 del shard.writer  # tantivy frees the writer lock when the writer is dropped
 
     async def apply_at(self, events: Sequence[tuple[int, int, ChatEvent]]) -> None:
+        """Add a batch to its partitions' shards and commit those due: one job of the thread
+        pool for the whole batch (one hop there and back, whatever the partitions), another
+        only to open a shard or to fill a gap from the log (rare)."""
         loop = asyncio.get_running_loop()
         by_partition: dict[int, list[tuple[int, ChatEvent]]] = {}
         for partition, offset, event in events:
             by_partition.setdefault(partition, []).append((offset, event))
         newly_pending = failed = False
         try:
+            work: list[tuple[Shard, list[tuple[int, ChatEvent]]]] = []
             for partition, items in by_partition.items():
-                shard = await loop.run_in_executor(None, self.shard, partition)
-                was_pending = shard.seen != shard.applied
+                shard = self._shards.get(partition)
+                if shard is None:
+                    shard = await loop.run_in_executor(None, self.shard, partition)
                 first = items[0][0]
                 if first > shard.seen + 1 and self._backfill is not None:
                     log.warning(
@@ -315,13 +338,13 @@ class SearchIndexer:
                         shard.seen,
                         first,
                     )
+                    newly_pending |= shard.seen == shard.applied
                     async with aclosing(self._backfill.read(partition, shard.seen + 1, first)) as chunks:
                         async for chunk in chunks:
                             await loop.run_in_executor(None, shard.add, chunk)
                             await self._commit_or_retry()
-                await loop.run_in_executor(None, shard.add, items)
-                newly_pending |= not was_pending and shard.seen != shard.applied
-            await self._commit_or_retry()
+                work.append((shard, items))
+            newly_pending |= await loop.run_in_executor(None, self._add_and_commit, work)
         except BaseException:
             failed = True  # what was added before the failure waits for the flusher too
             raise
@@ -335,6 +358,22 @@ class SearchIndexer:
                     # shard the flusher sleeps for.
                     self._wake.set()
 
+    def _add_and_commit(self, work: Sequence[tuple[Shard, list[tuple[int, ChatEvent]]]]) -> bool:
+        """Add each shard's events, then commit the open shards that are due (one job of the
+        thread pool); whether a shard that had nothing pending has now."""
+        newly_pending = False
+        for shard, items in work:
+            was_pending = shard.seen != shard.applied
+            shard.add(items)
+            newly_pending |= not was_pending and shard.seen != shard.applied
+        now = time.monotonic()
+        try:
+            _commit_all([shard for shard in list(self._shards.values()) if self.due(shard, now)])
+        except Exception as exc:
+            # A failed commit (a full disk) is retried; the events are already added.
+            raise Unavailable(f"search commit: {exc!r}") from exc
+        return newly_pending
+
     async def _commit_or_retry(self) -> None:
         try:
             await self.commit_due()
@@ -343,10 +382,26 @@ class SearchIndexer:
             raise Unavailable(f"search commit: {exc!r}") from exc
 
     def due_in(self, shard: Shard, now: float) -> float | None:
-        """In how many seconds ``shard`` is due to commit (<= 0: now); None: nothing pending."""
+        """In how many seconds ``shard`` is due to commit (<= 0: now); None: nothing pending.
+
+        - Only offsets pending (events that are not indexed messages): in ``commit_most_s``;
+          nobody searches for them, and a crash before then re-reads them from the log.
+        - Behind: ``commit_interval`` of the newest events' lateness after the last commit.
+        - Caught up: the interval after the last commit, at once if the shard's first pending
+          message came after that (a quiet shard). With ``commit_age_s``, a shard whose news
+          came sooner waits until its oldest pending message is that old (from its ack): a
+          shard with a steady stream commits every ``commit_age_s`` less the pipeline's
+          latency, not every interval, and each message is still searchable that long after
+          its ack, plus the commit."""
         if shard.seen == shard.applied:
             return None
-        return shard.committed_at + commit_interval(shard.lateness, self._interval, self._most) - now
+        if not shard.docs_pending:
+            return shard.committed_at + self._most - now
+        wait = commit_interval(shard.lateness, self._interval, self._most)
+        due = shard.committed_at + wait
+        if self._age is not None and wait <= self._interval and shard.pending_since < due:
+            due = max(due, shard.oldest_ack + self._age)
+        return due - now
 
     def due(self, shard: Shard, now: float) -> bool:
         """Whether ``shard`` has something to commit and has waited long enough for it."""

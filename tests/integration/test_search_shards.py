@@ -392,6 +392,82 @@ async def test_a_shard_commits_every_interval_while_caught_up_and_seldom_while_b
         assert read_applied(shard_path(tmp_path / root, TOPIC, 0)) == 19
 
 
+async def test_a_busy_shard_commits_when_its_oldest_message_nears_the_age(tmp_path: Path) -> None:
+    age = 0.9
+    plain = SearchIndexer(tmp_path / "plain", TOPIC, commit_interval_s=0.3, commit_most_s=5.0)
+    aged = SearchIndexer(tmp_path / "aged", TOPIC, commit_interval_s=0.3, commit_most_s=5.0, commit_age_s=age)
+    acked: dict[int, float] = {}
+    searchable: dict[int, float] = {}
+
+    async def watch() -> None:
+        # When each offset became committed (searchable) in the aged root.
+        while True:
+            applied = read_applied(shard_path(tmp_path / "aged", TOPIC, 0))
+            now = time.monotonic()
+            for offset in acked:
+                if offset <= applied and offset not in searchable:
+                    searchable[offset] = now
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        # The same 30 fresh batches, 0.1 s apart (3 s, more on a loaded machine), to both.
+        started = time.monotonic()
+        for i in range(30):
+            acked[i] = time.monotonic()
+            batch = [(0, i, sent_at("g:1", 700 + i, f"steady number {i}", 0))]
+            await asyncio.gather(plain.apply_at(batch), aged.apply_at(batch))
+            await asyncio.sleep(0.1)
+        elapsed = time.monotonic() - started
+        for _ in range(250):
+            if len(searchable) == 30:
+                break
+            await asyncio.sleep(0.02)
+        # Every message searchable within the age of its ack, plus the commit and this shared
+        # machine's slack (0.5 s): the contract's bound is kept by the age, not the interval.
+        late = {i: round(searchable[i] - acked[i], 3) for i in acked if searchable[i] - acked[i] > age + 0.5}
+        assert len(searchable) == 30 and not late, (searchable, late)
+        # The first batch at once (the shard was quiet), then a commit per ~age (the batches'
+        # own latency taken off) rather than per interval: fewer than the plain indexer's, and
+        # at most one more than the ages the feed lasted.
+        assert 2 <= aged.commits <= 1 + int(elapsed / (age - 0.15)), (aged.commits, elapsed)
+        assert aged.commits < plain.commits, (aged.commits, plain.commits)
+    finally:
+        watcher.cancel()
+        plain.close()
+        aged.close()
+    for root in ("plain", "aged"):
+        assert found(tmp_path / root, "steady", ["g:1"]) == list(range(729, 699, -1))
+
+
+async def test_offsets_alone_commit_at_the_longest_interval(tmp_path: Path) -> None:
+    indexer = SearchIndexer(tmp_path, TOPIC, commit_interval_s=0.2, commit_most_s=1.5, commit_age_s=0.5)
+    path = shard_path(tmp_path, TOPIC, 0)
+    try:
+        await indexer.apply_at([(0, 0, sent_at("g:1", 960, "offsets first", 0))])  # at once
+        assert read_applied(path) == 0
+        await asyncio.sleep(0.3)
+        # Events that index nothing (a photo): no one searches for them, the offset waits.
+        photo = sent("g:1", 961, "", kind="image").model_copy(update={"ts": round(time.time() * 1000)})
+        await indexer.apply_at([(0, 1, photo)])
+        await asyncio.sleep(0.5)
+        assert (read_applied(path), indexer.commits) == (0, 1)
+        # The flusher commits it at the longest interval after the last commit.
+        for _ in range(250):
+            if read_applied(path) == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert (read_applied(path), indexer.commits) == (1, 2)
+        # A message after a quiet spell is committed at once, with any offsets waiting.
+        await asyncio.sleep(0.3)
+        await indexer.apply_at([(0, 2, photo.model_copy(update={"message_id": 962}))])
+        await indexer.apply_at([(0, 3, sent_at("g:1", 963, "offsets again", 0))])
+        assert (read_applied(path), indexer.commits) == (3, 3)
+    finally:
+        indexer.close()
+    assert found(tmp_path, "offsets", ["g:1"]) == [963, 960]
+
+
 async def test_the_flusher_wakes_only_when_a_shard_is_due(tmp_path: Path) -> None:
     indexer = SearchIndexer(tmp_path, TOPIC, commit_interval_s=0.3, commit_most_s=5.0)
     try:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 import tantivy
 from hypothesis import given, settings
@@ -10,6 +14,7 @@ from hypothesis import strategies as st
 from events.errors import Invalid
 from projections.adapters.search import (
     SNIPPET_CHARS,
+    SearchIndexer,
     analyze,
     build_query,
     commit_interval,
@@ -210,3 +215,44 @@ def test_a_shard_commits_every_interval_while_it_keeps_up_and_less_often_behind(
     # A fixed interval (a rebuild's, or 0: every batch) stays fixed.
     assert commit_interval(1e9, 0.0, 0.0) == 0.0
     assert commit_interval(1e9, 5.0, 5.0) == 5.0
+
+
+def _pending(**kw: float) -> Any:
+    """A shard as ``SearchIndexer.due_in`` sees it (the real one needs tantivy on disk)."""
+    state = {
+        "seen": 10,
+        "applied": 5,
+        "committed_at": 100.0,
+        "lateness": 0.1,
+        "docs_pending": 3,
+        "pending_since": 100.2,
+        "oldest_ack": 100.1,
+    }
+    state.update(kw)
+    return SimpleNamespace(**state)
+
+
+def test_a_busy_shard_waits_for_its_oldest_message_to_reach_the_age() -> None:
+    aged = SearchIndexer(Path("/none"), "t", commit_interval_s=1.0, commit_most_s=5.0, commit_age_s=1.5)
+    plain = SearchIndexer(Path("/none"), "t", commit_interval_s=1.0, commit_most_s=5.0)
+    shard = _pending()
+    # News within the interval of the last commit: until its oldest message is 1.5 s old
+    # (acked at 100.1: 101.6), not the interval (101.0).
+    assert aged.due_in(shard, 100.5) == pytest.approx(1.1)
+    assert plain.due_in(shard, 100.5) == pytest.approx(0.5)
+    # Never sooner than the interval, even for a message that came late to the indexer.
+    assert aged.due_in(_pending(oldest_ack=99.0), 100.5) == pytest.approx(0.5)
+    # A quiet shard (its first news after the interval) commits at once, age or not.
+    quiet = _pending(pending_since=101.3, oldest_ack=101.25)
+    assert aged.due_in(quiet, 101.3) == pytest.approx(-0.3)
+    assert plain.due_in(quiet, 101.3) == pytest.approx(-0.3)
+    # Behind: the backlog's cadence, the age plays no part.
+    assert aged.due_in(_pending(lateness=6.0), 100.5) == pytest.approx(2.5)
+    # Nothing pending: nothing due; offsets alone (no message to make searchable): the
+    # longest interval.
+    assert aged.due_in(_pending(seen=5), 100.5) is None
+    assert aged.due_in(_pending(docs_pending=0), 100.5) == pytest.approx(4.5)
+    assert plain.due_in(_pending(docs_pending=0), 100.5) == pytest.approx(4.5)
+    # An age below the interval changes nothing.
+    short = SearchIndexer(Path("/none"), "t", commit_interval_s=1.0, commit_most_s=5.0, commit_age_s=0.5)
+    assert short.due_in(shard, 100.5) == pytest.approx(0.5)
