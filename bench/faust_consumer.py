@@ -12,9 +12,9 @@ until it consumes, then a child process produces ``--rate`` events a second for
 ``--duration`` seconds, one send each (acks=all, idempotent, as the gateway sends). Measured
 over that window, for this process only (all its threads; the producer is the child's):
 CPU µs per event (``getrusage``), context switches per event (voluntary + involuntary, all
-threads) and batches per second. Its topics are removed at the end (a group's committed offsets
-expire as Kafka's retention says). The summary
-takes each mode's minimum CPU (the run least disturbed by the machine's other load).
+threads) and batches per second. Its topics are removed at the end (a group's committed
+offsets expire as Kafka's retention says). The summary takes each mode's minimum CPU (the run
+least disturbed by the machine's other load).
 """
 
 from __future__ import annotations
@@ -185,6 +185,8 @@ async def main_async(args: argparse.Namespace) -> None:
     results: list[dict[str, Any]] = []
     for _ in range(args.rounds):
         for in_loop in (False, True):
+            if args.only and args.only != ("in-loop" if in_loop else "thread"):
+                continue
             r = await one_run(in_loop, settings, args)
             results.append(r)
             print(
@@ -196,6 +198,8 @@ async def main_async(args: argparse.Namespace) -> None:
             )
     for mode in ("thread", "in-loop"):
         mine = [r for r in results if r["mode"] == mode]
+        if not mine:
+            continue
         best = min(mine, key=lambda r: r["cpu_us_per_event"])
         print(
             f"{mode:>8} min: {best['cpu_us_per_event']:.1f} µs CPU/event, "
@@ -209,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=15)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--fetch-wait-ms", type=int, default=0, help="0: the deliver group's fetch")
+    ap.add_argument("--only", choices=("thread", "in-loop"), help="one mode (e.g. to profile it)")
     ap.add_argument("--produce", default="", help=argparse.SUPPRESS)
     ap.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--bootstrap", default="", help=argparse.SUPPRESS)
