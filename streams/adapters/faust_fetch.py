@@ -30,7 +30,7 @@ import faust
 from aiokafka.consumer.fetcher import Fetcher
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from streams.adapters import faust_drain
+from streams.adapters import faust_drain, faust_sameloop
 
 # Far more than arrives in one fetch wait: the wait, not the size, ends a fetch.
 FETCH_MIN_BYTES = 4 * 1024 * 1024
@@ -80,10 +80,17 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
+class _SameLoopConsumer(faust_sameloop.InLoop, _ConsumerThread):
+    """The same consumer, run in the agents' loop (``streams.adapters.faust_sameloop``)."""
+
+
 class _Consumer(faust_drain.Consumer):
-    """Also drains without a task per record (``streams.adapters.faust_drain``)."""
+    """Also drains without a task per record (``streams.adapters.faust_drain``), and runs its
+    aiokafka consumer in the agents' loop unless the app's ``consumer_in_loop`` is False."""
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        if getattr(self.app, "consumer_in_loop", True):
+            return _SameLoopConsumer(self, loop=self.loop, beacon=self.beacon)
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
@@ -92,9 +99,13 @@ class _Transport(faust_aiokafka.Transport):
 
 
 class App(faust.App):
-    """A ``faust.App`` whose consumer fetches for up to ``fetch_wait_ms`` (0: Faust's own)."""
+    """A ``faust.App`` whose consumer fetches for up to ``fetch_wait_ms`` (0: Faust's own), in
+    the agents' loop (``consumer_in_loop``; False: in Faust's consumer thread, as before)."""
 
     fetch_wait_ms: int = 0
+    # Read when the app builds its consumer (app.consumer, first used at start); set it on the
+    # class or the app before that. Kept for comparing the two (tests, bench), not a setting.
+    consumer_in_loop: bool = True
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)

@@ -1,11 +1,13 @@
 """The worker's Faust app (``streams.app.create_app``, its drain loop from
-``streams.adapters.faust_drain``) against the real Kafka: it projects every event, two apps of
-one group rebalance the partitions between them and back, and the group's committed offsets
-reach the end of every partition."""
+``streams.adapters.faust_drain``, its aiokafka consumer in the agents' loop from
+``streams.adapters.faust_sameloop``) against the real Kafka: it projects every event, two apps
+of one group rebalance the partitions between them and back, the group's committed offsets
+reach the end of every partition, and an app started again resumes from them."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -13,9 +15,10 @@ from collections.abc import Callable, Sequence
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from mode.threads import WorkerThread
 
 from events import ChatEvent, MessageSent, Topics, encode_event, partition_key
-from streams.adapters import faust_drain
+from streams.adapters import faust_drain, faust_sameloop
 from streams.app import create_app
 from tests.contracts import spread_ids
 from tests.factories import message_sent
@@ -86,7 +89,13 @@ def _app(services: Settings, group: str, topics: Topics, recorder: _Recorder) ->
         session_timeout_s=10.0,
     )
     assert isinstance(app.consumer, faust_drain.Consumer)
+    assert isinstance(app.consumer._thread, faust_sameloop.InLoop)
     return app
+
+
+def _consumer_threads() -> list[threading.Thread]:
+    """mode's service threads (Faust's consumer thread is one) now alive."""
+    return [t for t in threading.enumerate() if isinstance(t, WorkerThread) and t.is_alive()]
 
 
 async def test_worker_app_projects_rebalances_and_commits(services: Settings) -> None:
@@ -98,14 +107,15 @@ async def test_worker_app_projects_rebalances_and_commits(services: Settings) ->
     await admin.start()
     names = [topics.conversation_events, topics.dead_letters]
     await admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names])
-    ids = iter(spread_ids(600, step_ms=1))
+    ids = iter(spread_ids(700, step_ms=1))
 
     def events(n: int) -> list[MessageSent]:
         return [message_sent(next(ids), conversation_id=f"dm:a{i % 60}:b{run}") for i in range(n)]
 
-    first, second, third = events(200), events(200), events(200)
-    a, b = _Recorder("a"), _Recorder("b")
+    first, second, third, fourth = events(200), events(200), events(200), events(100)
+    a, b, c = _Recorder("a"), _Recorder("b"), _Recorder("c")
     app_a, app_b = _app(services, group, topics, a), _app(services, group, topics, b)
+    app_c = _app(services, group, topics, c)
 
     def got(*recorders: _Recorder) -> set[int]:
         return {mid for r in recorders for _, _, mid in r.seen}
@@ -114,6 +124,8 @@ async def test_worker_app_projects_rebalances_and_commits(services: Settings) ->
         await _send(bootstrap, topics.conversation_events, first)
         await app_a.start()
         await _until(lambda: got(a) >= {e.message_id for e in first}, 60, "app a projects the first 200")
+        # Its consumer fetched and rebalanced in this loop: no consumer thread was started.
+        assert _consumer_threads() == []
 
         # A second app joins the group: the partitions are shared out, then it leaves again.
         await app_b.start()
@@ -149,8 +161,19 @@ async def test_worker_app_projects_rebalances_and_commits(services: Settings) ->
             assert seen == set(range(ends[p])), f"partition {p}: an offset never projected"
         assert committed == ends
         assert sum(ends.values()) == 600
+
+        # Started again (a new member of the group), an app resumes at the committed offsets:
+        # it projects the events sent since, and none before them again.
+        await _send(bootstrap, topics.conversation_events, fourth)
+        await app_c.start()
+        await _until(lambda: got(c) >= {e.message_id for e in fourth}, 90, "app c projects the fourth 100")
+        ends_after, _ = await _offsets(bootstrap, group, source)
+        for p in range(PARTITIONS):
+            resumed = sorted(o for q, o, _ in c.seen if q == p)
+            assert resumed == list(range(committed[p] or 0, ends_after[p])), f"partition {p}"
+        assert got(c) == {e.message_id for e in fourth}
     finally:
-        for app in (app_a, app_b):
+        for app in (app_a, app_b, app_c):
             if app.started and not app.should_stop:
                 await app.stop()
         await admin.delete_topics(names)

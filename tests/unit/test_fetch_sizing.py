@@ -37,7 +37,8 @@ async def _looked_at(fetch_wait_ms: int) -> tuple[int, int, type]:
         return consumer._fetch_min_bytes, consumer._fetch_max_wait_ms, type(consumer)
     finally:
         await consumer.stop()
-        thread.thread_loop.close()  # made with the (never started) consumer thread
+        if thread.thread_loop is not asyncio.get_running_loop():
+            thread.thread_loop.close()  # made with the (never started) consumer thread, if any
 
 
 async def _consumer_config(fetch_wait_ms: int) -> tuple[int, int]:
