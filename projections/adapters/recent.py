@@ -68,30 +68,32 @@ return 1
 
 
 # Single instance. KEYS = [recent:{cid} when ARGV[1] == '1'] + route:{uid} per recipient;
-# ARGV = cache flag, member, size, ttl, payload, now (ms), user channel prefix, gateway channel
-# prefix, then the recipients' ids in the order of their route keys. Caches like _CACHE_LUA,
-# then publishes the payload once per gateway with a live route to any recipient (in the order
-# first met; ``projections.delivery.routed``'s bytes), and on their own channel to recipients
-# with none.
-_ROUTE_LUA = """
+# ARGV = cache flag, member, size, ttl, payload, now (ms), then the recipients' ids in the order
+# of their route keys (the channels' prefixes are written into the script: fewer arguments to
+# pack per call). Caches like _CACHE_LUA, then publishes the payload once per gateway with a
+# live route to any recipient (in the order first met; ``projections.delivery.routed``'s bytes),
+# and on their own channel to recipients with none.
+_USER_PREFIX = keys.user_channel("")
+_GATEWAY_PREFIX = keys.gateway_channel(0).removesuffix("0")
+_ROUTE_LUA = f"""
 local c = tonumber(ARGV[1])
 if c == 1 then
   redis.call('ZADD', KEYS[1], 0, ARGV[2])
   redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[3]) + 1))
   redis.call('EXPIRE', KEYS[1], ARGV[4])
 end
-local payload, now, user_prefix, gw_prefix = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local by_gw, order = {}, {}
+local payload, now = ARGV[5], ARGV[6]
+local by_gw, order = {{}}, {{}}
 for i = c + 1, #KEYS do
-  local uid = ARGV[8 + i - c]
+  local uid = ARGV[6 + i - c]
   local gws = redis.call('ZRANGEBYSCORE', KEYS[i], now, '+inf')
   if #gws == 0 then
-    redis.call('PUBLISH', user_prefix .. uid, payload)
+    redis.call('PUBLISH', '{_USER_PREFIX}' .. uid, payload)
   else
     for _, gw in ipairs(gws) do
       local users = by_gw[gw]
       if users == nil then
-        users = {}
+        users = {{}}
         by_gw[gw] = users
         order[#order + 1] = gw
       end
@@ -100,12 +102,10 @@ for i = c + 1, #KEYS do
   end
 end
 for _, gw in ipairs(order) do
-  redis.call('PUBLISH', gw_prefix .. gw, table.concat(by_gw[gw], ',') .. '\0' .. payload)
+  redis.call('PUBLISH', '{_GATEWAY_PREFIX}' .. gw, table.concat(by_gw[gw], ',') .. '\0' .. payload)
 end
 return 1
 """
-_USER_PREFIX = keys.user_channel("")
-_GATEWAY_PREFIX = keys.gateway_channel(0)[:-1]
 
 
 def _route_call(
@@ -119,7 +119,7 @@ def _route_call(
     """Queue one routing script call: ``cache`` (key, member, size) first if given, then
     ``payload`` to ``users`` by their routes."""
     route_keys = [keys.route(u) for u in users]
-    tail: list[str | bytes | int] = [payload, now_ms, _USER_PREFIX, _GATEWAY_PREFIX, *users]
+    tail: list[str | bytes | int] = [payload, now_ms, *users]
     if cache is None:
         pipe.execute_command("EVALSHA", sha, len(route_keys), *route_keys, 0, b"", 0, _TTL_S, *tail)
     else:
