@@ -68,24 +68,28 @@ return 1
 
 
 # Single instance. KEYS = [recent:{cid} when ARGV[1] == '1'] + route:{uid} per recipient;
-# ARGV = cache flag, member, size, ttl, payload, now (ms), then the recipients' ids in the order
-# of their route keys (the channels' prefixes are written into the script: fewer arguments to
-# pack per call). Caches like _CACHE_LUA, then publishes the payload once per gateway with a
-# live route to any recipient (in the order first met; ``projections.delivery.routed``'s bytes),
-# and on their own channel to recipients with none.
+# ARGV = cache flag, member, payload, now (ms). Caches like _CACHE_LUA (the size and TTL, like
+# the channels' prefixes, are written into the script, and each recipient's id is read off its
+# route key: as few arguments to pack per call as _CACHE_LUA's), then publishes the payload
+# once per gateway with a live route to any recipient (in the order first met;
+# ``projections.delivery.routed``'s bytes), and on their own channel to recipients with none.
 _USER_PREFIX = keys.user_channel("")
 _GATEWAY_PREFIX = keys.gateway_channel(0).removesuffix("0")
-_ROUTE_LUA = f"""
+_ROUTE_PREFIX = keys.route("")
+
+
+def _route_lua(size: int) -> str:
+    return f"""
 local c = tonumber(ARGV[1])
 if c == 1 then
   redis.call('ZADD', KEYS[1], 0, ARGV[2])
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[3]) + 1))
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -{size + 1})
+  redis.call('EXPIRE', KEYS[1], {_TTL_S})
 end
-local payload, now = ARGV[5], ARGV[6]
+local payload, now = ARGV[3], ARGV[4]
 local by_gw, order = {{}}, {{}}
 for i = c + 1, #KEYS do
-  local uid = ARGV[6 + i - c]
+  local uid = string.sub(KEYS[i], {len(_ROUTE_PREFIX) + 1})
   local gws = redis.call('ZRANGEBYSCORE', KEYS[i], now, '+inf')
   if #gws == 0 then
     redis.call('PUBLISH', '{_USER_PREFIX}' .. uid, payload)
@@ -102,7 +106,7 @@ for i = c + 1, #KEYS do
   end
 end
 for _, gw in ipairs(order) do
-  redis.call('PUBLISH', '{_GATEWAY_PREFIX}' .. gw, table.concat(by_gw[gw], ',') .. '\0' .. payload)
+  redis.call('PUBLISH', '{_GATEWAY_PREFIX}' .. gw, table.concat(by_gw[gw], ',') .. '\\0' .. payload)
 end
 return 1
 """
@@ -111,33 +115,30 @@ return 1
 def _route_call(
     pipe: AnyPipeline,
     sha: str,
-    cache: tuple[str, bytes, int] | None,
+    cache: tuple[str, bytes] | None,
     payload: bytes,
     users: list[str],
     now_ms: int,
 ) -> None:
-    """Queue one routing script call: ``cache`` (key, member, size) first if given, then
-    ``payload`` to ``users`` by their routes."""
+    """Queue one routing script call: ``cache`` (key, member) first if given, then ``payload``
+    to ``users`` by their routes."""
     route_keys = [keys.route(u) for u in users]
-    tail: list[str | bytes | int] = [payload, now_ms, *users]
     if cache is None:
-        pipe.execute_command("EVALSHA", sha, len(route_keys), *route_keys, 0, b"", 0, _TTL_S, *tail)
+        pipe.execute_command("EVALSHA", sha, len(route_keys), *route_keys, 0, b"", payload, now_ms)
     else:
-        key, member, size = cache
+        key, member = cache
         pipe.execute_command(
-            "EVALSHA", sha, len(route_keys) + 1, key, *route_keys, 1, member, size, _TTL_S, *tail
+            "EVALSHA", sha, len(route_keys) + 1, key, *route_keys, 1, member, payload, now_ms
         )
 
 
-def _route(
-    event: ChatEvent, pipe: AnyPipeline, size: int, sha: str, event_pushes: list[Push], now_ms: int
-) -> None:
+def _route(event: ChatEvent, pipe: AnyPipeline, sha: str, event_pushes: list[Push], now_ms: int) -> None:
     """Single instance: ``event``'s cache write (a message's) and pushes, in their order, the
     pushes to users routed to gateways: one script call per run of user pushes that share a
     payload, a plain publish for any other channel (a group shard)."""
-    cache: tuple[str, bytes, int] | None = None
+    cache: tuple[str, bytes] | None = None
     if isinstance(event, MessageSent):
-        cache = (keys.recent(event.conversation_id), _member(event.message_id, message_json(event)), size)
+        cache = (keys.recent(event.conversation_id), _member(event.message_id, message_json(event)))
     users: list[str] = []
     payload = b""
     for push in event_pushes:
@@ -220,12 +221,13 @@ class RedisCacheAndPush:
             batch = [(event, _with_trace(self._trace_of(event), p)) for event, p in batch]
         try:
             if self._sha is None:
-                self._sha = str(await self._redis.script_load(_ROUTE_LUA if self._routed else _CACHE_LUA))
+                script = _route_lua(self.size) if self._routed else _CACHE_LUA
+                self._sha = str(await self._redis.script_load(script))
             async with self._redis.pipeline(transaction=False) as pipe:
                 if self._routed:
                     now_ms = int(time.time() * 1000)
                     for event, event_pushes in batch:
-                        _route(event, pipe, self.size, self._sha, event_pushes, now_ms)
+                        _route(event, pipe, self._sha, event_pushes, now_ms)
                 else:
                     for event, event_pushes in batch:
                         _cache(event, pipe, self.size, self._sha, event_pushes)
