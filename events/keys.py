@@ -20,6 +20,18 @@ def user_channel(user_id: str) -> str:
     return f"deliver:user:{user_id}"
 
 
+def gateway_channel(gateway_id: int) -> str:
+    """Pub/sub channel of one gateway process (named by its leased worker id): the deliver
+    stage publishes here, once per gateway, the pushes for the users it holds sockets of."""
+    return f"deliver:gw:{gateway_id}"
+
+
+def route(user_id: str) -> str:
+    """Sorted set of the gateways holding a user's sockets (worker ids), scored by the expiry
+    (ms) each gateway keeps pushing forward while it holds them."""
+    return f"route:{user_id}"
+
+
 def to_device(user_id: str, device_id: str) -> str:
     """Stream of the to-device messages waiting for one device (E2EE), bounded and expiring."""
     return f"todevice:{user_id}:{device_id}"

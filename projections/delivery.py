@@ -6,6 +6,14 @@ each member's own channel; a message of a larger group is published once, on one
 of group shard channels that every gateway listens to, and each gateway forwards it to its own
 sockets of that group's members. Membership frames go to the users they concern.
 
+Routed to gateways, not users (single-instance Redis): the deliver stage publishes a push for
+the members of a small conversation once per gateway that holds sockets of any of them, on the
+gateway's channel, as ``routed(recipients, payload)``; the gateway hands the payload to each
+recipient's local sockets as if it had come on their channel (``projections.adapters.recent``
+reads the route sets and publishes in one script, so a route added before the script runs is
+used). A member with no live route is published to on their own channel, as before. On a Redis
+Cluster every push still goes to the member's channel.
+
 Pushes are the fast path only: pub/sub drops messages during outages, and clients that
 reconnect read what they missed from the read models, which are the truth.
 """
@@ -56,6 +64,19 @@ GROUP_SHARDS = 16
 class Push:
     channel: str
     payload: bytes
+
+
+def routed(recipients: list[str], payload: bytes) -> bytes:
+    """``<user>,<user>...\0<payload>``: a user-channel payload for those users' sockets on one
+    gateway (user ids never hold ``,`` or NUL: ``events.naming``). The deliver stage's script
+    builds the same bytes."""
+    return ",".join(recipients).encode() + b"\0" + payload
+
+
+def unrouted(data: bytes) -> tuple[list[str], bytes]:
+    """``(recipients, payload)`` of a ``routed`` payload."""
+    head, _, payload = data.partition(b"\0")
+    return head.decode().split(","), payload
 
 
 def group_shard(conversation_id: str) -> int:

@@ -5,6 +5,14 @@ sockets (in batches: ``query_api.subscriptions``). A push never waits for a sock
 written at once or waits in the socket's bounded backlog, so one slow client never stalls the
 listener or other clients; when its backlog is full it is disconnected, and it catches up with
 ``/v1/sync`` after reconnecting (``query_api.connection``).
+
+Routes (single-instance Redis): the gateway also listens on a channel of its own and, while it
+holds a user's sockets, keeps its id in the user's route set, so the deliver stage publishes a
+conversation's pushes once per gateway with the recipients' ids (``projections.delivery``) and
+the hub hands them to those users' sockets here. A socket counts as registered only once both
+the user's channel is subscribed and the route is in Redis: a delivery after that reaches it
+by one or the other (the deliver stage's script publishes on the user's channel when it finds
+no live route).
 """
 
 from __future__ import annotations
@@ -13,15 +21,18 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol
 
 from events import keys
 from events.errors import Unavailable
+from projections.delivery import unrouted
 from projections.wire import JOINED, LEFT, MESSAGE, TO_DEVICE, TRACED, TYPING, untag, untyping
 from query_api.config import NoSpans, Spans
 from query_api.connection import CLOSE_TRY_AGAIN, Connection, TokenBucket
 from query_api.metrics import FRAMES_OUT, WS_CONNECTIONS
-from query_api.subscriptions import Subscriber, Subscriptions, settled
+from query_api.subscriptions import Subscriber, Subscribing, Subscriptions, settled
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +46,17 @@ HEALTH_CHECK_S = 1.0
 GroupsOf = Callable[[str], Awaitable[set[str]]]
 
 
+class Routes(Subscribing, Protocol):
+    """This gateway's entries in its users' route sets (``projections.adapters.redis_pubsub.
+    GatewayRoutes``): ``subscribe``/``unsubscribe`` add and remove users, ``add`` pushes
+    entries forward before they expire (``ttl_s``); ``channel`` is the gateway's own."""
+
+    channel: str
+    ttl_s: float
+
+    async def add(self, user_ids: Iterable[str]) -> None: ...
+
+
 class Hub:
     """Routes pub/sub payloads (see ``projections.wire`` for their envelope) to sockets.
 
@@ -46,7 +68,13 @@ class Hub:
     """
 
     def __init__(
-        self, subscriber: Subscriber, groups_of: GroupsOf, *, shards: int, spans: Spans | None = None
+        self,
+        subscriber: Subscriber,
+        groups_of: GroupsOf,
+        *,
+        shards: int,
+        spans: Spans | None = None,
+        routes: Routes | None = None,
     ) -> None:
         self._subscriber = subscriber
         # A traced delivery (``projections.wire.traced``) gets a ``gateway.deliver`` span.
@@ -65,6 +93,10 @@ class Hub:
         self._watchers: dict[str, set[Connection]] = {}
         self._presence_at: dict[str, int] = {}
         self._subscriptions = Subscriptions(subscriber, self._wanted)
+        # The users whose route set holds this gateway, batched like the channels.
+        self._route_store = routes
+        self._routes = Subscriptions(routes, self._by_user.__contains__) if routes is not None else None
+        self._refresh_now = asyncio.Event()
         self._user_prefix = keys.user_channel("")
         self._presence_prefix = keys.presence_channel("")
 
@@ -74,7 +106,10 @@ class Hub:
 
     async def start(self) -> None:
         """Subscribe to the group shard channels (this also opens the pub/sub connection)."""
-        await self._subscriber.subscribe(*(keys.group_shard_channel(n) for n in range(self._shards)))
+        channels = [keys.group_shard_channel(n) for n in range(self._shards)]
+        if self._route_store is not None:
+            channels.append(self._route_store.channel)
+        await self._subscriber.subscribe(*channels)
 
     def _wanted(self, channel: str) -> bool:
         """Whether this process must hear ``channel`` now (asked at each subscription flush)."""
@@ -103,17 +138,22 @@ class Hub:
             # Also for a later socket of the user: the first one's SUBSCRIBE may still be in
             # flight (or have failed), and this one must not count as registered before it is.
             pending = self._subscriptions.ensure(keys.user_channel(user_id))
+            route = self._routes.ensure(user_id) if self._routes is not None else None
             if pending is not None:
                 await settled(pending)
+            if route is not None:
+                await settled(route)
             await asyncio.shield(load)
         except Exception as exc:
             if self._forget(conn):
+                self._drop_route(user_id)
                 await self._release([keys.user_channel(user_id)])
             raise Unavailable("cannot subscribe to deliveries or load the user's groups") from exc
         except BaseException:
             # Cancelled: a socket left in the hub would keep the user's later sockets here
             # from loading the groups (they would get no large-group pushes), for good.
             if self._forget(conn):
+                self._drop_route(user_id)
                 self._subscriptions.changed(keys.user_channel(user_id))
             raise
         WS_CONNECTIONS.inc()
@@ -158,7 +198,15 @@ class Hub:
         conn.watching = frozenset()
         if self._forget(conn):
             changed.append(keys.user_channel(conn.user_id))
+            self._drop_route(conn.user_id)
         await self._release(changed)
+
+    def _drop_route(self, user_id: str) -> None:
+        """The user's last socket here went: the next route flush removes this gateway from
+        their route set (best effort: an entry left behind expires, and a push it still
+        brings here finds no socket)."""
+        if self._routes is not None:
+            self._routes.changed(user_id)
 
     async def watch(self, conn: Connection, user_ids: set[str]) -> set[str]:
         """Make ``user_ids`` the users whose presence changes ``conn`` receives; returns those
@@ -325,6 +373,7 @@ class Hub:
         """The pub/sub connection was lost (and may be back): whatever was published meanwhile
         is gone, so every socket here is told to reconnect and catch up. Also registered as
         redis-py's connect callback, since it reconnects and resubscribes by itself."""
+        self._refresh_now.set()  # a Redis that came back empty lost the routes too
         conns = [c for cs in self._by_user.values() for c in cs]
         if conns:
             log.warning("pub/sub connection lost; sending %d sockets to reconnect and catch up", len(conns))
@@ -344,10 +393,38 @@ class Hub:
         presence_prefix = keys.presence_channel("")
         delay = 0.1
         health = asyncio.ensure_future(self._health())
+        refresh = asyncio.ensure_future(self._refresh_routes())
         try:
             await self._forward(user_prefix, presence_prefix, delay)
         finally:
             health.cancel()
+            refresh.cancel()
+
+    async def _refresh_routes(self) -> None:
+        """Push this gateway's route entries forward every third of their TTL (at once after
+        a pub/sub reconnect: Redis may have come back without them). If they may have expired
+        meanwhile (no refresh succeeded for the TTL less one period), pushes to users who also
+        have sockets on another gateway may have gone there only: sockets here catch up."""
+        store, routes = self._route_store, self._routes
+        if store is None or routes is None:
+            return
+        period = store.ttl_s / 3
+        last_ok = time.monotonic()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(period):
+                    await self._refresh_now.wait()
+            self._refresh_now.clear()
+            users = [u for u in self._by_user if routes.is_subscribed(u)]
+            try:
+                await store.add(users)
+            except Exception as exc:  # noqa: BLE001 - retried next period; sockets catch up if late
+                log.warning("could not push %d route entries forward (%r)", len(users), exc)
+                if time.monotonic() - last_ok >= store.ttl_s - period:
+                    await self.resubscribed(None)
+                    self._refresh_now.clear()
+                continue
+            last_ok = time.monotonic()
 
     async def _health(self) -> None:
         check = getattr(self._subscriber, "check_health", None)
@@ -361,6 +438,7 @@ class Hub:
                 log.debug("pub/sub health check failed (%r)", exc)
 
     async def _forward(self, user_prefix: str, presence_prefix: str, delay: float) -> None:
+        gateway_channel = self._route_store.channel if self._route_store is not None else None
         while True:
             try:
                 message = await self._subscriber.get_message(ignore_subscribe_messages=True, timeout=None)
@@ -378,7 +456,12 @@ class Hub:
                 continue
             channel = message["channel"]
             channel = channel.decode() if isinstance(channel, bytes) else channel
-            if channel.startswith(user_prefix):
+            if channel == gateway_channel:
+                recipients, payload = unrouted(message["data"])
+                sent = 0
+                for user_id in recipients:
+                    sent += self.deliver_to_user(user_id, payload)
+            elif channel.startswith(user_prefix):
                 sent = self.deliver_to_user(channel[len(user_prefix) :], message["data"])
             elif channel.startswith(presence_prefix):
                 sent = self.deliver_presence(channel[len(presence_prefix) :], message["data"])

@@ -25,11 +25,17 @@ from typing import Any, Protocol
 log = logging.getLogger(__name__)
 
 
-class Subscriber(Protocol):
-    """The slice of redis-py's ``PubSub`` the hub uses (a fake implements it in tests)."""
+class Subscribing(Protocol):
+    """What ``Subscriptions`` batches: channels (redis-py's ``PubSub``), or the users of the
+    gateway's route sets (``projections.adapters.redis_pubsub.GatewayRoutes``)."""
 
     def subscribe(self, *args: Any) -> Awaitable[Any]: ...
     def unsubscribe(self, *args: Any) -> Awaitable[Any]: ...
+
+
+class Subscriber(Subscribing, Protocol):
+    """The slice of redis-py's ``PubSub`` the hub uses (a fake implements it in tests)."""
+
     async def get_message(
         self,
         ignore_subscribe_messages: bool = ...,
@@ -38,7 +44,7 @@ class Subscriber(Protocol):
 
 
 class Subscriptions:
-    def __init__(self, subscriber: Subscriber, wanted: Callable[[str], bool]) -> None:
+    def __init__(self, subscriber: Subscribing, wanted: Callable[[str], bool]) -> None:
         self._subscriber = subscriber
         self._wanted = wanted
         # What Redis was told (a SUBSCRIBE that succeeded, not yet unsubscribed).

@@ -40,7 +40,7 @@ from projections.adapters.presence import CassandraPresence
 from projections.adapters.recent import RedisCacheAndPush
 from projections.adapters.redis_client import RedisClient, redis_from
 from projections.adapters.redis_client import publish as queue_publish
-from projections.adapters.redis_pubsub import ShardedSubscriber
+from projections.adapters.redis_pubsub import GatewayRoutes, ShardedSubscriber
 from projections.adapters.search import ShardReaders
 from projections.delivery import GROUP_SHARDS, Push
 from projections.inbox import UnreadCounter, one_conversation
@@ -147,7 +147,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     conns = await _connect(settings)
     models = await _prepare(settings, conns.cql)
     membership, redis = models.membership, conns.redis
-    hub = await _start_hub(redis, membership, conns.closers)
+    hub = await _start_hub(redis, membership, conns.closers, conns.lease.worker_id)
     if not isinstance(redis, RedisCluster):
         # On a Redis Cluster the broadcast is published sharded (SPUBLISH) and this listener's
         # plain SUBSCRIBE would not hear it: there the flags never watch, so "not encrypted"
@@ -287,7 +287,9 @@ async def _prepare(settings: Settings, cql: Cql) -> _ReadModels:
     return models
 
 
-async def _start_hub(redis: RedisClient, membership: CassandraMembership, closers: list[Closer]) -> Hub:
+async def _start_hub(
+    redis: RedisClient, membership: CassandraMembership, closers: list[Closer], gateway_id: int
+) -> Hub:
     spans = _TelemetrySpans() if telemetry.enabled() else NoSpans()
     if isinstance(redis, RedisCluster):
         sharded = ShardedSubscriber(redis)
@@ -298,7 +300,10 @@ async def _start_hub(redis: RedisClient, membership: CassandraMembership, closer
         return hub
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     closers.append(pubsub.aclose)
-    hub = Hub(pubsub, membership.groups_of, shards=GROUP_SHARDS, spans=spans)
+    # One instance: deliveries are routed to this gateway's channel by its leased worker id
+    # (unique among live processes); on a cluster they still go to each user's channel.
+    routes = GatewayRoutes(redis, gateway_id)
+    hub = Hub(pubsub, membership.groups_of, shards=GROUP_SHARDS, spans=spans, routes=routes)
     await hub.start()
     # Called on every reconnect of the pub/sub connection (the first connect is done).
     assert pubsub.connection is not None  # connected by hub.start()

@@ -14,10 +14,19 @@ mostly to redis-py's per-command packing and parsing, so fewer commands per even
 keys), but a script may only publish to its keys' slot on a Redis Cluster, where channels are
 sharded (SPUBLISH): there the script only caches and the pushes are SPUBLISHed beside it, each
 routed to its channel's node by the cluster pipeline.
+
+On one instance the pushes are routed to gateways, not users (``projections.delivery``): the
+script that publishes a payload also reads its recipients' route sets (``keys.route``) and
+publishes once per gateway on the gateway's channel, with the recipients' ids, and on the
+user's own channel for a recipient with no live route. Reading the routes and publishing in
+one script is what makes the switch safe: Redis runs the script whole, so a route the gateway
+added before it (which the gateway waits for before it counts a socket as registered) is read
+by it, and the gateway has listened on its own channel since it started.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from functools import singledispatch
 from typing import Any
@@ -56,6 +65,98 @@ for i = 5, #ARGV do
 end
 return 1
 """
+
+
+# Single instance. KEYS = [recent:{cid} when ARGV[1] == '1'] + route:{uid} per recipient;
+# ARGV = cache flag, member, payload, now (ms). Caches like _CACHE_LUA (the size and TTL, like
+# the channels' prefixes, are written into the script, and each recipient's id is read off its
+# route key: as few arguments to pack per call as _CACHE_LUA's), then publishes the payload
+# once per gateway with a live route to any recipient (in the order first met;
+# ``projections.delivery.routed``'s bytes), and on their own channel to recipients with none.
+_USER_PREFIX = keys.user_channel("")
+_GATEWAY_PREFIX = keys.gateway_channel(0).removesuffix("0")
+_ROUTE_PREFIX = keys.route("")
+
+
+def _route_lua(size: int) -> str:
+    return f"""
+local c = tonumber(ARGV[1])
+if c == 1 then
+  redis.call('ZADD', KEYS[1], 0, ARGV[2])
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -{size + 1})
+  redis.call('EXPIRE', KEYS[1], {_TTL_S})
+end
+local payload, now = ARGV[3], ARGV[4]
+local by_gw, order = {{}}, {{}}
+for i = c + 1, #KEYS do
+  local uid = string.sub(KEYS[i], {len(_ROUTE_PREFIX) + 1})
+  local gws = redis.call('ZRANGEBYSCORE', KEYS[i], now, '+inf')
+  if #gws == 0 then
+    redis.call('PUBLISH', '{_USER_PREFIX}' .. uid, payload)
+  else
+    for _, gw in ipairs(gws) do
+      local users = by_gw[gw]
+      if users == nil then
+        users = {{}}
+        by_gw[gw] = users
+        order[#order + 1] = gw
+      end
+      users[#users + 1] = uid
+    end
+  end
+end
+for _, gw in ipairs(order) do
+  redis.call('PUBLISH', '{_GATEWAY_PREFIX}' .. gw, table.concat(by_gw[gw], ',') .. '\\0' .. payload)
+end
+return 1
+"""
+
+
+def _route_call(
+    pipe: AnyPipeline,
+    sha: str,
+    cache: tuple[str, bytes] | None,
+    payload: bytes,
+    users: list[str],
+    now_ms: int,
+) -> None:
+    """Queue one routing script call: ``cache`` (key, member) first if given, then ``payload``
+    to ``users`` by their routes."""
+    route_keys = [keys.route(u) for u in users]
+    if cache is None:
+        pipe.execute_command("EVALSHA", sha, len(route_keys), *route_keys, 0, b"", payload, now_ms)
+    else:
+        key, member = cache
+        pipe.execute_command(
+            "EVALSHA", sha, len(route_keys) + 1, key, *route_keys, 1, member, payload, now_ms
+        )
+
+
+def _route(event: ChatEvent, pipe: AnyPipeline, sha: str, event_pushes: list[Push], now_ms: int) -> None:
+    """Single instance: ``event``'s cache write (a message's) and pushes, in their order, the
+    pushes to users routed to gateways: one script call per run of user pushes that share a
+    payload, a plain publish for any other channel (a group shard)."""
+    cache: tuple[str, bytes] | None = None
+    if isinstance(event, MessageSent):
+        cache = (keys.recent(event.conversation_id), _member(event.message_id, message_json(event)))
+    users: list[str] = []
+    payload = b""
+    for push in event_pushes:
+        if push.channel.startswith(_USER_PREFIX):
+            user = push.channel[len(_USER_PREFIX) :]
+            if users and push.payload != payload:
+                _route_call(pipe, sha, cache, payload, users, now_ms)
+                cache, users = None, []
+            payload = push.payload
+            if user not in users:
+                users.append(user)
+            continue
+        if users or cache is not None:
+            _route_call(pipe, sha, cache, payload, users, now_ms)
+            cache, users = None, []
+        publish(pipe, push.channel, push.payload)
+    if users or cache is not None:
+        _route_call(pipe, sha, cache, payload, users, now_ms)
 
 
 @singledispatch
@@ -110,6 +211,8 @@ class RedisCacheAndPush:
         # carried in its pushes' envelope to the gateway.
         self._trace_of = trace_of
         self._sha: str | None = None
+        # single instance: pushes to users are routed to gateways (one script for both)
+        self._routed = not is_cluster(redis)
 
     async def apply(self, events: Sequence[ChatEvent]) -> None:
         """Cache ``events`` and push what they cause, in log order, in one round trip."""
@@ -118,10 +221,16 @@ class RedisCacheAndPush:
             batch = [(event, _with_trace(self._trace_of(event), p)) for event, p in batch]
         try:
             if self._sha is None:
-                self._sha = str(await self._redis.script_load(_CACHE_LUA))
+                script = _route_lua(self.size) if self._routed else _CACHE_LUA
+                self._sha = str(await self._redis.script_load(script))
             async with self._redis.pipeline(transaction=False) as pipe:
-                for event, event_pushes in batch:
-                    _cache(event, pipe, self.size, self._sha, event_pushes)
+                if self._routed:
+                    now_ms = int(time.time() * 1000)
+                    for event, event_pushes in batch:
+                        _route(event, pipe, self._sha, event_pushes, now_ms)
+                else:
+                    for event, event_pushes in batch:
+                        _cache(event, pipe, self.size, self._sha, event_pushes)
                 await pipe.execute()
         except NoScriptError as exc:
             # Redis restarted or flushed its scripts: load it again and let the projector retry

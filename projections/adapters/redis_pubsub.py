@@ -1,4 +1,7 @@
-"""The hub's pub/sub subscriber on a Redis Cluster: sharded channels (SSUBSCRIBE), read from
+"""The gateway's pub/sub adapters: its routes (``GatewayRoutes``: which gateways hold a user's
+sockets, read by the deliver stage) and, on a Redis Cluster, its subscriber.
+
+The hub's pub/sub subscriber on a Redis Cluster: sharded channels (SSUBSCRIBE), read from
 every node at once.
 
 redis-py 8.1's asyncio ``ClusterPubSub`` does shard channels: ``ssubscribe`` opens one
@@ -19,16 +22,77 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from redis.asyncio import RedisCluster
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterPubSub
 
+from events import keys
+from projections.adapters.redis_client import RedisClient
+
 log = logging.getLogger(__name__)
 
 OnReconnect = Callable[[object], Awaitable[None]]
+
+# How long a gateway's entry in a user's route set lives unless pushed forward; the hub pushes
+# it forward every third of that while it holds the user's sockets.
+ROUTE_TTL_S = 60.0
+_CHUNK = 500  # users per pipeline when routes are added, removed or pushed forward
+
+
+class GatewayRoutes:
+    """This gateway's entries in its users' route sets (``keys.route``): a sorted set per user
+    of the gateway ids holding their sockets, each scored by its expiry (ms). The deliver stage
+    reads them (``projections.adapters.recent``) and publishes once per gateway on its channel
+    (``keys.gateway_channel``) instead of once per user.
+
+    ``subscribe`` and ``unsubscribe`` take user ids: the hub batches them with the same
+    ``query_api.subscriptions.Subscriptions`` as its channels, so a route is added or removed
+    by one pipeline per flush, decided from the hub's state at flush time. Each add also drops
+    the set's expired entries (a gateway that died without removing its own), and keeps the key
+    alive as long as its newest entry."""
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        gateway_id: int,
+        *,
+        ttl_s: float = ROUTE_TTL_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = redis
+        self.gateway_id = gateway_id
+        self.member = str(gateway_id)
+        self.channel = keys.gateway_channel(gateway_id)
+        self.ttl_s = ttl_s
+        self._clock = clock
+
+    async def subscribe(self, *user_ids: str) -> None:
+        await self.add(user_ids)
+
+    async def unsubscribe(self, *user_ids: str) -> None:
+        for start in range(0, len(user_ids), _CHUNK):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for user_id in user_ids[start : start + _CHUNK]:
+                    pipe.zrem(keys.route(user_id), self.member)
+                await pipe.execute()
+
+    async def add(self, user_ids: Iterable[str]) -> None:
+        """Add (or push forward) this gateway in the route sets of ``user_ids``."""
+        users = list(user_ids)
+        ttl_ms = int(self.ttl_s * 1000)
+        for start in range(0, len(users), _CHUNK):
+            now_ms = int(self._clock() * 1000)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for user_id in users[start : start + _CHUNK]:
+                    key = keys.route(user_id)
+                    pipe.zremrangebyscore(key, "-inf", now_ms)
+                    pipe.zadd(key, {self.member: now_ms + ttl_ms})
+                    pipe.pexpire(key, ttl_ms)
+                await pipe.execute()
 
 
 class ShardedSubscriber:

@@ -12,7 +12,7 @@ import pytest
 
 from events import keys
 from events.errors import Unavailable
-from projections.delivery import JOINED, LEFT, MESSAGE
+from projections.delivery import JOINED, LEFT, MESSAGE, routed
 from projections.wire import traced
 from query_api.config import NoSpans
 from query_api.hub import Connection, Hub
@@ -569,3 +569,154 @@ async def test_the_listener_blocks_without_a_timer_and_checks_health_meanwhile(
     assert _queued(alice) == [b"m0", b"m1", b"m2"]
     assert pubsub.timeouts and set(pubsub.timeouts) == {None}
     assert pubsub.health_checks >= 3
+
+
+# --- routes: deliveries published once per gateway (projections.delivery.routed) -----------
+
+
+class FakeRoutes:
+    """The gateway's route entries, kept in a set; ``gate`` holds adds until released."""
+
+    channel = keys.gateway_channel(7)
+
+    def __init__(self, ttl_s: float = 60.0) -> None:
+        self.ttl_s = ttl_s
+        self.users: set[str] = set()
+        self.pushed: list[list[str]] = []
+        self.fail_add = 0
+        self.gate: asyncio.Event | None = None
+
+    async def subscribe(self, *user_ids: str) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail_add:
+            self.fail_add -= 1
+            raise ConnectionError("redis down")
+        self.users |= set(user_ids)
+
+    async def unsubscribe(self, *user_ids: str) -> None:
+        self.users -= set(user_ids)
+
+    async def add(self, user_ids: Any) -> None:
+        if self.fail_add:
+            raise ConnectionError("redis down")
+        users = list(user_ids)
+        self.pushed.append(sorted(users))
+        self.users |= set(users)
+
+
+async def _routed_hub(
+    routes: FakeRoutes, pubsub: FakePubSub | None = None, groups: dict[str, set[str]] | None = None
+) -> tuple[Hub, FakePubSub]:
+    pubsub = pubsub or FakePubSub()
+
+    async def groups_of(user_id: str) -> set[str]:
+        return set((groups or {}).get(user_id, set()))
+
+    hub = Hub(pubsub, groups_of, shards=4, routes=routes)
+    await hub.start()
+    return hub, pubsub
+
+
+async def test_the_gateway_listens_on_its_channel_and_routes_each_payload_to_its_recipients_here() -> None:
+    routes = FakeRoutes()
+    pubsub = BlockingPubSub()
+    hub, _ = await _routed_hub(routes, pubsub, groups={})
+    assert routes.channel in pubsub.channels
+    alice1, alice2, bob, carol = (_conn(u, []) for u in ("alice", "alice", "bob", "carol"))
+    for c in (alice1, alice2, bob, carol):
+        await hub.register(c)
+    listener = asyncio.create_task(hub.listen())
+    gw = routes.channel.encode()
+    pubsub.messages.put_nowait(
+        {"type": "message", "channel": gw, "data": routed(["alice", "bob"], MESSAGE + b"m1")}
+    )
+    # a user with no socket here any more (a route entry not yet removed): nothing, no error
+    pubsub.messages.put_nowait(
+        {"type": "message", "channel": gw, "data": routed(["gone", "carol"], MESSAGE + b"m2")}
+    )
+    # the join reaches the hub's group bookkeeping as it does on the user's channel
+    pubsub.messages.put_nowait({"type": "message", "channel": gw, "data": routed(["bob"], JOINED + b"g1\0j")})
+    await asyncio.sleep(0.05)
+    listener.cancel()
+    await asyncio.gather(listener, return_exceptions=True)
+    assert _queued(alice1) == _queued(alice2) == [b"m1"]
+    assert _queued(bob) == [b"m1", b"j"] and _queued(carol) == [b"m2"]
+    assert hub.deliver_to_group(MESSAGE + b"g1\0gm") == 1 and _queued(bob)[-1] == b"gm"
+
+
+async def test_a_users_route_lives_from_their_first_socket_here_to_their_last() -> None:
+    routes = FakeRoutes()
+    hub, pubsub = await _routed_hub(routes)
+    a1, a2 = _conn("alice", []), _conn("alice", [])
+    await hub.register(a1)
+    assert routes.users == {"alice"} and keys.user_channel("alice") in pubsub.channels
+    await hub.register(a2)
+    await hub.unregister(a1)
+    assert routes.users == {"alice"}
+    await hub.unregister(a2)
+    assert routes.users == set() and keys.user_channel("alice") not in pubsub.channels
+
+
+async def test_a_socket_counts_as_registered_only_once_its_route_is_in_redis() -> None:
+    # The switch: a delivery after the registration must find the route (the deliver stage's
+    # script reads it and publishes in one step), so the registration waits for the add.
+    routes = FakeRoutes()
+    routes.gate = asyncio.Event()
+    hub, pubsub = await _routed_hub(routes)
+    registering = asyncio.create_task(hub.register(_conn("alice", [])))
+    await asyncio.sleep(0.02)
+    assert keys.user_channel("alice") in pubsub.channels  # subscribed; route not added yet
+    assert not registering.done()
+    routes.gate.set()
+    await registering
+    assert routes.users == {"alice"}
+
+
+async def test_a_failed_route_add_refuses_the_socket_and_leaves_nothing_behind() -> None:
+    routes = FakeRoutes()
+    routes.fail_add = 1
+    hub, pubsub = await _routed_hub(routes)
+    with pytest.raises(Unavailable):
+        await hub.register(_conn("alice", []))
+    await asyncio.sleep(0.01)
+    assert hub.connections == 0 and routes.users == set()
+    assert keys.user_channel("alice") not in pubsub.channels
+    await hub.register(_conn("alice", []))  # asked again, it is added
+    assert routes.users == {"alice"}
+
+
+async def test_route_entries_are_pushed_forward_each_third_of_their_ttl_and_at_once_after_a_reconnect() -> (
+    None
+):
+    routes = FakeRoutes(ttl_s=0.3)
+    hub, _ = await _routed_hub(routes)
+    await hub.register(_conn("alice", []))
+    await hub.register(_conn("bob", []))
+    listener = asyncio.create_task(hub.listen())
+    await asyncio.sleep(0.25)  # one period (0.1 s), two at most
+    assert routes.pushed and routes.pushed[0] == ["alice", "bob"]
+    pushes = len(routes.pushed)
+    routes.users.clear()  # Redis came back empty
+    await hub.resubscribed(None)
+    await asyncio.sleep(0.02)
+    listener.cancel()
+    await asyncio.gather(listener, return_exceptions=True)
+    assert len(routes.pushed) == pushes + 1 and routes.users == {"alice", "bob"}
+
+
+async def test_sockets_catch_up_when_their_route_entries_may_have_expired() -> None:
+    # Entries not pushed forward for a TTL expire: a user with sockets on another gateway too
+    # would then be routed there only, so the sockets here are told to reconnect and sync.
+    routes = FakeRoutes(ttl_s=0.3)
+    hub, _ = await _routed_hub(routes)
+    sent: list[str] = []
+    await hub.register(_conn("alice", sent))
+    routes.fail_add = 1_000
+    listener = asyncio.create_task(hub.listen())
+    await asyncio.sleep(0.15)
+    assert sent == []  # one failed push forward: the entries still live
+    await asyncio.sleep(0.3)
+    listener.cancel()
+    await asyncio.gather(listener, return_exceptions=True)
+    assert sent == ["closed 1013"]
