@@ -38,8 +38,11 @@ log = logging.getLogger(__name__)
 OnReconnect = Callable[[object], Awaitable[None]]
 
 # How long a gateway's entry in a user's route set lives unless pushed forward; the hub pushes
-# it forward every third of that while it holds the user's sockets.
-ROUTE_TTL_S = 60.0
+# it forward every third of that while it holds the user's sockets: three commands per held user
+# per refresh, the largest part of an idle gateway's Redis work (docs/benchmarks.md, session 10
+# after the merges: at 60 s, 10,000 idle sockets cost the gateway a quarter more idle CPU). An
+# entry outliving its gateway costs a PUBLISH nobody reads, never a delivery.
+ROUTE_TTL_S = 180.0
 _CHUNK = 500  # users per pipeline when routes are added, removed or pushed forward
 
 
