@@ -17,9 +17,8 @@ import pytest
 from aiokafka import TopicPartition
 from mode.threads import WorkerThread
 
-from events import Topics
 from streams.adapters import faust_sameloop
-from streams.app import create_app
+from tests.unit.offline_app import offline_app
 
 TP = TopicPartition("t.events", 0)
 
@@ -68,16 +67,7 @@ class _FakeAiokafka:
 async def _started(
     in_loop: bool, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[faust.App, Any, _FakeAiokafka]]:
-    app = create_app(
-        app_id="t-sameloop",
-        bootstrap="127.0.0.1:1",  # never connected: the aiokafka consumer is a fake
-        topics=Topics("t."),
-        partitions=1,
-        stages=[],
-        batch_size=10,
-        batch_window_s=0.05,
-        session_timeout_s=10.0,
-    )
+    app = offline_app("t-sameloop")  # the aiokafka consumer is a fake
     app.consumer_in_loop = in_loop  # type: ignore[attr-defined]
     app.loop = asyncio.get_running_loop()
     consumer = app.consumer

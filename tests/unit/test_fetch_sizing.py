@@ -10,26 +10,15 @@ import aiokafka
 import pytest
 from aiokafka.consumer.fetcher import Fetcher
 
-from events import Topics
 from streams.adapters.faust_fetch import FETCH_MIN_BYTES, IDLE_WAIT_MS, IdleAwareFetcher
-from streams.app import create_app
+from tests.unit.offline_app import offline_app
 from tidings.settings import Settings
 
 
 async def _looked_at(fetch_wait_ms: int) -> tuple[int, int, type]:
     """(fetch min bytes, fetch max wait, class) of the aiokafka consumer Faust builds for a
     worker's app with ``fetch_wait_ms``."""
-    app = create_app(
-        app_id="t-fetch-sizing",
-        bootstrap="127.0.0.1:1",  # never connected: only the consumer's construction is looked at
-        topics=Topics("t."),
-        partitions=1,
-        stages=[],
-        batch_size=10,
-        batch_window_s=0.05,
-        session_timeout_s=10.0,
-        fetch_wait_ms=fetch_wait_ms,
-    )
+    app = offline_app("t-fetch-sizing", fetch_wait_ms=fetch_wait_ms)
     app.loop = asyncio.get_running_loop()
     thread = app.consumer._thread  # type: ignore[attr-defined]
     consumer = thread._create_worker_consumer(app.transport)
