@@ -354,18 +354,21 @@ class SearchIndexer:
                     self._wake = asyncio.Event()
                     self._flusher = asyncio.create_task(self._flush_loop())
                 elif (newly_pending or failed) and self._wake is not None:
-                    # A shard that had nothing pending has now: it may be due before the
-                    # shard the flusher sleeps for.
+                    # A shard that had nothing pending has now, or its first message: it may
+                    # be due before the shard the flusher sleeps for.
                     self._wake.set()
 
     def _add_and_commit(self, work: Sequence[tuple[Shard, list[tuple[int, ChatEvent]]]]) -> bool:
         """Add each shard's events, then commit the open shards that are due (one job of the
-        thread pool); whether a shard that had nothing pending has now."""
+        thread pool); whether a shard's due time may have moved up: it had nothing pending and
+        has now, or it had only offsets pending (due at the longest interval) and now has a
+        message (due by the interval or its age)."""
         newly_pending = False
         for shard, items in work:
-            was_pending = shard.seen != shard.applied
+            was_pending, had_docs = shard.seen != shard.applied, bool(shard.docs_pending)
             shard.add(items)
             newly_pending |= not was_pending and shard.seen != shard.applied
+            newly_pending |= not had_docs and bool(shard.docs_pending)
         now = time.monotonic()
         try:
             _commit_all([shard for shard in list(self._shards.values()) if self.due(shard, now)])

@@ -468,6 +468,31 @@ async def test_offsets_alone_commit_at_the_longest_interval(tmp_path: Path) -> N
     assert found(tmp_path, "offsets", ["g:1"]) == [963, 960]
 
 
+async def test_a_message_behind_pending_offsets_is_committed_by_its_age_not_theirs(tmp_path: Path) -> None:
+    """A message that lands in a shard whose only pending events index nothing (a photo, due at
+    the longest interval) moves the shard's due time up: the flusher, asleep until the offsets'
+    due time, is woken for it (the e2e freshness test once read 4.9 s for this, at a 5 s
+    longest interval)."""
+    indexer = SearchIndexer(tmp_path, TOPIC, commit_interval_s=0.2, commit_most_s=5.0, commit_age_s=0.5)
+    path = shard_path(tmp_path, TOPIC, 0)
+    try:
+        await indexer.apply_at([(0, 0, sent_at("g:1", 970, "quiet first", 0))])  # at once
+        photo = sent("g:1", 971, "", kind="image").model_copy(update={"ts": round(time.time() * 1000)})
+        await indexer.apply_at([(0, 1, photo)])  # only an offset pending: due in 5 s
+        await asyncio.sleep(0.05)
+        await indexer.apply_at([(0, 2, sent_at("g:1", 972, "behind the photo", 0))])
+        added = time.monotonic()
+        for _ in range(150):
+            if read_applied(path) == 2:
+                break
+            await asyncio.sleep(0.02)
+        took = time.monotonic() - added
+        assert read_applied(path) == 2 and took < 1.5, f"committed {took:.2f} s after it was added"
+    finally:
+        indexer.close()
+    assert found(tmp_path, "behind", ["g:1"]) == [972]
+
+
 async def test_the_flusher_wakes_only_when_a_shard_is_due(tmp_path: Path) -> None:
     indexer = SearchIndexer(tmp_path, TOPIC, commit_interval_s=0.3, commit_most_s=5.0)
     try:
