@@ -60,10 +60,17 @@ class StandIn:
 def _free_pair() -> int:
     """A port p with p and its stats port (p + STATS_PORT_OFFSET) both free."""
     for _ in range(50):
-        with socket.socket() as sock:
+        # Both bound, not only probed for a listener: a port that is some client socket's local
+        # end (an ephemeral port) refuses HAProxy's bind too, and a connect probe misses it.
+        with socket.socket() as sock, socket.socket() as stats:
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
-        if port + STATS_PORT_OFFSET > 1024 and not _process.port_open("127.0.0.1", port + STATS_PORT_OFFSET):
+            if port + STATS_PORT_OFFSET <= 1024:
+                continue
+            try:
+                stats.bind(("127.0.0.1", port + STATS_PORT_OFFSET))
+            except OSError:
+                continue
             return port
     raise AssertionError("no free port pair")
 
