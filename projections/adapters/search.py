@@ -360,15 +360,16 @@ class SearchIndexer:
 
     def _add_and_commit(self, work: Sequence[tuple[Shard, list[tuple[int, ChatEvent]]]]) -> bool:
         """Add each shard's events, then commit the open shards that are due (one job of the
-        thread pool); whether a shard's due time may have moved up: it had nothing pending and
-        has now, or it had only offsets pending (due at the longest interval) and now has a
-        message (due by the interval or its age)."""
+        thread pool); whether a shard's due time moved up: it had nothing pending and has now,
+        it had only offsets pending (due at the longest interval) and now has a message, or it
+        was behind and its new events are not."""
         newly_pending = False
+        now = time.monotonic()
         for shard, items in work:
-            was_pending, had_docs = shard.seen != shard.applied, bool(shard.docs_pending)
+            before = self.due_in(shard, now)
             shard.add(items)
-            newly_pending |= not was_pending and shard.seen != shard.applied
-            newly_pending |= not had_docs and bool(shard.docs_pending)
+            after = self.due_in(shard, now)
+            newly_pending |= after is not None and (before is None or after < before)
         now = time.monotonic()
         try:
             _commit_all([shard for shard in list(self._shards.values()) if self.due(shard, now)])
