@@ -139,24 +139,24 @@ def _route(event: ChatEvent, pipe: AnyPipeline, sha: str, event_pushes: list[Pus
     cache: tuple[str, bytes] | None = None
     if isinstance(event, MessageSent):
         cache = (keys.recent(event.conversation_id), _member(event.message_id, message_json(event)))
-    users: list[str] = []
+    # A run's users in order, once each (a dict: a group below the fan-out threshold has
+    # hundreds of members, and a list's ``in`` would be quadratic per message).
+    users: dict[str, None] = {}
     payload = b""
     for push in event_pushes:
         if push.channel.startswith(_USER_PREFIX):
-            user = push.channel[len(_USER_PREFIX) :]
             if users and push.payload != payload:
-                _route_call(pipe, sha, cache, payload, users, now_ms)
-                cache, users = None, []
+                _route_call(pipe, sha, cache, payload, list(users), now_ms)
+                cache, users = None, {}
             payload = push.payload
-            if user not in users:
-                users.append(user)
+            users[push.channel[len(_USER_PREFIX) :]] = None
             continue
         if users or cache is not None:
-            _route_call(pipe, sha, cache, payload, users, now_ms)
-            cache, users = None, []
+            _route_call(pipe, sha, cache, payload, list(users), now_ms)
+            cache, users = None, {}
         publish(pipe, push.channel, push.payload)
     if users or cache is not None:
-        _route_call(pipe, sha, cache, payload, users, now_ms)
+        _route_call(pipe, sha, cache, payload, list(users), now_ms)
 
 
 @singledispatch
