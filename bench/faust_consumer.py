@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import resource
+import subprocess
 import sys
 import time
 import uuid
@@ -38,7 +40,7 @@ from streams.adapters import faust_fetch
 from streams.app import create_app
 from tidings.settings import Settings
 
-PARTITIONS = 4
+PARTITIONS = 4  # --partitions; the system's topic has 12 (settings.topic_partitions)
 
 
 def _event(mid: int, i: int) -> bytes:
@@ -109,6 +111,60 @@ def _switches() -> int:
     return n
 
 
+def _threads(pid: int) -> dict[str, tuple[str, int, int]]:
+    """Per thread of ``pid``: (name, CPU clock ticks, context switches), from /proc."""
+    out: dict[str, tuple[str, int, int]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                st = f.read()
+            fields = st[st.rindex(")") + 2 :].split()
+            switches = 0
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        switches += int(line.split()[1])
+            out[tid] = (st[st.index("(") + 1 : st.rindex(")")], int(fields[11]) + int(fields[12]), switches)
+        except OSError:
+            continue
+    return out
+
+
+Snapshot = dict[str, tuple[str, int, int]]
+
+
+def _java_names(pid: int) -> dict[str, str]:
+    """tid -> a JVM's full thread name (``jcmd Thread.print``: ``"name" ... nid=0x<tid>``);
+    /proc's names stop at 15 characters (``data-plane-kafk`` is the network thread and the
+    request handlers alike). Empty if ``pid`` is no JVM or jcmd is missing."""
+    # The JVM's own jcmd (the launcher's JDK is not on PATH).
+    jcmd = os.path.join(os.path.dirname(os.path.realpath(f"/proc/{pid}/exe")), "jcmd")
+    try:
+        out = subprocess.run(
+            [jcmd, str(pid), "Thread.print"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    names = {}
+    for m in re.finditer(r'^"([^"]+)".*? nid=(0x[0-9a-f]+)', out, re.M):
+        names[str(int(m.group(2), 16))] = m.group(1)
+    return names
+
+
+def _by_name(a: Snapshot, b: Snapshot, names: dict[str, str]) -> dict[str, list[float]]:
+    """CPU seconds and switches between two ``_threads`` snapshots, summed by thread name
+    (digits at the end dropped: ``data-plane-kafka-request-handler-0`` and ``-1`` are one)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    agg: dict[str, list[float]] = {}
+    for tid, (name, cpu, sw) in b.items():
+        cpu0, sw0 = (a[tid][1], a[tid][2]) if tid in a else (0, 0)
+        name = names.get(tid, name)
+        g = agg.setdefault(re.sub(r"[-:#]?\d+$", "", name), [0.0, 0.0])
+        g[0] += (cpu - cpu0) / hz
+        g[1] += sw - sw0
+    return agg
+
+
 def _cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
     return r.ru_utime + r.ru_stime
@@ -122,13 +178,13 @@ async def one_run(in_loop: bool, settings: Settings, args: argparse.Namespace) -
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     names = [topics.conversation_events, topics.dead_letters]
-    await admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names])
+    await admin.create_topics([NewTopic(n, args.partitions, 1) for n in names])
     count = _Count()
     app = create_app(
         app_id=group,
         bootstrap=bootstrap,
         topics=topics,
-        partitions=PARTITIONS,
+        partitions=args.partitions,
         stages=[count],
         batch_size=500,
         batch_window_s=0.002,
@@ -137,8 +193,10 @@ async def one_run(in_loop: bool, settings: Settings, args: argparse.Namespace) -
     )
     app.consumer_in_loop = in_loop  # type: ignore[attr-defined]
     total = int(args.rate * args.duration)
+    fetches = [0]
     try:
         await app.start()
+        _count_fetches(app, fetches)
         # One event first: the group has joined and the agent consumes.
         await produce(bootstrap, topics.conversation_events, 1000, 1)
         count.arm(1)
@@ -153,10 +211,15 @@ async def one_run(in_loop: bool, settings: Settings, args: argparse.Namespace) -
         # The window opens at the first event of the load (the child's start-up is not in it)
         # and closes at the last; nothing polls in between.
         await asyncio.wait_for(count.first.wait(), 60)
-        events0, batches0 = count.events, count.batches
+        events0, batches0, fetches0 = count.events, count.batches, fetches[0]
+        server0 = _threads(args.server_pid) if args.server_pid else {}
         cpu0, sw0, t0 = _cpu_s(), _switches(), time.monotonic()
         await asyncio.wait_for(count.reached.wait(), args.duration + 60)
         cpu1, sw1, t1 = _cpu_s(), _switches(), time.monotonic()
+        server = {}
+        if args.server_pid:
+            server = _by_name(server0, _threads(args.server_pid), _java_names(args.server_pid))
+        n_fetches = fetches[0] - fetches0
         got, batches = count.events - events0, count.batches - batches0
         if await child.wait() != 0:
             raise RuntimeError("the producer failed")
@@ -172,7 +235,25 @@ async def one_run(in_loop: bool, settings: Settings, args: argparse.Namespace) -
         "events_per_batch": got / max(1, batches),
         "cpu_pct": (cpu1 - cpu0) / (t1 - t0) * 100,
         "threads": threads,
+        "fetches_per_s": n_fetches / (t1 - t0),
+        "cpu_us_per_fetch": (cpu1 - cpu0) / max(1, n_fetches) * 1e6,
+        "server": {name: (cpu / got * 1e6, sw / got) for name, (cpu, sw) in server.items()},
+        "server_cpu_us_per_fetch": sum(c for c, _ in server.values()) / max(1, n_fetches) * 1e6,
+        "server_switches_per_fetch": sum(w for _, w in server.values()) / max(1, n_fetches),
     }
+
+
+def _count_fetches(app: Any, into: list[int]) -> None:
+    """Count the fetch requests of the app's aiokafka consumer (its Fetcher's per-request
+    coroutine, looked up on the instance per fetch by aiokafka's fetch routine)."""
+    fetcher = app.consumer._thread._consumer._fetcher
+    inner = fetcher._proc_fetch_request
+
+    async def counted(*a: Any, **kw: Any) -> Any:
+        into[0] += 1
+        return await inner(*a, **kw)
+
+    fetcher._proc_fetch_request = counted
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -193,9 +274,21 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"  {r['mode']:>8}: {r['cpu_us_per_event']:7.1f} µs CPU/event  "
                 f"{r['switches_per_event']:5.2f} switches/event  {r['batches_per_s']:6.1f} batches/s "
                 f"of {r['events_per_batch']:.2f}  {r['cpu_pct']:.1f}% of a core  {r['threads']} threads  "
-                f"load {os.getloadavg()[0]:.1f}",
+                f"load {os.getloadavg()[0]:.1f}\n"
+                f"            {r['fetches_per_s']:.1f} fetches/s, "
+                f"{r['cpu_us_per_fetch']:.0f} µs CPU per fetch here",
                 flush=True,
             )
+            if r["server"]:
+                print(
+                    f"            server pid {args.server_pid}: "
+                    f"{r['server_cpu_us_per_fetch']:.0f} µs CPU and "
+                    f"{r['server_switches_per_fetch']:.2f} switches per fetch; per event by thread:",
+                    flush=True,
+                )
+                for name, (cpu, sw) in sorted(r["server"].items(), key=lambda kv: -kv[1][0]):
+                    if cpu >= 1 or sw >= 0.01:
+                        print(f"              {name:44s} {cpu:7.1f} µs {sw:6.2f} switches", flush=True)
     for mode in ("thread", "in-loop"):
         mine = [r for r in results if r["mode"] == mode]
         if not mine:
@@ -213,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=15)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--fetch-wait-ms", type=int, default=0, help="0: the deliver group's fetch")
+    ap.add_argument("--partitions", type=int, default=PARTITIONS, help="of the topic (the system's: 12)")
+    ap.add_argument(
+        "--server-pid", type=int, default=0, help="also per-thread CPU and switches of this process (Kafka's)"
+    )
     ap.add_argument("--only", choices=("thread", "in-loop"), help="one mode (e.g. to profile it)")
     ap.add_argument("--produce", default="", help=argparse.SUPPRESS)
     ap.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
