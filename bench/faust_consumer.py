@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import re
 import resource
 import subprocess
@@ -58,15 +59,20 @@ def _event(mid: int, i: int) -> bytes:
     )
 
 
-async def produce(bootstrap: str, topic: str, rate: float, count: int) -> None:
-    """``count`` events at ``rate`` a second, one send each, paced on a clock."""
+async def produce(bootstrap: str, topic: str, rate: float, count: int, poisson: bool = False) -> None:
+    """``count`` events at ``rate`` a second, one send each, paced on a clock: evenly, or with
+    ``poisson`` at exponentially distributed gaps (many independent senders, as the e2e
+    benchmark's pairs)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
     ids = Snowflake(2)
     try:
         start = time.monotonic()
+        due = 0.0
+        gaps = random.Random(count)
         for i in range(count):
-            delay = start + i / rate - time.monotonic()
+            due = due + gaps.expovariate(rate) if poisson else i / rate
+            delay = start + due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             await producer.send(topic, _event(ids.next_id(), i), key=f"dm:a{i % 50}:b".encode())
@@ -82,6 +88,7 @@ class _Count:
         self.events = 0
         self.batches = 0
         self.target = 0
+        self.latencies_ms: list[float] = []  # from the event's ts (its id's clock) to here
         self.first = asyncio.Event()  # the first event once armed
         self.reached = asyncio.Event()  # ``target`` events counted
 
@@ -93,6 +100,8 @@ class _Count:
     async def apply(self, events: Sequence[ChatEvent]) -> None:
         self.events += len(events)
         self.batches += 1
+        now_ms = time.time() * 1000
+        self.latencies_ms.extend(now_ms - e.ts for e in events if isinstance(e, MessageSent))
         self.first.set()
         if self.target and self.events >= self.target:
             self.reached.set()
@@ -165,12 +174,30 @@ def _by_name(a: Snapshot, b: Snapshot, names: dict[str, str]) -> dict[str, list[
     return agg
 
 
+def _quantiles(values: list[float]) -> str:
+    """Mean, P50 and P99 (ms, from whole-ms event timestamps: the mean is good to ~0.1 ms)."""
+    if not values:
+        return "-"
+    v = sorted(values)
+    p99 = v[min(len(v) - 1, len(v) * 99 // 100)]
+    return f"mean {sum(v) / len(v):.2f} P50 {v[len(v) // 2]:.1f} P99 {p99:.1f}"
+
+
 def _cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
     return r.ru_utime + r.ru_stime
 
 
-async def one_run(in_loop: bool, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+# What --compare alternates: the modes, each a (consumer in the loop, delivery fetch linger) pair;
+# None keeps what streams.app.create_app sets (FETCH_LINGER_OF_WINDOW of the window).
+MODES: dict[str, dict[str, tuple[bool, float | None]]] = {
+    "thread": {"thread": (False, None), "in-loop": (True, None)},
+    "linger": {"no-linger": (True, 0.0), "linger": (True, 0.001)},
+}
+
+
+async def one_run(mode: str, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    in_loop, linger_s = MODES[args.compare][mode]
     run = uuid.uuid4().hex[:8]
     topics = Topics(f"{settings.topic_prefix}bcons{run}.")
     group = f"{settings.worker_app_id}-bcons-{run}"
@@ -192,6 +219,9 @@ async def one_run(in_loop: bool, settings: Settings, args: argparse.Namespace) -
         fetch_wait_ms=args.fetch_wait_ms,
     )
     app.consumer_in_loop = in_loop  # type: ignore[attr-defined]
+    if linger_s is not None:
+        app.fetch_linger_s = linger_s  # type: ignore[attr-defined]
+    linger_ms = getattr(app, "fetch_linger_s", 0.0) * 1000
     total = int(args.rate * args.duration)
     fetches = [0]
     try:
@@ -207,11 +237,13 @@ async def one_run(in_loop: bool, settings: Settings, args: argparse.Namespace) -
         child = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bench.faust_consumer", "--produce", topics.conversation_events,
             "--rate", f"{args.rate:g}", "--count", str(total), "--bootstrap", bootstrap,
+            *(["--poisson"] if args.poisson else []),
         )  # fmt: skip
         # The window opens at the first event of the load (the child's start-up is not in it)
         # and closes at the last; nothing polls in between.
         await asyncio.wait_for(count.first.wait(), 60)
         events0, batches0, fetches0 = count.events, count.batches, fetches[0]
+        count.latencies_ms.clear()
         server0 = _threads(args.server_pid) if args.server_pid else {}
         cpu0, sw0, t0 = _cpu_s(), _switches(), time.monotonic()
         await asyncio.wait_for(count.reached.wait(), args.duration + 60)
@@ -228,7 +260,9 @@ async def one_run(in_loop: bool, settings: Settings, args: argparse.Namespace) -
         await admin.delete_topics(names)
         await admin.close()
     return {
-        "mode": "in-loop" if in_loop else "thread",
+        "mode": mode,
+        "linger_ms": linger_ms,
+        "latency_ms": _quantiles(count.latencies_ms),
         "cpu_us_per_event": (cpu1 - cpu0) / got * 1e6,
         "switches_per_event": (sw1 - sw0) / got,
         "batches_per_s": batches / (t1 - t0),
@@ -265,17 +299,18 @@ async def main_async(args: argparse.Namespace) -> None:
     )
     results: list[dict[str, Any]] = []
     for _ in range(args.rounds):
-        for in_loop in (False, True):
-            if args.only and args.only != ("in-loop" if in_loop else "thread"):
+        for mode in MODES[args.compare]:
+            if args.only and args.only != mode:
                 continue
-            r = await one_run(in_loop, settings, args)
+            r = await one_run(mode, settings, args)
             results.append(r)
             print(
-                f"  {r['mode']:>8}: {r['cpu_us_per_event']:7.1f} µs CPU/event  "
+                f"  {r['mode']:>9}: {r['cpu_us_per_event']:7.1f} µs CPU/event  "
                 f"{r['switches_per_event']:5.2f} switches/event  {r['batches_per_s']:6.1f} batches/s "
                 f"of {r['events_per_batch']:.2f}  {r['cpu_pct']:.1f}% of a core  {r['threads']} threads  "
                 f"load {os.getloadavg()[0]:.1f}\n"
-                f"            {r['fetches_per_s']:.1f} fetches/s, "
+                f"            linger {r['linger_ms']:g} ms; event ts -> stage ms: {r['latency_ms']}; "
+                f"{r['fetches_per_s']:.1f} fetches/s, "
                 f"{r['cpu_us_per_fetch']:.0f} µs CPU per fetch here",
                 flush=True,
             )
@@ -289,7 +324,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 for name, (cpu, sw) in sorted(r["server"].items(), key=lambda kv: -kv[1][0]):
                     if cpu >= 1 or sw >= 0.01:
                         print(f"              {name:44s} {cpu:7.1f} µs {sw:6.2f} switches", flush=True)
-    for mode in ("thread", "in-loop"):
+    for mode in MODES[args.compare]:
         mine = [r for r in results if r["mode"] == mode]
         if not mine:
             continue
@@ -306,17 +341,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=15)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--fetch-wait-ms", type=int, default=0, help="0: the deliver group's fetch")
+    ap.add_argument("--poisson", action="store_true", help="exponential gaps between sends, not even")
+    ap.add_argument(
+        "--compare",
+        choices=("thread", "linger"),
+        default="thread",
+        help="alternate Faust's consumer thread and the loop (thread), or the delivery group's "
+        "fetch linger off and on (linger, consumer in the loop)",
+    )
     ap.add_argument("--partitions", type=int, default=PARTITIONS, help="of the topic (the system's: 12)")
     ap.add_argument(
         "--server-pid", type=int, default=0, help="also per-thread CPU and switches of this process (Kafka's)"
     )
-    ap.add_argument("--only", choices=("thread", "in-loop"), help="one mode (e.g. to profile it)")
+    ap.add_argument(
+        "--only", choices=[m for modes in MODES.values() for m in modes], help="one mode (e.g. to profile it)"
+    )
     ap.add_argument("--produce", default="", help=argparse.SUPPRESS)
     ap.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--bootstrap", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.produce:
-        run_loop(produce(args.bootstrap, args.produce, args.rate, args.count))
+        run_loop(produce(args.bootstrap, args.produce, args.rate, args.count, args.poisson))
         return 0
     assert faust_fetch.App.consumer_in_loop  # the default the workers run with
     run_loop(main_async(args))
