@@ -188,16 +188,13 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-# What --compare alternates: the modes, each a (consumer in the loop, delivery fetch linger) pair;
-# None keeps what streams.app.create_app sets (FETCH_LINGER_OF_WINDOW of the window).
-MODES: dict[str, dict[str, tuple[bool, float | None]]] = {
-    "thread": {"thread": (False, None), "in-loop": (True, None)},
-    "linger": {"no-linger": (True, 0.0), "linger": (True, 0.001)},
-}
+# What --compare alternates: the modes, each whether the consumer runs in the agents' loop.
+# (Session 11 also compared a delivery fetch linger here, commit b721001; withdrawn.)
+MODES: dict[str, dict[str, bool]] = {"thread": {"thread": False, "in-loop": True}}
 
 
 async def one_run(mode: str, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    in_loop, linger_s = MODES[args.compare][mode]
+    in_loop = MODES[args.compare][mode]
     run = uuid.uuid4().hex[:8]
     topics = Topics(f"{settings.topic_prefix}bcons{run}.")
     group = f"{settings.worker_app_id}-bcons-{run}"
@@ -219,9 +216,6 @@ async def one_run(mode: str, settings: Settings, args: argparse.Namespace) -> di
         fetch_wait_ms=args.fetch_wait_ms,
     )
     app.consumer_in_loop = in_loop  # type: ignore[attr-defined]
-    if linger_s is not None:
-        app.fetch_linger_s = linger_s  # type: ignore[attr-defined]
-    linger_ms = getattr(app, "fetch_linger_s", 0.0) * 1000
     total = int(args.rate * args.duration)
     fetches = [0]
     try:
@@ -261,7 +255,6 @@ async def one_run(mode: str, settings: Settings, args: argparse.Namespace) -> di
         await admin.close()
     return {
         "mode": mode,
-        "linger_ms": linger_ms,
         "latency_ms": _quantiles(count.latencies_ms),
         "cpu_us_per_event": (cpu1 - cpu0) / got * 1e6,
         "switches_per_event": (sw1 - sw0) / got,
@@ -309,7 +302,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"{r['switches_per_event']:5.2f} switches/event  {r['batches_per_s']:6.1f} batches/s "
                 f"of {r['events_per_batch']:.2f}  {r['cpu_pct']:.1f}% of a core  {r['threads']} threads  "
                 f"load {os.getloadavg()[0]:.1f}\n"
-                f"            linger {r['linger_ms']:g} ms; event ts -> stage ms: {r['latency_ms']}; "
+                f"            event ts -> stage ms: {r['latency_ms']}; "
                 f"{r['fetches_per_s']:.1f} fetches/s, "
                 f"{r['cpu_us_per_fetch']:.0f} µs CPU per fetch here",
                 flush=True,
@@ -342,13 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--fetch-wait-ms", type=int, default=0, help="0: the deliver group's fetch")
     ap.add_argument("--poisson", action="store_true", help="exponential gaps between sends, not even")
-    ap.add_argument(
-        "--compare",
-        choices=("thread", "linger"),
-        default="thread",
-        help="alternate Faust's consumer thread and the loop (thread), or the delivery group's "
-        "fetch linger off and on (linger, consumer in the loop)",
-    )
+    ap.add_argument("--compare", choices=tuple(MODES), default="thread", help="what the modes alternate")
     ap.add_argument("--partitions", type=int, default=PARTITIONS, help="of the topic (the system's: 12)")
     ap.add_argument(
         "--server-pid", type=int, default=0, help="also per-thread CPU and switches of this process (Kafka's)"

@@ -17,11 +17,6 @@ from streams.projector import PositionedStage, Projector, Record, Stage, Tracer
 
 Append = Callable[[ChatEvent], Awaitable[None]]
 
-# The delivery group's next fetch after one that brought records waits this share of the batch
-# window (streams.adapters.faust_fetch.LingeringFetcher; docs/benchmarks.md, session 11 "fetch").
-# 0: off (measured: no fewer fetches at 200 msgs/s, more wake-ups; bench --compare linger).
-FETCH_LINGER_OF_WINDOW = 0.0
-
 
 class FaustDeadLetters:
     def __init__(self, topic: faust.TopicT) -> None:
@@ -65,15 +60,9 @@ def create_app(
     fetch_wait_ms: int = 0,
 ) -> faust.App:
     """``fetch_wait_ms`` > 0: a group nobody waits on lets each fetch gather events for that
-    long (``streams.adapters.faust_fetch``); 0 (delivery): a fetch returns at the first event,
-    and the one after a fetch that brought records is sent ``FETCH_LINGER_OF_WINDOW`` of the
-    batch window later."""
+    long (``streams.adapters.faust_fetch``); 0 (delivery): a fetch returns at the first event."""
     app = _faust_app(app_id, bootstrap, partitions, replication, offset_reset, session_timeout_s)
     app.fetch_wait_ms = fetch_wait_ms
-    if fetch_wait_ms <= 0:
-        # The delivery group: a fetch after one that brought records waits half the batch
-        # window; what arrives meanwhile still joins the batch (streams.adapters.faust_fetch).
-        app.fetch_linger_s = batch_window_s * FETCH_LINGER_OF_WINDOW
     source = app.topic(topics.conversation_events, key_type=bytes, value_type=bytes, partitions=partitions)
     dead_letters = app.topic(topics.dead_letters, key_type=bytes, value_type=bytes, partitions=partitions)
 

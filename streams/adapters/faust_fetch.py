@@ -18,16 +18,11 @@ second; the first event after a pause is fetched at once instead of up to ``wait
 under load (every fetch brings events) nothing changes. At a trickle (a message every 50 ms
 or more) a fetch comes back per message, as with Faust's own sizing.
 
-The delivery group keeps Faust's sizing: its fetch returns as soon as a message is there. After
-a fetch that brought records, its next fetch waits ``fetch_linger_s`` (a ``LingeringFetcher``):
-the batch those records start waits for its window (``streams.adapters.faust_take``) anyway,
-so what arrives meanwhile still joins it, in one fetch instead of one per event
-(docs/benchmarks.md, "the cost of a Kafka fetch").
+The delivery group keeps Faust's sizing: its fetch returns as soon as a message is there.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import aiokafka
@@ -61,46 +56,6 @@ class IdleAwareFetcher(Fetcher):
         return brought
 
 
-class LingeringFetcher(Fetcher):
-    """aiokafka's ``Fetcher`` whose next request waits ``linger_s`` after a fetch that brought
-    records. The records are handed on at once, as before; only the next request waits: the
-    fetch routine builds its requests (``Fetcher._get_actions_per_node``), and while the
-    linger lasts they are dropped and the routine told to look again when it ends (its wait's
-    timeout). Whatever reaches the broker meanwhile comes back in that next request, at once.
-    (Holding the request's own task for the linger instead races the routine: a task it
-    reaps before the task's done callback has taken the node off ``_in_flight`` leaves the
-    node with no request until the routine's 0.2 s timeout.)"""
-
-    linger_s: float = 0.0
-    _linger_until: float = 0.0
-
-    async def _proc_fetch_request(self, assignment: Any, node_id: int, request: Any) -> bool:
-        brought = bool(await super()._proc_fetch_request(assignment, node_id, request))
-        if brought:
-            self._linger_until = time.monotonic() + self.linger_s
-        return brought
-
-    def _get_actions_per_node(self, assignment: Any) -> Any:
-        fetches, resets, timeout, invalid_metadata, resume_futures = super()._get_actions_per_node(assignment)
-        wait = self._linger_until - time.monotonic()
-        if fetches and wait > 0:
-            return [], resets, min(timeout, wait), invalid_metadata, resume_futures
-        return fetches, resets, timeout, invalid_metadata, resume_futures
-
-
-class _DeliverConsumer(aiokafka.AIOKafkaConsumer):
-    """The consumer of the delivery group: its ``Fetcher`` is a ``LingeringFetcher``."""
-
-    fetch_linger_s: float = 0.0
-
-    async def start(self) -> None:
-        await super().start()
-        # As _BackgroundConsumer below: the fetch routine looks the method up per fetch.
-        fetcher = self._fetcher
-        fetcher.__class__ = LingeringFetcher
-        fetcher.linger_s = self.fetch_linger_s
-
-
 class _BackgroundConsumer(aiokafka.AIOKafkaConsumer):
     """The consumer of a group nobody waits on: its ``Fetcher`` is an ``IdleAwareFetcher``."""
 
@@ -122,9 +77,6 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             consumer._fetch_min_bytes = FETCH_MIN_BYTES
             consumer._fetch_max_wait_ms = wait_ms
             consumer.__class__ = _BackgroundConsumer
-        elif (linger_s := getattr(self.app, "fetch_linger_s", 0.0)) > 0:
-            consumer.__class__ = _DeliverConsumer
-            consumer.fetch_linger_s = linger_s
         return consumer
 
 
@@ -151,9 +103,6 @@ class App(faust.App):
     the agents' loop (``consumer_in_loop``; False: in Faust's consumer thread, as before)."""
 
     fetch_wait_ms: int = 0
-    # With fetch_wait_ms 0: how long the next fetch waits after one that brought records (0:
-    # at once, Faust's own); streams.app sets half the batch window.
-    fetch_linger_s: float = 0.0
     # Read when the app builds its consumer (app.consumer, first used at start); set it on the
     # class or the app before that. Kept for comparing the two (tests, bench), not a setting.
     consumer_in_loop: bool = True
