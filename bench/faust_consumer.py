@@ -188,13 +188,16 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-# What --compare alternates: the modes, each whether the consumer runs in the agents' loop.
-# (Session 11 also compared a delivery fetch linger here, commit b721001; withdrawn.)
-MODES: dict[str, dict[str, bool]] = {"thread": {"thread": False, "in-loop": True}}
+# What --compare alternates: the modes, each (consumer in the agents' loop, LeanFetcher for the
+# delivery group). (Session 11 also compared a delivery fetch linger, commit b721001; withdrawn.)
+MODES: dict[str, dict[str, tuple[bool, bool]]] = {
+    "thread": {"thread": (False, True), "in-loop": (True, True)},
+    "lean": {"aiokafka": (True, False), "lean": (True, True)},
+}
 
 
 async def one_run(mode: str, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    in_loop = MODES[args.compare][mode]
+    in_loop, lean = MODES[args.compare][mode]
     run = uuid.uuid4().hex[:8]
     topics = Topics(f"{settings.topic_prefix}bcons{run}.")
     group = f"{settings.worker_app_id}-bcons-{run}"
@@ -216,6 +219,7 @@ async def one_run(mode: str, settings: Settings, args: argparse.Namespace) -> di
         fetch_wait_ms=args.fetch_wait_ms,
     )
     app.consumer_in_loop = in_loop  # type: ignore[attr-defined]
+    app.lean_fetch = lean  # type: ignore[attr-defined]
     total = int(args.rate * args.duration)
     fetches = [0]
     try:
