@@ -22,7 +22,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
+import re
 import resource
+import subprocess
 import sys
 import time
 import uuid
@@ -38,7 +41,7 @@ from streams.adapters import faust_fetch
 from streams.app import create_app
 from tidings.settings import Settings
 
-PARTITIONS = 4
+PARTITIONS = 4  # --partitions; the system's topic has 12 (settings.topic_partitions)
 
 
 def _event(mid: int, i: int) -> bytes:
@@ -56,15 +59,20 @@ def _event(mid: int, i: int) -> bytes:
     )
 
 
-async def produce(bootstrap: str, topic: str, rate: float, count: int) -> None:
-    """``count`` events at ``rate`` a second, one send each, paced on a clock."""
+async def produce(bootstrap: str, topic: str, rate: float, count: int, poisson: bool = False) -> None:
+    """``count`` events at ``rate`` a second, one send each, paced on a clock: evenly, or with
+    ``poisson`` at exponentially distributed gaps (many independent senders, as the e2e
+    benchmark's pairs)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
     ids = Snowflake(2)
     try:
         start = time.monotonic()
+        due = 0.0
+        gaps = random.Random(count)
         for i in range(count):
-            delay = start + i / rate - time.monotonic()
+            due = due + gaps.expovariate(rate) if poisson else i / rate
+            delay = start + due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             await producer.send(topic, _event(ids.next_id(), i), key=f"dm:a{i % 50}:b".encode())
@@ -80,6 +88,7 @@ class _Count:
         self.events = 0
         self.batches = 0
         self.target = 0
+        self.latencies_ms: list[float] = []  # from the event's ts (its id's clock) to here
         self.first = asyncio.Event()  # the first event once armed
         self.reached = asyncio.Event()  # ``target`` events counted
 
@@ -91,6 +100,8 @@ class _Count:
     async def apply(self, events: Sequence[ChatEvent]) -> None:
         self.events += len(events)
         self.batches += 1
+        now_ms = time.time() * 1000
+        self.latencies_ms.extend(now_ms - e.ts for e in events if isinstance(e, MessageSent))
         self.first.set()
         if self.target and self.events >= self.target:
             self.reached.set()
@@ -109,12 +120,84 @@ def _switches() -> int:
     return n
 
 
+def _threads(pid: int) -> dict[str, tuple[str, int, int]]:
+    """Per thread of ``pid``: (name, CPU clock ticks, context switches), from /proc."""
+    out: dict[str, tuple[str, int, int]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                st = f.read()
+            fields = st[st.rindex(")") + 2 :].split()
+            switches = 0
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        switches += int(line.split()[1])
+            out[tid] = (st[st.index("(") + 1 : st.rindex(")")], int(fields[11]) + int(fields[12]), switches)
+        except OSError:
+            continue
+    return out
+
+
+Snapshot = dict[str, tuple[str, int, int]]
+
+
+def _java_names(pid: int) -> dict[str, str]:
+    """tid -> a JVM's full thread name (``jcmd Thread.print``: ``"name" ... nid=0x<tid>``);
+    /proc's names stop at 15 characters (``data-plane-kafk`` is the network thread and the
+    request handlers alike). Empty if ``pid`` is no JVM or jcmd is missing."""
+    # The JVM's own jcmd (the launcher's JDK is not on PATH).
+    jcmd = os.path.join(os.path.dirname(os.path.realpath(f"/proc/{pid}/exe")), "jcmd")
+    try:
+        out = subprocess.run(
+            [jcmd, str(pid), "Thread.print"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    names = {}
+    for m in re.finditer(r'^"([^"]+)".*? nid=(0x[0-9a-f]+)', out, re.M):
+        names[str(int(m.group(2), 16))] = m.group(1)
+    return names
+
+
+def _by_name(a: Snapshot, b: Snapshot, names: dict[str, str]) -> dict[str, list[float]]:
+    """CPU seconds and switches between two ``_threads`` snapshots, summed by thread name
+    (digits at the end dropped: ``data-plane-kafka-request-handler-0`` and ``-1`` are one)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    agg: dict[str, list[float]] = {}
+    for tid, (name, cpu, sw) in b.items():
+        cpu0, sw0 = (a[tid][1], a[tid][2]) if tid in a else (0, 0)
+        name = names.get(tid, name)
+        g = agg.setdefault(re.sub(r"[-:#]?\d+$", "", name), [0.0, 0.0])
+        g[0] += (cpu - cpu0) / hz
+        g[1] += sw - sw0
+    return agg
+
+
+def _quantiles(values: list[float]) -> str:
+    """Mean, P50 and P99 (ms, from whole-ms event timestamps: the mean is good to ~0.1 ms)."""
+    if not values:
+        return "-"
+    v = sorted(values)
+    p99 = v[min(len(v) - 1, len(v) * 99 // 100)]
+    return f"mean {sum(v) / len(v):.2f} P50 {v[len(v) // 2]:.1f} P99 {p99:.1f}"
+
+
 def _cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
     return r.ru_utime + r.ru_stime
 
 
-async def one_run(in_loop: bool, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+# What --compare alternates: the modes, each (consumer in the agents' loop, LeanFetcher for the
+# delivery group). (Session 11 also compared a delivery fetch linger, commit b721001; withdrawn.)
+MODES: dict[str, dict[str, tuple[bool, bool]]] = {
+    "thread": {"thread": (False, True), "in-loop": (True, True)},
+    "lean": {"aiokafka": (True, False), "lean": (True, True)},
+}
+
+
+async def one_run(mode: str, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    in_loop, lean = MODES[args.compare][mode]
     run = uuid.uuid4().hex[:8]
     topics = Topics(f"{settings.topic_prefix}bcons{run}.")
     group = f"{settings.worker_app_id}-bcons-{run}"
@@ -122,13 +205,13 @@ async def one_run(in_loop: bool, settings: Settings, args: argparse.Namespace) -
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     names = [topics.conversation_events, topics.dead_letters]
-    await admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names])
+    await admin.create_topics([NewTopic(n, args.partitions, 1) for n in names])
     count = _Count()
     app = create_app(
         app_id=group,
         bootstrap=bootstrap,
         topics=topics,
-        partitions=PARTITIONS,
+        partitions=args.partitions,
         stages=[count],
         batch_size=500,
         batch_window_s=0.002,
@@ -136,9 +219,12 @@ async def one_run(in_loop: bool, settings: Settings, args: argparse.Namespace) -
         fetch_wait_ms=args.fetch_wait_ms,
     )
     app.consumer_in_loop = in_loop  # type: ignore[attr-defined]
+    app.lean_fetch = lean  # type: ignore[attr-defined]
     total = int(args.rate * args.duration)
+    fetches = [0]
     try:
         await app.start()
+        _count_fetches(app, fetches)
         # One event first: the group has joined and the agent consumes.
         await produce(bootstrap, topics.conversation_events, 1000, 1)
         count.arm(1)
@@ -149,14 +235,21 @@ async def one_run(in_loop: bool, settings: Settings, args: argparse.Namespace) -
         child = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bench.faust_consumer", "--produce", topics.conversation_events,
             "--rate", f"{args.rate:g}", "--count", str(total), "--bootstrap", bootstrap,
+            *(["--poisson"] if args.poisson else []),
         )  # fmt: skip
         # The window opens at the first event of the load (the child's start-up is not in it)
         # and closes at the last; nothing polls in between.
         await asyncio.wait_for(count.first.wait(), 60)
-        events0, batches0 = count.events, count.batches
+        events0, batches0, fetches0 = count.events, count.batches, fetches[0]
+        count.latencies_ms.clear()
+        server0 = _threads(args.server_pid) if args.server_pid else {}
         cpu0, sw0, t0 = _cpu_s(), _switches(), time.monotonic()
         await asyncio.wait_for(count.reached.wait(), args.duration + 60)
         cpu1, sw1, t1 = _cpu_s(), _switches(), time.monotonic()
+        server = {}
+        if args.server_pid:
+            server = _by_name(server0, _threads(args.server_pid), _java_names(args.server_pid))
+        n_fetches = fetches[0] - fetches0
         got, batches = count.events - events0, count.batches - batches0
         if await child.wait() != 0:
             raise RuntimeError("the producer failed")
@@ -165,14 +258,33 @@ async def one_run(in_loop: bool, settings: Settings, args: argparse.Namespace) -
         await admin.delete_topics(names)
         await admin.close()
     return {
-        "mode": "in-loop" if in_loop else "thread",
+        "mode": mode,
+        "latency_ms": _quantiles(count.latencies_ms),
         "cpu_us_per_event": (cpu1 - cpu0) / got * 1e6,
         "switches_per_event": (sw1 - sw0) / got,
         "batches_per_s": batches / (t1 - t0),
         "events_per_batch": got / max(1, batches),
         "cpu_pct": (cpu1 - cpu0) / (t1 - t0) * 100,
         "threads": threads,
+        "fetches_per_s": n_fetches / (t1 - t0),
+        "cpu_us_per_fetch": (cpu1 - cpu0) / max(1, n_fetches) * 1e6,
+        "server": {name: (cpu / got * 1e6, sw / got) for name, (cpu, sw) in server.items()},
+        "server_cpu_us_per_fetch": sum(c for c, _ in server.values()) / max(1, n_fetches) * 1e6,
+        "server_switches_per_fetch": sum(w for _, w in server.values()) / max(1, n_fetches),
     }
+
+
+def _count_fetches(app: Any, into: list[int]) -> None:
+    """Count the fetch requests of the app's aiokafka consumer (its Fetcher's per-request
+    coroutine, looked up on the instance per fetch by aiokafka's fetch routine)."""
+    fetcher = app.consumer._thread._consumer._fetcher
+    inner = fetcher._proc_fetch_request
+
+    async def counted(*a: Any, **kw: Any) -> Any:
+        into[0] += 1
+        return await inner(*a, **kw)
+
+    fetcher._proc_fetch_request = counted
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -184,19 +296,32 @@ async def main_async(args: argparse.Namespace) -> None:
     )
     results: list[dict[str, Any]] = []
     for _ in range(args.rounds):
-        for in_loop in (False, True):
-            if args.only and args.only != ("in-loop" if in_loop else "thread"):
+        for mode in MODES[args.compare]:
+            if args.only and args.only != mode:
                 continue
-            r = await one_run(in_loop, settings, args)
+            r = await one_run(mode, settings, args)
             results.append(r)
             print(
-                f"  {r['mode']:>8}: {r['cpu_us_per_event']:7.1f} µs CPU/event  "
+                f"  {r['mode']:>9}: {r['cpu_us_per_event']:7.1f} µs CPU/event  "
                 f"{r['switches_per_event']:5.2f} switches/event  {r['batches_per_s']:6.1f} batches/s "
                 f"of {r['events_per_batch']:.2f}  {r['cpu_pct']:.1f}% of a core  {r['threads']} threads  "
-                f"load {os.getloadavg()[0]:.1f}",
+                f"load {os.getloadavg()[0]:.1f}\n"
+                f"            event ts -> stage ms: {r['latency_ms']}; "
+                f"{r['fetches_per_s']:.1f} fetches/s, "
+                f"{r['cpu_us_per_fetch']:.0f} µs CPU per fetch here",
                 flush=True,
             )
-    for mode in ("thread", "in-loop"):
+            if r["server"]:
+                print(
+                    f"            server pid {args.server_pid}: "
+                    f"{r['server_cpu_us_per_fetch']:.0f} µs CPU and "
+                    f"{r['server_switches_per_fetch']:.2f} switches per fetch; per event by thread:",
+                    flush=True,
+                )
+                for name, (cpu, sw) in sorted(r["server"].items(), key=lambda kv: -kv[1][0]):
+                    if cpu >= 1 or sw >= 0.01:
+                        print(f"              {name:44s} {cpu:7.1f} µs {sw:6.2f} switches", flush=True)
+    for mode in MODES[args.compare]:
         mine = [r for r in results if r["mode"] == mode]
         if not mine:
             continue
@@ -213,13 +338,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=15)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--fetch-wait-ms", type=int, default=0, help="0: the deliver group's fetch")
-    ap.add_argument("--only", choices=("thread", "in-loop"), help="one mode (e.g. to profile it)")
+    ap.add_argument("--poisson", action="store_true", help="exponential gaps between sends, not even")
+    ap.add_argument("--compare", choices=tuple(MODES), default="thread", help="what the modes alternate")
+    ap.add_argument("--partitions", type=int, default=PARTITIONS, help="of the topic (the system's: 12)")
+    ap.add_argument(
+        "--server-pid", type=int, default=0, help="also per-thread CPU and switches of this process (Kafka's)"
+    )
+    ap.add_argument(
+        "--only", choices=[m for modes in MODES.values() for m in modes], help="one mode (e.g. to profile it)"
+    )
     ap.add_argument("--produce", default="", help=argparse.SUPPRESS)
     ap.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--bootstrap", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.produce:
-        run_loop(produce(args.bootstrap, args.produce, args.rate, args.count))
+        run_loop(produce(args.bootstrap, args.produce, args.rate, args.count, args.poisson))
         return 0
     assert faust_fetch.App.consumer_in_loop  # the default the workers run with
     run_loop(main_async(args))

@@ -19,15 +19,23 @@ under load (every fetch brings events) nothing changes. At a trickle (a message 
 or more) a fetch comes back per message, as with Faust's own sizing.
 
 The delivery group keeps Faust's sizing: its fetch returns as soon as a message is there.
+
+Every group's ``Fetcher`` is a ``LeanFetcher``: aiokafka's request building per fetch without
+the work that cannot change its result here (docs/benchmarks.md, "the cost of a Kafka fetch").
 """
 
 from __future__ import annotations
 
+import collections
+import logging
+import random
 from typing import Any
 
 import aiokafka
 import faust
 from aiokafka.consumer.fetcher import Fetcher
+from aiokafka.consumer.fetcher import log as fetcher_log
+from aiokafka.protocol.fetch import FetchRequest
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from streams.adapters import faust_drain, faust_sameloop
@@ -38,7 +46,109 @@ FETCH_MIN_BYTES = 4 * 1024 * 1024
 IDLE_WAIT_MS = 1500
 
 
-class IdleAwareFetcher(Fetcher):
+class LeanFetcher(Fetcher):
+    """aiokafka 0.14.0's ``Fetcher._get_actions_per_node`` (called before every fetch, for every
+    assigned partition: 36 in the delivery worker, three topics of 12) with the same result
+    and three costs less:
+
+    - the partitions of a request are shuffled only when the order can change what the broker
+      returns: when their ``max_partition_fetch_bytes`` add up to more than ``fetch_max_bytes``
+      (the broker fills a response partition by partition up to that limit). Below it every
+      partition gets its full share in any order (36 x 1 MiB < 50 MiB; persist's 60 partitions
+      are still shuffled);
+    - a partition's node is its leader straight from the cluster metadata while no preferred
+      read replica is cached (KIP-392 needs ``client_rack``, which the workers do not set);
+    - the per-partition debug log line is built only when debug logging is on.
+
+    The rest is aiokafka's code, line for line (``tests/unit/test_faust_fetch_lean.py``
+    compares the two on every partition state and pins the aiokafka version)."""
+
+    def _get_actions_per_node(self, assignment: Any) -> Any:
+        fetchable, awaiting_reset, backoff_by_nodes, resume_futures, invalid_metadata = self._sort_partitions(
+            assignment
+        )
+        fetch_requests = []
+        for node_id, partition_data in fetchable.items():
+            if node_id in backoff_by_nodes:
+                # At least one partition is still waiting to be consumed
+                continue
+            if node_id in awaiting_reset:
+                # First the offsets are reset, then the next page fetched
+                continue
+            fetch_requests.append((node_id, self._fetch_request(partition_data)))
+
+        backoff: float = (
+            min(map(max, backoff_by_nodes.values())) if backoff_by_nodes else self._fetcher_timeout
+        )
+        return fetch_requests, awaiting_reset, backoff, invalid_metadata, resume_futures
+
+    def _sort_partitions(self, assignment: Any) -> tuple[Any, Any, Any, list[Any], bool]:
+        """The loop over the assigned partitions of aiokafka's ``_get_actions_per_node``."""
+        fetchable: dict[Any, list[Any]] = collections.defaultdict(list)
+        awaiting_reset: dict[Any, list[Any]] = collections.defaultdict(list)
+        backoff_by_nodes: dict[Any, list[float]] = collections.defaultdict(list)
+        resume_futures = []
+        invalid_metadata = False
+        records = self._records
+        in_flight = self._in_flight
+        cluster = self._client.cluster
+        # Fetcher._select_read_replica is the leader while nothing is cached (it only caches a
+        # replica named in a v11+ response to a client with a rack).
+        leader_of = cluster.leader_for_partition if not self._preferred_read_replica else None
+        debug = fetcher_log.isEnabledFor(logging.DEBUG)
+
+        for tp in assignment.tps:
+            tp_state = assignment.state_value(tp)
+            node_id = leader_of(tp) if leader_of is not None else self._select_read_replica(tp)
+            if tp in records:
+                # Data not consumed yet: wait for it, with a timeout not to block the others.
+                backoff = records[tp].calculate_backoff()
+                if backoff:
+                    backoff_by_nodes[node_id].append(backoff)
+            elif node_id in in_flight:
+                continue
+            elif node_id is None or node_id == -1:
+                fetcher_log.debug("No leader found for partition %s. Waiting metadata update", tp)
+                invalid_metadata = True
+            elif not tp_state.has_valid_position:
+                # ListOffsets must go to the leader (KIP-392).
+                leader_id = cluster.leader_for_partition(tp)
+                if leader_id is None or leader_id == -1:
+                    fetcher_log.debug(
+                        "No leader found for partition %s while resetting offset. Waiting metadata update",
+                        tp,
+                    )
+                    invalid_metadata = True
+                else:
+                    awaiting_reset[leader_id].append(tp)
+            elif tp_state.paused:
+                resume_futures.append(tp_state.resume_fut)
+            else:
+                position = tp_state.position
+                fetchable[node_id].append((tp, position))
+                if debug:
+                    fetcher_log.debug("Adding fetch request for partition %s at offset %d", tp, position)
+        return fetchable, awaiting_reset, backoff_by_nodes, resume_futures, invalid_metadata
+
+    def _fetch_request(self, partition_data: list[Any]) -> FetchRequest:
+        # aiokafka shuffles "to help get more equal consumption": only a response that cannot
+        # hold every partition's share depends on the order.
+        if len(partition_data) * self._max_partition_fetch_bytes > self._fetch_max_bytes:
+            random.shuffle(partition_data)
+        by_topics = collections.defaultdict(list)
+        for tp, position in partition_data:
+            by_topics[tp.topic].append((tp.partition, position, self._max_partition_fetch_bytes))
+        return FetchRequest(
+            self._fetch_max_wait_ms,
+            self._fetch_min_bytes,
+            self._fetch_max_bytes,
+            self._isolation_level,
+            list(by_topics.items()),
+            rack_id=self._client_rack or "",
+        )
+
+
+class IdleAwareFetcher(LeanFetcher):
     """aiokafka's ``Fetcher`` whose next fetch gathers (``FETCH_MIN_BYTES``, ``batch_wait_ms``)
     after one that brought records, and answers at the first record (1 byte,
     ``IDLE_WAIT_MS``) after one that brought nothing. Each fetch request is built from
@@ -54,6 +164,15 @@ class IdleAwareFetcher(Fetcher):
         self._fetch_min_bytes = FETCH_MIN_BYTES if brought else 1
         self._fetch_max_wait_ms = self.batch_wait_ms if brought else IDLE_WAIT_MS
         return brought
+
+
+class _DeliverConsumer(aiokafka.AIOKafkaConsumer):
+    """The consumer of a group that waits on its events (delivery): a ``LeanFetcher``."""
+
+    async def start(self) -> None:
+        await super().start()
+        # As _BackgroundConsumer's below: the class is looked up per fetch.
+        self._fetcher.__class__ = LeanFetcher
 
 
 class _BackgroundConsumer(aiokafka.AIOKafkaConsumer):
@@ -77,6 +196,8 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             consumer._fetch_min_bytes = FETCH_MIN_BYTES
             consumer._fetch_max_wait_ms = wait_ms
             consumer.__class__ = _BackgroundConsumer
+        elif getattr(self.app, "lean_fetch", True):
+            consumer.__class__ = _DeliverConsumer
         return consumer
 
 
@@ -106,6 +227,9 @@ class App(faust.App):
     # Read when the app builds its consumer (app.consumer, first used at start); set it on the
     # class or the app before that. Kept for comparing the two (tests, bench), not a setting.
     consumer_in_loop: bool = True
+    # False: the delivery group fetches with aiokafka's own Fetcher, not the LeanFetcher (for
+    # comparing the two in bench.faust_consumer; not a setting).
+    lean_fetch: bool = True
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)

@@ -58,7 +58,8 @@ async def _swapped_class(fetch_wait_ms: int) -> type:
 @pytest.mark.asyncio
 async def test_only_background_groups_get_the_idle_aware_fetcher() -> None:
     assert (await _swapped_class(50)).__name__ == "_BackgroundConsumer"
-    assert (await _swapped_class(0)) is aiokafka.AIOKafkaConsumer
+    deliver = await _swapped_class(0)
+    assert deliver.__name__ == "_DeliverConsumer" and issubclass(deliver, aiokafka.AIOKafkaConsumer)
 
 
 @pytest.mark.asyncio
