@@ -27,7 +27,6 @@ from typing import Protocol
 
 from events import keys
 from events.errors import Unavailable
-from projections.adapters.redis_pubsub import message_reader
 from projections.delivery import unrouted
 from projections.wire import JOINED, LEFT, MESSAGE, TO_DEVICE, TRACED, TYPING, untag, untyping
 from query_api.config import NoSpans, Spans
@@ -78,7 +77,6 @@ class Hub:
         routes: Routes | None = None,
     ) -> None:
         self._subscriber = subscriber
-        self._next_message = message_reader(subscriber)
         # A traced delivery (``projections.wire.traced``) gets a ``gateway.deliver`` span.
         self._spans = spans if spans is not None else NoSpans()
         self._groups_of = groups_of
@@ -443,7 +441,7 @@ class Hub:
         gateway_channel = self._route_store.channel if self._route_store is not None else None
         while True:
             try:
-                message = await self._next_message()
+                message = await self._subscriber.get_message(ignore_subscribe_messages=True, timeout=None)
                 delay = 0.1
             except asyncio.CancelledError:
                 raise

@@ -21,9 +21,7 @@ single-instance mode), and a reader's error is handed to the hub's ``get_message
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -38,7 +36,6 @@ from projections.adapters.redis_client import RedisClient
 log = logging.getLogger(__name__)
 
 OnReconnect = Callable[[object], Awaitable[None]]
-MessageReader = Callable[[], Awaitable[dict[str, Any] | None]]
 
 # How long a gateway's entry in a user's route set lives unless pushed forward; the hub pushes
 # it forward every third of that while it holds the user's sockets: three commands per held user
@@ -202,51 +199,3 @@ class ShardedSubscriber:
         # the node's last channel was unsubscribed (or it left the cluster): a later subscribe
         # on it starts a new reader
         self._readers.pop(name, None)
-
-
-def message_reader(subscriber: Any) -> MessageReader:
-    """How the hub reads its next pub/sub message (blocking, subscribe confirmations left out):
-    ``DirectReader`` over a single Redis's ``PubSub``, else the subscriber's ``get_message``
-    (the sharded subscriber, the unit tests' fakes)."""
-    if type(subscriber) is PubSub:
-        return DirectReader(subscriber).next
-    return functools.partial(subscriber.get_message, ignore_subscribe_messages=True, timeout=None)
-
-
-class DirectReader:
-    """A ``PubSub``'s messages read straight from its connection while it is up.
-
-    ``PubSub.get_message`` costs per message a health check, a retry wrapper with two closures
-    and a clock read, an awaited observability hook and a dict built by ``handle_message``,
-    about a fifth of what a delivered message costs the gateway's listener (issue #19, session
-    11). Here a ``message`` reply becomes the hub's dict and nothing else happens; every other
-    reply (subscribe and unsubscribe confirmations, whose bookkeeping is redis-py's) goes to
-    ``handle_message``, and the health check's PONG is dropped as ``parse_response`` drops it
-    (the hub sends the health checks itself). While the connection is down, and after a read
-    failed (the connection is closed first, and the error raised, as the hub then tells every
-    socket to catch up), reads go through ``get_message``, which connects again, and redis-py
-    resubscribes and calls the hub's connect callback as before."""
-
-    def __init__(self, pubsub: PubSub) -> None:
-        self._pubsub = pubsub
-
-    async def next(self) -> dict[str, Any] | None:
-        pubsub = self._pubsub
-        conn = pubsub.connection
-        if conn is None or not conn.is_connected:
-            return await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
-        try:
-            response = await conn.read_response(
-                timeout=math.inf, disconnect_on_error=False, push_request=True
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            await conn.disconnect(nowait=True)  # the next read connects (and resubscribes) again
-            raise
-        if type(response) is list and len(response) == 3 and response[0] == b"message":
-            return {"type": "message", "pattern": None, "channel": response[1], "data": response[2]}
-        if conn.health_check_interval and response in pubsub.health_check_response:
-            return None
-        message: dict[str, Any] | None = await pubsub.handle_message(response, ignore_subscribe_messages=True)
-        return message
