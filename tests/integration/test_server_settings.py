@@ -94,6 +94,8 @@ def test_cassandra_runs_with_the_small_pools_and_the_same_durability(servers: Se
     pid = int((servers.state_dir / "cassandra" / "cassandra.pid").read_text())
     assert Path(f"/proc/{pid}/comm").read_text().strip() == "java"
     assert Path(f"/proc/{pid}/timerslack_ns").read_text().strip() == "1000000"
+    # Latency histograms in one stripe (the property is read when the class loads).
+    assert "-Dcassandra.dehr_stripe_count=1" in Path(f"/proc/{pid}/cmdline").read_text().split("\0")
 
 
 def test_cassandra_rows_round_trip_through_the_trie_memtables_and_a_restart(servers: Settings) -> None:

@@ -114,6 +114,11 @@ def test_cassandra_memtables_are_tries_off_the_heap(
     assert config["memtable_heap_space"] == "128MiB" and config["memtable_offheap_space"] == "128MiB"
 
 
+def test_cassandra_histograms_keep_one_stripe(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, argv = _launch_cassandra(Cassandra(settings), monkeypatch)
+    assert "-Dcassandra.dehr_stripe_count=1" in argv
+
+
 def test_a_cluster_node_takes_the_same_pools_and_stays_durable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
