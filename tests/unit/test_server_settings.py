@@ -92,6 +92,33 @@ def test_cassandra_clock_ticks_every_10_ms(settings: Settings, monkeypatch: pyte
     assert not [a for a in argv if a.startswith(("-XX:ActiveProcessorCount", "-XX:ParallelGCThreads"))]
 
 
+MEMTABLES = {
+    "memtable_allocation_type": "offheap_objects",
+    "memtable": {
+        "configurations": {
+            "skiplist": {"class_name": "SkipListMemtable"},
+            "trie": {"class_name": "TrieMemtable"},
+            "default": {"inherits": "trie"},
+        }
+    },
+}
+
+
+def test_cassandra_memtables_are_tries_off_the_heap(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every table without a memtable option of its own (all of Tidings') takes the ``default``
+    configuration: the trie memtable, its cells in the off-heap pool; the pools' sizes stay."""
+    config, _ = _launch_cassandra(Cassandra(settings), monkeypatch)
+    assert {key: config[key] for key in MEMTABLES} == MEMTABLES
+    assert config["memtable_heap_space"] == "128MiB" and config["memtable_offheap_space"] == "128MiB"
+
+
+def test_cassandra_histograms_keep_one_stripe(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, argv = _launch_cassandra(Cassandra(settings), monkeypatch)
+    assert "-Dcassandra.dehr_stripe_count=1" in argv
+
+
 def test_a_cluster_node_takes_the_same_pools_and_stays_durable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -99,6 +126,7 @@ def test_a_cluster_node_takes_the_same_pools_and_stays_durable(
     settings = profile.cluster_settings(Settings(state_dir=tmp_path / "single"))
     config, argv = _launch_cassandra(profile.CassandraNode(settings, 1), monkeypatch)
     assert {key: config[key] for key in CASSANDRA_THREADS} == CASSANDRA_THREADS
+    assert {key: config[key] for key in MEMTABLES} == MEMTABLES
     assert config["commitlog_sync"] == "periodic" and config["commitlog_sync_period"] == "10000ms"
     assert not [a for a in argv if "unsafe" in a]
 

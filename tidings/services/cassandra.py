@@ -63,6 +63,31 @@ native_transport_max_threads: 8
 memtable_flush_writers: 1
 concurrent_compactors: 1
 """
+# Memtables (docs/operations.md, docs/benchmarks.md session 11): 5.0's trie memtable with its
+# cells off the heap, as upstream's cassandra_latest.yaml has it. The default (skip-list
+# memtables on `heap_buffers`) keeps a 1 MiB on-heap slab per table written since its last
+# flush; on the development node, where every test namespace leaves its keyspace of 22 tables
+# (1,900 tables and counting), that filled the 1 GiB heap and kept G1's concurrent marking
+# busy (a quarter of a core, half of Cassandra's CPU). With 35 keyspaces written once the live
+# heap after a full GC was 646 MB before and 334 MB with these; the write path's CPU per event
+# did not change. The commit log, the write path's durability, is the same: only where a
+# memtable keeps its rows moves (the off-heap pool is `memtable_offheap_space`).
+MEMTABLE_YAML = """\
+memtable_allocation_type: offheap_objects
+memtable:
+  configurations:
+    skiplist:
+      class_name: SkipListMemtable
+    trie:
+      class_name: TrieMemtable
+    default:
+      inherits: trie
+"""
+# Latency histograms (DecayingEstimatedHistogramReservoir) keep their buckets in this many
+# stripes (upstream 2) so that threads on different cores rarely update the same counters. A
+# table has dozens of them: with ~1,900 tables their long[] arrays were 298 MB of the heap.
+# On 2 cores with 4 write and 4 read threads one stripe halves that; an update costs the same.
+HISTOGRAM_STRIPES = 1
 # The sampled clock behind request deadlines and queue-time metrics ticks every 2 ms by
 # default: 500 wake-ups a second of the ScheduledFastTasks thread, idle or not. Deadlines are
 # seconds long, so 10 ms of precision (the default before 4.0) costs nothing.
@@ -188,7 +213,7 @@ auto_snapshot: false
 hinted_handoff_enabled: false
 memtable_heap_space: 128MiB
 memtable_offheap_space: 128MiB
-key_cache_size: 16MiB
+{MEMTABLE_YAML}key_cache_size: 16MiB
 {SMALL_BOX_YAML}{self.extra_yaml()}"""
 
     def durability_flags(self) -> list[str]:
@@ -225,6 +250,7 @@ key_cache_size: 16MiB
             "-Dcassandra-foreground=yes",
             "-Dcassandra.skip_wait_for_gossip_to_settle=0",
             f"-Dcassandra.approximate_time_precision_ms={APPROXIMATE_TIME_PRECISION_MS}",
+            f"-Dcassandra.dehr_stripe_count={HISTOGRAM_STRIPES}",
             f"-Dcassandra.superuser_setup_delay_ms={self.superuser_setup_delay_ms}",
             *self.durability_flags(),
             f"-Djna.tmpdir={jna_tmp}",
