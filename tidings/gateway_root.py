@@ -157,6 +157,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
         conns.closers.append(broadcasts.close)
     unread = _unread_counter(settings, conns.cql)
     presence_store = RedisPresence(redis, ttl_ms=int(settings.presence_ttl_s * 1000))
+    conns.closers.append(presence_store.aclose)  # before the client (closers run last first)
     presence = PresenceTracker(
         presence_store,
         conns.event_log,
@@ -168,6 +169,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     # One pipeliner for the send path's Redis commands (rate-limit checks, idempotency claims
     # and marks): the commands of one loop iteration go out as one pipeline, one round trip.
     pipeliner = RedisPipeliner(redis)
+    conns.closers.append(pipeliner.aclose)  # its marks out before the client closes
     limiter = RedisRateLimiter(redis, limits_from(settings), pipeliner=pipeliner)
     ids = LeasedSnowflake(conns.lease)  # one generator per worker id: two would repeat ids
     archive = ArchiveReader(settings.archive_root)

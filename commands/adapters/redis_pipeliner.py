@@ -65,6 +65,7 @@ class RedisPipeliner:
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._lane = _Lane(redis) if isinstance(redis, Redis) else None
+        self._closed = False
 
     async def execute(self, *args: Any, **options: Any) -> Any:
         """Run one command (as ``Redis.execute_command``); raises what running it alone would."""
@@ -75,6 +76,9 @@ class RedisPipeliner:
         future of its reply, for a caller that need not wait for it."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
+        if self._closed:
+            future.set_exception(_closed_error())
+            return future
         self._pending.append((args, options, future))
         if not self._scheduled:
             self._scheduled = True
@@ -88,10 +92,29 @@ class RedisPipeliner:
         instead of a round trip each. Order is kept as with ``queue``."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
+        if self._closed:
+            future.set_exception(_closed_error())
+            return future
         self._pending.append((args, options, future))
         if not self._scheduled and self._timer is None:
             self._timer = loop.call_later(delay_s, self._flush)
         return future
+
+    async def aclose(self) -> None:
+        """Send what is queued now (a command waiting for company included), wait for the
+        replies of everything sent, and stop: a command queued afterwards fails at once with a
+        ``ConnectionError``. Call it before the client's ``aclose``: a command sent after that
+        would open a connection of the closed client's pool that nothing closes (and a mark
+        waiting for company would be lost)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._pending:
+            self._flush()
+        if self._lane is not None:
+            await self._lane.aclose()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -127,6 +150,10 @@ class RedisPipeliner:
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+
+
+def _closed_error() -> RedisConnectionError:
+    return RedisConnectionError("the Redis pipeliner is closed")
 
 
 class _Lane:
@@ -168,6 +195,25 @@ class _Lane:
                 self._connecting = asyncio.get_running_loop().create_task(self._connect())
             return
         self._write(conn, batch)
+
+    async def aclose(self) -> None:
+        """Wait for the replies its callers still wait for (writing again what a lost connection
+        had not answered, as always), then stop the reader, any reconnect and the stall
+        watchdog, and give the connection back to the pool, disconnected."""
+        while waited := [e[2] for e in (*self._in_flight, *self._waiting) if not e[2].done()]:
+            await asyncio.wait(waited)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        for task in (self._connecting, self._reader):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._connecting = self._reader = self._conn = None
+        held, self._held = self._held, None
+        if held is not None:
+            await held.disconnect(nowait=True)
+            await self._redis.connection_pool.release(held)
 
     def _write(self, conn: AbstractConnection, batch: list[Entry]) -> None:
         chunks: list[bytes] = []

@@ -43,6 +43,10 @@ class RedisPresence:
         self._pipeliner = RedisPipeliner(redis)
         self._script = PipelinedScript(self._pipeliner, redis, PRESENCE)
 
+    async def aclose(self) -> None:
+        """Wait for the reports in flight and stop (before the client is closed)."""
+        await self._pipeliner.aclose()
+
     async def _run(self, calls: Sequence[tuple[str, str, str, str, int]]) -> dict[int, list[Any]]:
         """Run the script over ``(user_id, op, conn_id, state, idle_ms)`` reports, a call per
         chunk of one presence shard's reports (a shard's keys share one Redis Cluster slot);

@@ -103,13 +103,14 @@ async def _gateway(
     broadcasts = EncryptionBroadcasts(redis, flags)
     await broadcasts.start()
     ids = Snowflake(worker_id)
+    idempotency = RedisIdempotencyStore(redis, 60)
     try:
         yield Gateway(
             flags,
             broadcasts,
             Messaging(
                 event_log=log,
-                idempotency=RedisIdempotencyStore(redis, 60),
+                idempotency=idempotency,
                 ids=ids,
                 limits=Limits(),
                 directory=membership,
@@ -126,6 +127,7 @@ async def _gateway(
         )
     finally:
         await broadcasts.close()
+        await idempotency.aclose()
         await redis.aclose()
 
 

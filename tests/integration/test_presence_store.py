@@ -38,7 +38,9 @@ def presence_db(services: Settings) -> int:
 @pytest.fixture
 async def store(services: Settings, presence_db: int) -> AsyncIterator[RedisPresence]:
     client = make_redis(services.redis_host, services.redis_port, presence_db)
-    yield RedisPresence(client, ttl_ms=TTL_MS)
+    store = RedisPresence(client, ttl_ms=TTL_MS)
+    yield store
+    await store.aclose()
     await client.aclose()
 
 
@@ -94,6 +96,7 @@ async def test_a_user_who_keeps_heartbeating_stays_online_past_the_first_ttl(
         assert view.state == "online"
         assert [c for c in await store.reap(10_000) if c.user_id == alice] == []
     finally:
+        await store.aclose()
         await client.aclose()
 
 

@@ -134,8 +134,10 @@ class TestClusterRateLimiter(RateLimiterContract):
 
 class TestClusterIdempotency(IdempotencyContract):
     @pytest.fixture
-    def idem(self, client: Any) -> RedisIdempotencyStore:
-        return RedisIdempotencyStore(client, ttl_s=60)
+    async def idem(self, client: Any) -> AsyncIterator[RedisIdempotencyStore]:
+        store = RedisIdempotencyStore(client, ttl_s=60)
+        yield store
+        await store.aclose()  # its marks out before the client closes
 
 
 class TestClusterRecent(RecentContract):
@@ -150,8 +152,10 @@ class TestClusterPresence(PresenceStoreContract):
         return RealClock()
 
     @pytest.fixture
-    def presence(self, client: Any) -> RedisPresence:
-        return RedisPresence(client, ttl_ms=PRESENCE_TTL_MS)
+    async def presence(self, client: Any) -> AsyncIterator[RedisPresence]:
+        store = RedisPresence(client, ttl_ms=PRESENCE_TTL_MS)
+        yield store
+        await store.aclose()
 
 
 async def test_one_presence_call_reports_users_of_every_shard_and_the_reaper_finds_them(client: Any) -> None:

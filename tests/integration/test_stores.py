@@ -13,6 +13,7 @@ from commands.adapters.redis_idempotency import RedisIdempotencyStore
 from commands.adapters.redis_locks import RedisLocks
 from commands.adapters.redis_rate_limits import RedisRateLimiter
 from events import keys
+from events.errors import Unavailable
 from projections.adapters.cql import Cql, connect_to
 from projections.adapters.recent import RedisCacheAndPush
 from projections.adapters.redis_client import make_redis
@@ -134,7 +135,6 @@ class TestRedisCacheAndPush(RecentContract):
 
 
 async def test_recent_reloads_its_script_after_redis_lost_it(redis: Any) -> None:
-    from events.errors import Unavailable
 
     recent = RedisCacheAndPush(redis, 5, roster=None)
     cid = f"dm:alice:u{uuid.uuid4().hex[:12]}"
@@ -151,8 +151,10 @@ async def test_recent_reloads_its_script_after_redis_lost_it(redis: Any) -> None
 
 class TestRedisIdempotency(IdempotencyContract):
     @pytest.fixture
-    def idem(self, redis: Any) -> RedisIdempotencyStore:
-        return RedisIdempotencyStore(redis, ttl_s=60)
+    async def idem(self, redis: Any) -> AsyncIterator[RedisIdempotencyStore]:
+        store = RedisIdempotencyStore(redis, ttl_s=60)
+        yield store
+        await store.aclose()  # its marks out before the client closes
 
     async def test_records_expire(self, redis: Any) -> None:
         store = RedisIdempotencyStore(redis, ttl_s=1)
@@ -163,6 +165,7 @@ class TestRedisIdempotency(IdempotencyContract):
         await asyncio.sleep(1.2)
         assert await store.claim("expiring", "c", record) is None
         await redis.delete(keys.idempotency("expiring", "c"))
+        await store.aclose()
 
     async def test_the_mark_is_not_waited_for_and_a_later_claim_sees_it(self, redis: Any) -> None:
         """One Redis round trip of idempotency on a send's path: the mark returns without
@@ -188,6 +191,35 @@ class TestRedisIdempotency(IdempotencyContract):
         await redis.set(key, orjson.dumps({"event": record.event.model_dump(), "appended": True}))
         assert await store.claim(sender, "c", record) == SendRecord(record.event, True)
         await redis.delete(key)
+        await store.aclose()
+
+    async def test_closing_sends_a_waiting_mark_and_nothing_connects_after(self, services: Settings) -> None:
+        """A mark waits up to ``MARK_DELAY_S`` for company. Closing the store sends it at once;
+        nothing the store does afterwards opens a connection of the client's pool (which the
+        client's ``aclose`` would not close: it leaked a socket per gateway stop and, in the
+        suite, a warning on whichever test the garbage collector next ran in)."""
+        from commands import SendRecord
+        from commands.adapters.redis_idempotency import MARK_DELAY_S
+
+        client = make_redis(services.redis_host, services.redis_port, services.redis_db)
+        store = RedisIdempotencyStore(client, ttl_s=60)
+        sender = f"u{uuid.uuid4().hex[:10]}"
+        key = keys.idempotency(sender, "c")
+        record = SendRecord(message_sent(1, conversation_id="dm:a:b"), False)
+        try:
+            assert await store.claim(sender, "c", record) is None
+            await store.mark_appended(sender, "c", SendRecord(record.event, True))
+            await store.aclose()  # well within the mark's delay
+            stored = await client.get(key)
+            assert stored is not None and b'"appended":true' in stored
+            with pytest.raises(Unavailable):  # refused, not sent on a new connection
+                await store.claim(sender, "d", record)
+            await client.delete(key)
+        finally:
+            await client.aclose()
+        await asyncio.sleep(MARK_DELAY_S * 3)  # the mark's timer, had it been left armed
+        pool = client.connection_pool  # redis-py 8.1's pool lists (pinned in pyproject.toml)
+        assert not [c for c in (*pool._available_connections, *pool._in_use_connections) if c.is_connected]
 
 
 def test_migrations_rerun_changes_nothing(session: Any, services: Settings) -> None:

@@ -110,3 +110,18 @@ async def test_a_later_command_rides_with_the_next_flush_or_goes_alone_after_its
     assert await p.execute("GET", "b") == "ok:b"
     await asyncio.sleep(0.05)
     assert redis.pipelines[2:] == [[("SET", "m3"), ("GET", "b")]]
+
+
+async def test_closing_sends_a_waiting_command_at_once_and_refuses_later_ones() -> None:
+    redis = FakeRedis()
+    p = RedisPipeliner(redis)  # type: ignore[arg-type]
+    mark = p.queue_later(10.0, "SET", "m1")
+    await p.aclose()  # does not wait for the 10 s
+    assert mark.result() == "ok:m1" and redis.pipelines == [[("SET", "m1")]]
+    with pytest.raises(RedisConnectionError, match="closed"):
+        await p.execute("GET", "a")
+    with pytest.raises(RedisConnectionError, match="closed"):
+        await p.queue_later(0.01, "SET", "m2")
+    await asyncio.sleep(0.02)
+    assert redis.pipelines == [[("SET", "m1")]]  # nothing went out after the close
+    await p.aclose()  # a second close is a no-op
