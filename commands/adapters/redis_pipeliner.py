@@ -122,6 +122,8 @@ class RedisPipeliner:
             self._timer.cancel()  # (a no-op when it is the timer that runs this flush)
             self._timer = None
         pending, self._pending = self._pending, []
+        if not pending:
+            return  # a flush scheduled before ``aclose`` sent what it would have
         if self._lane is not None:
             self._lane.send([[args, options, future, 0] for args, options, future in pending])
             return

@@ -129,3 +129,25 @@ async def test_a_redis_that_stops_answering_fails_the_command_after_its_attempts
     finally:
         await client.aclose()
         server.close()
+
+
+async def test_closing_sends_what_is_queued_and_leaves_no_connection_open(services: Settings) -> None:
+    """A command whose flush is scheduled, and one waiting for company, both go out at the
+    close; the flush that was scheduled finds nothing to send and connects nothing; after
+    the client's close no connection of its pool is open (one opened after it would leak)."""
+    client = make_redis(services.redis_host, services.redis_port, services.redis_db)
+    p = RedisPipeliner(client)
+    k, later = _key(), _key()
+    try:
+        assert await p.execute("PING") is True  # the lane is connected
+        queued = p.queue("SET", k, "1", "EX", 60)  # its flush: the next loop iteration
+        waiting = p.queue_later(10.0, "SET", later, "1", "EX", 60)
+        await p.aclose()
+        assert queued.result() is True and waiting.result() is True
+        assert await client.exists(k, later) == 2
+        await client.delete(k, later)
+    finally:
+        await client.aclose()
+    await asyncio.sleep(0.05)  # the scheduled flush has run
+    pool = client.connection_pool  # redis-py 8.1's pool lists (pinned in pyproject.toml)
+    assert not [c for c in (*pool._available_connections, *pool._in_use_connections) if c.is_connected]

@@ -125,3 +125,12 @@ async def test_closing_sends_a_waiting_command_at_once_and_refuses_later_ones() 
     await asyncio.sleep(0.02)
     assert redis.pipelines == [[("SET", "m1")]]  # nothing went out after the close
     await p.aclose()  # a second close is a no-op
+
+
+async def test_closing_with_a_flush_scheduled_sends_once_and_nothing_after() -> None:
+    redis = FakeRedis()
+    p = RedisPipeliner(redis)  # type: ignore[arg-type]
+    queued = p.queue("SET", "a")  # its flush is scheduled for the next loop iteration
+    await p.aclose()
+    await asyncio.sleep(0.01)  # the scheduled flush runs now, with nothing left to send
+    assert queued.result() == "ok:a" and redis.pipelines == [[("SET", "a")]]
