@@ -9,14 +9,10 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
-
-import pytest
 
 from events import ChatEvent, keys
 from projections.adapters.recent import RedisCacheAndPush
-from projections.adapters.redis_client import make_redis
 from projections.adapters.redis_pubsub import GatewayRoutes
 from projections.delivery import routed
 from projections.roster import Entry, Roster
@@ -24,14 +20,6 @@ from projections.wire import MESSAGE, message_frame, message_json
 from query_api.hub import Connection, Hub
 from tests.contracts import spread_ids
 from tests.factories import message_sent, receipt_recorded
-from tidings.settings import Settings
-
-
-@pytest.fixture
-async def redis(services: Settings) -> AsyncIterator[Any]:
-    client = make_redis(services.redis_host, services.redis_port, services.redis_db)
-    yield client
-    await client.aclose()
 
 
 def _roster() -> Roster:

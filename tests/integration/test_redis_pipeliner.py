@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import hiredis
 import pytest
@@ -19,13 +18,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from commands.adapters.redis_pipeliner import LANE_ATTEMPTS, PipelinedScript, RedisPipeliner
 from projections.adapters.redis_client import HiredisPackingConnection, make_redis
 from tidings.settings import Settings
-
-
-@pytest.fixture
-async def redis(services: Settings) -> AsyncIterator[Redis]:
-    client = make_redis(services.redis_host, services.redis_port, services.redis_db)
-    yield client
-    await client.aclose()
 
 
 def _key() -> str:

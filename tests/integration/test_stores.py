@@ -46,13 +46,6 @@ def session(services: Settings) -> Iterator[Any]:
     cluster.shutdown()
 
 
-@pytest.fixture
-async def redis(services: Settings) -> AsyncIterator[Any]:
-    client = make_redis(services.redis_host, services.redis_port, services.redis_db)
-    yield client
-    await client.aclose()
-
-
 def _direct_only() -> Roster:
     async def load(cid: str, threshold: int) -> Entry:
         raise AssertionError("direct chats need no lookup")

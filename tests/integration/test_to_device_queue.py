@@ -4,21 +4,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
-
 from commands.adapters.redis_to_device import RedisToDevice
-from projections.adapters.redis_client import make_redis
-from tidings.settings import Settings
-
-
-@pytest.fixture
-async def redis(services: Settings) -> AsyncIterator[Any]:
-    client = make_redis(services.redis_host, services.redis_port, services.redis_db)
-    yield client
-    await client.aclose()
 
 
 async def test_after_acknowledge_bound_and_expiry(redis: Any) -> None:
