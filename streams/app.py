@@ -11,6 +11,7 @@ import faust
 from events import ChatEvent, Topics, encode_event, partition_key
 from events.topics import route
 from streams.adapters.faust_fetch import App as FetchSizedApp
+from streams.adapters.faust_ready import report_readiness
 from streams.adapters.faust_take import Stream as BatchStream
 from streams.adapters.metrics import BATCH_EVENTS, DEAD_LETTERS, export_lag
 from streams.projector import PositionedStage, Projector, Record, Stage, Tracer
@@ -63,6 +64,7 @@ def create_app(
     long (``streams.adapters.faust_fetch``); 0 (delivery): a fetch returns at the first event."""
     app = _faust_app(app_id, bootstrap, partitions, replication, offset_reset, session_timeout_s)
     app.fetch_wait_ms = fetch_wait_ms
+    report_readiness(app)
     source = app.topic(topics.conversation_events, key_type=bytes, value_type=bytes, partitions=partitions)
     dead_letters = app.topic(topics.dead_letters, key_type=bytes, value_type=bytes, partitions=partitions)
 

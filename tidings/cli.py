@@ -195,6 +195,13 @@ def up(
         url = f"http://{settings.http_host}:{settings.http_port}"
         try:
             processes.wait_ready(f"{url}/readyz", started, timeout_s=120 if cluster else 60)
+            # A message sent before the delivery group reads would be stored but not pushed live.
+            readers = {
+                name: int(more["TIDINGS_WORKER_WEB_PORT"])
+                for name, more in extra.items()
+                if "TIDINGS_WORKER_WEB_PORT" in more
+            }
+            processes.wait_reading(readers, started, timeout_s=120 if cluster else 60)
         except (processes.Exited, TimeoutError) as exc:
             typer.echo(str(exc), err=True)
             raise typer.Exit(1) from exc

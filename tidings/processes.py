@@ -1,5 +1,5 @@
 """Tidings' own processes as children of another: which command runs each role, how one is
-started and stopped, and the wait until the gateway answers.
+started and stopped, and the waits until the gateway answers and the workers read.
 
 ``tidings up``, the end-to-end and fault systems of the tests and the benchmarks' system all
 start the gateway and the workers through here, so they start, stop and wait for them the
@@ -15,6 +15,8 @@ import time
 import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,3 +87,40 @@ def wait_ready(url: str, children: Mapping[str, subprocess.Popen[bytes]], *, tim
             pass
         time.sleep(0.2)
     raise TimeoutError(f"not ready after {timeout_s:.0f}s: {url}")
+
+
+def wait_reading(
+    ports: Mapping[str, int], children: Mapping[str, subprocess.Popen[bytes]], *, timeout_s: float
+) -> None:
+    """Until each worker's metrics on ``ports`` (name -> port) say every consumer group it is
+    in holds its partitions with a read position (``tidings_consumer_ready`` 1, from
+    ``streams.adapters.metrics``); ``Exited`` and ``TimeoutError`` as ``wait_ready``. Before
+    that, a message sent is stored but may not be pushed live (the delivery group's first
+    position is the log's end)."""
+    deadline = time.monotonic() + timeout_s
+    waiting = dict(ports)
+    while waiting:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"workers not reading after {timeout_s:.0f}s: {', '.join(sorted(waiting))}")
+        for name, child in children.items():
+            if child.poll() is not None:
+                raise Exited(name, child.returncode)
+        for name, port in list(waiting.items()):
+            if _groups_ready(port):
+                del waiting[name]
+        time.sleep(0.2)
+
+
+def _groups_ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return False
+    samples = [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "tidings_consumer_ready"
+        for sample in family.samples
+    ]
+    return bool(samples) and all(value == 1 for value in samples)

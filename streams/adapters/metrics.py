@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -49,6 +51,33 @@ END_OFFSET = Gauge("tidings_consumer_end_offset", "Partition end offset", ["grou
 COMMITTED_OFFSET = Gauge(
     "tidings_consumer_committed_offset", "Committed offset of the group", ["group", "topic", "partition"]
 )
+
+CONSUMER_READY = Gauge(
+    "tidings_consumer_ready",
+    "1 once this member of the group holds its partitions after a rebalance and has a read "
+    "position on each; 0 before its first assignment and during a rebalance (`tidings up` waits "
+    "for 1: a new delivery group starts at the log's end and skips what is appended before)",
+    ["group"],
+)
+ASSIGNED_PARTITIONS = Gauge(
+    "tidings_consumer_assigned_partitions", "Partitions this member of the group holds", ["group"]
+)
+
+
+def mark_rebalancing(group: str) -> None:
+    CONSUMER_READY.labels(group).set(0)
+
+
+async def mark_ready(
+    group: str, partitions: Collection[TopicPartition], position: Callable[[TopicPartition], Awaitable[Any]]
+) -> None:
+    """``tidings_consumer_ready`` 1 once ``position`` (the consumer's: it waits for an offset
+    reset or a seek) has answered for every partition held."""
+    for tp in partitions:
+        await position(tp)
+    ASSIGNED_PARTITIONS.labels(group).set(len(partitions))
+    CONSUMER_READY.labels(group).set(1)
+
 
 RECENT = "recent"  # the deliver stage: its failures are failed deliveries
 

@@ -34,6 +34,7 @@ from commands.push import PushSettingsWriter
 from events import PushUnregistered, Topics, partition_key
 from events.errors import Unavailable
 from projections.push import Registration
+from streams.adapters.metrics import mark_ready, mark_rebalancing
 from streams.adapters.push_providers import Delivery, Provider
 from streams.adapters.push_redis import RedisSentLog
 from streams.push_metrics import (
@@ -125,7 +126,10 @@ class Sender:
             auto_offset_reset="earliest",
             client_id="tidings-push-sender",
         )
-        consumer.subscribe([self._topics.notifications], listener=_Revocations(self, consumer))
+        mark_rebalancing(self._group_id)
+        consumer.subscribe(
+            [self._topics.notifications], listener=_Revocations(self, consumer, self._group_id)
+        )
         await consumer.start()
         last_commit = time.monotonic()
         try:
@@ -208,7 +212,11 @@ class Sender:
             async with self._slots:
                 await work
 
-        task: asyncio.Task[None] = asyncio.ensure_future(bounded())
+        self.spawn(bounded())
+
+    def spawn(self, work: Awaitable[None]) -> None:
+        """A task of the sender's, cancelled when its loop ends."""
+        task: asyncio.Task[None] = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -378,14 +386,23 @@ class Sender:
 
 
 class _Revocations(ConsumerRebalanceListener):
-    def __init__(self, sender: Sender, consumer: AIOKafkaConsumer) -> None:
+    def __init__(self, sender: Sender, consumer: AIOKafkaConsumer, group_id: str) -> None:
         self._sender = sender
         self._consumer = consumer
+        self._group_id = group_id
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        mark_rebalancing(self._group_id)
         partitions = {tp.partition for tp in revoked}
         await self._sender.commit(self._consumer, partitions)
         self._sender.forget(partitions)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        return None
+        # Not awaited here: the positions come from the fetcher once this callback returns.
+        self._sender.spawn(self._ready(sorted(assigned)))
+
+    async def _ready(self, assigned: list[TopicPartition]) -> None:
+        try:
+            await mark_ready(self._group_id, assigned, self._consumer.position)
+        except KafkaError as exc:  # revoked meanwhile, or stopping: the next assignment reports
+            log.info("push sender readiness not reported: %r", exc)

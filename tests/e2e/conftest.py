@@ -97,6 +97,19 @@ class System:
     def wait_ready(self, timeout_s: float = 60) -> None:
         self.wait_http(f"{self.http}/readyz", timeout_s)
 
+    def wait_reading(self, timeout_s: float = 60) -> None:
+        """Until every worker started says its consumer groups read (``tidings_consumer_ready``)."""
+        workers = {
+            name: port
+            for name, port in self.metrics_ports.items()
+            if name in self.procs and processes.role_of(name) != "gateway"
+        }
+        try:
+            processes.wait_reading(workers, self.procs, timeout_s=timeout_s)
+        except processes.Exited as exc:
+            log = (self.logs / f"{exc.name}.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{exc}: {log}") from exc
+
     @contextmanager
     def running(self, names: Iterable[str]) -> Iterator[None]:
         """Start ``names``, wait until the gateway answers and the deliver worker pushes; stop
@@ -105,6 +118,7 @@ class System:
             self.start(name)
         try:
             self.wait_ready()
+            self.wait_reading()
             asyncio.run(self.wait_delivering())
             yield
         finally:

@@ -17,6 +17,7 @@ import orjson
 import pytest
 from websockets.sync.client import connect
 
+from tests.conftest import NAMESPACE
 from tests.e2e.conftest import ROOT, _free_port
 from tidings.settings import Settings
 
@@ -59,7 +60,17 @@ def _port_free(port: int) -> bool:
 
 def test_up_serves_a_scripted_exchange_and_ctrl_c_cleans_up(services: Settings) -> None:
     port = _free_port()
-    env = {**os.environ, "TIDINGS_HTTP_PORT": str(port), "TIDINGS_WORKER_WEB_PORT": str(_free_port())}
+    # Its own topics, keyspace and consumer groups: in the suite's groups, its workers' joining
+    # and leaving paused the shared system's delivery for seconds (rebalances) under other tests.
+    ns = f"{NAMESPACE}up"
+    env = {
+        **os.environ,
+        "TIDINGS_HTTP_PORT": str(port),
+        "TIDINGS_WORKER_WEB_PORT": str(_free_port()),
+        "TIDINGS_CASSANDRA_KEYSPACE": f"tidings_{ns}",
+        "TIDINGS_TOPIC_PREFIX": f"{ns}.",
+        "TIDINGS_WORKER_APP_ID": f"tidings-{ns}-projector",
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "tidings", "up"],
         cwd=ROOT,

@@ -2,7 +2,9 @@
 ``streams.adapters.faust_drain``, its aiokafka consumer in the agents' loop from
 ``streams.adapters.faust_sameloop``) against the real Kafka: it projects every event, two apps
 of one group rebalance the partitions between them and back, the group's committed offsets
-reach the end of every partition, and an app started again resumes from them."""
+reach the end of every partition, and an app started again resumes from them. A new group that
+starts at the log's end (delivery's) reports ready only once it reads: nothing sent after that
+is skipped."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from mode.threads import WorkerThread
+from prometheus_client import REGISTRY
 
 from events import ChatEvent, MessageSent, Topics, encode_event, partition_key
 from streams.adapters import faust_drain, faust_sameloop
@@ -77,8 +80,11 @@ def _assigned(app: faust.App, topic: str) -> set[int]:
     return {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
 
 
-def _app(services: Settings, group: str, topics: Topics, recorder: _Recorder) -> faust.App:
+def _app(
+    services: Settings, group: str, topics: Topics, recorder: _Recorder, offset_reset: str = "earliest"
+) -> faust.App:
     app = create_app(
+        offset_reset=offset_reset,
         app_id=group,
         bootstrap=services.kafka_bootstrap,
         topics=topics,
@@ -176,5 +182,45 @@ async def test_worker_app_projects_rebalances_and_commits(services: Settings) ->
         for app in (app_a, app_b, app_c):
             if app.started and not app.should_stop:
                 await app.stop()
+        await admin.delete_topics(names)
+        await admin.close()
+
+
+async def test_a_new_group_at_the_logs_end_reads_everything_sent_once_it_says_ready(
+    services: Settings,
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    topics = Topics(f"{services.topic_prefix}ready{run}.")
+    group = f"{services.worker_app_id}-ready-{run}"
+    bootstrap = services.kafka_bootstrap
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    names = [topics.conversation_events, topics.dead_letters]
+    await admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names])
+    ids = iter(spread_ids(200, step_ms=1))
+    before = [message_sent(next(ids), conversation_id=f"dm:a{i % 20}:b{run}") for i in range(50)]
+    after = [message_sent(next(ids), conversation_id=f"dm:a{i % 20}:b{run}") for i in range(100)]
+    recorder = _Recorder("new")
+    app = _app(services, group, topics, recorder, offset_reset="latest")
+
+    def ready() -> float | None:
+        return REGISTRY.get_sample_value("tidings_consumer_ready", {"group": group})
+
+    try:
+        await _send(bootstrap, topics.conversation_events, before)  # before it joined: skipped
+        await app.start()
+        assert ready() == 0
+        await _until(lambda: ready() == 1, 60, "the new group says it reads")
+        assert REGISTRY.get_sample_value("tidings_consumer_assigned_partitions", {"group": group}) == len(
+            app.consumer.assignment()
+        )
+        # At once: a position not yet reset to the log's end would skip some of these.
+        await _send(bootstrap, topics.conversation_events, after)
+        want = {e.message_id for e in after}
+        await _until(lambda: {m for _, _, m in recorder.seen} >= want, 30, "every event sent after ready")
+        assert {m for _, _, m in recorder.seen} == want
+    finally:
+        if app.started and not app.should_stop:
+            await app.stop()
         await admin.delete_topics(names)
         await admin.close()
