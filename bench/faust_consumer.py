@@ -189,15 +189,17 @@ def _cpu_s() -> float:
 
 
 # What --compare alternates: the modes, each (consumer in the agents' loop, LeanFetcher for the
-# delivery group). (Session 11 also compared a delivery fetch linger, commit b721001; withdrawn.)
-MODES: dict[str, dict[str, tuple[bool, bool]]] = {
-    "thread": {"thread": (False, True), "in-loop": (True, True)},
-    "lean": {"aiokafka": (True, False), "lean": (True, True)},
+# delivery group, KIP-227 fetch sessions). (Session 11 also compared a delivery fetch linger,
+# commit b721001; withdrawn.)
+MODES: dict[str, dict[str, tuple[bool, bool, bool]]] = {
+    "thread": {"thread": (False, True, True), "in-loop": (True, True, True)},
+    "lean": {"aiokafka": (True, False, False), "lean": (True, True, False)},
+    "session": {"no-session": (True, True, False), "session": (True, True, True)},
 }
 
 
 async def one_run(mode: str, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    in_loop, lean = MODES[args.compare][mode]
+    in_loop, lean, sessions = MODES[args.compare][mode]
     run = uuid.uuid4().hex[:8]
     topics = Topics(f"{settings.topic_prefix}bcons{run}.")
     group = f"{settings.worker_app_id}-bcons-{run}"
@@ -220,6 +222,7 @@ async def one_run(mode: str, settings: Settings, args: argparse.Namespace) -> di
     )
     app.consumer_in_loop = in_loop  # type: ignore[attr-defined]
     app.lean_fetch = lean  # type: ignore[attr-defined]
+    app.fetch_sessions = sessions  # type: ignore[attr-defined]
     total = int(args.rate * args.duration)
     fetches = [0]
     try:

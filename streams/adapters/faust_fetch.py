@@ -39,6 +39,7 @@ from aiokafka.protocol.fetch import FetchRequest
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from streams.adapters import faust_drain, faust_sameloop
+from streams.adapters.kafka_fetch_session import FetchSession, SessionReplies
 
 # Far more than arrives in one fetch wait: the wait, not the size, ends a fetch.
 FETCH_MIN_BYTES = 4 * 1024 * 1024
@@ -61,7 +62,12 @@ class LeanFetcher(Fetcher):
     - the per-partition debug log line is built only when debug logging is on.
 
     The rest is aiokafka's code, line for line (``tests/unit/test_faust_fetch_lean.py``
-    compares the two on every partition state and pins the aiokafka version)."""
+    compares the two on every partition state and pins the aiokafka version).
+
+    With ``_sessions`` (a dict, set by ``use_sessions``) its requests go in incremental fetch
+    sessions, one per broker (``streams.adapters.kafka_fetch_session``)."""
+
+    _sessions: dict[int, FetchSession] | None = None
 
     def _get_actions_per_node(self, assignment: Any) -> Any:
         fetchable, awaiting_reset, backoff_by_nodes, resume_futures, invalid_metadata = self._sort_partitions(
@@ -75,7 +81,7 @@ class LeanFetcher(Fetcher):
             if node_id in awaiting_reset:
                 # First the offsets are reset, then the next page fetched
                 continue
-            fetch_requests.append((node_id, self._fetch_request(partition_data)))
+            fetch_requests.append((node_id, self._fetch_request(node_id, partition_data)))
 
         backoff: float = (
             min(map(max, backoff_by_nodes.values())) if backoff_by_nodes else self._fetcher_timeout
@@ -130,7 +136,24 @@ class LeanFetcher(Fetcher):
                     fetcher_log.debug("Adding fetch request for partition %s at offset %d", tp, position)
         return fetchable, awaiting_reset, backoff_by_nodes, resume_futures, invalid_metadata
 
-    def _fetch_request(self, partition_data: list[Any]) -> FetchRequest:
+    def _fetch_request(self, node_id: int, partition_data: list[Any]) -> FetchRequest:
+        sessions = self._sessions
+        if sessions is not None:
+            session = sessions.get(node_id)
+            if session is None:
+                session = sessions[node_id] = FetchSession()
+            if session.supported:
+                # The broker turns a session's partitions round itself (a partition that
+                # brought records goes last), so the order of a request matters not.
+                return session.request(
+                    partition_data,
+                    self._max_partition_fetch_bytes,
+                    max_wait_ms=self._fetch_max_wait_ms,
+                    min_bytes=self._fetch_min_bytes,
+                    max_bytes=self._fetch_max_bytes,
+                    isolation_level=self._isolation_level,
+                    rack_id=self._client_rack or "",
+                )
         # aiokafka shuffles "to help get more equal consumption": only a response that cannot
         # hold every partition's share depends on the order.
         if len(partition_data) * self._max_partition_fetch_bytes > self._fetch_max_bytes:
@@ -166,17 +189,29 @@ class IdleAwareFetcher(LeanFetcher):
         return brought
 
 
+def use_sessions(fetcher: LeanFetcher) -> None:
+    """``fetcher``'s requests from now on in fetch sessions, its client's answers handed to them."""
+    fetcher._sessions = {}
+    fetcher._client = SessionReplies(fetcher._client)
+
+
 class _DeliverConsumer(aiokafka.AIOKafkaConsumer):
     """The consumer of a group that waits on its events (delivery): a ``LeanFetcher``."""
+
+    sessions = True
 
     async def start(self) -> None:
         await super().start()
         # As _BackgroundConsumer's below: the class is looked up per fetch.
         self._fetcher.__class__ = LeanFetcher
+        if self.sessions:
+            use_sessions(self._fetcher)
 
 
 class _BackgroundConsumer(aiokafka.AIOKafkaConsumer):
     """The consumer of a group nobody waits on: its ``Fetcher`` is an ``IdleAwareFetcher``."""
+
+    sessions = True
 
     async def start(self) -> None:
         await super().start()
@@ -185,6 +220,8 @@ class _BackgroundConsumer(aiokafka.AIOKafkaConsumer):
         fetcher = self._fetcher
         fetcher.__class__ = IdleAwareFetcher
         fetcher.batch_wait_ms = self._fetch_max_wait_ms
+        if self.sessions:
+            use_sessions(fetcher)
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -198,6 +235,9 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             consumer.__class__ = _BackgroundConsumer
         elif getattr(self.app, "lean_fetch", True):
             consumer.__class__ = _DeliverConsumer
+        else:
+            return consumer
+        consumer.sessions = getattr(self.app, "fetch_sessions", True)
         return consumer
 
 
@@ -230,6 +270,9 @@ class App(faust.App):
     # False: the delivery group fetches with aiokafka's own Fetcher, not the LeanFetcher (for
     # comparing the two in bench.faust_consumer; not a setting).
     lean_fetch: bool = True
+    # False: every fetch names every partition, as aiokafka's do (no KIP-227 session; for
+    # comparing the two in bench.faust_consumer; not a setting).
+    fetch_sessions: bool = True
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
