@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from events import ChatEvent
-from projections.adapters.cql import MIXED_BATCH_PARTITIONS, Cql
+from projections.adapters.cql import Cql
 from streams.projector import PositionedStage, Stage
 
 Statement = tuple[str, tuple[Any, ...]]
@@ -64,7 +64,7 @@ class CombinedWrites:
         stages: Sequence[Stage | PositionedStage],
         *,
         name: str | None = None,
-        partitions_per_batch: int = MIXED_BATCH_PARTITIONS,
+        partitions_per_batch: int = 100,  # as settings.cassandra_batch_partitions; the node bounds it
     ) -> None:
         self._cql = cql
         self._partitions_per_batch = partitions_per_batch
