@@ -97,6 +97,7 @@ async def test_the_persist_worker_packs_partitions_as_its_setting_says() -> None
             partitions_per_batch=settings.cassandra_batch_partitions,
         )
         await combined.apply_at(event)
-        assert cql.packing[0] == expected  # the combined round's one request set
+        # the combined round, then the watermarks, packed alike
+        assert cql.packing == [expected, expected]
     with pytest.raises(ValueError, match="less than or equal to 1000"):
         Settings(cassandra_batch_partitions=1001)
