@@ -13,8 +13,10 @@ for good (the sync log's bucket rows, which nothing deletes) is told when the ro
 (``written``) and leaves them out of later batches.
 
 The persist worker applies its read models this way too (``tidings.worker``, stage ``persist``):
-for a 1:1 message that is one round of five requests (the two inbox rows, the message, the
-conversation's head keyed by its id, its log row) and the watermark, instead of five rounds.
+for a batch of 1:1 messages that is one round (each message's rows fall in five partitions: the
+two inbox rows, the message, the conversation's head keyed by its id, its log row; small
+partitions share UNLOGGED batches up to the node's thresholds, ``Cql.execute_all``) and then
+the watermarks, one row per log partition, packed the same way.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from events import ChatEvent
-from projections.adapters.cql import MIXED_BATCH_PARTITIONS, Cql
+from projections.adapters.cql import Cql
 from streams.projector import PositionedStage, Stage
 
 Statement = tuple[str, tuple[Any, ...]]
@@ -64,7 +66,7 @@ class CombinedWrites:
         stages: Sequence[Stage | PositionedStage],
         *,
         name: str | None = None,
-        partitions_per_batch: int = MIXED_BATCH_PARTITIONS,
+        partitions_per_batch: int = 100,  # as settings.cassandra_batch_partitions; the node bounds it
     ) -> None:
         self._cql = cql
         self._partitions_per_batch = partitions_per_batch
@@ -94,4 +96,7 @@ class CombinedWrites:
                 await stage.apply_at(events)
             else:
                 await stage.apply(plain)
-        await self._cql.execute_all(after)
+        # the watermarks, one row per log partition of the batch: one request for all (they
+        # were one each, ~9 of a persist round's ~10 requests at 200 msgs/s once its other rows
+        # went as one batch: docs/benchmarks.md, session 12)
+        await self._cql.execute_all(after, partitions_per_batch=self._partitions_per_batch)

@@ -86,12 +86,16 @@ class Settings(BaseSettings):
         "LOCAL_ONE"
     )
     # How many partitions' small row groups the persist worker and replay may put in one
-    # UNLOGGED batch (projections/adapters/cql.py, at most 10: Cassandra's warning threshold).
-    # The coordinator a batch is routed to (by its first partition) forwards the other
-    # partitions' mutations to their replicas: free while every node holds every partition
-    # (one node; three nodes at replication 3), a hop per partition once nodes outnumber the
-    # replication factor, where 1 (one batch per partition, token-aware) is the choice.
-    cassandra_batch_partitions: int = Field(default=10, ge=1, le=10)
+    # UNLOGGED batch (projections/adapters/cql.py). The node's own thresholds bound it too: the
+    # client reads `unlogged_batch_across_partitions_warn_threshold` and the batch size
+    # thresholds from system_views.settings and stays below them (upstream: 10 partitions,
+    # 5 KiB; Tidings' node: 100, 64 KiB, tidings/services/cassandra.py), so no request draws
+    # the node's warning. The coordinator a batch is routed to (by its first partition)
+    # forwards the other partitions' mutations to their replicas: free while every node holds
+    # every partition (one node; three nodes at replication 3), a hop per partition once nodes
+    # outnumber the replication factor, where 1 (one batch per partition, token-aware) is the
+    # choice.
+    cassandra_batch_partitions: int = Field(default=100, ge=1, le=1000)
 
     # Redis
     redis_host: str = "127.0.0.1"

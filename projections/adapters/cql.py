@@ -8,11 +8,13 @@ import functools
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from cassandra import (
     ConsistencyLevel,
     DriverException,
+    InvalidRequest,
     OperationTimedOut,
     ReadTimeout,
     WriteTimeout,
@@ -107,15 +109,63 @@ MAX_BATCH_ROWS = 200
 MAX_BATCH_BYTES = 64 * 1024
 # Small groups of several partitions may share one UNLOGGED batch (``execute_all``'s
 # ``partitions_per_batch``): then Cassandra does check the batch, and warns (in its log and to
-# the client, which the driver logs per request) past 10 partitions
-# (``unlogged_batch_across_partitions_warn_threshold``) or 5 KiB of mutations
-# (``batch_size_warn_threshold``). Bound below both: 10 partitions, and 4 KiB of mutations as
-# Cassandra counts them, estimated as the bound values plus ``CELL_BYTES`` per value (null ones
-# too: a null is a tombstone cell). Measured: ten 1:1 message rows of ~100 bytes of values (13
-# columns) counted 6,110 bytes on Cassandra 5.0 (tests/integration/test_persist_round.py).
+# the client, which the driver logs per request) past
+# ``unlogged_batch_across_partitions_warn_threshold`` partitions or ``batch_size_warn_threshold``
+# bytes of mutations, and refuses it past ``batch_size_fail_threshold``. Upstream's values are
+# 10, 5 KiB and 50 KiB; Tidings' own node raises them (tidings/services/cassandra.py). The
+# client reads the node's values once (``Cql.batch_limits``) and stays below them: as many
+# partitions as the threshold, and 4/5 of the warning's bytes as Cassandra counts them,
+# estimated as the bound values plus ``CELL_BYTES`` per value (null ones too: a null is a
+# tombstone cell). Measured: ten 1:1 message rows of ~100 bytes of values (13 columns) counted
+# 6,110 bytes on Cassandra 5.0 (tests/integration/test_persist_round.py).
 MIXED_BATCH_PARTITIONS = 10
 MIXED_BATCH_BYTES = 4 * 1024
 CELL_BYTES = 40
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """A node's batch thresholds (cassandra.yaml), and the bounds a mixed batch keeps to."""
+
+    partitions: int  # unlogged_batch_across_partitions_warn_threshold
+    warn_bytes: int  # batch_size_warn_threshold
+    fail_bytes: int  # batch_size_fail_threshold
+
+    @property
+    def mixed_bytes(self) -> int:
+        """What ``_size`` may estimate for one mixed batch: 4/5 of the warning's bytes (the
+        estimate's margin), and below the refusal."""
+        return min(self.warn_bytes * 4 // 5, self.fail_bytes // 2)
+
+
+# Upstream Cassandra's defaults: assumed of a node that does not say (ScyllaDB and Cassandra
+# before 4.0 have no system_views.settings).
+UPSTREAM_LIMITS = BatchLimits(MIXED_BATCH_PARTITIONS, 5 * 1024, 50 * 1024)
+_LIMIT_SETTINGS = (
+    "unlogged_batch_across_partitions_warn_threshold",
+    "batch_size_warn_threshold",
+    "batch_size_fail_threshold",
+)
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*$")
+_UNIT = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
+
+
+def parse_limits(settings: dict[str, str]) -> BatchLimits:
+    """``BatchLimits`` from system_views.settings' rows (name: value, e.g. ``'64KiB'``); a
+    value missing or not understood keeps upstream's."""
+
+    def size(name: str, default: int) -> int:
+        match = _SIZE.match(settings.get(name) or "")
+        return int(match[1]) * _UNIT[match[2]] if match else default
+
+    count = (settings.get(_LIMIT_SETTINGS[0]) or "").strip()
+    partitions = int(count) if count.isdigit() and int(count) > 0 else UPSTREAM_LIMITS.partitions
+    return BatchLimits(
+        partitions=partitions,
+        warn_bytes=size(_LIMIT_SETTINGS[1], UPSTREAM_LIMITS.warn_bytes),
+        fail_bytes=size(_LIMIT_SETTINGS[2], UPSTREAM_LIMITS.fail_bytes),
+    )
+
 
 _WRITE = re.compile(r"^\s*(?:INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
 _CONDITIONAL = re.compile(r"\bIF\b", re.IGNORECASE)
@@ -131,6 +181,22 @@ class Cql:
         self.statements_shadowed = 0
         self.statements_sent = 0
         self.requests_sent = 0
+        # requests of execute / execute_paged (reads, and the odd single write), one per page
+        self.single_requests_sent = 0
+        self._limits: BatchLimits | None = None
+
+    async def batch_limits(self) -> BatchLimits:
+        """The node's batch thresholds, read once from system_views.settings (one request the
+        first time; upstream's defaults where the table is missing). A batch refused as too
+        large makes the next call read them again (a node restarted with lower ones)."""
+        if self._limits is None:
+            query = "SELECT name, value FROM system_views.settings WHERE name IN ?"
+            try:
+                rows = await self.execute(query, (list(_LIMIT_SETTINGS),))
+            except InvalidRequest:  # no such table: not Cassandra 4.0+
+                rows = []
+            self._limits = parse_limits({row.name: row.value for row in rows})
+        return self._limits
 
     def prepare(self, cql: str) -> PreparedStatement:
         """Blocking the first time per statement; cached after."""
@@ -152,6 +218,7 @@ class Cql:
 
     async def execute(self, cql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Run one statement and return all rows of its first page."""
+        self.single_requests_sent += 1
         future = self.session.execute_async(self.prepare(cql), params)
         return await _await(future)
 
@@ -160,6 +227,7 @@ class Cql:
         rows: list[Any] = []
         paging_state = None
         while True:
+            self.single_requests_sent += 1
             future = self.session.execute_async(self.prepare(cql), params, paging_state=paging_state)
             rows += await _await(future)
             if not future.has_more_pages:
@@ -178,7 +246,8 @@ class Cql:
         """Run write statements, grouped into one UNLOGGED batch per partition key, with at
         most ``in_flight`` requests at once; raise the first failure after the requests in
         flight have ended. With ``partitions_per_batch`` > 1, small groups of up to that many
-        partition keys share a batch (``batches``).
+        partition keys share a batch (``batches``), within the node's thresholds
+        (``batch_limits``: at most its partitions, and ``BatchLimits.mixed_bytes``).
 
         Only idempotent upserts and deletes may come here, whose outcome does not depend on the
         order they are applied in (``USING TIMESTAMP`` from the event, or the same values for
@@ -189,13 +258,27 @@ class Cql:
         shadows is left out (``unshadowed``).
         """
         kept = unshadowed(statements)
+        mixed_bytes = MIXED_BATCH_BYTES
+        if partitions_per_batch > 1 and kept:
+            limits = await self.batch_limits()
+            partitions_per_batch = min(partitions_per_batch, limits.partitions)
+            mixed_bytes = limits.mixed_bytes
         requests = self.batches(
-            kept, max_rows=max_rows, max_bytes=max_bytes, partitions_per_batch=partitions_per_batch
+            kept,
+            max_rows=max_rows,
+            max_bytes=max_bytes,
+            partitions_per_batch=partitions_per_batch,
+            mixed_bytes=mixed_bytes,
         )
         self.statements_shadowed += len(statements) - len(kept)
         self.statements_sent += len(kept)
         self.requests_sent += len(requests)
-        await _run_window(self.session, requests, in_flight)
+        try:
+            await _run_window(self.session, requests, in_flight)
+        except InvalidRequest as exc:
+            if "batch too large" in str(exc).lower():
+                self._limits = None  # the node's thresholds changed: read them again
+            raise
 
     def batches(
         self,
@@ -204,6 +287,7 @@ class Cql:
         max_rows: int = MAX_BATCH_ROWS,
         max_bytes: int = MAX_BATCH_BYTES,
         partitions_per_batch: int = 1,
+        mixed_bytes: int = MIXED_BATCH_BYTES,
     ) -> list[Statement]:
         """The requests ``execute_all`` sends: statements bound and grouped by partition key
         (the serialized key: the same bytes in two tables are one mutation), in their given
@@ -211,8 +295,8 @@ class Cql:
         ``max_bytes`` of bound values; a group of one is sent as the plain statement, and so
         are statements a batch must not carry (reads, conditional writes).
 
-        With ``partitions_per_batch`` > 1, groups of at most ``MIXED_BATCH_BYTES`` (``_size``) share
-        batches of up to that many partition keys (and ``MIXED_BATCH_BYTES`` in all), routed to
+        With ``partitions_per_batch`` > 1, groups of at most ``mixed_bytes`` (``_size``) share
+        batches of up to that many partition keys (and ``mixed_bytes`` in all), routed to
         the first key's replicas: most of a write's client CPU, and much of the server's, is
         the request, and a 1:1 message's rows fall in five partitions (its two inbox rows, the
         message, the conversation's head, its log row)."""
@@ -231,18 +315,18 @@ class Cql:
         for key, group in groups.items():
             for chunk in _chunks(group, max_rows, max_bytes):
                 size = _size(chunk)
-                if partitions_per_batch > 1 and size <= MIXED_BATCH_BYTES:
+                if partitions_per_batch > 1 and size <= mixed_bytes:
                     mixed.append((key, chunk, size))
                 else:
                     out.append(_request(key, chunk))
         pack: list[tuple[bytes, list[_Row], int]] = []
+        packed = 0
         for item in mixed:
-            if pack and (
-                len(pack) >= partitions_per_batch or sum(p[2] for p in pack) + item[2] > MIXED_BATCH_BYTES
-            ):
+            if pack and (len(pack) >= partitions_per_batch or packed + item[2] > mixed_bytes):
                 out.append(_request(pack[0][0], [row for _, rows, _ in pack for row in rows]))
-                pack = []
+                pack, packed = [], 0
             pack.append(item)
+            packed += item[2]
         if pack:
             out.append(_request(pack[0][0], [row for _, rows, _ in pack for row in rows]))
         return out + alone
@@ -262,7 +346,7 @@ def _request(key: bytes, rows: list[_Row]) -> Statement:
 
 
 def _size(rows: list[_Row]) -> int:
-    """About the size Cassandra gives ``rows``' mutations (``MIXED_BATCH_BYTES``)."""
+    """About the size Cassandra gives ``rows``' mutations (``BatchLimits.mixed_bytes``)."""
     return sum(len(v) + CELL_BYTES if v is not None else CELL_BYTES for row in rows for v in row[2])
 
 

@@ -12,6 +12,7 @@ shared 2-core box, most of it Cassandra's start.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,9 +21,18 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from projections.adapters.cql import connect_to
+from bench.persist_path import direct_messages
+from events import decode_event
+from projections.adapters.cql import BatchLimits, Cql, connect_to
+from projections.adapters.migrate import migrate_cassandra
+from projections.membership import CassandraMembership
+from projections.messages import CassandraMessages
+from projections.roster import Roster
+from projections.sync_log import CassandraSyncLog
+from streams.combined import CombinedWrites
 from tidings.services import down, up
 from tidings.settings import Settings
+from tidings.worker import persist_stages
 
 pytestmark = pytest.mark.integration
 
@@ -67,6 +77,9 @@ def test_cassandra_runs_with_the_small_pools_and_the_same_durability(servers: Se
         "commitlog_sync_period",
         "memtable_allocation_type",
         "memtable.configurations",
+        "unlogged_batch_across_partitions_warn_threshold",
+        "batch_size_warn_threshold",
+        "batch_size_fail_threshold",
     )
     cluster, session = connect_to(servers)
     try:
@@ -87,6 +100,10 @@ def test_cassandra_runs_with_the_small_pools_and_the_same_durability(servers: Se
         "memtable_allocation_type": "offheap_objects",
         # The default configuration inherits the trie one ("trie+"); tables use the default.
         "memtable.configurations": "{default=trie+, skiplist=SkipListMemtable, trie=TrieMemtable}",
+        # a persist round's partitions in one batch (projections/adapters/cql.py)
+        "unlogged_batch_across_partitions_warn_threshold": "100",
+        "batch_size_warn_threshold": "64KiB",
+        "batch_size_fail_threshold": "640KiB",
     }
     log = (servers.state_dir / "cassandra" / "logs" / "system.log").read_text()
     assert "approximate time-check task with a precision of 10 milliseconds" in log
@@ -137,6 +154,80 @@ def test_cassandra_rows_round_trip_through_the_trie_memtables_and_a_restart(serv
     down(servers, only=["cassandra"], echo=_quiet)
     up(servers, only=["cassandra"], echo=_quiet)
     assert rows() == want
+
+
+async def test_a_persist_round_goes_as_one_batch_within_the_nodes_thresholds(
+    servers: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On this node (thresholds raised) the rows of a 200 msgs/s persist round (12 1:1 messages,
+    ~60 partitions) go as one request and its watermarks (12 log partitions) as one more, where
+    upstream's thresholds took ~13 and 12; the node warns about none, and every row lands."""
+    cluster, session = connect_to(servers)
+    try:
+        keyspace = "tidings_batches"
+        migrate_cassandra(session, keyspace, replication=servers.cassandra_replication_map(), echo=_quiet)
+        cql = Cql(session, keyspace)
+        assert await cql.batch_limits() == BatchLimits(100, 64 * 1024, 640 * 1024)
+        roster = Roster(CassandraMembership(cql).load_roster, threshold=servers.fanout_threshold)
+        combined = CombinedWrites(
+            cql,
+            persist_stages(cql, servers, roster),
+            name="persist",
+            partitions_per_batch=servers.cassandra_batch_partitions,
+        )
+        events = direct_messages(12, 12, "y" * 100)
+        positioned = [(n, 1_000 + n, e) for n, e in enumerate(events)]  # log partitions 0-11
+        requests = cql.requests_sent
+        with caplog.at_level(logging.WARNING, logger="cassandra"):
+            await combined.apply_at(positioned)
+        assert [r.getMessage() for r in caplog.records if "warning" in r.getMessage().lower()] == []
+        assert cql.requests_sent - requests == 2  # the round, then the watermarks
+
+        messages, members, log = (
+            CassandraMessages(cql, servers.message_bucket_ms),
+            CassandraMembership(cql),
+            CassandraSyncLog(cql),
+        )
+        heads = await log.heads([e.conversation_id for e in events])
+        for _, offset, event in positioned:
+            page = await messages.page(event.conversation_id, before=None, after=None, limit=10)
+            assert [int(m["message_id"]) for m in page] == [event.message_id]
+            assert heads[event.conversation_id] == offset
+            logged = await log.between(event.conversation_id, 0, 10_000, 10)
+            assert [(o, decode_event(raw)) for o, raw in logged] == [(offset, event)]
+            recipient = next(u for u in event.conversation_id.split(":")[1:] if u != event.sender_id)
+            row = await members.inbox_row(recipient, event.conversation_id)
+            assert row is not None and row.last_message_id == event.message_id
+        assert await log.watermarks() == {p: offset for p, offset, _ in positioned}
+    finally:
+        cluster.shutdown()
+
+
+async def test_a_batch_the_node_refuses_as_too_large_makes_the_client_ask_again(servers: Settings) -> None:
+    """A client holding thresholds above the node's (a node restarted with lower ones) sends a
+    batch the node refuses; the error reaches the caller (the projector then applies the batch
+    event by event), and the next round reads the node's thresholds again and fits them."""
+    from cassandra import InvalidRequest
+
+    cluster, session = connect_to(servers)
+    try:
+        keyspace = "tidings_batches"
+        migrate_cassandra(session, keyspace, replication=servers.cassandra_replication_map(), echo=_quiet)
+        cql = Cql(session, keyspace)
+        cql._limits = BatchLimits(1_000, 4 * 1024**2, 4 * 1024**2)  # believed; the node says 640 KiB
+        insert = "INSERT INTO {ks}.batch_refusal_test (k, v) VALUES (?, ?)"
+        session.execute(
+            f"CREATE TABLE IF NOT EXISTS {keyspace}.batch_refusal_test (k int PRIMARY KEY, v text)"
+        )
+        rows = [(insert, (k, "z" * 4_000)) for k in range(250)]  # ~1 MB over 250 partitions
+        with pytest.raises(InvalidRequest, match=r"(?i)batch too large"):
+            await cql.execute_all(rows, partitions_per_batch=1_000)
+        await cql.execute_all(rows, partitions_per_batch=1_000)
+        assert await cql.batch_limits() == BatchLimits(100, 64 * 1024, 640 * 1024)
+        count = session.execute(f"SELECT count(*) FROM {keyspace}.batch_refusal_test").one()[0]
+        assert count == 250
+    finally:
+        cluster.shutdown()
 
 
 async def _broker_config(bootstrap: str) -> dict[str, str]:

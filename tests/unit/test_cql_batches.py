@@ -264,3 +264,130 @@ def test_small_groups_of_several_partitions_share_batches_within_the_bounds() ->
     assert sorted(rows) == sorted(tuple(cql.prepare(s).bind(p).values) for s, p in mixed + small)
     # without partitions_per_batch nothing is mixed (the gateway's write-throughs)
     assert len(cql.batches(small)) == 25
+
+
+def test_the_nodes_batch_thresholds_are_parsed_with_upstreams_as_fallback() -> None:
+    from projections.adapters.cql import UPSTREAM_LIMITS, BatchLimits, parse_limits
+
+    tidings_node = {
+        "unlogged_batch_across_partitions_warn_threshold": "100",
+        "batch_size_warn_threshold": "64KiB",
+        "batch_size_fail_threshold": "640KiB",
+    }
+    assert parse_limits(tidings_node) == BatchLimits(100, 64 * 1024, 640 * 1024)
+    assert parse_limits(tidings_node).mixed_bytes == 64 * 1024 * 4 // 5
+    upstream = {
+        "unlogged_batch_across_partitions_warn_threshold": "10",
+        "batch_size_warn_threshold": "5KiB",
+        "batch_size_fail_threshold": "50KiB",
+    }
+    assert parse_limits(upstream) == UPSTREAM_LIMITS == BatchLimits(10, 5120, 51200)
+    assert UPSTREAM_LIMITS.mixed_bytes == 4096  # what the client used before it asked the node
+    # a node that does not say (ScyllaDB, no system_views), or says what is not understood
+    assert parse_limits({}) == UPSTREAM_LIMITS
+    assert parse_limits({"unlogged_batch_across_partitions_warn_threshold": "0"}) == UPSTREAM_LIMITS
+    assert parse_limits({"batch_size_warn_threshold": "lots"}) == UPSTREAM_LIMITS
+    assert parse_limits(
+        {"batch_size_warn_threshold": "1MiB", "batch_size_fail_threshold": "1MiB"}
+    ) == BatchLimits(10, 1024**2, 1024**2)
+    # a refusal closer than the warning bounds the estimate too
+    assert BatchLimits(10, 1024**2, 1024**2).mixed_bytes == 1024**2 // 2
+
+
+def test_a_larger_mixed_bound_packs_a_rounds_partitions_into_one_request() -> None:
+    from projections.adapters.cql import CELL_BYTES, _size
+
+    cql = _cql()
+    # a 200 msgs/s persist round: ~60 one-row partitions of ~200 bytes
+    small: list[tuple[str, tuple[Any, ...]]] = [(INBOX, (f"u{i:02d}", "c" * 200)) for i in range(60)]
+    assert len(cql.batches(small, partitions_per_batch=10)) == 6  # upstream's thresholds
+    one = cql.batches(small, partitions_per_batch=100, mixed_bytes=52428)
+    assert len(one) == 1 and len(_rows(one[0])) == 60
+    # the byte bound still cuts: 1 KiB rows, 8 KiB per batch
+    big = [(INBOX, (f"u{i}", "d" * 1000)) for i in range(30)]
+    requests = cql.batches(big, partitions_per_batch=100, mixed_bytes=8192)
+    per_batch = 8192 // (1003 + 2 * CELL_BYTES)
+    assert [len(_rows(r)) for r in requests] == [per_batch] * (30 // per_batch) + [30 % per_batch]
+    for request in requests:
+        prepared = cql.prepare(INBOX)
+        assert _size([(prepared, (), list(values)) for values in _rows(request)]) <= 8192
+    # the partition bound still cuts
+    requests = cql.batches(small, partitions_per_batch=25, mixed_bytes=52428)
+    assert [len(_rows(r)) for r in requests] == [25, 25, 10]
+
+
+class _NodeSession(_OfflineSession):
+    """Answers the batch thresholds' read as a node with ``settings`` would, and records the
+    write requests; ``refuse`` fails the next write request as Cassandra refuses a large batch."""
+
+    SETTINGS = "SELECT name, value FROM system_views.settings WHERE name IN ?"
+
+    def __init__(self, settings: dict[str, str]) -> None:
+        self.settings = settings
+        self.reads = 0
+        self.sent: list[Any] = []
+        self.refuse = False
+
+    def prepare(self, query: str) -> Any:
+        if query == self.SETTINGS:
+            return type("Prepared", (), {})()
+        return super().prepare(query)
+
+    def execute_async(self, request: Any, params: Any = None, **_: Any) -> Any:
+        from collections import namedtuple
+
+        from cassandra import InvalidRequest
+
+        if params is not None:  # the settings read
+            self.reads += 1
+            Row = namedtuple("Row", "name value")
+            rows = [Row(name, value) for name, value in self.settings.items() if name in params[0]]
+            return type("Done", (), {"add_callbacks": lambda self, ok, err: ok(rows)})()
+        self.sent.append(request)
+        if self.refuse:
+            self.refuse = False
+            exc = InvalidRequest('Error from server: code=2200 [Invalid query] message="Batch too large"')
+            return type("Failed", (), {"add_callbacks": lambda self, ok, err: err(exc)})()
+        return type("Done", (), {"add_callbacks": lambda self, ok, err: ok([])})()
+
+
+def test_execute_all_keeps_below_the_thresholds_the_node_reports() -> None:
+    import pytest
+    from cassandra import InvalidRequest
+
+    small: list[tuple[str, tuple[Any, ...]]] = [(INBOX, (f"u{i:02d}", "c" * 200)) for i in range(60)]
+    # a node on upstream's thresholds: 10 partitions a batch, whatever the caller allows
+    upstream = _NodeSession({"unlogged_batch_across_partitions_warn_threshold": "10"})
+    cql = Cql(upstream, KS)
+    asyncio.run(cql.execute_all(small, partitions_per_batch=100))
+    assert [len(_rows(r)) for r in upstream.sent] == [10] * 6
+    # Tidings' node: the round is one request; the thresholds are read once per Cql
+    node = _NodeSession(
+        {
+            "unlogged_batch_across_partitions_warn_threshold": "100",
+            "batch_size_warn_threshold": "64KiB",
+            "batch_size_fail_threshold": "640KiB",
+        }
+    )
+    cql = Cql(node, KS)
+    asyncio.run(cql.execute_all(small, partitions_per_batch=100))
+    asyncio.run(cql.execute_all(small, partitions_per_batch=100))
+    assert [len(_rows(r)) for r in node.sent] == [60, 60] and node.reads == 1
+    assert (cql.requests_sent, cql.single_requests_sent) == (2, 1)
+    # the caller's bound is kept below the node's
+    node.sent.clear()
+    asyncio.run(cql.execute_all(small, partitions_per_batch=20))
+    assert [len(_rows(r)) for r in node.sent] == [20, 20, 20]
+    # writes that need no packing do not ask the node
+    fresh = _NodeSession({})
+    asyncio.run(Cql(fresh, KS).execute_all(small[:3]))
+    assert fresh.reads == 0 and len(fresh.sent) == 3
+    # a batch refused as too large (a node restarted with lower thresholds): the error reaches
+    # the caller (which retries event by event), and the next round asks the node again
+    node.refuse = True
+    node.settings["unlogged_batch_across_partitions_warn_threshold"] = "30"
+    with pytest.raises(InvalidRequest):
+        asyncio.run(cql.execute_all(small, partitions_per_batch=100))
+    node.sent.clear()
+    asyncio.run(cql.execute_all(small, partitions_per_batch=100))
+    assert node.reads == 2 and [len(_rows(r)) for r in node.sent] == [30, 30]

@@ -114,6 +114,22 @@ def test_cassandra_memtables_are_tries_off_the_heap(
     assert config["memtable_heap_space"] == "128MiB" and config["memtable_offheap_space"] == "128MiB"
 
 
+BATCHES = {
+    "unlogged_batch_across_partitions_warn_threshold": 100,
+    "batch_size_warn_threshold": "64KiB",
+    "batch_size_fail_threshold": "640KiB",
+}
+
+
+def test_cassandra_takes_a_persist_rounds_partitions_in_one_batch(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thresholds the client reads back (projections/adapters/cql.py): a 200 msgs/s round
+    (~60 partitions, ~17 KB) fits below the warnings, and the refusal is 10 times the warning."""
+    config, _ = _launch_cassandra(Cassandra(settings), monkeypatch)
+    assert {key: config[key] for key in BATCHES} == BATCHES
+
+
 def test_cassandra_histograms_keep_one_stripe(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     _, argv = _launch_cassandra(Cassandra(settings), monkeypatch)
     assert "-Dcassandra.dehr_stripe_count=1" in argv
@@ -127,6 +143,8 @@ def test_a_cluster_node_takes_the_same_pools_and_stays_durable(
     config, argv = _launch_cassandra(profile.CassandraNode(settings, 1), monkeypatch)
     assert {key: config[key] for key in CASSANDRA_THREADS} == CASSANDRA_THREADS
     assert {key: config[key] for key in MEMTABLES} == MEMTABLES
+    # every node holds every partition at replication 3: a coordinator forwards no extra hop
+    assert {key: config[key] for key in BATCHES} == BATCHES
     assert config["commitlog_sync"] == "periodic" and config["commitlog_sync_period"] == "10000ms"
     assert not [a for a in argv if "unsafe" in a]
 

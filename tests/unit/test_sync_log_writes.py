@@ -81,13 +81,14 @@ class PackingCql(FakeCql):
 
 
 async def test_the_persist_worker_packs_partitions_as_its_setting_says() -> None:
-    """``cassandra_batch_partitions`` reaches the persist worker's round (10 by default; 1 on a
-    cluster whose nodes outnumber the replication factor)."""
+    """``cassandra_batch_partitions`` reaches the persist worker's round (100 by default, which
+    the node's own threshold bounds further in ``Cql.execute_all``; 1 on a cluster whose nodes
+    outnumber the replication factor)."""
     from streams.combined import CombinedWrites
     from tidings.settings import Settings
 
     event = [(0, 1, message_sent(1, conversation_id="dm:a:b"))]
-    for setting, expected in ((None, 10), (1, 1)):
+    for setting, expected in ((None, 100), (1, 1)):
         settings = Settings() if setting is None else Settings(cassandra_batch_partitions=setting)
         cql = PackingCql()
         combined = CombinedWrites(
@@ -96,6 +97,7 @@ async def test_the_persist_worker_packs_partitions_as_its_setting_says() -> None
             partitions_per_batch=settings.cassandra_batch_partitions,
         )
         await combined.apply_at(event)
-        assert cql.packing[0] == expected  # the combined round's one request set
-    with pytest.raises(ValueError, match="less than or equal to 10"):
-        Settings(cassandra_batch_partitions=11)  # past Cassandra's warning threshold
+        # the combined round, then the watermarks, packed alike
+        assert cql.packing == [expected, expected]
+    with pytest.raises(ValueError, match="less than or equal to 1000"):
+        Settings(cassandra_batch_partitions=1001)

@@ -83,6 +83,20 @@ memtable:
     default:
       inherits: trie
 """
+# Batches (projections/adapters/cql.py, docs/operations.md): the persist worker and replay put
+# the rows of many partitions in one UNLOGGED batch, one request instead of one per ~10
+# partitions (at 200 msgs/s a batch of ~12 events, ~60 partitions and ~17 KB, went as ~13
+# requests, and every request wakes the node's request pool: docs/benchmarks.md, session 12).
+# Upstream warns past 10 partitions and 5 KiB and refuses past 50 KiB, sized for clusters
+# where a batch's coordinator forwards most partitions to other nodes; on one node (and on
+# the cluster profile's 3 nodes at replication 3) every node holds every partition. The client
+# reads these from system_views.settings and stays below them, so a node still on upstream's
+# values gets small batches and no warnings.
+BATCH_YAML = """\
+unlogged_batch_across_partitions_warn_threshold: 100
+batch_size_warn_threshold: 64KiB
+batch_size_fail_threshold: 640KiB
+"""
 # Latency histograms (DecayingEstimatedHistogramReservoir) keep their buckets in this many
 # stripes (upstream 2) so that threads on different cores rarely update the same counters. A
 # table has dozens of them: with ~1,900 tables their long[] arrays were 298 MB of the heap.
@@ -213,7 +227,7 @@ auto_snapshot: false
 hinted_handoff_enabled: false
 memtable_heap_space: 128MiB
 memtable_offheap_space: 128MiB
-{MEMTABLE_YAML}key_cache_size: 16MiB
+{MEMTABLE_YAML}{BATCH_YAML}key_cache_size: 16MiB
 {SMALL_BOX_YAML}{self.extra_yaml()}"""
 
     def durability_flags(self) -> list[str]:
