@@ -99,20 +99,26 @@ def _app(
     return app
 
 
+async def _fresh(services: Settings, tag: str) -> tuple[str, Topics, str, AIOKafkaAdminClient]:
+    """A run id, topics and a group of its own (the caller deletes the topics and closes the
+    admin client)."""
+    run = uuid.uuid4().hex[:8]
+    topics = Topics(f"{services.topic_prefix}{tag}{run}.")
+    admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
+    await admin.start()
+    names = [topics.conversation_events, topics.dead_letters]
+    await admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names])
+    return run, topics, f"{services.worker_app_id}-{tag}-{run}", admin
+
+
 def _consumer_threads() -> list[threading.Thread]:
     """mode's service threads (Faust's consumer thread is one) now alive."""
     return [t for t in threading.enumerate() if isinstance(t, WorkerThread) and t.is_alive()]
 
 
 async def test_worker_app_projects_rebalances_and_commits(services: Settings) -> None:
-    run = uuid.uuid4().hex[:8]
-    topics = Topics(f"{services.topic_prefix}drain{run}.")
-    group = f"{services.worker_app_id}-drain-{run}"
+    run, topics, group, admin = await _fresh(services, "drain")
     bootstrap, source = services.kafka_bootstrap, topics.conversation_events
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    names = [topics.conversation_events, topics.dead_letters]
-    await admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names])
     ids = iter(spread_ids(700, step_ms=1))
 
     def events(n: int) -> list[MessageSent]:
@@ -182,21 +188,15 @@ async def test_worker_app_projects_rebalances_and_commits(services: Settings) ->
         for app in (app_a, app_b, app_c):
             if app.started and not app.should_stop:
                 await app.stop()
-        await admin.delete_topics(names)
+        await admin.delete_topics([topics.conversation_events, topics.dead_letters])
         await admin.close()
 
 
 async def test_a_new_group_at_the_logs_end_reads_everything_sent_once_it_says_ready(
     services: Settings,
 ) -> None:
-    run = uuid.uuid4().hex[:8]
-    topics = Topics(f"{services.topic_prefix}ready{run}.")
-    group = f"{services.worker_app_id}-ready-{run}"
+    run, topics, group, admin = await _fresh(services, "ready")
     bootstrap = services.kafka_bootstrap
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    names = [topics.conversation_events, topics.dead_letters]
-    await admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names])
     ids = iter(spread_ids(200, step_ms=1))
     before = [message_sent(next(ids), conversation_id=f"dm:a{i % 20}:b{run}") for i in range(50)]
     after = [message_sent(next(ids), conversation_id=f"dm:a{i % 20}:b{run}") for i in range(100)]
@@ -222,5 +222,5 @@ async def test_a_new_group_at_the_logs_end_reads_everything_sent_once_it_says_re
     finally:
         if app.started and not app.should_stop:
             await app.stop()
-        await admin.delete_topics(names)
+        await admin.delete_topics([topics.conversation_events, topics.dead_letters])
         await admin.close()
