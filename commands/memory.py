@@ -59,6 +59,10 @@ class MemoryIdempotencyStore:
         if (sender_id, client_msg_id) in self.records:
             self.records[(sender_id, client_msg_id)] = record
 
+    async def withdraw(self, sender_id: str, client_msg_id: str, record: SendRecord) -> None:
+        if self.records.get((sender_id, client_msg_id)) == record:
+            del self.records[(sender_id, client_msg_id)]
+
 
 class MemoryDirectory:
     """The membership read model, in memory, applied with the same rules as the real one: each

@@ -32,6 +32,10 @@ class IdempotencyStore(Protocol):
     async def mark_appended(self, sender_id: str, client_msg_id: str, record: SendRecord) -> None:
         """Note that the record's event is known to be in the log."""
 
+    async def withdraw(self, sender_id: str, client_msg_id: str, record: SendRecord) -> None:
+        """Forget the key if it still holds ``record`` (the claim of a send refused after it was
+        made: over its rate limit); a record written since is kept."""
+
 
 class IdGenerator(Protocol):
     def next_id(self) -> int: ...

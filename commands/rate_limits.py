@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from typing import Literal, Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal, Protocol
 
 from events.errors import RateLimited
 
@@ -20,6 +20,12 @@ class RateLimiter(Protocol):
     async def check(self, kind: Kind, user_id: str) -> None:
         """Take one token of ``kind`` for ``user_id``; ``RateLimited`` when none is left."""
 
+    def take(self, kind: Kind, user_id: str) -> Coroutine[Any, Any, None]:
+        """``check``, asked now and answered when the result is awaited: on a pipelined store
+        the request goes out with the commands the caller queues before its next ``await`` (a
+        send's idempotency claim: one Redis round trip for both). The result must be awaited,
+        or closed when the caller gives up."""
+
 
 def refuse(kind: str, wait_ms: float) -> RateLimited:
     return RateLimited(f"too many {kind} requests", retry_after=max(1, math.ceil(wait_ms / 1000)))
@@ -28,6 +34,9 @@ def refuse(kind: str, wait_ms: float) -> RateLimited:
 class NoLimits:
     async def check(self, kind: Kind, user_id: str) -> None:
         return None
+
+    def take(self, kind: Kind, user_id: str) -> Coroutine[Any, Any, None]:
+        return self.check(kind, user_id)
 
 
 class MemoryRateLimiter:
@@ -41,11 +50,24 @@ class MemoryRateLimiter:
         self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
 
     async def check(self, kind: Kind, user_id: str) -> None:
+        await self.take(kind, user_id)
+
+    def take(self, kind: Kind, user_id: str) -> Coroutine[Any, Any, None]:
+        # The bucket is decided now, as the Redis store's request goes out now.
+        return _answer(self._take(kind, user_id))
+
+    def _take(self, kind: Kind, user_id: str) -> RateLimited | None:
         rate, burst = self._limits[kind]
         now = self._clock()
         tokens, at = self._buckets.get((kind, user_id), (float(burst), now))
         tokens = min(float(burst), tokens + (now - at) * rate)
         if tokens < 1:
             self._buckets[(kind, user_id)] = (tokens, now)
-            raise refuse(kind, (1 - tokens) * 1000 / rate)
+            return refuse(kind, (1 - tokens) * 1000 / rate)
         self._buckets[(kind, user_id)] = (tokens - 1, now)
+        return None
+
+
+async def _answer(refused: RateLimited | None) -> None:
+    if refused is not None:
+        raise refused

@@ -73,20 +73,28 @@ class Messaging:
     async def send(
         self, user_id: str, device_id: str, conversation_id: str, request: SendFields
     ) -> SendResult:
-        """Send what a ``send`` frame or a ``POST .../messages`` body asks for."""
-        await self.limiter.check("send", user_id)
-        cmd = SendMessage(
-            sender_id=user_id,
-            device_id=device_id,
-            conversation_id=conversation_id,
-            **{name: getattr(request, name) for name in _SEND_FIELDS},
-        )
+        """Send what a ``send`` frame or a ``POST .../messages`` body asks for.
+
+        The ``send`` rate limit is asked with the idempotency claim (``send_message``); what
+        fails before it (a bad command, media the sender may not send) asks it alone first, so
+        a send over its limit is ``rate_limited`` whatever else is wrong with it."""
         service, media = self.media, None
-        if service is not None and cmd.kind not in ("text", "encrypted"):
-            # Media is never sent in the clear into an encrypted conversation: that is 400,
-            # whatever the media id names (it goes inside the ciphertext there).
-            check_kind(encrypted=await self.directory.encrypted(conversation_id), kind=cmd.kind, fields={})
-            media = await service.for_send(user_id, cmd.media_id, cmd.kind)
+        try:
+            cmd = SendMessage(
+                sender_id=user_id,
+                device_id=device_id,
+                conversation_id=conversation_id,
+                **{name: getattr(request, name) for name in _SEND_FIELDS},
+            )
+            if service is not None and cmd.kind not in ("text", "encrypted"):
+                # Media is never sent in the clear into an encrypted conversation: that is 400,
+                # whatever the media id names (it goes inside the ciphertext there).
+                encrypted = await self.directory.encrypted(conversation_id)
+                check_kind(encrypted=encrypted, kind=cmd.kind, fields={})
+                media = await service.for_send(user_id, cmd.media_id, cmd.kind)
+        except Exception:
+            await self.limiter.check("send", user_id)
+            raise
         result = await send_message(
             cmd,
             log=self.event_log,
@@ -95,6 +103,7 @@ class Messaging:
             limits=self.limits,
             directory=self.directory,
             media=media,
+            limiter=self.limiter,
         )
         if service is not None and media is not None:
             await service.sent(media, result.conversation_id, result.message_id)

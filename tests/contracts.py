@@ -99,6 +99,21 @@ class IdempotencyContract:
         assert await idem.claim(sender, "c1", first) == SendRecord(first.event, True)
         assert await idem.claim(f"{sender}x", "c1", first) is None
 
+    async def test_withdraw_forgets_only_the_claim_it_names(self, idem: Any) -> None:
+        """A send refused by its rate limit after its claim withdraws it: a retry is a new
+        send. A record written since (the claim of another attempt, a mark) stays."""
+        sender = f"u{uuid.uuid4().hex[:10]}"
+        refused = SendRecord(message_sent(1, conversation_id="dm:a:b"), False)
+        assert await idem.claim(sender, "c1", refused) is None
+        await idem.withdraw(sender, "c1", refused)
+        retried = SendRecord(message_sent(2, conversation_id="dm:a:b"), False)
+        assert await idem.claim(sender, "c1", retried) is None
+        await idem.withdraw(sender, "c1", refused)  # not its record: kept
+        assert await idem.claim(sender, "c1", refused) == retried
+        await idem.mark_appended(sender, "c1", SendRecord(retried.event, True))
+        await idem.withdraw(sender, "c1", retried)  # marked since: kept
+        assert await idem.claim(sender, "c1", refused) == SendRecord(retried.event, True)
+
     async def test_concurrent_claims_of_one_key_have_one_winner(self, idem: Any) -> None:
         sender = f"u{uuid.uuid4().hex[:10]}"
         records = [SendRecord(message_sent(i, conversation_id="dm:a:b"), False) for i in range(1, 9)]

@@ -19,7 +19,8 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 
-from commands.adapters.redis_pipeliner import RedisPipeliner
+from commands.adapters.redis_pipeliner import PipelinedScript, RedisPipeliner
+from commands.adapters.redis_scripts import RELEASE_IF_HELD
 from commands.ports import SendRecord
 from events import MessageSent, keys
 from events.errors import Unavailable
@@ -57,8 +58,10 @@ def _load(raw: bytes) -> SendRecord:
 class RedisIdempotencyStore:
     def __init__(self, redis: RedisClient, ttl_s: int, *, pipeliner: RedisPipeliner | None = None) -> None:
         """``pipeliner``: shared with the process's other pipelined stores (the gateway's rate
-        limiter), so a send's mark goes out with the next send's rate-limit check."""
+        limiter), so a send's claim goes out with its own rate-limit check and its mark with
+        the next send's."""
         self._redis = pipeliner or RedisPipeliner(redis)
+        self._release = PipelinedScript(self._redis, redis, RELEASE_IF_HELD)
         self._owns_pipeliner = pipeliner is None
         self._ttl_s = ttl_s
         # id(event) -> (event, its JSON): the mark reuses what the claim serialized (the dump
@@ -96,6 +99,16 @@ class RedisIdempotencyStore:
         event_json = remembered[1] if remembered is not None and remembered[0] is record.event else None
         mark = self._redis.queue_later(MARK_DELAY_S, "SET", key, _dump(record, event_json), "XX", "KEEPTTL")
         mark.add_done_callback(_marked)
+
+    async def withdraw(self, sender_id: str, client_msg_id: str, record: SendRecord) -> None:
+        """Deleted only if it still holds the claim's value (compared in Redis, one script)."""
+        remembered = self._event_json.pop(id(record.event), None)
+        event_json = remembered[1] if remembered is not None and remembered[0] is record.event else None
+        try:
+            key = keys.idempotency(sender_id, client_msg_id)
+            await self._release(keys=[key], args=[_dump(record, event_json)])
+        except RedisError as exc:
+            raise Unavailable("idempotency store unavailable") from exc
 
 
 def _marked(mark: asyncio.Future[Any]) -> None:

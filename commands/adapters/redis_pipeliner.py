@@ -29,6 +29,7 @@ import collections
 import contextlib
 import hashlib
 import math
+from collections.abc import Coroutine
 from typing import Any
 
 from redis.asyncio import Redis
@@ -353,8 +354,17 @@ class PipelinedScript:
         self._sha = hashlib.sha1(text.encode()).hexdigest()
 
     async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        return await self.queue(keys, args)
+
+    def queue(self, keys: list[str], args: list[Any]) -> Coroutine[Any, Any, Any]:
+        """Queue the call now (with whatever the caller queues before its next ``await``: one
+        flush, one round trip) and return what awaits its reply; it must be awaited (or closed)."""
+        reply = self._pipeliner.queue("EVALSHA", self._sha, len(keys), *keys, *args)
+        return self._reply(reply, keys, args)
+
+    async def _reply(self, reply: asyncio.Future[Any], keys: list[str], args: list[Any]) -> Any:
         try:
-            return await self._pipeliner.execute("EVALSHA", self._sha, len(keys), *keys, *args)
+            return await reply
         except NoScriptError:
             await self._redis.script_load(self._text)
             return await self._pipeliner.execute("EVALSHA", self._sha, len(keys), *keys, *args)

@@ -8,6 +8,8 @@ does needs Redis or Kafka anyway, and those report ``unavailable`` themselves.
 from __future__ import annotations
 
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -65,9 +67,18 @@ class RedisRateLimiter:
         self._script = PipelinedScript(pipeliner or RedisPipeliner(redis), redis, TOKEN_BUCKET)
 
     async def check(self, kind: Kind, user_id: str) -> None:
+        await self.take(kind, user_id)
+
+    def take(self, kind: Kind, user_id: str) -> Coroutine[Any, Any, None]:
+        """The script call is queued on the pipeliner now: it goes out in the same pipeline as
+        the commands queued before the caller's next ``await`` (a send's claim)."""
         rate, burst = self._limits[kind]
+        reply = self._script.queue(keys=[keys.rate_limit(kind, user_id)], args=[rate, burst])
+        return self._answer(kind, reply)
+
+    async def _answer(self, kind: Kind, reply: Coroutine[Any, Any, Any]) -> None:
         try:
-            taken, wait_ms = await self._script(keys=[keys.rate_limit(kind, user_id)], args=[rate, burst])
+            taken, wait_ms = await reply
         except RedisError as exc:
             log.debug("rate limiter unavailable (%r); letting %s through", exc, kind)
             return

@@ -87,6 +87,45 @@ def test_http_sends_get_429_with_retry_after(system: System, first: Gateway) -> 
     assert all(b["error"]["code"] == "rate_limited" and h is not None and int(h) >= 1 for h, b in limited)
 
 
+async def test_a_duplicate_send_over_the_limit_is_refused_not_acknowledged(
+    system: System, first: Gateway
+) -> None:
+    """The send limit is asked with the idempotency claim, in one Redis round trip, and its
+    answer comes first: a resend of an acknowledged ``client_msg_id`` while the sender is over
+    the limit gets ``rate_limited`` (never a second message), as when the check went alone
+    first; one that finds a token gets the original ack."""
+    me = user()
+    cid = direct_conversation_id(me, user())
+
+    def send(ref: str, client_msg_id: str) -> dict[str, Any]:
+        return {
+            "type": "send",
+            "ref": ref,
+            "client_msg_id": client_msg_id,
+            "conversation_id": cid,
+            "body": "x",
+        }
+
+    # 60 new sends empty the burst of 50; then resends of the first, between new sends, while
+    # the bucket refills at 20 per second (a few of them may find a token).
+    frames = [send(f"n{i}", f"n{i}") for i in range(60)]
+    for i in range(10):
+        frames += [send(f"d{i}", "n0"), send(f"m{i}", f"m{i}")]
+    async with websockets.connect(f"{first.ws}?token={system.token(me)}") as ws:
+        client = Client(ws)
+        for frame in frames:
+            await client.send(frame)
+        await client.settled(timeout=60)
+    answers = {f["ref"]: f for f in client.backlog if f["type"] in ("ack", "error")}
+    assert set(answers) == {f["ref"] for f in frames}, sorted(set(answers) ^ {f["ref"] for f in frames})
+    original = answers["n0"]["message_id"]
+    resends = [answers[f"d{i}"] for i in range(10)]
+    refused = [a for a in resends if a["type"] == "error"]
+    assert all(a["message_id"] == original for a in resends if a["type"] == "ack"), resends
+    assert all(a["code"] == "rate_limited" and a["retry_after"] >= 1 for a in refused), refused
+    assert len(refused) >= 5, resends
+
+
 async def test_typing_limit_is_per_user_not_per_socket(system: System, first: Gateway) -> None:
     me = user()
     cid = direct_conversation_id(me, user())
