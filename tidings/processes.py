@@ -98,29 +98,39 @@ def wait_reading(
     that, a message sent is stored but may not be pushed live (the delivery group's first
     position is the log's end)."""
     deadline = time.monotonic() + timeout_s
-    waiting = dict(ports)
+    waiting = {name: (port, "no answer") for name, port in ports.items()}
     while waiting:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"workers not reading after {timeout_s:.0f}s: {', '.join(sorted(waiting))}")
+            late = ", ".join(
+                f"{name} ({why} on 127.0.0.1:{port}/metrics)" for name, (port, why) in sorted(waiting.items())
+            )
+            raise TimeoutError(f"workers not reading after {timeout_s:.0f}s: {late}")
         for name, child in children.items():
             if child.poll() is not None:
                 raise Exited(name, child.returncode)
-        for name, port in list(waiting.items()):
-            if _groups_ready(port):
+        for name, (port, _) in list(waiting.items()):
+            reason = _not_reading(port)
+            if reason is None:
                 del waiting[name]
+            else:
+                waiting[name] = (port, reason)
         time.sleep(0.2)
 
 
-def _groups_ready(port: int) -> bool:
+def _not_reading(port: int) -> str | None:
+    """Why the worker with metrics on ``port`` does not read yet; None once it does."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
             text = response.read().decode()
     except OSError:
-        return False
+        return "no answer"
     samples = [
         sample.value
         for family in text_string_to_metric_families(text)
         if family.name == "tidings_consumer_ready"
         for sample in family.samples
     ]
-    return bool(samples) and all(value == 1 for value in samples)
+    if not samples:
+        # another process on the port (the worker logs "metrics not served"), or no group yet
+        return "no tidings_consumer_ready"
+    return None if all(value == 1 for value in samples) else "rebalancing"

@@ -4,6 +4,7 @@ it, and Ctrl-C leaves no process or port behind. (The services are already up fo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+import zlib
 from pathlib import Path
 
 import orjson
@@ -53,6 +55,22 @@ def _still_running(pids: list[int], grace_s: float) -> list[str]:
         time.sleep(0.2)
 
 
+def _free_block(n: int) -> int:
+    """The first of ``n`` consecutive ports free now, below the ephemeral range (32768-60999
+    here), where the suite's client sockets would take the ports after a lone free one."""
+    start = 20000 + (zlib.crc32(NAMESPACE.encode()) % 1000) * 10
+    for base in [*range(start, 32000, 10), *range(20000, start, 10)]:
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in range(base, base + n):
+                    s = stack.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return base
+    raise RuntimeError(f"no {n} free ports in a row in 20000-31999")
+
+
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
@@ -66,7 +84,7 @@ def test_up_serves_a_scripted_exchange_and_ctrl_c_cleans_up(services: Settings) 
     env = {
         **os.environ,
         "TIDINGS_HTTP_PORT": str(port),
-        "TIDINGS_WORKER_WEB_PORT": str(_free_port()),
+        "TIDINGS_WORKER_WEB_PORT": str(_free_block(5)),  # `up` serves workers' metrics on 5 ports
         "TIDINGS_CASSANDRA_KEYSPACE": f"tidings_{ns}",
         "TIDINGS_TOPIC_PREFIX": f"{ns}.",
         "TIDINGS_WORKER_APP_ID": f"tidings-{ns}-projector",

@@ -209,18 +209,19 @@ def child() -> Iterator[subprocess.Popen[bytes]]:
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "why"),
     [
-        b"# TYPE tidings_other gauge\ntidings_other 1.0\n",  # no group reported yet
-        _metrics(1.0, 0.0),  # one group of two still rebalancing
+        # no group reported yet, or another process on the port
+        (b"# TYPE tidings_other gauge\ntidings_other 1.0\n", "no tidings_consumer_ready"),
+        (_metrics(1.0, 0.0), "rebalancing"),  # one group of two still rebalancing
     ],
 )
 def test_waiting_for_workers_to_read_waits_for_every_group(
-    page: tuple[type[_Page], int], child: subprocess.Popen[bytes], body: bytes
+    page: tuple[type[_Page], int], child: subprocess.Popen[bytes], body: bytes, why: str
 ) -> None:
     handler, port = page
     handler.body = body
-    with pytest.raises(TimeoutError, match="deliver"):
+    with pytest.raises(TimeoutError, match=f"deliver \\({why} on 127.0.0.1:{port}/metrics\\)"):
         processes.wait_reading({"deliver": port}, {"deliver": child}, timeout_s=0.6)
     handler.body = _metrics(1.0, 1.0)
     processes.wait_reading({"deliver": port}, {"deliver": child}, timeout_s=5)
@@ -232,3 +233,8 @@ def test_waiting_for_workers_to_read_stops_when_one_exits(page: tuple[type[_Page
     with pytest.raises(processes.Exited) as raised:
         processes.wait_reading({"persist": port}, {"persist": gone}, timeout_s=30)
     assert raised.value.returncode == 4
+
+
+def test_waiting_for_a_worker_whose_metrics_do_not_answer_says_so(child: subprocess.Popen[bytes]) -> None:
+    with pytest.raises(TimeoutError, match=r"search \(no answer on 127\.0\.0\.1:9/metrics\)"):
+        processes.wait_reading({"search": 9}, {"search": child}, timeout_s=0.4)  # the discard port
