@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from commands.membership import member_role
 from commands.model import Limits, SendMessage, decide_send
 from commands.ports import Directory, EventLog, IdempotencyStore, IdGenerator, SendRecord
-from commands.rate_limits import NoLimits, RateLimiter
+from commands.rate_limits import NoLimits, RateLimiter, limit_wins
 from events import DM_PREFIX, MediaRef, MessageSent, snowflake_ts
 from events.errors import Conflict, RateLimited, Unavailable
 
@@ -51,11 +51,8 @@ async def send_message(
     So the claim is made before the answer is read, and withdrawn when the send was refused.
     A send refused before its claim (invalid, not a member, ...) asks the limiter alone.
     """
-    try:
+    async with limit_wins(limiter, "send", cmd.sender_id):
         event = await _decide(cmd, ids=ids, limits=limits, directory=directory, media=media)
-    except Exception:
-        await limiter.check("send", cmd.sender_id)  # over the limit: rate_limited instead
-        raise
     taken = limiter.take("send", cmd.sender_id)  # queued now: it goes out with the claim
     try:
         existing = await idempotency.claim(cmd.sender_id, cmd.client_msg_id, SendRecord(event, False))

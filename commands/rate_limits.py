@@ -6,9 +6,10 @@ Redis (``commands.adapters.redis_rate_limits``). Refusals are ``RateLimited`` wi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Literal, Protocol
 
 from events.errors import RateLimited
@@ -25,6 +26,18 @@ class RateLimiter(Protocol):
         the request goes out with the commands the caller queues before its next ``await`` (a
         send's idempotency claim: one Redis round trip for both). The result must be awaited,
         or closed when the caller gives up."""
+
+
+@contextlib.asynccontextmanager
+async def limit_wins(limiter: RateLimiter, kind: Kind, user_id: str) -> AsyncIterator[None]:
+    """What fails inside is answered ``rate_limited`` instead when ``user_id`` is over its
+    ``kind`` limit (the limiter asked alone): a request refused before its own, pipelined,
+    check still takes a token, and the limit wins over every other answer."""
+    try:
+        yield
+    except Exception:
+        await limiter.check(kind, user_id)
+        raise
 
 
 def refuse(kind: str, wait_ms: float) -> RateLimited:

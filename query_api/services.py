@@ -27,7 +27,7 @@ from commands.membership import member_role, require_member
 from commands.ports import ConversationInfo, Directory, Locks
 from commands.presence import PresenceStore
 from commands.push import AllowedHosts, PushSettingsWriter, RegisterPush
-from commands.rate_limits import NoLimits, RateLimiter
+from commands.rate_limits import NoLimits, RateLimiter, limit_wins
 from commands.receipts import RecordReceipt, Watermarks, record_receipt
 from commands.to_device import ToDevice, ToDeviceQueue
 from events import DM_PREFIX, GroupEvent, Role, SignedKey
@@ -79,7 +79,7 @@ class Messaging:
         fails before it (a bad command, media the sender may not send) asks it alone first, so
         a send over its limit is ``rate_limited`` whatever else is wrong with it."""
         service, media = self.media, None
-        try:
+        async with limit_wins(self.limiter, "send", user_id):
             cmd = SendMessage(
                 sender_id=user_id,
                 device_id=device_id,
@@ -92,9 +92,6 @@ class Messaging:
                 encrypted = await self.directory.encrypted(conversation_id)
                 check_kind(encrypted=encrypted, kind=cmd.kind, fields={})
                 media = await service.for_send(user_id, cmd.media_id, cmd.kind)
-        except Exception:
-            await self.limiter.check("send", user_id)
-            raise
         result = await send_message(
             cmd,
             log=self.event_log,

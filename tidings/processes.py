@@ -71,14 +71,18 @@ def stop(children: Iterable[subprocess.Popen[bytes]], *, timeout_s: float = 20) 
             child.wait()
 
 
+def _raise_if_exited(children: Mapping[str, subprocess.Popen[bytes]]) -> None:
+    for name, child in children.items():
+        if child.poll() is not None:
+            raise Exited(name, child.returncode)
+
+
 def wait_ready(url: str, children: Mapping[str, subprocess.Popen[bytes]], *, timeout_s: float) -> None:
     """Until ``url`` answers 200; ``Exited`` as soon as one of ``children`` ends, and
     ``TimeoutError`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for name, child in children.items():
-            if child.poll() is not None:
-                raise Exited(name, child.returncode)
+        _raise_if_exited(children)
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -105,9 +109,7 @@ def wait_reading(
                 f"{name} ({why} on 127.0.0.1:{port}/metrics)" for name, (port, why) in sorted(waiting.items())
             )
             raise TimeoutError(f"workers not reading after {timeout_s:.0f}s: {late}")
-        for name, child in children.items():
-            if child.poll() is not None:
-                raise Exited(name, child.returncode)
+        _raise_if_exited(children)
         for name, (port, _) in list(waiting.items()):
             reason = _not_reading(port)
             if reason is None:
