@@ -1,7 +1,8 @@
 """``Locks`` on Redis: ``SET NX PX`` with a token, released only by its holder.
 
 The lease is short (it protects a read-decide-append of a few milliseconds); a holder that
-dies frees the lock when the lease runs out.
+dies frees the lock when the lease runs out. A ``SET`` retried after a lost reply finds the
+holder's own token, and counts as taken.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class RedisLocks:
         deadline = loop.time() + self._wait_s
         delay = 0.002
         try:
-            while not await self._redis.set(key, token, nx=True, px=self._lease_ms):
+            while not await self._take(key, token):
                 if loop.time() > deadline:
                     raise Unavailable(f"{name} is busy; try again")
                 await asyncio.sleep(delay)
@@ -47,3 +48,11 @@ class RedisLocks:
             # If Redis is gone the lease runs out by itself.
             with contextlib.suppress(RedisError):
                 await self._redis.eval(RELEASE_IF_HELD, 1, key, token)
+
+    async def _take(self, key: str, token: str) -> bool:
+        """``SET NX`` that also says who holds the key (``GET``, Redis >= 7.0): taken when it
+        was free, or when it already holds ``token``. redis-py retries a command whose reply
+        was lost (a connection closed under it, a failover); a retried ``SET NX`` that had
+        in fact been applied finds this holder's own token, and must not wait out its lease."""
+        held_by = await self._redis.set(key, token, nx=True, px=self._lease_ms, get=True)
+        return held_by is None or held_by in (token, token.encode())

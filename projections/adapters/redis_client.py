@@ -78,10 +78,30 @@ def make_redis(host: str, port: int, db: int = 0, *, max_connections: int = 64) 
     return Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
 
 
+class InitializedRedisCluster(RedisCluster):
+    """redis-py's cluster client, which learns the slots before it routes a command.
+
+    redis-py 8.1 picks a command's routing policy before it initializes. A client with no
+    default node yet routes the command as keyless. That is true of a new client, and of one
+    just closed by ``aclose``, which redis-py itself calls after every fifth MOVED and on
+    CLUSTERDOWN. A keyless command goes to the default node, which answers MOVED, and the
+    fifth MOVED closes every connection. Commands in flight on other tasks then lose their
+    replies and are retried. A retried ``SET NX`` then finds its own key. The lock tests on
+    a fresh client hit this: six concurrent first commands, and a holder waiting out its own
+    lease. In another run, a connection closed under a task that was still connecting
+    raised ``AttributeError`` from redis-py. Initializing first (``initialize`` takes a
+    lock, and returns at once when done) routes every command by its key's slot."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if self.nodes_manager.default_node is None:
+            await self.initialize()
+        return await super().execute_command(*args, **kwargs)
+
+
 def make_redis_cluster(nodes: list[tuple[str, int]]) -> RedisCluster:
     """A cluster client seeded with ``nodes`` (it discovers the others with CLUSTER SLOTS and
     follows MOVED/ASK redirections and failovers)."""
-    return RedisCluster(
+    return InitializedRedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in nodes],
         max_connections=CLUSTER_MAX_CONNECTIONS,
         socket_timeout=5,

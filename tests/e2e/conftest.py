@@ -32,6 +32,13 @@ ROOT = processes.ROOT
 T = TypeVar("T")
 FANOUT_THRESHOLD = 10
 PRESENCE_TTL_S, IDLE_CLOSE_S, HEARTBEAT_S = 4.0, 8.0, 0.5
+# UNREAD: test clients read frames only when a test expects one, and keep the rest in a
+# backlog; a real client reads all the time. With websockets' flow control (16 frames) a
+# socket holding more unread pushes stops reading, so it never reads the pong its keepalive
+# waits for, sends no further ping, and is closed as silent (4408) after IDLE_CLOSE_S: the
+# CI failure of test_history_tiers (80 own messages pushed while the archive ran). Test
+# sockets therefore buffer without limit (max_queue=None); tests of slow readers open
+# their own sockets.
 
 
 def _free_port() -> int:
@@ -159,6 +166,7 @@ class System:
         async with websockets.connect(
             f"{self.ws}?token={self.token(user, device)}",
             max_size=None,
+            max_queue=None,  # see UNREAD
             ping_interval=HEARTBEAT_S if heartbeat else None,
         ) as ws:
             yield Client(ws)
@@ -298,7 +306,10 @@ class Gateway:
     async def connect(self, user: str, device: str = "default") -> AsyncIterator[Client]:
         """A client socket on this gateway, heartbeating with WebSocket pings."""
         async with websockets.connect(
-            f"{self.ws}?token={self.system.token(user, device)}", max_size=None, ping_interval=HEARTBEAT_S
+            f"{self.ws}?token={self.system.token(user, device)}",
+            max_size=None,
+            max_queue=None,  # see UNREAD
+            ping_interval=HEARTBEAT_S,
         ) as ws:
             yield Client(ws)
 

@@ -15,7 +15,7 @@ import websockets
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from events import Topics, decode_event
+from events import Topics, decode_event, direct_conversation_id
 from tests.e2e.conftest import IDLE_CLOSE_S, PRESENCE_TTL_S, System, user, wait_until
 
 
@@ -163,6 +163,23 @@ async def test_a_silent_socket_is_closed_and_its_user_goes_offline(system: Syste
             await asyncio.sleep(IDLE_CLOSE_S + 1)
             await beating.send({"type": "ping", "ref": "still"})
             await beating.expect("pong", ref="still")
+
+
+async def test_a_socket_with_unread_frames_keeps_heartbeating(system: System) -> None:
+    """A client that reads its frames only now and then (as the test clients do) keeps its
+    socket: the frames pushed meanwhile must not stop it from reading the pongs its
+    heartbeat waits for (websockets' keepalive sends no ping before the last one's pong)."""
+    alice, bob = user(), user()
+    cid = direct_conversation_id(alice, bob)
+    async with system.connect(bob) as reader, system.connect(alice) as sender:
+        await reader.settled()
+        sent = [(await sender.send_message(cid, f"unread {i}"))["message_id"] for i in range(40)]
+        # 40 frames pushed to a socket that reads none of them for longer than the idle close
+        await asyncio.sleep(IDLE_CLOSE_S + 2)
+        await reader.send({"type": "ping", "ref": "alive"})
+        await reader.expect("pong", ref="alive")
+        pushed = [f["message"]["message_id"] for f in reader.backlog if f["type"] == "message"]
+        assert pushed == sent
 
 
 async def test_only_transitions_reach_the_log(system: System, services: Any) -> None:

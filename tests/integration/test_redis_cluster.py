@@ -46,6 +46,7 @@ from tests.contracts import (
 )
 from tests.factories import message_sent
 from tests.integration.test_presence_store import RealClock
+from tests.integration.test_stores import a_retried_take_holds_the_lock
 from tests.unit.test_hub import FakeSocket
 from tidings.services.redis_cluster import NODES, SLOTS, RedisCluster
 from tidings.settings import Settings
@@ -124,6 +125,36 @@ class TestClusterLocks(LocksContract):
     @pytest.fixture
     def locks(self, client: Any) -> RedisLocks:
         return RedisLocks(client)
+
+    async def test_a_take_retried_after_its_reply_was_lost_holds_the_lock(self, client: Any) -> None:
+        await a_retried_take_holds_the_lock(client)
+
+
+async def test_a_new_client_routes_its_first_concurrent_commands_by_slot(redis_cluster: Settings) -> None:
+    """A new client's first commands, issued at once, each go to their key's master: none is
+    answered MOVED (redis-py routed them to its default node before it knew the slots; five
+    MOVEDs close every connection, under the commands of other tasks)."""
+
+    def moved() -> int:  # MOVED answers given, by every node's own count
+        total = 0
+        for node in RedisCluster(redis_cluster).nodes:
+            with redis.Redis(host=node.host, port=node.port, decode_responses=True) as plain:
+                total += int(plain.info("errorstats").get("errorstat_MOVED", {}).get("count", 0))
+        return total
+
+    c = redis_from(redis_cluster.redis_cluster, "", 0, 0)
+    assert isinstance(c, AsyncRedisCluster)
+    try:
+        names = [_id("route") for _ in range(12)]
+        before = moved()
+        await asyncio.gather(*(c.set(name, "v", px=5_000) for name in names))
+        assert moved() == before
+        for name in names:
+            owner = c.nodes_manager.get_node_from_slot(c.keyslot(name))
+            with redis.Redis(host=owner.host, port=int(owner.port)) as node:  # a plain client: no redirects
+                assert node.get(name) == b"v"
+    finally:
+        await c.aclose()
 
 
 class TestClusterRateLimiter(RateLimiterContract):

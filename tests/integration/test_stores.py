@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -73,10 +73,40 @@ class TestCassandraDirectory(DirectoryContract):
         return store
 
 
+class _TakeRepliesLost:
+    """A Redis client whose ``SET`` is applied twice, the first reply lost: what redis-py's
+    retry does when the connection under a command closes after Redis applied it."""
+
+    def __init__(self, redis: Any) -> None:
+        self._redis = redis
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._redis, name)
+
+    async def set(self, *args: Any, **kwargs: Any) -> Any:
+        await self._redis.set(*args, **kwargs)
+        return await self._redis.set(*args, **kwargs)
+
+
+async def a_retried_take_holds_the_lock(redis: Any) -> None:
+    """A holder whose ``SET NX`` was retried finds its own token: it holds the lock at once
+    (not after waiting out its own lease), and releases it."""
+    name = f"l{uuid.uuid4().hex[:10]}"
+    async with asyncio.timeout(2), RedisLocks(cast(Any, _TakeRepliesLost(redis)), wait_s=0.5).hold(name):
+        with pytest.raises(Unavailable):  # really held meanwhile
+            async with RedisLocks(redis, wait_s=0.05).hold(name):
+                pass
+    async with asyncio.timeout(2), RedisLocks(redis, wait_s=0.5).hold(name):
+        pass
+
+
 class TestRedisLocks(LocksContract):
     @pytest.fixture
     def locks(self, redis: Any) -> RedisLocks:
         return RedisLocks(redis)
+
+    async def test_a_take_retried_after_its_reply_was_lost_holds_the_lock(self, redis: Any) -> None:
+        await a_retried_take_holds_the_lock(redis)
 
 
 class TestRedisRateLimiter(RateLimiterContract):
