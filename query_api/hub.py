@@ -128,6 +128,9 @@ class Hub:
         user's groups (the first socket's), which no cancelled registration stops."""
         user_id = conn.user_id
         self._by_user.setdefault(user_id, set()).add(conn)
+        # Counted from here, where it can already receive its user's pushes (through another
+        # socket's subscription) while its own registration is still waiting.
+        WS_CONNECTIONS.inc()
         load = self._group_loads.get(user_id)
         if load is None:
             changes: list[tuple[bytes, str]] = []
@@ -145,6 +148,7 @@ class Hub:
                 await settled(route)
             await asyncio.shield(load)
         except Exception as exc:
+            WS_CONNECTIONS.dec()
             if self._forget(conn):
                 self._drop_route(user_id)
                 await self._release([keys.user_channel(user_id)])
@@ -152,11 +156,11 @@ class Hub:
         except BaseException:
             # Cancelled: a socket left in the hub would keep the user's later sockets here
             # from loading the groups (they would get no large-group pushes), for good.
+            WS_CONNECTIONS.dec()
             if self._forget(conn):
                 self._drop_route(user_id)
                 self._subscriptions.changed(keys.user_channel(user_id))
             raise
-        WS_CONNECTIONS.inc()
 
     async def _load_groups(self, user_id: str, changes: list[tuple[bytes, str]]) -> None:
         """The user's groups, then the joins and leaves that arrived meanwhile (``changes``)."""

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from events import keys
 from events.errors import Unavailable
@@ -503,6 +504,45 @@ async def test_a_registration_cancelled_while_the_groups_load_leaves_nothing_beh
     await hub.register(again)
     assert hub.connections == 1
     assert hub.deliver_to_group(b"mg:1\0hello") == 1 and _queued(again) == [b"hello"]
+
+
+def _counted() -> float:
+    return REGISTRY.get_sample_value("tidings_ws_connections") or 0.0
+
+
+async def test_a_socket_is_counted_from_when_it_can_receive_pushes_to_when_it_is_gone() -> None:
+    """The e2e metrics test once read one connection with two sockets open: the receiver had
+    its message while its registration still waited for its groups, and was counted only
+    after that. A refused or cancelled registration leaves the count as it found it."""
+    gate = asyncio.Event()
+
+    async def groups_of(user_id: str) -> set[str]:
+        await gate.wait()
+        return set()
+
+    pubsub = FakePubSub()
+    hub = Hub(pubsub, groups_of, shards=4)
+    await hub.start()
+    start = _counted()
+    first = _conn("alice", [])
+    registering = asyncio.create_task(hub.register(first))
+    await asyncio.sleep(0.01)
+    assert not registering.done()
+    assert hub.deliver_to_user("alice", MESSAGE + b"x") == 1  # it receives already
+    assert _counted() == start + 1
+    pubsub.fail_subscribe = 1
+    with pytest.raises(Unavailable):
+        await hub.register(_conn("carol", []))
+    assert _counted() == start + 1
+    cancelled = asyncio.create_task(hub.register(_conn("bob", [])))
+    await asyncio.sleep(0.01)
+    await _cancelled(cancelled)
+    assert _counted() == start + 1
+    gate.set()
+    await registering
+    assert _counted() == start + 1
+    await hub.unregister(first)
+    assert _counted() == start
 
 
 async def test_a_second_socket_gets_the_groups_though_the_first_registration_was_cancelled() -> None:
