@@ -128,8 +128,8 @@ class Hub:
         user's groups (the first socket's), which no cancelled registration stops."""
         user_id = conn.user_id
         self._by_user.setdefault(user_id, set()).add(conn)
-        # Counted from here, where it can already receive its user's pushes (through another
-        # socket's subscription) while its own registration is still waiting.
+        # Counted from here: it receives its user's pushes as soon as the user's channel is
+        # subscribed, before its registration ends (the groups may still be loading).
         WS_CONNECTIONS.inc()
         load = self._group_loads.get(user_id)
         if load is None:
