@@ -91,11 +91,17 @@ async def test_metrics_after_traffic(traced: tuple[System, Path]) -> None:
     async with system.connect(b) as receiver, system.connect(a) as sender:
         await sender.send_message(cid, "measured")
         await receiver.expect("message")
+        # Both pushes (the receiver's socket and the sender's own) in the delivery histogram
+        # and in the push counter: a scrape reads the processes' counter, histogram and gauge
+        # files one after the other, so a push written while it reads can be in one and not
+        # yet in the other (CI once read the histogram's +2 with the counter's +1).
         during = eventually(
             gateway,
             lambda t: (
                 total(t, "tidings_delivery_seconds_count")
                 >= total(before, "tidings_delivery_seconds_count") + 2
+                and total(t, "tidings_ws_frames_out_total", type="push")
+                >= total(before, "tidings_ws_frames_out_total", type="push") + 2
             ),
         )
         # One connection gauge per gateway process (pid label), summed over the processes.
