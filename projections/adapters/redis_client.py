@@ -86,11 +86,9 @@ class InitializedRedisCluster(RedisCluster):
     just closed by ``aclose``, which redis-py itself calls after every fifth MOVED and on
     CLUSTERDOWN. A keyless command goes to the default node, which answers MOVED, and the
     fifth MOVED closes every connection. Commands in flight on other tasks then lose their
-    replies and are retried. A retried ``SET NX`` then finds its own key. The lock tests on
-    a fresh client hit this: six concurrent first commands, and a holder waiting out its own
-    lease. In another run, a connection closed under a task that was still connecting
-    raised ``AttributeError`` from redis-py. Initializing first (``initialize`` takes a
-    lock, and returns at once when done) routes every command by its key's slot."""
+    replies and are retried (a retried ``SET NX`` finds its own key), or fail inside
+    redis-py if still connecting. Initializing first (``initialize`` takes a lock, and
+    returns at once when done) routes every command by its key's slot."""
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         if self.nodes_manager.default_node is None:
