@@ -11,6 +11,17 @@ const SESSION_KEY = "tidings.session"; // sessionStorage: gone when the tab clos
 const TYPING_SEND_EVERY_MS = 3000;
 const TYPING_STOP_AFTER_MS = 4000;
 const TYPING_SHOWN_MS = 6000;
+// Follow-up syncs after each resume (docs/sdk.md, "Follow-up syncs", the SDK's rule): a message
+// pushed before the new socket was registered reached no socket, and /v1/sync has it only once
+// the server's read model applied it, which can be seconds after the push. So the client syncs
+// again 1 s and 5 s after the resume, then at doubling gaps up to 30 s for as long as the last
+// sync shows that read model behind the pushes, and stops 120 s after the resume in any case.
+const RESYNC_AFTER_MS = [1000, 5000];
+const RESYNC_MAX_GAP_MS = 30000;
+const RESYNC_FOR_MS = 120000;
+const SYNC_RETRY_MS = 2000;
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const $ = (id) => document.getElementById(id);
 const el = (tag, props = {}, ...children) => {
@@ -131,7 +142,12 @@ class Chat {
     this.store = new Store(this.me);
     this.open = null;
     this.cursor = null; // in memory: a reload starts from the starting state again
-    this.syncing = null;
+    this.syncQueue = Promise.resolve(); // syncs run one after the other (see sync)
+    this.connection = 0; // counts the connections that became ready
+    // While a resume's follow-up syncs run: each message pushed on this connection, with its
+    // arrival number, or null once a sync returned it too (see followUps).
+    this.live = null;
+    this.pushes = 0;
     this.watched = "";
     this.typingSentAt = 0;
     this.typingStop = null;
@@ -239,6 +255,8 @@ class Chat {
 
   async onReady() {
     // Pushes flow from here on; what happened while we were away comes from sync.
+    const connection = ++this.connection;
+    this.live = new Map();
     this.conn.send({ type: "presence", state: document.visibilityState === "visible" ? "online" : "away" });
     if (this.open) this.conn.send({ type: "view", conversation_id: this.open });
     this.watched = "";
@@ -249,28 +267,68 @@ class Chat {
       if (pending.status !== "failed" && pending.status !== "uploading") this.conn.send(pending.frame);
     }
     if (this.open) this.markRead(this.open);
+    this.followUps(connection, Date.now());
   }
 
-  async sync() {
-    if (this.syncing) return this.syncing;
-    this.syncing = (async () => {
-      for (;;) {
-        let page;
-        try {
-          page = await this.api.sync(this.cursor);
-        } catch (error) {
-          if (error instanceof ApiError && error.status < 500 && error.status !== 429) return this.failed(error);
-          await new Promise((r) => setTimeout(r, 2000));
-          continue;
+  // One whole sync (every page), begun once any sync in flight has ended: one begun earlier may
+  // have read the server before what the caller waits for. Resolves to whether it found a
+  // message this connection had not pushed, or null when the server refused it (4xx, shown).
+  sync() {
+    const run = this.syncQueue.then(() => this.syncPages());
+    this.syncQueue = run.catch(() => {});
+    return run;
+  }
+
+  async syncPages() {
+    let unpushed = false;
+    for (;;) {
+      let page;
+      try {
+        page = await this.api.sync(this.cursor);
+      } catch (error) {
+        if (error instanceof ApiError && error.status < 500 && error.status !== 429) {
+          this.failed(error);
+          return null;
         }
-        this.applySync(page, this.cursor === null);
-        this.cursor = page.cursor;
-        if (!page.has_more) return;
+        await sleep(SYNC_RETRY_MS); // a 5xx, a 429 or no connection: tried again, not given up
+        continue;
       }
-    })().finally(() => {
-      this.syncing = null;
-    });
-    return this.syncing;
+      if (this.live) {
+        for (const m of page.messages) {
+          unpushed = unpushed || !this.live.has(m.message_id);
+          this.live.set(m.message_id, null); // pushed or not: synced now
+        }
+      }
+      this.applySync(page, this.cursor === null);
+      this.cursor = page.cursor;
+      if (!page.has_more) return unpushed;
+    }
+  }
+
+  // The follow-up syncs of one connection (RESYNC_AFTER_MS above). One shows the client caught
+  // up when it found no message this connection had not pushed, and every message pushed
+  // before it began has come back in some sync. They end with the connection.
+  async followUps(connection, resumedAt) {
+    const current = () => connection === this.connection && this.conn.ready && !this.conn.stopped;
+    let gap = RESYNC_AFTER_MS[1] - RESYNC_AFTER_MS[0];
+    let at = resumedAt;
+    let caughtUp = false;
+    for (let done = 0; ; done++) {
+      if (done < RESYNC_AFTER_MS.length) at = resumedAt + RESYNC_AFTER_MS[done];
+      else if (caughtUp || at - resumedAt >= RESYNC_FOR_MS) break;
+      else {
+        gap = Math.min(gap * 2, RESYNC_MAX_GAP_MS);
+        at = Math.min(at + gap, resumedAt + RESYNC_FOR_MS);
+      }
+      await sleep(Math.max(0, at - Date.now()));
+      if (!current()) return;
+      const before = this.pushes;
+      const unpushed = await this.sync();
+      if (unpushed === null || !current()) return;
+      const waiting = [...this.live.values()].some((n) => n !== null && n < before);
+      caughtUp = !unpushed && !waiting;
+    }
+    this.live = null;
   }
 
   applySync(page, starting) {
@@ -326,6 +384,8 @@ class Chat {
       }
       case "message": {
         const m = frame.message;
+        if (this.live && !this.live.has(m.message_id)) this.live.set(m.message_id, this.pushes);
+        this.pushes += 1;
         if (!store.conversations.has(m.conversation_id)) this.placeholder(m.conversation_id);
         const fresh = store.addMessage(m);
         if (fresh && m.sender_id !== this.me) {

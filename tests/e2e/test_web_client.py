@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from playwright.sync_api import FilePayload, expect
+from websockets.sync.client import connect
 
 from tests.e2e.conftest import System, user
 from tests.e2e.push_receiver import Receiver
@@ -156,6 +158,50 @@ def test_two_browsers_chat_ticks_typing_presence_reload_and_reconnect(
         assert a.errors == [], a.errors
         assert bb.errors == [], bb.errors
         a.close()
+
+
+def test_a_message_pushed_between_two_sockets_comes_by_a_follow_up_sync(
+    system: System, web: WebGateway, tmp_path: Path
+) -> None:
+    """Bob's message is pushed while Alice's page is between two sockets (no socket of hers is
+    registered), and the persist worker, paused, has not applied it when her resume sync runs:
+    neither brings it. A follow-up sync does, once the worker has applied it (docs/protocol.md,
+    "Sync again while the sync read model lags the pushes")."""
+    alice, bob = named("alice"), named("bob")
+    cid = dm(alice, bob)
+    text = "Sent while your page was between sockets"
+    with browser() as b, connect(f"{system.ws}?token={system.token(bob, 'phone')}") as phone:
+        a = Tab(b, web.http, screenshot_dirs(tmp_path))
+        a.sign_in(alice)
+        a.open_direct(bob)
+        phone.send(orjson.dumps({"type": "ping", "ref": "registered"}).decode())
+        assert orjson.loads(phone.recv(timeout=10))["type"] == "pong"  # pushes reach the phone now
+
+        a.context.set_offline(True)  # her reconnects fail until she is back online
+        a.drop_sockets()
+        expect(a.page.locator("#connection")).to_have_attribute("data-state", "reconnecting")
+        persist = system.procs["persist"]
+        persist.send_signal(signal.SIGSTOP)  # for a few seconds: well within its session timeout
+        try:
+            status, _ = system.request(
+                "POST",
+                f"/v1/conversations/{cid}/messages",
+                user=bob,
+                body={"client_msg_id": uuid.uuid4().hex, "body": text},
+            )
+            assert status == 202
+            # Bob's phone has it pushed, so the deliver worker has pushed it to Alice too: to no
+            # socket.
+            frame = orjson.loads(phone.recv(timeout=30))
+            assert frame["type"] == "message" and frame["message"]["body"] == text, frame
+            a.context.set_offline(False)
+            a.expect_connected()
+            a.wait_synced_since_connected()
+            expect(a.message(text)).to_have_count(0)  # not in the resume sync: not applied yet
+        finally:
+            persist.send_signal(signal.SIGCONT)
+        expect(a.message(text)).to_have_count(1, timeout=15_000)  # the 5 s follow-up at the latest
+        assert a.errors == [], a.errors
 
 
 def test_history_paging_and_groups(system: System, web: WebGateway, tmp_path: Path) -> None:

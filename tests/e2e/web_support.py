@@ -16,6 +16,7 @@ from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, e
 
 from tests.e2e.conftest import System, _free_port
 from tidings import processes
+from tidings.settings import Settings
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -41,6 +42,10 @@ class WebGateway:
             **system.env,
             "TIDINGS_HTTP_PORT": str(self.port),
             "TIDINGS_DEV_LOGIN": "true",
+            # The web client heartbeats every 25 s, as the protocol asks with the default idle
+            # close (90 s); the e2e system's (8 s) would close a quiet tab as silent (4408) and
+            # have it reconnect every few seconds.
+            "TIDINGS_IDLE_CLOSE_S": str(Settings.model_fields["idle_close_s"].default),
             **(env or {}),
         }
         self.log = logs / f"web-gateway-{self.port}.log"
@@ -76,15 +81,28 @@ def chromium_path() -> str:
 
 @contextmanager
 def browser() -> Iterator[Browser]:
+    """A headless Chromium; when the test fails inside it, each tab's wire log is printed first
+    (pytest shows it with the failure)."""
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
         try:
             yield b
+        except BaseException:
+            for n, tab in enumerate(_TABS.pop(b, [])):
+                who = tab.user or "not signed in"
+                print(f"--- tab {n} ({who}): its last frames and requests, by the browser's clock")
+                print("\n".join(tab.wire()))
+            raise
         finally:
+            _TABS.pop(b, None)
             b.close()
 
 
 A11Y_AUDIT = (Path(__file__).parent / "a11y_audit.js").read_text()
+# Installed in every page before its own scripts: records the WebSocket frames and HTTP calls
+# with the browser's clock, for the failure report (`Tab.wire`).
+WIRE_LOG = (Path(__file__).parent / "wire_log.js").read_text()
+_TABS: dict[Browser, list[Tab]] = {}
 
 
 class Tab:
@@ -92,7 +110,10 @@ class Tab:
 
     def __init__(self, b: Browser, base_url: str, shots: list[Path]) -> None:
         self.context: BrowserContext = b.new_context(viewport=VIEWPORT, base_url=base_url)  # type: ignore[arg-type]
+        self.context.add_init_script(WIRE_LOG)
         self.page: Page = self.context.new_page()
+        self.user = ""
+        _TABS.setdefault(b, []).append(self)
         self.errors: list[str] = []
         self.shots = shots
         self.page.on("console", self._console)
@@ -104,6 +125,7 @@ class Tab:
             self.errors.append(msg.text)
 
     def sign_in(self, user: str) -> None:
+        self.user = user
         self.page.goto("/")
         self.page.get_by_label("User id", exact=True).fill(user)
         self.page.get_by_role("button", name="Sign in").click()
@@ -135,6 +157,31 @@ class Tab:
         """Accessibility problems of what the page shows now (labels, contrast)."""
         problems: list[str] = self.page.evaluate(A11Y_AUDIT)
         return problems
+
+    def drop_sockets(self) -> None:
+        """Close the page's WebSockets from its side, as a lost network would end them."""
+        self.page.evaluate("() => { for (const s of window.__sockets) s.close(); }")
+
+    def wait_synced_since_connected(self) -> None:
+        """Until a /v1/sync of the page's current connection has been answered."""
+        self.page.wait_for_function(
+            """() => { const w = window.__wire; const opened = w.findLastIndex((l) => l.endsWith(" ws open"));
+                return opened >= 0 && w.slice(opened).some((l) => l.includes(" http 200 GET /v1/sync")); }"""
+        )
+
+    def wire(self) -> list[str]:
+        """What the page sent and received lately, and its connection state and notice now."""
+        if self.page.is_closed():
+            return ["(closed)"]
+        try:
+            lines: list[str] = self.page.evaluate(
+                """() => [...(window.__wire || []),
+                    `now: connection ${document.getElementById("connection")?.dataset.state}, ` +
+                    `notice ${JSON.stringify(document.getElementById("notice")?.textContent)}`]"""
+            )
+        except Exception as exc:  # noqa: BLE001 - a report of a failure must not hide it
+            return [f"(wire log unreadable: {exc})"]
+        return lines
 
     def shot(self, name: str) -> None:
         path = self.shots[0] / f"{name}.png"
