@@ -170,12 +170,10 @@ def test_a_message_pushed_between_two_sockets_comes_by_a_follow_up_sync(
     alice, bob = named("alice"), named("bob")
     cid = dm(alice, bob)
     text = "Sent while your page was between sockets"
-    with browser() as b, connect(f"{system.ws}?token={system.token(bob, 'phone')}") as phone:
+    with browser() as b:
         a = Tab(b, web.http, screenshot_dirs(tmp_path))
         a.sign_in(alice)
         a.open_direct(bob)
-        phone.send(orjson.dumps({"type": "ping", "ref": "registered"}).decode())
-        assert orjson.loads(phone.recv(timeout=10))["type"] == "pong"  # pushes reach the phone now
 
         a.context.set_offline(True)  # her reconnects fail until she is back online
         a.drop_sockets()
@@ -183,17 +181,21 @@ def test_a_message_pushed_between_two_sockets_comes_by_a_follow_up_sync(
         persist = system.procs["persist"]
         persist.send_signal(signal.SIGSTOP)  # for a few seconds: well within its session timeout
         try:
-            status, _ = system.request(
-                "POST",
-                f"/v1/conversations/{cid}/messages",
-                user=bob,
-                body={"client_msg_id": uuid.uuid4().hex, "body": text},
-            )
-            assert status == 202
-            # Bob's phone has it pushed, so the deliver worker has pushed it to Alice too: to no
-            # socket.
-            frame = orjson.loads(phone.recv(timeout=30))
-            assert frame["type"] == "message" and frame["message"]["body"] == text, frame
+            # Bob's phone: opened here, as the e2e gateway closes a socket silent for 8 s.
+            with connect(f"{system.ws}?token={system.token(bob, 'phone')}") as phone:
+                phone.send(orjson.dumps({"type": "ping", "ref": "registered"}).decode())
+                assert orjson.loads(phone.recv(timeout=10))["type"] == "pong"  # pushes reach it now
+                status, _ = system.request(
+                    "POST",
+                    f"/v1/conversations/{cid}/messages",
+                    user=bob,
+                    body={"client_msg_id": uuid.uuid4().hex, "body": text},
+                )
+                assert status == 202
+                # The phone has it pushed, so the deliver worker has pushed it to Alice too: to
+                # no socket.
+                frame = orjson.loads(phone.recv(timeout=30))
+                assert frame["type"] == "message" and frame["message"]["body"] == text, frame
             a.context.set_offline(False)
             a.expect_connected()
             a.wait_synced_since_connected()
