@@ -4,6 +4,7 @@ its aiokafka consumer in Faust's consumer thread against in the agents' loop
 
     .venv/bin/python -m bench.faust_consumer --rate 200 --duration 15 --rounds 2
     .venv/bin/python -m bench.faust_consumer --rate 200 --fetch-wait-ms 50   # a background group
+    .venv/bin/python -m bench.faust_consumer --compare raw --rate 1000 --fetch-wait-ms 50
 
 Each run starts the app of ``streams.app.create_app`` (one agent, a stage that only counts,
 the deliver role's 2 ms batch window and a fetch that answers at the first record, or
@@ -15,6 +16,13 @@ CPU µs per event (``getrusage``), context switches per event (voluntary + invol
 threads) and batches per second. Its topics are removed at the end (a group's committed
 offsets expire as Kafka's retention says). The summary takes each mode's minimum CPU (the run
 least disturbed by the machine's other load).
+
+``--compare raw`` alternates the worker's Faust app with ``no-faust``: a plain
+``AIOKafkaConsumer`` in the same group settings and fetch sizing (stock aiokafka's fetcher, not
+the workers' ``LeanFetcher``), handing each fetch's records straight to the same ``Projector``
+and committing every 2.8 s as Faust does. No rebalance handling, flow control or dead letters
+worth the name: the floor a batch path past Faust's per-record machinery could approach, not a
+worker.
 """
 
 from __future__ import annotations
@@ -30,15 +38,16 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.common import machine_line, run_loop
 from events import ChatEvent, MessageSent, Snowflake, Topics, encode_event, snowflake_ts
 from streams.adapters import faust_fetch
-from streams.app import create_app
+from streams.app import FaustDeadLetters, create_app
+from streams.projector import Projector, Record
 from tidings.settings import Settings
 
 PARTITIONS = 4  # --partitions; the system's topic has 12 (settings.topic_partitions)
@@ -195,7 +204,55 @@ MODES: dict[str, dict[str, tuple[bool, bool, bool]]] = {
     "thread": {"thread": (False, True, True), "in-loop": (True, True, True)},
     "lean": {"aiokafka": (True, False, False), "lean": (True, True, False)},
     "session": {"no-session": (True, True, False), "session": (True, True, True)},
+    "raw": {"faust": (True, True, True), "no-faust": (True, True, True)},
 }
+NO_FAUST = "no-faust"
+COMMIT_EVERY_S = 2.8  # Faust's broker_commit_interval
+
+
+class _Raw:
+    """The ``no-faust`` mode's consumer (see the module's docstring): ``start``, ``stop`` and
+    the aiokafka consumer, as the run uses an app's."""
+
+    def __init__(self, group: str, bootstrap: str, topic: str, projector: Projector, wait_ms: int) -> None:
+        self.consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # the workers' sizing (streams.adapters.faust_fetch): at the first record, or gathered
+            fetch_min_bytes=faust_fetch.FETCH_MIN_BYTES if wait_ms else 1,
+            fetch_max_wait_ms=wait_ms or 1500,
+            max_poll_records=500,
+        )
+        self.projector = projector
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        consumer, handle = self.consumer, self.projector.handle
+        committed = time.monotonic()
+        while True:
+            fetched = await consumer.getmany(timeout_ms=1000, max_records=500)
+            records = [
+                Record(m.topic, m.partition, m.offset, m.key, m.value, dict(m.headers))
+                for messages in fetched.values()
+                for m in messages
+            ]
+            if records:
+                await handle(records)
+            if time.monotonic() - committed >= COMMIT_EVERY_S:
+                await consumer.commit()
+                committed = time.monotonic()
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        await self.consumer.stop()
 
 
 async def one_run(mode: str, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
@@ -209,20 +266,28 @@ async def one_run(mode: str, settings: Settings, args: argparse.Namespace) -> di
     names = [topics.conversation_events, topics.dead_letters]
     await admin.create_topics([NewTopic(n, args.partitions, 1) for n in names])
     count = _Count()
-    app = create_app(
-        app_id=group,
-        bootstrap=bootstrap,
-        topics=topics,
-        partitions=args.partitions,
-        stages=[count],
-        batch_size=500,
-        batch_window_s=0.002,
-        session_timeout_s=10.0,
-        fetch_wait_ms=args.fetch_wait_ms,
-    )
-    app.consumer_in_loop = in_loop  # type: ignore[attr-defined]
-    app.lean_fetch = lean  # type: ignore[attr-defined]
-    app.fetch_sessions = sessions  # type: ignore[attr-defined]
+    app: Any
+    if mode == NO_FAUST:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)  # dead letters (none are sent)
+        await producer.start()
+        dead = FaustDeadLetters(cast(Any, _RawTopic(producer, topics.dead_letters)))
+        app = _Raw(group, bootstrap, topics.conversation_events, Projector([count], dead), args.fetch_wait_ms)
+    else:
+        producer = None
+        app = create_app(
+            app_id=group,
+            bootstrap=bootstrap,
+            topics=topics,
+            partitions=args.partitions,
+            stages=[count],
+            batch_size=500,
+            batch_window_s=0.002,
+            session_timeout_s=10.0,
+            fetch_wait_ms=args.fetch_wait_ms,
+        )
+        app.consumer_in_loop = in_loop
+        app.lean_fetch = lean
+        app.fetch_sessions = sessions
     total = int(args.rate * args.duration)
     fetches = [0]
     try:
@@ -258,6 +323,8 @@ async def one_run(mode: str, settings: Settings, args: argparse.Namespace) -> di
             raise RuntimeError("the producer failed")
     finally:
         await app.stop()
+        if producer is not None:
+            await producer.stop()
         await admin.delete_topics(names)
         await admin.close()
     return {
@@ -277,10 +344,21 @@ async def one_run(mode: str, settings: Settings, args: argparse.Namespace) -> di
     }
 
 
+class _RawTopic:
+    """The ``send`` of a Faust topic that ``FaustDeadLetters`` uses, over a plain producer."""
+
+    def __init__(self, producer: AIOKafkaProducer, name: str) -> None:
+        self._producer, self._name = producer, name
+
+    async def send(self, *, key: bytes | None, value: bytes, headers: dict[str, bytes]) -> None:
+        await self._producer.send_and_wait(self._name, value, key=key, headers=list(headers.items()))
+
+
 def _count_fetches(app: Any, into: list[int]) -> None:
     """Count the fetch requests of the app's aiokafka consumer (its Fetcher's per-request
     coroutine, looked up on the instance per fetch by aiokafka's fetch routine)."""
-    fetcher = app.consumer._thread._consumer._fetcher
+    consumer = app.consumer if isinstance(app, _Raw) else app.consumer._thread._consumer
+    fetcher = consumer._fetcher
     inner = fetcher._proc_fetch_request
 
     async def counted(*a: Any, **kw: Any) -> Any:
