@@ -148,6 +148,9 @@ class Chat {
     // arrival number, or null once a sync returned it too (see followUps).
     this.live = null;
     this.pushes = 0;
+    // Conversations this user left or was removed from: a message of theirs that comes later
+    // (a late push, a sync page from before the removal) must not bring them back.
+    this.left = new Set();
     this.watched = "";
     this.typingSentAt = 0;
     this.typingStop = null;
@@ -335,10 +338,11 @@ class Chat {
     const store = this.store;
     for (const change of page.conversations) {
       if (change.event === "removed") this.forget(change.conversation.conversation_id);
-      else store.upsertConversation(change.conversation);
+      else this.joined(change.conversation);
     }
     for (const r of page.receipts) store.setWatermark(r.conversation_id, r.user_id, r.status, r.message_id);
     for (const m of page.messages) {
+      if (this.left.has(m.conversation_id)) continue;
       if (!store.conversations.has(m.conversation_id)) this.placeholder(m.conversation_id);
       // The starting state's conversations carry the server's unread counts already.
       if (store.addMessage(m) && !starting) store.bumpUnread(m);
@@ -386,6 +390,7 @@ class Chat {
         const m = frame.message;
         if (this.live && !this.live.has(m.message_id)) this.live.set(m.message_id, this.pushes);
         this.pushes += 1;
+        if (this.left.has(m.conversation_id)) return;
         if (!store.conversations.has(m.conversation_id)) this.placeholder(m.conversation_id);
         const fresh = store.addMessage(m);
         if (fresh && m.sender_id !== this.me) {
@@ -415,7 +420,7 @@ class Chat {
         break;
       case "conversation":
         if (frame.event === "removed") this.forget(frame.conversation.conversation_id);
-        else store.upsertConversation(frame.conversation);
+        else this.joined(frame.conversation);
         this.updateWatch();
         break;
       case "error":
@@ -453,6 +458,7 @@ class Chat {
     this.api
       .conversation(cid)
       .then(({ conversation }) => {
+        if (this.left.has(cid)) return; // left while this was on its way
         this.store.upsertConversation(conversation);
         this.updateWatch();
         this.renderInbox();
@@ -461,7 +467,14 @@ class Chat {
       .catch((error) => this.failed(error));
   }
 
+  // The server says this user is a member (again): a conversation left before comes back.
+  joined(conversation) {
+    this.left.delete(conversation.conversation_id);
+    this.store.upsertConversation(conversation);
+  }
+
   forget(cid) {
+    this.left.add(cid);
     this.store.removeConversation(cid);
     if (this.open === cid) {
       this.open = null;
@@ -559,7 +572,7 @@ class Chat {
     if (!userId) return;
     try {
       const { conversation } = await this.api.openDirect(userId);
-      this.store.upsertConversation(conversation);
+      this.joined(conversation);
       $("direct-user").value = "";
       this.updateWatch();
       await this.openConversation(conversation.conversation_id);
@@ -573,7 +586,7 @@ class Chat {
     const members = $("group-members").value.split(/[\s,]+/).filter(Boolean);
     try {
       const { conversation } = await this.api.createGroup(title, members);
-      this.store.upsertConversation(conversation);
+      this.joined(conversation);
       $("group-title").value = "";
       $("group-members").value = "";
       $("new-group-box").open = false;

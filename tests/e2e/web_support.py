@@ -158,9 +158,13 @@ class Tab:
         problems: list[str] = self.page.evaluate(A11Y_AUDIT)
         return problems
 
-    def drop_sockets(self) -> None:
-        """Close the page's WebSockets from its side, as a lost network would end them."""
-        self.page.evaluate("() => { for (const s of window.__sockets) s.close(); }")
+    def hold_sockets(self) -> None:
+        """Close the page's WebSockets, as a lost network would end them, and fail its new ones
+        until ``release_sockets`` (its HTTP calls still go through)."""
+        self.page.evaluate("() => { window.__held = true; for (const s of window.__sockets) s.close(); }")
+
+    def release_sockets(self) -> None:
+        self.page.evaluate("() => { window.__held = false; }")
 
     def wait_synced_since_connected(self) -> None:
         """Until a /v1/sync of the page's current connection has been answered."""

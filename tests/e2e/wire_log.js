@@ -1,6 +1,8 @@
 // Test-only: the page's WebSocket frames and HTTP calls, with the browser's clock, kept in
 // window.__wire (the last 400) for the failure report of the web client's tests (tokens in URLs
-// are left out); and the open sockets in window.__sockets, for a test to drop them.
+// are left out); the open sockets in window.__sockets, for a test to drop them; and while
+// window.__held is true, every new socket goes to a closed port instead (a network that is
+// down for the page's sockets only).
 (() => {
   const wire = (window.__wire = []);
   const sockets = (window.__sockets = new Set());
@@ -12,7 +14,7 @@
   const Native = window.WebSocket;
   window.WebSocket = class extends Native {
     constructor(url, ...rest) {
-      super(url, ...rest);
+      super(window.__held ? "ws://127.0.0.1:9/held" : url, ...rest);
       note(`ws connect ${path(url)}`);
       sockets.add(this);
       this.addEventListener("open", () => note("ws open"));
