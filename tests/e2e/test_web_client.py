@@ -46,6 +46,17 @@ def dm(a: str, b: str) -> str:
     return f"dm:{min(a, b)}:{max(a, b)}"
 
 
+def post_message(system: System, sender: str, cid: str, body: str) -> None:
+    """``sender`` sends a text through the system's own gateway (HTTP), not the page's."""
+    status, _ = system.request(
+        "POST",
+        f"/v1/conversations/{cid}/messages",
+        user=sender,
+        body={"client_msg_id": uuid.uuid4().hex, "body": body},
+    )
+    assert status == 202
+
+
 def test_two_browsers_chat_ticks_typing_presence_reload_and_reconnect(
     system: System, web: WebGateway, tmp_path: Path
 ) -> None:
@@ -121,13 +132,7 @@ def test_two_browsers_chat_ticks_typing_presence_reload_and_reconnect(
         a.shot("4-reconnecting")
         bb.type_and_send("Sent while the gateway was down")
         expect(bb.message("Sent while the gateway was down")).to_have_attribute("data-status", "sending")
-        status, _ = system.request(
-            "POST",
-            f"/v1/conversations/{cid}/messages",
-            user=bob,
-            body={"client_msg_id": uuid.uuid4().hex, "body": "Through the other gateway"},
-        )
-        assert status == 202
+        post_message(system, bob, cid, "Through the other gateway")
         web.start()
         a.expect_connected(timeout_ms=60_000)
         bb.expect_connected(timeout_ms=60_000)
@@ -177,13 +182,7 @@ def test_a_message_pushed_between_two_sockets_comes_by_a_follow_up_sync(
         a.open_direct(bob)
         # The path warm first (a fresh system's first send is slow): the paused stretch below
         # must stay well within the persist worker's session timeout.
-        status, _ = system.request(
-            "POST",
-            f"/v1/conversations/{cid}/messages",
-            user=bob,
-            body={"client_msg_id": uuid.uuid4().hex, "body": "Warming up"},
-        )
-        assert status == 202
+        post_message(system, bob, cid, "Warming up")
         expect(a.message("Warming up")).to_have_count(1)
 
         a.hold_sockets()  # her reconnects fail until they are released
@@ -195,13 +194,7 @@ def test_a_message_pushed_between_two_sockets_comes_by_a_follow_up_sync(
             with connect(f"{system.ws}?token={system.token(bob, 'phone')}") as phone:
                 phone.send(orjson.dumps({"type": "ping", "ref": "registered"}).decode())
                 _next_frame(phone, "pong")  # pushes reach it now
-                status, _ = system.request(
-                    "POST",
-                    f"/v1/conversations/{cid}/messages",
-                    user=bob,
-                    body={"client_msg_id": uuid.uuid4().hex, "body": text},
-                )
-                assert status == 202
+                post_message(system, bob, cid, text)
                 # The phone has it pushed, so the deliver worker has pushed it to Alice too: to
                 # no socket.
                 assert _next_frame(phone, "message")["message"]["body"] == text
