@@ -59,7 +59,7 @@ def create_app(
     media_workers: Sequence[Callable[[Append], Stage]] = (),
     key_stages: Sequence[Stage] = (),
     fetch_wait_ms: int = 0,
-) -> faust.App:
+) -> FetchSizedApp:
     """``fetch_wait_ms`` > 0: a group nobody waits on lets each fetch gather events for that
     long (``streams.adapters.faust_fetch``); 0 (delivery): a fetch returns at the first event."""
     app = _faust_app(app_id, bootstrap, partitions, replication, offset_reset, session_timeout_s)
@@ -77,11 +77,11 @@ def create_app(
             tracer=tracer,
         )
 
-    _agent(app, source, projector(stages), "project", batch_size, batch_window_s)
+    _batch_agent(app, source, projector(stages), "project", batch_size, batch_window_s)
     watched = [topics.conversation_events]
     if presence_stages:
         presence = app.topic(topics.presence_events, key_type=bytes, value_type=bytes, partitions=partitions)
-        _agent(app, presence, projector(presence_stages), "presence", batch_size, batch_window_s)
+        _batch_agent(app, presence, projector(presence_stages), "presence", batch_size, batch_window_s)
         watched.append(topics.presence_events)
     if media_stages or media_workers:
         media = app.topic(topics.media_events, key_type=bytes, value_type=bytes, partitions=partitions)
@@ -90,11 +90,11 @@ def create_app(
             watched.append(topics.media_events)
     if user_stages:
         users = app.topic(topics.user_events, key_type=bytes, value_type=bytes, partitions=partitions)
-        _agent(app, users, projector(user_stages), "user-settings", batch_size, batch_window_s)
+        _batch_agent(app, users, projector(user_stages), "user-settings", batch_size, batch_window_s)
         watched.append(topics.user_events)
     if key_stages:
         keys = app.topic(topics.key_events, key_type=bytes, value_type=bytes, partitions=partitions)
-        _agent(app, keys, projector(key_stages), "keys", batch_size, batch_window_s)
+        _batch_agent(app, keys, projector(key_stages), "keys", batch_size, batch_window_s)
     if lag_interval_s > 0:
         for topic in watched:
             _lag_task(app, bootstrap, app_id, topic, partitions, lag_interval_s)
@@ -166,9 +166,29 @@ def _lag_task(
     app.task(consumer_lag)
 
 
+def _batch_agent(
+    app: FetchSizedApp,
+    source: faust.TopicT,
+    projector: Projector,
+    name: str,
+    batch_size: int,
+    window_s: float,
+) -> None:
+    """The one reader of ``source``: its records in batches, past Faust's per-record path
+    (``streams.adapters.faust_batches``)."""
+
+    async def handle(batch: Sequence[Record]) -> None:
+        BATCH_EVENTS.observe(len(batch))
+        await projector.handle(batch)
+
+    app.batch_agent(source, handle, name=name, max_=batch_size, within=window_s)
+
+
 def _agent(
     app: faust.App, source: faust.TopicT, projector: Projector, name: str, batch_size: int, window_s: float
 ) -> None:
+    """A Faust agent, for a topic that more than one agent reads (the media topic)."""
+
     # concurrency=1: more breaks per-partition order and lets Faust commit past in-flight events.
     @app.agent(source, concurrency=1, name=name)
     async def project(stream: faust.StreamT) -> None:

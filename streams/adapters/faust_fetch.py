@@ -32,13 +32,12 @@ import random
 from typing import Any
 
 import aiokafka
-import faust
 from aiokafka.consumer.fetcher import Fetcher
 from aiokafka.consumer.fetcher import log as fetcher_log
 from aiokafka.protocol.fetch import FetchRequest
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from streams.adapters import faust_drain, faust_sameloop
+from streams.adapters import faust_batches, faust_drain, faust_sameloop
 from streams.adapters.kafka_fetch_session import FetchSession, SessionReplies
 
 # Far more than arrives in one fetch wait: the wait, not the size, ends a fetch.
@@ -245,8 +244,9 @@ class _SameLoopConsumer(faust_sameloop.InLoop, _ConsumerThread):
     """The same consumer, run in the agents' loop (``streams.adapters.faust_sameloop``)."""
 
 
-class _Consumer(faust_drain.Consumer):
-    """Also drains without a task per record (``streams.adapters.faust_drain``), and runs its
+class _Consumer(faust_batches.Consumer, faust_drain.Consumer):
+    """Also hands the batch agents' topics on a fetch at a time (``streams.adapters.faust_batches``),
+    drains the rest without a task per record (``streams.adapters.faust_drain``), and runs its
     aiokafka consumer in the agents' loop unless the app's ``consumer_in_loop`` is False."""
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
@@ -259,9 +259,10 @@ class _Transport(faust_aiokafka.Transport):
     Consumer = _Consumer
 
 
-class App(faust.App):
-    """A ``faust.App`` whose consumer fetches for up to ``fetch_wait_ms`` (0: Faust's own), in
-    the agents' loop (``consumer_in_loop``; False: in Faust's consumer thread, as before)."""
+class App(faust_batches.App):
+    """A ``faust.App`` with batch agents (``streams.adapters.faust_batches``) whose consumer
+    fetches for up to ``fetch_wait_ms`` (0: Faust's own), in the agents' loop
+    (``consumer_in_loop``; False: in Faust's consumer thread, as before)."""
 
     fetch_wait_ms: int = 0
     # Read when the app builds its consumer (app.consumer, first used at start); set it on the
