@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from cassandra import InvalidRequest
 from cassandra.cluster import Session
@@ -17,6 +19,7 @@ def migrate_cassandra(
     *,
     replication: Mapping[str, str | int],
     echo: Callable[[str], None] = print,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> list[int]:
     """Blocking. Creates ``keyspace`` with ``replication`` (a replication map, see
     ``Settings.cassandra_replication_map``) if it does not exist, then applies the migrations it
@@ -24,39 +27,67 @@ def migrate_cassandra(
     keyspace keeps its replication: a different one is reported through ``echo``, since changing
     it is an ``ALTER KEYSPACE`` followed by a repair on every node, an operator's step."""
     literal = replication_literal(replication)
+
+    def run(cql: str, params: Any = None) -> Any:
+        return _execute(session, cql, params, sleep)
+
     for cql in BOOTSTRAP:
-        session.execute(cql.format(ks=keyspace, replication=literal), timeout=60)
+        run(cql.format(ks=keyspace, replication=literal))
         _schema_agreed(session)
-    row = session.execute(
-        "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s", (keyspace,)
-    ).one()
+    row = run("SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s", (keyspace,)).one()
     if row is not None and not same_replication(row.replication, replication):
         echo(
             f"cassandra: WARNING keyspace {keyspace} has replication {dict(row.replication)}, settings "
             f"say {literal}; to change it: ALTER KEYSPACE {keyspace} WITH replication = {literal}, "
             "then nodetool repair on every node"
         )
-    done = {row.version for row in session.execute(f"SELECT version FROM {keyspace}.schema_migrations")}
+    done = {row.version for row in run(f"SELECT version FROM {keyspace}.schema_migrations")}
     applied = []
     for migration in MIGRATIONS:
         if migration.version in done:
             continue
         for cql in migration.statements:
             try:
-                session.execute(cql.format(ks=keyspace), timeout=60)
+                run(cql.format(ks=keyspace))
             except InvalidRequest as exc:
                 # ALTER TABLE ... ADD has no IF NOT EXISTS that ScyllaDB also speaks: a column
                 # added before a crash (between the statement and the record) is already there.
                 if not (cql.startswith("ALTER TABLE") and _already_there(str(exc))):
                     raise
             _schema_agreed(session)
-        session.execute(
+        run(
             f"INSERT INTO {keyspace}.schema_migrations (version, name, applied_at) VALUES (%s, %s, %s)",
             (migration.version, migration.name, datetime.now(UTC)),
         )
         echo(f"cassandra: applied migration {migration.version} ({migration.name})")
         applied.append(migration.version)
     return applied
+
+
+# Backoff (s) before each retry of a statement that met a node without the schema just made.
+_UNKNOWN_RETRIES = (0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0, 5.0)
+
+
+def _execute(session: Session, cql: str, params: Any, sleep: Callable[[float], None]) -> Any:
+    """``session.execute``, retried while the node it reached does not know a keyspace or table
+    made just before. The driver's schema agreement counts only the nodes it has marked up: on a
+    cluster whose nodes have just started, a node it had not counted yet could still miss the
+    new keyspace ("Keyspace ... doesn't exist", CI once, right after CREATE KEYSPACE). Every
+    statement here may run twice (IF NOT EXISTS, reads, an upsert of the record)."""
+    for backoff in (*_UNKNOWN_RETRIES, None):
+        try:
+            return session.execute(cql, params, timeout=60)
+        except InvalidRequest as exc:
+            if backoff is None or not _not_known_yet(str(exc)):
+                raise
+        sleep(backoff)
+        _schema_agreed(session)
+    raise AssertionError("unreachable")
+
+
+def _not_known_yet(message: str) -> bool:
+    lowered = message.lower()
+    return "doesn't exist" in lowered or "does not exist" in lowered or "unconfigured table" in lowered
 
 
 def _schema_agreed(session: Session, wait_s: float = 120) -> None:
