@@ -22,7 +22,8 @@ least disturbed by the machine's other load).
 the workers' ``LeanFetcher``), handing each fetch's records straight to the same ``Projector``
 and committing every 2.8 s as Faust does. No rebalance handling, flow control or dead letters
 worth the name: the floor a batch path past Faust's per-record machinery could approach, not a
-worker.
+worker. Since the batch agents (``streams.adapters.faust_batches``, session 15), the worker's
+app itself takes that path; the comparison shows what is left of Faust's share.
 """
 
 from __future__ import annotations
