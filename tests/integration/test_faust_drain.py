@@ -82,7 +82,12 @@ def _assigned(app: faust.App, topic: str) -> set[int]:
 
 
 def _app(
-    services: Settings, group: str, topics: Topics, recorder: _Recorder, offset_reset: str = "earliest"
+    services: Settings,
+    group: str,
+    topics: Topics,
+    recorder: _Recorder,
+    offset_reset: str = "earliest",
+    batch_size: int = 50,
 ) -> faust.App:
     app = create_app(
         offset_reset=offset_reset,
@@ -91,7 +96,7 @@ def _app(
         topics=topics,
         partitions=PARTITIONS,
         stages=[recorder],
-        batch_size=50,
+        batch_size=batch_size,
         batch_window_s=0.005,
         session_timeout_s=10.0,
     )
@@ -193,6 +198,83 @@ async def test_worker_app_projects_rebalances_and_commits(services: Settings) ->
         assert got(c) == {e.message_id for e in fourth}
     finally:
         for app in (app_a, app_b, app_c):
+            if app.started and not app.should_stop:
+                await app.stop()
+        await admin.delete_topics([topics.conversation_events, topics.dead_letters])
+        await admin.close()
+
+
+class _SlowOnce(_Recorder):
+    """A recorder whose batch takes ``hold`` seconds once ``slow`` is set (the first batch
+    after it); it keeps each batch's partitions and when it started and ended."""
+
+    def __init__(self, name: str, hold: float) -> None:
+        super().__init__(name)
+        self.hold = hold
+        self.slow = asyncio.Event()
+        self.in_slow = asyncio.Event()
+        self.batches: list[tuple[set[int], float, float]] = []
+
+    async def apply_at(self, events: Sequence[tuple[int, int, ChatEvent]]) -> None:
+        started = time.monotonic()
+        if self.slow.is_set() and not self.in_slow.is_set():
+            self.in_slow.set()
+            await asyncio.sleep(self.hold)
+        await super().apply_at(events)
+        self.batches.append(({p for p, _, _ in events}, started, time.monotonic()))
+
+
+async def test_a_rebalance_waits_for_the_batch_in_hand_before_the_partition_moves(services: Settings) -> None:
+    """The batch agent's batch in the handler counts as unacked (``faust_batches``): the
+    revocation waits for it and commits it, so the member that takes the partition over starts
+    after it, from past it (without the wait: the same offsets again, at the same time)."""
+    run, topics, group, admin = await _fresh(services, "inhand")
+    bootstrap, source = services.kafka_bootstrap, topics.conversation_events
+    ids = iter(spread_ids(400, step_ms=1))
+
+    def events(n: int) -> list[MessageSent]:
+        return [message_sent(next(ids), conversation_id=f"dm:a{i % 40}:b{run}") for i in range(n)]
+
+    first, second, third = events(100), events(200), events(100)
+    a, b = _SlowOnce("a", hold=3.0), _Recorder("b")
+    # a's batches hold every partition's records of a fetch: b is sure to take one of them over.
+    app_a, app_b = _app(services, group, topics, a, batch_size=1000), _app(services, group, topics, b)
+    b_first_seen: dict[int, float] = {}
+
+    async def b_apply_at(events: Sequence[tuple[int, int, ChatEvent]]) -> None:
+        now = time.monotonic()
+        for partition, _, _ in events:
+            b_first_seen.setdefault(partition, now)
+        await _Recorder.apply_at(b, events)
+
+    b.apply_at = b_apply_at  # type: ignore[method-assign]
+    try:
+        await _send(bootstrap, source, first)
+        await app_a.start()
+        await _until(
+            lambda: {m for _, _, m in a.seen} >= {e.message_id for e in first}, 60, "a projects the first"
+        )
+        a.slow.set()
+        await _send(bootstrap, source, second)
+        await asyncio.wait_for(a.in_slow.wait(), 30)
+        await app_b.start()  # joins while a's batch is in the handler
+        await _until(lambda: bool(_assigned(app_b, source)), 60, "b holds partitions")
+        # Something for b to project on the partitions it took over.
+        await _send(bootstrap, source, third)
+        want = {e.message_id for e in first + second + third}
+        await _until(lambda: {m for r in (a, b) for _, _, m in r.seen} >= want, 90, "every event projected")
+
+        slow_partitions, _, slow_end = next(batch for batch in a.batches if batch[2] - batch[1] >= a.hold)
+        moved = slow_partitions & set(b_first_seen)
+        assert moved, f"b took over none of the partitions in a's batch ({slow_partitions})"
+        # b took over partitions of the batch in hand: only once it had ended, and not its offsets.
+        for p in moved:
+            assert b_first_seen[p] >= slow_end, f"partition {p}: b started before a's batch ended"
+            a_offsets = {o for q, o, _ in a.seen if q == p}
+            b_offsets = {o for q, o, _ in b.seen if q == p}
+            assert not a_offsets & b_offsets, f"partition {p}: projected again by b"
+    finally:
+        for app in (app_a, app_b):
             if app.started and not app.should_stop:
                 await app.stop()
         await admin.delete_topics([topics.conversation_events, topics.dead_letters])
