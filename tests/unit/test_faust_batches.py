@@ -244,18 +244,27 @@ async def test_a_handler_that_raises_acks_nothing_and_crashes_the_app() -> None:
     assert not consumer._unacked_messages
 
 
-async def test_a_full_queue_holds_the_fetch_until_there_is_room() -> None:
-    handler = _Handler()
+async def _fetch_into_a_full_queue(
+    handler: _Handler, queued: int
+) -> tuple[Any, BatchAgent, asyncio.Future[Any]]:
+    """An agent (not running) whose queue is full with offsets 0..queued-1, and a fetch of the
+    next two records under way."""
     _, consumer, agent = await _app(handler, max_=2, within=0)
-    agent._max_queued = 4
+    agent._max_queued = queued
     tp = TP(TOPIC, 0)
-    agent.put(tp, _records(TOPIC, 0, range(4)))
+    agent.put(tp, _records(TOPIC, 0, range(queued)))
     assert agent.full
-    consumer._read_offset[tp] = 3
-    _fetch(consumer, {tp: _records(TOPIC, 0, range(4, 6))})
+    consumer._read_offset[tp] = queued - 1
+    _fetch(consumer, {tp: _records(TOPIC, 0, range(queued, queued + 2))})
     fetching = asyncio.ensure_future(_getmany(consumer))
     await asyncio.sleep(0.1)
-    assert not fetching.done() and agent._queued == 4
+    assert not fetching.done() and agent._queued == queued
+    return consumer, agent, fetching
+
+
+async def test_a_full_queue_holds_the_fetch_until_there_is_room() -> None:
+    handler = _Handler()
+    _, agent, fetching = await _fetch_into_a_full_queue(handler, 4)
     task = await _running(agent)
     await asyncio.wait_for(fetching, 5)
     await _until(lambda: handler.offsets(0) == list(range(6)))
@@ -263,21 +272,12 @@ async def test_a_full_queue_holds_the_fetch_until_there_is_room() -> None:
 
 
 async def test_a_suspended_flow_ends_the_wait_for_room_and_the_fetch_is_dropped() -> None:
-    handler = _Handler()
-    _, consumer, agent = await _app(handler, max_=2, within=0)
-    agent._max_queued = 2
-    tp = TP(TOPIC, 0)
-    agent.put(tp, _records(TOPIC, 0, range(2)))
-    consumer._read_offset[tp] = 1
-    _fetch(consumer, {tp: _records(TOPIC, 0, range(2, 4))})
-    fetching = asyncio.ensure_future(_getmany(consumer))
-    await asyncio.sleep(0.1)
-    assert not fetching.done()
+    consumer, agent, fetching = await _fetch_into_a_full_queue(_Handler(), 2)
     # A revocation: the flow stops and ``suspend_flow`` is set.
     consumer.stop_flow()
     assert await asyncio.wait_for(fetching, 5) == []
     assert agent._queued == 2
-    assert consumer._read_offset[tp] == 1  # not past what was never queued
+    assert consumer._read_offset[TP(TOPIC, 0)] == 1  # not past what was never queued
 
 
 async def test_a_fetch_while_the_flow_is_stopped_is_not_handed_on() -> None:
