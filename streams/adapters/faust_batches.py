@@ -79,8 +79,17 @@ class BatchAgent:
     """The one reader of a topic: takes its queued pieces in batches and hands them on."""
 
     def __init__(
-        self, app: faust.App, name: str, handle: Handle, *, max_: int, within: float, max_queued: int = 4096
+        self,
+        app: faust.App,
+        source: faust.TopicT,
+        name: str,
+        handle: Handle,
+        *,
+        max_: int,
+        within: float,
+        max_queued: int = 4096,
     ) -> None:
+        self.source = source
         self.name = name
         self._app = app
         self._handle = handle
@@ -224,7 +233,6 @@ class App(faust.App):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.batch_agents: dict[str, BatchAgent] = {}
-        self._batch_sources: list[faust.TopicT] = []
 
     def batch_agent(
         self, source: faust.TopicT, handle: Handle, *, name: str, max_: int, within: float
@@ -234,16 +242,14 @@ class App(faust.App):
         (topic,) = source.topics
         if topic in self.batch_agents:
             raise ValueError(f"{topic} already has an agent")
-        self.batch_agents[topic] = BatchAgent(self, name, handle, max_=max_, within=within)
-        self._batch_sources.append(source)
+        self.batch_agents[topic] = BatchAgent(self, source, name, handle, max_=max_, within=within)
 
     async def on_start(self) -> None:
         await super().on_start()
         # As an agent's stream does when it starts (``Topic.__aiter__``): the conductor
         # subscribes the consumer to the topics it holds, once the agents have started.
-        for source in self._batch_sources:
-            self.topics.add(source)
         for agent in self.batch_agents.values():
+            self.topics.add(agent.source)
             # One run loop per agent, also when the app starts again: two would break the order.
             if agent.task is None or agent.task.done():
                 agent.task = self.add_future(agent.run())
@@ -268,13 +274,12 @@ class Consumer:
                 this.log.warning(f"exception performing seek when flow not active {ex}")
             return
         agents: Mapping[str, BatchAgent] = getattr(this.app, "batch_agents", {})
-        rest = records
-        if agents:
-            rest = {tp: rs for tp, rs in records.items() if tp.topic not in agents}
-            if len(rest) != len(records):
-                handed = await self._hand_on(records, agents, active_partitions, generation_id)
-                if not handed:
-                    return
+        mine: dict[TP, list[Any]] = {}
+        rest: dict[TP, list[Any]] = {}
+        for tp, piece in records.items():
+            (mine if tp.topic in agents else rest)[tp] = piece
+        if mine and not await self._hand_on(mine, agents, active_partitions, generation_id):
+            return
         if not rest:
             return
         # Faust's getmany for the other topics, as it is.
@@ -296,15 +301,14 @@ class Consumer:
         active_partitions: set[TP] | None,
         generation_id: int,
     ) -> bool:
-        """Queue each piece for its agent; False when the flow stopped or the generation
-        changed meanwhile (the rest of the fetch is dropped then, as Faust's getmany does)."""
+        """Queue each piece (all of the agents' topics) for its agent; False when the flow
+        stopped or the generation changed meanwhile (the rest of the fetch is dropped then, as
+        Faust's getmany does)."""
         this = cast(Any, self)
         read_offset = this._read_offset
         acks_enabled_for = this.app.topics.acks_enabled_for
         for tp, piece in records.items():
-            agent = agents.get(tp.topic)
-            if agent is None:
-                continue
+            agent = agents[tp.topic]
             if not this.flow_active or this.app.consumer_generation_id != generation_id:
                 return False
             if not (active_partitions is None or tp in active_partitions or tp in this._buffered_partitions):
