@@ -74,15 +74,15 @@ def _execute(session: Session, cql: str, params: Any, sleep: Callable[[float], N
     cluster whose nodes have just started, a node it had not counted yet could still miss the
     new keyspace ("Keyspace ... doesn't exist", CI once, right after CREATE KEYSPACE). Every
     statement here may run twice (IF NOT EXISTS, reads, an upsert of the record)."""
-    for backoff in (*_UNKNOWN_RETRIES, None):
+    for backoff in _UNKNOWN_RETRIES:
         try:
             return session.execute(cql, params, timeout=60)
         except InvalidRequest as exc:
-            if backoff is None or not _not_known_yet(str(exc)):
+            if not _not_known_yet(str(exc)):
                 raise
         sleep(backoff)
         _schema_agreed(session)
-    raise AssertionError("unreachable")
+    return session.execute(cql, params, timeout=60)  # the last try: its error is the caller's
 
 
 def _not_known_yet(message: str) -> bool:
