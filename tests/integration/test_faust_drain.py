@@ -204,6 +204,20 @@ async def test_worker_app_projects_rebalances_and_commits(services: Settings) ->
         await admin.close()
 
 
+class _FirstSeen(_Recorder):
+    """A recorder that also keeps when it first saw each partition."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.first_seen: dict[int, float] = {}
+
+    async def apply_at(self, events: Sequence[tuple[int, int, ChatEvent]]) -> None:
+        now = time.monotonic()
+        for partition, _, _ in events:
+            self.first_seen.setdefault(partition, now)
+        await super().apply_at(events)
+
+
 class _SlowOnce(_Recorder):
     """A recorder whose batch takes ``hold`` seconds once ``slow`` is set (the first batch
     after it); it keeps each batch's partitions and when it started and ended."""
@@ -236,18 +250,9 @@ async def test_a_rebalance_waits_for_the_batch_in_hand_before_the_partition_move
         return [message_sent(next(ids), conversation_id=f"dm:a{i % 40}:b{run}") for i in range(n)]
 
     first, second, third = events(100), events(200), events(100)
-    a, b = _SlowOnce("a", hold=3.0), _Recorder("b")
+    a, b = _SlowOnce("a", hold=3.0), _FirstSeen("b")
     # a's batches hold every partition's records of a fetch: b is sure to take one of them over.
     app_a, app_b = _app(services, group, topics, a, batch_size=1000), _app(services, group, topics, b)
-    b_first_seen: dict[int, float] = {}
-
-    async def b_apply_at(events: Sequence[tuple[int, int, ChatEvent]]) -> None:
-        now = time.monotonic()
-        for partition, _, _ in events:
-            b_first_seen.setdefault(partition, now)
-        await _Recorder.apply_at(b, events)
-
-    b.apply_at = b_apply_at  # type: ignore[method-assign]
     try:
         await _send(bootstrap, source, first)
         await app_a.start()
@@ -265,11 +270,11 @@ async def test_a_rebalance_waits_for_the_batch_in_hand_before_the_partition_move
         await _until(lambda: {m for r in (a, b) for _, _, m in r.seen} >= want, 90, "every event projected")
 
         slow_partitions, _, slow_end = next(batch for batch in a.batches if batch[2] - batch[1] >= a.hold)
-        moved = slow_partitions & set(b_first_seen)
+        moved = slow_partitions & set(b.first_seen)
         assert moved, f"b took over none of the partitions in a's batch ({slow_partitions})"
         # b took over partitions of the batch in hand: only once it had ended, and not its offsets.
         for p in moved:
-            assert b_first_seen[p] >= slow_end, f"partition {p}: b started before a's batch ended"
+            assert b.first_seen[p] >= slow_end, f"partition {p}: b started before a's batch ended"
             a_offsets = {o for q, o, _ in a.seen if q == p}
             b_offsets = {o for q, o, _ in b.seen if q == p}
             assert not a_offsets & b_offsets, f"partition {p}: projected again by b"
