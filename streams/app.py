@@ -1,5 +1,7 @@
-"""The Faust app and its one agent. The composition root (``tidings.worker``) builds the
-stores and passes them in; nothing here connects at import time."""
+"""The Faust app and its agents: a batch agent (``streams.adapters.faust_batches``) for each
+topic one agent reads, Faust agents for the media topic, which two read. The composition root
+(``tidings.worker``) builds the stores and passes them in; nothing here connects at import
+time."""
 
 from __future__ import annotations
 
