@@ -9,6 +9,9 @@ deliver worker), which py-spy put at a fifth of the deliver worker's busy time a
 waits at most ``within`` for the batch to fill: a batch still holds everything that arrived
 within ``within`` of its first event and at most ``max_`` events; an idle agent never wakes.
 
+Since the batch agents (``streams.adapters.faust_batches``) only the media topic's Faust agents,
+which share their topic, take their batches here.
+
 The rest is Faust's code as it is in faust-streaming 0.15.3 (acks after the batch is handled,
 the buffer closed to the stream while the batch is consumed, the processor removed at the end).
 """
