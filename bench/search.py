@@ -239,8 +239,8 @@ def query_latency(root: Path, args: argparse.Namespace, words: list[str]) -> dic
     return stats
 
 
-# The search role's batch window (Settings.worker_persist_batch_window_s).
-WINDOW_S = Settings().worker_persist_batch_window_s
+# The search role's batch window.
+WINDOW_S = Settings().worker_search_batch_window_s
 
 KINDS = ("rare word", "two words", "phrase", "3-letter prefix", "5-letter prefix", "2-letter prefix")
 

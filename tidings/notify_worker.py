@@ -167,11 +167,11 @@ def build_notify_app(settings: Settings) -> faust.App:
         partitions=settings.topic_partitions,
         stages=[notifier],
         batch_size=settings.worker_batch_size,
-        # A notification goes to a device that is offline: 50 ms more does not matter, and
-        # fuller, fewer fetches (gathered at the broker) cost far less per message
-        # (docs/benchmarks.md).
+        # A notification goes to a device that is offline: a quarter second more does not
+        # matter, and fuller, fewer fetches (gathered at the broker over the notify window)
+        # cost far less per message (docs/benchmarks.md).
         batch_window_s=settings.worker_batch_window_s,
-        fetch_wait_ms=settings.worker_background_fetch_wait_ms,
+        fetch_wait_ms=settings.background_fetch_wait_ms("notify"),
         session_timeout_s=settings.worker_session_timeout_s,
         on_applied=observe_applied,
         on_unavailable=observe_unavailable,

@@ -153,11 +153,17 @@ class Settings(BaseSettings):
     # How long a batch waits for more events after its first one (streams.adapters.faust_take):
     # the deliver role's events are pushed after it, so it is short.
     worker_batch_window_s: float = 0.002
-    # The persist, search and notify roles gather a batch for up to this long: each of their
+    # The persist, notify and search roles gather a batch for up to their window: each of their
     # Kafka fetches waits at the broker for it (then the short window above collects what the
     # fetch brought). Nobody waits on them (pushes and the hot cache come from the deliver
-    # role), and fuller, fewer fetches and batches cost less per event.
-    worker_persist_batch_window_s: float = 0.05
+    # role), and fuller, fewer fetches and batches cost less per event: at 200 msgs/s, 50 ms
+    # for all three cost ~0.75 ms of CPU per message more than these (docs/benchmarks.md,
+    # session 16). Persist is the warm tier behind history pages, the inbox and /v1/sync (the
+    # hot tier and the pushes cover its lag); a notification goes to an offline device; the
+    # search freshness bound counts from the ack, so the window is inside it.
+    worker_persist_batch_window_s: float = Field(default=0.1, gt=0)
+    worker_notify_batch_window_s: float = Field(default=0.25, gt=0)
+    worker_search_batch_window_s: float = Field(default=0.25, gt=0)
     # How fast a dead worker's partitions move to a live one (Kafka's default is 45 s).
     worker_session_timeout_s: float = 10.0
 
@@ -331,11 +337,16 @@ class Settings(BaseSettings):
             return dict(self.cassandra_replication)
         return {"class": "SimpleStrategy", "replication_factor": self.cassandra_replication_factor}
 
-    @property
-    def worker_background_fetch_wait_ms(self) -> int:
-        """How long a Kafka fetch of the persist, search and notify roles gathers events: their
-        batch window, so fetches and batches per second stay near 1 / window at any rate."""
-        return max(1, round(self.worker_persist_batch_window_s * 1000))
+    def background_fetch_wait_ms(self, role: Literal["persist", "notify", "search"]) -> int:
+        """How long a Kafka fetch of the persist, notify or search role gathers events: the
+        role's batch window, so its fetches and batches per second stay near 1 / window at any
+        rate."""
+        window = {
+            "persist": self.worker_persist_batch_window_s,
+            "notify": self.worker_notify_batch_window_s,
+            "search": self.worker_search_batch_window_s,
+        }[role]
+        return max(1, round(window * 1000))
 
     @property
     def kafka_host(self) -> str:

@@ -123,7 +123,7 @@ def build_worker_app(settings: Settings) -> faust.App:
         # short window only collects what one fetch brought: a write lands at most ~the
         # persist window after its event, as when the window was a ticking timer.
         batch_window_s=settings.worker_batch_window_s,
-        fetch_wait_ms=settings.worker_background_fetch_wait_ms if role == "persist" else 0,
+        fetch_wait_ms=settings.background_fetch_wait_ms("persist") if role == "persist" else 0,
         session_timeout_s=settings.worker_session_timeout_s,
         on_applied=observe_applied,
         on_unavailable=observe_unavailable,
@@ -157,9 +157,9 @@ def build_search_app(settings: Settings) -> faust.App:
         stages=[indexer],
         batch_size=settings.worker_batch_size,
         # Nobody waits on the index (it commits every search_commit_interval_s anyway): its
-        # fetches gather the batch at the broker, like persist's.
+        # fetches gather the batch at the broker over the search window.
         batch_window_s=settings.worker_batch_window_s,
-        fetch_wait_ms=settings.worker_background_fetch_wait_ms,
+        fetch_wait_ms=settings.background_fetch_wait_ms("search"),
         session_timeout_s=settings.worker_session_timeout_s,
         on_applied=observe_applied,
         on_unavailable=observe_unavailable,

@@ -9,6 +9,7 @@ import asyncio
 import aiokafka
 import pytest
 from aiokafka.consumer.fetcher import Fetcher
+from pydantic import ValidationError
 
 from streams.adapters.faust_fetch import FETCH_MIN_BYTES, IDLE_WAIT_MS, IdleAwareFetcher
 from tests.unit.offline_app import offline_app
@@ -46,9 +47,21 @@ async def test_delivery_group_fetch_answers_at_the_first_record() -> None:
     assert min_bytes == 1
 
 
-def test_background_wait_is_the_persist_batch_window() -> None:
-    assert Settings(worker_persist_batch_window_s=0.05).worker_background_fetch_wait_ms == 50
-    assert Settings(worker_persist_batch_window_s=0.0001).worker_background_fetch_wait_ms == 1
+def test_each_background_role_waits_its_own_batch_window() -> None:
+    settings = Settings(
+        worker_persist_batch_window_s=0.1,
+        worker_notify_batch_window_s=0.25,
+        worker_search_batch_window_s=0.0001,
+    )
+    assert settings.background_fetch_wait_ms("persist") == 100
+    assert settings.background_fetch_wait_ms("notify") == 250
+    assert settings.background_fetch_wait_ms("search") == 1  # never 0: 0 is the delivery sizing
+
+
+@pytest.mark.parametrize("role", ["persist", "notify", "search"])
+def test_a_background_window_must_be_positive(role: str) -> None:
+    with pytest.raises(ValidationError):
+        Settings.model_validate({f"worker_{role}_batch_window_s": 0})
 
 
 async def _swapped_class(fetch_wait_ms: int) -> type:
