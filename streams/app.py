@@ -5,7 +5,10 @@ time."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -61,10 +64,12 @@ def create_app(
     media_workers: Sequence[Callable[[Append], Stage]] = (),
     key_stages: Sequence[Stage] = (),
     fetch_wait_ms: int = 0,
+    datadir: Path | None = None,
 ) -> FetchSizedApp:
     """``fetch_wait_ms`` > 0: a group nobody waits on lets each fetch gather events for that
-    long (``streams.adapters.faust_fetch``); 0 (delivery): a fetch returns at the first event."""
-    app = _faust_app(app_id, bootstrap, partitions, replication, offset_reset, session_timeout_s)
+    long (``streams.adapters.faust_fetch``); 0 (delivery): a fetch returns at the first event.
+    ``datadir``: where Faust makes its directories (``_faust_app``)."""
+    app = _faust_app(app_id, bootstrap, partitions, replication, offset_reset, session_timeout_s, datadir)
     app.fetch_wait_ms = fetch_wait_ms
     report_readiness(app)
     source = app.topic(topics.conversation_events, key_type=bytes, value_type=bytes, partitions=partitions)
@@ -110,9 +115,19 @@ def _faust_app(
     replication: int,
     offset_reset: str,
     session_timeout_s: float,
+    datadir: Path | None = None,
 ) -> FetchSizedApp:
+    """Faust's app as every worker role configures it. Faust makes ``<datadir>/<app id>-data``
+    (and its table directories) at start even with the in-memory store, and stores nothing
+    there for these apps; its default is the working directory, which filled checkouts with
+    empty directories. The composition roots pass their state directory; the rest (tests,
+    benchmarks) get one in the system's temporary directory."""
+    if datadir is None:
+        datadir = Path(tempfile.gettempdir()) / f"tidings-faust-{os.getuid()}"
+    datadir.mkdir(parents=True, exist_ok=True)
     return FetchSizedApp(
         app_id,
+        datadir=str(datadir / f"{app_id}-data"),
         # take_events without a timer while idle (streams.adapters.faust_take)
         Stream=BatchStream,
         broker=f"kafka://{bootstrap}",
