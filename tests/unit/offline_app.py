@@ -3,13 +3,14 @@ listens on: for unit tests that look at the consumer Faust builds, never at Kafk
 
 from __future__ import annotations
 
-import faust
+from pathlib import Path
 
 from events import Topics
+from streams.adapters.faust_fetch import App
 from streams.app import create_app
 
 
-def offline_app(app_id: str, *, fetch_wait_ms: int = 0) -> faust.App:
+def offline_app(app_id: str, *, fetch_wait_ms: int = 0, datadir: Path | None = None) -> App:
     return create_app(
         app_id=app_id,
         bootstrap="127.0.0.1:1",  # never connected
@@ -20,4 +21,5 @@ def offline_app(app_id: str, *, fetch_wait_ms: int = 0) -> faust.App:
         batch_window_s=0.05,
         session_timeout_s=10.0,
         fetch_wait_ms=fetch_wait_ms,
+        datadir=datadir,
     )

@@ -9,27 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from events import Topics
-from streams.adapters.faust_fetch import App
-from streams.app import create_app
-
-
-def _app(datadir: Path | None = None) -> App:
-    return create_app(
-        app_id="t-datadir",
-        bootstrap="127.0.0.1:1",  # never connected
-        topics=Topics("t."),
-        partitions=1,
-        stages=[],
-        batch_size=10,
-        batch_window_s=0.05,
-        session_timeout_s=10.0,
-        datadir=datadir,
-    )
+from tests.unit.offline_app import offline_app
 
 
 def test_faust_makes_its_directories_where_the_root_says(tmp_path: Path) -> None:
-    app = _app(tmp_path / "state" / "faust")
+    app = offline_app("t-datadir", datadir=tmp_path / "state" / "faust")
     app._create_directories()  # what Faust does at start
     assert app.conf.datadir == tmp_path / "state" / "faust" / "t-datadir-data"
     assert (tmp_path / "state" / "faust" / "t-datadir-data").is_dir()
@@ -39,7 +23,7 @@ def test_without_a_datadir_nothing_goes_into_the_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    app = _app()
+    app = offline_app("t-datadir")
     app._create_directories()
     assert list(tmp_path.iterdir()) == []
     assert Path(tempfile.gettempdir()) in app.conf.datadir.parents

@@ -68,7 +68,7 @@ async def _started(
     in_loop: bool, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[faust.App, Any, _FakeAiokafka]]:
     app = offline_app("t-sameloop")  # the aiokafka consumer is a fake
-    app.consumer_in_loop = in_loop  # type: ignore[attr-defined]
+    app.consumer_in_loop = in_loop
     app.loop = asyncio.get_running_loop()
     consumer = app.consumer
     thread = consumer._thread  # type: ignore[attr-defined]
