@@ -271,7 +271,7 @@ async def one_run(mode: str, settings: Settings, args: argparse.Namespace) -> di
     if mode == NO_FAUST:
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap)  # dead letters (none are sent)
         await producer.start()
-        dead = FaustDeadLetters(cast(Any, _RawTopic(producer, topics.dead_letters)))
+        dead = FaustDeadLetters(cast(Any, _RawTopic(producer, topics.dead_letters)), group)
         app = _Raw(group, bootstrap, topics.conversation_events, Projector([count], dead), args.fetch_wait_ms)
     else:
         producer = None

@@ -25,8 +25,14 @@ Append = Callable[[ChatEvent], Awaitable[None]]
 
 
 class FaustDeadLetters:
-    def __init__(self, topic: faust.TopicT) -> None:
+    """Records the projector gave up on, into the dead-letter topic with why (``error``), from
+    where (``source``: topic, partition, offset) and which consumer group gave up (``group``:
+    each role reads the log in a group of its own, so one poison event is dead-lettered once
+    per role that reads its topic)."""
+
+    def __init__(self, topic: faust.TopicT, group: str) -> None:
         self._topic = topic
+        self._group = group.encode()
 
     async def send(self, record: Record, error: str) -> None:
         # Awaited, so the dead letter is flushed before the source offset is committed.
@@ -36,6 +42,7 @@ class FaustDeadLetters:
             headers={
                 "error": error.encode()[:4000],
                 "source": f"{record.topic}:{record.partition}:{record.offset}".encode(),
+                "group": self._group,
             },
         )
         # The error starts with the stage name, or "undecodable": a small set of reasons.
@@ -78,7 +85,7 @@ def create_app(
     def projector(of: Sequence[Stage | PositionedStage]) -> Projector:
         return Projector(
             of,
-            FaustDeadLetters(dead_letters),
+            FaustDeadLetters(dead_letters, app_id),
             on_applied=on_applied,
             on_unavailable=on_unavailable,
             tracer=tracer,
