@@ -157,10 +157,11 @@ class Settings(BaseSettings):
     # Kafka fetches waits at the broker for it (then the short window above collects what the
     # fetch brought). Nobody waits on them (pushes and the hot cache come from the deliver
     # role), and fuller, fewer fetches and batches cost less per event: at 200 msgs/s, 50 ms
-    # for all three cost ~0.75 ms of CPU per message more than these (docs/benchmarks.md,
-    # session 16). Persist is the warm tier behind history pages, the inbox and /v1/sync (the
-    # hot tier and the pushes cover its lag); a notification goes to an offline device; the
-    # search freshness bound counts from the ack, so the window is inside it.
+    # for all three cost those roles and Cassandra 0.4-0.7 ms of CPU per message more than
+    # these (docs/benchmarks.md, session 16). Persist is the warm tier behind history pages,
+    # the inbox and /v1/sync (the hot tier and the pushes cover its lag); a notification goes
+    # to an offline device; the search freshness bound counts from the ack, so the window is
+    # inside it.
     worker_persist_batch_window_s: float = Field(default=0.1, gt=0)
     worker_notify_batch_window_s: float = Field(default=0.25, gt=0)
     worker_search_batch_window_s: float = Field(default=0.25, gt=0)
