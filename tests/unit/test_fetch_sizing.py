@@ -49,12 +49,12 @@ async def test_delivery_group_fetch_answers_at_the_first_record() -> None:
 
 def test_each_background_role_waits_its_own_batch_window() -> None:
     settings = Settings(
-        worker_persist_batch_window_s=0.1,
-        worker_notify_batch_window_s=0.25,
+        worker_persist_batch_window_s=0.12,
+        worker_notify_batch_window_s=0.3,
         worker_search_batch_window_s=0.0001,
     )
-    assert settings.background_fetch_wait_ms("persist") == 100
-    assert settings.background_fetch_wait_ms("notify") == 250
+    assert settings.background_fetch_wait_ms("persist") == 120
+    assert settings.background_fetch_wait_ms("notify") == 300
     assert settings.background_fetch_wait_ms("search") == 1  # never 0: 0 is the delivery sizing
 
 
