@@ -173,7 +173,7 @@ def build_notify_app(settings: Settings) -> faust.App:
         batch_window_s=settings.worker_batch_window_s,
         fetch_wait_ms=settings.background_fetch_wait_ms("notify"),
         session_timeout_s=settings.worker_session_timeout_s,
-        datadir=settings.state_dir / "faust",
+        datadir=settings.faust_root,
         on_applied=observe_applied,
         on_unavailable=observe_unavailable,
         lag_interval_s=settings.lag_interval_s,

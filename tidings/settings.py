@@ -366,6 +366,11 @@ class Settings(BaseSettings):
         return self.search_dir if self.search_dir is not None else self.state_dir / "search"
 
     @property
+    def faust_root(self) -> Path:
+        """Where the workers' Faust apps make their (empty) directories (``streams.app``)."""
+        return self.state_dir / "faust"
+
+    @property
     def s3_endpoint_url(self) -> str:
         return self.s3_endpoint or f"http://{self.s3_host}:{self.s3_port}"
 
