@@ -117,10 +117,11 @@ class BatchAgent:
             waiter[0].set_result(None)
 
     async def wait_for_room(self) -> None:
+        # A wait given up (the flow suspended first) cancels its future; the next makes another.
         while self.full:
             if self._room is None or self._room.done():
                 self._room = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._room)
+            await self._room
 
     def clear(self) -> None:
         self._pieces.clear()
