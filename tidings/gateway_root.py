@@ -23,7 +23,6 @@ from commands.adapters.kafka_log import KafkaEventLog
 from commands.adapters.redis_idempotency import RedisIdempotencyStore
 from commands.adapters.redis_locks import RedisLocks
 from commands.adapters.redis_media import RedisByteQuota, RedisPendingUploads
-from commands.adapters.redis_pipeliner import RedisPipeliner
 from commands.adapters.redis_presence import RedisPresence
 from commands.adapters.redis_rate_limits import RedisRateLimiter
 from commands.adapters.redis_to_device import RedisToDevice
@@ -40,6 +39,7 @@ from projections.adapters.presence import CassandraPresence
 from projections.adapters.recent import RedisCacheAndPush
 from projections.adapters.redis_client import RedisClient, redis_from
 from projections.adapters.redis_client import publish as queue_publish
+from projections.adapters.redis_pipeliner import RedisPipeliner
 from projections.adapters.redis_pubsub import GatewayRoutes, ShardedSubscriber
 from projections.adapters.search import ShardReaders
 from projections.delivery import GROUP_SHARDS, Push

@@ -19,12 +19,12 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 
-from commands.adapters.redis_pipeliner import PipelinedScript, RedisPipeliner
 from commands.adapters.redis_scripts import RELEASE_IF_HELD
 from commands.ports import SendRecord
 from events import MessageSent, keys
 from events.errors import Unavailable
 from projections.adapters.redis_client import RedisClient
+from projections.adapters.redis_pipeliner import PipelinedScript, RedisPipeliner
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from commands.adapters.redis_pipeliner import PipelinedScript, RedisPipeliner
 from commands.adapters.redis_scripts import PRESENCE
 from commands.presence import Beat
 from events import PresenceChanged, keys
 from events.errors import Unavailable
 from projections.adapters.redis_client import RedisClient
+from projections.adapters.redis_pipeliner import PipelinedScript, RedisPipeliner
 from projections.views import PresenceView
 
 

@@ -13,10 +13,10 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from commands.adapters.redis_pipeliner import PipelinedScript, RedisPipeliner
 from commands.rate_limits import Kind, refuse
 from events import keys
 from projections.adapters.redis_client import RedisClient
+from projections.adapters.redis_pipeliner import PipelinedScript, RedisPipeliner
 
 log = logging.getLogger(__name__)
 

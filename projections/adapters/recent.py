@@ -26,6 +26,7 @@ by it, and the gateway has listened on its own channel since it started.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from functools import singledispatch
@@ -37,6 +38,7 @@ from redis.exceptions import NoScriptError, RedisError
 from events import ChatEvent, MessageSent, keys
 from events.errors import Unavailable
 from projections.adapters.redis_client import AnyPipeline, RedisClient, is_cluster, publish
+from projections.adapters.redis_pipeliner import RedisPipeliner
 from projections.delivery import Push, pushes
 from projections.roster import Roster
 from projections.wire import message_json, traced
@@ -112,8 +114,23 @@ return 1
 """
 
 
+class _Queued:
+    """The two pipeline methods the routing calls use (``execute_command``, ``publish``), each
+    queued on a ``RedisPipeliner`` at once; ``replies`` are their futures, in order."""
+
+    def __init__(self, pipeliner: RedisPipeliner) -> None:
+        self._pipeliner = pipeliner
+        self.replies: list[asyncio.Future[Any]] = []
+
+    def execute_command(self, *args: Any) -> None:
+        self.replies.append(self._pipeliner.queue(*args))
+
+    def publish(self, channel: str, payload: bytes) -> None:
+        self.execute_command("PUBLISH", channel, payload)
+
+
 def _route_call(
-    pipe: AnyPipeline,
+    pipe: _Queued,
     sha: str,
     cache: tuple[str, bytes] | None,
     payload: bytes,
@@ -132,7 +149,7 @@ def _route_call(
         )
 
 
-def _route(event: ChatEvent, pipe: AnyPipeline, sha: str, event_pushes: list[Push], now_ms: int) -> None:
+def _route(event: ChatEvent, pipe: _Queued, sha: str, event_pushes: list[Push], now_ms: int) -> None:
     """Single instance: ``event``'s cache write (a message's) and pushes, in their order, the
     pushes to users routed to gateways: one script call per run of user pushes that share a
     payload, a plain publish for any other channel (a group shard)."""
@@ -154,7 +171,7 @@ def _route(event: ChatEvent, pipe: AnyPipeline, sha: str, event_pushes: list[Pus
         if users or cache is not None:
             _route_call(pipe, sha, cache, payload, list(users), now_ms)
             cache, users = None, {}
-        publish(pipe, push.channel, push.payload)
+        pipe.publish(push.channel, push.payload)
     if users or cache is not None:
         _route_call(pipe, sha, cache, payload, list(users), now_ms)
 
@@ -213,6 +230,12 @@ class RedisCacheAndPush:
         self._sha: str | None = None
         # single instance: pushes to users are routed to gateways (one script for both)
         self._routed = not is_cluster(redis)
+        # Single instance: the batch's script calls go out on a connection of their own
+        # (``RedisPipeliner``), not in a redis-py ``Pipeline`` whose pool checkout, retry
+        # wrapper and timeouts cost more than the calls at one or two events a batch
+        # (docs/benchmarks.md, issue #19 session 17). Made at the first batch: a gateway builds
+        # this class for its reads only.
+        self._pipeliner: RedisPipeliner | None = None
 
     async def apply(self, events: Sequence[ChatEvent]) -> None:
         """Cache ``events`` and push what they cause, in log order, in one round trip."""
@@ -223,15 +246,13 @@ class RedisCacheAndPush:
             if self._sha is None:
                 script = _route_lua(self.size) if self._routed else _CACHE_LUA
                 self._sha = str(await self._redis.script_load(script))
-            async with self._redis.pipeline(transaction=False) as pipe:
-                if self._routed:
-                    now_ms = int(time.time() * 1000)
-                    for event, event_pushes in batch:
-                        _route(event, pipe, self._sha, event_pushes, now_ms)
-                else:
+            if self._routed:
+                await self._route_all(batch, self._sha)
+            else:
+                async with self._redis.pipeline(transaction=False) as pipe:
                     for event, event_pushes in batch:
                         _cache(event, pipe, self.size, self._sha, event_pushes)
-                await pipe.execute()
+                    await pipe.execute()
         except NoScriptError as exc:
             # Redis restarted or flushed its scripts: load it again and let the projector retry
             # the batch (writes are idempotent; that batch's pushes may go out twice).
@@ -239,6 +260,25 @@ class RedisCacheAndPush:
             raise Unavailable("Redis lost the cache script") from exc
         except RedisError as exc:
             raise Unavailable("Redis did not take the batch") from exc
+
+    async def _route_all(self, batch: list[tuple[ChatEvent, list[Push]]], sha: str) -> None:
+        """Single instance: ``batch``'s script calls and publishes, queued in log order in one
+        flush of the pipeliner (one write, one round trip). As a pipeline's ``execute``: every
+        reply is read, then the first error is raised."""
+        if self._pipeliner is None:
+            self._pipeliner = RedisPipeliner(self._redis)
+        queued = _Queued(self._pipeliner)
+        now_ms = int(time.time() * 1000)
+        for event, event_pushes in batch:
+            _route(event, queued, sha, event_pushes, now_ms)
+        error: Exception | None = None
+        for reply in queued.replies:
+            try:
+                await reply
+            except Exception as exc:  # noqa: BLE001 - the first is raised below, once all are read
+                error = error or exc
+        if error is not None:
+            raise error
 
     async def newest(self, conversation_id: str, *, before: int | None, limit: int) -> list[dict[str, Any]]:
         """Up to ``limit`` cached messages older than ``before`` (or the newest), ascending."""

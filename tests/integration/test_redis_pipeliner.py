@@ -15,8 +15,8 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from commands.adapters.redis_pipeliner import LANE_ATTEMPTS, PipelinedScript, RedisPipeliner
 from projections.adapters.redis_client import HiredisPackingConnection, make_redis
+from projections.adapters.redis_pipeliner import LANE_ATTEMPTS, PipelinedScript, RedisPipeliner
 from tidings.settings import Settings
 
 

@@ -14,13 +14,13 @@ from redis.asyncio import RedisCluster as AsyncRedisCluster
 
 from commands import Limits, SendMessage, SendRecord, send_message
 from commands.adapters.redis_idempotency import RedisIdempotencyStore
-from commands.adapters.redis_pipeliner import RedisPipeliner
 from commands.adapters.redis_rate_limits import TOKEN_BUCKET, RedisRateLimiter
 from commands.memory import MemoryDirectory, MemoryEventLog
 from events import keys
 from events.errors import Conflict, RateLimited
 from events.ids import Snowflake
 from projections.adapters.redis_client import make_redis, redis_from
+from projections.adapters.redis_pipeliner import RedisPipeliner
 from tidings.settings import Settings
 
 

@@ -172,6 +172,64 @@ async def test_recent_reloads_its_script_after_redis_lost_it(redis: Any) -> None
     assert [int(m["message_id"]) for m in await recent.all(cid)] == ids
 
 
+async def _pushes(pubsub: Any, count: int) -> list[tuple[bytes, bytes]]:
+    got: list[tuple[bytes, bytes]] = []
+    for _ in range(40):
+        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.25)
+        if msg:
+            got.append((msg["channel"], msg["data"]))
+        if len(got) == count:
+            break
+    return got
+
+
+async def test_a_routed_batch_goes_on_the_pipeliners_connection_in_log_order(
+    redis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One Redis: the deliver stage's script calls go through its pipeliner, not a redis-py
+    pipeline per batch, each message cached and pushed in log order."""
+    users = sorted(f"u{uuid.uuid4().hex[:12]}" for _ in range(3))  # a direct id's users in order
+    a, b = f"dm:{users[0]}:{users[1]}", f"dm:{users[0]}:{users[2]}"
+    ids = spread_ids(4, step_ms=1)
+    events = [message_sent(mid, conversation_id=cid) for mid, cid in zip(ids, (a, b, a, b), strict=True)]
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(*(keys.user_channel(u) for u in users))
+
+    def no_pipeline(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the routed deliver stage runs no redis-py pipeline")
+
+    recent = RedisCacheAndPush(redis, 5, roster=_direct_only())
+    await recent.apply(events[:1])  # loads the script (a plain command, not a pipeline)
+    monkeypatch.setattr(redis, "pipeline", no_pipeline)
+    await recent.apply(events[1:])
+    got = await _pushes(pubsub, 8)
+    await pubsub.aclose()
+    assert [int(m["message_id"]) for m in await recent.all(a)] == [ids[0], ids[2]]
+    assert [int(m["message_id"]) for m in await recent.all(b)] == [ids[1], ids[3]]
+    # each message to both members of its conversation (no routes: on the users' channels),
+    # the messages in the order of the log
+    pushed = [int(data.split(b'"message_id":"')[1].split(b'"')[0]) for _, data in got]
+    assert pushed == [ids[0], ids[0], ids[1], ids[1], ids[2], ids[2], ids[3], ids[3]]
+
+
+async def test_an_error_reply_fails_the_routed_batch_after_every_call_ran(redis: Any) -> None:
+    """As a pipeline without MULTI: each call runs; the first error is raised (the projector
+    then retries the whole batch, whose writes are idempotent)."""
+    good, bad = f"dm:alice:u{uuid.uuid4().hex[:12]}", f"dm:alice:u{uuid.uuid4().hex[:12]}"  # "a" < "u"
+    await redis.set(keys.recent(bad), b"not a sorted set")  # the script's ZADD: WRONGTYPE
+    ids = spread_ids(3, step_ms=1)
+    recent = RedisCacheAndPush(redis, 5, roster=_direct_only())
+    with pytest.raises(Unavailable):
+        await recent.apply(
+            [
+                message_sent(ids[0], conversation_id=good),
+                message_sent(ids[1], conversation_id=bad),
+                message_sent(ids[2], conversation_id=good),
+            ]
+        )
+    assert [int(m["message_id"]) for m in await recent.all(good)] == [ids[0], ids[2]]
+
+
 class TestRedisIdempotency(IdempotencyContract):
     @pytest.fixture
     async def idem(self, redis: Any) -> AsyncIterator[RedisIdempotencyStore]:

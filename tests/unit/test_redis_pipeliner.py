@@ -9,7 +9,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from commands.adapters.redis_pipeliner import MAX_PIPELINE, RedisPipeliner
+from projections.adapters.redis_pipeliner import MAX_PIPELINE, RedisPipeliner
 
 
 class FakePipe:
