@@ -58,7 +58,12 @@ class LeanFetcher(Fetcher):
       are still shuffled);
     - a partition's node is its leader straight from the cluster metadata while no preferred
       read replica is cached (KIP-392 needs ``client_rack``, which the workers do not set);
-    - the per-partition debug log line is built only when debug logging is on.
+    - the per-partition debug log line is built only when debug logging is on;
+    - each partition's state object and leader are looked up once per assignment and metadata
+      update (``_partition_plan``), not on every call: the state objects live as long as their
+      assignment, and aiokafka replaces the metadata's partition table whole on every update
+      (``ClusterMetadata.update_metadata``), so the leaders read from the one in use are the
+      ones aiokafka would read.
 
     The rest is aiokafka's code, line for line (``tests/unit/test_faust_fetch_lean.py``
     compares the two on every partition state and pins the aiokafka version).
@@ -67,6 +72,8 @@ class LeanFetcher(Fetcher):
     sessions, one per broker (``streams.adapters.kafka_fetch_session``)."""
 
     _sessions: dict[int, FetchSession] | None = None
+    # (assignment, the metadata's partition table, [(tp, its state, its leader)]) as last built.
+    _plan: tuple[Any, Any, list[tuple[Any, Any, int | None]]] | None = None
 
     def _get_actions_per_node(self, assignment: Any) -> Any:
         fetchable, awaiting_reset, backoff_by_nodes, resume_futures, invalid_metadata = self._sort_partitions(
@@ -99,13 +106,12 @@ class LeanFetcher(Fetcher):
         cluster = self._client.cluster
         # Fetcher._select_read_replica is the leader while nothing is cached (it only caches a
         # replica named in a v11+ response to a client with a rack).
-        leader_of = cluster.leader_for_partition if not self._preferred_read_replica else None
+        replica_of = self._select_read_replica if self._preferred_read_replica else None
         debug = fetcher_log.isEnabledFor(logging.DEBUG)
 
-        for tp in assignment.tps:
-            tp_state = assignment.state_value(tp)
-            node_id = leader_of(tp) if leader_of is not None else self._select_read_replica(tp)
-            if tp in records:
+        for tp, tp_state, leader in self._partition_plan(assignment, cluster):
+            node_id = leader if replica_of is None else replica_of(tp)
+            if records and tp in records:
                 # Data not consumed yet: wait for it, with a timeout not to block the others.
                 backoff = records[tp].calculate_backoff()
                 if backoff:
@@ -134,6 +140,17 @@ class LeanFetcher(Fetcher):
                 if debug:
                     fetcher_log.debug("Adding fetch request for partition %s at offset %d", tp, position)
         return fetchable, awaiting_reset, backoff_by_nodes, resume_futures, invalid_metadata
+
+    def _partition_plan(self, assignment: Any, cluster: Any) -> list[tuple[Any, Any, int | None]]:
+        """Each assigned partition with its state object and its leader, built again only for
+        a new assignment or after a metadata update (a new partition table)."""
+        table = cluster._partitions
+        plan = self._plan
+        if plan is None or plan[0] is not assignment or plan[1] is not table:
+            leader_of = cluster.leader_for_partition
+            steps = [(tp, assignment.state_value(tp), leader_of(tp)) for tp in assignment.tps]
+            plan = self._plan = (assignment, table, steps)
+        return plan[2]
 
     def _fetch_request(self, node_id: int, partition_data: list[Any]) -> FetchRequest:
         sessions = self._sessions

@@ -17,8 +17,10 @@ from typing import Any
 
 import aiokafka
 import pytest
+from aiokafka.cluster import ClusterMetadata
 from aiokafka.consumer.fetcher import Fetcher, FetchResult
 from aiokafka.consumer.subscription_state import SubscriptionState
+from aiokafka.protocol.metadata import MetadataResponse_v0
 from aiokafka.structs import TopicPartition
 
 from streams.adapters.faust_fetch import IdleAwareFetcher, LeanFetcher
@@ -40,11 +42,21 @@ def test_background_groups_fetchers_are_lean_too() -> None:
 
 
 class _Cluster:
+    """aiokafka's ``ClusterMetadata`` as the fetcher reads it; ``_partitions`` is the table an
+    update replaces whole (``update`` here)."""
+
     def __init__(self, leaders: dict[TopicPartition, int | None], brokers: set[int]) -> None:
         self.leaders = leaders
         self.brokers = brokers
+        self._partitions: dict[str, Any] = {}
+        self.lookups = 0
+
+    def update(self, leaders: dict[TopicPartition, int | None]) -> None:
+        self.leaders = leaders
+        self._partitions = {}
 
     def leader_for_partition(self, tp: TopicPartition) -> int | None:
+        self.lookups += 1
         return self.leaders.get(tp)
 
     def broker_metadata(self, node_id: int) -> object | None:
@@ -163,3 +175,61 @@ async def test_partitions_are_shuffled_only_when_a_response_cannot_hold_them_all
     orders = [order(tight) for _ in range(5)]
     assert all(sorted(o) == sorted(in_order) for o in orders)
     assert any(o != in_order for o in orders)
+
+
+def _assigned(tps: list[TopicPartition]) -> tuple[SubscriptionState, Any]:
+    subs = SubscriptionState()
+    subs.assign_from_user(set(tps))
+    assignment = subs.subscription.assignment
+    for i, tp in enumerate(tps):
+        assignment.state_value(tp).reset_to(i)
+    return subs, assignment
+
+
+@pytest.mark.asyncio
+async def test_leaders_are_looked_up_again_only_after_a_metadata_update_or_a_new_assignment() -> None:
+    t = [TopicPartition("events", p) for p in range(12)]
+    subs, assignment = _assigned(t)
+    cluster = _Cluster(dict.fromkeys(t, 1), {1, 2})
+    fetcher = _fetcher(cluster)
+    _same(*_both(fetcher, assignment))
+    looked_up = cluster.lookups
+    for _ in range(3):
+        fetcher._get_actions_per_node(assignment)
+    assert cluster.lookups == looked_up  # the plan kept
+
+    # a leader moves (metadata update: a new table): both fetch t[3] from node 2 now
+    cluster.update({**dict.fromkeys(t, 1), t[3]: 2})
+    ours, theirs = _both(fetcher, assignment)
+    _same(ours, theirs)
+    assert _requests(ours[0])[2][5] == {("events", (3, 3, 1048576))}
+
+    # a rebalance: a new assignment of other partitions, the same table
+    subs.assign_from_user(set(t[6:]))
+    moved = subs.subscription.assignment
+    for i, tp in enumerate(t[6:]):
+        moved.state_value(tp).reset_to(50 + i)
+    ours, theirs = _both(fetcher, moved)
+    _same(ours, theirs)
+    assert _requests(ours[0])[1][5] == {("events", (p, 44 + p, 1048576)) for p in range(6, 12)}
+
+
+def test_aiokafka_replaces_the_partition_table_on_every_metadata_update() -> None:
+    """What the plan's check relies on: a new table object per update, never one changed in place."""
+    cluster = ClusterMetadata()
+
+    def update(leader: int) -> None:
+        cluster.update_metadata(
+            MetadataResponse_v0(
+                [(1, "localhost", 9092), (2, "localhost", 9093)],
+                [(0, "events", [(0, 0, leader, [leader], [leader])])],
+            )
+        )
+
+    update(1)
+    before = cluster._partitions
+    assert cluster.leader_for_partition(TopicPartition("events", 0)) == 1
+    update(2)
+    assert cluster._partitions is not before
+    assert before["events"][0].leader == 1  # the old table untouched
+    assert cluster.leader_for_partition(TopicPartition("events", 0)) == 2
