@@ -8,7 +8,7 @@ it appeared, not before."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,6 +17,7 @@ from tidings_client import Backoff, Message, MessageEvent, TidingsClient
 from tidings_client.e2ee import DecryptionError, MemoryKeyStore, MissingRoomKey
 
 from tests.e2e.conftest import System, user
+from tests.polling import until as _until
 
 HEARTBEAT_S = 1.0
 FAST_KDF = 2**12
@@ -44,16 +45,8 @@ async def e2ee_client(
         await client.close()
 
 
-async def _until(check: Callable[[], bool], timeout: float = 40, what: str = "") -> None:  # noqa: ASYNC109
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        await asyncio.sleep(0.05)
-
-
 async def _received(inbox: list[Message], message_id: str, what: str) -> Message:
-    await _until(lambda: any(m.message_id == message_id for m in inbox), what=what)
+    await _until(lambda: any(m.message_id == message_id for m in inbox), 40, what)
     (got,) = [m for m in inbox if m.message_id == message_id]
     return got
 
@@ -156,7 +149,7 @@ async def test_a_device_added_later_reads_what_is_sent_after_it_appeared(system:
             # and shares the key with it on her next send.
             e2ee = a.e2ee
             assert e2ee is not None
-            await _until(lambda: e2ee.cached_devices(bob) is None, what="alice's device_list for bob")
+            await _until(lambda: e2ee.cached_devices(bob) is None, 40, "alice's device_list for bob")
             second = await a.send(chat.conversation_id, "hello tablet")
             got = await _received(t_inbox, second.message_id, "the tablet's copy")
             assert got.body == "hello tablet" and got.decryption_error is None

@@ -28,6 +28,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from events import direct_conversation_id
 from tests.e2e.conftest import System, run_cli, user
 from tests.e2ee_support import Megolm, decrypt
+from tests.polling import until as _until
 
 N = 6
 
@@ -170,14 +171,6 @@ def _archive(root: Path) -> bytes:
     return b"\n".join(repr(pq.read_table(p).to_pylist()).encode() for p in files)
 
 
-async def _until(check: Any, what: str, timeout_s: float = 60) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.3)
-
-
 async def test_encrypted_plaintext_is_nowhere_and_the_control_is_everywhere(system: System) -> None:
     alice, bob, carol = user(), user(), user()
     tag = uuid.uuid4().hex[:10]
@@ -236,7 +229,7 @@ async def test_encrypted_plaintext_is_nowhere_and_the_control_is_everywhere(syst
                 page = await warm.page(cid, before=None, after=None, limit=len(ids) + 1)
                 return [m["message_id"] for m in page] == ids
 
-            await _until(persisted, f"the persist worker to write {cid}")
+            await _until(persisted, 60, f"the persist worker to write {cid}", every=0.3)
     finally:
         await asyncio.to_thread(cluster.shutdown)
     search_root = Path(system.env["TIDINGS_SEARCH_DIR"])
@@ -245,7 +238,7 @@ async def test_encrypted_plaintext_is_nowhere_and_the_control_is_everywhere(syst
         status, found = system.request("GET", f"/v1/search?q={control[-1]}", user=bob)
         return status == 200 and len(found["results"]) == 1
 
-    await _until(indexed, "the control to be searchable")
+    await _until(indexed, 60, "the control to be searchable", every=0.3)
     assert "archived" in await run_cli(system, "archive", "run", "--older-than", "0s")
 
     everything = set(secret) | set(control)

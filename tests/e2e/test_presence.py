@@ -17,6 +17,7 @@ from aiokafka.structs import TopicPartition
 
 from events import Topics, decode_event, direct_conversation_id
 from tests.e2e.conftest import IDLE_CLOSE_S, PRESENCE_TTL_S, System, user, wait_until
+from tests.polling import until as _until
 
 
 def _group(system: System, owner: str, *members: str) -> str:
@@ -32,13 +33,6 @@ def _group(system: System, owner: str, *members: str) -> str:
 
 def _presence(system: System, viewer: str, target: str) -> tuple[int, Any]:
     return system.request("GET", f"/v1/users/{target}/presence", user=viewer)
-
-
-async def _until(check: Any, timeout: float = 10.0) -> Any:  # noqa: ASYNC109
-    result = await wait_until(check, timeout=timeout)
-    if not result:
-        raise AssertionError(f"not within {timeout}s: last {result!r}")
-    return result
 
 
 async def test_watcher_sees_online_away_and_offline_with_last_seen(system: System) -> None:
@@ -313,5 +307,5 @@ async def test_presence_is_allowed_at_once_in_a_new_group_and_refused_soon_after
     status, _ = system.request("DELETE", f"/v1/conversations/{cid}/members/{bob}", user=alice)
     assert status == 204
     # A "yes" may be remembered for a few seconds (Contacts' cache), never longer.
-    await _until(lambda: _presence(system, bob, alice)[0] == 403, timeout=8.0)
-    await _until(lambda: _presence(system, alice, bob)[0] == 403, timeout=8.0)
+    await _until(lambda: _presence(system, bob, alice)[0] == 403, 8.0)
+    await _until(lambda: _presence(system, alice, bob)[0] == 403, 8.0)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from tidings_client import (
 
 from tests.e2e.conftest import Gateway, System, user, wait_until
 from tests.e2e.sdk_proxy import Proxy
+from tests.polling import until as _until
 
 # The test system closes sockets silent for 8 s: SDK clients heartbeat every second.
 HEARTBEAT_S = 1.0
@@ -50,11 +51,6 @@ async def sdk(
         yield client
     finally:
         await client.close()
-
-
-async def _until(check: Callable[[], bool], timeout: float = 30, what: str = "") -> None:  # noqa: ASYNC109
-    if not await wait_until(check, timeout=timeout, interval=0.05):
-        raise AssertionError(f"timed out waiting for {what or check}")
 
 
 async def _settled(client: TidingsClient) -> None:

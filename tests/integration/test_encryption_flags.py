@@ -30,6 +30,7 @@ from projections.membership import CassandraMembership
 from projections.receipts import CassandraReceipts
 from projections.wire import SendFields
 from query_api.services import Conversations, Messaging
+from tests.polling import until as _until
 from tidings.gateway_root import _publisher
 from tidings.settings import Settings
 
@@ -129,13 +130,6 @@ async def _gateway(
         await broadcasts.close()
         await idempotency.aclose()
         await redis.aclose()
-
-
-async def _until(check: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 async def test_enabling_on_one_gateway_refuses_plaintext_on_another_at_once(

@@ -13,7 +13,7 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -26,6 +26,7 @@ from streams.adapters import faust_drain, faust_sameloop
 from streams.app import create_app
 from tests.contracts import spread_ids
 from tests.factories import message_sent
+from tests.polling import until as _until
 from tidings.settings import Settings
 
 PARTITIONS = 4
@@ -66,14 +67,6 @@ async def _offsets(bootstrap: str, group: str, topic: str) -> tuple[dict[int, in
         return {tp.partition: end for tp, end in ends.items()}, committed
     finally:
         await consumer.stop()
-
-
-async def _until(check: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within} s: {what}")
-        await asyncio.sleep(0.1)
 
 
 def _assigned(app: faust.App, topic: str) -> set[int]:

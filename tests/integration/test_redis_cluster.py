@@ -47,6 +47,7 @@ from tests.contracts import (
 from tests.factories import message_sent
 from tests.integration.test_presence_store import RealClock
 from tests.integration.test_stores import a_retried_take_holds_the_lock
+from tests.polling import until as _until
 from tests.unit.test_hub import FakeSocket
 from tidings.services.redis_cluster import NODES, SLOTS, RedisCluster
 from tidings.settings import Settings
@@ -271,13 +272,6 @@ async def _hub_on(client: Any) -> tuple[Hub, ShardedSubscriber, asyncio.Task[Non
     hub = Hub(subscriber, no_groups, shards=4)
     await hub.start()
     return hub, subscriber, asyncio.create_task(hub.listen())
-
-
-async def _until(condition: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
 
 
 async def test_a_message_reaches_a_gateway_hub_through_sharded_pubsub(client: Any) -> None:

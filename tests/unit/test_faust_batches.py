@@ -17,6 +17,7 @@ from faust.types import TP
 from streams.adapters.faust_batches import BatchAgent
 from streams.adapters.faust_fetch import App as TidingsApp
 from streams.projector import Record
+from tests.polling import until as _until
 from tests.unit.offline_app import offline_app
 
 TOPIC, OTHER = "t-batches", "t-other"
@@ -77,13 +78,6 @@ def _fetch(consumer: Any, records: dict[TP, list[Any]]) -> None:
 
 async def _getmany(consumer: Any) -> list[tuple[TP, Any]]:
     return [item async for item in consumer.getmany(timeout=1.0)]
-
-
-async def _until(check: Any, within: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "never"
-        await asyncio.sleep(0.005)
 
 
 async def _running(agent: BatchAgent) -> asyncio.Task[None]:

@@ -31,6 +31,8 @@ from tidings_client import (
 from tidings_client.errors import error_for
 from tidings_client.transport import HandshakeRejected, Transport, TransportClosed
 
+from tests.polling import until
+
 ALICE = "eyJhbGciOiJIUzI1NiJ9." + "eyJzdWIiOiJhbGljZSIsImRldiI6InBob25lIiwiZXhwIjo5OTk5OTk5OTk5fQ" + ".sig"
 CID = "dm:alice:bob"
 
@@ -151,12 +153,6 @@ class FakeServer:
         return TidingsClient(
             urls, ALICE, connector=self.connect, http_transport=httpx.MockTransport(self.http), **options
         )
-
-
-async def until(check: Callable[[], bool], timeout: float = 5) -> None:  # noqa: ASYNC109
-    async with asyncio.timeout(timeout):
-        while not check():  # noqa: ASYNC110 - polling a condition in a test
-            await asyncio.sleep(0.005)
 
 
 # ---- backoff ---------------------------------------------------------------------------------
@@ -593,7 +589,7 @@ async def test_a_resume_finds_a_message_pushed_before_registration_however_late_
         log.on_call[4] = lambda: log.append(message(30), applied_at_call=8, push=True)
         log.failing.add(7)  # a follow-up answered 503 is tried again, not given up
         gate.set()
-        await until(lambda: "20" in seen, timeout=5)
+        await until(lambda: "20" in seen, 5)
         assert seen == ["10", "30", "20"]
         # A sync that found nothing the socket did not push, with every push back: it stops.
         await asyncio.sleep(0.5)
