@@ -75,15 +75,10 @@ class RedisPipeliner:
     def queue(self, *args: Any, **options: Any) -> asyncio.Future[Any]:
         """Queue one command now (before any command queued after this call) and return the
         future of its reply, for a caller that need not wait for it."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        if self._closed:
-            future.set_exception(_closed_error())
-            return future
-        self._pending.append((args, options, future))
-        if not self._scheduled:
+        future = self._add(args, options)
+        if not self._scheduled and not self._closed:
             self._scheduled = True
-            loop.call_soon(self._flush)
+            future.get_loop().call_soon(self._flush)
         return future
 
     def queue_later(self, delay_s: float, *args: Any, **options: Any) -> asyncio.Future[Any]:
@@ -91,14 +86,19 @@ class RedisPipeliner:
         next flush (another caller's command) or, if none comes, after ``delay_s``. For
         commands nobody waits for: a busy process sends them in pipelines it sends anyway
         instead of a round trip each. Order is kept as with ``queue``."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        future = self._add(args, options)
+        if not self._scheduled and self._timer is None and not self._closed:
+            self._timer = future.get_loop().call_later(delay_s, self._flush)
+        return future
+
+    def _add(self, args: tuple[Any, ...], options: dict[str, Any]) -> asyncio.Future[Any]:
+        """The future of a command's reply, the command added to the next flush; failed at
+        once when the pipeliner is closed."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self._closed:
             future.set_exception(_closed_error())
-            return future
-        self._pending.append((args, options, future))
-        if not self._scheduled and self._timer is None:
-            self._timer = loop.call_later(delay_s, self._flush)
+        else:
+            self._pending.append((args, options, future))
         return future
 
     async def aclose(self) -> None:
