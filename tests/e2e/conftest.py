@@ -4,7 +4,6 @@ real services, driven through the client protocol only."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import signal
 import socket
@@ -13,10 +12,10 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any
 
 import orjson
 import pytest
@@ -25,11 +24,11 @@ from websockets.asyncio.client import ClientConnection
 
 from query_api.auth import issue_token
 from tests.e2e import push_fakes
+from tests.polling import wait_until as wait_until  # re-exported: the e2e tests import it from here
 from tidings import processes
 from tidings.settings import Settings
 
 ROOT = processes.ROOT
-T = TypeVar("T")
 FANOUT_THRESHOLD = 10
 PRESENCE_TTL_S, IDLE_CLOSE_S, HEARTBEAT_S = 4.0, 8.0, 0.5
 # UNREAD: test clients read frames only when a test expects one, and keep the rest in a
@@ -339,36 +338,6 @@ def system(
 async def settled(*clients: Client) -> None:
     """``Client.settled`` on each of ``clients``, together."""
     await asyncio.gather(*(c.settled() for c in clients))
-
-
-@overload
-async def wait_until(
-    probe: Callable[[], Awaitable[T]],
-    timeout: float = 10,  # noqa: ASYNC109
-    interval: float = 0.1,
-) -> T: ...
-@overload
-async def wait_until(
-    probe: Callable[[], T],
-    timeout: float = 10,  # noqa: ASYNC109
-    interval: float = 0.1,
-) -> T: ...
-async def wait_until(
-    probe: Callable[[], Any],
-    timeout: float = 10,  # noqa: ASYNC109
-    interval: float = 0.1,
-) -> Any:
-    """Call ``probe`` (a function or a coroutine function) until it returns something true, and
-    return that; after ``timeout`` seconds return its last (false) result, for the caller's
-    assertion to report what was seen."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if inspect.isawaitable(result):
-            result = await result
-        if result or time.monotonic() >= deadline:
-            return result
-        await asyncio.sleep(interval)
 
 
 def user() -> str:
