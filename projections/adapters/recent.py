@@ -6,7 +6,8 @@ member, so the write is idempotent. The set is a contiguous suffix of the conver
 history (every message goes through here in log order), which is what lets the history query
 answer from it alone when it holds enough.
 
-The batch's pushes go out in the same pipeline, each after its event's cache writes. A
+The batch's pushes go out in the same pipeline, each after its event's cache writes (on one
+instance the pipeline is a ``RedisPipeliner``'s write on its own connection). A
 message's cache commands (add, trim, expire) and its publishes (one per member of a small
 conversation, or one on a group shard) are one script call: the deliver worker's CPU goes
 mostly to redis-py's per-command packing and parsing, so fewer commands per event is cheaper
