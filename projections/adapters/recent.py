@@ -7,14 +7,13 @@ history (every message goes through here in log order), which is what lets the h
 answer from it alone when it holds enough.
 
 The batch's pushes go out in the same pipeline, each after its event's cache writes (on one
-instance the pipeline is a ``RedisPipeliner``'s write on its own connection). A
-message's cache commands (add, trim, expire) and its publishes (one per member of a small
-conversation, or one on a group shard) are one script call: the deliver worker's CPU goes
-mostly to redis-py's per-command packing and parsing, so fewer commands per event is cheaper
-(docs/benchmarks.md; ``bench/deliver_redis.py``). The script touches one key (channels are not
-keys), but a script may only publish to its keys' slot on a Redis Cluster, where channels are
-sharded (SPUBLISH): there the script only caches and the pushes are SPUBLISHed beside it, each
-routed to its channel's node by the cluster pipeline.
+instance the pipeline is a ``RedisPipeliner``'s write on its own connection). On one instance
+a message's cache commands (add, trim, expire) and the publishes to its recipients are one
+script call: the deliver worker's CPU goes mostly to per-command packing and parsing, so fewer
+commands per event is cheaper (docs/benchmarks.md; ``bench/deliver_redis.py``); a publish on a
+group shard is a plain publish beside it. A script may only publish to its keys' slot on a
+Redis Cluster, where channels are sharded (SPUBLISH): there the script only caches and the
+pushes are SPUBLISHed beside it, each routed to its channel's node by the cluster pipeline.
 
 On one instance the pushes are routed to gateways, not users (``projections.delivery``): the
 script that publishes a payload also reads its recipients' route sets (``keys.route``) and
@@ -57,15 +56,13 @@ def _id_bound(message_id: int) -> bytes:
     return f"{message_id:0{_ID_DIGITS}d}".encode()
 
 
-# KEYS[1] = recent:{cid}; ARGV = member, size, ttl, payload, channel... Same effect as ZADD,
-# ZREMRANGEBYRANK, EXPIRE, then PUBLISH of the payload on each channel.
+# Redis Cluster. KEYS[1] = recent:{cid}; ARGV = member, size, ttl. Same effect as ZADD,
+# ZREMRANGEBYRANK, EXPIRE; the pushes are SPUBLISHed beside it (a script may publish only to its
+# key's slot there).
 _CACHE_LUA = """
 redis.call('ZADD', KEYS[1], 0, ARGV[1])
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[2]) + 1))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-for i = 5, #ARGV do
-  redis.call('PUBLISH', ARGV[i], ARGV[4])
-end
 return 1
 """
 
@@ -179,26 +176,20 @@ def _route(event: ChatEvent, pipe: _Queued, sha: str, event_pushes: list[Push], 
 
 @singledispatch
 def _cache(event: ChatEvent, pipe: AnyPipeline, size: int, sha: str, event_pushes: list[Push]) -> None:
+    """Redis Cluster: ``event``'s pushes, each a sharded publish on ``pipe``."""
     for push in event_pushes:
         publish(pipe, push.channel, push.payload)
 
 
 @_cache.register
 def _(event: MessageSent, pipe: AnyPipeline, size: int, sha: str, event_pushes: list[Push]) -> None:
+    """Redis Cluster: the message cached by ``_CACHE_LUA``, then its pushes. (EVALSHA by
+    execute_command: redis-py's cluster pipeline blocks its evalsha method, not the command.)"""
     key = keys.recent(event.conversation_id)
     member = _member(event.message_id, message_json(event))
-    payloads = {push.payload for push in event_pushes}
-    # every member gets the same frame today; if not, publish apart. (EVALSHA by
-    # execute_command: redis-py's cluster pipeline blocks its evalsha method, not the command.)
-    if len(payloads) > 1 or is_cluster(pipe):
-        pipe.execute_command("EVALSHA", sha, 1, key, member, size, _TTL_S, b"")
-        for push in event_pushes:
-            publish(pipe, push.channel, push.payload)
-        return
-    payload = payloads.pop() if payloads else b""
-    pipe.execute_command(
-        "EVALSHA", sha, 1, key, member, size, _TTL_S, payload, *(push.channel for push in event_pushes)
-    )
+    pipe.execute_command("EVALSHA", sha, 1, key, member, size, _TTL_S)
+    for push in event_pushes:
+        publish(pipe, push.channel, push.payload)
 
 
 def _with_trace(traceparent: str | None, event_pushes: list[Push]) -> list[Push]:

@@ -1,7 +1,7 @@
-"""What ``RedisCacheAndPush`` puts in its pipeline per event: one script call per message that caches
-it and publishes it to every recipient channel, and plain publishes for other events. On a Redis
-Cluster (a real, unconnected ``ClusterPipeline``): the script only caches, and every push is a
-sharded SPUBLISH of its own."""
+"""What ``RedisCacheAndPush`` puts in its pipeline per event. On one instance: one script call per
+message that caches it and routes its pushes to the recipients' gateways, and plain publishes on
+group shards. On a Redis Cluster (a real, unconnected ``ClusterPipeline``): the script only
+caches, and every push is a sharded SPUBLISH of its own."""
 
 from __future__ import annotations
 
@@ -30,32 +30,6 @@ def _message() -> MessageSent:
     return message_sent(7, conversation_id="dm:a:b", sender_id="a", client_msg_id="c", body="hi", ts=1)
 
 
-def test_a_message_is_cached_and_published_by_one_script_call() -> None:
-    pipe = RecordingPipe()
-    pushes = [Push("deliver:user:a", b"mframe"), Push("deliver:user:b", b"mframe")]
-    _cache(_message(), pipe, 50, "sha", pushes)  # type: ignore[arg-type]
-    [(op, sha, nkeys, key, member, size, _ttl, payload, *channels)] = pipe.calls
-    assert (op, sha, nkeys, key, size, payload) == ("evalsha", "sha", 1, "recent:dm:a:b", 50, b"mframe")
-    assert member.startswith(b"00000000000000000007|")
-    assert channels == ["deliver:user:a", "deliver:user:b"]
-
-
-def test_recipients_with_different_frames_get_their_own_publish_after_the_cache_write() -> None:
-    pipe = RecordingPipe()
-    pushes = [Push("deliver:user:a", b"one"), Push("deliver:user:b", b"two")]
-    _cache(_message(), pipe, 50, "sha", pushes)  # type: ignore[arg-type]
-    assert [c[0] for c in pipe.calls] == ["evalsha", "publish", "publish"]
-    assert pipe.calls[0][-1] == b""  # the script publishes nothing itself
-    assert pipe.calls[1:] == [("publish", "deliver:user:a", b"one"), ("publish", "deliver:user:b", b"two")]
-
-
-def test_other_events_are_only_published() -> None:
-    pipe = RecordingPipe()
-    receipt = receipt_recorded(7, conversation_id="dm:a:b", user_id="b", device_id="d", status="read", ts=1)
-    _cache(receipt, pipe, 50, "sha", [Push("deliver:user:a", b"mreceipt")])  # type: ignore[arg-type]
-    assert pipe.calls == [("publish", "deliver:user:a", b"mreceipt")]
-
-
 def test_on_a_cluster_the_script_only_caches_and_each_push_is_a_sharded_publish() -> None:
     pipe = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", 1)]).pipeline()  # never connects
     pushes = [Push("deliver:user:a", b"mframe"), Push("deliver:user:b", b"mframe")]
@@ -64,7 +38,10 @@ def test_on_a_cluster_the_script_only_caches_and_each_push_is_a_sharded_publish(
     _cache(receipt, pipe, 50, "sha", [Push("deliver:user:a", b"mreceipt")])
     calls = [c.args for c in pipe._execution_strategy._command_queue]  # type: ignore[attr-defined]
     assert [c[0] for c in calls] == ["EVALSHA", "SPUBLISH", "SPUBLISH", "SPUBLISH"]
-    assert calls[0][1:4] == ("sha", 1, "recent:dm:a:b") and calls[0][-1] == b""  # no channel
+    # the script takes the member, the size and the TTL only: no payload, no channel
+    [(_, sha, nkeys, key, member, size, ttl)] = calls[:1]
+    assert (sha, nkeys, key, size, ttl) == ("sha", 1, "recent:dm:a:b", 50, 7 * 24 * 3600)
+    assert member.startswith(b"00000000000000000007|")
     assert calls[1:] == [
         ("SPUBLISH", "deliver:user:a", b"mframe"),
         ("SPUBLISH", "deliver:user:b", b"mframe"),
