@@ -12,6 +12,9 @@ messages there, and none elsewhere); the conversation objects carry the flag.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import singledispatch
@@ -23,6 +26,8 @@ from prometheus_client import Counter
 from events import ChatEvent, EncryptionEnabled, GroupCreated
 from events.errors import Unavailable
 from projections.adapters.cql import Cql
+
+log = logging.getLogger(__name__)
 
 NAME = "conversation_encryption"
 # How long a process trusts "not encrypted" before reading again (see EncryptionFlags): on
@@ -79,7 +84,16 @@ class EncryptionFlags:
     keeps that answer (``stale_answers`` counts them), so direct chats stay writable through an
     outage, as they were before encryption existed; one never read raises ``Unavailable``. The
     window above then lasts as long as the outage, for a chat turned encrypted on another
-    gateway whose broadcast this process did not hear (docs/e2ee.md)."""
+    gateway whose broadcast this process did not hear (docs/e2ee.md).
+
+    With ``refresh_ahead`` (the gateway's), a send that finds its conversation's "not
+    encrypted" past half its interval still gets that answer, and the conversation is read
+    again off the send path: the conversations due within ``gather_s`` (a tenth of the interval
+    unless given) are read together, 100 to a query. A conversation in use then costs no read on
+    its sends' path and a share of one query per interval, not a read of its own (each one a
+    request Cassandra wakes for: docs/benchmarks.md, session 18). Every answer still rests on a
+    read begun less than the interval before; a refresh read across a forget is not kept, and
+    one that fails leaves the entries to run out, for the send path to read them as before."""
 
     def __init__(
         self,
@@ -89,8 +103,15 @@ class EncryptionFlags:
         plain_ttl_s: float = PLAIN_TTL_S,
         watched_plain_ttl_s: float = WATCHED_PLAIN_TTL_S,
         clock: Callable[[], float] = time.monotonic,
+        refresh_ahead: bool = False,
+        gather_s: float | None = None,
     ) -> None:
         self._cql = cql
+        self._refresh_ahead = refresh_ahead
+        self._gather_s = gather_s
+        # Conversations to read again off the send path, and the task that reads them.
+        self._due: dict[str, None] = {}
+        self._refresher: asyncio.Task[None] | None = None
         self._clock = clock
         self._ttl_s = plain_ttl_s
         self._watched_ttl_s = watched_plain_ttl_s
@@ -103,6 +124,7 @@ class EncryptionFlags:
         self.watching = False
         self.stale_answers = 0
         self.reads = 0  # Cassandra reads of the flag (tests and benchmarks)
+        self.refreshes = 0  # of them, refresh queries (``refresh_ahead``)
 
     def prepare(self) -> None:
         for cql in STATEMENTS:
@@ -114,7 +136,10 @@ class EncryptionFlags:
             return True
         read_at = self._plain.get(conversation_id)
         now = self._clock()
-        if read_at is not None and now - read_at < (self._watched_ttl_s if self.watching else self._ttl_s):
+        trust_s = self._trust_s()
+        if read_at is not None and now - read_at < trust_s:
+            if self._refresh_ahead and now - read_at >= trust_s / 2:
+                self._refresh_later(conversation_id)
             return False
         epoch = self._epoch
         self.reads += 1
@@ -140,6 +165,58 @@ class EncryptionFlags:
         self._last_plain[conversation_id] = True
         return False
 
+    def _trust_s(self) -> float:
+        return self._watched_ttl_s if self.watching else self._ttl_s
+
+    def _refresh_later(self, conversation_id: str) -> None:
+        self._due[conversation_id] = None
+        if self._refresher is None:
+            self._refresher = asyncio.get_running_loop().create_task(
+                self._refresh(), name="encryption-flags-refresh"
+            )
+
+    async def _refresh(self) -> None:
+        """Read the due conversations again, a gathering at a time, until none is due."""
+        try:
+            while self._due:
+                await asyncio.sleep(self._gather_s if self._gather_s is not None else self._trust_s() / 10)
+                due, self._due = [cid for cid in self._due if cid not in self._known], {}
+                await self._reread(due)
+        finally:
+            self._refresher = None
+
+    async def _reread(self, conversation_ids: Sequence[str]) -> None:
+        epoch, now = self._epoch, self._clock()
+        for start in range(0, len(conversation_ids), 100):
+            chunk = conversation_ids[start : start + 100]
+            self.reads += 1
+            self.refreshes += 1
+            try:
+                rows = await self._cql.execute(_SELECT_MANY, (list(chunk),))
+            except Unavailable as exc:
+                # Nothing is lost: the entries run out and the send path reads them, with its
+                # outage rules.
+                log.warning("encryption flags not refreshed (%r); the sends read them", exc)
+                return
+            found = {row.conversation_id for row in rows}
+            for conversation_id in found:
+                self.heard(conversation_id)
+            if epoch != self._epoch:
+                continue  # forgotten while the read was in flight: not kept
+            for conversation_id in chunk:
+                if conversation_id not in found and conversation_id not in self._known:
+                    self._plain[conversation_id] = now
+                    self._last_plain[conversation_id] = True
+
+    async def aclose(self) -> None:
+        """Stop the refresh in flight, if any (the gateway's closers)."""
+        task, self._refresher = self._refresher, None
+        self._due.clear()
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     def note(self, events: Sequence[ChatEvent]) -> None:
         """Remember the conversations ``events`` make encrypted (after writing them through)."""
         for event in events:
@@ -157,6 +234,7 @@ class EncryptionFlags:
         so far is forgotten either way: what was broadcast while it was not listening is lost."""
         self.watching = watching
         self._plain.clear()
+        self._due.clear()
         self._epoch += 1
 
     async def encrypted_of(self, conversation_ids: Iterable[str]) -> set[str]:

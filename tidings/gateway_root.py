@@ -43,6 +43,7 @@ from projections.adapters.redis_pipeliner import RedisPipeliner
 from projections.adapters.redis_pubsub import GatewayRoutes, ShardedSubscriber
 from projections.adapters.search import ShardReaders
 from projections.delivery import GROUP_SHARDS, Push
+from projections.encryption import EncryptionFlags
 from projections.inbox import UnreadCounter, one_conversation
 from projections.keys import CassandraKeys
 from projections.media import CassandraMedia
@@ -147,6 +148,7 @@ async def build_dependencies(settings: Settings) -> Dependencies:
     conns = await _connect(settings)
     models = await _prepare(settings, conns.cql)
     membership, redis = models.membership, conns.redis
+    conns.closers.append(membership.encryption_flags.aclose)  # before Cassandra's shutdown
     hub = await _start_hub(redis, membership, conns.closers, conns.lease.worker_id)
     if not isinstance(redis, RedisCluster):
         # On a Redis Cluster the broadcast is published sharded (SPUBLISH) and this listener's
@@ -275,7 +277,8 @@ async def _connect(settings: Settings) -> _Connections:
 async def _prepare(settings: Settings, cql: Cql) -> _ReadModels:
     models = _ReadModels(
         warm=CassandraMessages(cql, settings.message_bucket_ms),
-        membership=CassandraMembership(cql),
+        # The send path's encryption flags, read again off the path before they run out.
+        membership=CassandraMembership(cql, flags=EncryptionFlags(cql, refresh_ahead=True)),
         receipts=CassandraReceipts(cql),
         sync_log=CassandraSyncLog(cql),
         presence_records=CassandraPresence(cql),

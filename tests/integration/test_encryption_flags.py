@@ -25,7 +25,7 @@ from events.errors import Invalid
 from projections.adapters.cql import Cql, connect_to
 from projections.adapters.encryption_broadcasts import EncryptionBroadcasts
 from projections.adapters.redis_client import make_redis
-from projections.encryption import PLAIN_TTL_S, EncryptionFlags
+from projections.encryption import PLAIN_TTL_S, WATCHED_PLAIN_TTL_S, EncryptionFlags
 from projections.membership import CassandraMembership
 from projections.receipts import CassandraReceipts
 from projections.wire import SendFields
@@ -77,6 +77,35 @@ async def test_other_processes_see_a_direct_chat_encrypted_within_the_plain_ttl(
         "SELECT * FROM {ks}.conversation_encryption WHERE conversation_id = ?", (cid,)
     )
     assert [tuple(r) for r in rows] == [(cid, True)]
+
+
+async def test_a_gateways_flags_are_read_again_off_the_send_path_in_shared_queries(cql: Cql) -> None:
+    """``refresh_ahead`` (the gateway's) on the real table: 150 chats in use past half their
+    trusted interval cost no read on their sends' path and two queries between them, and one
+    turned encrypted meanwhile (its broadcast missed) is known before its read runs out."""
+    run = uuid.uuid4().hex[:8]
+    cids = [direct_conversation_id(f"a{run}", f"b{n:03d}{run}") for n in range(150)]
+    clock = Clock()
+    flags = EncryptionFlags(cql, clock=clock, refresh_ahead=True, gather_s=0.0)
+    flags.prepare()
+    flags.watch(True)
+    writer = CassandraMembership(cql)
+    writer.prepare()
+    for cid in cids:
+        assert await flags.encrypted(cid) is False
+    assert flags.reads == 150
+    await writer.apply([_enabled(cids[7])])  # another gateway turned it on; no broadcast here
+    clock.now += WATCHED_PLAIN_TTL_S / 2 + 0.1
+    for cid in cids:
+        assert await flags.encrypted(cid) is False  # still trusted: answered from the cache
+    assert flags.reads == 150
+    await _until(lambda: flags.refreshes == 2 and flags._refresher is None, within=10, what="the refresh")
+    assert flags.reads == 152
+    clock.now += WATCHED_PLAIN_TTL_S / 2 + 0.1  # past the first reads' interval
+    assert await flags.encrypted(cids[7]) is True
+    assert [await flags.encrypted(cid) for cid in cids[:3]] == [False] * 3
+    assert flags.reads == 152  # trusted on the refresh's reads
+    await flags.aclose()
 
 
 @dataclass
