@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from cassandra import InvalidRequest
+from cassandra import InvalidRequest, ReadFailure, WriteFailure
 from cassandra.cluster import Session
 
 from projections.schema import BOOTSTRAP, MIGRATIONS, replication_literal, same_replication
@@ -69,16 +69,21 @@ _UNKNOWN_RETRIES = (0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0, 5.0)
 
 
 def _execute(session: Session, cql: str, params: Any, sleep: Callable[[float], None]) -> Any:
-    """``session.execute``, retried while the node it reached does not know a keyspace or table
-    made just before. The driver's schema agreement counts only the nodes it has marked up: on a
-    cluster whose nodes have just started, a node it had not counted yet could still miss the
-    new keyspace ("Keyspace ... doesn't exist", CI once, right after CREATE KEYSPACE). Every
-    statement here may run twice (IF NOT EXISTS, reads, an upsert of the record)."""
+    """``session.execute``, retried while a node does not know a keyspace or table made just
+    before. The driver's schema agreement counts only the nodes it has marked up: on a cluster
+    whose nodes have just started, a node it had not counted yet could still miss it. The
+    coordinator then says so ("Keyspace ... doesn't exist", CI once, right after CREATE
+    KEYSPACE), or a replica does, and the read or write fails with ``INCOMPATIBLE_SCHEMA`` (CI
+    once, the first read of ``schema_migrations``: the replica learned the table 1.5 s later).
+    Every statement here may run twice (IF NOT EXISTS, reads, an upsert of the record)."""
     for backoff in _UNKNOWN_RETRIES:
         try:
             return session.execute(cql, params, timeout=60)
         except InvalidRequest as exc:
             if not _not_known_yet(str(exc)):
+                raise
+        except (ReadFailure, WriteFailure) as exc:
+            if "INCOMPATIBLE_SCHEMA" not in str(exc):
                 raise
         sleep(backoff)
         _schema_agreed(session)

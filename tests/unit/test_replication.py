@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from aiokafka.errors import InvalidReplicationFactorError, TopicAlreadyExistsError
-from cassandra import InvalidRequest
+from cassandra import InvalidRequest, ReadFailure
 from pydantic import ValidationError
 
 from projections.adapters.migrate import migrate_cassandra
@@ -198,6 +198,46 @@ def test_a_statement_that_meets_a_node_without_the_new_keyspace_is_tried_again()
     with pytest.raises(InvalidRequest, match="doesn't exist"):
         migrate_cassandra(never, "ks", replication=wanted, echo=lambda _: None, sleep=slept.append)
     assert never.misses == 100 - 9
+
+
+class _LateReplica(_Session):
+    """A replica that does not know the new table for the first ``misses`` reads of it: the
+    coordinator knows it, so the read fails there, not as an invalid request."""
+
+    def __init__(self, misses: int, reason: str = "INCOMPATIBLE_SCHEMA") -> None:
+        super().__init__({"class": "SimpleStrategy", "replication_factor": "1"})
+        self.misses = misses
+        self.reason = reason
+
+    def execute(self, cql: str, params: Any = None, timeout: float = 0) -> Any:
+        if cql.startswith("SELECT version FROM ks.schema_migrations") and self.misses > 0:
+            self.misses -= 1
+            self.statements.append(cql)
+            raise ReadFailure(
+                'Error from server: code=1300 [Replica(s) failed to execute read] message="Operation '
+                f'failed - received 0 responses and 1 failures: {self.reason} from /127.0.0.3:7000"',
+                consistency=None,
+                required_responses=2,
+                received_responses=0,
+                failures=1,
+            )
+        return super().execute(cql, params, timeout)
+
+
+def test_a_read_that_meets_a_replica_without_the_new_table_is_tried_again() -> None:
+    """CI once: the first read of ``schema_migrations`` on a 3-node cluster just started failed
+    with INCOMPATIBLE_SCHEMA from a replica that learned the table 1.5 s later."""
+    wanted = Settings().cassandra_replication_map()
+    slept: list[float] = []
+    late = _LateReplica(misses=2)
+    migrate_cassandra(late, "ks", replication=wanted, echo=lambda _: None, sleep=slept.append)
+    reads = [s for s in late.statements if s.startswith("SELECT version FROM ks.schema_migrations")]
+    assert len(reads) == 3 and slept == [0.5, 1.0]
+    # Another failure of a replica is the caller's at once.
+    other = _LateReplica(misses=1, reason="READ_TOO_MANY_TOMBSTONES")
+    with pytest.raises(ReadFailure, match="TOMBSTONES"):
+        migrate_cassandra(other, "ks", replication=wanted, echo=lambda _: None, sleep=slept.append)
+    assert slept == [0.5, 1.0]
 
 
 def test_other_invalid_requests_are_not_retried() -> None:
