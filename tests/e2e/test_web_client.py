@@ -23,7 +23,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from tests.e2e.conftest import System, user
 from tests.e2e.push_receiver import Receiver
-from tests.e2e.web_support import Tab, WebGateway, browser, screenshot_dirs
+from tests.e2e.web_support import Tab, WebGateway, browser, gateway_outage, screenshot_dirs
 from tests.media_images import jpeg
 
 
@@ -126,16 +126,17 @@ def test_two_browsers_chat_ticks_typing_presence_reload_and_reconnect(
         # A dropped connection (the gateway killed) reconnects; what was sent meanwhile arrives
         # exactly once: Bob's send waits in his outbox, and a message sent through another
         # gateway comes to Alice by sync.
-        web.kill()
-        expect(a.page.locator("#connection")).to_have_attribute("data-state", "reconnecting")
-        expect(a.page.locator("#connection")).to_contain_text("reconnecting in")
-        a.shot("4-reconnecting")
-        bb.type_and_send("Sent while the gateway was down")
-        expect(bb.message("Sent while the gateway was down")).to_have_attribute("data-status", "sending")
-        post_message(system, bob, cid, "Through the other gateway")
-        web.start()
-        a.expect_connected(timeout_ms=60_000)
-        bb.expect_connected(timeout_ms=60_000)
+        with gateway_outage(a, bb):
+            web.kill()
+            expect(a.page.locator("#connection")).to_have_attribute("data-state", "reconnecting")
+            expect(a.page.locator("#connection")).to_contain_text("reconnecting in")
+            a.shot("4-reconnecting")
+            bb.type_and_send("Sent while the gateway was down")
+            expect(bb.message("Sent while the gateway was down")).to_have_attribute("data-status", "sending")
+            post_message(system, bob, cid, "Through the other gateway")
+            web.start()
+            a.expect_connected(timeout_ms=60_000)
+            bb.expect_connected(timeout_ms=60_000)
         expect(a.message("Sent while the gateway was down")).to_have_count(1)
         expect(a.message("Through the other gateway")).to_have_count(1)
         expect(bb.message("Sent while the gateway was down")).to_have_count(1)
@@ -148,11 +149,12 @@ def test_two_browsers_chat_ticks_typing_presence_reload_and_reconnect(
 
         # A draining gateway (SIGTERM) says when to come back: the client follows its
         # `reconnect` frame rather than its own backoff, and catches up once it is back.
-        web.stop()
-        expect(a.page.locator("#connection")).to_have_attribute("data-server-reconnects", "1")
-        web.start()
-        a.expect_connected(timeout_ms=60_000)
-        bb.expect_connected(timeout_ms=60_000)
+        with gateway_outage(a, bb):
+            web.stop()
+            expect(a.page.locator("#connection")).to_have_attribute("data-server-reconnects", "1")
+            web.start()
+            a.expect_connected(timeout_ms=60_000)
+            bb.expect_connected(timeout_ms=60_000)
         bb.type_and_send("After the restart")
         expect(a.message("After the restart")).to_have_count(1)
 
@@ -345,6 +347,27 @@ def test_an_expired_session_goes_back_to_sign_in(system: System, web: WebGateway
         assert tab.page.evaluate("sessionStorage.length") == 0
         web.start()  # for the fixture's stop
         tab.close()
+
+
+def test_a_request_the_gateway_resets_is_a_page_error_except_while_the_test_takes_it_down() -> None:
+    class Message:
+        type = "error"
+
+        def __init__(self, text: str) -> None:
+            self.text = text
+
+    tab = Tab.__new__(Tab)  # the console filter alone, no browser
+    tab.errors, tab.gateway_down = [], False
+    reset = "Failed to load resource: net::ERR_CONNECTION_RESET"
+    tab._console(Message(reset))  # type: ignore[arg-type]
+    assert tab.errors == [reset]
+    with gateway_outage(tab):
+        tab._console(Message(reset))  # type: ignore[arg-type]
+        tab._console(Message("Failed to load resource: net::ERR_CONNECTION_REFUSED"))  # type: ignore[arg-type]
+        tab._console(Message("Failed to load resource: the server responded with a status of 500 ()"))  # type: ignore[arg-type]
+        tab._console(Message("WebSocket connection to 'ws://x' failed"))  # type: ignore[arg-type]
+    assert tab.errors == [reset, "Failed to load resource: the server responded with a status of 500 ()"]
+    assert tab.gateway_down is False
 
 
 def test_an_image_uploaded_in_one_browser_shows_as_a_thumbnail_in_the_other(

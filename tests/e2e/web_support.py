@@ -5,6 +5,7 @@ headless Chromium (Debian's, driven by Playwright; never a downloaded browser)."
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -79,6 +80,23 @@ def chromium_path() -> str:
     return path
 
 
+# Chromium's console line for a request whose connection the gateway reset or refused.
+_LOST_REQUEST = re.compile(r"^Failed to load resource: net::ERR_CONNECTION_(RESET|REFUSED|CLOSED)$")
+
+
+@contextmanager
+def gateway_outage(*tabs: Tab) -> Iterator[None]:
+    """The test takes the gateway down (and back up, and waits for the tabs to reconnect)
+    inside: a request the dying or absent gateway resets or refuses is not a page error there."""
+    for tab in tabs:
+        tab.gateway_down = True
+    try:
+        yield
+    finally:
+        for tab in tabs:
+            tab.gateway_down = False
+
+
 @contextmanager
 def browser() -> Iterator[Browser]:
     """A headless Chromium; when the test fails inside it, each tab's wire log is printed first
@@ -115,14 +133,20 @@ class Tab:
         self.user = ""
         _TABS.setdefault(b, []).append(self)
         self.errors: list[str] = []
+        # Set by ``gateway_outage`` while the test has the gateway down on purpose.
+        self.gateway_down = False
         self.shots = shots
         self.page.on("console", self._console)
         self.page.on("pageerror", lambda exc: self.errors.append(f"page error: {exc}"))
 
     def _console(self, msg: ConsoleMessage) -> None:
-        # A refused WebSocket while the gateway is down is expected; anything else is not.
-        if msg.type == "error" and "WebSocket connection" not in msg.text:
-            self.errors.append(msg.text)
+        # A refused WebSocket while the gateway is down is expected, and so is a request that
+        # the gateway the test kills or stops resets or refuses; anything else is not.
+        if msg.type != "error" or "WebSocket connection" in msg.text:
+            return
+        if self.gateway_down and _LOST_REQUEST.search(msg.text):
+            return
+        self.errors.append(msg.text)
 
     def sign_in(self, user: str) -> None:
         self.user = user
