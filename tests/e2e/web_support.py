@@ -80,14 +80,15 @@ def chromium_path() -> str:
     return path
 
 
-# Chromium's console line for a request whose connection the gateway reset or refused.
+# Chromium's console line for a request whose connection the gateway reset, refused or closed.
 _LOST_REQUEST = re.compile(r"^Failed to load resource: net::ERR_CONNECTION_(RESET|REFUSED|CLOSED)$")
 
 
 @contextmanager
 def gateway_outage(*tabs: Tab) -> Iterator[None]:
     """The test takes the gateway down (and back up, and waits for the tabs to reconnect)
-    inside: a request the dying or absent gateway resets or refuses is not a page error there."""
+    inside: a request the dying or absent gateway resets, refuses or closes is not a page error
+    there."""
     for tab in tabs:
         tab.gateway_down = True
     try:
