@@ -46,6 +46,8 @@ _INSERT = "INSERT INTO {ks}.conversation_encryption (conversation_id, encrypted)
 _SELECT = "SELECT conversation_id FROM {ks}.conversation_encryption WHERE conversation_id = ?"
 _SELECT_MANY = "SELECT conversation_id FROM {ks}.conversation_encryption WHERE conversation_id IN ?"
 STATEMENTS = (_INSERT, _SELECT, _SELECT_MANY)
+# Conversations per IN query (``encrypted_of`` and the refresh).
+_IDS_PER_QUERY = 100
 
 
 @singledispatch
@@ -187,20 +189,17 @@ class EncryptionFlags:
 
     async def _reread(self, conversation_ids: Sequence[str]) -> None:
         epoch, now = self._epoch, self._clock()
-        for start in range(0, len(conversation_ids), 100):
-            chunk = conversation_ids[start : start + 100]
+        for start in range(0, len(conversation_ids), _IDS_PER_QUERY):
+            chunk = list(conversation_ids[start : start + _IDS_PER_QUERY])
             self.reads += 1
             self.refreshes += 1
             try:
-                rows = await self._cql.execute(_SELECT_MANY, (list(chunk),))
+                found = await self._encrypted_among(chunk)
             except Unavailable as exc:
                 # Nothing is lost: the entries run out and the send path reads them, with its
                 # outage rules.
                 log.warning("encryption flags not refreshed (%r); the sends read them", exc)
                 return
-            found = {row.conversation_id for row in rows}
-            for conversation_id in found:
-                self.heard(conversation_id)
             if epoch != self._epoch:
                 continue  # forgotten while the read was in flight: not kept
             for conversation_id in chunk:
@@ -242,9 +241,15 @@ class EncryptionFlags:
         ids = list(dict.fromkeys(conversation_ids))
         found = {cid for cid in ids if cid in self._known}
         rest = [cid for cid in ids if cid not in found]
-        for start in range(0, len(rest), 100):
-            rows = await self._cql.execute(_SELECT_MANY, (rest[start : start + 100],))
-            for row in rows:
-                self._known[row.conversation_id] = True
-                found.add(row.conversation_id)
+        for start in range(0, len(rest), _IDS_PER_QUERY):
+            found |= await self._encrypted_among(rest[start : start + _IDS_PER_QUERY])
+        return found
+
+    async def _encrypted_among(self, conversation_ids: list[str]) -> set[str]:
+        """One read: those of ``conversation_ids`` (at most ``_IDS_PER_QUERY``) that are
+        encrypted, remembered for good."""
+        rows = await self._cql.execute(_SELECT_MANY, (conversation_ids,))
+        found = {row.conversation_id for row in rows}
+        for conversation_id in found:
+            self.heard(conversation_id)
         return found
