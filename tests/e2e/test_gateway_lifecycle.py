@@ -127,7 +127,15 @@ async def test_a_stopping_gateway_is_unready_first_and_serves_its_sockets_until_
 
 @pytest.fixture(scope="module")
 def quick_away(system: System) -> Any:
-    gateway = Gateway(system, "quick-away", env={"TIDINGS_PRESENCE_AWAY_AFTER_S": "1.5"})
+    # Its sockets' presence outlives a missed report by 30 s, not the suite's 4: this test is
+    # about away, and a lapse to offline (tested in test_presence.py) would only be a stall of
+    # this machine. CI once saw one: ``offline`` within a second of the ping frame.
+    env = {
+        "TIDINGS_PRESENCE_AWAY_AFTER_S": "1.5",
+        "TIDINGS_PRESENCE_TTL_S": "30",
+        "TIDINGS_IDLE_CLOSE_S": "60",
+    }
+    gateway = Gateway(system, "quick-away", env=env)
     try:
         yield gateway
     finally:
@@ -147,7 +155,9 @@ async def test_a_socket_that_only_pings_becomes_away_and_online_with_its_next_fr
         async with quick_away.connect(alice) as phone:  # WebSocket pings only, from here on
             await watcher.expect("presence", user_id=alice, state="online")
             await watcher.expect("presence", user_id=alice, state="away", timeout=10)
-            assert system.request("GET", f"/v1/users/{alice}/presence", user=bob)[1]["state"] == "away"
+            # off the loop, so that the sockets' pings go on meanwhile
+            read = await asyncio.to_thread(system.request, "GET", f"/v1/users/{alice}/presence", user=bob)
+            assert read[1]["state"] == "away"
             await phone.send({"type": "ping", "ref": "p"})  # a ping frame is no activity either
             await phone.expect("pong", ref="p")
             await watcher.expect_none("presence", user_id=alice, within=1.0)
