@@ -13,9 +13,13 @@ of the pair:
 
 Only messages whose intended send time falls after ``--warmup`` go into the histograms and the
 counts; warm-up messages are sent the same way. After the run the generator waits up to 10 s for
-stragglers. With ``--processes N`` the pairs are spread over N processes (spawned) whose
-hdrhistograms are merged with ``encode()`` / ``decode_and_add()``. ``--url`` may list several
-gateways (comma-separated): each user connects to one by a hash of its id (``bench.scaling``).
+stragglers; a measured message still not delivered then, with no error frame, is looked for in
+its conversation's history (``GET /v1/conversations/{cid}/messages``, by ``client_msg_id``, for up
+to ``--history-wait`` s): found, it was late; missing, and acked, it was lost.
+
+With ``--processes N`` the pairs are spread over N processes (spawned) whose hdrhistograms are
+merged with ``encode()`` / ``decode_and_add()``. ``--url`` may list several gateways
+(comma-separated): each user connects to one by a hash of its id (``bench.scaling``).
 
 Run it from the repository against a running gateway and worker::
 
@@ -34,10 +38,11 @@ import queue
 import random
 import sys
 import time
+import urllib.request
 import uuid
 import zlib
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -71,6 +76,8 @@ except ImportError:  # pragma: no cover - uvloop is a project dependency
     uvloop = None
 
 STRAGGLER_WAIT_S = 10.0
+HISTORY_WAIT_S = 60.0  # how long a message missing its push is looked for in history
+HISTORY_PAGE = 100  # the protocol's largest page
 LAG_P99_LIMIT_MS = 5.0
 GENERATOR_CPU_LIMIT_PCT = 90.0
 CONNECT_CONCURRENCY = 20
@@ -93,14 +100,16 @@ class ProcConfig:
     poisson: bool
     seed: int
     sample_proc_cpu: bool
+    history_wait_s: float = HISTORY_WAIT_S
 
 
 class Pending:
-    __slots__ = ("acked", "delivered", "failed", "intended_ns", "measured")
+    __slots__ = ("acked", "cid", "delivered", "failed", "intended_ns", "measured")
 
-    def __init__(self, intended_ns: int, measured: bool) -> None:
+    def __init__(self, intended_ns: int, measured: bool, cid: str = "") -> None:
         self.intended_ns = intended_ns
         self.measured = measured
+        self.cid = cid
         self.acked = False
         self.delivered = False
         self.failed = False
@@ -230,7 +239,7 @@ async def _sender(
         actual = time.monotonic_ns()
         measured = intended >= warm_end
         cmid = f"{prefix}{seq}"
-        pending[cmid] = Pending(intended, measured)
+        pending[cmid] = Pending(intended, measured, cid)
         frame = orjson.dumps(
             {
                 "type": "send",
@@ -254,6 +263,79 @@ async def _sender(
             record_us(state.lag, actual - intended)
         seq += 1
         t += rng.expovariate(per_pair_rate) * 1e9 if cfg.poisson else interval_ns
+
+
+# (conversation_id, after) -> (that page's messages, has_more)
+HistoryPage = Callable[[str, int], Awaitable[tuple[list[dict[str, Any]], bool]]]
+
+
+async def find_in_history(
+    wanted: dict[str, set[str]],
+    page: HistoryPage,
+    *,
+    wait_s: float,
+    pause_s: float = 2.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> set[str]:
+    """Which of ``wanted`` (conversation_id -> client_msg_ids) are in their conversation's
+    history. A conversation is read whole, oldest first (``after``), and read again every
+    ``pause_s`` while some of its messages are missing, until ``wait_s`` has passed: after an
+    overload the projections may still be working through a backlog, and a message that is
+    stored late was late, not lost."""
+    found: set[str] = set()
+    left = {cid: set(ids) for cid, ids in wanted.items() if ids}
+    deadline = clock() + wait_s
+    while left:
+        for cid in list(left):
+            missing, after = left[cid], 0
+            while missing:
+                messages, more = await page(cid, after)
+                for message in messages:
+                    cmid = message.get("client_msg_id")
+                    if cmid in missing:
+                        missing.discard(cmid)
+                        found.add(cmid)
+                if not more or not messages:
+                    break
+                after = int(messages[-1]["message_id"])
+            if not missing:
+                del left[cid]
+        if not left or clock() >= deadline:
+            break
+        await sleep(pause_s)
+    return found
+
+
+def _history_reader(ws_url: str, secret: str, members: dict[str, str]) -> HistoryPage:
+    """Pages of history over HTTP from the gateway at ``ws_url``, as a member of each
+    conversation (``members``: conversation_id -> a member's user id)."""
+    parts = urlsplit(ws_url)
+    base = f"http://{parts.netloc}/v1/conversations"
+    tokens = {cid: issue_token(secret, user, ttl_s=3600) for cid, user in members.items()}
+
+    def get(cid: str, after: int) -> tuple[list[dict[str, Any]], bool]:
+        req = urllib.request.Request(
+            f"{base}/{cid}/messages?after={after}&limit={HISTORY_PAGE}",
+            headers={"Authorization": f"Bearer {tokens[cid]}"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as reply:
+            body = orjson.loads(reply.read())
+        return body["messages"], bool(body["has_more"])
+
+    async def page(cid: str, after: int) -> tuple[list[dict[str, Any]], bool]:
+        return await asyncio.to_thread(get, cid, after)
+
+    return page
+
+
+def unresolved(pending: Iterable[tuple[str, Pending]]) -> dict[str, set[str]]:
+    """The measured messages neither delivered nor refused, by conversation."""
+    out: dict[str, set[str]] = {}
+    for cmid, p in pending:
+        if p.measured and not p.delivered and not p.failed:
+            out.setdefault(p.cid, set()).add(cmid)
+    return out
 
 
 async def _connect(url: str, token: str) -> ClientConnection:
@@ -335,8 +417,18 @@ async def run_process(cfg: ProcConfig, wait_start: Callable[[], None] | None) ->
     counts = state.counts
     counts["not_acked"] = sum(1 for p in measured if not p.acked and not p.failed)
     counts["not_delivered"] = sum(1 for p in measured if not p.delivered)
-    # No error frame for it, yet not delivered within the straggler wait: late or lost.
-    counts["late_or_lost"] = sum(1 for p in measured if not p.delivered and not p.failed)
+    # No error frame for it, yet not delivered within the straggler wait: late or lost, as its
+    # conversation's history tells.
+    wanted = unresolved(state.pending.items())
+    counts["late_or_lost"] = sum(len(ids) for ids in wanted.values())
+    if wanted:
+        members = {dm_id(a, b): a for a, b in users}
+        page = _history_reader(urls[0], cfg.secret, members)
+        stored = await find_in_history(wanted, page, wait_s=cfg.history_wait_s)
+        missing = [state.pending[c] for ids in wanted.values() for c in ids if c not in stored]
+        counts["late_in_history"] = len(stored)
+        counts["lost"] = sum(1 for p in missing if p.acked)  # acked: the server promised it
+        counts["never_acked_not_stored"] = sum(1 for p in missing if not p.acked)
     counts["refused"] = sum(1 for p in measured if p.failed)
     window_s = (marks["wall1"] - marks["wall0"]) / 1e9
     result: dict[str, Any] = {
@@ -403,6 +495,7 @@ def run_all(args: argparse.Namespace, secret: str) -> list[dict[str, Any]]:
             poisson=args.poisson,
             seed=args.seed,
             sample_proc_cpu=i == 0,
+            history_wait_s=args.history_wait,
         )
         for i, n in enumerate(shares)
     ]
@@ -415,7 +508,7 @@ def run_all(args: argparse.Namespace, secret: str) -> list[dict[str, Any]]:
     for p in procs:
         p.start()
     out: dict[int, dict[str, Any]] = {}
-    budget = 120 + args.warmup + args.duration + STRAGGLER_WAIT_S + 30
+    budget = 120 + args.warmup + args.duration + STRAGGLER_WAIT_S + args.history_wait + 30
     deadline = time.monotonic() + budget
     try:
         while len(out) < len(cfgs):
@@ -484,6 +577,7 @@ def summarize(
             "schedule": "poisson" if args.poisson else "constant",
             "url": args.url,
             "loop": "uvloop" if uvloop is not None else "asyncio",
+            "history_wait_s": args.history_wait,
         },
         "window_s": round(window_s, 3),
         "achieved_rate": round(sent / window_s, 1) if window_s else 0.0,
@@ -495,6 +589,9 @@ def summarize(
         "refused": counts["refused"],
         "refused_then_delivered": counts["error_then_delivered"],
         "late_or_lost": counts["late_or_lost"],
+        "late_in_history": counts["late_in_history"],
+        "lost": counts["lost"],
+        "never_acked_not_stored": counts["never_acked_not_stored"],
         "duplicates": counts["dup"],
         "order_violations": counts["order_violations"],
         "counts": dict(sorted(counts.items())),
@@ -538,6 +635,9 @@ def report(f: dict[str, Any]) -> None:
         f"outcome   refused with an error {f['refused']} (of which delivered anyway "
         f"{f['refused_then_delivered']});  no error but not delivered within the wait "
         f"(late or lost) {f['late_or_lost']}",
+        f"history   of those, found in their conversation's history within {c['history_wait_s']:g} s "
+        f"(late) {f['late_in_history']};  acked and missing (LOST) {f['lost']};  "
+        f"never acked and not stored {f['never_acked_not_stored']}",
         f"send->deliver ms  {fmt(f['send_deliver_ms'])}",
         f"send->ack ms      {fmt(f['send_ack_ms'])}",
         "worst send->deliver ms per second of the window: "
@@ -569,10 +669,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--body-bytes", type=int, default=200, help="text body size (default 200)")
     ap.add_argument("--poisson", action="store_true", help="Poisson arrivals instead of constant rate")
     ap.add_argument("--seed", type=int, default=1, help="seed of the Poisson schedules")
+    ap.add_argument(
+        "--history-wait",
+        type=float,
+        default=HISTORY_WAIT_S,
+        help=f"seconds to look for undelivered messages in history (default {HISTORY_WAIT_S:g})",
+    )
     ap.add_argument("--json", action="store_true", help="also print one JSON line with the figures")
     args = ap.parse_args(argv)
     if args.rate <= 0 or args.duration <= 0 or args.warmup < 0 or args.pairs < 1 or args.processes < 1:
         ap.error("rate, duration and pairs must be positive, warmup >= 0, processes >= 1")
+    if args.history_wait < 0:
+        ap.error("--history-wait must be >= 0")
     if not 1 <= args.body_bytes <= 4000:
         ap.error("--body-bytes must be 1..4000 (the protocol's body limit)")
     if any(urlsplit(url).hostname not in LOOPBACK_HOSTS for url in args.url.split(",")):

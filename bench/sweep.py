@@ -136,6 +136,8 @@ def line(rate: str, f: dict[str, Any], labels: dict[int, str]) -> tuple[str, dic
         "rate": float(rate),
         "sent": sent,
         "delivered": f.get("delivered"),
+        "late_in_history": f.get("late_in_history"),
+        "lost": f.get("lost"),
         "valid": f.get("valid"),
         "p50_ms": d.get("p50"),
         "p99_ms": d.get("p99"),
@@ -150,7 +152,8 @@ def line(rate: str, f: dict[str, Any], labels: dict[int, str]) -> tuple[str, dic
     text = (
         f"{float(rate):>6g}/s  P50 {d.get('p50')} P99 {d.get('p99')} ms  ack P50 {a.get('p50')} "
         f"P99 {a.get('p99')}  delivered {f.get('delivered')}/{sent}"
-        f"{'' if f.get('valid') else ' INVALID'}  load {summary['loadavg']}  "
+        + (f" (late {f.get('late_in_history')}, LOST {f.get('lost')})" if f.get("late_or_lost") else "")
+        + f"{'' if f.get('valid') else ' INVALID'}  load {summary['loadavg']}  "
         f"busy {f.get('machine_busy_pct')}%\n"
         f"         all but the generator {summary['tidings_ms_per_msg']} ms CPU/msg;  "
         + ",  ".join(f"{r} {per_msg[r]} ms ({pct[r]}%)" for r in per_msg)
