@@ -277,34 +277,41 @@ async def find_in_history(
     pause_s: float = 2.0,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-) -> set[str]:
+) -> tuple[set[str], set[str]]:
     """Which of ``wanted`` (conversation_id -> client_msg_ids) are in their conversation's
-    history. A conversation is read whole, oldest first (``after``), and read again every
-    ``pause_s`` while some of its messages are missing, until ``wait_s`` has passed: after an
-    overload the projections may still be working through a backlog, and a message that is
-    stored late was late, not lost."""
+    history, and which could not be looked for: those of a conversation whose last read
+    failed (an HTTP error, a timeout). A conversation is read whole, oldest first (``after``),
+    and read again every ``pause_s`` while some of its messages are missing, until ``wait_s``
+    has passed: after an overload the projections may still be working through a backlog,
+    and a message that is stored late was late, not lost."""
     found: set[str] = set()
     left = {cid: set(ids) for cid, ids in wanted.items() if ids}
+    failed: set[str] = set()
     deadline = clock() + wait_s
     while left:
         for cid in list(left):
             missing, after = left[cid], 0
-            while missing:
-                messages, more = await page(cid, after)
-                for message in messages:
-                    cmid = message.get("client_msg_id")
-                    if cmid in missing:
-                        missing.discard(cmid)
-                        found.add(cmid)
-                if not more or not messages:
-                    break
-                after = int(messages[-1]["message_id"])
+            try:
+                while missing:
+                    messages, more = await page(cid, after)
+                    for message in messages:
+                        cmid = message.get("client_msg_id")
+                        if cmid in missing:
+                            missing.discard(cmid)
+                            found.add(cmid)
+                    if not more or not messages:
+                        break
+                    after = int(messages[-1]["message_id"])
+            except (OSError, ValueError, KeyError):  # urllib's errors are OSErrors
+                failed.add(cid)
+                continue
+            failed.discard(cid)
             if not missing:
                 del left[cid]
         if not left or clock() >= deadline:
             break
         await sleep(pause_s)
-    return found
+    return found, {cmid for cid in failed if cid in left for cmid in left[cid]}
 
 
 def _history_reader(ws_url: str, secret: str, members: dict[str, str]) -> HistoryPage:
@@ -424,9 +431,13 @@ async def run_process(cfg: ProcConfig, wait_start: Callable[[], None] | None) ->
     if wanted:
         members = {dm_id(a, b): a for a, b in users}
         page = _history_reader(urls[0], cfg.secret, members)
-        stored = await find_in_history(wanted, page, wait_s=cfg.history_wait_s)
-        missing = [state.pending[c] for ids in wanted.values() for c in ids if c not in stored]
+        stored, unread = await find_in_history(wanted, page, wait_s=cfg.history_wait_s)
+        if unread:
+            state.sample(f"history of {len(unread)} messages could not be read")
+        known = stored | unread
+        missing = [state.pending[c] for ids in wanted.values() for c in ids if c not in known]
         counts["late_in_history"] = len(stored)
+        counts["history_unread"] = len(unread)
         counts["lost"] = sum(1 for p in missing if p.acked)  # acked: the server promised it
         counts["never_acked_not_stored"] = sum(1 for p in missing if not p.acked)
     counts["refused"] = sum(1 for p in measured if p.failed)
@@ -592,6 +603,7 @@ def summarize(
         "late_in_history": counts["late_in_history"],
         "lost": counts["lost"],
         "never_acked_not_stored": counts["never_acked_not_stored"],
+        "history_unread": counts["history_unread"],
         "duplicates": counts["dup"],
         "order_violations": counts["order_violations"],
         "counts": dict(sorted(counts.items())),
@@ -637,7 +649,8 @@ def report(f: dict[str, Any]) -> None:
         f"(late or lost) {f['late_or_lost']}",
         f"history   of those, found in their conversation's history within {c['history_wait_s']:g} s "
         f"(late) {f['late_in_history']};  acked and missing (LOST) {f['lost']};  "
-        f"never acked and not stored {f['never_acked_not_stored']}",
+        f"never acked and not stored {f['never_acked_not_stored']};  "
+        f"history unreadable {f['history_unread']}",
         f"send->deliver ms  {fmt(f['send_deliver_ms'])}",
         f"send->ack ms      {fmt(f['send_ack_ms'])}",
         "worst send->deliver ms per second of the window: "

@@ -51,10 +51,10 @@ class Clock:
 async def test_every_page_is_read_and_a_stored_message_is_found_at_the_first_look() -> None:
     history = History({"dm:a:b": ["m1", "m2", "m3", "m4", "m5"]})
     clock = Clock()
-    found = await find_in_history(
+    found, unread = await find_in_history(
         {"dm:a:b": {"m5", "m2"}}, history.page, wait_s=60, clock=clock, sleep=clock.sleep
     )
-    assert found == {"m2", "m5"}
+    assert (found, unread) == ({"m2", "m5"}, set())
     assert history.pages == 3  # m5 is on the third page of two
     assert clock.sleeps == []
 
@@ -62,7 +62,7 @@ async def test_every_page_is_read_and_a_stored_message_is_found_at_the_first_loo
 async def test_a_message_stored_late_is_found_on_a_later_look() -> None:
     history = History({"dm:a:b": ["m1"], "dm:c:d": ["m9"]}, arrivals={"dm:a:b": [(3, "m2")]})
     clock = Clock()
-    found = await find_in_history(
+    found, _ = await find_in_history(
         {"dm:a:b": {"m2"}, "dm:c:d": {"m9"}},
         history.page,
         wait_s=60,
@@ -78,18 +78,37 @@ async def test_a_message_stored_late_is_found_on_a_later_look() -> None:
 async def test_a_message_never_stored_is_missing_once_the_wait_is_over() -> None:
     history = History({"dm:a:b": ["m1", "m2"]})
     clock = Clock()
-    found = await find_in_history(
+    found, unread = await find_in_history(
         {"dm:a:b": {"m2", "m3"}}, history.page, wait_s=10, pause_s=2, clock=clock, sleep=clock.sleep
     )
-    assert found == {"m2"}
+    assert (found, unread) == ({"m2"}, set())
     assert history.looks == {"dm:a:b": 6}  # at 0, 2, 4, 6, 8 and 10 s
     assert clock.now == 10
 
 
 async def test_nothing_wanted_reads_nothing() -> None:
     history = History({"dm:a:b": ["m1"]})
-    assert await find_in_history({"dm:a:b": set()}, history.page, wait_s=10) == set()
+    assert await find_in_history({"dm:a:b": set()}, history.page, wait_s=10) == (set(), set())
     assert history.pages == 0
+
+
+async def test_a_conversation_whose_history_cannot_be_read_is_neither_found_nor_missing() -> None:
+    history = History({"dm:a:b": ["m1"], "dm:c:d": ["m8"]}, arrivals={"dm:c:d": [(2, "m9")]})
+    errors = {"dm:a:b": 99, "dm:c:d": 1}  # reads that fail, per conversation
+
+    async def flaky(cid: str, after: int) -> tuple[list[dict[str, Any]], bool]:
+        if errors[cid]:
+            errors[cid] -= 1
+            history.looks[cid] = history.looks.get(cid, 0) + 1
+            raise OSError("HTTP Error 503: Service Unavailable")
+        return await history.page(cid, after)
+
+    clock = Clock()
+    found, unread = await find_in_history(
+        {"dm:a:b": {"m1"}, "dm:c:d": {"m9"}}, flaky, wait_s=10, pause_s=2, clock=clock, sleep=clock.sleep
+    )
+    assert found == {"m9"}  # read again after its failure, and stored meanwhile
+    assert unread == {"m1"}  # never read: not counted as lost
 
 
 def test_only_measured_messages_neither_delivered_nor_refused_are_looked_for() -> None:
