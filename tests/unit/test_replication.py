@@ -3,6 +3,7 @@ and the Cassandra keyspace's replication map, come from settings (defaults: one 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -165,78 +166,88 @@ def test_each_schema_change_waits_for_every_node_and_a_disagreement_stops_the_mi
     assert len(split.statements) == 1  # nothing after the keyspace went to a node without it
 
 
-class _LateNode(_Session):
-    """A node that does not know the new keyspace for the first ``misses`` statements on it."""
+class _LateSchema(_Session):
+    """A cluster that does not know the newest schema yet for the first ``misses`` statements
+    naming ``names``: each of them fails with ``error()``, as a node or replica that has not
+    learned it says so."""
 
-    def __init__(self, misses: int) -> None:
+    def __init__(self, misses: int, names: str, error: Callable[[], Exception]) -> None:
         super().__init__({"class": "SimpleStrategy", "replication_factor": "1"})
         self.misses = misses
+        self.names = names
+        self.error = error
 
     def execute(self, cql: str, params: Any = None, timeout: float = 0) -> Any:
-        if "schema_migrations" in cql and self.misses > 0:
+        if self.names in cql and self.misses > 0:
             self.misses -= 1
             self.statements.append(cql)
-            raise InvalidRequest(
-                "Error from server: code=2200 [Invalid query] message=\"Keyspace 'ks' doesn't exist\""
-            )
+            raise self.error()
         return super().execute(cql, params, timeout)
+
+
+def _late_node(misses: int) -> _LateSchema:
+    """A coordinator that does not know the new keyspace."""
+    return _LateSchema(
+        misses,
+        "schema_migrations",
+        lambda: InvalidRequest(
+            "Error from server: code=2200 [Invalid query] message=\"Keyspace 'ks' doesn't exist\""
+        ),
+    )
+
+
+def _late_replica(misses: int, reason: str = "INCOMPATIBLE_SCHEMA") -> _LateSchema:
+    """A replica that does not know the new table: the coordinator knows it, so the read fails
+    there, not as an invalid request."""
+    return _LateSchema(
+        misses,
+        "SELECT version FROM ks.schema_migrations",
+        lambda: ReadFailure(
+            'Error from server: code=1300 [Replica(s) failed to execute read] message="Operation '
+            f'failed - received 0 responses and 1 failures: {reason} from /127.0.0.3:7000"',
+            consistency=None,
+            required_responses=2,
+            received_responses=0,
+            failures=1,
+        ),
+    )
+
+
+def _migrate(session: _Session, slept: list[float]) -> None:
+    """Migrate ``session`` to the default replication, its retries' sleeps kept in ``slept``."""
+    wanted = Settings().cassandra_replication_map()
+    migrate_cassandra(session, "ks", replication=wanted, echo=lambda _: None, sleep=slept.append)
 
 
 def test_a_statement_that_meets_a_node_without_the_new_keyspace_is_tried_again() -> None:
     """CI once: "Keyspace ... doesn't exist" on CREATE TABLE right after CREATE KEYSPACE, on a
     3-node cluster just started, although the driver had said the nodes agreed."""
-    wanted = Settings().cassandra_replication_map()
     slept: list[float] = []
-    late = _LateNode(misses=2)
-    migrate_cassandra(late, "ks", replication=wanted, echo=lambda _: None, sleep=slept.append)
+    late = _late_node(misses=2)
+    _migrate(late, slept)
     creates = [s for s in late.statements if s.startswith("CREATE TABLE IF NOT EXISTS ks.schema_migrations")]
     assert len(creates) == 3 and slept == [0.5, 1.0]
     # It asks for agreement again before each retry.
     assert late.agreement_waits == 2 + 2
     # A node that never learns it: the error, after the retries.
-    never = _LateNode(misses=100)
+    never = _late_node(misses=100)
     with pytest.raises(InvalidRequest, match="doesn't exist"):
-        migrate_cassandra(never, "ks", replication=wanted, echo=lambda _: None, sleep=slept.append)
+        _migrate(never, slept)
     assert never.misses == 100 - 9
-
-
-class _LateReplica(_Session):
-    """A replica that does not know the new table for the first ``misses`` reads of it: the
-    coordinator knows it, so the read fails there, not as an invalid request."""
-
-    def __init__(self, misses: int, reason: str = "INCOMPATIBLE_SCHEMA") -> None:
-        super().__init__({"class": "SimpleStrategy", "replication_factor": "1"})
-        self.misses = misses
-        self.reason = reason
-
-    def execute(self, cql: str, params: Any = None, timeout: float = 0) -> Any:
-        if cql.startswith("SELECT version FROM ks.schema_migrations") and self.misses > 0:
-            self.misses -= 1
-            self.statements.append(cql)
-            raise ReadFailure(
-                'Error from server: code=1300 [Replica(s) failed to execute read] message="Operation '
-                f'failed - received 0 responses and 1 failures: {self.reason} from /127.0.0.3:7000"',
-                consistency=None,
-                required_responses=2,
-                received_responses=0,
-                failures=1,
-            )
-        return super().execute(cql, params, timeout)
 
 
 def test_a_read_that_meets_a_replica_without_the_new_table_is_tried_again() -> None:
     """CI once: the first read of ``schema_migrations`` on a 3-node cluster just started failed
     with INCOMPATIBLE_SCHEMA from a replica that learned the table 1.5 s later."""
-    wanted = Settings().cassandra_replication_map()
     slept: list[float] = []
-    late = _LateReplica(misses=2)
-    migrate_cassandra(late, "ks", replication=wanted, echo=lambda _: None, sleep=slept.append)
+    late = _late_replica(misses=2)
+    _migrate(late, slept)
     reads = [s for s in late.statements if s.startswith("SELECT version FROM ks.schema_migrations")]
     assert len(reads) == 3 and slept == [0.5, 1.0]
     # Another failure of a replica is the caller's at once.
-    other = _LateReplica(misses=1, reason="READ_TOO_MANY_TOMBSTONES")
+    other = _late_replica(misses=1, reason="READ_TOO_MANY_TOMBSTONES")
     with pytest.raises(ReadFailure, match="TOMBSTONES"):
-        migrate_cassandra(other, "ks", replication=wanted, echo=lambda _: None, sleep=slept.append)
+        _migrate(other, slept)
     assert slept == [0.5, 1.0]
 
 
