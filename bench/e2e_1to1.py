@@ -336,8 +336,8 @@ def _history_reader(ws_url: str, secret: str, members: dict[str, str]) -> Histor
     return page
 
 
-def unresolved(pending: Iterable[tuple[str, Pending]]) -> dict[str, set[str]]:
-    """The measured messages neither delivered nor refused, by conversation."""
+def late_or_lost(pending: Iterable[tuple[str, Pending]]) -> dict[str, set[str]]:
+    """The measured messages neither delivered nor refused ("late or lost"), by conversation."""
     out: dict[str, set[str]] = {}
     for cmid, p in pending:
         if p.measured and not p.delivered and not p.failed:
@@ -426,7 +426,7 @@ async def run_process(cfg: ProcConfig, wait_start: Callable[[], None] | None) ->
     counts["not_delivered"] = sum(1 for p in measured if not p.delivered)
     # No error frame for it, yet not delivered within the straggler wait: late or lost, as its
     # conversation's history tells.
-    wanted = unresolved(state.pending.items())
+    wanted = late_or_lost(state.pending.items())
     counts["late_or_lost"] = sum(len(ids) for ids in wanted.values())
     if wanted:
         members = {dm_id(a, b): a for a, b in users}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.e2e_1to1 import Pending, find_in_history, unresolved
+from bench.e2e_1to1 import Pending, find_in_history, late_or_lost
 
 
 class History:
@@ -123,4 +123,4 @@ def test_only_measured_messages_neither_delivered_nor_refused_are_looked_for() -
         ("refused", pending(True, failed=True)),
         ("late", pending(True)),
     ]
-    assert unresolved(items) == {"dm:a:b": {"late"}}
+    assert late_or_lost(items) == {"dm:a:b": {"late"}}
